@@ -1,0 +1,261 @@
+/**
+ * Gateway configuration: the embedded default, a YAML file, SOCKGATE_* environment
+ * overrides and CLI `--set key=value` flags, merged in that order and validated
+ * with one schema. Every error names the offending key.
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+import { InvalidArgumentError } from './errors.js';
+
+/** The embedded default: loopback only, loopback destinations only. */
+export const DEFAULT_CONFIG_YAML = `# sockgate embedded default configuration
+listen:
+  control: 127.0.0.1:7070
+  data: 127.0.0.1:7071
+  metrics: 127.0.0.1:9464
+transports:
+  enabled: [shm, rdma, tcp, grpc]
+  attach_token_ttl_ms: 10000
+socket:
+  connect_timeout_ms: 10000
+  high_watermark_bytes: 1048576
+  max_datagram_bytes: 65507
+  udp_idle_timeout_ms: 300000
+limits:
+  max_sockets: 65536
+  max_sockets_per_identity: 4096
+anonymous:
+  enabled: true
+  admin: true
+rules:
+  - name: loopback-only
+    action: allow
+    destinations: [127.0.0.0/8, "::1/128", localhost]
+shutdown:
+  drain_timeout_ms: 10000
+telemetry:
+  log_level: info
+  traces: none
+`;
+
+/** `host:port`, `[v6]:port`, or `unix:/path`. */
+const listenAddress = z
+  .string()
+  .refine((s) => s === '' || s.startsWith('unix:') || /^(\[[0-9a-fA-F:.]+\]|[^:\s[\]]+):[0-9]{1,5}$/.test(s), {
+    message: 'expected host:port, [ipv6]:port or unix:/path (or "" to disable)',
+  });
+
+const transportName = z.enum(['shm', 'rdma', 'tcp', 'grpc']);
+const protocolName = z.enum(['tcp', 'udp']);
+const directionName = z.enum(['connect', 'listen', 'bind']);
+const portSpec = z.union([
+  z.number().int().min(0).max(65535),
+  z.string().regex(/^[0-9]{1,5}(-[0-9]{1,5})?$/, 'expected a port or a range like 1024-65535'),
+]);
+const positiveInt = z.number().int().positive();
+
+const identitySchema = z.strictObject({
+  name: z.string().min(1).regex(/^[A-Za-z0-9_.@:-]+$/, 'letters, digits and _.@:- only'),
+  /** Bearer tokens, in clear. Prefer token_sha256. */
+  tokens: z.array(z.string().min(16, 'tokens must be at least 16 characters')).default([]),
+  /** Hex SHA-256 digests of bearer tokens. */
+  tokens_sha256: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits')).default([]),
+  /** Client-certificate subject common name that maps to this identity (mTLS). */
+  mtls_cn: z.string().optional(),
+  /** Same-host clients (shm attach) whose SO_PEERCRED uid maps to this identity. */
+  uids: z.array(z.number().int().min(0)).default([]),
+  admin: z.boolean().default(false),
+  max_sockets: positiveInt.optional(),
+  /** Transports this identity may use; all enabled ones if unset. */
+  transports: z.array(transportName).optional(),
+});
+
+const ruleSchema = z.strictObject({
+  name: z.string().min(1),
+  action: z.enum(['allow', 'deny']),
+  /** Identity names this rule applies to; "*" or unset means everyone. */
+  identities: z.array(z.string()).default(['*']),
+  protocols: z.array(protocolName).default(['tcp', 'udp']),
+  directions: z.array(directionName).default(['connect', 'listen', 'bind']),
+  /** CIDRs (10.0.0.0/8), addresses, host names (db.internal) or wildcards (*.internal). */
+  destinations: z.array(z.string().min(1)).min(1),
+  ports: z.array(portSpec).default(['1-65535']),
+});
+
+export const configSchema = z.strictObject({
+  listen: z.strictObject({
+    control: listenAddress,
+    data: listenAddress,
+    metrics: listenAddress,
+  }),
+  tls: z
+    .strictObject({
+      cert: z.string(),
+      key: z.string(),
+      /** CA bundle for client certificates; enables mTLS identities. */
+      ca: z.string().optional(),
+      require_client_cert: z.boolean().default(false),
+    })
+    .optional(),
+  transports: z.strictObject({
+    enabled: z.array(transportName).min(1),
+    attach_token_ttl_ms: positiveInt,
+    /** Host the data port is advertised as; defaults to listen.data's host. */
+    data_host: z.string().optional(),
+  }),
+  socket: z.strictObject({
+    connect_timeout_ms: positiveInt,
+    /** Per-direction user-space buffer bound; reading pauses above it. */
+    high_watermark_bytes: z.number().int().min(1024),
+    max_datagram_bytes: z.number().int().min(1).max(65535),
+    udp_idle_timeout_ms: positiveInt,
+  }),
+  limits: z.strictObject({
+    max_sockets: positiveInt,
+    max_sockets_per_identity: positiveInt,
+  }),
+  identities: z.array(identitySchema).default([]),
+  anonymous: z.strictObject({
+    /** Callers without credentials get the identity "anonymous". */
+    enabled: z.boolean(),
+    admin: z.boolean().default(false),
+  }),
+  rules: z.array(ruleSchema),
+  shutdown: z.strictObject({ drain_timeout_ms: positiveInt }),
+  telemetry: z.strictObject({
+    log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+    traces: z.enum(['none', 'console', 'memory']),
+  }),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type IdentityConfig = z.infer<typeof identitySchema>;
+export type RuleConfig = z.infer<typeof ruleSchema>;
+export type TransportName = z.infer<typeof transportName>;
+
+type Tree = Record<string, unknown>;
+
+function isTree(v: unknown): v is Tree {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Deep merge: objects merge key by key, everything else (arrays too) replaces. */
+export function mergeConfig(base: unknown, over: unknown): unknown {
+  if (!isTree(base) || !isTree(over)) return over === undefined ? base : over;
+  const out: Tree = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = mergeConfig(base[k], v);
+  return out;
+}
+
+/** Parse a scalar from an env var or flag: YAML rules, so `[a, b]`, `true` and `42` work. */
+function parseScalar(key: string, text: string): unknown {
+  try {
+    return parseYaml(text);
+  } catch (err) {
+    throw new InvalidArgumentError(`config key "${key}": cannot parse value ${JSON.stringify(text)}`, { cause: err });
+  }
+}
+
+/** Set `a.b.c` in a tree. */
+function setPath(tree: Tree, path: string[], value: unknown): void {
+  let node = tree;
+  for (const part of path.slice(0, -1)) {
+    if (!isTree(node[part])) node[part] = {};
+    node = node[part] as Tree;
+  }
+  node[path[path.length - 1]!] = value;
+}
+
+/**
+ * SOCKGATE_<SECTION>__<KEY>=value overrides, e.g. SOCKGATE_LISTEN__CONTROL=0.0.0.0:7070
+ * or SOCKGATE_LIMITS__MAX_SOCKETS=100. Variables without `__` are not config.
+ */
+export function envOverrides(env: NodeJS.ProcessEnv): Tree {
+  const out: Tree = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith('SOCKGATE_') || value === undefined) continue;
+    const rest = name.slice('SOCKGATE_'.length);
+    if (!rest.includes('__')) continue;
+    const path = rest.toLowerCase().split('__');
+    setPath(out, path, parseScalar(path.join('.'), value));
+  }
+  return out;
+}
+
+/** `key.path=value` flags. */
+export function flagOverrides(sets: readonly string[]): Tree {
+  const out: Tree = {};
+  for (const s of sets) {
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new InvalidArgumentError(`--set ${JSON.stringify(s)}: expected key.path=value`);
+    const key = s.slice(0, eq);
+    setPath(out, key.split('.'), parseScalar(key, s.slice(eq + 1)));
+  }
+  return out;
+}
+
+/** Validate a merged tree; the error lists every bad key with its path. */
+export function validateConfig(tree: unknown, source: string): Config {
+  const result = configSchema.safeParse(tree);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((i) => {
+    const key = i.path.length ? i.path.join('.') : '(top level)';
+    return `  ${key}: ${i.message}`;
+  });
+  throw new InvalidArgumentError(`invalid configuration (${source}):\n${problems.join('\n')}`);
+}
+
+export interface LoadConfigOptions {
+  /** YAML file path; the embedded default alone if unset. */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** `key.path=value` overrides, applied last. */
+  sets?: readonly string[];
+  /** Already-parsed overrides applied after `sets` (tests, embedding). */
+  overrides?: unknown;
+}
+
+function readYaml(text: string, source: string): unknown {
+  try {
+    return parseYaml(text) ?? {};
+  } catch (err) {
+    const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}` : '';
+    throw new InvalidArgumentError(`cannot parse ${source}${where}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Load the effective configuration: default ← file ← env ← flags ← overrides. */
+export function loadConfig(options: LoadConfigOptions = {}): Config {
+  let tree = readYaml(DEFAULT_CONFIG_YAML, 'embedded default');
+  const sources = ['embedded default'];
+  if (options.file) {
+    let text: string;
+    try {
+      text = readFileSync(options.file, 'utf8');
+    } catch (err) {
+      throw new InvalidArgumentError(`cannot read config file ${options.file}: ${(err as Error).message}`, { cause: err });
+    }
+    tree = mergeConfig(tree, readYaml(text, options.file));
+    sources.push(options.file);
+  }
+  const env = envOverrides(options.env ?? {});
+  if (Object.keys(env).length) {
+    tree = mergeConfig(tree, env);
+    sources.push('environment');
+  }
+  if (options.sets?.length) {
+    tree = mergeConfig(tree, flagOverrides(options.sets));
+    sources.push('--set flags');
+  }
+  if (options.overrides !== undefined) tree = mergeConfig(tree, options.overrides);
+  return validateConfig(tree, sources.join(' + '));
+}
+
+/** Split `host:port`, `[v6]:port`; `unix:/path` gives `{ path }`. */
+export function splitListenAddress(addr: string): { host: string; port: number } | { path: string } {
+  if (addr.startsWith('unix:')) return { path: addr.slice('unix:'.length) };
+  const colon = addr.lastIndexOf(':');
+  const host = addr.slice(0, colon).replace(/^\[|\]$/g, '');
+  return { host, port: Number(addr.slice(colon + 1)) };
+}

@@ -1,0 +1,164 @@
+/**
+ * sockgate's errors: one base class, one stable `code` per subclass, and the
+ * one table that turns them into gRPC statuses at the service edge and back
+ * into the same classes in the SDK.
+ */
+import { Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+
+/** Trailer key carrying the stable error code next to the gRPC status. */
+export const ERROR_CODE_METADATA_KEY = 'sockgate-error-code';
+/** Trailer key carrying the policy rule that decided a denial, if any. */
+export const ERROR_RULE_METADATA_KEY = 'sockgate-rule';
+
+export interface SockgateErrorOptions {
+  cause?: unknown;
+  /** Policy rule name, for denials. */
+  rule?: string;
+}
+
+/** Base of every error sockgate raises on purpose. */
+export class SockgateError extends Error {
+  /** Stable machine-readable code, e.g. `ERR_SOCKGATE_POLICY_DENIED`. */
+  readonly code: string = 'ERR_SOCKGATE';
+  /** gRPC status this error travels as. */
+  readonly grpcStatus: status = status.INTERNAL;
+  /** The policy rule that decided a denial. */
+  readonly rule?: string;
+
+  constructor(message: string, options: SockgateErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    if (options.rule !== undefined) this.rule = options.rule;
+  }
+}
+
+function define(code: string, grpcStatus: status, defaultMessage: string) {
+  return class extends SockgateError {
+    static readonly code = code;
+    override readonly code = code;
+    override readonly grpcStatus = grpcStatus;
+    constructor(message: string = defaultMessage, options?: SockgateErrorOptions) {
+      super(message, options);
+    }
+  };
+}
+
+export class InvalidArgumentError extends define('ERR_SOCKGATE_INVALID_ARGUMENT', status.INVALID_ARGUMENT, 'invalid argument') {}
+export class InvalidUriError extends define('ERR_SOCKGATE_INVALID_URI', status.INVALID_ARGUMENT, 'invalid socket URI') {}
+export class DatagramTooLargeError extends define('ERR_SOCKGATE_DATAGRAM_TOO_LARGE', status.INVALID_ARGUMENT, 'datagram exceeds the maximum UDP payload') {}
+export class PolicyDeniedError extends define('ERR_SOCKGATE_POLICY_DENIED', status.PERMISSION_DENIED, 'denied by policy') {}
+export class UnauthenticatedError extends define('ERR_SOCKGATE_UNAUTHENTICATED', status.UNAUTHENTICATED, 'unknown or missing credentials') {}
+export class LimitExceededError extends define('ERR_SOCKGATE_LIMIT_EXCEEDED', status.RESOURCE_EXHAUSTED, 'resource limit reached') {}
+export class SocketNotFoundError extends define('ERR_SOCKGATE_SOCKET_NOT_FOUND', status.NOT_FOUND, 'no such socket') {}
+export class WrongSocketKindError extends define('ERR_SOCKGATE_WRONG_SOCKET_KIND', status.FAILED_PRECONDITION, 'operation not valid for this kind of socket') {}
+export class SocketClosedError extends define('ERR_SOCKGATE_SOCKET_CLOSED', status.FAILED_PRECONDITION, 'socket is closed') {}
+export class ConnectRefusedError extends define('ERR_SOCKGATE_CONNECT_REFUSED', status.UNAVAILABLE, 'connection refused') {}
+export class HostUnreachableError extends define('ERR_SOCKGATE_HOST_UNREACHABLE', status.UNAVAILABLE, 'host or network unreachable') {}
+export class ConnectTimeoutError extends define('ERR_SOCKGATE_CONNECT_TIMEOUT', status.DEADLINE_EXCEEDED, 'connect timed out') {}
+export class DnsError extends define('ERR_SOCKGATE_DNS', status.NOT_FOUND, 'host name could not be resolved') {}
+export class AddressInUseError extends define('ERR_SOCKGATE_ADDRESS_IN_USE', status.ALREADY_EXISTS, 'address already in use') {}
+export class ConnectionResetError extends define('ERR_SOCKGATE_CONNECTION_RESET', status.UNAVAILABLE, 'connection reset by peer') {}
+export class HostSocketError extends define('ERR_SOCKGATE_HOST_SOCKET', status.UNAVAILABLE, 'host socket error') {}
+export class NoTransportError extends define('ERR_SOCKGATE_NO_TRANSPORT', status.FAILED_PRECONDITION, 'no offered transport could be used') {}
+export class AttachFailedError extends define('ERR_SOCKGATE_ATTACH_FAILED', status.UNAUTHENTICATED, 'attach token rejected') {}
+export class ProtocolError extends define('ERR_SOCKGATE_PROTOCOL', status.INVALID_ARGUMENT, 'data-plane protocol violation') {}
+export class RingCorruptError extends define('ERR_SOCKGATE_RING_CORRUPT', status.DATA_LOSS, 'shared ring corrupted by peer') {}
+export class GatewayUnavailableError extends define('ERR_SOCKGATE_GATEWAY_UNAVAILABLE', status.UNAVAILABLE, 'gateway unavailable') {}
+export class ShuttingDownError extends define('ERR_SOCKGATE_SHUTTING_DOWN', status.UNAVAILABLE, 'gateway is shutting down') {}
+export class AbortedError extends define('ERR_SOCKGATE_ABORTED', status.CANCELLED, 'operation aborted') {}
+export class RdmaUnavailableError extends define('ERR_SOCKGATE_RDMA_UNAVAILABLE', status.UNAVAILABLE, 'RDMA is not available') {}
+export class NativeError extends define('ERR_SOCKGATE_NATIVE', status.INTERNAL, 'native addon error') {}
+
+type ErrorClass = (new (message?: string, options?: SockgateErrorOptions) => SockgateError) & { code: string };
+
+/** Every error class, by stable code: the one table. */
+export const ERROR_CLASSES: ReadonlyMap<string, ErrorClass> = new Map(
+  (
+    [
+      InvalidArgumentError, InvalidUriError, DatagramTooLargeError, PolicyDeniedError, UnauthenticatedError,
+      LimitExceededError, SocketNotFoundError, WrongSocketKindError, SocketClosedError, ConnectRefusedError,
+      HostUnreachableError, ConnectTimeoutError, DnsError, AddressInUseError, ConnectionResetError, HostSocketError,
+      NoTransportError, AttachFailedError, ProtocolError, RingCorruptError, GatewayUnavailableError,
+      ShuttingDownError, AbortedError, RdmaUnavailableError, NativeError,
+    ] as ErrorClass[]
+  ).map((c) => [c.code, c]),
+);
+
+/**
+ * Map a Node system error (errno code) from a host socket operation to ours.
+ * `what` names the operation and target for the message, e.g. "connect tcp://a:1".
+ */
+export function fromSystemError(err: unknown, what: string): SockgateError {
+  if (err instanceof SockgateError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const detail = `${what}: ${e?.message ?? String(err)}`;
+  switch (code) {
+    case 'ECONNREFUSED':
+      return new ConnectRefusedError(detail, { cause: err });
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+    case 'EHOSTDOWN':
+    case 'ENETDOWN':
+    case 'EADDRNOTAVAIL':
+      return new HostUnreachableError(detail, { cause: err });
+    case 'ETIMEDOUT':
+      return new ConnectTimeoutError(detail, { cause: err });
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_FAIL':
+    case 'EAI_NONAME':
+    case 'EAI_NODATA':
+      return new DnsError(detail, { cause: err });
+    case 'EADDRINUSE':
+      return new AddressInUseError(detail, { cause: err });
+    case 'EACCES':
+    case 'EPERM':
+      return new PolicyDeniedError(`${detail} (refused by the host)`, { cause: err });
+    case 'ECONNRESET':
+    case 'EPIPE':
+      return new ConnectionResetError(detail, { cause: err });
+    case 'EMSGSIZE':
+      return new DatagramTooLargeError(detail, { cause: err });
+    default:
+      return new HostSocketError(detail, { cause: err });
+  }
+}
+
+/** The status object a server handler passes to its callback for `err`. */
+export function toStatus(err: unknown): Partial<StatusObject> & { code: status; details: string } {
+  const e = err instanceof SockgateError ? err : new SockgateError(err instanceof Error ? err.message : String(err));
+  const metadata = new Metadata();
+  metadata.set(ERROR_CODE_METADATA_KEY, e.code);
+  if (e.rule !== undefined) metadata.set(ERROR_RULE_METADATA_KEY, e.rule);
+  return { code: e.grpcStatus, details: e.message, metadata };
+}
+
+/** Turn a gRPC error received by a client back into the matching class. */
+export function fromServiceError(err: ServiceError | Error): SockgateError {
+  if (err instanceof SockgateError) return err;
+  const se = err as Partial<ServiceError>;
+  const code = se.metadata?.get(ERROR_CODE_METADATA_KEY)[0];
+  const rule = se.metadata?.get(ERROR_RULE_METADATA_KEY)[0];
+  const message = se.details ?? err.message;
+  const cls = typeof code === 'string' ? ERROR_CLASSES.get(code) : undefined;
+  const options: SockgateErrorOptions = { cause: err };
+  if (typeof rule === 'string') options.rule = rule;
+  if (cls) return new cls(message, options);
+  switch (se.code) {
+    case status.UNAVAILABLE:
+      return new GatewayUnavailableError(message, options);
+    case status.CANCELLED:
+      return new AbortedError(message, options);
+    case status.DEADLINE_EXCEEDED:
+      return new ConnectTimeoutError(message, options);
+    case status.UNAUTHENTICATED:
+      return new UnauthenticatedError(message, options);
+    case status.PERMISSION_DENIED:
+      return new PolicyDeniedError(message, options);
+    case status.INVALID_ARGUMENT:
+      return new InvalidArgumentError(message, options);
+    default:
+      return new SockgateError(message, options);
+  }
+}

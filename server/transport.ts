@@ -1,0 +1,61 @@
+/**
+ * The data-plane seam. A guest's socket is opened on the host by the control
+ * plane; its payload moves over a Transport negotiated per socket. Every
+ * transport (tcp, grpc, and later shm and rdma) implements this interface, and
+ * the gateway never needs to know which one a socket rides once attached.
+ *
+ * Lifecycle: the negotiator asks each transport, in the client's order of
+ * preference, to `accept()` an offer. The first that accepts returns attach
+ * parameters; the gateway adds a single-use attach token. When the client
+ * attaches (opens the data connection, the gRPC stream, the ring, the QP) and
+ * presents the token, the transport redeems it through the AttachRegistry and
+ * hands the socket a DataChannel.
+ */
+import type { Duplex } from 'node:stream';
+import type { Accepted, DeclineReason, TransportKind, TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import type { Identity } from './policy.js';
+
+/** What a transport knows about the caller when it decides on an offer. */
+export interface OfferContext {
+  readonly identity: Identity;
+  /** The kind of socket that will ride the transport. */
+  readonly socketKind: 'stream' | 'datagram';
+  /** The control call's peer, as grpc-js reports it (`ipv4:1.2.3.4:5`, `unix:...`). */
+  readonly peer: string;
+}
+
+/** A transport's answer to one offer. Attach token and expiry are the gateway's to add. */
+export type OfferOutcome =
+  | { readonly ok: true; readonly accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'> }
+  | { readonly ok: false; readonly reason: DeclineReason; readonly detail: string };
+
+/**
+ * The client side of one attached socket, as the gateway sees it.
+ * - `stream`: a byte Duplex (the payload passes through JS: tcp, grpc).
+ * - `datagram`: an object-mode Duplex of `{ uri, payload }` datagrams.
+ * Native transports (shm, rdma) will add a mode that hands the host fd to the
+ * native pump so that bytes never enter the JS heap.
+ */
+export interface DataChannel {
+  readonly transport: TransportKind;
+  readonly mode: 'stream' | 'datagram';
+  readonly stream: Duplex;
+}
+
+/** One datagram on a datagram channel. `uri` empty means the connected peer. */
+export interface ChannelDatagram {
+  uri: string;
+  payload: Buffer;
+}
+
+export interface Transport {
+  readonly kind: TransportKind;
+  /** Highest protocol version this gateway speaks for the transport. */
+  readonly version: number;
+  /** Decide on one offer. Must not throw for a bad offer: decline with a reason. */
+  accept(offer: TransportOffer, ctx: OfferContext): OfferOutcome | Promise<OfferOutcome>;
+  /** Start serving attaches (open ports and the like). */
+  start(): Promise<void>;
+  /** Stop taking new attaches; established channels keep running (the socket table drains them). */
+  close(): Promise<void>;
+}
