@@ -4,6 +4,7 @@
  * with one schema. Every error names the offending key.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { InvalidArgumentError } from './errors.js';
@@ -39,12 +40,20 @@ telemetry:
   traces: none
 `;
 
+/** `host:port`, `[v6]:port` (port 0-65535, a real IPv6 literal in brackets), `unix:/path`, or "" (disabled). */
+function isListenAddress(s: string): boolean {
+  if (s === '') return true;
+  if (s.startsWith('unix:')) return s.length > 'unix:'.length;
+  const m = /^(?:\[([^\]]+)\]|([^:\s[\]]+)):([0-9]{1,5})$/.exec(s);
+  if (!m) return false;
+  if (m[1] !== undefined && isIP(m[1]) !== 6) return false;
+  return Number(m[3]) <= 65535;
+}
+
 /** `host:port`, `[v6]:port`, or `unix:/path`. */
-const listenAddress = z
-  .string()
-  .refine((s) => s === '' || s.startsWith('unix:') || /^(\[[0-9a-fA-F:.]+\]|[^:\s[\]]+):[0-9]{1,5}$/.test(s), {
-    message: 'expected host:port, [ipv6]:port or unix:/path (or "" to disable)',
-  });
+const listenAddress = z.string().refine(isListenAddress, {
+  message: 'expected host:port (port 0-65535), [ipv6]:port or unix:/path (or "" to disable)',
+});
 
 const transportName = z.enum(['shm', 'rdma', 'tcp', 'grpc']);
 const protocolName = z.enum(['tcp', 'udp']);
@@ -199,9 +208,11 @@ export function flagOverrides(sets: readonly string[]): Tree {
 export function validateConfig(tree: unknown, source: string): Config {
   const result = configSchema.safeParse(tree);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((i) => {
+  const problems = result.error.issues.flatMap((i) => {
+    // An unknown key is reported at its parent; name the key itself instead.
+    if (i.code === 'unrecognized_keys') return i.keys.map((k) => `  ${[...i.path, k].join('.')}: unknown key`);
     const key = i.path.length ? i.path.join('.') : '(top level)';
-    return `  ${key}: ${i.message}`;
+    return [`  ${key}: ${i.message}`];
   });
   throw new InvalidArgumentError(`invalid configuration (${source}):\n${problems.join('\n')}`);
 }
@@ -248,7 +259,10 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     tree = mergeConfig(tree, flagOverrides(options.sets));
     sources.push('--set flags');
   }
-  if (options.overrides !== undefined) tree = mergeConfig(tree, options.overrides);
+  if (options.overrides !== undefined) {
+    tree = mergeConfig(tree, options.overrides);
+    sources.push('overrides');
+  }
   return validateConfig(tree, sources.join(' + '));
 }
 

@@ -25,6 +25,13 @@ const SCHEMES: ReadonlySet<string> = new Set(['tcp', 'udp', 'tcp6', 'udp6']);
 /** RFC 1123 host names; also accepts single labels such as `localhost`. */
 const HOSTNAME = /^(?=.{1,253}$)([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9])?)*\.?$/;
 const MAX_URI_LENGTH = 1024;
+/**
+ * A last label that is a number (decimal, or 0x hex): the name is then an
+ * IPv4 address in one of inet_aton's legacy forms (`2130706433`, `0x7f.1`,
+ * `1.2.3`) or a malformed one (`999.1.1.1`), which getaddrinfo would turn into
+ * an address rather than look up. Refused, as the WHATWG URL host parser does.
+ */
+const NUMERIC_LAST_LABEL = /(^|\.)([0-9]+|0x[0-9a-f]*)\.?$/i;
 
 export interface ParseUriOptions {
   /** Accept port 0 (the kernel picks), for listen and bind. */
@@ -88,6 +95,9 @@ export function parseUri(input: unknown, options: ParseUriOptions = {}): SocketU
   const ipVersion = isIP(host);
   const hostIsIp = (ipVersion === 4 ? 4 : ipVersion === 6 ? 6 : 0) as 0 | 4 | 6;
   if (hostIsIp === 0 && !HOSTNAME.test(host)) throw new InvalidUriError(`URI ${shown} has an invalid host name "${host}"`);
+  if (hostIsIp === 0 && NUMERIC_LAST_LABEL.test(host)) {
+    throw new InvalidUriError(`URI ${shown} has "${host}", which is neither a valid IP address nor a host name`);
+  }
   const family: 0 | 6 = scheme.endsWith('6') ? 6 : 0;
   if (family === 6 && hostIsIp === 4) throw new InvalidUriError(`URI ${shown} is ${scheme} but names an IPv4 address`);
   return { scheme: scheme as Scheme, protocol, family, host: hostIsIp === 0 ? host.replace(/\.$/, '').toLowerCase() : host, port, hostIsIp };
