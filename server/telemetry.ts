@@ -80,8 +80,10 @@ const RPC_DURATION_BUCKETS_MS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250
  * from @opentelemetry/semantic-conventions where it has a stable constant;
  * `rpc.system`, `rpc.service` and `rpc.grpc.status_code` are only in its
  * incubating entry point (which libraries are told not to import), so they are
- * spelled out here. Keys of this table are the attribute names upper-cased
- * with `.` turned into `_`.
+ * spelled out here. Keys are the OTel attribute names upper-cased with `.`
+ * turned into `_`; ours drop the `sockgate.` prefix (ATTR.TRANSPORT is
+ * `sockgate.transport`). The table is typed exactly, so a misspelt key is a
+ * compile error rather than an `undefined` attribute name.
  */
 export const ATTR = {
   NETWORK_TRANSPORT: ATTR_NETWORK_TRANSPORT,
@@ -96,13 +98,13 @@ export const ATTR = {
   RPC_METHOD: ATTR_RPC_METHOD,
   RPC_GRPC_STATUS_CODE: 'rpc.grpc.status_code',
   /** Negotiated data-plane transport: shm, rdma, smc, tcp, grpc. */
-  SOCKGATE_TRANSPORT: 'sockgate.transport',
+  TRANSPORT: 'sockgate.transport',
   /** Stable fallback reason code, e.g. NO_RDMA_DEVICE. */
-  SOCKGATE_FALLBACK_REASON: 'sockgate.fallback_reason',
+  FALLBACK_REASON: 'sockgate.fallback_reason',
   /** Caller identity name after authentication. */
-  SOCKGATE_IDENTITY: 'sockgate.identity',
+  IDENTITY: 'sockgate.identity',
   /** Gateway socket id. */
-  SOCKGATE_SOCKET_ID: 'sockgate.socket_id',
+  SOCKET_ID: 'sockgate.socket_id',
 } as const satisfies { readonly [k: string]: string };
 
 /** Label keys that are ours but not span attributes (metric-only dimensions). */

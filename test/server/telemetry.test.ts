@@ -168,7 +168,7 @@ test('withSpan records attributes, nests, and ends the span', async (t) => {
   const tel = createTelemetry(options({ traces: 'memory', metricsListen: '' }));
   t.teardown(() => tel.shutdown());
   const out = await tel.withSpan('sockgate.v1.SocketGatewayService/Connect', { [ATTR.RPC_METHOD]: 'Connect', [ATTR.RPC_SYSTEM]: 'grpc' }, async (span) => {
-    span.setAttribute(ATTR.SOCKGATE_TRANSPORT, 'shm');
+    span.setAttribute(ATTR.TRANSPORT, 'shm');
     await tel.withSpan('dial', { [ATTR.SERVER_ADDRESS]: 'db.internal', [ATTR.SERVER_PORT]: 5432 }, async () => undefined);
     return 42;
   });
@@ -194,7 +194,7 @@ test('withSpan sets ERROR status and records the exception on throw', async (t) 
   const tel = createTelemetry(options({ traces: 'memory', metricsListen: '' }));
   t.teardown(() => tel.shutdown());
   const err = await t.throwsAsync(
-    tel.withSpan('Connect', { [ATTR.SOCKGATE_IDENTITY]: 'vm-17' }, async () => {
+    tel.withSpan('Connect', { [ATTR.IDENTITY]: 'vm-17' }, async () => {
       throw new Error('connection refused');
     }),
   );
@@ -228,7 +228,7 @@ test('traces: console writes one JSON log line per span', async (t) => {
   const sink = logSink();
   const tel = createTelemetry(options({ traces: 'console', metricsListen: '', logLevel: 'info', logDestination: sink.stream }));
   t.teardown(() => tel.shutdown());
-  await tel.withSpan('Listen', { [ATTR.SOCKGATE_SOCKET_ID]: 's-1' }, async () => undefined);
+  await tel.withSpan('Listen', { [ATTR.SOCKET_ID]: 's-1' }, async () => undefined);
   const line = sink.lines().find((l) => l['msg'] === 'span');
   t.truthy(line);
   const span = line!['span'] as Record<string, unknown>;
