@@ -1,0 +1,486 @@
+/**
+ * The SDK entry point: a connection to one sockgate gateway, from which
+ * sockets are opened. `Gateway.connect(target)` then `gw.connect('tcp://db:5432')`
+ * gives a Duplex; `gw.listen()` a server of incoming sockets; `gw.udp()` a
+ * datagram socket.
+ */
+import { EventEmitter } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { credentials as grpcCredentials, Metadata, status, type CallOptions, type ChannelCredentials, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
+import {
+  AdminServiceClient,
+  ShutdownHow,
+  SocketGatewayServiceClient,
+  SocketState,
+  type AcceptResponse,
+  type DataRequest,
+  type DataResponse,
+  type SocketInfo,
+  type SocketOption,
+} from '../../proto/gen/sockgate/v1/sockgate.js';
+import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import {
+  AbortedError,
+  AttachFailedError,
+  ConnectTimeoutError,
+  GatewayUnavailableError,
+  NoTransportError,
+  SockgateError,
+  fromServiceError,
+} from '../../server/errors.js';
+import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, REPLY_BYTES, type FrameCodec } from '../../server/wire.js';
+import {
+  GatewayDatagramSocket,
+  GatewaySocket,
+  TRANSPORT_KINDS,
+  fallbackInfo,
+  transportNameOf,
+  type FallbackInfo,
+  type SocketControl,
+  type TransportName,
+} from './socket.js';
+
+/** Transports this SDK build can attach with, in default preference order. */
+export const SDK_TRANSPORTS: readonly TransportName[] = ['tcp', 'grpc'];
+/** Default deadline of a control call. */
+const DEFAULT_DEADLINE_MS = 15_000;
+/** How long an attach (data connection + preamble reply) may take. */
+const ATTACH_TIMEOUT_MS = 10_000;
+/** Per-direction buffering of SDK-side channels. */
+const CHANNEL_HIGH_WATERMARK = 1 << 20;
+/** Datagram limit the SDK checks before sending (the gateway checks again). */
+const MAX_DATAGRAM_BYTES = 65507;
+
+export interface GatewayOptions {
+  /** Bearer token identifying the caller to the gateway's policy. */
+  token?: string;
+  /** TLS to the control port (and mTLS with cert + key). */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  /** Transports to offer, most preferred first. Default: every one this SDK supports. */
+  transports?: readonly TransportName[];
+  /** Default deadline of control calls in ms. */
+  deadlineMs?: number;
+}
+
+export interface CallOpts {
+  /** Abort the call (and the socket being opened). */
+  signal?: AbortSignal;
+  /** Deadline for this call in ms. */
+  deadlineMs?: number;
+}
+
+export interface ConnectOptions extends CallOpts {
+  /** Override the transport preference for this socket. */
+  transports?: readonly TransportName[];
+  /** Host-side connect timeout in ms. */
+  timeoutMs?: number;
+  noDelay?: boolean;
+  keepAliveMs?: number;
+}
+
+export interface UdpOptions extends CallOpts {
+  transports?: readonly TransportName[];
+  /** `connect` opens a connected socket to the URI; `bind` (default) binds it locally. */
+  mode?: 'bind' | 'connect';
+}
+
+type Unary<Req, Res> = (req: Req, md: Metadata, opts: Partial<CallOptions>, cb: (err: ServiceError | null, res: Res) => void) => { cancel(): void };
+
+/** Client-side frame mapping of the grpc data plane. */
+const CLIENT_CODEC: FrameCodec<DataResponse, DataRequest> = {
+  data: (chunk) => ({ frame: { $case: 'data', data: chunk } }),
+  datagram: (d) => ({ frame: { $case: 'datagram', datagram: { uri: d.uri, payload: d.payload } } }),
+  eof: () => ({ frame: { $case: 'eof', eof: true } }),
+  decode: (msg) => {
+    const f = msg.frame;
+    switch (f?.$case) {
+      case 'data':
+        return { kind: 'data', data: f.data };
+      case 'datagram':
+        return { kind: 'datagram', datagram: { uri: f.datagram.uri, payload: f.datagram.payload } };
+      case 'eof':
+        return { kind: 'eof' };
+      default:
+        return { kind: 'other' };
+    }
+  },
+};
+
+/** A listener on the gateway's host; emits 'connection' with GatewaySocket. */
+export class GatewayServer extends EventEmitter {
+  private closed = false;
+  constructor(
+    readonly listenerId: string,
+    /** The host address listened on, with the real port. */
+    readonly localUri: string,
+    private readonly stop: () => Promise<void>,
+  ) {
+    super();
+  }
+
+  address(): { address: string; port: number } {
+    const m = /^[a-z0-9]+:\/\/(\[([^\]]+)\]|([^:]+)):([0-9]+)$/.exec(this.localUri);
+    return { address: m?.[2] ?? m?.[3] ?? '', port: Number(m?.[4] ?? 0) };
+  }
+
+  /** Stop listening (open sockets stay). Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.stop();
+    this.emit('close');
+  }
+}
+
+export class Gateway {
+  private readonly client: SocketGatewayServiceClient;
+  private readonly adminClient: AdminServiceClient;
+  private readonly metadata = new Metadata();
+  private readonly offersDefault: readonly TransportName[];
+  private readonly deadlineMs: number;
+  /** Everything open through this gateway object, closed by close(). */
+  private readonly open = new Set<{ destroy(err?: Error): unknown }>();
+  private readonly control: SocketControl;
+
+  private constructor(
+    readonly target: string,
+    options: GatewayOptions,
+  ) {
+    const creds: ChannelCredentials = options.tls
+      ? grpcCredentials.createSsl(options.tls.ca ?? null, options.tls.key ?? null, options.tls.cert ?? null)
+      : grpcCredentials.createInsecure();
+    const channelOptions = {
+      'grpc.max_receive_message_length': 4 << 20,
+      'grpc.max_send_message_length': 4 << 20,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.initial_reconnect_backoff_ms': 100,
+      'grpc.max_reconnect_backoff_ms': 5_000,
+    };
+    this.client = new SocketGatewayServiceClient(target, creds, channelOptions);
+    this.adminClient = new AdminServiceClient(target, creds, channelOptions);
+    if (options.token) this.metadata.set('authorization', `Bearer ${options.token}`);
+    this.offersDefault = options.transports ?? SDK_TRANSPORTS;
+    this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    this.control = {
+      setOption: async (id, o) => {
+        const option: SocketOption = {
+          option:
+            o.noDelay !== undefined
+              ? { $case: 'noDelay', noDelay: o.noDelay }
+              : o.keepAliveMs !== undefined
+                ? { $case: 'keepAliveMs', keepAliveMs: o.keepAliveMs }
+                : o.sendBufferBytes !== undefined
+                  ? { $case: 'sendBufferBytes', sendBufferBytes: o.sendBufferBytes }
+                  : { $case: 'recvBufferBytes', recvBufferBytes: o.recvBufferBytes ?? 0 },
+        };
+        await this.unary(this.client.setOption, { socketId: id, option });
+      },
+      shutdown: async (id, how) => {
+        const h = how === 'read' ? ShutdownHow.SHUTDOWN_HOW_READ : how === 'write' ? ShutdownHow.SHUTDOWN_HOW_WRITE : ShutdownHow.SHUTDOWN_HOW_BOTH;
+        await this.unary(this.client.shutdown, { socketId: id, how: h });
+      },
+      close: async (id) => {
+        await this.unary(this.client.closeSocket, { socketId: id });
+      },
+      confirmEnd: async (id) => {
+        try {
+          await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: 5_000 });
+        } catch (err) {
+          // The gateway answered: it is alive, so the end of stream was real.
+          if (err instanceof SockgateError && err.grpcStatus !== status.UNAVAILABLE && !(err instanceof GatewayUnavailableError) && !(err instanceof ConnectTimeoutError)) return;
+          throw new GatewayUnavailableError(`gateway ${this.target} went away: the stream of ${id} ended without the gateway to confirm it`, { cause: err });
+        }
+      },
+    };
+  }
+
+  /** Connect to a gateway (`host:port`, `unix:/path`); resolves once the control channel is ready. */
+  static async connect(target: string, options: GatewayOptions = {}, opts: CallOpts = {}): Promise<Gateway> {
+    const gw = new Gateway(target, options);
+    const deadline = Date.now() + (opts.deadlineMs ?? gw.deadlineMs);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(new AbortedError('Gateway.connect aborted'));
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
+        gw.client.waitForReady(deadline, (err) => {
+          opts.signal?.removeEventListener('abort', onAbort);
+          if (err) reject(new GatewayUnavailableError(`gateway ${target} not reachable: ${err.message}`, { cause: err }));
+          else resolve();
+        });
+      });
+    } catch (err) {
+      gw.close();
+      throw err;
+    }
+    return gw;
+  }
+
+  /** One unary call with metadata, deadline, AbortSignal and typed errors. */
+  private unary<Req, Res>(fn: Unary<Req, Res>, req: Req, opts: CallOpts = {}): Promise<Res> {
+    if (opts.signal?.aborted) return Promise.reject(new AbortedError('aborted before the call'));
+    return new Promise((resolve, reject) => {
+      const call = fn.call(this.client, req, this.metadata, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, res) => {
+        opts.signal?.removeEventListener('abort', onAbort);
+        if (err) reject(fromServiceError(err));
+        else resolve(res);
+      });
+      const onAbort = () => call.cancel();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  private offers(names: readonly TransportName[] | undefined): { offers: TransportOffer[]; local: FallbackInfo[] } {
+    const offers: TransportOffer[] = [];
+    const local: FallbackInfo[] = [];
+    for (const name of names ?? this.offersDefault) {
+      if (!(SDK_TRANSPORTS as readonly string[]).includes(name)) {
+        local.push({ transport: name, reason: 'UNSUPPORTED', detail: `this SDK build cannot attach with ${name}` });
+        continue;
+      }
+      offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params: undefined });
+    }
+    if (!offers.length) throw new NoTransportError(`none of the requested transports (${(names ?? []).join(', ')}) is supported by this SDK`);
+    return { offers, local };
+  }
+
+  /** Open a TCP (or connected UDP: use udp()) socket to `uri` through the gateway. */
+  async connect(uri: string, opts: ConnectOptions = {}): Promise<GatewaySocket> {
+    const { offers, local } = this.offers(opts.transports);
+    const options: SocketOption[] = [];
+    if (opts.noDelay !== undefined) options.push({ option: { $case: 'noDelay', noDelay: opts.noDelay } });
+    if (opts.keepAliveMs !== undefined) options.push({ option: { $case: 'keepAliveMs', keepAliveMs: opts.keepAliveMs } });
+    const res = await this.unary(this.client.connect, { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options }, opts);
+    return this.openStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, opts);
+  }
+
+  private async openStream(
+    socketId: string,
+    localUri: string,
+    remoteUri: string,
+    negotiation: NegotiationResult | undefined,
+    offers: TransportOffer[],
+    local: FallbackInfo[],
+    opts: CallOpts,
+  ): Promise<GatewaySocket> {
+    try {
+      const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'stream', opts);
+      const sock = new GatewaySocket(
+        channel,
+        { socketId, transport: transportNameOf(accepted.kind) as TransportName, fallbacks: [...local, ...fallbacks], localUri, remoteUri },
+        this.control,
+        accepted.kind === TransportKind.TRANSPORT_KIND_TCP,
+      );
+      this.track(sock);
+      return sock;
+    } catch (err) {
+      void this.control.close(socketId).catch(() => {});
+      throw err;
+    }
+  }
+
+  private track(s: { destroy(err?: Error): unknown; once(ev: 'close', fn: () => void): unknown }): void {
+    this.open.add(s);
+    s.once('close', () => this.open.delete(s));
+  }
+
+  /**
+   * Attach the data plane: try the accepted transport; if that fails, ask the
+   * gateway for the next of our offers, telling it why (CONNECT_FAILED).
+   */
+  private async attach(
+    socketId: string,
+    negotiation: NegotiationResult | undefined,
+    offers: TransportOffer[],
+    mode: 'stream' | 'datagram',
+    opts: CallOpts,
+  ): Promise<{ channel: Duplex; accepted: Accepted; fallbacks: FallbackInfo[] }> {
+    let result = negotiation;
+    for (let round = 0; round <= offers.length; round++) {
+      const accepted = result?.accepted;
+      if (!accepted) throw new NoTransportError(`gateway accepted none of the offered transports: ${(result?.fallbacks ?? []).map((f) => `${transportNameOf(f.kind)}: ${f.detail}`).join('; ')}`);
+      try {
+        const channel = await this.attachWith(accepted, mode, opts);
+        return { channel, accepted, fallbacks: (result?.fallbacks ?? []).map(fallbackInfo) };
+      } catch (err) {
+        if (err instanceof AbortedError) throw err;
+        const rest = offers.slice(offers.findIndex((o) => o.kind === accepted.kind) + 1);
+        if (!rest.length) throw err;
+        const res = await this.unary(
+          this.client.negotiate,
+          { socketId, offers: rest, failedTransport: accepted.kind, failedReason: DeclineReason.DECLINE_REASON_CONNECT_FAILED, failedDetail: (err as Error).message },
+          opts,
+        );
+        result = res.negotiation;
+      }
+    }
+    throw new NoTransportError('negotiation did not converge');
+  }
+
+  private attachWith(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
+    switch (accepted.params?.$case) {
+      case 'tcp':
+        return this.attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts);
+      case 'grpc':
+        return this.attachGrpc(accepted.attachToken, mode, opts);
+      default:
+        return Promise.reject(new AttachFailedError(`gateway accepted a transport this SDK cannot attach with (${transportNameOf(accepted.kind)})`));
+    }
+  }
+
+  private attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const sock: Socket = netConnect({ host, port, allowHalfOpen: true, noDelay: true, highWaterMark: CHANNEL_HIGH_WATERMARK } as unknown as Parameters<typeof netConnect>[0]);
+      let got: Buffer = Buffer.alloc(0);
+      const fail = (err: Error) => {
+        cleanup();
+        sock.destroy();
+        reject(err instanceof SockgateError ? err : new AttachFailedError(`tcp attach to ${host}:${port} failed: ${err.message}`, { cause: err }));
+      };
+      const onAbort = () => fail(new AbortedError('attach aborted'));
+      const timer = setTimeout(() => fail(new AttachFailedError(`tcp attach to ${host}:${port}: no reply within ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
+      const cleanup = () => {
+        clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
+        sock.removeListener('data', onData);
+        sock.removeListener('error', fail);
+        sock.removeListener('end', onEnd);
+      };
+      const onEnd = () => fail(new AttachFailedError(`tcp attach to ${host}:${port}: gateway closed the connection`));
+      const onData = (chunk: Buffer) => {
+        got = got.length ? Buffer.concat([got, chunk]) : chunk;
+        if (got.length < REPLY_BYTES) return;
+        const st = parseReply(got);
+        if (st === undefined) return fail(new AttachFailedError('tcp attach: malformed reply from the gateway'));
+        if (st !== AttachStatus.OK) return fail(new AttachFailedError(`tcp attach rejected by the gateway: ${AttachStatus[st] ?? st}`));
+        cleanup();
+        sock.pause();
+        if (got.length > REPLY_BYTES) sock.unshift(got.subarray(REPLY_BYTES));
+        resolve(mode === 'stream' ? sock : new DatagramFramer(sock));
+      };
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      sock.on('data', onData);
+      sock.on('error', fail);
+      sock.on('end', onEnd);
+      sock.write(encodePreamble(token));
+    });
+  }
+
+  private attachGrpc(token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      const call: ClientDuplexStream<DataRequest, DataResponse> = this.client.data(this.metadata);
+      const fail = (err: Error) => {
+        cleanup();
+        call.cancel();
+        reject(err instanceof SockgateError ? err : fromServiceError(err));
+      };
+      const onAbort = () => fail(new AbortedError('attach aborted'));
+      const timer = setTimeout(() => fail(new AttachFailedError(`grpc attach: no reply within ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
+      const cleanup = () => {
+        clearTimeout(timer);
+        opts.signal?.removeEventListener('abort', onAbort);
+        call.removeListener('data', onFirst);
+        call.removeListener('error', fail);
+      };
+      const onFirst = (msg: DataResponse) => {
+        if (msg.frame?.$case !== 'attached') return fail(new AttachFailedError('grpc attach: unexpected first frame from the gateway'));
+        cleanup();
+        call.pause();
+        // Keep an error listener: the channel re-emits through its own stream.
+        call.on('error', () => {});
+        resolve(new MessageChannel(call as unknown as Duplex, CLIENT_CODEC, mode, CHANNEL_HIGH_WATERMARK, () => call.cancel()));
+      };
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      call.on('data', onFirst);
+      call.on('error', fail);
+      call.write({ frame: { $case: 'attachToken', attachToken: Buffer.from(token) } });
+    });
+  }
+
+  /** Listen on a host address through the gateway; inbound connections arrive as 'connection' events. */
+  async listen(uri: string, opts: ConnectOptions & { backlog?: number } = {}): Promise<GatewayServer> {
+    const { offers, local } = this.offers(opts.transports);
+    const res = await this.unary(this.client.listen, { uri, backlog: opts.backlog ?? 0 }, opts);
+    const stream = this.client.accept({ listenerId: res.listenerId, offers }, this.metadata);
+    let stopping = false;
+    const server = new GatewayServer(res.listenerId, res.localUri, async () => {
+      stopping = true;
+      stream.cancel();
+      await this.control.close(res.listenerId).catch(() => {});
+    });
+    stream.on('data', (ev: AcceptResponse) => {
+      this.openStream(ev.socketId, ev.localUri, ev.remoteUri, ev.negotiation, offers, local, {}).then(
+        (sock) => server.emit('connection', sock),
+        (err: unknown) => server.emit('error', err),
+      );
+    });
+    stream.on('error', (err: ServiceError) => {
+      if (stopping || err.code === status.CANCELLED) return;
+      server.emit('error', fromServiceError(err));
+    });
+    stream.on('end', () => void server.close());
+    this.track({ destroy: () => void server.close(), once: (ev, fn) => server.once(ev, fn) });
+    process.nextTick(() => server.emit('listening'));
+    return server;
+  }
+
+  /** A UDP socket through the gateway: bound to `uri` (default) or connected to it. */
+  async udp(uri: string, opts: UdpOptions = {}): Promise<GatewayDatagramSocket> {
+    const { offers, local } = this.offers(opts.transports);
+    let socketId: string;
+    let localUri: string;
+    let remoteUri = '';
+    let negotiation: NegotiationResult | undefined;
+    if (opts.mode === 'connect') {
+      const res = await this.unary(this.client.connect, { uri, offers, timeoutMs: 0, options: [] }, opts);
+      ({ socketId, localUri, remoteUri, negotiation } = res);
+    } else {
+      const res = await this.unary(this.client.bind, { uri, offers }, opts);
+      ({ socketId, localUri, negotiation } = res);
+    }
+    try {
+      const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'datagram', opts);
+      const sock = new GatewayDatagramSocket(
+        channel,
+        { socketId, transport: transportNameOf(accepted.kind), fallbacks: [...local, ...fallbacks], localUri, remoteUri, maxDatagramBytes: MAX_DATAGRAM_BYTES },
+        this.control,
+        MAX_DATAGRAM_BYTES,
+      );
+      this.track({ destroy: () => void sock.close(), once: (ev, fn) => sock.once(ev, fn) });
+      return sock;
+    } catch (err) {
+      void this.control.close(socketId).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Half-close a socket on the gateway side (shutdown(2)). */
+  shutdown(socketId: string, how: 'read' | 'write' | 'both', opts: CallOpts = {}): Promise<void> {
+    return this.unary(this.client.shutdown, { socketId, how: how === 'read' ? ShutdownHow.SHUTDOWN_HOW_READ : how === 'write' ? ShutdownHow.SHUTDOWN_HOW_WRITE : ShutdownHow.SHUTDOWN_HOW_BOTH }, opts).then(() => {});
+  }
+
+  async getInfo(socketId: string, opts: CallOpts = {}): Promise<SocketInfo> {
+    const res = await this.unary(this.client.getInfo, { socketId }, opts);
+    if (!res.info) throw new SockgateError('gateway returned no socket info');
+    return res.info;
+  }
+
+  /** Every socket on the gateway (admin identities only). */
+  async listSockets(identity = '', opts: CallOpts = {}): Promise<SocketInfo[]> {
+    return new Promise((resolve, reject) => {
+      this.adminClient.listSockets({ identity }, this.metadata, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, res) =>
+        err ? reject(fromServiceError(err)) : resolve(res.sockets),
+      );
+    });
+  }
+
+  /** Close the control channel; sockets opened through it are destroyed. */
+  close(): void {
+    for (const s of [...this.open]) s.destroy();
+    this.open.clear();
+    this.client.close();
+    this.adminClient.close();
+  }
+}
+
+export { SocketState };

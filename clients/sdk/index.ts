@@ -1,0 +1,13 @@
+/**
+ * sockgate SDK: open sockets through a sockgate gateway.
+ *
+ * ```ts
+ * import { Gateway } from 'sockgate';
+ * const gw = await Gateway.connect('127.0.0.1:7070');
+ * const sock = await gw.connect('tcp://127.0.0.1:5432');
+ * sock.write('hello');
+ * ```
+ */
+export { Gateway, GatewayServer, SDK_TRANSPORTS, type GatewayOptions, type ConnectOptions, type UdpOptions, type CallOpts } from './gateway.js';
+export { GatewaySocket, GatewayDatagramSocket, type FallbackInfo, type TransportName } from './socket.js';
+export * from '../../server/errors.js';

@@ -1,0 +1,117 @@
+/**
+ * Single-use attach tokens. The negotiator issues one per accepted offer; the
+ * transport that the client attaches through redeems it exactly once, before it
+ * expires, for the transport it was issued for. Tokens are 256 random bits;
+ * only their SHA-256 is kept, so a heap dump does not leak live tokens.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { AttachFailedError } from './errors.js';
+import type { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
+import { tracer } from './trace.js';
+
+const trace = tracer('attach');
+
+/** Token length in bytes: 256 bits, beyond guessing. */
+export const ATTACH_TOKEN_BYTES = 32;
+/** Redeemed and expired tokens are remembered this long so a replay is told apart from garbage. */
+const SPENT_MEMORY_MS = 60_000;
+/** Upper bound on remembered spent tokens, so replays cannot grow memory. */
+const MAX_SPENT = 65_536;
+
+export type RedeemFailure = 'wrong_token' | 'replayed' | 'expired' | 'wrong_transport';
+
+/** A pending attach: what the token unlocks. */
+export interface PendingAttach<T> {
+  readonly target: T;
+  readonly transport: TransportKind;
+  readonly expiresAtMs: number;
+}
+
+export class AttachTokenError extends AttachFailedError {
+  constructor(readonly failure: RedeemFailure) {
+    super(`attach token rejected: ${failure.replace('_', ' ')}`);
+  }
+}
+
+function digest(token: Uint8Array): string {
+  return createHash('sha256').update(token).digest('base64');
+}
+
+export class AttachRegistry<T> {
+  /** Live tokens by digest; each entry has a timer that expires it. */
+  private readonly pending = new Map<string, PendingAttach<T> & { timer: NodeJS.Timeout; onExpire: () => void }>();
+  /** Digests of redeemed/expired tokens -> why they are spent; insertion-ordered for eviction. */
+  private readonly spent = new Map<string, { why: 'replayed' | 'expired'; at: number }>();
+
+  constructor(private readonly ttlMs: number) {}
+
+  /**
+   * Issue a token for `target` on `transport`. `onExpire` runs if it is not
+   * redeemed in time (the socket table uses it to reap unattached sockets).
+   */
+  issue(target: T, transport: TransportKind, onExpire: () => void): { token: Buffer; expiresAtMs: number } {
+    const token = randomBytes(ATTACH_TOKEN_BYTES);
+    const key = digest(token);
+    const expiresAtMs = Date.now() + this.ttlMs;
+    const timer = setTimeout(() => {
+      const entry = this.pending.get(key);
+      if (!entry) return;
+      this.pending.delete(key);
+      this.remember(key, 'expired');
+      trace(`token for transport ${transport} expired`);
+      entry.onExpire();
+    }, this.ttlMs);
+    timer.unref();
+    this.pending.set(key, { target, transport, expiresAtMs, timer, onExpire });
+    return { token, expiresAtMs };
+  }
+
+  /** Redeem a token once; throws AttachTokenError saying why it was refused. */
+  redeem(token: Uint8Array, transport: TransportKind): T {
+    const key = digest(token);
+    const entry = this.pending.get(key);
+    if (!entry) {
+      const spent = this.spent.get(key);
+      throw new AttachTokenError(spent ? spent.why : 'wrong_token');
+    }
+    if (entry.transport !== transport) throw new AttachTokenError('wrong_transport');
+    this.pending.delete(key);
+    clearTimeout(entry.timer);
+    if (Date.now() > entry.expiresAtMs) {
+      this.remember(key, 'expired');
+      entry.onExpire();
+      throw new AttachTokenError('expired');
+    }
+    this.remember(key, 'replayed');
+    return entry.target;
+  }
+
+  /** Drop every live token for `target` (its socket closed). */
+  revoke(target: T): void {
+    for (const [key, entry] of this.pending) {
+      if (entry.target !== target) continue;
+      clearTimeout(entry.timer);
+      this.pending.delete(key);
+      this.remember(key, 'expired');
+    }
+  }
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  close(): void {
+    for (const entry of this.pending.values()) clearTimeout(entry.timer);
+    this.pending.clear();
+    this.spent.clear();
+  }
+
+  private remember(key: string, why: 'replayed' | 'expired'): void {
+    const now = Date.now();
+    this.spent.set(key, { why, at: now });
+    for (const [k, v] of this.spent) {
+      if (this.spent.size <= MAX_SPENT && now - v.at < SPENT_MEMORY_MS) break;
+      this.spent.delete(k);
+    }
+  }
+}

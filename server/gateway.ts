@@ -1,0 +1,205 @@
+/**
+ * The gateway daemon: assembles policy, host backend, socket table,
+ * transports, telemetry and the gRPC services, and runs the lifecycle
+ * (start; graceful stop = stop accepting, drain, then close).
+ */
+import { readFileSync } from 'node:fs';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { ReflectionService } from '@grpc/reflection';
+import { loadFileDescriptorSetFromBuffer } from '@grpc/proto-loader';
+import { AdminServiceService, SocketGatewayServiceService } from '../proto/gen/sockgate/v1/sockgate.js';
+import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
+import { AttachRegistry } from './attach.js';
+import { splitListenAddress, type Config } from './config.js';
+import { ShuttingDownError } from './errors.js';
+import { HostBackend } from './host-backend.js';
+import { Negotiator } from './negotiate.js';
+import { Policy } from './policy.js';
+import { createServices } from './service.js';
+import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
+import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
+import { createTelemetry, type Telemetry } from './telemetry.js';
+import type { Logger } from './log.js';
+import type { Transport } from './transport.js';
+import { TcpTransport } from './transport-tcp.js';
+import { GrpcTransport } from './transport-grpc.js';
+
+/** The descriptor set `npm run gen` writes, for the reflection service. */
+const DESCRIPTOR_SET = new URL('../../proto/gen/sockgate.binpb', import.meta.url);
+const HEALTH_SERVICE_NAMES = ['', 'sockgate.v1.SocketGatewayService', 'sockgate.v1.AdminService'];
+/** Largest gRPC message accepted: a data frame plus headroom. */
+const MAX_MESSAGE_BYTES = 4 << 20;
+
+export interface GatewayOptions {
+  /** Extra state for tests: a telemetry instance to use instead of creating one. */
+  telemetry?: Telemetry;
+}
+
+export interface GatewayAddresses {
+  /** gRPC target for clients, e.g. 127.0.0.1:7070 or unix:/run/sockgate.sock. */
+  control: string;
+  /** Host:port of the tcp data plane. */
+  data: string;
+  /** Prometheus URL, if enabled. */
+  metrics: string | undefined;
+}
+
+export class Gateway {
+  readonly telemetry: Telemetry;
+  readonly logger: Logger;
+  readonly table: SocketTable;
+  readonly policy: Policy;
+  /** Set once stop() began: no new sockets. */
+  private shuttingDown = false;
+  private readonly server: Server;
+  private readonly health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICE_NAMES.map((n) => [n, 'NOT_SERVING'])));
+  private readonly registry: AttachRegistry<GatewaySocket>;
+  private readonly tcp: TcpTransport;
+  private readonly grpc: GrpcTransport;
+  private readonly transports: Map<TransportKind, Transport>;
+  private stopping: Promise<void> | undefined;
+  private addressesValue: GatewayAddresses | undefined;
+
+  constructor(
+    readonly config: Config,
+    options: GatewayOptions = {},
+  ) {
+    this.telemetry =
+      options.telemetry ?? createTelemetry({ logLevel: config.telemetry.log_level, traces: config.telemetry.traces, metricsListen: config.listen.metrics });
+    this.logger = this.telemetry.logger;
+    this.policy = new Policy(config);
+    this.table = new SocketTable(config.limits.max_sockets);
+    this.registry = new AttachRegistry(config.transports.attach_token_ttl_ms);
+    const metrics = this.telemetry.metrics;
+    const hwm = config.socket.high_watermark_bytes;
+    const data = splitListenAddress(config.listen.data);
+    if ('path' in data) throw new Error('listen.data must be host:port');
+    this.tcp = new TcpTransport({
+      host: data.host,
+      port: data.port,
+      advertiseHost: config.transports.data_host ?? (data.host === '0.0.0.0' || data.host === '::' ? '127.0.0.1' : data.host),
+      highWatermark: hwm,
+      maxDatagramBytes: config.socket.max_datagram_bytes,
+      registry: this.registry,
+      metrics,
+      logger: this.logger,
+    });
+    this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
+    this.transports = new Map<TransportKind, Transport>([
+      [TransportKind.TRANSPORT_KIND_TCP, this.tcp],
+      [TransportKind.TRANSPORT_KIND_GRPC, this.grpc],
+    ]);
+    const negotiator = new Negotiator(this.transports, new Set(config.transports.enabled), this.policy, this.registry, metrics);
+    const services = createServices({
+      policy: this.policy,
+      backend: new HostBackend(this.policy, hwm),
+      table: this.table,
+      negotiator,
+      registry: this.registry,
+      grpcTransport: this.grpc,
+      telemetry: this.telemetry,
+      logger: this.logger,
+      limits: { highWatermark: hwm, maxDatagramBytes: config.socket.max_datagram_bytes, udpIdleTimeoutMs: config.socket.udp_idle_timeout_ms },
+      connectTimeoutMs: config.socket.connect_timeout_ms,
+      attachTtlMs: config.transports.attach_token_ttl_ms,
+      isShuttingDown: () => this.shuttingDown,
+    });
+    this.server = new Server({
+      'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+      'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc-node.max_session_memory': 64,
+    });
+    this.server.addService(SocketGatewayServiceService, services.socket);
+    this.server.addService(AdminServiceService, services.admin);
+    this.health.addToServer(this.server);
+    new ReflectionService(loadFileDescriptorSetFromBuffer(readFileSync(DESCRIPTOR_SET))).addToServer(this.server);
+    metrics.observeBytes(() => this.table.byteTotals());
+    metrics.observeOpenSockets(() => this.table.openCounts());
+  }
+
+  get addresses(): GatewayAddresses {
+    if (!this.addressesValue) throw new Error('gateway not started');
+    return this.addressesValue;
+  }
+
+  private credentials(): ServerCredentials {
+    const tls = this.config.tls;
+    if (!tls) return ServerCredentials.createInsecure();
+    return ServerCredentials.createSsl(
+      tls.ca ? readFileSync(tls.ca) : null,
+      [{ private_key: readFileSync(tls.key), cert_chain: readFileSync(tls.cert) }],
+      tls.require_client_cert,
+    );
+  }
+
+  async start(): Promise<GatewayAddresses> {
+    const control = this.config.listen.control;
+    const bound = await new Promise<number>((resolve, reject) =>
+      this.server.bindAsync(control, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
+    );
+    for (const t of this.transports.values()) await t.start();
+    await this.telemetry.start();
+    const c = splitListenAddress(control);
+    const controlTarget = 'path' in c ? control : `${c.host.includes(':') ? `[${c.host}]` : c.host}:${bound}`;
+    this.addressesValue = { control: controlTarget, data: `127.0.0.1:${this.tcp.port}`, metrics: this.telemetry.metricsUrl };
+    const d = splitListenAddress(this.config.listen.data);
+    if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
+    for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'SERVING');
+    this.logger.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
+    return this.addressesValue;
+  }
+
+  /**
+   * Graceful stop: refuse new sockets and attaches, close listeners and
+   * never-attached sockets, let open sockets drain for up to the drain
+   * timeout, then abort what is left. Idempotent.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    this.shuttingDown = true;
+    for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'NOT_SERVING');
+    this.logger.info({ open: this.table.size }, 'shutting down: draining');
+    for (const t of this.transports.values()) await t.close();
+    for (const s of this.table.list()) {
+      if (s instanceof ListenerSocket || (s instanceof StreamSocket && s.state === SocketState.SOCKET_STATE_PENDING_ATTACH)) {
+        void s.destroy(new ShuttingDownError());
+      }
+    }
+    const drained = await this.table.drain(this.config.shutdown.drain_timeout_ms);
+    if (!drained) {
+      this.logger.warn({ open: this.table.size }, 'drain timeout: aborting the remaining sockets');
+      await this.table.destroyAll(new ShuttingDownError('gateway stopped before the socket drained'));
+    }
+    this.registry.close();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2_000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    await this.telemetry.shutdown();
+    this.logger.info('sockgate gateway stopped');
+  }
+
+  /** Abort everything at once (tests, fatal errors). */
+  async destroy(): Promise<void> {
+    this.shuttingDown = true;
+    await this.table.destroyAll(new ShuttingDownError());
+    this.server.forceShutdown();
+    for (const t of this.transports.values()) await t.close();
+    this.registry.close();
+    await this.telemetry.shutdown();
+  }
+}

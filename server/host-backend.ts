@@ -1,0 +1,144 @@
+/**
+ * The host socket backend: resolves guest URIs on the host, asks policy about
+ * the address the socket will really use (so DNS cannot smuggle a guest past a
+ * rule), and opens real host sockets, with connect errors mapped to precise
+ * errors (refused, unreachable, timeout, DNS failure).
+ */
+import { lookup } from 'node:dns/promises';
+import { Socket as NetSocket, createServer, type Server as NetServer } from 'node:net';
+import { createSocket, type Socket as DgramSocket } from 'node:dgram';
+import { ConnectTimeoutError, DnsError, fromSystemError } from './errors.js';
+import type { Direction, Identity, Policy } from './policy.js';
+import { parseUri, type L4Protocol, type SocketUri } from './uri.js';
+import { tracer } from './trace.js';
+
+const trace = tracer('host');
+
+export interface ResolvedTarget {
+  uri: SocketUri;
+  /** The address the socket uses. */
+  address: string;
+  family: 4 | 6;
+  /** Policy rule that allowed it. */
+  rule: string;
+}
+
+export class HostBackend {
+  constructor(
+    private readonly policy: Policy,
+    private readonly highWatermark: number,
+  ) {}
+
+  /** Resolve a URI's host and check policy for `direction`. Throws InvalidUriError, DnsError, PolicyDeniedError. */
+  async resolve(identity: Identity, input: string, direction: Direction, protocol?: L4Protocol): Promise<ResolvedTarget> {
+    const uri = parseUri(input, { allowPortZero: direction !== 'connect', ...(protocol ? { protocol } : {}) });
+    let address: string;
+    let family: 4 | 6;
+    if (uri.hostIsIp) {
+      address = uri.host;
+      family = uri.hostIsIp;
+    } else {
+      try {
+        const r = await lookup(uri.host, { family: uri.family === 6 ? 6 : 0, verbatim: true });
+        address = r.address;
+        family = r.family === 6 ? 6 : 4;
+      } catch (err) {
+        throw new DnsError(`cannot resolve "${uri.host}": ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+      }
+    }
+    // Port 0 (listen/bind): the kernel picks the port, so policy is asked once it is known (checkBound).
+    if (uri.port === 0) return { uri, address, family, rule: '' };
+    const { rule } = this.policy.check(identity, { direction, protocol: uri.protocol, host: uri.host, address, port: uri.port });
+    trace(`${identity.name} ${direction} ${input} -> ${address} allowed by ${rule}`);
+    return { uri, address, family, rule };
+  }
+
+  /** Policy check of a listen/bind on port 0, with the port the kernel chose. Throws PolicyDeniedError. */
+  checkBound(identity: Identity, target: ResolvedTarget, direction: Direction, port: number): void {
+    if (target.uri.port !== 0) return;
+    const { rule } = this.policy.check(identity, { direction, protocol: target.uri.protocol, host: target.uri.host, address: target.address, port });
+    target.rule = rule;
+  }
+
+  /** Open a TCP connection; the socket comes back paused with half-open allowed. */
+  connectTcp(target: ResolvedTarget, timeoutMs: number, signal?: AbortSignal): Promise<NetSocket> {
+    return new Promise((resolve, reject) => {
+      const sock = new NetSocket({ allowHalfOpen: true, highWaterMark: this.highWatermark } as ConstructorParameters<typeof NetSocket>[0]);
+      let done = false;
+      const what = `connect ${target.uri.scheme}://${target.uri.host}:${target.uri.port} (${target.address})`;
+      const finish = (err?: Error) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        sock.removeListener('error', finish);
+        if (err) {
+          sock.destroy();
+          reject(err instanceof ConnectTimeoutError ? err : fromSystemError(err, what));
+        } else {
+          resolve(sock);
+        }
+      };
+      const onAbort = () => finish(new ConnectTimeoutError(`${what}: cancelled by the caller`));
+      const timer = setTimeout(() => finish(new ConnectTimeoutError(`${what}: no answer within ${timeoutMs} ms`)), timeoutMs);
+      signal?.addEventListener('abort', onAbort);
+      sock.once('error', finish);
+      sock.pause();
+      sock.connect({ host: target.address, port: target.uri.port, family: target.family }, () => finish());
+    });
+  }
+
+  /** Listen on a host address; inbound sockets arrive paused with half-open allowed. */
+  async listenTcp(identity: Identity, target: ResolvedTarget, backlog: number): Promise<NetServer> {
+    const server = await new Promise<NetServer>((resolve, reject) => {
+      const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, highWaterMark: this.highWatermark } as Parameters<typeof createServer>[0]);
+      server.once('error', (err) => reject(fromSystemError(err, `listen ${target.uri.scheme}://${target.uri.host}:${target.uri.port}`)));
+      // An IPv6 address binds IPv6 only: policy judged exactly this address, not the IPv4 side of a dual-stack socket.
+      server.listen({ host: target.address, port: target.uri.port, backlog: backlog || 511, ipv6Only: target.family === 6 }, () => {
+        server.removeAllListeners('error');
+        resolve(server);
+      });
+    });
+    try {
+      this.checkBound(identity, target, 'listen', (server.address() as { port: number }).port);
+    } catch (err) {
+      server.close();
+      throw err;
+    }
+    return server;
+  }
+
+  /** A UDP socket bound to `local` (port 0 picks one) and, if `remote` is given, connected to it. */
+  async openUdp(identity: Identity, local: ResolvedTarget | undefined, remote: ResolvedTarget | undefined): Promise<DgramSocket> {
+    const family = (local ?? remote)!.family;
+    const sock = createSocket({ type: family === 6 ? 'udp6' : 'udp4', ipv6Only: family === 6 });
+    const what = `udp ${local ? `bind ${local.address}:${local.uri.port}` : ''}${remote ? ` connect ${remote.address}:${remote.uri.port}` : ''}`.trim();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        sock.once('error', reject);
+        sock.bind(local ? { address: local.address, port: local.uri.port } : { port: 0 }, () => {
+          sock.removeListener('error', reject);
+          resolve();
+        });
+      });
+      if (remote) {
+        await new Promise<void>((resolve, reject) => {
+          sock.once('error', reject);
+          sock.connect(remote.uri.port, remote.address, () => {
+            sock.removeListener('error', reject);
+            resolve();
+          });
+        });
+      }
+      if (local) this.checkBound(identity, local, 'bind', sock.address().port);
+    } catch (err) {
+      try {
+        sock.close();
+      } catch {
+        // never bound
+      }
+      throw fromSystemError(err, what);
+    }
+    return sock;
+  }
+}

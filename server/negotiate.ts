@@ -1,0 +1,107 @@
+/**
+ * Data-plane negotiation (SMC's CLC handshake, in spirit): walk the client's
+ * offers in its order of preference, take the first transport that accepts,
+ * and record a reason for each one passed over.
+ */
+import { DeclineReason, TransportKind, type Accepted, type Fallback, type NegotiationResult, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import type { AttachRegistry } from './attach.js';
+import type { TransportName } from './config.js';
+import type { Policy } from './policy.js';
+import { reasonName, transportName, type GatewaySocket } from './socket-table.js';
+import type { GatewayMetrics } from './telemetry.js';
+import type { OfferContext, Transport } from './transport.js';
+import { tracer } from './trace.js';
+
+const trace = tracer('negotiate');
+
+/** Offers considered per negotiation; more is a hostile or broken client. */
+const MAX_OFFERS = 16;
+/** What a client that offers nothing gets: the transports that work anywhere. */
+const DEFAULT_OFFERS: readonly TransportOffer[] = [
+  { kind: TransportKind.TRANSPORT_KIND_TCP, version: 1, params: undefined },
+  { kind: TransportKind.TRANSPORT_KIND_GRPC, version: 1, params: undefined },
+];
+
+const NAMES: ReadonlyMap<TransportKind, TransportName> = new Map([
+  [TransportKind.TRANSPORT_KIND_SHM, 'shm'],
+  [TransportKind.TRANSPORT_KIND_RDMA, 'rdma'],
+  [TransportKind.TRANSPORT_KIND_TCP, 'tcp'],
+  [TransportKind.TRANSPORT_KIND_GRPC, 'grpc'],
+]);
+
+export interface Decision {
+  /** The chosen transport's attach parameters, without token. */
+  accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'> | undefined;
+  fallbacks: Fallback[];
+}
+
+export class Negotiator {
+  constructor(
+    /** Transports this gateway serves, by kind. */
+    private readonly transports: ReadonlyMap<TransportKind, Transport>,
+    /** Transports enabled in config (a kind can be built but disabled). */
+    private readonly enabled: ReadonlySet<TransportName>,
+    private readonly policy: Policy,
+    private readonly registry: AttachRegistry<GatewaySocket>,
+    private readonly metrics: GatewayMetrics,
+  ) {}
+
+  /** Decide a transport for `offers`; never throws for a bad offer. */
+  async decide(offers: readonly TransportOffer[], ctx: OfferContext, prior: readonly Fallback[] = []): Promise<Decision> {
+    const fallbacks: Fallback[] = [...prior];
+    const seen = new Set<TransportKind>();
+    const list = offers.length ? offers.slice(0, MAX_OFFERS) : DEFAULT_OFFERS;
+    for (const offer of list) {
+      if (seen.has(offer.kind)) continue;
+      seen.add(offer.kind);
+      const decline = (reason: DeclineReason, detail: string) => {
+        fallbacks.push({ kind: offer.kind, reason, detail });
+        this.metrics.recordFallback(transportName(offer.kind), reasonName(reason));
+        trace(`${ctx.identity.name}: pass over ${transportName(offer.kind)}: ${reasonName(reason)} (${detail})`);
+      };
+      const name = NAMES.get(offer.kind);
+      if (!name) {
+        decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, `unknown transport ${offer.kind}`);
+        continue;
+      }
+      if (!this.enabled.has(name)) {
+        decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, `transport ${name} is disabled on this gateway (transports.enabled)`);
+        continue;
+      }
+      if (!this.policy.allowsTransport(ctx.identity, name)) {
+        decline(DeclineReason.DECLINE_REASON_POLICY, `identity "${ctx.identity.name}" may not use transport ${name}`);
+        continue;
+      }
+      const transport = this.transports.get(offer.kind);
+      if (!transport) {
+        decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, `transport ${name} is not available in this build`);
+        continue;
+      }
+      if (offer.version !== 0 && offer.version < 1) {
+        decline(DeclineReason.DECLINE_REASON_VERSION_MISMATCH, `client speaks ${name} v${offer.version}, gateway needs v1..v${transport.version}`);
+        continue;
+      }
+      let outcome;
+      try {
+        outcome = await transport.accept(offer, ctx);
+      } catch (err) {
+        decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `transport ${name} failed: ${(err as Error).message}`);
+        continue;
+      }
+      if (!outcome.ok) {
+        decline(outcome.reason, outcome.detail);
+        continue;
+      }
+      return { accepted: outcome.accepted, fallbacks };
+    }
+    return { accepted: undefined, fallbacks };
+  }
+
+  /** Issue the attach token for a decided transport and record the result on the socket. */
+  issue(socket: GatewaySocket, decision: Decision, onExpire: () => void): NegotiationResult {
+    socket.fallbacks = decision.fallbacks;
+    if (!decision.accepted) return { accepted: undefined, fallbacks: decision.fallbacks };
+    const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire);
+    return { accepted: { ...decision.accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: decision.fallbacks };
+  }
+}

@@ -1,0 +1,452 @@
+/**
+ * The control-plane service edge: gRPC handlers for SocketGatewayService and
+ * AdminService. Each call is identified, traced and measured here; errors
+ * become gRPC statuses through the one table in errors.ts.
+ */
+import type {
+  handleServerStreamingCall,
+  handleUnaryCall,
+  Metadata,
+  sendUnaryData,
+  ServerUnaryCall,
+  ServerWritableStream,
+  ServerDuplexStream,
+} from '@grpc/grpc-js';
+import type { Span } from '@opentelemetry/api';
+import type { Socket as NetSocket } from 'node:net';
+import type {
+  AcceptRequest,
+  AcceptResponse,
+  AdminServiceServer,
+  DataRequest,
+  DataResponse,
+  RecvFromRequest,
+  RecvFromResponse,
+  SocketGatewayServiceServer,
+  SocketOption,
+} from '../proto/gen/sockgate/v1/sockgate.js';
+import { ShutdownHow, SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
+import { DeclineReason, TransportKind, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
+import {
+  AttachFailedError,
+  InvalidArgumentError,
+  NoTransportError,
+  PolicyDeniedError,
+  ShuttingDownError,
+  SockgateError,
+  WrongSocketKindError,
+  toStatus,
+} from './errors.js';
+import type { HostBackend } from './host-backend.js';
+import type { Negotiator, Decision } from './negotiate.js';
+import type { CallerCredentials, Identity, Policy } from './policy.js';
+import {
+  DatagramSocket,
+  ListenerSocket,
+  StreamSocket,
+  reasonName,
+  transportName,
+  type GatewaySocket,
+  type SocketLimits,
+  type SocketTable,
+} from './socket-table.js';
+import { ATTR, type ConnectResult, type Telemetry } from './telemetry.js';
+import type { GrpcTransport } from './transport-grpc.js';
+import type { AttachRegistry } from './attach.js';
+import type { Logger } from './log.js';
+
+export interface ServiceDeps {
+  policy: Policy;
+  backend: HostBackend;
+  table: SocketTable;
+  negotiator: Negotiator;
+  registry: AttachRegistry<GatewaySocket>;
+  grpcTransport: GrpcTransport;
+  telemetry: Telemetry;
+  logger: Logger;
+  limits: SocketLimits;
+  connectTimeoutMs: number;
+  /** How long a listener may wait for its Accept stream. */
+  attachTtlMs: number;
+  /** True once shutdown began: no new sockets. */
+  isShuttingDown(): boolean;
+  /** Apply a buffer-size option to a TCP host socket (native setsockopt); undefined if unavailable. */
+  setTcpBuffer?: (sock: NetSocket, which: 'send' | 'recv', bytes: number) => void;
+}
+
+const SERVICE = 'sockgate.v1.SocketGatewayService';
+/** Upper bound on a client-requested connect timeout. */
+const MAX_CONNECT_TIMEOUT_MS = 120_000;
+
+function credentialsOf(call: { metadata: Metadata; getAuthContext?: () => { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } }): CallerCredentials {
+  const creds: CallerCredentials = {};
+  const auth = call.metadata.get('authorization')[0];
+  if (typeof auth === 'string') creds.authorization = auth;
+  const cn = call.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
+  if (typeof cn === 'string') creds.tlsCommonName = cn;
+  else if (Array.isArray(cn) && typeof cn[0] === 'string') creds.tlsCommonName = cn[0];
+  return creds;
+}
+
+function connectResultOf(err: unknown): ConnectResult {
+  const code = err instanceof SockgateError ? err.code : '';
+  switch (code) {
+    case 'ERR_SOCKGATE_CONNECT_REFUSED':
+      return 'refused';
+    case 'ERR_SOCKGATE_HOST_UNREACHABLE':
+      return 'unreachable';
+    case 'ERR_SOCKGATE_CONNECT_TIMEOUT':
+      return 'timeout';
+    case 'ERR_SOCKGATE_DNS':
+      return 'dns';
+    case 'ERR_SOCKGATE_POLICY_DENIED':
+      return 'denied';
+    case 'ERR_SOCKGATE_INVALID_URI':
+    case 'ERR_SOCKGATE_INVALID_ARGUMENT':
+      return 'invalid';
+    case 'ERR_SOCKGATE_LIMIT_EXCEEDED':
+      return 'limit';
+    default:
+      return 'error';
+  }
+}
+
+function describeFallbacks(fallbacks: readonly Fallback[]): string {
+  return fallbacks.map((f) => `${transportName(f.kind)}: ${reasonName(f.reason)} (${f.detail})`).join('; ');
+}
+
+function requireId(id: unknown, what = 'socket_id'): string {
+  if (typeof id !== 'string' || id.length === 0) throw new InvalidArgumentError(`${what} is required`);
+  return id;
+}
+
+export function createServices(deps: ServiceDeps): { socket: SocketGatewayServiceServer; admin: AdminServiceServer } {
+  const { policy, backend, table, negotiator, telemetry, logger } = deps;
+  const metrics = telemetry.metrics;
+
+  /** Identify, trace and time a unary call; map errors to statuses. */
+  function unary<Req, Res>(method: string, body: (req: Req, identity: Identity, span: Span, call: ServerUnaryCall<Req, Res>) => Promise<Res>): handleUnaryCall<Req, Res> {
+    return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
+      const started = performance.now();
+      const attrs = { [ATTR.RPC_SYSTEM]: 'grpc', [ATTR.RPC_SERVICE]: SERVICE, [ATTR.RPC_METHOD]: method };
+      telemetry
+        .withSpan(`${SERVICE}/${method}`, attrs, async (span) => {
+          const identity = policy.identify(credentialsOf(call));
+          span.setAttribute(ATTR.IDENTITY, identity.name);
+          return body(call.request, identity, span, call);
+        })
+        .then(
+          (res) => {
+            metrics.recordRpc(method, 'OK', performance.now() - started);
+            callback(null, res);
+          },
+          (err: unknown) => {
+            const st = toStatus(err);
+            metrics.recordRpc(method, String(st.code), performance.now() - started);
+            if (!(err instanceof SockgateError)) logger.error({ err, method }, 'unexpected error in control call');
+            callback(st);
+          },
+        );
+    };
+  }
+
+  function guardNew(): void {
+    if (deps.isShuttingDown()) throw new ShuttingDownError('gateway is shutting down: no new sockets');
+  }
+
+  function applyOption(sock: GatewaySocket, option: SocketOption | undefined): void {
+    const o = option?.option;
+    if (!o) throw new InvalidArgumentError('option is required');
+    if (sock instanceof StreamSocket) {
+      switch (o.$case) {
+        case 'noDelay':
+          sock.host.setNoDelay(o.noDelay);
+          return;
+        case 'keepAliveMs':
+          sock.host.setKeepAlive(o.keepAliveMs > 0, o.keepAliveMs);
+          return;
+        case 'sendBufferBytes':
+        case 'recvBufferBytes': {
+          const bytes = o.$case === 'sendBufferBytes' ? o.sendBufferBytes : o.recvBufferBytes;
+          if (bytes < 1024 || bytes > 64 << 20) throw new InvalidArgumentError(`${o.$case === 'sendBufferBytes' ? 'send_buffer_bytes' : 'recv_buffer_bytes'} must be 1024..67108864, got ${bytes}`);
+          if (!deps.setTcpBuffer) throw new WrongSocketKindError('TCP buffer sizes need the native addon, which is not loaded');
+          deps.setTcpBuffer(sock.host, o.$case === 'sendBufferBytes' ? 'send' : 'recv', bytes);
+          return;
+        }
+      }
+    } else if (sock instanceof DatagramSocket) {
+      switch (o.$case) {
+        case 'sendBufferBytes':
+          sock.host.setSendBufferSize(o.sendBufferBytes);
+          return;
+        case 'recvBufferBytes':
+          sock.host.setRecvBufferSize(o.recvBufferBytes);
+          return;
+        default:
+          throw new WrongSocketKindError(`option ${o.$case} does not apply to a datagram socket`);
+      }
+    }
+    throw new WrongSocketKindError(`option ${o.$case} does not apply to a ${sock.kind}`);
+  }
+
+  /** Reap a stream socket that was never attached. */
+  function onAttachExpired(sock: GatewaySocket): () => void {
+    return () => {
+      if (sock instanceof StreamSocket && sock.state === SocketState.SOCKET_STATE_PENDING_ATTACH) {
+        metrics.recordAttach(transportName(sock.transport), 'expired');
+        void sock.destroy(new AttachFailedError(`socket ${sock.id} was not attached before its token expired`));
+      }
+    };
+  }
+
+  function noteNegotiation(span: Span, decision: Decision): void {
+    if (decision.accepted) span.setAttribute(ATTR.TRANSPORT, transportName(decision.accepted.kind));
+    if (decision.fallbacks[0]) span.setAttribute(ATTR.FALLBACK_REASON, reasonName(decision.fallbacks[0].reason));
+  }
+
+  const socket: SocketGatewayServiceServer = {
+    connect: unary('Connect', async (req, identity, span, call) => {
+      try {
+        guardNew();
+        const target = await backend.resolve(identity, req.uri, 'connect');
+        span.setAttributes({
+          [ATTR.NETWORK_TRANSPORT]: target.uri.protocol,
+          [ATTR.NETWORK_TYPE]: target.family === 6 ? 'ipv6' : 'ipv4',
+          [ATTR.SERVER_ADDRESS]: target.uri.host,
+          [ATTR.SERVER_PORT]: target.uri.port,
+          [ATTR.NETWORK_PEER_ADDRESS]: target.address,
+          [ATTR.NETWORK_PEER_PORT]: target.uri.port,
+        });
+        const socketKind = target.uri.protocol === 'tcp' ? 'stream' : 'datagram';
+        const decision = await negotiator.decide(req.offers, { identity, socketKind, peer: call.getPeer() });
+        noteNegotiation(span, decision);
+        if (!decision.accepted) throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
+        table.reserve(identity);
+        let sock: StreamSocket | DatagramSocket;
+        try {
+          const timeout = Math.min(req.timeoutMs || deps.connectTimeoutMs, MAX_CONNECT_TIMEOUT_MS);
+          if (target.uri.protocol === 'tcp') {
+            sock = new StreamSocket(table.newId('stream'), identity, await backend.connectTcp(target, timeout));
+          } else {
+            const udp = await backend.openUdp(identity, undefined, target);
+            sock = new DatagramSocket(table.newId('datagram'), identity, udp, true, deps.limits, (uri) => resolveUdpDestination(identity, uri));
+          }
+        } catch (err) {
+          table.release(identity);
+          throw err;
+        }
+        table.add(sock);
+        try {
+          for (const option of req.options) applyOption(sock, option);
+        } catch (err) {
+          void sock.destroy();
+          throw err;
+        }
+        span.setAttribute(ATTR.SOCKET_ID, sock.id);
+        metrics.recordConnect('ok', target.uri.protocol);
+        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
+        logger.debug({ socket: sock.id, identity: identity.name, remote: sock.remoteUri, transport: transportName(decision.accepted.kind), rule: target.rule }, 'connected');
+        return { socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation };
+      } catch (err) {
+        if (!(err instanceof NoTransportError) && !(err instanceof ShuttingDownError)) {
+          metrics.recordConnect(connectResultOf(err), String(req.uri ?? '').startsWith('udp') ? 'udp' : 'tcp');
+        }
+        throw err;
+      }
+    }),
+
+    negotiate: unary('Negotiate', async (req, identity, span, call) => {
+      const sock = table.get(requireId(req.socketId), identity);
+      if (!(sock instanceof StreamSocket || sock instanceof DatagramSocket) || (sock instanceof StreamSocket && sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH)) {
+        throw new WrongSocketKindError(`socket ${sock.id} is not waiting for an attach`);
+      }
+      deps.registry.revoke(sock);
+      const prior = [...sock.fallbacks];
+      if (req.failedTransport !== TransportKind.TRANSPORT_KIND_UNSPECIFIED) {
+        const reason = req.failedReason || DeclineReason.DECLINE_REASON_CONNECT_FAILED;
+        prior.push({ kind: req.failedTransport, reason, detail: String(req.failedDetail ?? '').slice(0, 256) || 'client could not attach' });
+        metrics.recordFallback(transportName(req.failedTransport), reasonName(reason));
+      }
+      const decision = await negotiator.decide(req.offers, { identity, socketKind: sock.kind === 'stream' ? 'stream' : 'datagram', peer: call.getPeer() }, prior);
+      noteNegotiation(span, decision);
+      if (!decision.accepted) {
+        sock.fallbacks = decision.fallbacks;
+        throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
+      }
+      return { negotiation: negotiator.issue(sock, decision, onAttachExpired(sock)) };
+    }),
+
+    listen: unary('Listen', async (req, identity, span) => {
+      guardNew();
+      const target = await backend.resolve(identity, req.uri, 'listen', 'tcp');
+      span.setAttributes({ [ATTR.NETWORK_TRANSPORT]: 'tcp', [ATTR.SERVER_ADDRESS]: target.address, [ATTR.SERVER_PORT]: target.uri.port });
+      table.reserve(identity);
+      let listener: ListenerSocket;
+      try {
+        const server = await backend.listenTcp(identity, target, Math.min(req.backlog, 4096));
+        const addr = server.address() as { address: string; port: number };
+        listener = new ListenerSocket(table.newId('listener'), identity, server, `${target.uri.family === 6 || target.family === 6 ? 'tcp6' : 'tcp'}://${target.family === 6 ? `[${addr.address}]` : addr.address}:${addr.port}`);
+      } catch (err) {
+        table.release(identity);
+        throw err;
+      }
+      table.add(listener);
+      // A listener nobody accepts from is closed, so a client that died cannot leak it.
+      setTimeout(() => {
+        if (!listener.hasAcceptor && !listener.isClosed) void listener.destroy(new AttachFailedError(`listener ${listener.id} had no Accept stream within ${deps.attachTtlMs} ms`));
+      }, deps.attachTtlMs).unref();
+      return { listenerId: listener.id, localUri: listener.localUri };
+    }),
+
+    accept: ((call: ServerWritableStream<AcceptRequest, AcceptResponse>) => {
+      let identity: Identity;
+      let listener: GatewaySocket;
+      try {
+        identity = policy.identify(credentialsOf(call));
+        listener = table.get(requireId(call.request.listenerId, 'listener_id'), identity);
+        if (!(listener instanceof ListenerSocket)) throw new WrongSocketKindError(`${listener.id} is not a listener`);
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
+      const l = listener as ListenerSocket;
+      const offers = call.request.offers;
+      let uninstall: () => void;
+      try {
+        uninstall = l.setAcceptor((host) => void onInbound(host));
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
+      const onInbound = async (host: NetSocket) => {
+        try {
+          table.reserve(identity);
+        } catch (err) {
+          logger.warn({ listener: l.id, err: (err as Error).message }, 'inbound connection refused by limit');
+          host.destroy();
+          return;
+        }
+        const sock = new StreamSocket(table.newId('stream'), identity, host);
+        table.add(sock);
+        const decision = await negotiator.decide(offers, { identity, socketKind: 'stream', peer: call.getPeer() });
+        if (!decision.accepted) {
+          sock.fallbacks = decision.fallbacks;
+          void sock.destroy(new NoTransportError(describeFallbacks(decision.fallbacks)));
+          return;
+        }
+        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
+        call.write({ socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation });
+      };
+      const end = () => {
+        uninstall();
+        void l.close();
+      };
+      call.on('cancelled', end);
+      call.on('close', end);
+      void l.closed.then(() => {
+        if (!call.writableEnded) {
+          if (l.error) call.emit('error', toStatus(l.error));
+          else call.end();
+        }
+      });
+    }) as handleServerStreamingCall<AcceptRequest, AcceptResponse>,
+
+    bind: unary('Bind', async (req, identity, span, call) => {
+      guardNew();
+      const target = await backend.resolve(identity, req.uri, 'bind', 'udp');
+      span.setAttributes({ [ATTR.NETWORK_TRANSPORT]: 'udp', [ATTR.SERVER_ADDRESS]: target.address, [ATTR.SERVER_PORT]: target.uri.port });
+      const decision: Decision = req.offers.length
+        ? await negotiator.decide(req.offers, { identity, socketKind: 'datagram', peer: call.getPeer() })
+        : { accepted: undefined, fallbacks: [] };
+      if (req.offers.length && !decision.accepted) throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
+      table.reserve(identity);
+      let sock: DatagramSocket;
+      try {
+        const udp = await backend.openUdp(identity, target, undefined);
+        sock = new DatagramSocket(table.newId('datagram'), identity, udp, false, deps.limits, (uri) => resolveUdpDestination(identity, uri));
+      } catch (err) {
+        table.release(identity);
+        throw err;
+      }
+      table.add(sock);
+      return { socketId: sock.id, localUri: sock.localUri, negotiation: negotiator.issue(sock, decision, () => {}) };
+    }),
+
+    sendTo: unary('SendTo', async (req, identity) => {
+      const sock = table.get(requireId(req.socketId), identity);
+      if (!(sock instanceof DatagramSocket)) throw new WrongSocketKindError(`SendTo needs a datagram socket; ${sock.id} is a ${sock.kind}`);
+      if (!req.datagram) throw new InvalidArgumentError('datagram is required');
+      const n = await sock.send({ uri: req.datagram.uri ?? '', payload: Buffer.from(req.datagram.payload ?? []) });
+      return { bytesSent: n };
+    }),
+
+    recvFrom: ((call: ServerWritableStream<RecvFromRequest, RecvFromResponse>) => {
+      let sock: GatewaySocket;
+      try {
+        const identity = policy.identify(credentialsOf(call));
+        sock = table.get(requireId(call.request.socketId), identity);
+        if (!(sock instanceof DatagramSocket)) throw new WrongSocketKindError(`RecvFrom needs a datagram socket; ${sock.id} is a ${sock.kind}`);
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
+      const d = sock as DatagramSocket;
+      const unsubscribe = d.subscribe((dg) => {
+        // UDP semantics: a reader that falls behind loses datagrams, the gateway does not buffer them.
+        if (call.writableLength >= deps.limits.highWatermark) return false;
+        call.write({ datagram: { uri: dg.uri, payload: dg.payload } });
+        return true;
+      });
+      call.on('cancelled', unsubscribe);
+      call.on('close', unsubscribe);
+      void d.closed.then(() => {
+        unsubscribe();
+        if (!call.writableEnded) call.end();
+      });
+    }) as handleServerStreamingCall<RecvFromRequest, RecvFromResponse>,
+
+    shutdown: unary('Shutdown', async (req, identity) => {
+      const sock = table.get(requireId(req.socketId), identity);
+      if (!(sock instanceof StreamSocket)) throw new WrongSocketKindError(`Shutdown needs a stream socket; ${sock.id} is a ${sock.kind}`);
+      const how = req.how;
+      if (how !== ShutdownHow.SHUTDOWN_HOW_READ && how !== ShutdownHow.SHUTDOWN_HOW_WRITE && how !== ShutdownHow.SHUTDOWN_HOW_BOTH) {
+        throw new InvalidArgumentError('how must be READ, WRITE or BOTH');
+      }
+      sock.shutdown(how !== ShutdownHow.SHUTDOWN_HOW_WRITE, how !== ShutdownHow.SHUTDOWN_HOW_READ);
+      return {};
+    }),
+
+    closeSocket: unary('CloseSocket', async (req, identity) => {
+      const sock = table.get(requireId(req.socketId), identity);
+      await sock.close();
+      return {};
+    }),
+
+    setOption: unary('SetOption', async (req, identity) => {
+      const sock = table.get(requireId(req.socketId), identity);
+      applyOption(sock, req.option);
+      return {};
+    }),
+
+    getInfo: unary('GetInfo', async (req, identity) => {
+      const sock = table.get(requireId(req.socketId), identity);
+      return { info: sock.info() };
+    }),
+
+    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => deps.grpcTransport.handle(call)) as SocketGatewayServiceServer['data'],
+  };
+
+  async function resolveUdpDestination(identity: Identity, uri: string): Promise<{ address: string; port: number }> {
+    const t = await backend.resolve(identity, uri, 'connect', 'udp');
+    return { address: t.address, port: t.uri.port };
+  }
+
+  const admin: AdminServiceServer = {
+    listSockets: unary('ListSockets', async (req, identity) => {
+      if (!identity.admin) throw new PolicyDeniedError(`identity "${identity.name}" is not an admin`, { rule: 'admin' });
+      return { sockets: table.list(req.identity || undefined).map((s) => s.info()) };
+    }),
+  };
+
+  return { socket, admin };
+}

@@ -1,0 +1,575 @@
+/**
+ * The gateway's sockets: the host side of every guest socket (a TCP stream, a
+ * UDP socket, a TCP listener), spliced with the data channel its transport
+ * attached, and the table that owns them, counts them per identity and keeps
+ * byte totals for telemetry.
+ *
+ * Buffers are bounded everywhere: every stream is created with the configured
+ * high watermark, and a direction pauses its source while its sink is above it
+ * (Envoy's tcp_proxy does the same with read-disable). Half-close passes through.
+ */
+import { EventEmitter } from 'node:events';
+import type { Socket as NetSocket, Server as NetServer } from 'node:net';
+import type { Socket as DgramSocket, RemoteInfo } from 'node:dgram';
+import type { Duplex } from 'node:stream';
+import {
+  DatagramTooLargeError,
+  LimitExceededError,
+  SocketClosedError,
+  SocketNotFoundError,
+  SockgateError,
+  WrongSocketKindError,
+  fromSystemError,
+} from './errors.js';
+import type { Identity } from './policy.js';
+import type { ChannelDatagram, DataChannel } from './transport.js';
+import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
+import { SocketKind, SocketState, socketStateToJSON, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
+import { formatUri } from './uri.js';
+import { tracer } from './trace.js';
+
+const trace = tracer('socket');
+
+export type SocketKindName = 'stream' | 'datagram' | 'listener';
+
+/** Lower-case transport name for metrics and tables ("tcp", "grpc", "none"). */
+export function transportName(kind: TransportKind): string {
+  return kind === TransportKind.TRANSPORT_KIND_UNSPECIFIED ? 'none' : transportKindToJSON(kind).replace('TRANSPORT_KIND_', '').toLowerCase();
+}
+
+/** Stable reason name ("NOT_COLOCATED"), or "" for none. */
+export function reasonName(reason: DeclineReason): string {
+  return reason === DeclineReason.DECLINE_REASON_UNSPECIFIED ? '' : declineReasonToJSON(reason).replace('DECLINE_REASON_', '');
+}
+
+export interface SocketLimits {
+  /** Per-direction user-space buffer bound in bytes. */
+  highWatermark: number;
+  maxDatagramBytes: number;
+  udpIdleTimeoutMs: number;
+}
+
+/** Common state of every gateway socket. */
+export abstract class GatewaySocket extends EventEmitter {
+  abstract readonly kind: SocketKindName;
+  /** Current state; changed only by transitionTo. */
+  state: SocketState = SocketState.SOCKET_STATE_CONNECTING;
+  /** Transport the data channel attached with; UNSPECIFIED until attached. */
+  transport: TransportKind = TransportKind.TRANSPORT_KIND_UNSPECIFIED;
+  /** Offers passed over during negotiation, in order; set once per negotiation. */
+  fallbacks: Fallback[] = [];
+  /** Payload bytes received from the host peer. */
+  bytesIn = 0;
+  /** Payload bytes sent to the host peer. */
+  bytesOut = 0;
+  readonly createdAtMs = Date.now();
+  /** Resolves once the socket is closed and released. */
+  readonly closed: Promise<void>;
+  /** First error that ended the socket, if any. */
+  error: SockgateError | undefined;
+  private resolveClosed!: () => void;
+
+  constructor(
+    readonly id: string,
+    readonly identity: Identity,
+    public localUri: string,
+    public remoteUri: string,
+  ) {
+    super();
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+  }
+
+  /** Move to `to` if the current state is one of `from`; returns whether it moved. */
+  protected transitionTo(from: readonly SocketState[], to: SocketState, reason: string): boolean {
+    if (!from.includes(this.state)) {
+      trace(`${this.id} ${socketStateToJSON(this.state)} -> ${socketStateToJSON(to)} refused (${reason})`);
+      return false;
+    }
+    trace(`${this.id} ${socketStateToJSON(this.state)} -> ${socketStateToJSON(to)} (${reason})`);
+    this.state = to;
+    if (to === SocketState.SOCKET_STATE_CLOSED) {
+      this.emit('close', this.error);
+      this.resolveClosed();
+    }
+    return true;
+  }
+
+  get isClosed(): boolean {
+    return this.state === SocketState.SOCKET_STATE_CLOSED;
+  }
+
+  /** Bytes held in user-space buffers on the gateway for this socket. */
+  abstract bufferedBytes(): number;
+  /** Graceful close: flush what is buffered, then release. Idempotent. */
+  abstract close(): Promise<void>;
+  /** Abort at once. Idempotent. */
+  abstract destroy(err?: SockgateError): Promise<void>;
+
+  /** The first fallback reason, for tables. */
+  get fallbackReason(): DeclineReason {
+    return this.fallbacks[0]?.reason ?? DeclineReason.DECLINE_REASON_UNSPECIFIED;
+  }
+
+  info(): SocketInfo {
+    return {
+      socketId: this.id,
+      identity: this.identity.name,
+      kind:
+        this.kind === 'stream'
+          ? SocketKind.SOCKET_KIND_STREAM
+          : this.kind === 'datagram'
+            ? SocketKind.SOCKET_KIND_DATAGRAM
+            : SocketKind.SOCKET_KIND_LISTENER,
+      state: this.state,
+      localUri: this.localUri,
+      remoteUri: this.remoteUri,
+      transport: this.transport,
+      fallbackReason: this.fallbackReason,
+      fallbacks: this.fallbacks,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      bufferedBytes: this.bufferedBytes(),
+      createdAtMs: this.createdAtMs,
+    };
+  }
+}
+
+function streamBuffered(s: Duplex | undefined): number {
+  if (!s) return 0;
+  return (s.writableLength ?? 0) + (s.readableLength ?? 0);
+}
+
+/**
+ * A TCP stream: the host socket and, once attached, the client's data channel.
+ * The socket owns both streams and destroys them when it ends.
+ */
+export class StreamSocket extends GatewaySocket {
+  readonly kind = 'stream' as const;
+  /** Attached channel; undefined until attach(). */
+  private channel: DataChannel | undefined;
+  /** Host peer sent FIN (and the channel was told). */
+  private hostEnded = false;
+  /** The guest half-closed (and the host socket was ended). */
+  private channelEnded = false;
+  /** Guest asked for SHUT_RD: host bytes are read and dropped. */
+  private discardHostReads = false;
+
+  constructor(id: string, identity: Identity, readonly host: NetSocket) {
+    super(id, identity, formatUri('tcp', host.localAddress ?? '', host.localPort ?? 0), formatUri('tcp', host.remoteAddress ?? '', host.remotePort ?? 0));
+    // Until a channel attaches, nothing is read beyond the stream's own high watermark.
+    host.pause();
+    this.state = SocketState.SOCKET_STATE_PENDING_ATTACH;
+    host.on('error', (err) => void this.destroy(fromSystemError(err, `host socket ${this.remoteUri}`)));
+    host.on('close', () => this.maybeClosed());
+  }
+
+  bufferedBytes(): number {
+    return streamBuffered(this.host) + streamBuffered(this.channel?.stream);
+  }
+
+  /** Splice the attached channel with the host socket. */
+  attach(channel: DataChannel): void {
+    if (channel.mode !== 'stream') throw new WrongSocketKindError('a stream socket needs a stream channel');
+    if (!this.transitionTo([SocketState.SOCKET_STATE_PENDING_ATTACH], SocketState.SOCKET_STATE_OPEN, `attached ${transportName(channel.transport)}`)) {
+      channel.stream.destroy(new SocketClosedError(`socket ${this.id} is not waiting for an attach`));
+      return;
+    }
+    this.channel = channel;
+    this.transport = channel.transport;
+    const host = this.host;
+    const ch = channel.stream;
+
+    // host -> guest
+    host.on('data', (chunk: Buffer) => {
+      this.bytesIn += chunk.length;
+      if (this.discardHostReads) return;
+      if (!ch.write(chunk)) host.pause();
+    });
+    ch.on('drain', () => host.resume());
+    host.on('end', () => {
+      this.hostEnded = true;
+      this.halfClosed('host peer sent FIN');
+      if (!ch.writableEnded) ch.end();
+    });
+
+    // guest -> host
+    ch.on('data', (chunk: Buffer) => {
+      if (this.channelEnded) return;
+      this.bytesOut += chunk.length;
+      if (!host.write(chunk)) ch.pause();
+    });
+    host.on('drain', () => ch.resume());
+    ch.on('end', () => this.endHostWrite('guest half-closed'));
+
+    ch.on('error', (err) => void this.destroy(err instanceof SockgateError ? err : fromSystemError(err, `data channel of ${this.id}`)));
+    ch.on('close', () => {
+      // A channel that closes without ending its reads cleanly is an abort.
+      if (!ch.readableEnded && !this.isClosed) void this.destroy(new SocketClosedError(`data channel of ${this.id} closed`));
+      this.maybeClosed();
+    });
+    host.resume();
+    ch.resume();
+  }
+
+  private endHostWrite(reason: string): void {
+    if (this.channelEnded) return;
+    this.channelEnded = true;
+    this.halfClosed(reason);
+    if (!this.host.writableEnded && !this.host.destroyed) this.host.end();
+  }
+
+  private halfClosed(reason: string): void {
+    this.transitionTo([SocketState.SOCKET_STATE_OPEN], SocketState.SOCKET_STATE_HALF_CLOSED, reason);
+  }
+
+  /** Half-close like shutdown(2): `write` sends FIN to the host peer, `read` drops what it sends. */
+  shutdown(read: boolean, write: boolean): void {
+    if (this.isClosed) throw new SocketClosedError(`socket ${this.id} is closed`);
+    if (write) {
+      this.channel?.stream.pause();
+      this.endHostWrite('shutdown(SHUT_WR)');
+    }
+    if (read) {
+      this.discardHostReads = true;
+      this.halfClosed('shutdown(SHUT_RD)');
+      const ch = this.channel?.stream;
+      if (ch && !ch.writableEnded) ch.end();
+      this.host.resume();
+    }
+  }
+
+  private maybeClosed(): void {
+    if (this.isClosed) return;
+    const channelDone = !this.channel || this.channel.stream.destroyed;
+    if (this.host.destroyed && channelDone) this.transitionTo([SocketState.SOCKET_STATE_PENDING_ATTACH, SocketState.SOCKET_STATE_OPEN, SocketState.SOCKET_STATE_HALF_CLOSED, SocketState.SOCKET_STATE_CONNECTING], SocketState.SOCKET_STATE_CLOSED, this.error ? this.error.code : 'both sides closed');
+    else if (this.host.destroyed && this.channel && !this.hostEnded && !this.channel.stream.destroyed) {
+      // Host went away without FIN (reset): the guest must not wait for bytes that will not come.
+      void this.destroy(this.error ?? new SocketClosedError(`host socket of ${this.id} closed`));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.isClosed) return this.closed;
+    if (!this.channel) return this.destroy();
+    // Flush both directions, then let autoDestroy close the streams.
+    this.endHostWrite('close');
+    const ch = this.channel.stream;
+    if (!ch.writableEnded) ch.end();
+    return this.closed;
+  }
+
+  async destroy(err?: SockgateError): Promise<void> {
+    if (this.isClosed) return this.closed;
+    this.error ??= err;
+    this.host.destroy();
+    const ch = this.channel?.stream as (Duplex & { resetAndDestroy?: () => void }) | undefined;
+    // On the tcp plane, an abort must reach the guest as a reset, never as a clean FIN.
+    if (err && ch && typeof ch.resetAndDestroy === 'function' && !ch.destroyed) ch.resetAndDestroy();
+    else ch?.destroy(err);
+    this.maybeClosed();
+    return this.closed;
+  }
+}
+
+/** A UDP socket: connected (Connect udp://) or bound (Bind). */
+export class DatagramSocket extends GatewaySocket {
+  readonly kind = 'datagram' as const;
+  /** Attached channel; undefined until attach(). */
+  private channel: DataChannel | undefined;
+  /** RecvFrom streams listening; each gets every datagram. */
+  private readonly receivers = new Set<(d: ChannelDatagram) => boolean>();
+  /** Datagrams dropped because the guest was not reading fast enough (UDP semantics: no buffering). */
+  dropped = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private lastActivity = Date.now();
+
+  constructor(
+    id: string,
+    identity: Identity,
+    readonly host: DgramSocket,
+    readonly connected: boolean,
+    private readonly limits: SocketLimits,
+    /** Policy check for a send destination; resolves to the address to use. */
+    private readonly resolveDestination: (uri: string) => Promise<{ address: string; port: number }>,
+  ) {
+    const local = host.address();
+    let remote = '';
+    if (connected) {
+      const r = host.remoteAddress();
+      remote = formatUri('udp', r.address, r.port);
+    }
+    super(id, identity, formatUri('udp', local.address, local.port), remote);
+    this.state = SocketState.SOCKET_STATE_OPEN;
+    host.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.onMessage(msg, rinfo));
+    host.on('error', (err) => void this.destroy(fromSystemError(err, `udp socket ${this.localUri}`)));
+    host.on('close', () => this.transitionTo([SocketState.SOCKET_STATE_OPEN, SocketState.SOCKET_STATE_HALF_CLOSED], SocketState.SOCKET_STATE_CLOSED, this.error?.code ?? 'closed'));
+    this.idleTimer = setInterval(() => {
+      if (!this.channel && this.receivers.size === 0 && Date.now() - this.lastActivity > limits.udpIdleTimeoutMs) {
+        void this.destroy(new SocketClosedError(`udp socket ${this.id} idle for ${limits.udpIdleTimeoutMs} ms with no reader`));
+      }
+    }, Math.min(limits.udpIdleTimeoutMs, 30_000));
+    this.idleTimer.unref();
+  }
+
+  bufferedBytes(): number {
+    return streamBuffered(this.channel?.stream);
+  }
+
+  private onMessage(payload: Buffer, rinfo: RemoteInfo): void {
+    this.lastActivity = Date.now();
+    this.bytesIn += payload.length;
+    const d: ChannelDatagram = { uri: this.connected ? '' : formatUri('udp', rinfo.address, rinfo.port), payload };
+    let delivered = false;
+    const ch = this.channel?.stream;
+    if (ch && !ch.writableEnded && !ch.destroyed) {
+      if (ch.writableLength < this.limits.highWatermark) {
+        ch.write(d);
+        delivered = true;
+      }
+    }
+    for (const r of this.receivers) delivered = r(d) || delivered;
+    if (!delivered) this.dropped++;
+  }
+
+  /** Send one datagram; checks size and (for unconnected sockets) policy on the destination. */
+  async send(d: ChannelDatagram): Promise<number> {
+    if (this.isClosed) throw new SocketClosedError(`socket ${this.id} is closed`);
+    if (d.payload.length > this.limits.maxDatagramBytes) {
+      throw new DatagramTooLargeError(`datagram of ${d.payload.length} bytes exceeds the maximum of ${this.limits.maxDatagramBytes} bytes`);
+    }
+    this.lastActivity = Date.now();
+    let dest: { address: string; port: number } | undefined;
+    if (d.uri !== '') dest = await this.resolveDestination(d.uri);
+    else if (!this.connected) throw new WrongSocketKindError(`socket ${this.id} is not connected: a datagram needs a destination URI`);
+    await new Promise<void>((resolve, reject) => {
+      const done = (err: Error | null) => (err ? reject(fromSystemError(err, `sendto ${d.uri || this.remoteUri}`)) : resolve());
+      if (dest) this.host.send(d.payload, dest.port, dest.address, done);
+      else this.host.send(d.payload, done);
+    });
+    this.bytesOut += d.payload.length;
+    return d.payload.length;
+  }
+
+  /** Subscribe a RecvFrom stream; `deliver` returns false when it dropped the datagram. Returns the unsubscribe. */
+  subscribe(deliver: (d: ChannelDatagram) => boolean): () => void {
+    this.receivers.add(deliver);
+    return () => {
+      this.receivers.delete(deliver);
+      this.lastActivity = Date.now();
+    };
+  }
+
+  attach(channel: DataChannel): void {
+    if (channel.mode !== 'datagram') throw new WrongSocketKindError('a datagram socket needs a datagram channel');
+    if (this.channel || this.isClosed) {
+      channel.stream.destroy(new SocketClosedError(`socket ${this.id} is not waiting for an attach`));
+      return;
+    }
+    this.channel = channel;
+    this.transport = channel.transport;
+    const ch = channel.stream;
+    // One send at a time per channel: the channel pauses while a send is in flight.
+    ch.on('data', (d: ChannelDatagram) => {
+      ch.pause();
+      this.send(d).then(
+        () => ch.resume(),
+        (err: unknown) => {
+          const e = err instanceof SockgateError ? err : fromSystemError(err, 'send');
+          // A bad datagram (too large, denied) ends the channel with the reason; the socket ends with it.
+          void this.destroy(e);
+        },
+      );
+    });
+    ch.on('end', () => void this.close());
+    ch.on('error', (err) => void this.destroy(err instanceof SockgateError ? err : fromSystemError(err, `data channel of ${this.id}`)));
+    ch.on('close', () => {
+      if (!this.isClosed) void this.destroy();
+    });
+  }
+
+  async close(): Promise<void> {
+    return this.destroy();
+  }
+
+  async destroy(err?: SockgateError): Promise<void> {
+    if (this.isClosed) return this.closed;
+    this.error ??= err;
+    clearInterval(this.idleTimer);
+    this.channel?.stream.destroy(err);
+    this.receivers.clear();
+    try {
+      this.host.close();
+    } catch {
+      // already closed
+      this.transitionTo([SocketState.SOCKET_STATE_OPEN, SocketState.SOCKET_STATE_HALF_CLOSED], SocketState.SOCKET_STATE_CLOSED, 'closed');
+    }
+    return this.closed;
+  }
+}
+
+/** A TCP listener: inbound connections wait (paused) until the guest's Accept stream takes them. */
+export class ListenerSocket extends GatewaySocket {
+  readonly kind = 'listener' as const;
+  /** The Accept stream's handler; undefined while nobody accepts. */
+  private acceptor: ((host: NetSocket) => void) | undefined;
+
+  constructor(id: string, identity: Identity, readonly server: NetServer, localUri: string) {
+    super(id, identity, localUri, '');
+    this.state = SocketState.SOCKET_STATE_LISTENING;
+    server.on('connection', (host: NetSocket) => {
+      if (!this.acceptor) {
+        host.destroy();
+        return;
+      }
+      this.acceptor(host);
+    });
+    server.on('close', () => this.transitionTo([SocketState.SOCKET_STATE_LISTENING], SocketState.SOCKET_STATE_CLOSED, this.error?.code ?? 'closed'));
+  }
+
+  bufferedBytes(): number {
+    return 0;
+  }
+
+  get hasAcceptor(): boolean {
+    return this.acceptor !== undefined;
+  }
+
+  /** Install the Accept stream's handler; one at a time. Returns the uninstall. */
+  setAcceptor(fn: (host: NetSocket) => void): () => void {
+    if (this.acceptor) throw new WrongSocketKindError(`listener ${this.id} already has an Accept stream`);
+    this.acceptor = fn;
+    return () => {
+      if (this.acceptor === fn) this.acceptor = undefined;
+    };
+  }
+
+  async close(): Promise<void> {
+    return this.destroy();
+  }
+
+  async destroy(err?: SockgateError): Promise<void> {
+    if (this.isClosed) return this.closed;
+    this.error ??= err;
+    this.acceptor = undefined;
+    this.server.close();
+    return this.closed;
+  }
+}
+
+export interface ByteTotal {
+  transport: string;
+  direction: 'in' | 'out';
+  bytes: number;
+}
+
+/**
+ * Every open socket, by id. Enforces the gateway-wide and per-identity socket
+ * limits and remembers byte totals of closed sockets for the metrics.
+ */
+export class SocketTable {
+  private readonly sockets = new Map<string, GatewaySocket>();
+  /** Open sockets per identity name. */
+  private readonly perIdentity = new Map<string, number>();
+  /** Bytes of closed sockets, by `${transport}/${direction}`. */
+  private readonly closedBytes = new Map<string, number>();
+  private nextId = 1;
+
+  constructor(private readonly maxSockets: number) {}
+
+  /** Reserve a slot for `identity`, or throw LimitExceededError. Release with `release` if the socket never materialises. */
+  reserve(identity: Identity): void {
+    if (this.totalReserved >= this.maxSockets) {
+      throw new LimitExceededError(`gateway socket limit reached (limits.max_sockets = ${this.maxSockets})`);
+    }
+    const n = this.perIdentity.get(identity.name) ?? 0;
+    if (n >= identity.maxSockets) {
+      throw new LimitExceededError(`identity "${identity.name}" has ${n} open sockets, its limit is ${identity.maxSockets}`);
+    }
+    this.perIdentity.set(identity.name, n + 1);
+    this.totalReserved++;
+  }
+
+  private totalReserved = 0;
+
+  release(identity: Identity): void {
+    const n = (this.perIdentity.get(identity.name) ?? 1) - 1;
+    if (n <= 0) this.perIdentity.delete(identity.name);
+    else this.perIdentity.set(identity.name, n);
+    this.totalReserved--;
+  }
+
+  newId(kind: SocketKindName): string {
+    const prefix = kind === 'stream' ? 't' : kind === 'datagram' ? 'u' : 'l';
+    return `${prefix}${(this.nextId++).toString(36)}`;
+  }
+
+  /** Add a socket whose slot was reserved; it leaves the table (and frees the slot) when it closes. */
+  add(socket: GatewaySocket): void {
+    this.sockets.set(socket.id, socket);
+    void socket.closed.then(() => {
+      this.sockets.delete(socket.id);
+      this.release(socket.identity);
+      const t = transportName(socket.transport);
+      this.closedBytes.set(`${t}/in`, (this.closedBytes.get(`${t}/in`) ?? 0) + socket.bytesIn);
+      this.closedBytes.set(`${t}/out`, (this.closedBytes.get(`${t}/out`) ?? 0) + socket.bytesOut);
+    });
+  }
+
+  /** Look a socket up for `identity`; another identity's socket is "not found" unless the caller is admin. */
+  get(id: string, identity: Identity): GatewaySocket {
+    const s = this.sockets.get(id);
+    if (!s || (s.identity.name !== identity.name && !identity.admin)) {
+      throw new SocketNotFoundError(`no socket "${String(id).slice(0, 64)}" for identity "${identity.name}"`);
+    }
+    return s;
+  }
+
+  list(identity?: string): GatewaySocket[] {
+    const all = [...this.sockets.values()];
+    return identity ? all.filter((s) => s.identity.name === identity) : all;
+  }
+
+  get size(): number {
+    return this.sockets.size;
+  }
+
+  /** Cumulative bytes by transport and direction, closed and open sockets together. */
+  byteTotals(): ByteTotal[] {
+    const totals = new Map(this.closedBytes);
+    for (const s of this.sockets.values()) {
+      const t = transportName(s.transport);
+      totals.set(`${t}/in`, (totals.get(`${t}/in`) ?? 0) + s.bytesIn);
+      totals.set(`${t}/out`, (totals.get(`${t}/out`) ?? 0) + s.bytesOut);
+    }
+    return [...totals].map(([k, bytes]) => {
+      const [transport, direction] = k.split('/') as [string, 'in' | 'out'];
+      return { transport, direction, bytes };
+    });
+  }
+
+  /** Open sockets by kind and transport. */
+  openCounts(): { kind: string; transport: string; count: number }[] {
+    const counts = new Map<string, number>();
+    for (const s of this.sockets.values()) {
+      const k = `${s.kind}/${transportName(s.transport)}`;
+      counts.set(k, (counts.get(k) ?? 0) + 1);
+    }
+    return [...counts].map(([k, count]) => {
+      const [kind, transport] = k.split('/') as [string, string];
+      return { kind, transport, count };
+    });
+  }
+
+  /** Wait until the table is empty or `ms` passed; returns whether it emptied. */
+  async drain(ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (this.sockets.size > 0 && Date.now() < deadline) {
+      await Promise.race([Promise.all([...this.sockets.values()].map((s) => s.closed)), new Promise((r) => setTimeout(r, Math.min(250, Math.max(1, deadline - Date.now()))))]);
+    }
+    return this.sockets.size === 0;
+  }
+
+  async destroyAll(err?: SockgateError): Promise<void> {
+    await Promise.all([...this.sockets.values()].map((s) => s.destroy(err)));
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * The `tcp` data plane: a TCP connection to the gateway's data port per socket,
+ * authenticated by the attach token in a preamble (see wire.ts). Works from
+ * anywhere the data port is reachable; the fallback that always works.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import type { AttachRegistry } from './attach.js';
+import { AttachTokenError } from './attach.js';
+import type { GatewaySocket } from './socket-table.js';
+import { DatagramSocket, StreamSocket } from './socket-table.js';
+import type { GatewayMetrics } from './telemetry.js';
+import type { Logger } from './log.js';
+import type { DataChannel, OfferContext, OfferOutcome, Transport } from './transport.js';
+import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from './wire.js';
+import { tracer } from './trace.js';
+
+const trace = tracer('tcp');
+
+/** A data connection must present its preamble within this time (slowloris guard). */
+const PREAMBLE_TIMEOUT_MS = 5_000;
+
+const FAILURE_STATUS: Record<AttachTokenError['failure'], AttachStatus> = {
+  wrong_token: AttachStatus.WRONG_TOKEN,
+  replayed: AttachStatus.REPLAYED,
+  expired: AttachStatus.EXPIRED,
+  wrong_transport: AttachStatus.WRONG_TRANSPORT,
+};
+
+export interface TcpTransportOptions {
+  host: string;
+  port: number;
+  /** Host name or address clients are told to dial. */
+  advertiseHost: string;
+  highWatermark: number;
+  maxDatagramBytes: number;
+  registry: AttachRegistry<GatewaySocket>;
+  metrics: GatewayMetrics;
+  logger: Logger;
+}
+
+export class TcpTransport implements Transport {
+  readonly kind = TransportKind.TRANSPORT_KIND_TCP;
+  readonly version = 1;
+  /** The data-port server; undefined until start(). */
+  private server: Server | undefined;
+  /** Data connections still in their preamble; closed on shutdown. */
+  private readonly handshaking = new Set<Socket>();
+  private boundPort = 0;
+
+  constructor(private readonly options: TcpTransportOptions) {}
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  async start(): Promise<void> {
+    const server = createServer({ allowHalfOpen: true, highWaterMark: this.options.highWatermark, noDelay: true } as Parameters<typeof createServer>[0]);
+    server.on('connection', (sock) => this.onConnection(sock));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: this.options.host, port: this.options.port }, () => {
+        server.removeListener('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.options.logger.error({ err }, 'tcp data port error'));
+    this.boundPort = (server.address() as { port: number }).port;
+    this.server = server;
+  }
+
+  accept(_offer: TransportOffer, _ctx: OfferContext): OfferOutcome {
+    return {
+      ok: true,
+      accepted: {
+        kind: TransportKind.TRANSPORT_KIND_TCP,
+        version: this.version,
+        params: { $case: 'tcp', tcp: { host: this.options.advertiseHost, port: this.boundPort } },
+      },
+    };
+  }
+
+  private onConnection(sock: Socket): void {
+    this.handshaking.add(sock);
+    let received: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => reject(AttachStatus.BAD_PREAMBLE, 'no preamble in time'), PREAMBLE_TIMEOUT_MS);
+    const cleanup = () => {
+      clearTimeout(timer);
+      sock.removeListener('data', onData);
+      sock.removeListener('error', onError);
+      sock.removeListener('end', onEnd);
+      this.handshaking.delete(sock);
+    };
+    const reject = (status: AttachStatus, detail: string) => {
+      cleanup();
+      trace(`reject data connection from ${sock.remoteAddress}:${sock.remotePort}: ${detail}`);
+      this.options.logger.warn({ peer: `${sock.remoteAddress}:${sock.remotePort}`, status: AttachStatus[status], detail }, 'tcp attach rejected');
+      const result = status === AttachStatus.REPLAYED ? 'replayed' : status === AttachStatus.EXPIRED ? 'expired' : status === AttachStatus.WRONG_TOKEN ? 'wrong_token' : 'error';
+      this.options.metrics.recordAttach('tcp', result);
+      sock.end(encodeReply(status));
+      sock.destroySoon();
+      setTimeout(() => sock.destroy(), 1000).unref();
+    };
+    const onError = () => {
+      cleanup();
+      sock.destroy();
+    };
+    const onEnd = () => reject(AttachStatus.BAD_PREAMBLE, 'connection ended inside the preamble');
+    const onData = (chunk: Buffer) => {
+      received = received.length ? Buffer.concat([received, chunk]) : chunk;
+      const p = parsePreamble(received);
+      if (p.state === 'need-more') return;
+      if (p.state === 'bad') return reject(p.status, p.detail);
+      let target: GatewaySocket;
+      try {
+        target = this.options.registry.redeem(p.token, TransportKind.TRANSPORT_KIND_TCP);
+      } catch (err) {
+        if (err instanceof AttachTokenError) return reject(FAILURE_STATUS[err.failure], err.message);
+        return reject(AttachStatus.INTERNAL, (err as Error).message);
+      }
+      cleanup();
+      sock.pause();
+      if (p.rest.length) sock.unshift(p.rest);
+      sock.write(encodeReply(AttachStatus.OK));
+      this.options.metrics.recordAttach('tcp', 'ok');
+      this.attach(target, sock);
+    };
+    sock.on('data', onData);
+    sock.on('error', onError);
+    sock.on('end', onEnd);
+  }
+
+  private attach(target: GatewaySocket, sock: Socket): void {
+    let channel: DataChannel;
+    if (target instanceof StreamSocket) {
+      sock.setNoDelay(true);
+      channel = { transport: this.kind, mode: 'stream', stream: sock };
+      target.attach(channel);
+    } else if (target instanceof DatagramSocket) {
+      channel = { transport: this.kind, mode: 'datagram', stream: new DatagramFramer(sock, this.options.maxDatagramBytes) };
+      target.attach(channel);
+    } else {
+      sock.destroy();
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.handshaking) s.destroy();
+    this.handshaking.clear();
+    // Stop accepting; attached data connections belong to their sockets, which the table drains.
+    this.server?.close();
+    this.server = undefined;
+  }
+}

@@ -1,0 +1,269 @@
+/**
+ * Data-plane wire formats shared by the gateway and the SDK.
+ *
+ * TCP data plane. The client opens a TCP connection to the data port and sends
+ * the attach preamble (all integers big-endian):
+ *
+ *   0  magic    "SGA1"  (4 bytes)
+ *   4  version  u8      (1)
+ *   5  flags    u8      (0; reserved)
+ *   6  reserved u16     (0)
+ *   8  tok_len  u16     (32)
+ *  10  token    tok_len bytes
+ *
+ * The gateway answers with 8 bytes: "SGA1", status u8 (AttachStatus), 3 reserved
+ * zero bytes; on anything but OK it closes the connection. After OK, a stream
+ * socket's raw bytes flow; a datagram socket's datagrams flow as frames:
+ *
+ *   0  frame_len u32   (bytes after this field: 2 + uri_len + payload)
+ *   4  uri_len   u16
+ *   6  uri       uri_len bytes (UTF-8; empty = the connected peer)
+ *      payload   frame_len - 2 - uri_len bytes
+ */
+import { Duplex } from 'node:stream';
+import { ProtocolError } from './errors.js';
+import type { ChannelDatagram } from './transport.js';
+
+export const PREAMBLE_MAGIC = Buffer.from('SGA1', 'ascii');
+export const TCP_PLANE_VERSION = 1;
+export const PREAMBLE_FIXED_BYTES = 10;
+export const REPLY_BYTES = 8;
+/** Longest token a preamble may carry; a longer one is garbage, not a token. */
+export const MAX_TOKEN_BYTES = 64;
+/** Longest URI in a datagram frame. */
+export const MAX_FRAME_URI_BYTES = 1024;
+/** Largest UDP payload a frame can carry (IPv6 jumbograms are out of scope). */
+export const MAX_FRAME_PAYLOAD_BYTES = 65535;
+
+export enum AttachStatus {
+  OK = 0,
+  BAD_PREAMBLE = 1,
+  VERSION_MISMATCH = 2,
+  WRONG_TOKEN = 3,
+  REPLAYED = 4,
+  EXPIRED = 5,
+  WRONG_TRANSPORT = 6,
+  INTERNAL = 7,
+}
+
+export function encodePreamble(token: Uint8Array): Buffer {
+  const b = Buffer.alloc(PREAMBLE_FIXED_BYTES + token.length);
+  PREAMBLE_MAGIC.copy(b, 0);
+  b.writeUInt8(TCP_PLANE_VERSION, 4);
+  b.writeUInt16BE(token.length, 8);
+  b.set(token, PREAMBLE_FIXED_BYTES);
+  return b;
+}
+
+export type PreambleParse =
+  | { state: 'need-more' }
+  | { state: 'bad'; status: AttachStatus; detail: string }
+  | { state: 'ok'; token: Buffer; rest: Buffer };
+
+/** Parse a preamble from the bytes received so far. */
+export function parsePreamble(buf: Buffer): PreambleParse {
+  const magicBytes = Math.min(buf.length, 4);
+  if (!buf.subarray(0, magicBytes).equals(PREAMBLE_MAGIC.subarray(0, magicBytes))) {
+    return { state: 'bad', status: AttachStatus.BAD_PREAMBLE, detail: 'bad magic' };
+  }
+  if (buf.length < PREAMBLE_FIXED_BYTES) return { state: 'need-more' };
+  if (buf.readUInt8(4) !== TCP_PLANE_VERSION) return { state: 'bad', status: AttachStatus.VERSION_MISMATCH, detail: `version ${buf.readUInt8(4)}` };
+  const len = buf.readUInt16BE(8);
+  if (len === 0 || len > MAX_TOKEN_BYTES) return { state: 'bad', status: AttachStatus.BAD_PREAMBLE, detail: `token length ${len}` };
+  if (buf.length < PREAMBLE_FIXED_BYTES + len) return { state: 'need-more' };
+  return { state: 'ok', token: buf.subarray(PREAMBLE_FIXED_BYTES, PREAMBLE_FIXED_BYTES + len), rest: buf.subarray(PREAMBLE_FIXED_BYTES + len) };
+}
+
+export function encodeReply(status: AttachStatus): Buffer {
+  const b = Buffer.alloc(REPLY_BYTES);
+  PREAMBLE_MAGIC.copy(b, 0);
+  b.writeUInt8(status, 4);
+  return b;
+}
+
+export function parseReply(buf: Buffer): AttachStatus | undefined {
+  if (buf.length < REPLY_BYTES || !buf.subarray(0, 4).equals(PREAMBLE_MAGIC)) return undefined;
+  return buf.readUInt8(4) as AttachStatus;
+}
+
+export function encodeDatagramFrame(d: ChannelDatagram): Buffer[] {
+  const uri = Buffer.from(d.uri, 'utf8');
+  if (uri.length > MAX_FRAME_URI_BYTES) throw new ProtocolError(`datagram URI longer than ${MAX_FRAME_URI_BYTES} bytes`);
+  const head = Buffer.alloc(6 + uri.length);
+  head.writeUInt32BE(2 + uri.length + d.payload.length, 0);
+  head.writeUInt16BE(uri.length, 4);
+  uri.copy(head, 6);
+  return [head, d.payload];
+}
+
+/**
+ * Datagrams over a byte stream: an object-mode Duplex of ChannelDatagram on
+ * top of `inner`, framed as above. Bounded: a frame longer than the limits is a
+ * protocol error that destroys the stream.
+ */
+export class DatagramFramer extends Duplex {
+  /** Bytes received but not yet a whole frame. */
+  private pending: Buffer = Buffer.alloc(0);
+
+  constructor(
+    private readonly inner: Duplex,
+    private readonly maxPayload: number = MAX_FRAME_PAYLOAD_BYTES,
+  ) {
+    super({ readableObjectMode: true, writableObjectMode: true, allowHalfOpen: true, readableHighWaterMark: 64, writableHighWaterMark: 64 });
+    inner.on('data', (chunk: Buffer) => this.onBytes(chunk));
+    inner.on('end', () => {
+      if (this.pending.length) this.destroy(new ProtocolError(`stream ended inside a datagram frame (${this.pending.length} bytes left)`));
+      else this.push(null);
+    });
+    inner.on('error', (err) => this.destroy(err));
+    inner.on('close', () => {
+      if (!this.destroyed && !this.readableEnded) this.destroy();
+    });
+    inner.on('drain', () => this.emit('inner-drain'));
+  }
+
+  private onBytes(chunk: Buffer): void {
+    let buf = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
+    let more = true;
+    while (buf.length >= 6) {
+      const frameLen = buf.readUInt32BE(0);
+      const uriLen = buf.readUInt16BE(4);
+      if (uriLen > MAX_FRAME_URI_BYTES || frameLen < 2 + uriLen || frameLen - 2 - uriLen > this.maxPayload) {
+        this.destroy(new ProtocolError(`bad datagram frame: length ${frameLen}, uri length ${uriLen} (max payload ${this.maxPayload})`));
+        return;
+      }
+      if (buf.length < 4 + frameLen) break;
+      const uri = buf.toString('utf8', 6, 6 + uriLen);
+      // Copy the payload out so a frame does not pin the whole read buffer.
+      const payload = Buffer.from(buf.subarray(6 + uriLen, 4 + frameLen));
+      buf = buf.subarray(4 + frameLen);
+      more = this.push({ uri, payload } satisfies ChannelDatagram);
+    }
+    this.pending = buf.length ? Buffer.from(buf) : Buffer.alloc(0);
+    if (!more) this.inner.pause();
+  }
+
+  override _read(): void {
+    this.inner.resume();
+  }
+
+  override _write(d: ChannelDatagram, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    let parts: Buffer[];
+    try {
+      parts = encodeDatagramFrame(d);
+    } catch (err) {
+      cb(err as Error);
+      return;
+    }
+    this.inner.write(parts[0]);
+    if (this.inner.write(parts[1])) cb();
+    else this.inner.once('drain', () => cb());
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.inner.end(cb);
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.inner.destroy(err ?? undefined);
+    cb(err);
+  }
+}
+
+/** How a message-stream channel maps frames; one per direction of use (gateway, SDK). */
+export interface FrameCodec<In, Out> {
+  /** Encode payload bytes (stream mode) into an outgoing message. */
+  data(chunk: Buffer): Out;
+  /** Encode a datagram (datagram mode). */
+  datagram(d: ChannelDatagram): Out;
+  /** Encode end-of-stream. */
+  eof(): Out;
+  /** Decode an incoming message. */
+  decode(msg: In): { kind: 'data'; data: Buffer } | { kind: 'datagram'; datagram: ChannelDatagram } | { kind: 'eof' } | { kind: 'other' };
+}
+
+/**
+ * A byte (or datagram) Duplex over an object-mode message stream such as a
+ * gRPC bidi call. Backpressure both ways: writes wait for the call's 'drain',
+ * and a full readable buffer pauses the call.
+ */
+export class MessageChannel<In, Out> extends Duplex {
+  constructor(
+    private readonly call: Duplex,
+    private readonly codec: FrameCodec<In, Out>,
+    readonly mode: 'stream' | 'datagram',
+    highWatermark: number,
+    /** Ends the call with an error (server: a status; client: cancel). */
+    private readonly abort: (err: Error) => void,
+  ) {
+    super({
+      allowHalfOpen: true,
+      readableObjectMode: mode === 'datagram',
+      writableObjectMode: mode === 'datagram',
+      ...(mode === 'stream' ? { readableHighWaterMark: highWatermark, writableHighWaterMark: highWatermark } : {}),
+    });
+    call.on('data', (msg: In) => this.onMessage(msg));
+    call.on('end', () => {
+      // The peer ended the call without an eof frame: the stream is over either way.
+      if (!this.readableEnded) this.push(null);
+    });
+    call.on('error', (err) => this.destroy(err));
+    call.on('close', () => {
+      if (!this.destroyed && !(this.readableEnded && this.writableFinished)) {
+        if (!this.readableEnded) this.destroy(new ProtocolError('data stream closed before end of stream'));
+      }
+    });
+  }
+
+  private onMessage(msg: In): void {
+    if (this.readableEnded) return;
+    const m = this.codec.decode(msg);
+    let more = true;
+    switch (m.kind) {
+      case 'data':
+        if (this.mode !== 'stream') return void this.destroy(new ProtocolError('data frame on a datagram channel'));
+        more = this.push(m.data);
+        break;
+      case 'datagram':
+        if (this.mode !== 'datagram') return void this.destroy(new ProtocolError('datagram frame on a stream channel'));
+        more = this.push(m.datagram);
+        break;
+      case 'eof':
+        this.push(null);
+        return;
+      case 'other':
+        return void this.destroy(new ProtocolError('unexpected frame on the data stream'));
+    }
+    if (!more) this.call.pause();
+  }
+
+  override _read(): void {
+    this.call.resume();
+  }
+
+  override _write(chunk: Buffer | ChannelDatagram, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    const msg = this.mode === 'stream' ? this.codec.data(chunk as Buffer) : this.codec.datagram(chunk as ChannelDatagram);
+    if (this.call.write(msg)) cb();
+    else this.call.once('drain', () => cb());
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.call.write(this.codec.eof());
+    cb();
+    this.maybeEndCall();
+  }
+
+  /** End the call once both directions are done (its status ends the RPC). */
+  private maybeEndCall(): void {
+    if (this.writableFinished || this.writableEnded) {
+      if (this.readableEnded) this.call.end();
+      else this.once('end', () => this.call.end());
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (err) this.abort(err);
+    else if (!this.call.writableEnded) this.call.end();
+    cb(err);
+  }
+}
