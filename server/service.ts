@@ -54,6 +54,7 @@ import { ATTR, type ConnectResult, type Telemetry } from './telemetry.js';
 import type { GrpcTransport } from './transport-grpc.js';
 import type { AttachRegistry } from './attach.js';
 import type { Logger } from './log.js';
+import { formatUri } from './uri.js';
 
 export interface ServiceDeps {
   policy: Policy;
@@ -75,6 +76,9 @@ export interface ServiceDeps {
 }
 
 const SERVICE = 'sockgate.v1.SocketGatewayService';
+/** Listen backlog when the guest gives none, and the most it may ask for. */
+const DEFAULT_BACKLOG = 128;
+const MAX_BACKLOG = 4096;
 /** Upper bound on a client-requested connect timeout. */
 const MAX_CONNECT_TIMEOUT_MS = 120_000;
 
@@ -283,9 +287,10 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       table.reserve(identity);
       let listener: ListenerSocket;
       try {
-        const server = await backend.listenTcp(identity, target, Math.min(req.backlog, 4096));
+        const backlog = Math.min(req.backlog || DEFAULT_BACKLOG, MAX_BACKLOG);
+        const server = await backend.listenTcp(identity, target, backlog);
         const addr = server.address() as { address: string; port: number };
-        listener = new ListenerSocket(table.newId('listener'), identity, server, `${target.uri.family === 6 || target.family === 6 ? 'tcp6' : 'tcp'}://${target.family === 6 ? `[${addr.address}]` : addr.address}:${addr.port}`);
+        listener = new ListenerSocket(table.newId('listener'), identity, server, formatUri('tcp', addr.address, addr.port), backlog);
       } catch (err) {
         table.release(identity);
         throw err;
@@ -311,13 +316,6 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       }
       const l = listener as ListenerSocket;
       const offers = call.request.offers;
-      let uninstall: () => void;
-      try {
-        uninstall = l.setAcceptor((host) => void onInbound(host));
-      } catch (err) {
-        call.emit('error', toStatus(err));
-        return;
-      }
       const onInbound = async (host: NetSocket) => {
         try {
           table.reserve(identity);
@@ -337,6 +335,13 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
         call.write({ socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation });
       };
+      let uninstall: () => void;
+      try {
+        uninstall = l.setAcceptor((host) => void onInbound(host));
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
       const end = () => {
         uninstall();
         void l.close();

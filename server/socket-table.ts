@@ -412,16 +412,23 @@ export class ListenerSocket extends GatewaySocket {
   readonly kind = 'listener' as const;
   /** The Accept stream's handler; undefined while nobody accepts. */
   private acceptor: ((host: NetSocket) => void) | undefined;
+  /** Inbound connections that arrived while no Accept stream was open (paused; at most `backlog`). */
+  private readonly queued: NetSocket[] = [];
 
-  constructor(id: string, identity: Identity, readonly server: NetServer, localUri: string) {
+  constructor(
+    id: string,
+    identity: Identity,
+    readonly server: NetServer,
+    localUri: string,
+    private readonly backlog: number,
+  ) {
     super(id, identity, localUri, '');
     this.state = SocketState.SOCKET_STATE_LISTENING;
     server.on('connection', (host: NetSocket) => {
-      if (!this.acceptor) {
-        host.destroy();
-        return;
-      }
-      this.acceptor(host);
+      if (this.acceptor) return this.acceptor(host);
+      if (this.queued.length >= this.backlog) return void host.destroy();
+      host.on('error', () => {});
+      this.queued.push(host);
     });
     server.on('close', () => this.transitionTo([SocketState.SOCKET_STATE_LISTENING], SocketState.SOCKET_STATE_CLOSED, this.error?.code ?? 'closed'));
   }
@@ -438,6 +445,9 @@ export class ListenerSocket extends GatewaySocket {
   setAcceptor(fn: (host: NetSocket) => void): () => void {
     if (this.acceptor) throw new WrongSocketKindError(`listener ${this.id} already has an Accept stream`);
     this.acceptor = fn;
+    for (const host of this.queued.splice(0)) {
+      if (!host.destroyed) fn(host);
+    }
     return () => {
       if (this.acceptor === fn) this.acceptor = undefined;
     };
@@ -451,6 +461,7 @@ export class ListenerSocket extends GatewaySocket {
     if (this.isClosed) return this.closed;
     this.error ??= err;
     this.acceptor = undefined;
+    for (const host of this.queued.splice(0)) host.destroy();
     this.server.close();
     return this.closed;
   }
