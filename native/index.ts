@@ -1,0 +1,634 @@
+/**
+ * The one loader of the sockgate native addon (native/build/Release/sockgate_native.node).
+ *
+ * It declares the types of everything the addon exposes and wraps the raw
+ * classes where that adds value: native errors become `NativeError` or
+ * `RingCorruptError` (type errors stay `TypeError`), pump events are routed to
+ * their link, and zero-copy loans become guard objects. The addon only offers
+ * primitives; every decision (policy, sizes, when to grow a ring) stays in TS.
+ *
+ * Ownership: each class owns one OS resource. `close()` is the rule and
+ * refuses (EBUSY) while the resource is in use; the native destructor is the
+ * safety net.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NativeError, RingCorruptError, type SockgateError } from '../server/errors.js';
+
+// ---- raw binding types --------------------------------------------------------
+
+/** Direction of a ring inside a slot. */
+export type RingDir = 0 | 1;
+
+export interface RegionLayout {
+  headerSize: number;
+  slotTableOffset: number;
+  slotSize: number;
+  ringCtlSize: number;
+  notifyOffset: number;
+  notifyBytes: number;
+  ringAreaOffset: number;
+}
+
+export interface SlotInfo {
+  open: boolean;
+  claimed: boolean;
+  outSize?: number;
+  inSize?: number;
+  outPending?: boolean;
+  inPending?: boolean;
+}
+
+export interface RawEventfd {
+  readonly fd: number;
+  readonly closed: boolean;
+  signal(): void;
+  drain(): number;
+  close(): void;
+}
+
+export interface RawRegion {
+  readonly id: number;
+  readonly fd: number;
+  readonly size: number;
+  readonly slotCount: number;
+  readonly maxRingSize: number;
+  readonly role: 'gateway' | 'client';
+  readonly closed: boolean;
+  readonly corrupt: boolean;
+  readonly grantedBytes: number;
+  readonly layout: RegionLayout;
+  setDoorbells(local: RawEventfd, peer: RawEventfd): void;
+  openSlot(slot: number, ringSize: number): void;
+  closeSlot(slot: number): void;
+  requestResize(slot: number, dir: RingDir, ringSize: number): void;
+  slotInfo(slot: number): SlotInfo;
+  /** Copies from `data` into this side's outbound ring; returns bytes written (0 when full). */
+  write(slot: number, data: Uint8Array, offset?: number, length?: number): number;
+  /** Copies from this side's inbound ring; bytes read, 0 when empty, -1 at end of stream. */
+  read(slot: number, target: Uint8Array, offset?: number, length?: number): number;
+  shutdown(slot: number): void;
+  armRead(slot: number): boolean;
+  armWrite(slot: number): boolean;
+  /** ArrayBuffer over readable ring bytes, null when empty, false at end of stream. */
+  lend(slot: number): ArrayBuffer | null | false;
+  release(loan: ArrayBuffer, consumed: number): void;
+  takeHints(): number[];
+  prepareSleep(): boolean;
+  clearSleeping(): void;
+  /** Test hook (hostile-peer tests): store 8 bytes at an aligned offset of our own mapping. */
+  unsafePoke64(offset: number, value: bigint): void;
+  close(): void;
+}
+
+export type PumpEvent =
+  | { type: 'progress'; link: number; toFd: number; toRing: number; stalls: number }
+  | { type: 'resized'; link: number; dir: RingDir; ringSize: number; errno: number }
+  | { type: 'fdEof'; link: number }
+  | { type: 'ringEof'; link: number }
+  | {
+      type: 'end';
+      link: number;
+      reason: 'ok' | 'error' | 'corrupt' | 'aborted';
+      errno: number;
+      code?: string;
+      totalToFd: number;
+      totalToRing: number;
+    }
+  | { type: 'corrupt'; region: number; code: 'ERR_SOCKGATE_RING_CORRUPT' }
+  | { type: 'hints'; region: number; slots: number[] }
+  | { type: 'attach'; listener: number; conn: number; pid: number; uid: number; gid: number; version: number; flags: number; token: Buffer }
+  | { type: 'connClosed'; listener: number; conn: number; errno: number };
+
+export interface RawPump {
+  readonly activeLinks: number;
+  readonly closed: boolean;
+  ref(): void;
+  unref(): void;
+  watch(region: RawRegion): void;
+  unwatch(region: RawRegion): void;
+  close(): void;
+}
+
+export interface RawPumpLink {
+  readonly id: number;
+  resize(dir: RingDir, ringSize: number): void;
+  close(): void;
+}
+
+export interface RawListener {
+  readonly id: number;
+  accept(conn: number, region: RawRegion, gatewayDoorbell: RawEventfd, clientDoorbell: RawEventfd): void;
+  reject(conn: number, status: number): void;
+  closeConn(conn: number): void;
+  close(): void;
+}
+
+export interface RawAttachResult {
+  status: number;
+  version: number;
+  flags: number;
+  regionSize: number;
+  slotCount: number;
+  conn: number;
+  memfd: number;
+  gatewayDoorbell: number;
+  clientDoorbell: number;
+  peerPid: number;
+  peerUid: number;
+}
+
+export interface NativeConstants {
+  SOL_SOCKET: number;
+  SO_SNDBUF: number;
+  SO_RCVBUF: number;
+  DIR_C2G: 0;
+  DIR_G2C: 1;
+  MIN_RING_SIZE: number;
+  MAX_RING_SIZE: number;
+  MAX_SLOTS: number;
+  ATTACH_VERSION: number;
+  ATTACH_STATUS_PROTOCOL: number;
+  ATTACH_STATUS_VERSION: number;
+  ATTACH_STATUS_TIMEOUT: number;
+}
+
+export interface NativeBinding {
+  abiVersion: number;
+  rdma: { available: boolean; reason: string };
+  constants: NativeConstants;
+  Region: { new (opts: { slots: number; maxRingSize: number; byteLimit?: number }): RawRegion; new (memfd: number): RawRegion };
+  Eventfd: new (fd?: number) => RawEventfd;
+  Pump: new (onEvents: (events: PumpEvent[]) => void, options?: { spinUs?: number }) => RawPump;
+  PumpLink: new (pump: RawPump, region: RawRegion, slot: number, fd: number, prefix?: Uint8Array[]) => RawPumpLink;
+  Listener: new (pump: RawPump, path: string, backlog?: number) => RawListener;
+  attach(path: string, token: Uint8Array, timeoutMs?: number, version?: number): Promise<RawAttachResult>;
+  dupFd(fd: number): number;
+  closeFd(fd: number): void;
+  setsockoptInt(fd: number, level: number, name: number, value: number): void;
+  getsockoptInt(fd: number, level: number, name: number): number;
+  socketpair(): [number, number];
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  setGatewayRingLimit(bytes: number): void;
+  gatewayRingBytes(): number;
+}
+
+function load(): NativeBinding {
+  const here = dirname(fileURLToPath(import.meta.url));
+  // dist/native/index.js -> ../../native/build; native/index.ts (tsx) -> ./build
+  const candidates = [
+    resolve(here, '../../native/build/Release/sockgate_native.node'),
+    resolve(here, 'build/Release/sockgate_native.node'),
+  ];
+  const path = candidates.find((p) => existsSync(p));
+  if (!path) throw new NativeError(`sockgate native addon not built (looked in ${candidates.join(', ')}); run npm run build:native`);
+  return createRequire(import.meta.url)(path) as NativeBinding;
+}
+
+/** The raw addon. Prefer the wrappers below; the raw surface is for tests and the loader. */
+export const binding: NativeBinding = load();
+export const constants = binding.constants;
+export const rdma = binding.rdma;
+export const DIR_C2G = 0 as const;
+export const DIR_G2C = 1 as const;
+
+// ---- errors -------------------------------------------------------------------
+
+/** The native error fields (errno name, negative errno) kept on the cause. */
+export interface NativeErrorCause extends Error {
+  code?: string;
+  errno?: number;
+  syscall?: string;
+}
+
+/** Translate a native exception: type/range errors stay, the rest become sockgate errors. */
+export function translateError(err: unknown): unknown {
+  if (err instanceof TypeError || err instanceof RangeError) return err;
+  const e = err as NativeErrorCause;
+  if (e && e.code === 'ERR_SOCKGATE_RING_CORRUPT') return new RingCorruptError(e.message, { cause: err });
+  if (e instanceof Error) return new NativeError(e.message, { cause: err });
+  return err;
+}
+
+/** The errno name of a translated native error (`EBUSY`, ...), if any. */
+export function nativeCode(err: unknown): string | undefined {
+  const c = (err as SockgateError)?.cause as NativeErrorCause | undefined;
+  return c?.code ?? (err as NativeErrorCause)?.code;
+}
+
+function call<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    throw translateError(err);
+  }
+}
+
+// ---- primitives ---------------------------------------------------------------
+
+/** dup() a descriptor (close-on-exec). The caller owns the result. */
+export function dupFd(fd: number): number {
+  return call(() => binding.dupFd(fd));
+}
+export function closeFd(fd: number): void {
+  call(() => binding.closeFd(fd));
+}
+/** Set an int socket option, e.g. `setsockopt(fd, 'SO_SNDBUF', 1 << 20)`. */
+export function setsockopt(fd: number, name: 'SO_SNDBUF' | 'SO_RCVBUF', value: number): void {
+  call(() => binding.setsockoptInt(fd, constants.SOL_SOCKET, constants[name], value));
+}
+export function getsockopt(fd: number, name: 'SO_SNDBUF' | 'SO_RCVBUF'): number {
+  return call(() => binding.getsockoptInt(fd, constants.SOL_SOCKET, constants[name]));
+}
+/** A connected AF_UNIX stream pair (blocking, close-on-exec); the caller owns both fds. */
+export function socketpair(): [number, number] {
+  return call(() => binding.socketpair());
+}
+export function peerCred(fd: number): { pid: number; uid: number; gid: number } {
+  return call(() => binding.peerCred(fd));
+}
+/** Gateway-wide cap on granted ring bytes (all regions); `Infinity` lifts it. */
+export function setGatewayRingLimit(bytes: number): void {
+  call(() => binding.setGatewayRingLimit(bytes));
+}
+export function gatewayRingBytes(): number {
+  return binding.gatewayRingBytes();
+}
+
+// ---- eventfd ------------------------------------------------------------------
+
+/** A doorbell: one eventfd. */
+export class Eventfd {
+  /** The native object; owns the fd. */
+  readonly raw: RawEventfd;
+  constructor(fd?: number) {
+    this.raw = call(() => new binding.Eventfd(fd));
+  }
+  get fd(): number {
+    return call(() => this.raw.fd);
+  }
+  get closed(): boolean {
+    return this.raw.closed;
+  }
+  signal(): void {
+    call(() => this.raw.signal());
+  }
+  drain(): number {
+    return call(() => this.raw.drain());
+  }
+  /** Idempotent; EBUSY while a region or pump uses it (close the region first). */
+  close(): void {
+    call(() => this.raw.close());
+  }
+}
+
+// ---- region -------------------------------------------------------------------
+
+export interface RegionOptions {
+  /** Socket slots in the session (each a pair of rings). */
+  slots: number;
+  /** Largest ring size a slot may grow to (power of two); reserves sparse address space only. */
+  maxRingSize: number;
+  /** Cap on granted ring bytes in this region. */
+  byteLimit?: number;
+}
+
+/**
+ * A zero-copy view into ring bytes, lent until `release()`. After release the
+ * underlying ArrayBuffer is detached (stale Buffers have length 0) and `view`
+ * throws: misuse is an error, never a read of reused ring memory.
+ */
+export class RingLoan {
+  /** The lent ArrayBuffer; detached on release. */
+  #ab: ArrayBuffer | undefined;
+  /** Released loans are finished; the region is the lender. */
+  readonly #region: RawRegion;
+  readonly #view: Buffer;
+  constructor(region: RawRegion, ab: ArrayBuffer) {
+    this.#region = region;
+    this.#ab = ab;
+    this.#view = Buffer.from(ab);
+  }
+  get length(): number {
+    return this.#ab ? this.#view.length : 0;
+  }
+  get released(): boolean {
+    return this.#ab === undefined;
+  }
+  /** The lent bytes. Throws after release. */
+  get view(): Buffer {
+    if (!this.#ab) throw new NativeError('ring loan used after release');
+    return this.#view;
+  }
+  /** Give the bytes back; `consumed` of them (default all) are freed in the ring. */
+  release(consumed: number = this.length): void {
+    const ab = this.#ab;
+    if (!ab) throw new NativeError('ring loan released twice');
+    this.#ab = undefined;
+    call(() => this.#region.release(ab, consumed));
+  }
+}
+
+/**
+ * A shared-memory region: one sealed memfd, mapped once, with a ring pair per
+ * socket slot. The gateway creates it; the client attaches the memfd it
+ * received. Ring ops act on this side's rings: the gateway writes g2c and
+ * reads c2g, the client the other way round.
+ */
+export class ShmRegion {
+  readonly raw: RawRegion;
+  private constructor(raw: RawRegion) {
+    this.raw = raw;
+  }
+  static create(opts: RegionOptions): ShmRegion {
+    return new ShmRegion(call(() => new binding.Region(opts)));
+  }
+  /** Map a memfd received from the gateway; takes ownership of it (even on failure). */
+  static attach(memfd: number): ShmRegion {
+    return new ShmRegion(call(() => new binding.Region(memfd)));
+  }
+  get id(): number {
+    return call(() => this.raw.id);
+  }
+  get fd(): number {
+    return call(() => this.raw.fd);
+  }
+  get size(): number {
+    return call(() => this.raw.size);
+  }
+  get slotCount(): number {
+    return call(() => this.raw.slotCount);
+  }
+  get maxRingSize(): number {
+    return call(() => this.raw.maxRingSize);
+  }
+  get role(): 'gateway' | 'client' {
+    return call(() => this.raw.role);
+  }
+  get closed(): boolean {
+    return this.raw.closed;
+  }
+  get corrupt(): boolean {
+    return call(() => this.raw.corrupt);
+  }
+  get grantedBytes(): number {
+    return call(() => this.raw.grantedBytes);
+  }
+  get layout(): RegionLayout {
+    return call(() => this.raw.layout);
+  }
+  /** `local` is the doorbell this side waits on, `peer` the one it rings. */
+  setDoorbells(local: Eventfd, peer: Eventfd): void {
+    call(() => this.raw.setDoorbells(local.raw, peer.raw));
+  }
+  openSlot(slot: number, ringSize: number): void {
+    call(() => this.raw.openSlot(slot, ringSize));
+  }
+  /** Idempotent; gives the slot's ring pages back to the system. */
+  closeSlot(slot: number): void {
+    call(() => this.raw.closeSlot(slot));
+  }
+  /** Grant a new ring size; it takes effect when the ring is next empty. */
+  requestResize(slot: number, dir: RingDir, ringSize: number): void {
+    call(() => this.raw.requestResize(slot, dir, ringSize));
+  }
+  slotInfo(slot: number): SlotInfo {
+    return call(() => this.raw.slotInfo(slot));
+  }
+  /** Copy once from `data` into the ring; returns bytes written (0 when full). */
+  write(slot: number, data: Uint8Array, offset?: number, length?: number): number {
+    return call(() => this.raw.write(slot, data, offset, length));
+  }
+  /** Copy into `target`; bytes read, 0 when empty, null at end of stream. */
+  read(slot: number, target: Uint8Array, offset?: number, length?: number): number | null {
+    const n = call(() => this.raw.read(slot, target, offset, length));
+    return n < 0 ? null : n;
+  }
+  /** Half-close: end of stream after the bytes written so far. */
+  shutdown(slot: number): void {
+    call(() => this.raw.shutdown(slot));
+  }
+  /** Ask for a doorbell when data arrives; true if data (or EOF) is already there. */
+  armRead(slot: number): boolean {
+    return call(() => this.raw.armRead(slot));
+  }
+  /** Ask for a doorbell when space frees up; true if there is space already. */
+  armWrite(slot: number): boolean {
+    return call(() => this.raw.armWrite(slot));
+  }
+  /** Zero-copy read: a loan over readable bytes, null when empty, false at end of stream. */
+  lend(slot: number): RingLoan | null | false {
+    const ab = call(() => this.raw.lend(slot));
+    if (ab === null || ab === false) return ab;
+    return new RingLoan(this.raw, ab);
+  }
+  takeHints(): number[] {
+    return call(() => this.raw.takeHints());
+  }
+  /** Idempotent; EBUSY while pump links or watches use it. Detaches outstanding loans. */
+  close(): void {
+    call(() => this.raw.close());
+  }
+}
+
+// ---- pump ---------------------------------------------------------------------
+
+export type LinkEnd = Extract<PumpEvent, { type: 'end' }>;
+
+/** One ring pair <-> fd link on a pump. Owns the fd from construction on. */
+export class PumpLink {
+  readonly raw: RawPumpLink;
+  readonly id: number;
+  /** Settles with the link's end event. */
+  readonly ended: Promise<LinkEnd>;
+  /** Resolver of `ended`, called by the pump's event router. */
+  settle!: (e: LinkEnd) => void;
+  constructor(raw: RawPumpLink) {
+    this.raw = raw;
+    this.id = raw.id;
+    this.ended = new Promise((res) => (this.settle = res));
+  }
+  /** Grant a ring size for one direction (applied when that ring is empty). */
+  resize(dir: RingDir, ringSize: number): void {
+    call(() => this.raw.resize(dir, ringSize));
+  }
+  /** Abort the link (closes its fd); resolves with the end event. Idempotent. */
+  close(): Promise<LinkEnd> {
+    call(() => this.raw.close());
+    return this.ended;
+  }
+}
+
+/** The attach listener on a Unix socket; accepts on the pump's I/O thread. */
+export class AttachListener {
+  readonly raw: RawListener;
+  readonly path: string;
+  constructor(raw: RawListener, path: string) {
+    this.raw = raw;
+    this.path = path;
+  }
+  get id(): number {
+    return this.raw.id;
+  }
+  /** Send the session's memfd and doorbells to the client of `conn`. */
+  accept(conn: number, region: ShmRegion, gatewayDoorbell: Eventfd, clientDoorbell: Eventfd): void {
+    call(() => this.raw.accept(conn, region.raw, gatewayDoorbell.raw, clientDoorbell.raw));
+  }
+  /** Refuse with a status code (nonzero); the connection is closed. */
+  reject(conn: number, status: number): void {
+    call(() => this.raw.reject(conn, status));
+  }
+  closeConn(conn: number): void {
+    call(() => this.raw.closeConn(conn));
+  }
+  close(): void {
+    call(() => this.raw.close());
+  }
+}
+
+export interface PumpOptions {
+  /** Spin this long (µs, adaptive) before sleeping; 0 (default) on shared machines. */
+  spinUs?: number;
+}
+
+/**
+ * The native I/O thread. Events arrive batched, through one ThreadSafeFunction,
+ * to `onEvents`; link end events also settle `PumpLink.ended`.
+ */
+export class Pump {
+  readonly raw: RawPump;
+  /** Live links by id; removed on their end event. */
+  readonly #links = new Map<number, PumpLink>();
+  constructor(onEvents: (events: PumpEvent[]) => void = () => {}, opts: PumpOptions = {}) {
+    this.raw = call(
+      () =>
+        new binding.Pump((events) => {
+          for (const e of events) {
+            if (e.type === 'end') {
+              const l = this.#links.get(e.link);
+              this.#links.delete(e.link);
+              l?.settle(e);
+            }
+          }
+          onEvents(events);
+        }, opts),
+    );
+  }
+  /**
+   * Pump between a slot's rings and `fd` (any stream fd; the link owns it).
+   * `prefix` bytes go into the outbound ring before anything read from fd.
+   */
+  link(region: ShmRegion, slot: number, fd: number, prefix?: Buffer[]): PumpLink {
+    const l = new PumpLink(call(() => new binding.PumpLink(this.raw, region.raw, slot, fd, prefix)));
+    this.#links.set(l.id, l);
+    return l;
+  }
+  listen(path: string, backlog?: number): AttachListener {
+    return new AttachListener(call(() => new binding.Listener(this.raw, path, backlog)), path);
+  }
+  /** Client side: report hints for this region as `hints` events. */
+  watch(region: ShmRegion): void {
+    call(() => this.raw.watch(region.raw));
+  }
+  unwatch(region: ShmRegion): void {
+    call(() => this.raw.unwatch(region.raw));
+  }
+  get activeLinks(): number {
+    return call(() => this.raw.activeLinks);
+  }
+  ref(): void {
+    call(() => this.raw.ref());
+  }
+  unref(): void {
+    call(() => this.raw.unref());
+  }
+  /** Stop the thread. Idempotent; EBUSY while links, watches or listeners are open. */
+  close(): void {
+    call(() => this.raw.close());
+  }
+}
+
+// ---- client attach ------------------------------------------------------------
+
+/** What a client holds after attaching: the mapped region and both doorbells. */
+export interface ClientSession {
+  region: ShmRegion;
+  /** The client waits on this one. */
+  clientDoorbell: Eventfd;
+  /** The client rings this one. */
+  gatewayDoorbell: Eventfd;
+  /** The attach connection; the gateway sees the session end when it closes. */
+  conn: number;
+  slotCount: number;
+  peerPid: number;
+  peerUid: number;
+  close(): void;
+}
+
+/** Thrown when the gateway refuses an attach (status from the reply). */
+export class AttachRefusedError extends NativeError {
+  readonly status: number;
+  constructor(status: number) {
+    super(`attach refused by the gateway (status ${status})`);
+    this.status = status;
+  }
+}
+
+/**
+ * Client side: connect to the gateway's attach socket, present the token,
+ * receive the memfd and doorbells (SCM_RIGHTS) and map the region. Runs off
+ * the JS thread.
+ */
+export async function attachClient(path: string, token: Uint8Array, timeoutMs = 5000): Promise<ClientSession> {
+  let r: RawAttachResult;
+  try {
+    r = await binding.attach(path, token, timeoutMs);
+  } catch (err) {
+    throw translateError(err);
+  }
+  if (r.status !== 0) {
+    closeFd(r.conn);
+    throw new AttachRefusedError(r.status);
+  }
+  // Not yet owned by a wrapper (the memfd is owned by ShmRegion.attach, even on failure).
+  const loose = new Set([r.conn, r.clientDoorbell, r.gatewayDoorbell]);
+  let region: ShmRegion | undefined;
+  let cl: Eventfd | undefined;
+  let gw: Eventfd | undefined;
+  try {
+    region = ShmRegion.attach(r.memfd);
+    cl = new Eventfd(r.clientDoorbell);
+    loose.delete(r.clientDoorbell);
+    gw = new Eventfd(r.gatewayDoorbell);
+    loose.delete(r.gatewayDoorbell);
+    region.setDoorbells(cl, gw);
+    const [reg, clb, gwb] = [region, cl, gw];
+    let closed = false;
+    return {
+      region: reg,
+      clientDoorbell: clb,
+      gatewayDoorbell: gwb,
+      conn: r.conn,
+      slotCount: r.slotCount,
+      peerPid: r.peerPid,
+      peerUid: r.peerUid,
+      close() {
+        if (closed) return;
+        closed = true;
+        // Reverse order: the region references the doorbells.
+        reg.close();
+        gwb.close();
+        clb.close();
+        closeFd(r.conn);
+      },
+    };
+  } catch (err) {
+    region?.close();
+    gw?.close();
+    cl?.close();
+    for (const fd of loose) closeFd(fd);
+    throw err;
+  }
+}

@@ -1,0 +1,811 @@
+#include "pump.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace sg {
+
+namespace {
+
+enum Kind : uint64_t { kWake = 1, kSession = 2, kLinkFd = 3, kListener = 4, kConn = 5 };
+
+uint64_t tag(Kind k, uint32_t a, uint32_t b = 0) {
+  return (uint64_t(k) << 56) | (uint64_t(a & 0xFFFFFF) << 32) | b;
+}
+
+int64_t now_ms() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t now_us() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+}  // namespace
+
+struct Pump::Link {
+  uint32_t id = 0;
+  int fd = -1;                        // owned
+  std::shared_ptr<Region> region;
+  uint32_t slot = 0;
+  std::unique_ptr<ShmEndpoint> ep;
+  std::string prefix;                 // delivered into the outbound ring first
+  size_t prefix_off = 0;
+  bool readable = true, writable = true;
+  bool rd_eof = false, wr_shut = false;
+  bool queued = false, touched = false;
+  uint64_t to_fd = 0, to_ring = 0;    // since the last progress event
+  uint64_t total_fd = 0, total_ring = 0;
+  uint32_t stalls = 0;
+};
+
+struct Pump::Session {
+  std::shared_ptr<Region> region;
+  std::unordered_map<uint32_t, uint32_t> slot_links;  // slot -> link id
+  bool watched = false;   // client side: report hints to JS
+  bool awake = false;     // our sleep flag is clear: the peer will not ring
+  bool registered = false;
+};
+
+struct Pump::Conn {
+  enum State { kHello, kDecide, kAttached } state = kHello;
+  uint32_t id = 0;
+  int fd = -1;  // owned
+  std::string buf;
+  int64_t deadline = 0;
+  int pid = 0;
+  uint32_t uid = 0, gid = 0;
+};
+
+struct Pump::Listener {
+  uint32_t id = 0;
+  int fd = -1;  // owned
+  uint32_t next_conn = 1;
+  std::unordered_map<uint32_t, std::unique_ptr<Conn>> conns;
+};
+
+struct Pump::Cmd {
+  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn } type;
+  explicit Cmd(Type t) : type(t) {}
+  std::unique_ptr<Link> link;
+  uint32_t id = 0, conn = 0, dir = 0, log2 = 0;
+  uint16_t status = 0;
+  int fd = -1;
+  std::shared_ptr<Region> region;
+  std::shared_ptr<EventFd> gw_bell, cl_bell;
+};
+
+int Pump::create(const PumpOptions& o, EventSink sink, std::unique_ptr<Pump>* out) {
+  std::unique_ptr<Pump> p(new Pump());
+  p->opt_ = o;
+  p->sink_ = std::move(sink);
+  p->spin_now_us_ = o.spin_us;
+  p->cmds_ = new std::vector<Cmd>();
+  p->ep_ = epoll_create1(EPOLL_CLOEXEC);
+  if (p->ep_ < 0) return -errno;
+  p->wake_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (p->wake_ < 0) return -errno;
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag(kWake, 0);
+  if (epoll_ctl(p->ep_, EPOLL_CTL_ADD, p->wake_, &ev) < 0) return -errno;
+  p->thread_ = std::thread([raw = p.get()] { raw->run(); });
+  *out = std::move(p);
+  return 0;
+}
+
+Pump::~Pump() {
+  stop();
+  // Reverse order of creation: wake fd, epoll fd, command queue.
+  if (wake_ >= 0) close(wake_);
+  if (ep_ >= 0) close(ep_);
+  delete cmds_;
+}
+
+void Pump::stop() {
+  if (!thread_.joinable()) return;
+  stopping_.store(true);
+  uint64_t one = 1;
+  ssize_t n = write(wake_, &one, sizeof one);
+  (void)n;
+  thread_.join();
+  // Commands queued after the thread ended: release what they own.
+  std::vector<Cmd> rest;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    rest.swap(*cmds_);
+  }
+  for (Cmd& c : rest) {
+    if (c.link) {
+      close(c.link->fd);
+      c.link->region->unclaim(c.link->slot);
+    }
+    if (c.type == Cmd::kAddListener && c.fd >= 0) close(c.fd);
+  }
+}
+
+void Pump::push(Cmd&& c) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    cmds_->push_back(std::move(c));
+  }
+  uint64_t one = 1;
+  ssize_t n = write(wake_, &one, sizeof one);
+  (void)n;
+}
+
+int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id) {
+  if (stopping_.load()) return -ESHUTDOWN;
+  if (region->role() != Role::Gateway) return -EINVAL;
+  if (region->corrupt.load()) return -EBADMSG;
+  if (!region->local_doorbell() || !region->peer_doorbell()) return -ENOTCONN;
+  if (!region->slot_open(slot)) return -ENOTCONN;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -errno;
+  int ty = 0;
+  socklen_t tl = sizeof ty;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &ty, &tl) == 0 && ty != SOCK_STREAM) return -EPROTOTYPE;
+  if (!region->claim(slot)) return -EBUSY;
+  if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+    int e = -errno;
+    region->unclaim(slot);
+    return e;
+  }
+  std::unique_ptr<Link> l(new Link());
+  l->id = next_link_.fetch_add(1);
+  l->fd = fd;
+  l->region = region;
+  l->slot = slot;
+  l->ep.reset(new ShmEndpoint(region, slot));
+  l->prefix = std::move(prefix);
+  *id = l->id;
+  live_links_.fetch_add(1);
+  Cmd c(Cmd::kAddLink);
+  c.link = std::move(l);
+  push(std::move(c));
+  return 0;
+}
+
+void Pump::close_link(uint32_t id) {
+  Cmd c(Cmd::kCloseLink);
+  c.id = id;
+  push(std::move(c));
+}
+
+void Pump::resize_link(uint32_t id, uint32_t dir, uint32_t log2) {
+  Cmd c(Cmd::kResize);
+  c.id = id;
+  c.dir = dir;
+  c.log2 = log2;
+  push(std::move(c));
+}
+
+int Pump::watch(std::shared_ptr<Region> region) {
+  if (!region->local_doorbell()) return -ENOTCONN;
+  live_watches_.fetch_add(1);
+  Cmd c(Cmd::kWatch);
+  c.region = std::move(region);
+  push(std::move(c));
+  return 0;
+}
+
+void Pump::unwatch(uint32_t region_id) {
+  Cmd c(Cmd::kUnwatch);
+  c.id = region_id;
+  push(std::move(c));
+}
+
+void Pump::add_listener(uint32_t id, int fd) {
+  Cmd c(Cmd::kAddListener);
+  c.id = id;
+  c.fd = fd;
+  push(std::move(c));
+}
+
+void Pump::close_listener(uint32_t id) {
+  Cmd c(Cmd::kCloseListener);
+  c.id = id;
+  push(std::move(c));
+}
+
+void Pump::reply(uint32_t listener, uint32_t conn, uint16_t status, std::shared_ptr<Region> region,
+                 std::shared_ptr<EventFd> gw_bell, std::shared_ptr<EventFd> cl_bell) {
+  Cmd c(Cmd::kReply);
+  c.id = listener;
+  c.conn = conn;
+  c.status = status;
+  c.region = std::move(region);
+  c.gw_bell = std::move(gw_bell);
+  c.cl_bell = std::move(cl_bell);
+  push(std::move(c));
+}
+
+void Pump::close_conn(uint32_t listener, uint32_t conn) {
+  Cmd c(Cmd::kCloseConn);
+  c.id = listener;
+  c.conn = conn;
+  push(std::move(c));
+}
+
+// ---- the I/O thread --------------------------------------------------------
+
+Pump::Session* Pump::session_for(const std::shared_ptr<Region>& r, bool create) {
+  auto it = sessions_.find(r->id());
+  if (it != sessions_.end()) return it->second.get();
+  if (!create) return nullptr;
+  std::unique_ptr<Session> s(new Session());
+  s->region = r;
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag(kSession, r->id());
+  if (epoll_ctl(ep_, EPOLL_CTL_ADD, r->local_doorbell()->fd(), &ev) == 0) s->registered = true;
+  s->awake = true;  // look at the hints once before the first sleep
+  Session* raw = s.get();
+  sessions_[r->id()] = std::move(s);
+  return raw;
+}
+
+void Pump::drop_session_if_idle(uint32_t region_id) {
+  auto it = sessions_.find(region_id);
+  if (it == sessions_.end()) return;
+  Session& s = *it->second;
+  if (!s.slot_links.empty() || s.watched) return;
+  if (s.registered) epoll_ctl(ep_, EPOLL_CTL_DEL, s.region->local_doorbell()->fd(), nullptr);
+  sessions_.erase(it);
+}
+
+void Pump::handle_cmds() {
+  std::vector<Cmd> cmds;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    cmds.swap(*cmds_);
+  }
+  for (Cmd& c : cmds) {
+    switch (c.type) {
+      case Cmd::kAddLink: {
+        Link& l = *c.link;
+        Session* s = session_for(l.region, true);
+        struct epoll_event ev = {};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+        ev.data.u64 = tag(kLinkFd, l.id);
+        uint32_t id = l.id;
+        links_[id] = std::move(c.link);
+        Link& ln = *links_[id];
+        s->slot_links[ln.slot] = id;
+        if (l.region->corrupt.load()) {
+          end_link(ln, -EBADMSG, "corrupt");
+          break;
+        }
+        if (epoll_ctl(ep_, EPOLL_CTL_ADD, ln.fd, &ev) < 0) {
+          end_link(ln, -errno, "error");
+          break;
+        }
+        ln.queued = true;
+        runq_.push_back(id);
+        break;
+      }
+      case Cmd::kCloseLink: {
+        auto it = links_.find(c.id);
+        if (it != links_.end()) end_link(*it->second, 0, "aborted");
+        break;
+      }
+      case Cmd::kResize: {
+        auto it = links_.find(c.id);
+        if (it == links_.end()) break;
+        Link& l = *it->second;
+        int err = l.region->request_resize(l.slot, c.dir, c.log2);
+        PumpEvent e(PumpEvent::kProgress);
+        e.id = l.id;
+        e.err = err;
+        e.code = "resize";
+        e.a = c.dir;
+        e.b = c.log2;
+        emit(std::move(e));
+        if (!l.queued) {
+          l.queued = true;
+          runq_.push_back(l.id);
+        }
+        break;
+      }
+      case Cmd::kWatch: {
+        Session* s = session_for(c.region, true);
+        if (!s->watched) s->watched = true;
+        else live_watches_.fetch_sub(1);
+        break;
+      }
+      case Cmd::kUnwatch: {
+        auto it = sessions_.find(c.id);
+        if (it != sessions_.end() && it->second->watched) {
+          it->second->watched = false;
+          live_watches_.fetch_sub(1);
+          drop_session_if_idle(c.id);
+        }
+        break;
+      }
+      case Cmd::kAddListener: {
+        std::unique_ptr<Listener> ls(new Listener());
+        ls->id = c.id;
+        ls->fd = c.fd;
+        struct epoll_event ev = {};
+        ev.events = EPOLLIN;
+        ev.data.u64 = tag(kListener, c.id);
+        epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev);
+        listeners_[c.id] = std::move(ls);
+        break;
+      }
+      case Cmd::kCloseListener: {
+        auto it = listeners_.find(c.id);
+        if (it == listeners_.end()) break;
+        Listener& ls = *it->second;
+        std::vector<uint32_t> ids;
+        for (auto& kv : ls.conns) ids.push_back(kv.first);
+        for (uint32_t id : ids) drop_conn(ls, id, 0, false);
+        epoll_ctl(ep_, EPOLL_CTL_DEL, ls.fd, nullptr);
+        close(ls.fd);
+        listeners_.erase(it);
+        break;
+      }
+      case Cmd::kReply: {
+        auto it = listeners_.find(c.id);
+        if (it == listeners_.end()) break;
+        Listener& ls = *it->second;
+        auto ct = ls.conns.find(c.conn);
+        if (ct == ls.conns.end() || ct->second->state != Conn::kDecide) break;
+        Conn& cn = *ct->second;
+        attach::Reply r;
+        r.status = c.status;
+        int err;
+        if (c.status == attach::kStatusOk && c.region && c.gw_bell && c.cl_bell) {
+          r.fd_count = attach::kFdCount;
+          r.region_size = c.region->size();
+          r.slot_count = c.region->slot_count();
+          int fds[3] = {c.region->fd(), c.gw_bell->fd(), c.cl_bell->fd()};
+          err = attach::send_reply(cn.fd, r, fds, 3);
+        } else {
+          if (r.status == attach::kStatusOk) r.status = attach::kStatusProtocol;
+          err = attach::send_reply(cn.fd, r, nullptr, 0);
+        }
+        if (err || r.status != attach::kStatusOk) drop_conn(ls, cn.id, err, err != 0);
+        else cn.state = Conn::kAttached;
+        break;
+      }
+      case Cmd::kCloseConn: {
+        auto it = listeners_.find(c.id);
+        if (it != listeners_.end()) drop_conn(*it->second, c.conn, 0, false);
+        break;
+      }
+    }
+  }
+}
+
+void Pump::process_hints(Session& s) {
+  if (s.watched) {
+    PumpEvent e(PumpEvent::kHints);
+    e.id = s.region->id();
+    s.region->take_hints([&](uint32_t slot) { e.slots.push_back(slot); });
+    if (!e.slots.empty()) emit(std::move(e));
+    return;
+  }
+  s.region->take_hints([&](uint32_t slot) {
+    auto it = s.slot_links.find(slot);
+    if (it == s.slot_links.end()) return;  // a hint for a slot we do not pump: ignore
+    auto lt = links_.find(it->second);
+    if (lt == links_.end() || lt->second->queued) return;
+    lt->second->queued = true;
+    runq_.push_back(it->second);
+  });
+}
+
+void Pump::on_session(Session& s) {
+  s.region->local_doorbell()->drain();
+  s.region->clear_sleeping();
+  s.awake = true;
+  // The client can scribble the header at will; catching it here ends the
+  // session early instead of letting it run on an inconsistent layout.
+  if (!s.watched && s.region->role() == Role::Gateway && !s.region->header_intact()) corrupt_session(s);
+}
+
+void Pump::corrupt_session(Session& s) {
+  uint32_t rid = s.region->id();
+  s.region->corrupt.store(true);
+  std::vector<uint32_t> ids;
+  for (auto& kv : s.slot_links) ids.push_back(kv.second);
+  PumpEvent e(PumpEvent::kCorrupt);
+  e.id = rid;
+  e.err = -EBADMSG;
+  emit(std::move(e));
+  for (uint32_t id : ids) {
+    auto it = links_.find(id);
+    if (it != links_.end()) end_link(*it->second, -EBADMSG, "corrupt");
+  }
+  // end_link dropped the session when its last link went (unless watched).
+}
+
+void Pump::flush_progress(Link& l) {
+  if (!l.touched) return;
+  l.touched = false;
+  if (l.to_fd == 0 && l.to_ring == 0 && l.stalls == 0) return;
+  PumpEvent e(PumpEvent::kProgress);
+  e.id = l.id;
+  e.a = l.to_fd;
+  e.b = l.to_ring;
+  e.stalls = l.stalls;
+  l.to_fd = l.to_ring = 0;
+  l.stalls = 0;
+  emit(std::move(e));
+}
+
+void Pump::end_link(Link& l, int err, const char* code) {
+  l.touched = true;
+  flush_progress(l);
+  // Reverse order: stop polling, close the fd, give the slot back, report.
+  epoll_ctl(ep_, EPOLL_CTL_DEL, l.fd, nullptr);
+  close(l.fd);
+  l.region->unclaim(l.slot);
+  uint32_t rid = l.region->id();
+  auto st = sessions_.find(rid);
+  if (st != sessions_.end()) st->second->slot_links.erase(l.slot);
+  PumpEvent e(PumpEvent::kEnd);
+  e.id = l.id;
+  e.err = err;
+  e.code = code;
+  e.a = l.total_fd;
+  e.b = l.total_ring;
+  uint32_t id = l.id;
+  links_.erase(id);  // destroys l
+  live_links_.fetch_sub(1);
+  emit(std::move(e));
+  drop_session_if_idle(rid);
+}
+
+void Pump::run_link(Link& l) {
+  RingEndpoint& ep = *l.ep;
+  bool more = false;
+  l.touched = true;
+  auto corrupt = [&]() {
+    auto it = sessions_.find(l.region->id());
+    if (it != sessions_.end()) corrupt_session(*it->second);
+  };
+  // Inbound ring -> fd.
+  uint64_t moved = 0;
+  while (!l.wr_shut && l.writable) {
+    if (moved >= opt_.link_budget) { more = true; break; }
+    struct iovec iov[2];
+    int64_t n = ep.in_peek(iov);
+    if (n < 0) return corrupt();
+    if (n == 0) {
+      int e = ep.in_eof();
+      if (e < 0) return corrupt();
+      if (e == 1) {
+        if (shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
+        l.wr_shut = true;
+        PumpEvent ev(PumpEvent::kRingEof);
+        ev.id = l.id;
+        emit(std::move(ev));
+        break;
+      }
+      if (ep.in_arm()) continue;
+      break;
+    }
+    ssize_t w = writev(l.fd, iov, iov[1].iov_len ? 2 : 1);
+    if (w < 0) {
+      if (errno == EAGAIN) { l.writable = false; break; }
+      if (errno == EINTR) continue;
+      int e = -errno;
+      ep.out_eof();
+      return end_link(l, e, "error");
+    }
+    ep.in_release(uint64_t(w));
+    moved += uint64_t(w);
+    l.to_fd += uint64_t(w);
+    l.total_fd += uint64_t(w);
+  }
+  // fd (after the prefix) -> outbound ring.
+  moved = 0;
+  while (!l.rd_eof) {
+    if (moved >= opt_.link_budget) { more = true; break; }
+    struct iovec iov[2];
+    int64_t n = ep.out_reserve(iov);
+    if (n < 0) return corrupt();
+    if (n == 0) {
+      l.stalls++;
+      if (ep.out_arm()) continue;
+      break;
+    }
+    if (l.prefix_off < l.prefix.size()) {
+      uint64_t k = l.prefix.size() - l.prefix_off;
+      if (k > uint64_t(n)) k = uint64_t(n);
+      uint64_t a = k < iov[0].iov_len ? k : iov[0].iov_len;
+      memcpy(iov[0].iov_base, l.prefix.data() + l.prefix_off, a);
+      if (k > a) memcpy(iov[1].iov_base, l.prefix.data() + l.prefix_off + a, k - a);
+      l.prefix_off += k;
+      if (l.prefix_off == l.prefix.size()) std::string().swap(l.prefix), l.prefix_off = 0;
+      ep.out_commit(k);
+      moved += k;
+      l.to_ring += k;
+      l.total_ring += k;
+      continue;
+    }
+    if (!l.readable) break;
+    ssize_t r = readv(l.fd, iov, iov[1].iov_len ? 2 : 1);
+    if (r < 0) {
+      if (errno == EAGAIN) { l.readable = false; break; }
+      if (errno == EINTR) continue;
+      int e = -errno;
+      ep.out_eof();
+      return end_link(l, e, "error");
+    }
+    if (r == 0) {
+      ep.out_eof();
+      l.rd_eof = true;
+      PumpEvent ev(PumpEvent::kFdEof);
+      ev.id = l.id;
+      emit(std::move(ev));
+      break;
+    }
+    ep.out_commit(uint64_t(r));
+    moved += uint64_t(r);
+    l.to_ring += uint64_t(r);
+    l.total_ring += uint64_t(r);
+  }
+  if (l.rd_eof && l.wr_shut) return end_link(l, 0, "ok");
+  if (more && !l.queued) {
+    l.queued = true;
+    runq_.push_back(l.id);
+  }
+}
+
+// ---- attach listener ---------------------------------------------------------
+
+void Pump::on_listener(Listener& ls) {
+  for (int i = 0; i < 64; i++) {
+    int fd = accept4(ls.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;  // EAGAIN, or a transient error: try on the next event
+    std::unique_ptr<Conn> c(new Conn());
+    c->id = ls.next_conn++;
+    c->fd = fd;
+    c->deadline = now_ms() + opt_.hello_timeout_ms;
+    if (attach::peer_cred(fd, &c->pid, &c->uid, &c->gid) < 0) {
+      close(fd);
+      continue;
+    }
+    struct epoll_event ev = {};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = tag(kConn, ls.id, c->id);
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      close(fd);
+      continue;
+    }
+    uint32_t cid = c->id;
+    ls.conns[cid] = std::move(c);
+    on_conn(ls, *ls.conns[cid], EPOLLIN);  // the hello may be there already
+  }
+}
+
+void Pump::drop_conn(Listener& ls, uint32_t conn, int err, bool report) {
+  auto it = ls.conns.find(conn);
+  if (it == ls.conns.end()) return;
+  epoll_ctl(ep_, EPOLL_CTL_DEL, it->second->fd, nullptr);
+  close(it->second->fd);
+  ls.conns.erase(it);
+  if (report) {
+    PumpEvent e(PumpEvent::kConnClosed);
+    e.id = ls.id;
+    e.conn = conn;
+    e.err = err;
+    emit(std::move(e));
+  }
+}
+
+void Pump::on_conn(Listener& ls, Conn& c, uint32_t events) {
+  (void)events;
+  if (c.state != Conn::kHello) {
+    // After the hello the client has nothing to say; EOF means it is gone.
+    char scratch[256];
+    for (int i = 0; i < 16; i++) {
+      ssize_t n = recv(c.fd, scratch, sizeof scratch, MSG_DONTWAIT);
+      if (n > 0) continue;  // ignored
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+      return drop_conn(ls, c.id, n < 0 ? -errno : 0, true);
+    }
+    return;
+  }
+  uint8_t buf[attach::kHelloFixed + attach::kMaxToken];
+  for (;;) {
+    size_t have = c.buf.size();
+    attach::Hello h;
+    size_t total = attach::kHelloFixed;
+    int r = attach::decode_hello(reinterpret_cast<const uint8_t*>(c.buf.data()), have, &h, &total);
+    if (r < 0) {
+      attach::Reply rep;
+      rep.status = uint16_t(-r);
+      attach::send_reply(c.fd, rep, nullptr, 0);
+      return drop_conn(ls, c.id, 0, false);
+    }
+    if (r == 0) {
+      if (have != total) {  // bytes after the hello before the reply: protocol error
+        attach::Reply rep;
+        rep.status = attach::kStatusProtocol;
+        attach::send_reply(c.fd, rep, nullptr, 0);
+        return drop_conn(ls, c.id, 0, false);
+      }
+      if (h.version != attach::kVersion || h.flags != 0) {
+        attach::Reply rep;
+        rep.status = attach::kStatusVersion;
+        attach::send_reply(c.fd, rep, nullptr, 0);
+        return drop_conn(ls, c.id, 0, false);
+      }
+      c.state = Conn::kDecide;
+      std::string().swap(c.buf);
+      PumpEvent e(PumpEvent::kAttach);
+      e.id = ls.id;
+      e.conn = c.id;
+      e.pid = c.pid;
+      e.uid = c.uid;
+      e.gid = c.gid;
+      e.version = h.version;
+      e.flags = h.flags;
+      e.token = std::move(h.token);
+      emit(std::move(e));
+      return;
+    }
+    ssize_t n = recv(c.fd, buf, total - have, MSG_DONTWAIT);
+    if (n > 0) {
+      c.buf.append(reinterpret_cast<const char*>(buf), size_t(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    return drop_conn(ls, c.id, 0, false);  // gone before saying hello
+  }
+}
+
+void Pump::sweep_conns(int64_t now) {
+  for (auto& kv : listeners_) {
+    Listener& ls = *kv.second;
+    std::vector<uint32_t> late;
+    for (auto& c : ls.conns)
+      if (c.second->state == Conn::kHello && c.second->deadline <= now) late.push_back(c.first);
+    for (uint32_t id : late) {
+      attach::Reply rep;
+      rep.status = attach::kStatusTimeout;
+      attach::send_reply(ls.conns[id]->fd, rep, nullptr, 0);
+      drop_conn(ls, id, 0, false);
+    }
+  }
+}
+
+void Pump::run() {
+  struct epoll_event evs[64];
+  int idle_rounds = 0;
+  while (!stopping_.load()) {
+    int timeout = runq_.empty() ? -1 : 0;
+    if (timeout < 0) {
+      // Optional spin: look for hints without sleeping, adaptively.
+      if (spin_now_us_ > 0) {
+        int64_t until = now_us() + spin_now_us_;
+        bool found = false;
+        while (!found && now_us() < until) {
+          for (auto& kv : sessions_)
+            if (kv.second->awake && kv.second->region->prepare_sleep()) found = true;
+          for (int i = 0; i < 32; i++) cpu_relax();
+        }
+        if (found) spin_now_us_ = opt_.spin_us;
+        else spin_now_us_ /= 2;
+      } else if (opt_.spin_us > 0 && ++idle_rounds % 64 == 0) {
+        spin_now_us_ = opt_.spin_us;
+      }
+      // Going to sleep: every awake session sets its flag and re-checks.
+      for (auto& kv : sessions_) {
+        Session& s = *kv.second;
+        if (!s.awake) continue;
+        if (s.region->prepare_sleep()) {
+          s.region->clear_sleeping();
+          timeout = 0;
+        } else {
+          s.awake = false;
+        }
+      }
+    }
+    bool pending_hello = false;
+    for (auto& kv : listeners_)
+      for (auto& c : kv.second->conns)
+        if (c.second->state == Conn::kHello) pending_hello = true;
+    if (pending_hello && timeout < 0) timeout = 250;
+    if (!out_.empty()) {
+      std::vector<PumpEvent> batch;
+      batch.swap(out_);
+      sink_(std::move(batch));
+    }
+    int n = epoll_wait(ep_, evs, 64, timeout);
+    if (n < 0 && errno != EINTR) break;
+    for (int i = 0; i < n; i++) {
+      uint64_t t = evs[i].data.u64;
+      uint32_t kind = uint32_t(t >> 56), a = uint32_t((t >> 32) & 0xFFFFFF), b = uint32_t(t);
+      uint32_t e = evs[i].events;
+      if (kind == kWake) {
+        uint64_t v;
+        ssize_t r = read(wake_, &v, sizeof v);
+        (void)r;
+      } else if (kind == kSession) {
+        auto it = sessions_.find(a);
+        if (it != sessions_.end()) on_session(*it->second);
+      } else if (kind == kLinkFd) {
+        auto it = links_.find(b);
+        if (it == links_.end()) continue;
+        Link& l = *it->second;
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) l.readable = true;
+        if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) l.writable = true;
+        if (!l.queued) {
+          l.queued = true;
+          runq_.push_back(l.id);
+        }
+      } else if (kind == kListener) {
+        auto it = listeners_.find(a);
+        if (it != listeners_.end()) on_listener(*it->second);
+      } else if (kind == kConn) {
+        auto it = listeners_.find(a);
+        if (it == listeners_.end()) continue;
+        auto ct = it->second->conns.find(b);
+        if (ct != it->second->conns.end()) on_conn(*it->second, *ct->second, e);
+      }
+    }
+    handle_cmds();
+    if (pending_hello) sweep_conns(now_ms());
+    // Awake sessions: the peer does not ring, so look at their hints.
+    std::vector<uint32_t> awake;
+    for (auto& kv : sessions_)
+      if (kv.second->awake) awake.push_back(kv.first);
+    for (uint32_t id : awake) {
+      auto it = sessions_.find(id);
+      if (it != sessions_.end()) process_hints(*it->second);
+    }
+    std::vector<uint32_t> q;
+    q.swap(runq_);
+    for (uint32_t id : q) {
+      auto it = links_.find(id);
+      if (it == links_.end()) continue;
+      it->second->queued = false;
+      run_link(*it->second);
+    }
+    for (uint32_t id : q) {
+      auto it = links_.find(id);
+      if (it != links_.end()) flush_progress(*it->second);
+    }
+  }
+  if (!out_.empty()) {
+    std::vector<PumpEvent> batch;
+    batch.swap(out_);
+    sink_(std::move(batch));
+  }
+  // Teardown in reverse: links (fds, slots), sessions, listeners and conns.
+  for (auto& kv : links_) {
+    epoll_ctl(ep_, EPOLL_CTL_DEL, kv.second->fd, nullptr);
+    close(kv.second->fd);
+    kv.second->region->unclaim(kv.second->slot);
+  }
+  live_links_.store(0);
+  links_.clear();
+  for (auto& kv : sessions_)
+    if (kv.second->registered) epoll_ctl(ep_, EPOLL_CTL_DEL, kv.second->region->local_doorbell()->fd(), nullptr);
+  sessions_.clear();
+  live_watches_.store(0);
+  for (auto& kv : listeners_) {
+    for (auto& c : kv.second->conns) close(c.second->fd);
+    close(kv.second->fd);
+  }
+  listeners_.clear();
+}
+
+}  // namespace sg

@@ -1,0 +1,129 @@
+// The native pump: one I/O thread (epoll) that moves bytes between ring
+// endpoints and kernel stream fds, watches session doorbells, and serves the
+// attach listener. JS talks to it through a command queue (in) and a batched
+// event sink (out); the thread never blocks on anything but epoll_wait.
+//
+// Ownership: the pump owns each link's fd (closed when the link ends) and
+// holds references to regions and eventfds while it uses them.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "attach.h"
+#include "endpoint.h"
+#include "region.h"
+
+namespace sg {
+
+struct PumpEvent {
+  enum Type : uint8_t {
+    kProgress = 1,   // id = link; a = bytes ring->fd, b = bytes fd->ring, stalls = ring-full count
+    kFdEof = 2,      // id = link; the fd reached EOF, EOF set in the outbound ring
+    kRingEof = 3,    // id = link; the inbound ring ended, shutdown(fd, SHUT_WR) done
+    kEnd = 4,        // id = link; err = -errno or 0; code = "ok" | "error" | "corrupt" | "aborted"
+    kCorrupt = 5,    // id = region; the session's shared memory failed validation
+    kHints = 6,      // id = region; slots = slots with news (watched client regions)
+    kAttach = 7,     // id = listener; conn, pid/uid/gid, version, flags, token
+    kConnClosed = 8, // id = listener; conn; err
+  };
+  explicit PumpEvent(Type t) : type(t) {}
+  Type type;
+  uint32_t id = 0;
+  uint32_t conn = 0;
+  uint64_t a = 0, b = 0;
+  uint32_t stalls = 0;
+  int32_t err = 0;
+  std::string code;
+  std::vector<uint32_t> slots;
+  int32_t pid = 0;
+  uint32_t uid = 0, gid = 0;
+  uint16_t version = 0, flags = 0;
+  std::string token;
+};
+
+using EventSink = std::function<void(std::vector<PumpEvent>&&)>;
+
+struct PumpOptions {
+  uint32_t spin_us = 0;            // adaptive spin before sleeping; 0 = off
+  uint32_t hello_timeout_ms = 5000;
+  uint64_t link_budget = 1 << 20;  // bytes per direction per link per round (fairness)
+};
+
+class Pump {
+ public:
+  static int create(const PumpOptions& o, EventSink sink, std::unique_ptr<Pump>* out);
+  ~Pump();  // stops the thread and releases everything (safety net)
+  void stop();
+
+  // All of these are called from the owner thread (JS); they queue a command.
+  // add_link takes ownership of fd on success only.
+  int add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id);
+  void close_link(uint32_t id);
+  void resize_link(uint32_t id, uint32_t dir, uint32_t log2);
+  int watch(std::shared_ptr<Region> region);
+  void unwatch(uint32_t region_id);
+  void add_listener(uint32_t id, int fd);  // takes ownership
+  void close_listener(uint32_t id);
+  void reply(uint32_t listener, uint32_t conn, uint16_t status, std::shared_ptr<Region> region,
+             std::shared_ptr<EventFd> gw_bell, std::shared_ptr<EventFd> cl_bell);
+  void close_conn(uint32_t listener, uint32_t conn);
+
+  uint32_t live_links() const { return live_links_.load(); }
+  uint32_t live_watches() const { return live_watches_.load(); }
+
+ private:
+  struct Link;
+  struct Session;
+  struct Conn;
+  struct Listener;
+  struct Cmd;
+
+  Pump() = default;
+  void push(Cmd&& c);
+  void run();
+  void handle_cmds();
+  void on_session(Session& s);
+  void process_hints(Session& s);
+  void run_link(Link& l);
+  void end_link(Link& l, int err, const char* code);
+  void corrupt_session(Session& s);
+  void drop_session_if_idle(uint32_t region_id);
+  Session* session_for(const std::shared_ptr<Region>& r, bool create);
+  void flush_progress(Link& l);
+  void on_listener(Listener& ls);
+  void on_conn(Listener& ls, Conn& c, uint32_t events);
+  void drop_conn(Listener& ls, uint32_t conn, int err, bool report);
+  void sweep_conns(int64_t now);
+  void emit(PumpEvent&& e) { out_.push_back(std::move(e)); }
+
+  PumpOptions opt_;
+  EventSink sink_;
+  int ep_ = -1;
+  int wake_ = -1;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<Cmd>* cmds_ = nullptr;  // guarded by mu_
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint32_t> next_link_{1};
+  std::atomic<uint32_t> live_links_{0};
+  std::atomic<uint32_t> live_watches_{0};
+  // Thread-owned state.
+  std::unordered_map<uint32_t, std::unique_ptr<Link>> links_;
+  std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;  // by region id
+  std::unordered_map<uint32_t, std::unique_ptr<Listener>> listeners_;
+  std::vector<uint32_t> runq_;
+  std::vector<PumpEvent> out_;
+  uint32_t spin_now_us_ = 0;
+};
+
+}  // namespace sg
