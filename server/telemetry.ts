@@ -222,6 +222,12 @@ export interface Telemetry {
   readonly tracer: Tracer;
   readonly metrics: GatewayMetrics;
   /**
+   * The meter behind `metrics`, for components that declare instruments of
+   * their own (the sidecar's per-cluster table); their series are served on
+   * the same Prometheus endpoint.
+   */
+  readonly meter: Meter;
+  /**
    * Run `fn` in an active span named `name` with `attributes`: kind SERVER, or
    * INTERNAL when nested inside another `withSpan` of this Telemetry. Records
    * the exception and sets ERROR status on throw; always ends the span.
@@ -394,6 +400,7 @@ class GatewayTelemetry implements Telemetry {
   readonly logger: Logger;
   readonly tracer: Tracer;
   readonly metrics: GatewayMetrics;
+  readonly meter: Meter;
 
   private readonly options: TelemetryOptions;
   private readonly tracerProvider: BasicTracerProvider;
@@ -443,7 +450,8 @@ class GatewayTelemetry implements Telemetry {
 
     this.exporter = new PrometheusExporter({ preventServerStart: true, withoutScopeInfo: true });
     this.meterProvider = new MeterProvider({ resource, readers: [this.exporter] });
-    this.metrics = new GatewayMetricsImpl(this.meterProvider.getMeter(SCOPE_NAME, version), this.logger);
+    this.meter = this.meterProvider.getMeter(SCOPE_NAME, version);
+    this.metrics = new GatewayMetricsImpl(this.meter, this.logger);
   }
 
   get metricsUrl(): string | undefined {
