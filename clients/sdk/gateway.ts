@@ -38,6 +38,7 @@ import {
   transportNameOf,
   type FallbackInfo,
   type SocketControl,
+  type SocketMeta,
   type TransportName,
 } from './socket.js';
 
@@ -55,6 +56,8 @@ const MAX_DATAGRAM_BYTES = 65507;
 export interface GatewayOptions {
   /** Bearer token identifying the caller to the gateway's policy. */
   token?: string;
+  /** The caller's identity: a bearer token (same as `token`). With `tls.cert`/`tls.key`, the certificate identifies the caller. */
+  identity?: { token?: string };
   /** TLS to the control port (and mTLS with cert + key). */
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   /** Transports to offer, most preferred first. Default: every one this SDK supports. */
@@ -136,7 +139,8 @@ export class GatewayServer extends EventEmitter {
 export class Gateway {
   private readonly client: SocketGatewayServiceClient;
   private readonly adminClient: AdminServiceClient;
-  private readonly metadata = new Metadata();
+  /** Sent with every call: credentials, and wait-for-ready so calls ride out a reconnect until their deadline. */
+  private readonly metadata = new Metadata({ waitForReady: true });
   private readonly offersDefault: readonly TransportName[];
   private readonly deadlineMs: number;
   /** Everything open through this gateway object, closed by close(). */
@@ -159,7 +163,8 @@ export class Gateway {
     };
     this.client = new SocketGatewayServiceClient(target, creds, channelOptions);
     this.adminClient = new AdminServiceClient(target, creds, channelOptions);
-    if (options.token) this.metadata.set('authorization', `Bearer ${options.token}`);
+    const token = options.token ?? options.identity?.token;
+    if (token) this.metadata.set('authorization', `Bearer ${token}`);
     this.offersDefault = options.transports ?? SDK_TRANSPORTS;
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.control = {
@@ -244,17 +249,50 @@ export class Gateway {
     return { offers, local };
   }
 
-  /** Open a TCP (or connected UDP: use udp()) socket to `uri` through the gateway. */
-  async connect(uri: string, opts: ConnectOptions = {}): Promise<GatewaySocket> {
-    const { offers, local } = this.offers(opts.transports);
-    const options: SocketOption[] = [];
-    if (opts.noDelay !== undefined) options.push({ option: { $case: 'noDelay', noDelay: opts.noDelay } });
-    if (opts.keepAliveMs !== undefined) options.push({ option: { $case: 'keepAliveMs', keepAliveMs: opts.keepAliveMs } });
-    const res = await this.unary(this.client.connect, { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options }, opts);
-    return this.openStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, opts);
+  /**
+   * Open a TCP socket to `uri` through the gateway; resolves once attached.
+   * (Connected UDP: use udp().)
+   */
+  connect(uri: string, opts: ConnectOptions = {}): Promise<GatewaySocket> {
+    const sock = this.socket(opts);
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      sock.once('error', onError);
+      sock.connect(uri, () => {
+        sock.removeListener('error', onError);
+        resolve(sock);
+      });
+    });
   }
 
-  private async openStream(
+  /**
+   * net.createConnection's twin: returns a connecting socket at once; 'connect'
+   * (and `cb`) follow once attached. Fits `http.Agent#createConnection`,
+   * pg's `stream` option and anything else that wants a socket synchronously.
+   */
+  createConnection(target: string | { port: number; host?: string }, cb?: () => void, opts: ConnectOptions = {}): GatewaySocket {
+    return this.socket(opts).connect(target, cb);
+  }
+
+  /** An unconnected socket; call `connect(port, host)` or `connect(uri)` on it (pg calls it itself). */
+  socket(opts: ConnectOptions = {}): GatewaySocket {
+    const sock = new GatewaySocket(this.control, {
+      open: async (uri, signal) => {
+        const { offers, local } = this.offers(opts.transports);
+        const options: SocketOption[] = [];
+        if (opts.noDelay !== undefined) options.push({ option: { $case: 'noDelay', noDelay: opts.noDelay } });
+        if (opts.keepAliveMs !== undefined) options.push({ option: { $case: 'keepAliveMs', keepAliveMs: opts.keepAliveMs } });
+        const callOpts: CallOpts = { signal: opts.signal ? AbortSignal.any([opts.signal, signal]) : signal, ...(opts.deadlineMs ? { deadlineMs: opts.deadlineMs } : {}) };
+        const res = await this.unary(this.client.connect, { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options }, callOpts);
+        return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
+      },
+    });
+    this.track(sock);
+    return sock;
+  }
+
+  /** Attach a stream socket's data plane; on failure the gateway-side socket is closed. */
+  private async attachStream(
     socketId: string,
     localUri: string,
     remoteUri: string,
@@ -262,17 +300,14 @@ export class Gateway {
     offers: TransportOffer[],
     local: FallbackInfo[],
     opts: CallOpts,
-  ): Promise<GatewaySocket> {
+  ): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     try {
       const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'stream', opts);
-      const sock = new GatewaySocket(
-        channel,
-        { socketId, transport: transportNameOf(accepted.kind) as TransportName, fallbacks: [...local, ...fallbacks], localUri, remoteUri },
-        this.control,
-        accepted.kind === TransportKind.TRANSPORT_KIND_TCP,
-      );
-      this.track(sock);
-      return sock;
+      return {
+        inner: channel,
+        meta: { socketId, transport: transportNameOf(accepted.kind) as TransportName, fallbacks: [...local, ...fallbacks], localUri, remoteUri },
+        confirmEof: accepted.kind === TransportKind.TRANSPORT_KIND_TCP,
+      };
     } catch (err) {
       void this.control.close(socketId).catch(() => {});
       throw err;
@@ -409,8 +444,13 @@ export class Gateway {
       await this.control.close(res.listenerId).catch(() => {});
     });
     stream.on('data', (ev: AcceptResponse) => {
-      this.openStream(ev.socketId, ev.localUri, ev.remoteUri, ev.negotiation, offers, local, {}).then(
-        (sock) => server.emit('connection', sock),
+      this.attachStream(ev.socketId, ev.localUri, ev.remoteUri, ev.negotiation, offers, local, {}).then(
+        ({ inner, meta, confirmEof }) => {
+          const sock = new GatewaySocket(this.control, undefined);
+          this.track(sock);
+          sock.attachInner(inner, meta, confirmEof);
+          server.emit('connection', sock);
+        },
         (err: unknown) => server.emit('error', err),
       );
     });

@@ -65,43 +65,113 @@ function splitUri(uri: string): { address: string; port: number; family: 'IPv4' 
   return { address: v6 ?? m[3]!, port: Number(m[4]), family: v6 ? 'IPv6' : 'IPv4' };
 }
 
+/** What a GatewaySocket needs to open itself: the gateway connection's opener. */
+export interface SocketOpener {
+  /** Run Connect + attach for `uri`; resolves with the attached channel. */
+  open(uri: string, signal: AbortSignal): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }>;
+}
+
+/** `connect()` arguments, as net.Socket takes them, or a sockgate URI. */
+export type ConnectTarget = string | number | { port: number; host?: string; uri?: string };
+
+function targetUri(target: ConnectTarget, host?: string): string {
+  if (typeof target === 'string' && target.includes('://')) return target;
+  const port = typeof target === 'object' ? target.port : Number(target);
+  const h = (typeof target === 'object' ? (target.uri ?? target.host) : host) ?? 'localhost';
+  if (h.includes('://')) return h;
+  return h.includes(':') ? `tcp6://[${h}]:${port}` : `tcp://${h}:${port}`;
+}
+
 /**
- * A stream socket through the gateway. Behaves like net.Socket where libraries
- * look: 'connect' and 'ready' events, setNoDelay, setKeepAlive, remoteAddress,
- * remotePort, end() half-closes, destroy(err) aborts.
+ * A stream socket through the gateway, shaped like net.Socket where libraries
+ * look: created unconnected or connecting, `connect()`, 'connect' and 'ready'
+ * events, `connecting`, setNoDelay, setKeepAlive, setTimeout, remoteAddress,
+ * remotePort, end() half-closes, destroy(err) aborts. Writes made while
+ * connecting are held (bounded by the writable high watermark) until attached.
  */
 export class GatewaySocket extends Duplex {
-  readonly socketId: string;
-  /** Transport the bytes ride. */
-  readonly transport: TransportName;
+  /** Gateway socket id; '' until connected. */
+  socketId = '';
+  /** Transport the bytes ride; 'none' until connected. */
+  transport: TransportName | 'none' = 'none';
   /** Transports passed over before this one, with reasons. */
-  readonly fallbacks: FallbackInfo[];
+  fallbacks: FallbackInfo[] = [];
   /** Host-side local address of the gateway's socket. */
-  readonly localUri: string;
+  localUri = '';
   /** The destination as the gateway connected it. */
-  readonly remoteUri: string;
-  readonly remoteAddress: string | undefined;
-  readonly remotePort: number | undefined;
-  readonly remoteFamily: string | undefined;
-  readonly localAddress: string | undefined;
-  readonly localPort: number | undefined;
-  /** net.Socket compatibility: never connecting once handed out. */
-  readonly connecting = false;
+  remoteUri = '';
+  remoteAddress: string | undefined;
+  remotePort: number | undefined;
+  remoteFamily: string | undefined;
+  localAddress: string | undefined;
+  localPort: number | undefined;
+  /** True between connect() and 'connect', like net.Socket. */
+  connecting = false;
   /** Bytes received from the destination. */
   bytesRead = 0;
   /** Bytes handed to the gateway for the destination. */
   bytesWrittenTotal = 0;
+  /** net.Socket compatibility: true until attached. */
+  get pending(): boolean {
+    return this.inner === undefined;
+  }
+  /** The attached channel; undefined until connected. */
+  private inner: Duplex | undefined;
+  /** Whether the channel's end must be confirmed over the control plane (raw tcp plane). */
+  private confirmEof = false;
   /** True while the inner end-of-stream is being confirmed. */
   private confirmingEnd = false;
+  /** Aborts an open in progress when the socket is destroyed. */
+  private readonly opening = new AbortController();
+  /** A write or end held while connecting: runs once attached. */
+  private held: (() => void) | undefined;
+  /** Idle timer of setTimeout(); refreshed by received bytes. */
+  private idleTimer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly inner: Duplex,
-    meta: SocketMeta,
     private readonly control: SocketControl,
-    /** Whether the inner channel's end must be confirmed over the control plane (raw tcp plane). */
-    private readonly confirmEof: boolean,
+    private readonly opener: SocketOpener | undefined,
+    options: { highWaterMark?: number } = {},
   ) {
-    super({ allowHalfOpen: true, readableHighWaterMark: inner.readableHighWaterMark, writableHighWaterMark: inner.writableHighWaterMark });
+    super({ allowHalfOpen: true, highWaterMark: options.highWaterMark ?? 1 << 20 });
+  }
+
+  /**
+   * Connect through the gateway: `connect(port, host)`, `connect({port, host})`
+   * or `connect('tcp://host:port')`. Emits 'connect' when attached, 'error' if not.
+   */
+  connect(target: ConnectTarget, host?: string | (() => void), cb?: () => void): this {
+    const callback = typeof host === 'function' ? host : cb;
+    const hostName = typeof host === 'string' ? host : undefined;
+    if (!this.opener) throw new SocketClosedError('this socket has no gateway to connect through');
+    if (this.connecting || this.inner) throw new SocketClosedError('socket is already connecting or connected');
+    if (callback) this.once('connect', callback);
+    this.connecting = true;
+    let uri: string;
+    try {
+      uri = targetUri(target, hostName);
+    } catch (err) {
+      process.nextTick(() => this.destroy(err as Error));
+      return this;
+    }
+    this.opener.open(uri, this.opening.signal).then(
+      ({ inner, meta, confirmEof }) => {
+        if (this.destroyed) {
+          inner.destroy();
+          void this.control.close(meta.socketId).catch(() => {});
+          return;
+        }
+        this.attachInner(inner, meta, confirmEof);
+      },
+      (err: Error) => this.destroy(err),
+    );
+    return this;
+  }
+
+  /** Bind an attached channel (used by the SDK for accepted sockets and by connect()). */
+  attachInner(inner: Duplex, meta: SocketMeta, confirmEof: boolean): void {
+    this.inner = inner;
+    this.confirmEof = confirmEof;
     this.socketId = meta.socketId;
     this.transport = meta.transport;
     this.fallbacks = meta.fallbacks;
@@ -124,10 +194,14 @@ export class GatewaySocket extends Duplex {
     inner.on('close', () => {
       if (!this.destroyed && !this.readableEnded && !this.confirmingEnd) this.destroy(new SocketClosedError(`data channel of ${this.socketId} closed`));
     });
-    process.nextTick(() => {
-      this.emit('connect');
-      this.emit('ready');
-    });
+    this.connecting = false;
+    const held = this.held;
+    this.held = undefined;
+    held?.();
+    // Reads flow until the readable side is full; push() returning false pauses the channel again.
+    inner.resume();
+    this.emit('connect');
+    this.emit('ready');
   }
 
   private mapError(err: Error): SockgateError {
@@ -157,48 +231,73 @@ export class GatewaySocket extends Duplex {
   }
 
   override _read(): void {
-    this.inner.resume();
+    this.inner?.resume();
   }
 
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+  override _write(chunk: Buffer, enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    const inner = this.inner;
+    if (!inner) {
+      this.held = () => this._write(chunk, enc, cb);
+      return;
+    }
     this.bytesWrittenTotal += chunk.length;
-    if (this.inner.write(chunk)) cb();
-    else this.inner.once('drain', () => cb());
+    if (inner.write(chunk)) cb();
+    else inner.once('drain', () => cb());
   }
 
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
+    const inner = this.inner;
+    if (!inner) {
+      this.held = () => this._writev(chunks, cb);
+      return;
+    }
     let ok = true;
     for (const { chunk } of chunks) {
       this.bytesWrittenTotal += chunk.length;
-      ok = this.inner.write(chunk);
+      ok = inner.write(chunk);
     }
     if (ok) cb();
-    else this.inner.once('drain', () => cb());
+    else inner.once('drain', () => cb());
   }
 
   override _final(cb: (err?: Error | null) => void): void {
-    this.inner.end();
+    const inner = this.inner;
+    if (!inner) {
+      this.held = () => this._final(cb);
+      return;
+    }
+    inner.end();
     cb();
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    const inner = this.inner as Duplex & { resetAndDestroy?: () => void };
-    if (err && typeof inner.resetAndDestroy === 'function' && !inner.destroyed) inner.resetAndDestroy();
-    else inner.destroy();
-    if (err) void this.control.close(this.socketId).catch(() => {});
+    this.opening.abort();
+    this.connecting = false;
+    const inner = this.inner as (Duplex & { resetAndDestroy?: () => void }) | undefined;
+    if (inner) {
+      if (err && typeof inner.resetAndDestroy === 'function' && !inner.destroyed) inner.resetAndDestroy();
+      else inner.destroy();
+      if (err) void this.control.close(this.socketId).catch(() => {});
+    }
     cb(err);
   }
 
   /** Disable or enable Nagle on the host socket (applied by the gateway). */
   setNoDelay(noDelay = true): this {
-    this.control.setOption(this.socketId, { noDelay }).catch((err) => this.emit('warning', err));
+    this.whenConnected(() => this.control.setOption(this.socketId, { noDelay }));
     return this;
   }
 
   /** Keep-alive on the host socket (applied by the gateway). */
   setKeepAlive(enable = false, initialDelayMs = 0): this {
-    this.control.setOption(this.socketId, { keepAliveMs: enable ? Math.max(1, initialDelayMs) : 0 }).catch((err) => this.emit('warning', err));
+    this.whenConnected(() => this.control.setOption(this.socketId, { keepAliveMs: enable ? Math.max(1, initialDelayMs) : 0 }));
     return this;
+  }
+
+  private whenConnected(fn: () => Promise<void>): void {
+    const run = () => void fn().catch((err: Error) => this.emit('warning', err));
+    if (this.inner) run();
+    else this.once('connect', run);
   }
 
   /** Like net.Socket#setTimeout: emit 'timeout' after `ms` without received bytes (0 disables). */
@@ -213,16 +312,13 @@ export class GatewaySocket extends Duplex {
     return this;
   }
 
-  /** Idle timer of setTimeout(); refreshed by received bytes. */
-  private idleTimer: NodeJS.Timeout | undefined;
-
   ref(): this {
-    (this.inner as Duplex & { ref?: () => void }).ref?.();
+    (this.inner as (Duplex & { ref?: () => void }) | undefined)?.ref?.();
     return this;
   }
 
   unref(): this {
-    (this.inner as Duplex & { unref?: () => void }).unref?.();
+    (this.inner as (Duplex & { unref?: () => void }) | undefined)?.unref?.();
     return this;
   }
 
