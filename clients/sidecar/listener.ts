@@ -1,0 +1,210 @@
+/**
+ * A listener: a TCP server on a local address (loopback unless configured
+ * otherwise) whose connections are balanced over one cluster. A downstream
+ * connection is accepted paused (its bytes wait in the kernel, bounded by the
+ * socket buffer) until the cluster has an upstream for it; then a
+ * ProxySession joins the two.
+ *
+ * The listener owns its server and the sessions it started; it borrows
+ * clusters, looking its cluster up by name for every connection so that a
+ * reload takes effect for the next connection.
+ */
+import { once } from 'node:events';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { Logger } from '../../server/log.js';
+import { AddressInUseError, fromSystemError } from '../../server/errors.js';
+import { tracer } from '../../server/trace.js';
+import type { Cluster } from './cluster.js';
+import { CLOSE_REASONS, ProxySession, type CloseReason } from './proxy-session.js';
+import { parseListenerAddress, type ListenerConfig } from './sidecar-config.js';
+
+const TRACER = 'sidecar_listener';
+const trace = tracer(TRACER);
+
+/** listen(2) backlog: Node's default; connections beyond it wait in SYN retries, not in our memory. */
+const LISTEN_BACKLOG = 511;
+
+export interface ListenerStats {
+  /** Downstream connections accepted. */
+  total: number;
+  /** Downstream connections open now (connecting or proxied). */
+  active: number;
+  /** Downstream connections ended, by reason. */
+  closes: Record<CloseReason, number>;
+}
+
+export interface ListenerSnapshot {
+  name: string;
+  /** The bound address, host:port (the real port when configured with 0). */
+  address: string;
+  cluster: string;
+  stats: ListenerStats;
+}
+
+/** The client address consistent hashing uses: the IP, IPv4-mapped IPv6 unwrapped. */
+export function clientHashKey(sock: Socket): string {
+  const a = sock.remoteAddress ?? '';
+  return a.startsWith('::ffff:') ? a.slice(7) : a;
+}
+
+export class Listener {
+  readonly name: string;
+  readonly stats: ListenerStats = {
+    total: 0,
+    active: 0,
+    closes: Object.fromEntries(CLOSE_REASONS.map((r) => [r, 0])) as Record<CloseReason, number>,
+  };
+  /** Settings for the next connection; a reload swaps it. */
+  config: ListenerConfig;
+  /** Proxied connections, until both sides close. */
+  private readonly sessions = new Set<ProxySession>();
+  /** Downstream connections waiting for an upstream, with the handle that abandons the wait. */
+  private readonly connecting = new Map<Socket, AbortController>();
+  private readonly server: Server;
+  private bound: AddressInfo | undefined;
+  private accepting = false;
+  /** Set by closeConnections(): connects abandoned from now on count as `shutdown`. */
+  private closingAll = false;
+
+  constructor(
+    config: ListenerConfig,
+    private readonly clusterFor: (name: string) => Cluster | undefined,
+    private readonly logger: Logger,
+  ) {
+    this.name = config.name;
+    this.config = config;
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (sock) => void this.onConnection(sock));
+    this.server.on('error', (err) => this.logger.error({ err, listener: this.name }, 'listener error'));
+  }
+
+  /** Bind the configured address. Rejects with AddressInUseError (or another typed error) if it cannot. */
+  async bind(): Promise<AddressInfo> {
+    const { host, port } = parseListenerAddress(this.config.address);
+    const onError = (err: Error) => err;
+    this.server.listen({ host, port, backlog: LISTEN_BACKLOG });
+    const res = await Promise.race([once(this.server, 'listening').then(() => undefined), once(this.server, 'error').then(([e]) => onError(e as Error))]);
+    if (res) {
+      const code = (res as NodeJS.ErrnoException).code;
+      throw code === 'EADDRINUSE'
+        ? new AddressInUseError(`listener "${this.name}": ${host}:${port} is already in use`, { cause: res })
+        : fromSystemError(res, `listener "${this.name}" on ${host}:${port}`);
+    }
+    this.accepting = true;
+    this.bound = this.server.address() as AddressInfo;
+    trace(`${this.name}: listening on ${this.addressText}`);
+    return this.bound;
+  }
+
+  /** host:port actually bound ('' before bind). */
+  get addressText(): string {
+    if (!this.bound) return '';
+    return this.bound.family === 'IPv6' ? `[${this.bound.address}]:${this.bound.port}` : `${this.bound.address}:${this.bound.port}`;
+  }
+
+  get port(): number {
+    return this.bound?.port ?? 0;
+  }
+
+  /** Connections open now (waiting for an upstream or proxied). */
+  get openConnections(): number {
+    return this.sessions.size + this.connecting.size;
+  }
+
+  snapshot(): ListenerSnapshot {
+    return { name: this.name, address: this.addressText, cluster: this.config.cluster, stats: { ...this.stats, closes: { ...this.stats.closes } } };
+  }
+
+  private async onConnection(sock: Socket): Promise<void> {
+    this.stats.total++;
+    this.stats.active++;
+    sock.setNoDelay(true);
+    // Until a session owns it; the session adds its own handler.
+    sock.on('error', () => {});
+    const cfg = this.config;
+    const cluster = this.clusterFor(cfg.cluster);
+    if (!cluster || !this.accepting) {
+      sock.destroy();
+      this.recordClose(cluster ? 'downstream_aborted' : 'no_healthy_upstream');
+      return;
+    }
+    const ac = new AbortController();
+    this.connecting.set(sock, ac);
+    const onEarlyClose = () => ac.abort();
+    sock.once('close', onEarlyClose);
+    let result;
+    try {
+      result = await cluster.open(clientHashKey(sock), ac.signal);
+    } finally {
+      this.connecting.delete(sock);
+      sock.off('close', onEarlyClose);
+    }
+    switch (result.kind) {
+      case 'connected': {
+        if (sock.destroyed || ac.signal.aborted) {
+          result.sock.destroy();
+          cluster.release(result.endpoint);
+          this.recordClose('downstream_aborted');
+          return;
+        }
+        const session = new ProxySession(sock, result.sock, result.endpoint, {
+          idleTimeoutMs: cfg.idle_timeout_ms,
+          onClose: (s, reason) => {
+            this.sessions.delete(s);
+            cluster.release(s.endpoint);
+            this.recordClose(reason);
+          },
+        });
+        this.sessions.add(session);
+        return;
+      }
+      case 'overflow':
+        // Closed at once: the circuit breaker's whole point is not to queue.
+        sock.destroy();
+        this.recordClose(result.limit === 'connections' ? 'overflow_connections' : 'overflow_pending');
+        return;
+      case 'no_upstream':
+        sock.destroy();
+        this.recordClose('no_healthy_upstream');
+        return;
+      case 'failed':
+        trace(`${this.name}: every connect attempt failed: ${result.error.message}`);
+        sock.destroy();
+        this.recordClose('connect_failed');
+        return;
+      case 'aborted':
+        sock.destroy();
+        this.recordClose(this.closingAll ? 'shutdown' : 'downstream_aborted');
+        return;
+    }
+  }
+
+  private recordClose(reason: CloseReason): void {
+    this.stats.active--;
+    this.stats.closes[reason]++;
+  }
+
+  /** Stop accepting; open connections keep running. Idempotent. */
+  stopAccepting(): void {
+    if (!this.accepting && !this.server.listening) return;
+    this.accepting = false;
+    if (this.server.listening) this.server.close();
+    trace(`${this.name}: stopped accepting on ${this.addressText}`);
+  }
+
+  /** Abort every connection of this listener (waiting and proxied) with `reason`. */
+  closeConnections(reason: CloseReason): void {
+    this.closingAll = true;
+    for (const ac of this.connecting.values()) ac.abort();
+    for (const s of [...this.sessions]) s.close(reason);
+  }
+
+  /** Resolves once no connection of this listener is open, or after `ms` (false then). */
+  async drained(ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (this.openConnections > 0) {
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, deadline - Date.now()))));
+    }
+    return true;
+  }
+}
