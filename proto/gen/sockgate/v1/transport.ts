@@ -190,6 +190,14 @@ export interface TcpAttach {
   /** Where to open the data connection. */
   host: string;
   port: number;
+  /**
+   * Non-zero when the gateway also takes data connections from VM guests over
+   * vsock (the host is CID 2; with Firecracker or Cloud Hypervisor, through the
+   * VMM's Unix-socket form of vsock). A client that reached the control plane
+   * over vsock opens its data connection to this vsock port instead of
+   * host:port, with the same preamble. Other clients ignore it.
+   */
+  vsockPort: number;
 }
 
 export interface GrpcAttach {
@@ -550,7 +558,7 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
 };
 
 function createBaseTcpAttach(): TcpAttach {
-  return { host: "", port: 0 };
+  return { host: "", port: 0, vsockPort: 0 };
 }
 
 export const TcpAttach: MessageFns<TcpAttach> = {
@@ -560,6 +568,9 @@ export const TcpAttach: MessageFns<TcpAttach> = {
     }
     if (message.port !== 0) {
       writer.uint32(16).uint32(message.port);
+    }
+    if (message.vsockPort !== 0) {
+      writer.uint32(24).uint32(message.vsockPort);
     }
     return writer;
   },
@@ -593,6 +604,14 @@ export const TcpAttach: MessageFns<TcpAttach> = {
             message.port = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.vsockPort = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -609,6 +628,11 @@ export const TcpAttach: MessageFns<TcpAttach> = {
     return {
       host: isSet(object.host) ? globalThis.String(object.host) : "",
       port: isSet(object.port) ? globalThis.Number(object.port) : 0,
+      vsockPort: isSet(object.vsockPort)
+        ? globalThis.Number(object.vsockPort)
+        : isSet(object.vsock_port)
+        ? globalThis.Number(object.vsock_port)
+        : 0,
     };
   },
 
@@ -620,6 +644,9 @@ export const TcpAttach: MessageFns<TcpAttach> = {
     if (message.port !== 0) {
       obj.port = Math.round(message.port);
     }
+    if (message.vsockPort !== 0) {
+      obj.vsockPort = Math.round(message.vsockPort);
+    }
     return obj;
   },
 
@@ -630,6 +657,7 @@ export const TcpAttach: MessageFns<TcpAttach> = {
     const message = createBaseTcpAttach();
     message.host = object.host ?? "";
     message.port = object.port ?? 0;
+    message.vsockPort = object.vsockPort ?? 0;
     return message;
   },
 };
