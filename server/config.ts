@@ -132,6 +132,21 @@ export const configSchema = z.strictObject({
   }),
   rules: z.array(ruleSchema),
   shutdown: z.strictObject({ drain_timeout_ms: positiveInt }),
+  /**
+   * Accept VM guests through the Firecracker / Cloud Hypervisor Unix-socket form
+   * of vsock: a guest's connection to host port P arrives on `<path>_P`. The
+   * control plane also serves on `<path>_<control_port>`, the tcp data plane
+   * also accepts on `<path>_<data_port>`, and negotiation tells clients the vsock data port.
+   */
+  vsock_uds: z
+    .strictObject({
+      /** The VMM's vsock `uds_path` (Firecracker `vsock.uds_path`, Cloud Hypervisor `--vsock socket=`). */
+      path: z.string().min(1).refine((p) => p.startsWith('/'), { message: 'expected an absolute path' }),
+      control_port: z.number().int().min(1).max(0xffffffff - 1),
+      data_port: z.number().int().min(1).max(0xffffffff - 1),
+    })
+    .refine((v) => v.control_port !== v.data_port, { message: 'control_port and data_port must differ', path: ['data_port'] })
+    .optional(),
   telemetry: z.strictObject({
     log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
     traces: z.enum(['none', 'console', 'memory']),

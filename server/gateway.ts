@@ -22,7 +22,7 @@ import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
 import type { Logger } from './log.js';
 import type { Transport } from './transport.js';
-import { TcpTransport } from './transport-tcp.js';
+import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
 import { GrpcTransport } from './transport-grpc.js';
 
 /** The descriptor set `npm run gen` writes, for the reflection service. */
@@ -43,6 +43,13 @@ export interface GatewayAddresses {
   data: string;
   /** Prometheus URL, if enabled. */
   metrics: string | undefined;
+  /** With `vsock_uds`: the Unix sockets VM guests reach the control and data planes through. */
+  vsock?: { control: string; data: string };
+}
+
+/** The VMM's Unix socket for guest connections to host vsock port `port` (Firecracker / Cloud Hypervisor). */
+function vsockUdsPath(path: string, port: number): string {
+  return `${path}_${port}`;
 }
 
 export class Gateway {
@@ -84,6 +91,7 @@ export class Gateway {
       registry: this.registry,
       metrics,
       logger: this.logger,
+      ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
     this.transports = new Map<TransportKind, Transport>([
@@ -141,6 +149,14 @@ export class Gateway {
     const bound = await new Promise<number>((resolve, reject) =>
       this.server.bindAsync(control, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
     );
+    const vsock = this.config.vsock_uds;
+    if (vsock) {
+      const path = vsockUdsPath(vsock.path, vsock.control_port);
+      removeStaleSocket(path);
+      await new Promise<number>((resolve, reject) =>
+        this.server.bindAsync(`unix:${path}`, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
+      );
+    }
     for (const t of this.transports.values()) await t.start();
     await this.telemetry.start();
     const c = splitListenAddress(control);
@@ -148,6 +164,7 @@ export class Gateway {
     this.addressesValue = { control: controlTarget, data: `127.0.0.1:${this.tcp.port}`, metrics: this.telemetry.metricsUrl };
     const d = splitListenAddress(this.config.listen.data);
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
+    if (vsock) this.addressesValue.vsock = { control: vsockUdsPath(vsock.path, vsock.control_port), data: vsockUdsPath(vsock.path, vsock.data_port) };
     for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'SERVING');
     this.logger.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
     return this.addressesValue;

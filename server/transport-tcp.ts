@@ -3,6 +3,7 @@
  * authenticated by the attach token in a preamble (see wire.ts). Works from
  * anywhere the data port is reachable; the fallback that always works.
  */
+import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { AttachRegistry } from './attach.js';
@@ -37,6 +38,25 @@ export interface TcpTransportOptions {
   registry: AttachRegistry<GatewaySocket>;
   metrics: GatewayMetrics;
   logger: Logger;
+  /**
+   * Also take data connections from VM guests over vsock, in the Firecracker /
+   * Cloud Hypervisor form: a guest's connection to host port `port` arrives on
+   * the Unix socket `path` (`<uds_path>_<port>`). Clients are told `port` as
+   * TcpAttach.vsock_port.
+   */
+  vsockUds?: { path: string; port: number };
+}
+
+/**
+ * Remove a Unix socket file left by an earlier run, so listen() does not fail
+ * with EADDRINUSE. Only a socket is removed; any other file is left for listen() to report.
+ */
+export function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) unlinkSync(path);
+  } catch {
+    // Absent (the usual case) or not ours to remove: listen() reports what matters.
+  }
 }
 
 export class TcpTransport implements Transport {
@@ -44,6 +64,8 @@ export class TcpTransport implements Transport {
   readonly version = 1;
   /** The data-port server; undefined until start(). */
   private server: Server | undefined;
+  /** The vsock (VMM Unix socket) data server, when options.vsockUds is set; undefined until start(). */
+  private vsockServer: Server | undefined;
   /** Data connections still in their preamble; closed on shutdown. */
   private readonly handshaking = new Set<Socket>();
   private boundPort = 0;
@@ -67,6 +89,27 @@ export class TcpTransport implements Transport {
     server.on('error', (err) => this.options.logger.error({ err }, 'tcp data port error'));
     this.boundPort = (server.address() as { port: number }).port;
     this.server = server;
+    if (this.options.vsockUds) this.vsockServer = await this.listenVsockUds(this.options.vsockUds.path);
+  }
+
+  /** The same data plane on the VMM's `<uds_path>_<port>` Unix socket. */
+  private async listenVsockUds(path: string): Promise<Server> {
+    removeStaleSocket(path);
+    const server = createServer({ allowHalfOpen: true, highWaterMark: this.options.highWatermark } as Parameters<typeof createServer>[0]);
+    server.on('connection', (sock) => {
+      // A Unix stream has no reset (net throws for one): an abort closes it; the guest's SDK confirms every end over the control plane.
+      sock.resetAndDestroy = () => sock.destroy();
+      this.onConnection(sock);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ path }, () => {
+        server.removeListener('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', (err) => this.options.logger.error({ err, path }, 'vsock data socket error'));
+    return server;
   }
 
   accept(_offer: TransportOffer, _ctx: OfferContext): OfferOutcome {
@@ -75,7 +118,7 @@ export class TcpTransport implements Transport {
       accepted: {
         kind: TransportKind.TRANSPORT_KIND_TCP,
         version: this.version,
-        params: { $case: 'tcp', tcp: { host: this.options.advertiseHost, port: this.boundPort } },
+        params: { $case: 'tcp', tcp: { host: this.options.advertiseHost, port: this.boundPort, vsockPort: this.options.vsockUds?.port ?? 0 } },
       },
     };
   }
@@ -150,5 +193,7 @@ export class TcpTransport implements Transport {
     // Stop accepting; attached data connections belong to their sockets, which the table drains.
     this.server?.close();
     this.server = undefined;
+    this.vsockServer?.close();
+    this.vsockServer = undefined;
   }
 }
