@@ -1,0 +1,179 @@
+/**
+ * Port forwards, as `ssh -L` and `ssh -R` have them:
+ * - LocalForward (`-L 127.0.0.1:5432=tcp://db:5432`): listen in the guest; each
+ *   connection opens a gateway socket to the URI and the two are spliced.
+ * - RemoteForward (`-R tcp://0.0.0.0:8080=127.0.0.1:80`): the gateway listens on
+ *   its host; each inbound connection is delivered into the guest and spliced
+ *   to the local target.
+ * The forward owns its listener and its sessions; the gateway connection is the proxy's.
+ */
+import type { Server, Socket } from 'node:net';
+import type { Logger } from '../../server/log.js';
+import { SockgateError } from '../../server/errors.js';
+import { tracer } from '../../server/trace.js';
+import type { GatewayServer } from '../sdk/gateway.js';
+import type { GatewaySocket, TransportName } from '../sdk/socket.js';
+import { formatEndpoint, type LocalForwardSpec, type RemoteForwardSpec } from './address.js';
+import type { ProxyGateway } from './link.js';
+import { boundAddress, closeServer, dialLocal, listenLocal } from './local.js';
+import { SessionSet, splice } from './splice.js';
+
+const trace = tracer('proxy');
+
+/** Options every forward shares. */
+export interface ForwardOptions {
+  logger: Logger;
+  /** Transports to offer for data connections; the SDK's default if unset. */
+  transports?: readonly TransportName[];
+  /** Gateway-side connect timeout in ms; the gateway's default if unset. */
+  connectTimeoutMs?: number;
+}
+
+/** Counters of one forward (or the SOCKS server). */
+export interface ForwardStats {
+  /** Connections spliced end to end. */
+  opened: number;
+  /** Connections that failed before they were spliced. */
+  failed: number;
+}
+
+/** Abort a local socket: a TCP reset where possible, so the app sees ECONNRESET rather than a clean EOF. */
+export function resetLocal(sock: Socket): void {
+  try {
+    sock.resetAndDestroy();
+  } catch {
+    sock.destroy();
+  }
+}
+
+export class LocalForward {
+  readonly stats: ForwardStats = { opened: 0, failed: 0 };
+  /** The local listener; undefined until start() and after close(). */
+  private server: Server | undefined;
+  /** Connections spliced to a gateway socket, until both sides close. */
+  private readonly sessions = new SessionSet();
+  /** Local connections still waiting for their gateway socket; aborted by destroy(). */
+  private readonly pending = new Set<AbortController>();
+  private boundValue = '';
+
+  constructor(
+    readonly spec: LocalForwardSpec,
+    private readonly gw: ProxyGateway,
+    private readonly options: ForwardOptions,
+  ) {}
+
+  /** The address actually listened on (`host:port` with the real port, or `unix:/path`). */
+  get address(): string {
+    return this.boundValue;
+  }
+
+  async start(): Promise<void> {
+    this.server = await listenLocal(this.spec.listen, (sock) => this.onConnection(sock), `-L ${formatEndpoint(this.spec.listen)}`);
+    this.boundValue = boundAddress(this.server);
+    this.options.logger.info({ listen: this.boundValue, connect: this.spec.connect }, 'local forward listening');
+  }
+
+  private onConnection(sock: Socket): void {
+    const ac = new AbortController();
+    this.pending.add(ac);
+    const onEarlyClose = () => ac.abort();
+    sock.once('close', onEarlyClose);
+    sock.on('error', () => {});
+    const peer = `${sock.remoteAddress ?? 'unix'}:${sock.remotePort ?? ''}`;
+    this.gw
+      .connect(this.spec.connect, {
+        signal: ac.signal,
+        noDelay: true,
+        ...(this.options.transports ? { transports: this.options.transports } : {}),
+        ...(this.options.connectTimeoutMs ? { timeoutMs: this.options.connectTimeoutMs } : {}),
+      })
+      .then(
+        (gsock: GatewaySocket) => {
+          this.pending.delete(ac);
+          sock.removeListener('close', onEarlyClose);
+          if (sock.destroyed) {
+            gsock.destroy();
+            return;
+          }
+          this.stats.opened++;
+          trace(`-L ${this.boundValue}: ${peer} -> ${this.spec.connect} via ${gsock.transport} (${gsock.socketId})`);
+          this.sessions.add(splice(sock, gsock));
+        },
+        (err: unknown) => {
+          this.pending.delete(ac);
+          this.stats.failed++;
+          const e = err as SockgateError;
+          this.options.logger.warn({ listen: this.boundValue, connect: this.spec.connect, peer, code: e.code, err: e.message }, 'local forward: gateway connect failed');
+          resetLocal(sock);
+        },
+      );
+  }
+
+  /** Stop listening; let open connections finish for up to `drainMs`, then abort them. */
+  async close(drainMs = 0): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (server) await closeServer(server);
+    for (const ac of this.pending) ac.abort();
+    await this.sessions.drain(drainMs);
+  }
+}
+
+export class RemoteForward {
+  readonly stats: ForwardStats = { opened: 0, failed: 0 };
+  /** The gateway's listener; undefined until start() and after close(). */
+  private listener: GatewayServer | undefined;
+  private readonly sessions = new SessionSet();
+  private boundValue = '';
+
+  constructor(
+    readonly spec: RemoteForwardSpec,
+    private readonly gw: ProxyGateway,
+    private readonly options: ForwardOptions,
+  ) {}
+
+  /** The host address the gateway listens on, with the real port (e.g. `tcp://0.0.0.0:8080`). */
+  get address(): string {
+    return this.boundValue;
+  }
+
+  async start(): Promise<void> {
+    const listener = await this.gw.listen(this.spec.listen, this.options.transports ? { transports: this.options.transports } : {});
+    this.listener = listener;
+    this.boundValue = listener.localUri;
+    listener.on('connection', (gsock: GatewaySocket) => this.onConnection(gsock));
+    listener.on('error', (err: Error) => this.options.logger.warn({ listen: this.boundValue, err: err.message }, 'remote forward: listener error'));
+    this.options.logger.info({ listen: this.boundValue, target: formatEndpoint(this.spec.target) }, 'remote forward listening on the gateway host');
+  }
+
+  private onConnection(gsock: GatewaySocket): void {
+    gsock.pause();
+    gsock.on('error', () => {});
+    const target = formatEndpoint(this.spec.target);
+    dialLocal(this.spec.target).then(
+      (sock) => {
+        if (gsock.destroyed) {
+          sock.destroy();
+          return;
+        }
+        this.stats.opened++;
+        trace(`-R ${this.boundValue}: ${gsock.remoteUri} -> ${target} (${gsock.socketId})`);
+        this.sessions.add(splice(gsock, sock));
+      },
+      (err: unknown) => {
+        this.stats.failed++;
+        const e = err as SockgateError;
+        this.options.logger.warn({ listen: this.boundValue, target, from: gsock.remoteUri, code: e.code, err: e.message }, 'remote forward: local target unreachable');
+        gsock.destroy(e instanceof Error ? e : undefined);
+      },
+    );
+  }
+
+  /** Stop the gateway's listener; let open connections finish for up to `drainMs`, then abort them. */
+  async close(drainMs = 0): Promise<void> {
+    const l = this.listener;
+    this.listener = undefined;
+    await l?.close();
+    await this.sessions.drain(drainMs);
+  }
+}
