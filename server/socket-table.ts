@@ -264,7 +264,8 @@ export class StreamSocket extends GatewaySocket {
     this.host.destroy();
     const ch = this.channel?.stream as (Duplex & { resetAndDestroy?: () => void }) | undefined;
     // On the tcp plane, an abort must reach the guest as a reset, never as a clean FIN.
-    if (err && ch && typeof ch.resetAndDestroy === 'function' && !ch.destroyed) ch.resetAndDestroy();
+    // Not after our FIN: libuv cannot reset a shut-down socket, and Node then leaks the handle.
+    if (err && ch && typeof ch.resetAndDestroy === 'function' && !ch.destroyed && !ch.writableEnded) ch.resetAndDestroy();
     else ch?.destroy(err);
     this.maybeClosed();
     return this.closed;

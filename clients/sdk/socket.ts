@@ -231,7 +231,8 @@ export class GatewaySocket extends Duplex {
   }
 
   override _read(): void {
-    this.inner?.resume();
+    const inner = this.inner;
+    if (inner && !inner.readableEnded && !inner.destroyed) inner.resume();
   }
 
   override _write(chunk: Buffer, enc: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -275,7 +276,8 @@ export class GatewaySocket extends Duplex {
     this.connecting = false;
     const inner = this.inner as (Duplex & { resetAndDestroy?: () => void }) | undefined;
     if (inner) {
-      if (err && typeof inner.resetAndDestroy === 'function' && !inner.destroyed) inner.resetAndDestroy();
+      // Reset (not FIN) on abort, except after our FIN: libuv cannot reset a shut-down socket.
+      if (err && typeof inner.resetAndDestroy === 'function' && !inner.destroyed && !inner.writableEnded) inner.resetAndDestroy();
       else inner.destroy();
       if (err) void this.control.close(this.socketId).catch(() => {});
     }

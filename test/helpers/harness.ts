@@ -11,7 +11,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import { loadConfig, mergeConfig, type Config } from '../../server/config.js';
 import { Gateway } from '../../server/gateway.js';
 import { Gateway as SdkGateway, type GatewayOptions } from '../../clients/sdk/gateway.js';
@@ -170,7 +170,7 @@ export function hashUntilEnd(sock: Duplex): Promise<{ bytes: number; sha256: str
 }
 
 /** Collect everything `sock` sends until it ends. */
-export function readAll(sock: Duplex): Promise<Buffer> {
+export function readAll(sock: Readable): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     sock.on('data', (c: Buffer) => chunks.push(c));
