@@ -1,9 +1,9 @@
 /**
  * A listener: a TCP server on a local address (loopback unless configured
- * otherwise) whose connections are balanced over one cluster. A downstream
- * connection is accepted paused (its bytes wait in the kernel, bounded by the
- * socket buffer) until the cluster has an upstream for it; then a
- * ProxySession joins the two.
+ * otherwise) whose connections are balanced over one cluster. While the
+ * cluster connects an upstream for a downstream connection, at most
+ * PRECONNECT_BUFFER_BYTES of it are read (the rest waits in the kernel), so a
+ * client that gives up is noticed; then a ProxySession joins the two.
  *
  * The listener owns its server and the sessions it started; it borrows
  * clusters, looking its cluster up by name for every connection so that a
@@ -23,6 +23,12 @@ const trace = tracer(TRACER);
 
 /** listen(2) backlog: Node's default; connections beyond it wait in SYN retries, not in our memory. */
 const LISTEN_BACKLOG = 511;
+/**
+ * Bytes read from a downstream connection while its upstream connects (so an
+ * early reset is noticed and the first request is ready to go); at this many
+ * reading pauses, and the rest waits in the kernel.
+ */
+const PRECONNECT_BUFFER_BYTES = 64 * 1024;
 
 export interface ListenerStats {
   /** Downstream connections accepted. */
@@ -110,6 +116,13 @@ export class Listener {
     return this.sessions.size + this.connecting.size;
   }
 
+  /** Bytes the listener's sessions hold in user space right now. */
+  bufferedBytes(): number {
+    let n = 0;
+    for (const s of this.sessions) n += s.bufferedBytes();
+    return n;
+  }
+
   snapshot(): ListenerSnapshot {
     return { name: this.name, address: this.addressText, cluster: this.config.cluster, stats: { ...this.stats, closes: { ...this.stats.closes } } };
   }
@@ -129,13 +142,29 @@ export class Listener {
     }
     const ac = new AbortController();
     this.connecting.set(sock, ac);
+    const early: Buffer[] = [];
+    let earlyBytes = 0;
+    let earlyEnd = false;
+    const onEarlyData = (d: Buffer) => {
+      early.push(d);
+      earlyBytes += d.length;
+      if (earlyBytes >= PRECONNECT_BUFFER_BYTES) sock.pause();
+    };
+    const onEarlyEnd = () => (earlyEnd = true);
     const onEarlyClose = () => ac.abort();
+    sock.on('data', onEarlyData);
+    sock.once('end', onEarlyEnd);
     sock.once('close', onEarlyClose);
+    sock.resume();
     let result;
     try {
       result = await cluster.open(clientHashKey(sock), ac.signal);
     } finally {
       this.connecting.delete(sock);
+      // Paused before the listener goes, so no byte is emitted to nobody.
+      sock.pause();
+      sock.off('data', onEarlyData);
+      sock.off('end', onEarlyEnd);
       sock.off('close', onEarlyClose);
     }
     switch (result.kind) {
@@ -148,6 +177,8 @@ export class Listener {
         }
         const session = new ProxySession(sock, result.sock, result.endpoint, {
           idleTimeoutMs: cfg.idle_timeout_ms,
+          early,
+          earlyEnd,
           onClose: (s, reason) => {
             this.sessions.delete(s);
             cluster.release(s.endpoint);

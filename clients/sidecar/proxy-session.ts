@@ -61,6 +61,10 @@ export const CLOSE_REASONS: readonly CloseReason[] = [
 export interface SessionOptions {
   /** Close both sides after this long without a byte either way; 0 disables. */
   idleTimeoutMs: number;
+  /** Bytes the listener read from the downstream while the upstream connected; sent first. */
+  early?: readonly Buffer[];
+  /** The downstream's FIN arrived while the upstream connected. */
+  earlyEnd?: boolean;
   /** Called once, after both sockets closed. */
   onClose(session: ProxySession, reason: CloseReason): void;
 }
@@ -138,9 +142,21 @@ export class ProxySession {
       this.onSideClosed(downstream, this.downClosed);
     });
 
+    let writable = true;
+    for (const chunk of options.early ?? []) {
+      this.bytesUp += chunk.length;
+      ep.bytesOut += chunk.length;
+      writable = upstream.write(chunk);
+    }
+    if (options.earlyEnd) {
+      this.downEnded = true;
+      this.firstFin = 'downstream_closed';
+      upstream.end();
+    }
     if (options.idleTimeoutMs > 0) this.idleTimer = setTimeout(this.onIdleCheck, options.idleTimeoutMs);
-    // pauseOnConnect held the app's bytes in the kernel until now.
-    downstream.resume();
+    // The listener paused the app's socket once the upstream was ready; if the
+    // early bytes filled the upstream's buffer, 'drain' resumes it instead.
+    if (!options.earlyEnd && writable) downstream.resume();
   }
 
   private setReason(r: CloseReason): void {
@@ -170,6 +186,11 @@ export class ProxySession {
       return;
     }
     other.destroy();
+  }
+
+  /** Bytes this session holds in user space right now (both directions); bounded by the watermarks. */
+  bufferedBytes(): number {
+    return this.downstream.readableLength + this.downstream.writableLength + this.upstream.readableLength + this.upstream.writableLength;
   }
 
   /** Close both sides now (idle timeout, shutdown). Idempotent. */

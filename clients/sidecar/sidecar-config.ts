@@ -226,7 +226,12 @@ export const sidecarConfigSchema = z
       if (listenerNames.has(l.name)) ctx.addIssue({ code: 'custom', message: `duplicate listener name "${l.name}"`, path: ['listeners', i, 'name'] });
       listenerNames.add(l.name);
       if (!clusterNames.has(l.cluster)) ctx.addIssue({ code: 'custom', message: `no cluster named "${l.cluster}"`, path: ['listeners', i, 'cluster'] });
-      const a = parseListenerAddress(l.address);
+      let a: { host: string; port: number };
+      try {
+        a = parseListenerAddress(l.address);
+      } catch {
+        return; // reported at listeners.N.address already
+      }
       if (a.port !== 0) {
         const key = `${a.host}:${a.port}`;
         const other = bound.get(key);

@@ -277,15 +277,17 @@ export async function waitUntil(cond: () => boolean, ms: number, what: string): 
   }
 }
 
-/** Resolves when `sock` closes; with whether it received any byte. */
+/** Resolves when the peer closes `sock` (FIN or reset); with whether it received any byte. */
 export function closed(sock: Socket, ms: number): Promise<{ gotBytes: boolean; ms: number }> {
   const t0 = Date.now();
   let got = false;
   sock.on('data', () => (got = true));
   return within(
     new Promise((resolve) => {
-      if (sock.destroyed) resolve({ gotBytes: got, ms: 0 });
-      sock.once('close', () => resolve({ gotBytes: got, ms: Date.now() - t0 }));
+      if (sock.destroyed || sock.readableEnded) resolve({ gotBytes: got, ms: 0 });
+      const done = () => resolve({ gotBytes: got, ms: Date.now() - t0 });
+      sock.once('end', done);
+      sock.once('close', done);
     }),
     ms,
     'socket close',
