@@ -1,0 +1,11 @@
+/**
+ * The benchmark families `npm run bench` runs, in this order, all in one run.
+ *
+ * To add one: write `test/bench/<family>.ts` exporting a `BenchFamily`
+ * (see lib.ts: a name, a description, `run(ctx)` returning rows, optional
+ * `skip()` and `goals`), import it here and append it to FAMILIES.
+ */
+import type { BenchFamily } from './lib.js';
+import { gatewayPlanes } from './gateway-planes.js';
+
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes];
