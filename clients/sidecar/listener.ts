@@ -86,14 +86,15 @@ export class Listener {
   /** Bind the configured address. Rejects with AddressInUseError (or another typed error) if it cannot. */
   async bind(): Promise<AddressInfo> {
     const { host, port } = parseListenerAddress(this.config.address);
-    const onError = (err: Error) => err;
-    this.server.listen({ host, port, backlog: LISTEN_BACKLOG });
-    const res = await Promise.race([once(this.server, 'listening').then(() => undefined), once(this.server, 'error').then(([e]) => onError(e as Error))]);
-    if (res) {
-      const code = (res as NodeJS.ErrnoException).code;
-      throw code === 'EADDRINUSE'
-        ? new AddressInUseError(`listener "${this.name}": ${host}:${port} is already in use`, { cause: res })
-        : fromSystemError(res, `listener "${this.name}" on ${host}:${port}`);
+    try {
+      // events.once rejects if 'error' comes first.
+      const listening = once(this.server, 'listening');
+      this.server.listen({ host, port, backlog: LISTEN_BACKLOG });
+      await listening;
+    } catch (err) {
+      throw (err as NodeJS.ErrnoException).code === 'EADDRINUSE'
+        ? new AddressInUseError(`listener "${this.name}": address ${host}:${port} is already in use`, { cause: err })
+        : fromSystemError(err, `listener "${this.name}" on ${host}:${port}`);
     }
     this.accepting = true;
     this.bound = this.server.address() as AddressInfo;

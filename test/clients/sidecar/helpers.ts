@@ -35,15 +35,18 @@ export class Backend {
   readonly open = new Set<Socket>();
   port = 0;
 
-  constructor(readonly name: string) {}
+  constructor(
+    readonly name: string,
+    readonly host = '127.0.0.1',
+  ) {}
 
   get uri(): string {
-    return `tcp://127.0.0.1:${this.port}`;
+    return `tcp://${this.host}:${this.port}`;
   }
 
   async start(): Promise<this> {
     const server = createServer({ allowHalfOpen: true }, (c) => this.onConn(c));
-    server.listen(this.port, '127.0.0.1');
+    server.listen(this.port, this.host);
     await within(once(server, 'listening'), 5_000, `${this.name} listen`);
     this.port = (server.address() as { port: number }).port;
     this.server = server;
