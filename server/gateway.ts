@@ -12,7 +12,7 @@ import { AdminServiceService, SocketGatewayServiceService } from '../proto/gen/s
 import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
-import { ShuttingDownError } from './errors.js';
+import { NativeError, ShuttingDownError, SocketClosedError } from './errors.js';
 import { HostBackend } from './host-backend.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
@@ -112,6 +112,13 @@ export class Gateway {
       connectTimeoutMs: config.socket.connect_timeout_ms,
       attachTtlMs: config.transports.attach_token_ttl_ms,
       isShuttingDown: () => this.shuttingDown,
+      setTcpBuffer: (sock, which, bytes) => {
+        const native = this.native;
+        const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+        if (!native) throw new NativeError(`TCP buffer sizes need the native addon, which did not load: ${this.nativeError}`);
+        if (typeof fd !== 'number' || fd < 0) throw new SocketClosedError('the host socket has no descriptor (closed)');
+        native.setsockopt(fd, which === 'send' ? 'SO_SNDBUF' : 'SO_RCVBUF', bytes);
+      },
     });
     this.server = new Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
@@ -144,7 +151,18 @@ export class Gateway {
     );
   }
 
+  /** The native addon, once start() loaded it; undefined if it could not be loaded (tcp and grpc still work). */
+  private native: typeof import('../native/index.js') | undefined;
+  /** Why the native addon did not load, for errors and logs. */
+  private nativeError = '';
+
   async start(): Promise<GatewayAddresses> {
+    try {
+      this.native = await import('../native/index.js');
+    } catch (err) {
+      this.nativeError = (err as Error).message;
+      this.logger.warn({ err: this.nativeError }, 'native addon not loaded: shm and rdma are unavailable');
+    }
     const control = this.config.listen.control;
     const bound = await new Promise<number>((resolve, reject) =>
       this.server.bindAsync(control, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),

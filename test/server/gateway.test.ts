@@ -257,3 +257,31 @@ test('UDP: an oversize datagram gives a clear error, from the SDK and from the g
   t.regex(rpcErr?.details ?? '', /exceeds the maximum of 65507 bytes/);
   await sock.close();
 });
+
+test('SetOption: no-delay, keep-alive and buffer sizes reach the host socket; bad values are INVALID_ARGUMENT', async (t) => {
+  const gw = await startGateway();
+  const echo = await echoServer();
+  t.teardown(async () => {
+    await echo.close();
+    await gw.stop();
+  });
+  const sock = await gw.sdk.connect(echo.uri);
+  const control = (gw.sdk as unknown as { control: { setOption(id: string, o: object): Promise<void> } }).control;
+  await control.setOption(sock.socketId, { noDelay: true });
+  await control.setOption(sock.socketId, { keepAliveMs: 5000 });
+  await control.setOption(sock.socketId, { sendBufferBytes: 96 * 1024 });
+  await control.setOption(sock.socketId, { recvBufferBytes: 80 * 1024 });
+  const native = await import('../../native/index.js');
+  const host = (gw.gateway.table.list().find((s) => s.id === sock.socketId) as unknown as { host: { _handle: { fd: number } } }).host;
+  // Linux doubles the requested value for bookkeeping.
+  t.is(native.getsockopt(host._handle.fd, 'SO_SNDBUF'), 2 * 96 * 1024);
+  t.is(native.getsockopt(host._handle.fd, 'SO_RCVBUF'), 2 * 80 * 1024);
+  const err = await t.throwsAsync(control.setOption(sock.socketId, { sendBufferBytes: 12 }));
+  t.is((err as SockgateError).grpcStatus, status.INVALID_ARGUMENT);
+  t.regex(err!.message, /send_buffer_bytes must be 1024\.\.67108864, got 12/);
+  const udp = await gw.sdk.udp('udp://127.0.0.1:0');
+  const err2 = await t.throwsAsync(control.setOption(udp.socketId, { noDelay: true }));
+  t.is((err2 as SockgateError).grpcStatus, status.FAILED_PRECONDITION);
+  sock.destroy();
+  await udp.close();
+});
