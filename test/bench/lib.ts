@@ -469,14 +469,14 @@ export function killAllChildren(): void {
   for (const c of liveChildren) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 }
 
-/** Listening TCP ports of process `pid`, in fd order (Linux /proc). */
-export function listeningPorts(pid: number): number[] {
+/** Socket inodes of process `pid` by fd (Linux /proc); cheap to poll. */
+function socketInodes(pid: number): Map<string, number> {
   const inodeFd = new Map<string, number>();
   let fds: string[];
   try {
     fds = readdirSync(`/proc/${pid}/fd`);
   } catch {
-    return [];
+    return inodeFd;
   }
   for (const fd of fds) {
     try {
@@ -486,7 +486,17 @@ export function listeningPorts(pid: number): number[] {
       // the fd closed meanwhile
     }
   }
+  return inodeFd;
+}
+
+/**
+ * Listening TCP ports among `inodeFd` (from socketInodes), in fd order. Reads
+ * /proc/<pid>/net/tcp{,6}, which lists the whole network namespace and can take
+ * tens of ms on a busy host: call it only when the process's sockets changed.
+ */
+export function listeningPorts(pid: number, inodeFd = socketInodes(pid)): number[] {
   const found: { fd: number; port: number }[] = [];
+  if (inodeFd.size === 0) return [];
   for (const file of ['tcp', 'tcp6']) {
     let text: string;
     try {
@@ -570,14 +580,22 @@ export async function startChildGateway(opts: ChildGatewayOptions = {}): Promise
     const deadline = Date.now() + GATEWAY_START_TIMEOUT_MS;
     const pid = child.pid;
     if (pid === undefined) throw new Error(`${label}: spawn failed`);
+    let seen = '';
     while (Date.now() < deadline) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${label} exited (${child.exitCode ?? child.signalCode}) during start: ${logs}`);
       const logged = /"control":"([^"]+)"/.exec(logs);
       if (logged) return { label, pid, target: logged[1]!, logs: () => logs, stop };
-      for (const port of listeningPorts(pid)) {
-        if (await isHttp2Server(port)) return { label, pid, target: `127.0.0.1:${port}`, logs: () => logs, stop };
+      const inodes = socketInodes(pid);
+      const key = [...inodes.keys()].sort().join(',');
+      if (key !== seen) {
+        seen = key;
+        for (const port of listeningPorts(pid, inodes)) {
+          if (await isHttp2Server(port)) return { label, pid, target: `127.0.0.1:${port}`, logs: () => logs, stop };
+        }
+        // A listener may exist before it answers: look again next time even if nothing changed.
+        if (inodes.size >= 3) seen = '';
       }
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`${label} did not start listening within ${GATEWAY_START_TIMEOUT_MS} ms: ${logs}`);
   } catch (err) {
