@@ -1,0 +1,10 @@
+/**
+ * A stand-in for the `sockgate` binary in tests: a commander program with only
+ * the sidecar command registered, the way server/cli.ts will register it.
+ */
+import { Command } from 'commander';
+import { registerSidecarCommand } from '../../../clients/sidecar/cli.js';
+
+const program = new Command('sockgate');
+registerSidecarCommand(program);
+await program.parseAsync(process.argv);
