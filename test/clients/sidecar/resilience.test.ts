@@ -288,3 +288,56 @@ test.serial('backpressure: a backend that stops reading stalls the client; the s
   await waitUntil(() => receivedBytes === written, 30_000, `backend receives all ${written} bytes`);
   t.is(received.digest('hex'), sent.digest('hex'));
 });
+
+test.serial('backpressure the other way: a client that stops reading stalls the backend; the sidecar stays within its watermarks', async (t) => {
+  t.timeout(60_000);
+  const TOTAL = 96 << 20;
+  const sent = createHash('sha256');
+  let written = 0;
+  let stalled = false;
+  let resumeWriter: (() => void) | undefined;
+  const writerDone = new Promise<void>((resolve) => (resumeWriter = resolve));
+  const block = randomBytes(1 << 20);
+  const fast = await tcpServer((c) => {
+    void (async () => {
+      while (written < TOTAL && !c.destroyed) {
+        const chunk = block.subarray(0, 64 * 1024);
+        sent.update(chunk);
+        written += chunk.length;
+        if (!c.write(chunk)) {
+          const drained = await Promise.race([once(c, 'drain').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 1_000))]);
+          if (!drained) {
+            stalled = true;
+            resumeWriter!();
+            await once(c, 'drain');
+            break;
+          }
+        }
+      }
+      c.end();
+    })();
+  });
+  const sc = await startSidecar(baseConfig(gw.target, { endpoints: [fast.uri] }));
+  t.teardown(async () => {
+    await sc.stop();
+    await fast.close();
+  });
+  const s = await dial(sc.port('main'));
+  s.pause();
+  await within(writerDone, 30_000, 'backend stalls');
+  t.true(stalled);
+  const buffered = sc.sidecar.listener('main')!.bufferedBytes();
+  t.true(written < TOTAL, `backend wrote everything (${written})`);
+  t.true(buffered <= 4 << 20, `sidecar held ${buffered} bytes`);
+  t.log(`backend stalled after ${(written / 2 ** 20).toFixed(1)} MiB; sidecar held ${(buffered / 2 ** 10).toFixed(0)} KiB`);
+  const got = createHash('sha256');
+  let gotBytes = 0;
+  s.on('data', (d: Buffer) => {
+    gotBytes += d.length;
+    got.update(d);
+  });
+  s.resume();
+  await within(once(s, 'end'), 30_000, 'client reads to the end');
+  t.is(gotBytes, written);
+  t.is(got.digest('hex'), sent.digest('hex'));
+});
