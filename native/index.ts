@@ -80,6 +80,8 @@ export interface RawRegion {
   clearSleeping(): void;
   /** Test hook (hostile-peer tests): store 8 bytes at an aligned offset of our own mapping. */
   unsafePoke64(offset: number, value: bigint): void;
+  /** Test hook: load 8 bytes at an aligned offset of our own mapping. */
+  unsafePeek64(offset: number): bigint;
   close(): void;
 }
 

@@ -211,6 +211,7 @@ class RegionWrap : public Napi::ObjectWrap<RegionWrap> {
          InstanceMethod<&RegionWrap::Lend>("lend"), InstanceMethod<&RegionWrap::Release>("release"),
          InstanceMethod<&RegionWrap::TakeHints>("takeHints"), InstanceMethod<&RegionWrap::PrepareSleep>("prepareSleep"),
          InstanceMethod<&RegionWrap::ClearSleeping>("clearSleeping"), InstanceMethod<&RegionWrap::Poke>("unsafePoke64"),
+         InstanceMethod<&RegionWrap::Peek>("unsafePeek64"),
          InstanceMethod<&RegionWrap::Close>("close")});
   }
 
@@ -529,6 +530,13 @@ class RegionWrap : public Napi::ObjectWrap<RegionWrap> {
     if (off % 8) return ThrowErrno(info.Env(), EINVAL, "offset must be 8-byte aligned");
     store_relaxed(reinterpret_cast<uint64_t*>(core_->base() + off), v);
     return info.Env().Undefined();
+  }
+  Napi::Value Peek(const Napi::CallbackInfo& info) {
+    if (!Live(info)) return info.Env().Undefined();
+    int64_t off;
+    if (!GetInt(info, 0, "offset", 0, int64_t(core_->size()) - 8, &off)) return info.Env().Undefined();
+    if (off % 8) return ThrowErrno(info.Env(), EINVAL, "offset must be 8-byte aligned");
+    return Napi::BigInt::New(info.Env(), load_relaxed(reinterpret_cast<uint64_t*>(core_->base() + off)));
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!CheckThis(info, kRegionTag, "Region")) return info.Env().Undefined();

@@ -278,7 +278,7 @@ void Pump::handle_cmds() {
         Session* s = session_for(l.region, true);
         struct epoll_event ev = {};
         ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-        ev.data.u64 = tag(kLinkFd, l.id);
+        ev.data.u64 = tag(kLinkFd, 0, l.id);
         uint32_t id = l.id;
         links_[id] = std::move(c.link);
         Link& ln = *links_[id];

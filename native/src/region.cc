@@ -167,15 +167,18 @@ void Region::uncharge(uint64_t bytes) {
 RingView* Region::view(uint32_t slot, uint32_t dir) {
   if (slot >= geo_.slot_count || dir > 1) return nullptr;
   RingView& v = views_[size_t(slot) * 2 + dir];
-  if (v.open) return &v;
-  if (role_ == Role::Gateway) return nullptr;
-  // Client: open lazily from the slot the gateway opened.
+  if (role_ == Role::Gateway) return v.open ? &v : nullptr;
+  // Client: follow the slot the gateway opened (and reopened: a new open
+  // generation means fresh cursors).
   shm::RingCtl* ctl = &slots()[slot].ring[dir];
   uint32_t state = load_acquire(&ctl->slot_state);
+  if (v.open && state == v.slot_gen) return &v;
+  v.open = false;
   if (state == 0) return nullptr;
   uint32_t l = load_relaxed(&ctl->size_log2);
   if (l < shm::kMinRingLog2 || l > geo_.max_ring_log2) return nullptr;
   ring_init(v, ctl, arena(slot, dir), geo_.max_ring_log2, false, l);
+  v.slot_gen = state;
   return &v;
 }
 

@@ -21,6 +21,7 @@ struct RingView {
   uint32_t arena_log2 = 0;      // the largest size this ring may ever use
   bool strict = false;          // true on the gateway: sizes only from its own grants
   bool open = false;
+  uint32_t slot_gen = 0;    // the slot's open generation this view belongs to
 
   // Private state: never read back from shared memory.
   uint64_t pos = 0;        // our cursor: tail if we produce, head if we consume
