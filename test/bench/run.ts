@@ -4,8 +4,8 @@
  * test/bench/results.json (an array of rows) and test/bench/results-meta.json.
  *
  * Options:
- *   --quick          short runs, no reference rows (the whole run stays under 60 s)
- *   --reps N         repeats per point (default 3)
+ *   --quick          one short run per point, no reference rows (the whole run stays under 60 s)
+ *   --reps N         repeats per point (default 3; 1 with --quick)
  *   --only a,b       only these families
  *   --sizes a,b      only these write sizes in bytes (families with sizes)
  *   --profile        run child gateways with --cpu-prof and summarise the profiles
@@ -168,7 +168,7 @@ async function main(): Promise<number> {
     return 0;
   }
   const quick = values.quick ?? false;
-  const reps = values.reps !== undefined ? Number(values.reps) : 3;
+  const reps = values.reps !== undefined ? Number(values.reps) : quick ? 1 : 3;
   const reference = values['no-ref'] ? false : (values.ref ?? !quick);
   if (!Number.isInteger(reps) || reps < 1 || reps > 20) throw new Error(`--reps: expected 1..20, got ${values.reps}`);
   const sizes = numberList(values.sizes, 'sizes');
@@ -195,9 +195,9 @@ async function main(): Promise<number> {
     });
   }
 
-  const log = (msg: string) => process.stderr.write(msg + '\n');
   const started = new Date();
   const t0 = performance.now();
+  const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${msg}\n`);
   const loadBefore = loadavg();
   log(`bench: ${quick ? 'quick' : 'full'} run, ${reps} repeat(s) per point, node ${process.version}, ${cpus().length} CPUs${profileDir ? `, profiling child gateways into ${profileDir}` : ''}`);
 
@@ -248,7 +248,7 @@ async function main(): Promise<number> {
   const goalResults = checkGoals(rows, goals);
   const elapsedMs = Math.round(performance.now() - t0);
 
-  const stat = reps === 1 ? '1 run per point' : `median of ${reps} interleaved runs per point${quick ? ' (--quick: short runs)' : ''}`;
+  const stat = reps === 1 ? `1 run per point${quick ? ' (--quick)' : ''}` : `median of ${reps} interleaved runs per point${quick ? ' (--quick: short runs)' : ''}`;
   const out: string[] = ['', formatTable(rows, stat), ''];
   const cpuTable = formatCpuTable(rows);
   if (cpuTable) out.push(cpuTable, '');
