@@ -138,7 +138,8 @@ export class Sidecar extends EventEmitter implements SidecarMetricsSource {
       throw err;
     }
     if (this.options.configPath) {
-      if (!this.options.config) this.appliedFileHash = this.tryHashFile();
+      // The file as it is now counts as applied: only a later change reloads.
+      this.appliedFileHash = this.tryHashFile();
       if (this.options.watch ?? true) this.watchConfig(this.options.configPath);
     }
     this.logger.info(

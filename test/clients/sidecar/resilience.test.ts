@@ -49,7 +49,7 @@ test.serial('a backend killed mid-test is ejected, gets no new connection, and r
     baseConfig(gw.target, {
       endpoints: backends.map((b) => b.uri),
       retries: 2,
-      health_check: { interval_ms: 300, timeout_ms: 500, unhealthy_threshold: 3, healthy_threshold: 2, send: { text: HC_SEND }, expect: { text: 'HC-PING' } },
+      health_check: { interval_ms: 300, timeout_ms: 500, unhealthy_threshold: 5, healthy_threshold: 2, send: { text: HC_SEND }, expect: { text: 'HC-PING' } },
       outlier_detection: { consecutive_failures: 1, base_ejection_ms: 60_000, max_ejection_ms: 120_000, max_ejection_percent: 50 },
     }),
   );
