@@ -255,22 +255,25 @@ function isMain(): boolean {
 }
 
 /**
- * Standalone: `node dist/test/bench/sidecar.js [--quick] [--reps N]` runs this
- * family alone and prints its rows as JSON (until it is registered in
- * families.ts, where `npm run bench` picks it up).
+ * Standalone: `node dist/test/bench/sidecar.js [--quick] [--reps N] [--profile DIR]`
+ * runs this family alone and prints its rows as JSON (until it is registered
+ * in families.ts, where `npm run bench` picks it up). --profile writes a
+ * --cpu-prof of the sidecar child into DIR.
  */
 async function standalone(args: readonly string[]): Promise<void> {
   const quick = args.includes('--quick');
   const repsAt = args.indexOf('--reps');
   const reps = repsAt >= 0 ? Number(args[repsAt + 1]) : 3;
   if (!Number.isInteger(reps) || reps < 1 || reps > 20) throw new Error('--reps: expected 1..20');
+  const profAt = args.indexOf('--profile');
+  const profileDir = profAt >= 0 ? args[profAt + 1] : undefined;
   const gateways: ChildGateway[] = [];
   const ctx: BenchContext = {
     quick,
     reps,
     sizes: undefined,
     reference: true,
-    profileDir: undefined,
+    profileDir,
     log: (m) => process.stderr.write(m + '\n'),
     async startGateway(opts) {
       const gw = await startChildGateway(opts);
