@@ -437,6 +437,8 @@ export interface ChildGateway {
   readonly pid: number;
   /** gRPC control target, host:port. */
   readonly target: string;
+  /** ms from spawn until it served (the start-up a profile summary skips). */
+  readonly startupMs: number;
   /** Everything the child wrote to stdout and stderr. */
   logs(): string;
   /** SIGTERM, wait for a clean exit (so a --cpu-prof is written), SIGKILL after a bound. Idempotent. */
@@ -576,6 +578,8 @@ export async function startChildGateway(opts: ChildGatewayOptions = {}): Promise
     return stopping;
   };
 
+  const spawnedAt = performance.now();
+  const ready = (target: string): ChildGateway => ({ label, pid: child.pid!, target, startupMs: Math.round(performance.now() - spawnedAt), logs: () => logs, stop });
   try {
     const deadline = Date.now() + GATEWAY_START_TIMEOUT_MS;
     const pid = child.pid;
@@ -584,13 +588,13 @@ export async function startChildGateway(opts: ChildGatewayOptions = {}): Promise
     while (Date.now() < deadline) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${label} exited (${child.exitCode ?? child.signalCode}) during start: ${logs}`);
       const logged = /"control":"([^"]+)"/.exec(logs);
-      if (logged) return { label, pid, target: logged[1]!, logs: () => logs, stop };
+      if (logged) return ready(logged[1]!);
       const inodes = socketInodes(pid);
       const key = [...inodes.keys()].sort().join(',');
       if (key !== seen) {
         seen = key;
         for (const port of listeningPorts(pid, inodes)) {
-          if (await isHttp2Server(port)) return { label, pid, target: `127.0.0.1:${port}`, logs: () => logs, stop };
+          if (await isHttp2Server(port)) return ready(`127.0.0.1:${port}`);
         }
         // A listener may exist before it answers: look again next time even if nothing changed.
         if (inodes.size >= 3) seen = '';

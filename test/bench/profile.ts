@@ -2,7 +2,10 @@
  * Summarise a V8 .cpuprofile (as written by `node --cpu-prof`): where the busy
  * (non-idle) time went, by function (self and inclusive) and by module.
  *
- *   node dist/test/bench/profile.js <file.cpuprofile>... [--top N]
+ *   node dist/test/bench/profile.js <file.cpuprofile>... [--top N] [--skip-ms MS]
+ *
+ * --skip-ms leaves out the first MS ms of the profile (the process's start-up:
+ * module loading and the like), so the summary shows the steady state.
  *
  * The runner calls summarizeProfile() itself when BENCH_PROFILE=1.
  */
@@ -40,6 +43,7 @@ export interface ProfileEntry {
 
 export interface ProfileSummary {
   file: string;
+  skippedMs: number;
   totalMs: number;
   idleMs: number;
   busyMs: number;
@@ -88,7 +92,7 @@ function top(map: Map<string, number>, n: number): ProfileEntry[] {
     .map(([key, us]) => ({ key, us }));
 }
 
-export function summarizeProfile(file: string, n = 25): ProfileSummary {
+export function summarizeProfile(file: string, n = 25, skipMs = 0): ProfileSummary {
   const prof = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   const parent = new Map<number, number>();
@@ -103,9 +107,16 @@ export function summarizeProfile(file: string, n = 25): ProfileSummary {
   let gc = 0;
   let total = 0;
   const deltas = prof.timeDeltas;
+  let t = 0;
+  let skipped = 0;
   for (let i = 0; i < prof.samples.length; i++) {
     // A sample lasts until the next one; the last one gets the previous delta.
     const dt = Math.max(0, deltas[i + 1] ?? deltas[i] ?? 0);
+    t += Math.max(0, deltas[i] ?? 0);
+    if (t < skipMs * 1000) {
+      skipped += dt;
+      continue;
+    }
     total += dt;
     const node = byId.get(prof.samples[i]!);
     if (!node) continue;
@@ -132,6 +143,7 @@ export function summarizeProfile(file: string, n = 25): ProfileSummary {
   }
   return {
     file,
+    skippedMs: skipped / 1000,
     totalMs: total / 1000,
     idleMs: idle / 1000,
     busyMs: (total - idle) / 1000,
@@ -147,7 +159,7 @@ export function formatSummary(s: ProfileSummary): string {
   const pct = (us: number) => `${((100 * us) / busyUs).toFixed(1).padStart(5)}%`;
   const ms = (us: number) => `${(us / 1000).toFixed(0).padStart(7)} ms`;
   const lines = [
-    `profile ${basename(s.file)}: ${s.totalMs.toFixed(0)} ms sampled, ${s.busyMs.toFixed(0)} ms busy (${s.idleMs.toFixed(0)} ms idle), GC ${s.gcMs.toFixed(0)} ms`,
+    `profile ${basename(s.file)}: ${s.totalMs.toFixed(0)} ms sampled${s.skippedMs ? ` after skipping the first ${s.skippedMs.toFixed(0)} ms (start-up)` : ''}, ${s.busyMs.toFixed(0)} ms busy (${s.idleMs.toFixed(0)} ms idle), GC ${s.gcMs.toFixed(0)} ms`,
     `  top self time (% of busy):`,
     ...s.topSelf.map((e) => `    ${ms(e.us)} ${pct(e.us)}  ${e.key}`),
     `  self time by module:`,
@@ -169,14 +181,16 @@ function isMain(): boolean {
 if (isMain()) {
   const args = process.argv.slice(2);
   let n = 25;
+  let skip = 0;
   const files: string[] = [];
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--top') n = Number(args[++i]);
+    else if (args[i] === '--skip-ms') skip = Number(args[++i]);
     else files.push(args[i]!);
   }
-  if (!files.length || !Number.isFinite(n)) {
-    process.stderr.write('usage: node dist/test/bench/profile.js <file.cpuprofile>... [--top N]\n');
+  if (!files.length || !Number.isFinite(n) || !Number.isFinite(skip)) {
+    process.stderr.write('usage: node dist/test/bench/profile.js <file.cpuprofile>... [--top N] [--skip-ms MS]\n');
     process.exit(2);
   }
-  for (const f of files) process.stdout.write(formatSummary(summarizeProfile(f, n)) + '\n\n');
+  for (const f of files) process.stdout.write(formatSummary(summarizeProfile(f, n, skip)) + '\n\n');
 }

@@ -203,6 +203,8 @@ async function main(): Promise<number> {
 
   const rows: BenchRow[] = [];
   const goals: BenchGoal[] = [];
+  /** Start-up time of each profiled child, by profile file name. */
+  const startups = new Map<string, number>();
   const ran: { name: string; ms: number }[] = [];
   const skipped: { name: string; reason: string }[] = [];
   for (const family of FAMILIES) {
@@ -228,6 +230,7 @@ async function main(): Promise<number> {
         if (profileDir) nodeFlags.push('--cpu-prof', `--cpu-prof-dir=${profileDir}`, `--cpu-prof-name=${label}.cpuprofile`);
         const gw = await startChildGateway({ ...opts, label, nodeFlags });
         children.push(gw);
+        startups.set(`${label}.cpuprofile`, gw.startupMs);
         return gw;
       },
     };
@@ -276,7 +279,7 @@ async function main(): Promise<number> {
 
   if (profileDir) {
     for (const f of readdirSync(profileDir).filter((x) => x.endsWith('.cpuprofile')).sort()) {
-      process.stdout.write('\n' + formatSummary(summarizeProfile(join(profileDir, f), 20)) + '\n');
+      process.stdout.write('\n' + formatSummary(summarizeProfile(join(profileDir, f), 20, startups.get(f) ?? 0)) + '\n');
     }
   }
 
