@@ -9,6 +9,8 @@ import { loadConfig } from './config.js';
 import { Gateway } from './gateway.js';
 import { Gateway as SdkGateway } from '../clients/sdk/gateway.js';
 import type { TransportName } from '../clients/sdk/socket.js';
+import { registerProxyCommand } from '../clients/proxy/cli.js';
+import { registerSidecarCommand } from '../clients/sidecar/cli.js';
 import { SockgateError } from './errors.js';
 import { SocketKind, socketStateToJSON } from '../proto/gen/sockgate/v1/sockgate.js';
 import { reasonName, transportName } from './socket-table.js';
@@ -168,6 +170,8 @@ export function buildProgram(): Command {
     .option('--transport <list>', 'transports to offer, in order, e.g. tcp,grpc')
     .addHelpText('after', `\nExit status: 0 when the socket closed cleanly; otherwise ${Object.entries(EXIT_CODES).map(([k, v]) => `${v} ${k}`).join(', ')}; 1 for anything else.`)
     .action((uri, opts) => connect(uri, opts));
+  registerProxyCommand(program);
+  registerSidecarCommand(program);
   return program;
 }
 
