@@ -50,10 +50,8 @@ export class LocalForward {
   readonly stats: ForwardStats = { opened: 0, failed: 0 };
   /** The local listener; undefined until start() and after close(). */
   private server: Server | undefined;
-  /** Connections spliced to a gateway socket, until both sides close. */
+  /** Connections spliced to a gateway socket until both sides close, and those still waiting for their gateway socket. */
   private readonly sessions = new SessionSet();
-  /** Local connections still waiting for their gateway socket; aborted by destroy(). */
-  private readonly pending = new Set<AbortController>();
   private boundValue = '';
 
   constructor(
@@ -75,12 +73,11 @@ export class LocalForward {
 
   private onConnection(sock: Socket): void {
     const ac = new AbortController();
-    this.pending.add(ac);
     const onEarlyClose = () => ac.abort();
     sock.once('close', onEarlyClose);
     sock.on('error', () => {});
     const peer = `${sock.remoteAddress ?? 'unix'}:${sock.remotePort ?? ''}`;
-    this.gw
+    const work = this.gw
       .connect(this.spec.connect, {
         signal: ac.signal,
         noDelay: true,
@@ -89,7 +86,6 @@ export class LocalForward {
       })
       .then(
         (gsock: GatewaySocket) => {
-          this.pending.delete(ac);
           sock.removeListener('close', onEarlyClose);
           if (sock.destroyed) {
             gsock.destroy();
@@ -100,13 +96,13 @@ export class LocalForward {
           this.sessions.add(splice(sock, gsock));
         },
         (err: unknown) => {
-          this.pending.delete(ac);
           this.stats.failed++;
           const e = err as SockgateError;
           this.options.logger.warn({ listen: this.boundValue, connect: this.spec.connect, peer, code: e.code, err: e.message }, 'local forward: gateway connect failed');
           resetLocal(sock);
         },
       );
+    this.sessions.pending(work, () => ac.abort());
   }
 
   /** Stop listening; let open connections finish for up to `drainMs`, then abort them. */
@@ -114,7 +110,6 @@ export class LocalForward {
     const server = this.server;
     this.server = undefined;
     if (server) await closeServer(server);
-    for (const ac of this.pending) ac.abort();
     await this.sessions.drain(drainMs);
   }
 }
@@ -150,7 +145,8 @@ export class RemoteForward {
     gsock.pause();
     gsock.on('error', () => {});
     const target = formatEndpoint(this.spec.target);
-    dialLocal(this.spec.target).then(
+    const ac = new AbortController();
+    const work = dialLocal(this.spec.target, { signal: ac.signal }).then(
       (sock) => {
         if (gsock.destroyed) {
           sock.destroy();
@@ -167,6 +163,7 @@ export class RemoteForward {
         gsock.destroy(e instanceof Error ? e : undefined);
       },
     );
+    this.sessions.pending(work, () => ac.abort());
   }
 
   /** Stop the gateway's listener; let open connections finish for up to `drainMs`, then abort them. */

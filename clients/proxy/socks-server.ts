@@ -158,10 +158,8 @@ export class SocksServer {
   readonly stats: SocksStats = { connects: 0, udpAssociations: 0, udpDropped: 0, authFailures: 0, replies: {} };
   /** The listener; undefined until start() and after close(). */
   private server: Server | undefined;
-  /** CONNECT sessions, spliced until both sides close. */
+  /** CONNECT sessions spliced until both sides close, and control connections still in the handshake or connecting. */
   private readonly sessions = new SessionSet();
-  /** Control connections still in the handshake or connecting; destroyed by close(). */
-  private readonly handshaking = new Set<Socket>();
   /** Live UDP associations, each ended by its control connection's close. */
   private readonly associations = new Set<() => void>();
   /** Digests of the accepted credentials; empty means no authentication. */
@@ -187,23 +185,20 @@ export class SocksServer {
   }
 
   private onConnection(sock: Socket): void {
-    this.handshaking.add(sock);
     sock.on('error', () => {});
     const timer = setTimeout(() => {
       trace(`handshake from ${sock.remoteAddress}:${sock.remotePort} timed out`);
       sock.destroy();
     }, HANDSHAKE_TIMEOUT_MS);
-    this.handshake(sock, timer).then(
-      () => this.handshaking.delete(sock),
-      (err: unknown) => {
-        clearTimeout(timer);
-        this.handshaking.delete(sock);
-        const reply = err instanceof SocksProtocolError ? err.reply : undefined;
-        trace(`connection from ${sock.remoteAddress}:${sock.remotePort}: ${(err as Error).message}`);
-        if (reply !== undefined && !sock.destroyed) this.fail(sock, reply);
-        else sock.destroy();
-      },
-    );
+    const work = this.handshake(sock, timer).catch((err: unknown) => {
+      clearTimeout(timer);
+      const reply = err instanceof SocksProtocolError ? err.reply : undefined;
+      trace(`connection from ${sock.remoteAddress}:${sock.remotePort}: ${(err as Error).message}`);
+      if (reply !== undefined && !sock.destroyed) this.fail(sock, reply);
+      else sock.destroy();
+    });
+    // Aborting a handshake or a connect in flight: reset the client; the close aborts the gateway connect.
+    this.sessions.pending(work, () => resetLocal(sock));
   }
 
   private checkUser(username: Buffer, password: Buffer): boolean {
@@ -369,8 +364,6 @@ export class SocksServer {
     const server = this.server;
     this.server = undefined;
     if (server) await closeServer(server);
-    for (const s of this.handshaking) resetLocal(s);
-    this.handshaking.clear();
     for (const end of [...this.associations]) end();
     await this.sessions.drain(drainMs);
   }
