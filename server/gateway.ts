@@ -184,7 +184,9 @@ export class Gateway {
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
     if (vsock) this.addressesValue.vsock = { control: vsockUdsPath(vsock.path, vsock.control_port), data: vsockUdsPath(vsock.path, vsock.data_port) };
     for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'SERVING');
-    this.logger.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
+    // The ready line is logged at any level but silent: operators and harnesses read the bound ports from it.
+    const ready = this.logger.level === 'silent' ? this.logger : this.logger.child({}, { level: 'info' });
+    ready.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
     return this.addressesValue;
   }
 

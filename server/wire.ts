@@ -32,6 +32,8 @@ export const REPLY_BYTES = 8;
 export const MAX_TOKEN_BYTES = 64;
 /** Longest URI in a datagram frame. */
 export const MAX_FRAME_URI_BYTES = 1024;
+/** A gRPC data message carries at most this much coalesced payload (well under the 4 MiB message cap). */
+export const COALESCE_BYTES = 256 * 1024;
 /** Largest UDP payload a frame can carry (IPv6 jumbograms are out of scope). */
 export const MAX_FRAME_PAYLOAD_BYTES = 65535;
 
@@ -244,6 +246,36 @@ export class MessageChannel<In, Out> extends Duplex {
   override _write(chunk: Buffer | ChannelDatagram, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     const msg = this.mode === 'stream' ? this.codec.data(chunk as Buffer) : this.codec.datagram(chunk as ChannelDatagram);
     if (this.call.write(msg)) cb();
+    else this.call.once('drain', () => cb());
+  }
+
+  /**
+   * Queued writes go out coalesced, up to COALESCE_BYTES a message: the cost
+   * of a gRPC message is per message, so many small writes must not become
+   * many messages.
+   */
+  override _writev(chunks: { chunk: Buffer | ChannelDatagram }[], cb: (err?: Error | null) => void): void {
+    let ok = true;
+    if (this.mode === 'datagram') {
+      for (const { chunk } of chunks) ok = this.call.write(this.codec.datagram(chunk as ChannelDatagram));
+    } else {
+      let batch: Buffer[] = [];
+      let size = 0;
+      const flush = () => {
+        if (!batch.length) return;
+        ok = this.call.write(this.codec.data(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size)));
+        batch = [];
+        size = 0;
+      };
+      for (const { chunk } of chunks) {
+        const b = chunk as Buffer;
+        if (size > 0 && size + b.length > COALESCE_BYTES) flush();
+        batch.push(b);
+        size += b.length;
+      }
+      flush();
+    }
+    if (ok) cb();
     else this.call.once('drain', () => cb());
   }
 

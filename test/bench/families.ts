@@ -7,5 +7,6 @@
  */
 import type { BenchFamily } from './lib.js';
 import { gatewayPlanes } from './gateway-planes.js';
+import { sidecarFamily } from './sidecar.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily];
