@@ -23,6 +23,7 @@ import { createTelemetry, type Telemetry } from './telemetry.js';
 import type { Logger } from './log.js';
 import type { Transport } from './transport.js';
 import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
+import { withFastDataCodec } from './wire.js';
 import { GrpcTransport } from './transport-grpc.js';
 
 /** The descriptor set `npm run gen` writes, for the reflection service. */
@@ -128,7 +129,7 @@ export class Gateway {
       'grpc.keepalive_permit_without_calls': 1,
       'grpc-node.max_session_memory': 64,
     });
-    this.server.addService(SocketGatewayServiceService, services.socket);
+    this.server.addService(withFastDataCodec(SocketGatewayServiceService), services.socket);
     this.server.addService(AdminServiceService, services.admin);
     this.health.addToServer(this.server);
     new ReflectionService(loadFileDescriptorSetFromBuffer(readFileSync(DESCRIPTOR_SET))).addToServer(this.server);

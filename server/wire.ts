@@ -299,3 +299,82 @@ export class MessageChannel<In, Out> extends Duplex {
     cb(err);
   }
 }
+
+/**
+ * The `grpc` plane's payload frames, serialized by hand. Both DataRequest and
+ * DataResponse carry payload as field 2 (`bytes data`): the generated codec
+ * copies a payload three times to encode it and once to decode it; this one
+ * copies once to encode and decodes as a view into the received message.
+ * Every other frame goes through the generated codec.
+ */
+const DATA_TAG = 0x12; // field 2, wire type 2 (length-delimited)
+
+function varintLength(n: number): number {
+  let len = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    len++;
+  }
+  return len;
+}
+
+function encodeDataFrame(payload: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(1 + varintLength(payload.length) + payload.length);
+  out[0] = DATA_TAG;
+  let n = payload.length;
+  let i = 1;
+  while (n >= 0x80) {
+    out[i++] = (n & 0x7f) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  out[i++] = n;
+  out.set(payload, i);
+  return out;
+}
+
+/** The payload view of a message that is exactly one `data` field, else undefined. */
+function decodeDataFrame(buf: Buffer): Buffer | undefined {
+  if (buf.length < 2 || buf[0] !== DATA_TAG) return undefined;
+  let len = 0;
+  let shift = 1;
+  let i = 1;
+  for (; i < buf.length && i < 6; i++) {
+    const b = buf[i]!;
+    len += (b & 0x7f) * shift;
+    shift *= 128;
+    if (b < 0x80) {
+      i++;
+      return i + len === buf.length ? buf.subarray(i) : undefined;
+    }
+  }
+  return undefined;
+}
+
+interface DataMethod<Req, Res> {
+  requestSerialize(value: Req): Buffer;
+  requestDeserialize(value: Buffer): Req;
+  responseSerialize(value: Res): Buffer;
+  responseDeserialize(value: Buffer): Res;
+}
+
+type DataFrameShape = { frame?: { $case: string; data?: Uint8Array } | undefined };
+
+function fast<T extends DataFrameShape>(encode: (v: T) => Buffer, decode: (b: Buffer) => T): { ser: (v: T) => Buffer; de: (b: Buffer) => T } {
+  return {
+    ser: (v) => (v.frame?.$case === 'data' && v.frame.data ? encodeDataFrame(v.frame.data) : encode(v)),
+    de: (b) => {
+      const data = decodeDataFrame(b);
+      return data ? ({ frame: { $case: 'data', data } } as unknown as T) : decode(b);
+    },
+  };
+}
+
+/** A copy of the generated service definition whose `data` method uses the hand codec. */
+export function withFastDataCodec<S extends { data: DataMethod<Req, Res> }, Req extends DataFrameShape, Res extends DataFrameShape>(service: S): S {
+  const req = fast<Req>(service.data.requestSerialize, service.data.requestDeserialize);
+  const res = fast<Res>(service.data.responseSerialize, service.data.responseDeserialize);
+  return {
+    ...service,
+    data: { ...service.data, requestSerialize: req.ser, requestDeserialize: req.de, responseSerialize: res.ser, responseDeserialize: res.de },
+  };
+}

@@ -7,11 +7,12 @@
 import { EventEmitter } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { credentials as grpcCredentials, Metadata, status, type CallOptions, type ChannelCredentials, type ClientDuplexStream, type ServiceError } from '@grpc/grpc-js';
+import { credentials as grpcCredentials, makeGenericClientConstructor, Metadata, status, type CallOptions, type ChannelCredentials, type ClientDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import {
   AdminServiceClient,
   ShutdownHow,
   SocketGatewayServiceClient,
+  SocketGatewayServiceService,
   SocketState,
   type AcceptResponse,
   type DataRequest,
@@ -29,7 +30,7 @@ import {
   SockgateError,
   fromServiceError,
 } from '../../server/errors.js';
-import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, REPLY_BYTES, type FrameCodec } from '../../server/wire.js';
+import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../server/wire.js';
 import {
   GatewayDatagramSocket,
   GatewaySocket,
@@ -41,6 +42,12 @@ import {
   type SocketMeta,
   type TransportName,
 } from './socket.js';
+
+/** The generated client, with the grpc plane's payload frames on the hand codec (server/wire.ts). */
+const FastSocketGatewayClient = makeGenericClientConstructor(
+  withFastDataCodec(SocketGatewayServiceService) as unknown as ServiceDefinition,
+  'sockgate.v1.SocketGatewayService',
+) as unknown as typeof SocketGatewayServiceClient;
 
 /** Transports this SDK build can attach with, in default preference order. */
 export const SDK_TRANSPORTS: readonly TransportName[] = ['tcp', 'grpc'];
@@ -161,7 +168,7 @@ export class Gateway {
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 5_000,
     };
-    this.client = new SocketGatewayServiceClient(target, creds, channelOptions);
+    this.client = new FastSocketGatewayClient(target, creds, channelOptions);
     this.adminClient = new AdminServiceClient(target, creds, channelOptions);
     const token = options.token ?? options.identity?.token;
     if (token) this.metadata.set('authorization', `Bearer ${token}`);
