@@ -20,6 +20,11 @@ import { SessionSet, splice } from './splice.js';
 
 const trace = tracer('proxy');
 
+/** First wait before listening again on the gateway after its listener was lost (gateway restart, control channel drop). */
+const RELISTEN_MIN_MS = 250;
+/** Longest wait between attempts to listen again (doubling from RELISTEN_MIN_MS). */
+const RELISTEN_MAX_MS = 10_000;
+
 /** Options every forward shares. */
 export interface ForwardOptions {
   logger: Logger;
@@ -115,11 +120,17 @@ export class LocalForward {
 }
 
 export class RemoteForward {
-  readonly stats: ForwardStats = { opened: 0, failed: 0 };
-  /** The gateway's listener; undefined until start() and after close(). */
+  /** `relistens` counts listeners re-established after the gateway lost one. */
+  readonly stats: ForwardStats & { relistens: number } = { opened: 0, failed: 0, relistens: 0 };
+  /** The gateway's listener; undefined before start(), while listening again, and after close(). */
   private listener: GatewayServer | undefined;
   private readonly sessions = new SessionSet();
   private boundValue = '';
+  /** Set by close(): no more listening again. */
+  private stopped = false;
+  /** The pending attempt to listen again, if any. */
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryMs = RELISTEN_MIN_MS;
 
   constructor(
     readonly spec: RemoteForwardSpec,
@@ -133,12 +144,54 @@ export class RemoteForward {
   }
 
   async start(): Promise<void> {
-    const listener = await this.gw.listen(this.spec.listen, this.options.transports ? { transports: this.options.transports } : {});
+    await this.listen(this.spec.listen);
+    this.options.logger.info({ listen: this.boundValue, target: formatEndpoint(this.spec.target) }, 'remote forward listening on the gateway host');
+  }
+
+  /**
+   * Listen on the gateway. If the gateway loses the listener later (it
+   * restarted, the control channel dropped), listen again on the same address
+   * with backoff until close().
+   */
+  private async listen(uri: string): Promise<void> {
+    const listener = await this.gw.listen(uri, this.options.transports ? { transports: this.options.transports } : {});
+    if (this.stopped) {
+      await listener.close();
+      return;
+    }
     this.listener = listener;
     this.boundValue = listener.localUri;
+    this.retryMs = RELISTEN_MIN_MS;
     listener.on('connection', (gsock: GatewaySocket) => this.onConnection(gsock));
-    listener.on('error', (err: Error) => this.options.logger.warn({ listen: this.boundValue, err: err.message }, 'remote forward: listener error'));
-    this.options.logger.info({ listen: this.boundValue, target: formatEndpoint(this.spec.target) }, 'remote forward listening on the gateway host');
+    const lost = (why: string) => {
+      if (this.stopped || this.listener !== listener) return;
+      this.listener = undefined;
+      void listener.close().catch(() => {});
+      this.options.logger.warn({ listen: this.boundValue, why }, 'remote forward: the gateway lost the listener; listening again');
+      this.relisten();
+    };
+    listener.on('error', (err: Error) => lost(err.message));
+    listener.on('close', () => lost('accept stream ended'));
+  }
+
+  private relisten(): void {
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      // The same address (with the port it had), so clients on the host keep reaching it.
+      this.listen(this.boundValue || this.spec.listen).then(
+        () => {
+          if (this.stopped) return;
+          this.stats.relistens++;
+          this.options.logger.info({ listen: this.boundValue }, 'remote forward listening again');
+        },
+        (err: unknown) => {
+          if (this.stopped) return;
+          trace(`-R ${this.boundValue}: listen again failed: ${(err as Error).message}; next try in ${this.retryMs} ms`);
+          this.retryMs = Math.min(this.retryMs * 2, RELISTEN_MAX_MS);
+          this.relisten();
+        },
+      );
+    }, this.retryMs);
   }
 
   private onConnection(gsock: GatewaySocket): void {
@@ -168,6 +221,8 @@ export class RemoteForward {
 
   /** Stop the gateway's listener; let open connections finish for up to `drainMs`, then abort them. */
   async close(drainMs = 0): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
     const l = this.listener;
     this.listener = undefined;
     await l?.close();

@@ -113,3 +113,46 @@ test('-R: the gateway listens on the host, a host client reaches the guest-side 
   }
   t.is(proxy.remoteForwards[0]!.stats.opened, 2);
 });
+
+test('-R listens again on the same address after the gateway restarts', async (t) => {
+  const gw1 = await startGateway();
+  const controlPort = Number(gw1.target.split(':').pop());
+  const target = await echoServer();
+  const proxy = await startProxy(gw1.target, { remote: [`tcp://127.0.0.1:0=127.0.0.1:${target.port}`] });
+  let gw2: Awaited<ReturnType<typeof startGateway>> | undefined;
+  t.teardown(async () => {
+    await proxy.destroy();
+    await target.close();
+    await gw1.stop();
+    await gw2?.stop();
+  });
+  const port = Number(proxy.addresses.remote[0]!.listen.split(':').pop());
+  /** One echo round trip through the gateway's listener; false if the port does not answer yet. */
+  const roundTrip = async (msg: string): Promise<boolean> => {
+    const c = netConnect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    const chunks: Buffer[] = [];
+    c.on('data', (d: Buffer) => chunks.push(d));
+    try {
+      await within(once(c, 'connect'), 2_000, 'connect');
+      c.end(msg);
+      await within(once(c, 'end'), 5_000, 'echo');
+      return Buffer.concat(chunks).toString() === msg;
+    } catch {
+      return false;
+    } finally {
+      c.destroy();
+    }
+  };
+  t.true(await roundTrip('first gateway'));
+  await gw1.stop();
+  // A new gateway on the same control address, as after a restart.
+  gw2 = await startGateway({ listen: { control: `127.0.0.1:${controlPort}` } });
+  let ok = false;
+  for (let i = 0; i < 60 && !ok; i++) {
+    ok = await roundTrip('second gateway');
+    if (!ok) await new Promise((r) => setTimeout(r, 250));
+  }
+  t.true(ok, 'the reverse forward answers again on the same host port');
+  t.is(proxy.remoteForwards[0]!.stats.relistens, 1);
+  t.is(proxy.addresses.remote[0]!.listen, `tcp://127.0.0.1:${port}`);
+});
