@@ -14,6 +14,7 @@ import type { Socket as DgramSocket, RemoteInfo } from 'node:dgram';
 import type { Duplex } from 'node:stream';
 import {
   DatagramTooLargeError,
+  RingCorruptError,
   LimitExceededError,
   SocketClosedError,
   SocketNotFoundError,
@@ -22,7 +23,7 @@ import {
   fromSystemError,
 } from './errors.js';
 import type { Identity } from './policy.js';
-import type { ChannelDatagram, DataChannel } from './transport.js';
+import type { ChannelDatagram, DataChannel, JsDataChannel, NativeDataChannel, NativeLink, NativeLinkEnd } from './transport.js';
 import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
 import { SocketKind, SocketState, socketStateToJSON, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { formatUri } from './uri.js';
@@ -145,8 +146,10 @@ function streamBuffered(s: Duplex | undefined): number {
  */
 export class StreamSocket extends GatewaySocket {
   readonly kind = 'stream' as const;
-  /** Attached channel; undefined until attach(). */
-  private channel: DataChannel | undefined;
+  /** Attached JS channel; undefined until attach() (and in native mode). */
+  private channel: JsDataChannel | undefined;
+  /** Native link that owns the host descriptor, in native mode. */
+  private link: NativeLink | undefined;
   /** Host peer sent FIN (and the channel was told). */
   private hostEnded = false;
   /** The guest half-closed (and the host socket was ended). */
@@ -164,11 +167,13 @@ export class StreamSocket extends GatewaySocket {
   }
 
   bufferedBytes(): number {
+    if (this.link) return this.link.bufferedBytes?.() ?? 0;
     return streamBuffered(this.host) + streamBuffered(this.channel?.stream);
   }
 
   /** Splice the attached channel with the host socket. */
   attach(channel: DataChannel): void {
+    if (channel.mode === 'native') return this.attachNative(channel);
     if (channel.mode !== 'stream') throw new WrongSocketKindError('a stream socket needs a stream channel');
     if (!this.transitionTo([SocketState.SOCKET_STATE_PENDING_ATTACH], SocketState.SOCKET_STATE_OPEN, `attached ${transportName(channel.transport)}`)) {
       channel.stream.destroy(new SocketClosedError(`socket ${this.id} is not waiting for an attach`));
@@ -211,6 +216,41 @@ export class StreamSocket extends GatewaySocket {
     ch.resume();
   }
 
+  /**
+   * Native mode: hand the host descriptor to a native link. The JS socket is
+   * detached without a FIN (its fd is closed, a dup lives on in the link), and
+   * whatever JS had already read from it goes to the client first.
+   */
+  private attachNative(channel: NativeDataChannel): void {
+    const fd = (this.host as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0 || this.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) {
+      throw new SocketClosedError(`socket ${this.id} is not waiting for an attach`);
+    }
+    const prefix: Buffer[] = [];
+    this.host.pause();
+    for (let chunk = this.host.read() as Buffer | null; chunk !== null; chunk = this.host.read() as Buffer | null) prefix.push(chunk);
+    for (const b of prefix) this.bytesIn += b.length;
+    this.transport = channel.transport;
+    // start() dup()s the descriptor for its link before returning; then the JS socket gives up its own.
+    const link = channel.start(fd, prefix, {
+      progress: (toHost, fromHost) => {
+        this.bytesOut += toHost;
+        this.bytesIn += fromHost;
+      },
+    });
+    this.host.removeAllListeners('close');
+    this.host.removeAllListeners('error');
+    this.host.on('error', () => {});
+    this.host.destroy();
+    this.link = link;
+    this.transitionTo([SocketState.SOCKET_STATE_PENDING_ATTACH], SocketState.SOCKET_STATE_OPEN, `attached ${transportName(channel.transport)} (native)`);
+    void link.ended.then((end: NativeLinkEnd) => {
+      if (end.reason === 'corrupt') this.error ??= new RingCorruptError(`socket ${this.id}: the client corrupted its shared ring (${end.code ?? 'ERR_SOCKGATE_RING_CORRUPT'})`);
+      else if (end.reason === 'error') this.error ??= fromSystemError(Object.assign(new Error(end.code ?? `errno ${end.errno}`), { code: end.code }), `socket ${this.id}`);
+      this.transitionTo([SocketState.SOCKET_STATE_OPEN, SocketState.SOCKET_STATE_HALF_CLOSED], SocketState.SOCKET_STATE_CLOSED, this.error?.code ?? `native link ended (${end.reason})`);
+    });
+  }
+
   private endHostWrite(reason: string): void {
     if (this.channelEnded) return;
     this.channelEnded = true;
@@ -225,6 +265,12 @@ export class StreamSocket extends GatewaySocket {
   /** Half-close like shutdown(2): `write` sends FIN to the host peer, `read` drops what it sends. */
   shutdown(read: boolean, write: boolean): void {
     if (this.isClosed) throw new SocketClosedError(`socket ${this.id} is closed`);
+    if (this.link) {
+      if (!this.link.shutdownHost) throw new WrongSocketKindError(`socket ${this.id} rides a native link: half-close through its data plane`);
+      this.link.shutdownHost(read, write);
+      this.halfClosed(`shutdown(${read && write ? 'SHUT_RDWR' : read ? 'SHUT_RD' : 'SHUT_WR'})`);
+      return;
+    }
     if (write) {
       this.channel?.stream.pause();
       this.endHostWrite('shutdown(SHUT_WR)');
@@ -239,7 +285,7 @@ export class StreamSocket extends GatewaySocket {
   }
 
   private maybeClosed(): void {
-    if (this.isClosed) return;
+    if (this.isClosed || this.link) return;
     const channelDone = !this.channel || this.channel.stream.destroyed;
     if (this.host.destroyed && channelDone) this.transitionTo([SocketState.SOCKET_STATE_PENDING_ATTACH, SocketState.SOCKET_STATE_OPEN, SocketState.SOCKET_STATE_HALF_CLOSED, SocketState.SOCKET_STATE_CONNECTING], SocketState.SOCKET_STATE_CLOSED, this.error ? this.error.code : 'both sides closed');
     else if (this.host.destroyed && this.channel && !this.hostEnded && !this.channel.stream.destroyed) {
@@ -250,6 +296,10 @@ export class StreamSocket extends GatewaySocket {
 
   async close(): Promise<void> {
     if (this.isClosed) return this.closed;
+    if (this.link) {
+      await this.link.close();
+      return this.closed;
+    }
     if (!this.channel) return this.destroy();
     // Flush both directions, then let autoDestroy close the streams.
     this.endHostWrite('close');
@@ -261,6 +311,10 @@ export class StreamSocket extends GatewaySocket {
   async destroy(err?: SockgateError): Promise<void> {
     if (this.isClosed) return this.closed;
     this.error ??= err;
+    if (this.link) {
+      await this.link.close();
+      return this.closed;
+    }
     this.host.destroy();
     const ch = this.channel?.stream as (Duplex & { resetAndDestroy?: () => void }) | undefined;
     // On the tcp plane, an abort must reach the guest as a reset, never as a clean FIN.
@@ -276,7 +330,7 @@ export class StreamSocket extends GatewaySocket {
 export class DatagramSocket extends GatewaySocket {
   readonly kind = 'datagram' as const;
   /** Attached channel; undefined until attach(). */
-  private channel: DataChannel | undefined;
+  private channel: JsDataChannel | undefined;
   /** RecvFrom streams listening; each gets every datagram. */
   private readonly receivers = new Set<(d: ChannelDatagram) => boolean>();
   /** Datagrams dropped because the guest was not reading fast enough (UDP semantics: no buffering). */
