@@ -14,6 +14,10 @@ import type { Socket as DgramSocket, RemoteInfo } from 'node:dgram';
 import type { Duplex } from 'node:stream';
 import {
   DatagramTooLargeError,
+  DnsError,
+  HostUnreachableError,
+  InvalidUriError,
+  PolicyDeniedError,
   RingCorruptError,
   LimitExceededError,
   SocketClosedError,
@@ -335,6 +339,8 @@ export class DatagramSocket extends GatewaySocket {
   private readonly receivers = new Set<(d: ChannelDatagram) => boolean>();
   /** Datagrams dropped because the guest was not reading fast enough (UDP semantics: no buffering). */
   dropped = 0;
+  /** Datagrams from the guest dropped because their destination was refused (policy, DNS, unreachable). */
+  refused = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private lastActivity = Date.now();
 
@@ -430,7 +436,14 @@ export class DatagramSocket extends GatewaySocket {
         () => ch.resume(),
         (err: unknown) => {
           const e = err instanceof SockgateError ? err : fromSystemError(err, 'send');
-          // A bad datagram (too large, denied) ends the channel with the reason; the socket ends with it.
+          // Like sendto(2) failing for one destination: that datagram is dropped
+          // (and counted), the socket lives on. Anything else ends the socket.
+          if (e instanceof PolicyDeniedError || e instanceof DnsError || e instanceof HostUnreachableError || e instanceof InvalidUriError) {
+            this.refused++;
+            trace(`${this.id}: datagram to ${d.uri} dropped: ${e.message}`);
+            ch.resume();
+            return;
+          }
           void this.destroy(e);
         },
       );

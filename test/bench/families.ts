@@ -8,5 +8,6 @@
 import type { BenchFamily } from './lib.js';
 import { gatewayPlanes } from './gateway-planes.js';
 import { sidecarFamily } from './sidecar.js';
+import { proxyFamily } from './proxy.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily];

@@ -285,3 +285,22 @@ test('SetOption: no-delay, keep-alive and buffer sizes reach the host socket; ba
   sock.destroy();
   await udp.close();
 });
+
+test('UDP: a datagram to a denied destination is dropped and counted, the socket lives on', async (t) => {
+  const gw = await startGateway();
+  const echo = await udpEcho();
+  t.teardown(async () => {
+    echo.close();
+    await gw.stop();
+  });
+  const sock = await gw.sdk.udp('udp://127.0.0.1:0');
+  // Denied by the default loopback-only policy before anything is sent.
+  await sock.send(Buffer.from('nope'), 'udp://10.0.0.1:9');
+  const msg = once(sock, 'message') as Promise<[Buffer]>;
+  await sock.send(Buffer.from('still here'), `udp://127.0.0.1:${echo.port}`);
+  const [payload] = await within(msg, 10_000, 'udp reply after a refused datagram');
+  t.is(payload.toString(), 'still here');
+  const gsock = gw.gateway.table.list().find((s) => s.id === sock.socketId) as unknown as { refused: number };
+  t.is(gsock.refused, 1);
+  await sock.close();
+});
