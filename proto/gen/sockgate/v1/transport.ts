@@ -178,6 +178,12 @@ export interface ShmOffer {
   ringBytes: number;
   /** Host identity the client believes it shares with the gateway (boot id). */
   hostId: string;
+  /**
+   * The client's shm session with this gateway: a random id the client picks
+   * once and offers with every socket, so all its sockets share one region
+   * (one mapping, one fd passing). Unset: the client has no session to share.
+   */
+  sessionId: string;
 }
 
 export interface RdmaOffer {
@@ -207,6 +213,18 @@ export interface ShmAttach {
   /** Unix socket path the client connects to for the memfd and eventfds. */
   path: string;
   ringBytes: number;
+  /**
+   * The session the socket rides (the offered one, or one the gateway opened
+   * when that one was full) and the socket's slot in it.
+   */
+  sessionId: string;
+  slot: number;
+  /**
+   * True: the gateway has no attached session with this id yet; the client
+   * attaches it (presenting the token with the hello). False: the client
+   * presents the token over the session it already holds.
+   */
+  newSession: boolean;
 }
 
 export interface RdmaAttach {
@@ -376,7 +394,7 @@ export const TransportOffer: MessageFns<TransportOffer> = {
 };
 
 function createBaseShmOffer(): ShmOffer {
-  return { ringBytes: 0, hostId: "" };
+  return { ringBytes: 0, hostId: "", sessionId: "" };
 }
 
 export const ShmOffer: MessageFns<ShmOffer> = {
@@ -386,6 +404,9 @@ export const ShmOffer: MessageFns<ShmOffer> = {
     }
     if (message.hostId !== "") {
       writer.uint32(18).string(message.hostId);
+    }
+    if (message.sessionId !== "") {
+      writer.uint32(26).string(message.sessionId);
     }
     return writer;
   },
@@ -419,6 +440,14 @@ export const ShmOffer: MessageFns<ShmOffer> = {
             message.hostId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -443,6 +472,11 @@ export const ShmOffer: MessageFns<ShmOffer> = {
         : isSet(object.host_id)
         ? globalThis.String(object.host_id)
         : "",
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
     };
   },
 
@@ -454,6 +488,9 @@ export const ShmOffer: MessageFns<ShmOffer> = {
     if (message.hostId !== "") {
       obj.hostId = message.hostId;
     }
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
     return obj;
   },
 
@@ -464,6 +501,7 @@ export const ShmOffer: MessageFns<ShmOffer> = {
     const message = createBaseShmOffer();
     message.ringBytes = object.ringBytes ?? 0;
     message.hostId = object.hostId ?? "";
+    message.sessionId = object.sessionId ?? "";
     return message;
   },
 };
@@ -715,7 +753,7 @@ export const GrpcAttach: MessageFns<GrpcAttach> = {
 };
 
 function createBaseShmAttach(): ShmAttach {
-  return { path: "", ringBytes: 0 };
+  return { path: "", ringBytes: 0, sessionId: "", slot: 0, newSession: false };
 }
 
 export const ShmAttach: MessageFns<ShmAttach> = {
@@ -725,6 +763,15 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     }
     if (message.ringBytes !== 0) {
       writer.uint32(16).uint32(message.ringBytes);
+    }
+    if (message.sessionId !== "") {
+      writer.uint32(26).string(message.sessionId);
+    }
+    if (message.slot !== 0) {
+      writer.uint32(32).uint32(message.slot);
+    }
+    if (message.newSession !== false) {
+      writer.uint32(40).bool(message.newSession);
     }
     return writer;
   },
@@ -758,6 +805,30 @@ export const ShmAttach: MessageFns<ShmAttach> = {
             message.ringBytes = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.slot = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.newSession = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -778,6 +849,17 @@ export const ShmAttach: MessageFns<ShmAttach> = {
         : isSet(object.ring_bytes)
         ? globalThis.Number(object.ring_bytes)
         : 0,
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      slot: isSet(object.slot) ? globalThis.Number(object.slot) : 0,
+      newSession: isSet(object.newSession)
+        ? globalThis.Boolean(object.newSession)
+        : isSet(object.new_session)
+        ? globalThis.Boolean(object.new_session)
+        : false,
     };
   },
 
@@ -789,6 +871,15 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     if (message.ringBytes !== 0) {
       obj.ringBytes = Math.round(message.ringBytes);
     }
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.slot !== 0) {
+      obj.slot = Math.round(message.slot);
+    }
+    if (message.newSession !== false) {
+      obj.newSession = message.newSession;
+    }
     return obj;
   },
 
@@ -799,6 +890,9 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     const message = createBaseShmAttach();
     message.path = object.path ?? "";
     message.ringBytes = object.ringBytes ?? 0;
+    message.sessionId = object.sessionId ?? "";
+    message.slot = object.slot ?? 0;
+    message.newSession = object.newSession ?? false;
     return message;
   },
 };
