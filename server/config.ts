@@ -18,6 +18,14 @@ listen:
 transports:
   enabled: [shm, rdma, tcp, grpc]
   attach_token_ttl_ms: 10000
+  shm:
+    path: ""
+    slots_per_session: 1024
+    initial_ring_bytes: 16384
+    max_ring_bytes: 4194304
+    max_ring_bytes_per_identity: 268435456
+    max_ring_bytes_total: 1073741824
+    spin_us: 0
 socket:
   connect_timeout_ms: 10000
   high_watermark_bytes: 1048576
@@ -80,6 +88,30 @@ const identitySchema = z.strictObject({
   transports: z.array(transportName).optional(),
 });
 
+const isPowerOfTwo = (n: number) => n > 0 && (n & (n - 1)) === 0;
+const ringBytes = (min: number) =>
+  z.number().int().min(min).max(64 << 20).refine(isPowerOfTwo, { message: 'expected a power of two' });
+
+const shmSchema = z
+  .strictObject({
+    /** Attach socket (Unix); "" picks /run/sockgate/shm.sock as root, else <tmpdir>/sockgate-<uid>/shm.sock. */
+    path: z.string().refine((p) => p === '' || p.startsWith('/'), { message: 'expected an absolute path or ""' }).default(''),
+    /** Socket slots per client session (one is the session's control slot). */
+    slots_per_session: z.number().int().min(2).max(65536).default(1024),
+    /** Ring bytes per direction a socket starts with. */
+    initial_ring_bytes: ringBytes(4096).default(16384),
+    /** Largest ring per direction autotuning may grow a socket to. */
+    max_ring_bytes: ringBytes(4096).default(4 << 20),
+    /** Cap on granted ring bytes (both directions, all sessions) per identity. */
+    max_ring_bytes_per_identity: positiveInt.default(256 << 20),
+    /** Cap on granted ring bytes across the gateway. */
+    max_ring_bytes_total: positiveInt.default(1 << 30),
+    /** Native pump spin before sleeping, in µs; 0 (no spin) suits shared machines. */
+    spin_us: z.number().int().min(0).max(1000).default(0),
+  })
+  .refine((v) => v.initial_ring_bytes <= v.max_ring_bytes, { message: 'initial_ring_bytes must not exceed max_ring_bytes', path: ['initial_ring_bytes'] })
+  .prefault({});
+
 const ruleSchema = z.strictObject({
   name: z.string().min(1),
   action: z.enum(['allow', 'deny']),
@@ -112,6 +144,8 @@ export const configSchema = z.strictObject({
     attach_token_ttl_ms: positiveInt,
     /** Host the data port is advertised as; defaults to listen.data's host. */
     data_host: z.string().optional(),
+    /** The shm data plane (same-host clients; needs the native addon). */
+    shm: shmSchema,
   }),
   socket: z.strictObject({
     connect_timeout_ms: positiveInt,

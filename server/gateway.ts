@@ -25,6 +25,8 @@ import type { Transport } from './transport.js';
 import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
 import { withFastDataCodec } from './wire.js';
 import { GrpcTransport } from './transport-grpc.js';
+import { PumpHub } from './pump-hub.js';
+import { ShmTransport } from './transport-shm.js';
 
 /** The descriptor set `npm run gen` writes, for the reflection service. */
 const DESCRIPTOR_SET = new URL('../../proto/gen/sockgate.binpb', import.meta.url);
@@ -99,7 +101,9 @@ export class Gateway {
       [TransportKind.TRANSPORT_KIND_TCP, this.tcp],
       [TransportKind.TRANSPORT_KIND_GRPC, this.grpc],
     ]);
-    const negotiator = new Negotiator(this.transports, new Set(config.transports.enabled), this.policy, this.registry, metrics);
+    const negotiator = new Negotiator(this.transports, new Set(config.transports.enabled), this.policy, this.registry, metrics, (kind) =>
+      kind === TransportKind.TRANSPORT_KIND_SHM ? this.shmUnavailable : undefined,
+    );
     const services = createServices({
       policy: this.policy,
       backend: new HostBackend(this.policy, hwm),
@@ -156,6 +160,16 @@ export class Gateway {
   private native: typeof import('../native/index.js') | undefined;
   /** Why the native addon did not load, for errors and logs. */
   private nativeError = '';
+  /**
+   * The one native pump (epoll I/O thread) every native link shares, with the
+   * router of its events; created in start() once the addon loaded, closed
+   * last in stop()/destroy().
+   */
+  private pumpHub: PumpHub | undefined;
+  /** The shm data plane, when the addon loaded, shm is enabled and its listener started. */
+  private shm: ShmTransport | undefined;
+  /** Why shm is not in the transports map (decline detail). */
+  private shmUnavailable = 'the native addon has not been loaded';
 
   async start(): Promise<GatewayAddresses> {
     try {
@@ -176,7 +190,11 @@ export class Gateway {
         this.server.bindAsync(`unix:${path}`, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
       );
     }
-    for (const t of this.transports.values()) await t.start();
+    if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
+    else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
+    for (const t of this.transports.values()) {
+      if (t !== this.shm) await t.start();
+    }
     await this.telemetry.start();
     const c = splitListenAddress(control);
     const controlTarget = 'path' in c ? control : `${c.host.includes(':') ? `[${c.host}]` : c.host}:${bound}`;
@@ -189,6 +207,44 @@ export class Gateway {
     const ready = this.logger.level === 'silent' ? this.logger : this.logger.child({}, { level: 'info' });
     ready.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
     return this.addressesValue;
+  }
+
+  /** Start the shm plane on the shared pump; without it (logged) the gateway serves the other planes. */
+  private async startShm(native: typeof import('../native/index.js')): Promise<void> {
+    const cfg = this.config.transports.shm;
+    try {
+      this.pumpHub ??= new PumpHub(native, { spinUs: cfg.spin_us }, (err, event) => this.logger.error({ err, event: event.type }, 'native pump event handler failed'));
+      const shm = new ShmTransport({
+        config: cfg,
+        tokenTtlMs: this.config.transports.attach_token_ttl_ms,
+        native,
+        hub: this.pumpHub,
+        registry: this.registry,
+        policy: this.policy,
+        metrics: this.telemetry.metrics,
+        meter: this.telemetry.meter,
+        logger: this.logger,
+      });
+      await shm.start();
+      this.shm = shm;
+      this.transports.set(TransportKind.TRANSPORT_KIND_SHM, shm);
+    } catch (err) {
+      this.shmUnavailable = `shm did not start: ${(err as Error).message}`;
+      this.logger.error({ err: (err as Error).message }, 'shm data plane unavailable');
+    }
+  }
+
+  /** Release the native side last: shm sessions and listener, then the pump. */
+  private async closeNative(): Promise<void> {
+    const shm = this.shm;
+    this.shm = undefined;
+    this.transports.delete(TransportKind.TRANSPORT_KIND_SHM);
+    if (shm) await shm.shutdown();
+    try {
+      this.pumpHub?.close();
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'native pump still busy at stop');
+    }
   }
 
   /**
@@ -217,6 +273,7 @@ export class Gateway {
       await this.table.destroyAll(new ShuttingDownError('gateway stopped before the socket drained'));
     }
     this.registry.close();
+    await this.closeNative();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -238,6 +295,7 @@ export class Gateway {
     this.server.forceShutdown();
     for (const t of this.transports.values()) await t.close();
     this.registry.close();
+    await this.closeNative();
     await this.telemetry.shutdown();
   }
 }

@@ -44,6 +44,8 @@ export class Negotiator {
     private readonly policy: Policy,
     private readonly registry: AttachRegistry<GatewaySocket>,
     private readonly metrics: GatewayMetrics,
+    /** Why a transport kind is missing from `transports` (e.g. the native addon did not load), for the decline detail. */
+    private readonly unavailable: (kind: TransportKind) => string | undefined = () => undefined,
   ) {}
 
   /** Decide a transport for `offers`; never throws for a bad offer. */
@@ -74,7 +76,8 @@ export class Negotiator {
       }
       const transport = this.transports.get(offer.kind);
       if (!transport) {
-        decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, `transport ${name} is not available in this build`);
+        const why = this.unavailable(offer.kind);
+        decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, `transport ${name} is not available in this build${why ? `: ${why}` : ''}`);
         continue;
       }
       if (offer.version !== 0 && offer.version < 1) {

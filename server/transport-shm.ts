@@ -1,0 +1,877 @@
+/**
+ * The `shm` data plane: clients on this host move payload through shared-memory
+ * rings that the native pump drains into (and fills from) the host sockets, so
+ * no payload byte enters the gateway's JS heap (native/SHM.md has the layout).
+ *
+ * Sessions. A client keeps one session per gateway: one sealed memfd region,
+ * attached once over the Unix attach socket (memfd and doorbells passed with
+ * SCM_RIGHTS; the client's pid/uid/gid read with SO_PEERCRED). Every socket of
+ * that client rides a slot of the same region. The client picks the session id
+ * and offers it with every socket (ShmOffer.session_id); negotiation reserves a
+ * slot and answers ShmAttach{session_id, slot, new_session}:
+ *
+ * - new_session: the session is not attached yet. The client attaches it; the
+ *   hello carries the session id, the slot and that socket's attach token
+ *   (shm-wire.ts). The gateway redeems the token, checks the peer's identity,
+ *   creates the region, opens the control slot and the socket's slot, and
+ *   passes the fds.
+ * - otherwise: the client presents the socket's token over the session it
+ *   holds, as a BIND message on the session's control slot (slot 0, pumped
+ *   into a socketpair this file reads). No new connection, mapping or fd.
+ *
+ * Tokens stay single-use and bound to an identity: a slot is reserved for the
+ * identity that negotiated it, in a session of that identity, and the token
+ * redeemed for it must belong to a socket of that identity. A session whose
+ * attaching uid maps (policy `uids`) to another identity is refused.
+ * A session that is full spills into an overflow session the gateway opens
+ * for the same client (chained, so concurrent offers share it).
+ *
+ * Slot lifecycle: reserved (negotiated) -> open (bound, linked) -> the link
+ * ends -> the client releases the slot (RELEASE after it read everything, or
+ * ABORT when it drops the socket) -> closed (its pages punched out). A link
+ * that ends abnormally is reported to the client (END, with the error code).
+ *
+ * Limits: ring bytes are charged in TS per identity and gateway-wide before
+ * anything is opened or grown (over the cap: decline RESOURCE_LIMIT, the
+ * client falls back); the native byte caps enforce the same numbers.
+ * Autotuning starts every ring small and grows a direction that moves many
+ * ring-fulls per window, like TCP buffer autotuning; idle sockets stay small.
+ *
+ * A client that corrupts its shared memory ends its own session only
+ * (ERR_SOCKGATE_RING_CORRUPT on its sockets, logged and counted).
+ */
+import { randomBytes } from 'node:crypto';
+import { chmodSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { connect as netConnect, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import type { Counter, Meter } from '@opentelemetry/api';
+import ipaddr from 'ipaddr.js';
+import type { AttachListener, PumpLink, ShmRegion, Eventfd } from '../native/index.js';
+import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
+import { AttachTokenError, type AttachRegistry } from './attach.js';
+import type { Config } from './config.js';
+import type { Logger } from './log.js';
+import type { Identity, Policy } from './policy.js';
+import type { LinkEvent, ListenerEvent, PumpHub, RegionEvent } from './pump-hub.js';
+import { StreamSocket, type GatewaySocket } from './socket-table.js';
+import type { GatewayMetrics } from './telemetry.js';
+import type { NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
+import {
+  CONTROL_RING_BYTES,
+  CONTROL_SLOT,
+  CtlParser,
+  CtlType,
+  SESSION_ID_RE,
+  ShmStatus,
+  decodeHello,
+  encodeBound,
+  encodeCtl,
+  readBootId,
+  shmStatusName,
+} from './shm-wire.js';
+import { tracer } from './trace.js';
+
+const trace = tracer('shm');
+
+type NativeModule = typeof import('../native/index.js');
+export type ShmConfig = Config['transports']['shm'];
+
+/** Autotuning judges a ring by the traffic of windows this long. */
+const AUTOTUNE_WINDOW_MS = 50;
+/** A direction grows (x2) when it moved this many ring-fulls in one window: the ring, not the peer, is the limit. */
+const AUTOTUNE_TURNS = 4;
+/** ...and grows x4 when it moved this many (ramp up in a few windows, as TCP slow start does). */
+const AUTOTUNE_FAST_TURNS = 16;
+/** A reserved slot outlives its token by this much (an attach may be in flight when the token expires). */
+const RESERVATION_GRACE_MS = 2_000;
+/** A session refused at attach is remembered this long, so further offers naming it are declined at once. */
+const REFUSED_MEMORY_MS = 60_000;
+/** A client that leaves this much of its control stream unread is not reading it: its session ends. */
+const CONTROL_BACKLOG_LIMIT = 64 * 1024;
+/** How long teardown waits for a link's end event before giving up on it. */
+const LINK_END_WAIT_MS = 5_000;
+/** Client input echoed in a decline detail is cut to this length. */
+const MAX_ECHO = 64;
+
+/** The shm plane's own metrics, declared once (served with the gateway's). */
+export const SHM_METRICS = {
+  corrupt: { name: 'sockgate.shm.corrupt_sessions', description: 'shm sessions ended because the client corrupted its shared memory', unit: '{session}' },
+  refused: { name: 'sockgate.shm.refusals', description: 'shm attaches and binds refused, by reason', unit: '{attach}' },
+  grows: { name: 'sockgate.shm.ring_grows', description: 'Ring growth grants issued by autotuning, by direction', unit: '{grant}' },
+  sessions: { name: 'sockgate.shm.sessions', description: 'Attached shm client sessions', unit: '{session}' },
+  ringBytes: { name: 'sockgate.shm.ring_bytes', description: 'Ring bytes granted (both directions, every session)', unit: 'By' },
+} as const;
+
+export type RefusalReason = 'token' | 'identity' | 'no_session' | 'resource' | 'not_waiting' | 'malformed' | 'protocol' | 'shutting_down';
+
+export interface ShmTransportOptions {
+  config: ShmConfig;
+  /** Attach token lifetime (a reservation lives as long, plus a grace). */
+  tokenTtlMs: number;
+  native: NativeModule;
+  hub: PumpHub;
+  registry: AttachRegistry<GatewaySocket>;
+  policy: Policy;
+  metrics: GatewayMetrics;
+  meter: Meter;
+  logger: Logger;
+}
+
+/** One socket slot of a session. */
+class Slot {
+  /** 'reserved' by negotiation until bound; 'open' once its rings are open in the region. */
+  state: 'reserved' | 'open' = 'reserved';
+  /** Expiry of a reservation; cleared once bound. */
+  timer: NodeJS.Timeout | undefined;
+  /** The ring <-> host-fd link; set while open. */
+  link: PumpLink | undefined;
+  linkEnded = false;
+  /** The client let go of the slot (RELEASE or ABORT). */
+  released = false;
+  /** Ring bytes per direction charged for this slot (c2g, g2c). */
+  readonly size: [number, number];
+  /** A growth grant per direction awaiting its ack, and the bytes it charged. */
+  readonly growing: [number, number] = [0, 0];
+  /** Autotune window: start (ms) and traffic so far. */
+  winStart = 0;
+  winToFd = 0;
+  winToRing = 0;
+  winStalls = 0;
+  /** The gateway socket riding the slot, once bound. */
+  target: StreamSocket | undefined;
+  constructor(ringBytes: number) {
+    this.size = [ringBytes, ringBytes];
+  }
+}
+
+/** A client session: one region, its doorbells and control stream, and its slots. */
+class Session {
+  state: 'pending' | 'live' | 'refused' | 'closed' = 'pending';
+  /** Slots by number (1..slot_count-1); absent = free. */
+  readonly slots = new Map<number, Slot>();
+  /** Where the next free-slot search starts. */
+  nextSlot = 1;
+  /** The session this client spills into when this one is full. */
+  overflow: Session | undefined;
+  /** TS-charged ring bytes of this session (slots and control slot). */
+  charged = 0;
+  /** Refused: why (offers naming the session are declined with it). */
+  refusal = '';
+  /** Expiry of a refused session's memory. */
+  timer: NodeJS.Timeout | undefined;
+  region: ShmRegion | undefined;
+  gwBell: Eventfd | undefined;
+  clBell: Eventfd | undefined;
+  /** Attach connection (listener conn id); undefined once closed. */
+  conn: number | undefined;
+  peer = { pid: 0, uid: 0, gid: 0 };
+  ctlLink: PumpLink | undefined;
+  ctlSock: Socket | undefined;
+  /** Settles when the teardown is complete. */
+  ended: Promise<void> | undefined;
+  constructor(
+    readonly key: string,
+    readonly id: string,
+    readonly identity: Identity,
+  ) {}
+
+  /** A free slot number, or 0 when full. */
+  freeSlot(count: number): number {
+    for (let i = 0; i < count - 1; i++) {
+      const n = ((this.nextSlot - 1 + i) % (count - 1)) + 1;
+      if (!this.slots.has(n)) {
+        this.nextSlot = (n % (count - 1)) + 1;
+        return n;
+      }
+    }
+    return 0;
+  }
+}
+
+function sessionKey(identity: string, id: string): string {
+  return `${identity}\0${id}`;
+}
+
+function echo(s: string): string {
+  return s.length > MAX_ECHO ? `${JSON.stringify(s.slice(0, MAX_ECHO))}...` : JSON.stringify(s);
+}
+
+/** Whether a control call's peer (as grpc-js reports it) is on this host: a Unix socket or loopback. */
+export function isLocalPeer(peer: string): boolean {
+  // grpc-js reports "unknown" for a Unix-socket peer (no remote address).
+  if (peer === 'unknown' || peer.startsWith('unix:')) return true;
+  let host = peer;
+  if (!ipaddr.isValid(host)) {
+    const i = peer.lastIndexOf(':');
+    if (i <= 0) return false;
+    host = peer.slice(0, i).replace(/^\[|\]$/g, '');
+    if (!ipaddr.isValid(host)) return false;
+  }
+  return ipaddr.process(host).range() === 'loopback';
+}
+
+/** Whether a Unix socket at `path` has a live listener (connect succeeds). */
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = netConnect({ path });
+    const done = (live: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(live);
+    };
+    const timer = setTimeout(() => done(true), 1_000);
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+function defaultPath(): string {
+  const uid = process.getuid?.() ?? -1;
+  return uid === 0 ? '/run/sockgate/shm.sock' : join(tmpdir(), `sockgate-${uid}`, 'shm.sock');
+}
+
+let uniquePaths = 0;
+
+export class ShmTransport implements Transport {
+  readonly kind = TransportKind.TRANSPORT_KIND_SHM;
+  readonly version = 1;
+  /** Sessions by identity + id (pending, live and refused ones). */
+  readonly #sessions = new Map<string, Session>();
+  /** Live sessions by region id and by attach connection. */
+  readonly #byRegion = new Map<number, Session>();
+  readonly #byConn = new Map<number, Session>();
+  /** TS-charged ring bytes per identity name, and in total. */
+  readonly #identityBytes = new Map<string, number>();
+  #totalBytes = 0;
+  #listener: AttachListener | undefined;
+  #path = '';
+  #bootId = '';
+  /** Set by close(): no new sessions, slots or attaches. */
+  #closing = false;
+  readonly #refusals: Counter;
+  readonly #corrupt: Counter;
+  readonly #grows: Counter;
+
+  constructor(private readonly o: ShmTransportOptions) {
+    const m = o.meter;
+    this.#refusals = m.createCounter(SHM_METRICS.refused.name, { description: SHM_METRICS.refused.description, unit: SHM_METRICS.refused.unit });
+    this.#corrupt = m.createCounter(SHM_METRICS.corrupt.name, { description: SHM_METRICS.corrupt.description, unit: SHM_METRICS.corrupt.unit });
+    this.#grows = m.createCounter(SHM_METRICS.grows.name, { description: SHM_METRICS.grows.description, unit: SHM_METRICS.grows.unit });
+    m.createObservableGauge(SHM_METRICS.sessions.name, { description: SHM_METRICS.sessions.description, unit: SHM_METRICS.sessions.unit }).addCallback((r) =>
+      r.observe(this.#byRegion.size),
+    );
+    m.createObservableGauge(SHM_METRICS.ringBytes.name, { description: SHM_METRICS.ringBytes.description, unit: SHM_METRICS.ringBytes.unit }).addCallback((r) =>
+      r.observe(this.#totalBytes),
+    );
+  }
+
+  /** The attach socket's path, once started. */
+  get path(): string {
+    return this.#path;
+  }
+
+  /** Ring bytes charged (TS accounting): in total, or for one identity. */
+  ringBytes(identity?: string): number {
+    return identity === undefined ? this.#totalBytes : (this.#identityBytes.get(identity) ?? 0);
+  }
+
+  /** Attached sessions right now. */
+  get sessionCount(): number {
+    return this.#byRegion.size;
+  }
+
+  async start(): Promise<void> {
+    this.#bootId = readBootId((p) => readFileSync(p, 'utf8'));
+    this.o.native.setGatewayRingLimit(this.o.config.max_ring_bytes_total);
+    const explicit = this.o.config.path !== '';
+    let path = explicit ? this.o.config.path : defaultPath();
+    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    let listener: AttachListener | undefined;
+    for (let attempt = 0; !listener; attempt++) {
+      try {
+        listener = this.o.hub.pump.listen(path);
+      } catch (err) {
+        if (this.o.native.nativeCode(err) !== 'EADDRINUSE' || attempt >= 3) throw err;
+        if (!(await socketIsLive(path))) {
+          this.#unlinkSocket(path);
+        } else if (explicit) {
+          throw new Error(`transports.shm.path ${path} is in use by another gateway`, { cause: err });
+        } else {
+          path = join(dirname(path), `shm-${process.pid}-${++uniquePaths}.sock`);
+          this.#unlinkSocket(path);
+        }
+      }
+    }
+    // Authentication is the attach token and SO_PEERCRED, not file modes: local clients of any uid may connect.
+    chmodSync(path, 0o666);
+    this.#listener = listener;
+    this.#path = path;
+    this.o.hub.onListener(listener.id, (e) => this.#onListenerEvent(e));
+    this.o.logger.info({ path, bootId: this.#bootId }, 'shm attach socket listening');
+  }
+
+  #unlinkSocket(path: string): void {
+    try {
+      if (lstatSync(path).isSocket()) unlinkSync(path);
+    } catch {
+      // absent
+    }
+  }
+
+  // ---- negotiation ----------------------------------------------------------
+
+  accept(offer: TransportOffer, ctx: OfferContext): OfferOutcome {
+    const decline = (reason: DeclineReason, detail: string): OfferOutcome => ({ ok: false, reason, detail });
+    const cfg = this.o.config;
+    if (this.#closing || !this.#listener) return decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, 'shm is stopping on this gateway');
+    if (ctx.socketKind !== 'stream') return decline(DeclineReason.DECLINE_REASON_KIND_UNSUPPORTED, 'shm carries stream sockets only');
+    const shm = offer.params?.$case === 'shm' ? offer.params.shm : undefined;
+    if (!isLocalPeer(ctx.peer)) {
+      return decline(DeclineReason.DECLINE_REASON_NOT_COLOCATED, `the control call comes from ${echo(ctx.peer)}, not from loopback or a Unix socket`);
+    }
+    if (!shm || shm.hostId === '') return decline(DeclineReason.DECLINE_REASON_NOT_COLOCATED, 'the shm offer names no host (ShmOffer.host_id, the boot id)');
+    if (this.#bootId === '' || shm.hostId !== this.#bootId) {
+      return decline(DeclineReason.DECLINE_REASON_NOT_COLOCATED, `client host ${echo(shm.hostId)} is not this gateway's host (boot id ${this.#bootId || 'unknown'})`);
+    }
+    const offered = shm.sessionId;
+    if (offered !== '' && !SESSION_ID_RE.test(offered)) {
+      return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, `session id ${echo(offered)} is malformed (8..64 of [A-Za-z0-9_-])`);
+    }
+    const who = ctx.identity.name;
+    let head = offered === '' ? undefined : this.#sessions.get(sessionKey(who, offered));
+    if (head?.state === 'refused') return decline(DeclineReason.DECLINE_REASON_POLICY, head.refusal);
+    // The first session in the client's chain with a free slot; a new one at the end otherwise.
+    let session: Session | undefined;
+    let slotNo = 0;
+    let last: Session | undefined;
+    for (let s = head; s && slotNo === 0; s = s.overflow) {
+      if (s.state !== 'pending' && s.state !== 'live') continue;
+      last = s;
+      slotNo = s.freeSlot(cfg.slots_per_session);
+      if (slotNo) session = s;
+    }
+    const initial = cfg.initial_ring_bytes;
+    let cost = 2 * initial;
+    let created: Session | undefined;
+    if (!session) {
+      const id = head ? randomBytes(12).toString('base64url') : offered || randomBytes(12).toString('base64url');
+      created = new Session(sessionKey(who, id), id, ctx.identity);
+      session = created;
+      slotNo = created.freeSlot(cfg.slots_per_session);
+      cost += 2 * CONTROL_RING_BYTES;
+    }
+    if (!this.#charge(who, cost)) {
+      return decline(
+        DeclineReason.DECLINE_REASON_RESOURCE_LIMIT,
+        `ring memory cap reached: identity "${who}" holds ${this.ringBytes(who)} of ${cfg.max_ring_bytes_per_identity} bytes, the gateway ${this.#totalBytes} of ${cfg.max_ring_bytes_total}; a socket needs ${cost}`,
+      );
+    }
+    if (created) {
+      created.charged += 2 * CONTROL_RING_BYTES;
+      this.#sessions.set(created.key, created);
+      if (last) last.overflow = created;
+      else if (head) head.overflow = created;
+      trace(`${who}: new pending session ${created.id}${head ? ` (overflow of ${head.id})` : ''}`);
+    }
+    const slot = new Slot(initial);
+    session.charged += 2 * initial;
+    session.slots.set(slotNo, slot);
+    const s = session;
+    slot.timer = setTimeout(() => this.#expireReservation(s, slotNo, slot), this.o.tokenTtlMs + RESERVATION_GRACE_MS);
+    slot.timer.unref();
+    return {
+      ok: true,
+      accepted: {
+        kind: this.kind,
+        version: this.version,
+        params: { $case: 'shm', shm: { path: this.#path, ringBytes: initial, sessionId: session.id, slot: slotNo, newSession: session.state === 'pending' } },
+      },
+    };
+  }
+
+  #charge(identity: string, bytes: number): boolean {
+    const cfg = this.o.config;
+    const cur = this.#identityBytes.get(identity) ?? 0;
+    if (cur + bytes > cfg.max_ring_bytes_per_identity || this.#totalBytes + bytes > cfg.max_ring_bytes_total) return false;
+    this.#identityBytes.set(identity, cur + bytes);
+    this.#totalBytes += bytes;
+    return true;
+  }
+
+  #uncharge(identity: string, bytes: number): void {
+    if (bytes <= 0) return;
+    const left = (this.#identityBytes.get(identity) ?? 0) - bytes;
+    if (left <= 0) this.#identityBytes.delete(identity);
+    else this.#identityBytes.set(identity, left);
+    this.#totalBytes -= bytes;
+  }
+
+  /** Free a slot's bookkeeping and charge (its rings are closed already, or were never opened). */
+  #freeSlot(s: Session, slotNo: number, slot: Slot): void {
+    if (s.slots.get(slotNo) !== slot) return;
+    clearTimeout(slot.timer);
+    s.slots.delete(slotNo);
+    const bytes = slot.size[0] + slot.size[1] + slot.growing[0] + slot.growing[1];
+    s.charged -= bytes;
+    this.#uncharge(s.identity.name, bytes);
+    this.#maybeDropPending(s);
+  }
+
+  #expireReservation(s: Session, slotNo: number, slot: Slot): void {
+    if (slot.state !== 'reserved') return;
+    trace(`session ${s.id}: reservation of slot ${slotNo} expired`);
+    this.#freeSlot(s, slotNo, slot);
+  }
+
+  /** A pending session without reservations is forgotten. */
+  #maybeDropPending(s: Session): void {
+    if (s.state !== 'pending' || s.slots.size > 0) return;
+    s.state = 'closed';
+    this.#sessions.delete(s.key);
+    this.#uncharge(s.identity.name, s.charged);
+    s.charged = 0;
+  }
+
+  // ---- attach (new sessions) --------------------------------------------------
+
+  #onListenerEvent(e: ListenerEvent): void {
+    if (e.type === 'attach') this.#onAttach(e);
+    else if (e.type === 'connClosed') {
+      const s = this.#byConn.get(e.conn);
+      if (s) {
+        s.conn = undefined;
+        void this.#endSession(s, 'the client closed its attach connection', 'debug');
+      }
+    }
+  }
+
+  #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
+    this.#refusals.add(1, { reason });
+    this.o.logger.warn({ reason, ...extra }, `shm attach refused: ${detail}`);
+  }
+
+  #onAttach(e: Extract<ListenerEvent, { type: 'attach' }>): void {
+    const listener = this.#listener!;
+    const peer = { pid: e.pid, uid: e.uid, gid: e.gid };
+    const reject = (status: number, reason: RefusalReason, detail: string) => {
+      this.#refuse(reason, detail, { peer, status: shmStatusName(status) });
+      try {
+        listener.reject(e.conn, status);
+      } catch {
+        // the listener is closing
+      }
+    };
+    if (this.#closing) return reject(ShmStatus.SHUTTING_DOWN, 'shutting_down', 'the gateway is stopping');
+    const hello = decodeHello(e.token);
+    if (!hello) return reject(ShmStatus.MALFORMED, 'malformed', 'malformed hello token');
+    let target: GatewaySocket;
+    try {
+      target = this.o.registry.redeem(hello.token, this.kind);
+    } catch (err) {
+      const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
+      this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
+      return reject(ShmStatus.TOKEN, 'token', (err as Error).message);
+    }
+    const s = this.#sessions.get(sessionKey(target.identity.name, hello.sessionId));
+    const slot = s?.slots.get(hello.slot);
+    const fail = (status: number, reason: RefusalReason, detail: string) => {
+      this.o.metrics.recordAttach('shm', 'error');
+      if (s && slot && slot.state === 'reserved') this.#freeSlot(s, hello.slot, slot);
+      reject(status, reason, detail);
+    };
+    if (!s || s.state !== 'pending' || !slot || slot.state !== 'reserved') {
+      return fail(ShmStatus.NO_SESSION, 'no_session', `no pending session ${hello.sessionId} with slot ${hello.slot} reserved for identity "${target.identity.name}"`);
+    }
+    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) {
+      return fail(ShmStatus.NOT_WAITING, 'not_waiting', `socket ${target.id} is not waiting for an attach`);
+    }
+    // SO_PEERCRED: a uid that maps to an identity must map to the socket's.
+    let byUid: Identity | undefined;
+    try {
+      byUid = this.o.policy.identify({ peerUid: e.uid });
+    } catch {
+      byUid = undefined;
+    }
+    if (byUid && byUid.source === 'peercred' && byUid.name !== target.identity.name) {
+      const detail = `peer uid ${e.uid} (pid ${e.pid}) is identity "${byUid.name}", the socket belongs to "${target.identity.name}"`;
+      this.o.metrics.recordAttach('shm', 'error');
+      this.#refuseSession(s, `shm attach refused: ${detail}`);
+      return reject(ShmStatus.POLICY, 'identity', detail);
+    }
+    const cfg = this.o.config;
+    const native = this.o.native;
+    let region: ShmRegion | undefined;
+    let gwBell: Eventfd | undefined;
+    let clBell: Eventfd | undefined;
+    try {
+      region = native.ShmRegion.create({ slots: cfg.slots_per_session, maxRingSize: cfg.max_ring_bytes, byteLimit: cfg.max_ring_bytes_per_identity });
+      gwBell = new native.Eventfd();
+      clBell = new native.Eventfd();
+      region.setDoorbells(gwBell, clBell);
+      region.openSlot(CONTROL_SLOT, CONTROL_RING_BYTES);
+      region.openSlot(hello.slot, slot.size[0]);
+      s.region = region;
+      s.gwBell = gwBell;
+      s.clBell = clBell;
+      this.#startControl(s);
+    } catch (err) {
+      // Reverse order of creation; the control link (if any) holds the region until it ends.
+      s.region = undefined;
+      s.ctlLink?.close().catch(() => {});
+      s.ctlSock?.destroy();
+      const cleanup = () => {
+        try {
+          region?.close();
+          gwBell?.close();
+          clBell?.close();
+        } catch (e2) {
+          this.o.logger.warn({ err: (e2 as Error).message }, 'shm: releasing a failed session');
+        }
+      };
+      if (s.ctlLink) void s.ctlLink.ended.then(cleanup);
+      else cleanup();
+      s.ctlLink = undefined;
+      s.ctlSock = undefined;
+      return fail(ShmStatus.RESOURCE, 'resource', `cannot set up the session: ${(err as Error).message}`);
+    }
+    s.state = 'live';
+    s.conn = e.conn;
+    s.peer = peer;
+    this.#byRegion.set(region.id, s);
+    this.#byConn.set(e.conn, s);
+    this.o.hub.onRegion(region.id, (ev) => this.#onRegionEvent(s, ev));
+    listener.accept(e.conn, region, gwBell, clBell);
+    this.o.logger.info({ session: s.id, identity: s.identity.name, pid: e.pid, uid: e.uid, gid: e.gid, socket: target.id }, 'shm session attached');
+    this.#link(s, hello.slot, slot, target);
+  }
+
+  /** Remember a refused session for a while: offers naming it are declined at once. */
+  #refuseSession(s: Session, why: string): void {
+    for (const [n, slot] of [...s.slots]) this.#freeSlot(s, n, slot);
+    s.state = 'refused';
+    s.refusal = why;
+    this.#uncharge(s.identity.name, s.charged);
+    s.charged = 0;
+    this.#sessions.set(s.key, s);
+    s.timer = setTimeout(() => {
+      if (this.#sessions.get(s.key) === s) this.#sessions.delete(s.key);
+    }, REFUSED_MEMORY_MS);
+    s.timer.unref();
+  }
+
+  // ---- the control slot -------------------------------------------------------
+
+  /** Pump the control slot into a socketpair read here. */
+  #startControl(s: Session): void {
+    const native = this.o.native;
+    const [a, b] = native.socketpair();
+    let link: PumpLink;
+    try {
+      link = this.o.hub.pump.link(s.region!, CONTROL_SLOT, a);
+    } catch (err) {
+      native.closeFd(a);
+      native.closeFd(b);
+      throw err;
+    }
+    s.ctlLink = link;
+    this.o.hub.onLink(link.id, (ev) => {
+      if (ev.type === 'end' && s.state === 'live') void this.#endSession(s, `its control stream ended (${ev.reason}${ev.code ? `, ${ev.code}` : ''})`, ev.reason === 'corrupt' ? 'error' : 'warn');
+    });
+    const sock = new Socket({ fd: b, readable: true, writable: true, allowHalfOpen: true });
+    s.ctlSock = sock;
+    const parser = new CtlParser(new Set([CtlType.BIND, CtlType.RELEASE, CtlType.ABORT]), this.o.config.slots_per_session);
+    sock.on('data', (chunk: Buffer) => {
+      if (s.state !== 'live') return;
+      let msgs;
+      try {
+        msgs = parser.push(chunk);
+      } catch (err) {
+        this.#refuse('protocol', (err as Error).message, { session: s.id, pid: s.peer.pid });
+        void this.#endSession(s, (err as Error).message, 'warn');
+        return;
+      }
+      for (const m of msgs) {
+        if (s.state !== 'live') return;
+        if (m.type === CtlType.BIND) this.#bind(s, m.slot, m.payload);
+        else this.#release(s, m.slot, m.type === CtlType.ABORT);
+      }
+    });
+    sock.on('error', () => {});
+  }
+
+  #send(s: Session, msg: Buffer): void {
+    const sock = s.ctlSock;
+    if (!sock || sock.destroyed || s.state !== 'live') return;
+    if (sock.writableLength > CONTROL_BACKLOG_LIMIT) {
+      void this.#endSession(s, 'the client does not read its control slot', 'warn');
+      return;
+    }
+    sock.write(msg);
+  }
+
+  /** BIND: a later socket presents its token over the session. */
+  #bind(s: Session, slotNo: number, token: Buffer): void {
+    const reply = (status: number, reason: RefusalReason | undefined, detail: string) => {
+      if (reason) {
+        this.o.metrics.recordAttach('shm', 'error');
+        this.#refuse(reason, detail, { session: s.id, slot: slotNo });
+      }
+      this.#send(s, encodeBound(slotNo, status, detail));
+    };
+    const slot = s.slots.get(slotNo);
+    if (this.#closing) return reply(ShmStatus.SHUTTING_DOWN, 'shutting_down', 'the gateway is stopping');
+    if (!slot || slot.state !== 'reserved') return reply(ShmStatus.NO_SESSION, 'no_session', `slot ${slotNo} is not reserved in session ${s.id}`);
+    const failSlot = (status: number, reason: RefusalReason, detail: string) => {
+      this.#freeSlot(s, slotNo, slot);
+      reply(status, reason, detail);
+    };
+    let target: GatewaySocket;
+    try {
+      target = this.o.registry.redeem(token, this.kind);
+    } catch (err) {
+      const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
+      this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
+      this.#refuse('token', (err as Error).message, { session: s.id, slot: slotNo });
+      this.#freeSlot(s, slotNo, slot);
+      return this.#send(s, encodeBound(slotNo, ShmStatus.TOKEN, (err as Error).message));
+    }
+    if (target.identity.name !== s.identity.name) {
+      return failSlot(ShmStatus.POLICY, 'identity', `socket ${target.id} belongs to identity "${target.identity.name}", the session to "${s.identity.name}"`);
+    }
+    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) {
+      return failSlot(ShmStatus.NOT_WAITING, 'not_waiting', `socket ${target.id} is not waiting for an attach`);
+    }
+    try {
+      s.region!.openSlot(slotNo, slot.size[0]);
+    } catch (err) {
+      return failSlot(ShmStatus.RESOURCE, 'resource', `cannot open slot ${slotNo}: ${(err as Error).message}`);
+    }
+    if (this.#link(s, slotNo, slot, target)) reply(ShmStatus.OK, undefined, '');
+    else reply(ShmStatus.NOT_WAITING, 'not_waiting', `socket ${target.id} could not be linked`);
+  }
+
+  /** Hand the slot to the socket as its native data channel; false (slot freed) if the socket would not take it. */
+  #link(s: Session, slotNo: number, slot: Slot, target: StreamSocket): boolean {
+    clearTimeout(slot.timer);
+    slot.timer = undefined;
+    slot.state = 'open';
+    slot.target = target;
+    try {
+      target.attach(this.#channel(s, slotNo, slot));
+    } catch (err) {
+      trace(`session ${s.id}: socket ${target.id} refused slot ${slotNo}: ${(err as Error).message}`);
+      this.#closeSlot(s, slotNo, slot);
+      return false;
+    }
+    this.o.metrics.recordAttach('shm', 'ok');
+    trace(`session ${s.id}: slot ${slotNo} carries socket ${target.id}`);
+    return true;
+  }
+
+  #channel(s: Session, slotNo: number, slot: Slot): NativeDataChannel {
+    return {
+      transport: this.kind,
+      mode: 'native',
+      start: (hostFd: number, prefix: Buffer[], events: NativeLinkEvents): NativeLink => {
+        const native = this.o.native;
+        const fd = native.dupFd(hostFd);
+        let link: PumpLink;
+        try {
+          link = this.o.hub.pump.link(s.region!, slotNo, fd, prefix);
+        } catch (err) {
+          native.closeFd(fd);
+          throw err;
+        }
+        slot.link = link;
+        this.o.hub.onLink(link.id, (e) => this.#onLinkEvent(s, slotNo, slot, e, events));
+        const toEnd = (e: { reason: NativeLinkEnd['reason']; errno: number; code?: string }): NativeLinkEnd =>
+          e.code === undefined ? { reason: e.reason, errno: e.errno } : { reason: e.reason, errno: e.errno, code: e.code };
+        return {
+          ended: link.ended.then(toEnd),
+          close: () => link.close().then(toEnd),
+        };
+      },
+    };
+  }
+
+  #onLinkEvent(s: Session, slotNo: number, slot: Slot, e: LinkEvent, events: NativeLinkEvents): void {
+    switch (e.type) {
+      case 'progress':
+        if (e.toFd || e.toRing) events.progress(e.toFd, e.toRing);
+        this.#autotune(s, slot, e.toFd, e.toRing, e.stalls);
+        return;
+      case 'resized': {
+        const delta = slot.growing[e.dir];
+        slot.growing[e.dir] = 0;
+        if (e.errno === 0) {
+          slot.size[e.dir] = e.ringSize;
+          this.#grows.add(1, { direction: e.dir === 0 ? 'c2g' : 'g2c' });
+          trace(`session ${s.id}: slot ${slotNo} ${e.dir === 0 ? 'c2g' : 'g2c'} ring granted ${e.ringSize} bytes`);
+        } else {
+          s.charged -= delta;
+          this.#uncharge(s.identity.name, delta);
+        }
+        return;
+      }
+      case 'end': {
+        slot.linkEnded = true;
+        slot.link = undefined;
+        if (e.reason !== 'ok' && s.state === 'live' && !slot.released) {
+          const code = slot.target?.error?.code ?? e.code ?? (e.reason === 'aborted' ? 'ERR_SOCKGATE_ABORTED' : e.reason);
+          this.#send(s, encodeCtl(CtlType.END, slotNo, Buffer.from(code, 'utf8')));
+        }
+        if (e.reason === 'error' || e.reason === 'corrupt') trace(`session ${s.id}: slot ${slotNo} link ended ${e.reason} ${e.code ?? ''}`);
+        slot.target = undefined;
+        if (slot.released) this.#closeSlot(s, slotNo, slot);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  /** Grow a direction that moved many ring-fulls in the last window (and, toward the client, had to wait). */
+  #autotune(s: Session, slot: Slot, toFd: number, toRing: number, stalls: number): void {
+    const now = performance.now();
+    if (slot.winStart === 0) slot.winStart = now;
+    slot.winToFd += toFd;
+    slot.winToRing += toRing;
+    slot.winStalls += stalls;
+    if (now - slot.winStart < AUTOTUNE_WINDOW_MS) return;
+    const max = this.o.config.max_ring_bytes;
+    for (const dir of [0, 1] as const) {
+      const moved = dir === 0 ? slot.winToFd : slot.winToRing;
+      const size = slot.size[dir];
+      if (slot.growing[dir] || size >= max || moved < AUTOTUNE_TURNS * size) continue;
+      if (dir === 1 && slot.winStalls === 0) continue;
+      const want = Math.min(max, size * (moved >= AUTOTUNE_FAST_TURNS * size ? 4 : 2));
+      const delta = want - size;
+      if (!slot.link || !this.#charge(s.identity.name, delta)) continue; // at the cap: the ring stays as it is
+      s.charged += delta;
+      slot.growing[dir] = delta;
+      try {
+        slot.link.resize(dir, want);
+      } catch {
+        slot.growing[dir] = 0;
+        s.charged -= delta;
+        this.#uncharge(s.identity.name, delta);
+      }
+    }
+    slot.winStart = now;
+    slot.winToFd = 0;
+    slot.winToRing = 0;
+    slot.winStalls = 0;
+  }
+
+  /** RELEASE / ABORT from the client. */
+  #release(s: Session, slotNo: number, abort: boolean): void {
+    const slot = s.slots.get(slotNo);
+    if (!slot) return; // already closed (e.g. a RELEASE after an END): nothing to do
+    slot.released = true;
+    if (slot.state === 'reserved') return this.#freeSlot(s, slotNo, slot);
+    if (slot.linkEnded) return this.#closeSlot(s, slotNo, slot);
+    // A graceful release waits for the link to flush what the client sent; an abort closes it now.
+    if (abort) void slot.link?.close().catch(() => {});
+  }
+
+  /** Close an open slot (pages punched out) and free it. */
+  #closeSlot(s: Session, slotNo: number, slot: Slot): void {
+    if (slot.state === 'open' && s.region && s.state === 'live') {
+      try {
+        s.region.closeSlot(slotNo);
+      } catch (err) {
+        this.o.logger.warn({ session: s.id, slot: slotNo, err: (err as Error).message }, 'shm: closing a slot failed');
+      }
+    }
+    this.#freeSlot(s, slotNo, slot);
+  }
+
+  // ---- session end --------------------------------------------------------------
+
+  #onRegionEvent(s: Session, e: RegionEvent): void {
+    if (e.type !== 'corrupt') return;
+    this.#corrupt.add(1);
+    const sockets = [...s.slots.values()].flatMap((sl) => (sl.target ? [sl.target.id] : []));
+    this.o.logger.error(
+      { session: s.id, identity: s.identity.name, pid: s.peer.pid, uid: s.peer.uid, sockets, code: e.code },
+      'shm session corrupted by its client: its sockets end with ERR_SOCKGATE_RING_CORRUPT',
+    );
+    void this.#endSession(s, 'its client corrupted the shared memory', 'debug');
+  }
+
+  /** End a session: abort its links, close its slots, control stream, connection, region and doorbells. Idempotent. */
+  #endSession(s: Session, why: string, level: 'debug' | 'warn' | 'error'): Promise<void> {
+    if (s.ended) return s.ended;
+    const wasLive = s.state === 'live';
+    s.state = 'closed';
+    if (this.#sessions.get(s.key) === s) this.#sessions.delete(s.key);
+    clearTimeout(s.timer);
+    for (const slot of s.slots.values()) clearTimeout(slot.timer);
+    s.ended = (async () => {
+      if (wasLive) this.o.logger[level]({ session: s.id, identity: s.identity.name, pid: s.peer.pid }, `shm session ended: ${why}`);
+      const links = [...s.slots.values()].flatMap((sl) => (sl.link ? [sl.link] : []));
+      if (s.ctlLink) links.push(s.ctlLink);
+      await Promise.all(
+        links.map((l) =>
+          Promise.race([
+            l.close().catch(() => undefined),
+            new Promise((r) => setTimeout(r, LINK_END_WAIT_MS).unref()),
+          ]),
+        ),
+      );
+      s.ctlSock?.destroy();
+      if (s.conn !== undefined) {
+        this.#byConn.delete(s.conn);
+        try {
+          this.#listener?.closeConn(s.conn);
+        } catch {
+          // the listener is closed
+        }
+        s.conn = undefined;
+      }
+      for (const [n, slot] of [...s.slots]) this.#freeSlot(s, n, slot);
+      this.#uncharge(s.identity.name, s.charged);
+      s.charged = 0;
+      if (s.region) {
+        const id = s.region.id;
+        this.#byRegion.delete(id);
+        this.o.hub.offRegion(id);
+        try {
+          s.region.close();
+          s.gwBell?.close();
+          s.clBell?.close();
+        } catch (err) {
+          this.o.logger.warn({ session: s.id, err: (err as Error).message }, 'shm: releasing a session failed');
+        }
+      }
+    })();
+    return s.ended;
+  }
+
+  /** Stop taking new sessions, slots and attaches; running sockets keep their links (the socket table drains them). */
+  async close(): Promise<void> {
+    this.#closing = true;
+  }
+
+  /**
+   * After the socket table drained (or was destroyed): end every session,
+   * close the listener and remove its socket file. Idempotent.
+   */
+  async shutdown(): Promise<void> {
+    this.#closing = true;
+    await Promise.all([...new Set([...this.#sessions.values(), ...this.#byRegion.values()])].map((s) => this.#endSession(s, 'the gateway stopped', 'debug')));
+    if (this.#listener) {
+      this.o.hub.offListener(this.#listener.id);
+      try {
+        this.#listener.close();
+      } catch (err) {
+        this.o.logger.warn({ err: (err as Error).message }, 'shm: closing the attach listener failed');
+      }
+      this.#listener = undefined;
+      this.#unlinkSocket(this.#path);
+    }
+  }
+}
