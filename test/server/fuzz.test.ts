@@ -30,7 +30,7 @@ import {
   type DataRequest,
   type SocketOption,
 } from '../../proto/gen/sockgate/v1/sockgate.js';
-import { TransportKind, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { RdmaOffer, ShmOffer, TransportKind, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { AttachStatus, encodePreamble, REPLY_BYTES } from '../../server/wire.js';
 import { echoServer, hashUntilEnd, sendRandom, startChildGateway, startGateway, within } from '../helpers/harness.js';
@@ -200,9 +200,9 @@ function randOffer(rng: Rng): TransportOffer {
     version,
     params:
       p === 0
-        ? { $case: 'shm', shm: { ringBytes: randU32(rng), hostId: randString(rng, 0.005) } }
+        ? { $case: 'shm', shm: ShmOffer.fromPartial({ ringBytes: randU32(rng), hostId: randString(rng, 0.005) }) }
         : p === 1
-          ? { $case: 'rdma', rdma: { address: randString(rng, 0.005), ringBytes: randU32(rng) } }
+          ? { $case: 'rdma', rdma: RdmaOffer.fromPartial({ address: randString(rng, 0.005), ringBytes: randU32(rng) }) }
           : undefined,
   };
 }
@@ -754,7 +754,17 @@ test.serial('data-plane fuzz: random write sizes (1 B .. 6 MiB) through the tcp 
       const off = rng.int(0, block.length - n);
       const piece = block.subarray(off, off + n);
       h.update(piece);
-      if (!s.write(piece)) await Promise.race([once(s, 'drain'), once(s, 'close')]);
+      if (!s.write(piece)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            s.off('drain', done);
+            s.off('close', done);
+            resolve();
+          };
+          s.on('drain', done);
+          s.on('close', done);
+        });
+      }
       if (rng.bool(0.05)) await new Promise((r) => setTimeout(r, rng.int(1, 20)));
     }
     if (!failed) s.end();
@@ -819,7 +829,7 @@ test.serial('boundary values on every RPC against every kind of socket: no INTER
     [{ kind: -1 as TransportKind, version: 0, params: undefined }],
     [{ kind: 0x7fffffff as TransportKind, version: 0xffffffff, params: undefined }],
     Array.from({ length: 40 }, (_, i) => ({ kind: (i % 6) as TransportKind, version: i, params: undefined })),
-    [{ kind: TransportKind.TRANSPORT_KIND_SHM, version: 1, params: { $case: 'shm', shm: { ringBytes: 0xffffffff, hostId: 'x'.repeat(50_000) } } }],
+    [{ kind: TransportKind.TRANSPORT_KIND_SHM, version: 1, params: { $case: 'shm', shm: ShmOffer.fromPartial({ ringBytes: 0xffffffff, hostId: 'x'.repeat(50_000) }) } }],
   ];
   const check = async (label: string, name: string, req: unknown) => {
     const o = await call(name, req);

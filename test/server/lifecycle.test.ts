@@ -156,6 +156,11 @@ for (const plane of PLANES) {
     s.on('data', (c: Buffer) => (got += c.length));
     const ended = outcomeOf(s);
     t.true(await eventually(() => got >= 4 << 20, 20_000), 'the destination streams to the client');
+    // A slow reader: it is busy with what it has while the gateway dies, so the end of its stream
+    // is read (behind the bytes still buffered) only after the restart.
+    s.pause();
+    // Let the SDK's buffer and the kernel's fill, so the FIN queues behind unread bytes.
+    await new Promise((r) => setTimeout(r, 500));
     g.child.kill('SIGKILL');
     await once(g.child, 'exit');
     // A supervisor (systemd Restart=always, a DaemonSet) brings a new gateway up on the same address.
@@ -166,6 +171,17 @@ for (const plane of PLANES) {
     const echo = await echoServer();
     t.teardown(() => echo.close());
     const reused = await other.connect(echo.uri, { transports: [plane] });
+    // The application keeps using its gateway connection meanwhile, so its channel reconnects to the new process.
+    const reconnected = await eventually(
+      () =>
+        gw.listSockets('', { deadlineMs: 1_000 }).then(
+          () => true,
+          () => false,
+        ),
+      15_000,
+    );
+    t.true(reconnected, 'the client reaches the restarted gateway');
+    s.resume();
     const o = await within(ended, 15_000, `${plane} reader across a restart`);
     t.is(o.ev, 'error', `bytes were lost with the old gateway: the reader must see an error, not a clean end (socket ${s.socketId}; the new gateway's socket is ${reused.socketId})`);
     reused.destroy();
@@ -194,6 +210,26 @@ for (const plane of PLANES) {
   });
 }
 
+test('socket ids are not reused by a restarted gateway (a stale id must not name a stranger\'s socket)', async (t) => {
+  t.timeout(60_000);
+  const echo = await echoServer();
+  t.teardown(() => echo.close());
+  const port = await closedPort();
+  const first = await child(t, ['--set', `listen.control=127.0.0.1:${port}`]);
+  const a = await sdk(t, first);
+  const before = await Promise.all([a.connect(echo.uri), a.connect(echo.uri)]);
+  for (const s of before) s.on('error', () => {});
+  first.child.kill('SIGKILL');
+  await once(first.child, 'exit');
+  const second = await child(t, ['--set', `listen.control=127.0.0.1:${port}`]);
+  const b = await sdk(t, second);
+  const after = await Promise.all([b.connect(echo.uri), b.connect(echo.uri)]);
+  const old = new Set(before.map((s) => s.socketId));
+  const reused = after.map((s) => s.socketId).filter((id) => old.has(id));
+  t.deepEqual(reused, [], `ids of the dead gateway's sockets handed out again: ${reused.join(', ')}`);
+  for (const s of after) s.destroy();
+});
+
 test('after SIGKILL, a Connect with a deadline fails as GATEWAY_UNAVAILABLE, not as a destination connect timeout', async (t) => {
   t.timeout(30_000);
   const echo = await echoServer();
@@ -204,6 +240,8 @@ test('after SIGKILL, a Connect with a deadline fails as GATEWAY_UNAVAILABLE, not
   s.on('error', () => {});
   g.child.kill('SIGKILL');
   await once(g.child, 'exit');
+  // Let the client's channel notice: this is about a gateway that is gone, not one dying under the call.
+  await new Promise((r) => setTimeout(r, 500));
   const started = Date.now();
   const err = await gw.connect(echo.uri, { deadlineMs: 2_000 }).then(
     () => undefined,

@@ -9,7 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { credentials, Metadata, status } from '@grpc/grpc-js';
 import { AdminServiceClient, SocketGatewayServiceClient, SocketState, ShutdownHow } from '../../proto/gen/sockgate/v1/sockgate.js';
-import { DeclineReason, TransportKind, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { DeclineReason, ShmOffer, TransportKind, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import {
   DnsError,
@@ -369,7 +369,7 @@ test('negotiation: [shm, tcp] falls back to tcp, the reason is on the socket (Ge
   const w = await world(t, { transports: { enabled: ['tcp', 'grpc'] } });
   const url = w.gw.gateway.addresses.metrics!;
   const before = metricSum(await scrape(url), 'sockgate_fallbacks_total', { transport: 'shm', reason: 'UNSUPPORTED' });
-  const shm: TransportOffer = { kind: TransportKind.TRANSPORT_KIND_SHM, version: 1, params: { $case: 'shm', shm: { ringBytes: 1 << 20, hostId: 'test' } } };
+  const shm: TransportOffer = { kind: TransportKind.TRANSPORT_KIND_SHM, version: 1, params: { $case: 'shm', shm: ShmOffer.fromPartial({ ringBytes: 1 << 20, hostId: 'test' }) } };
   const res = await rpc(w.sock, w.sock.connect, { uri: w.echo.uri, offers: [shm, TCP_OFFER], timeoutMs: 0, options: [] }, bearer(TOKEN.alice));
   const acc = res.negotiation?.accepted;
   t.is(acc?.kind, TransportKind.TRANSPORT_KIND_TCP);
