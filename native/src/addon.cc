@@ -3,12 +3,14 @@
 // decision lives in TypeScript (native/index.ts is the one loader).
 //
 // One JS class per OS resource, each owning one handle: Region (memfd +
-// mapping), Eventfd, Pump (epoll thread), PumpLink (host fd), Listener (Unix
-// socket). close() is the rule and refuses while the resource is in use; the
+// mapping), Eventfd, Pump (epoll thread), PumpLink (host fd), SpliceLink (a
+// client fd and a host fd relayed through pipes), Listener (Unix socket). close() is the rule and refuses while the resource is in use; the
 // destructor is the safety net.
 #include <napi.h>
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -35,6 +37,7 @@ constexpr napi_type_tag kEventfdTag = {0x73676b6576656e74ull, 0x1a2b3c4d5e6f7082
 constexpr napi_type_tag kPumpTag = {0x73676b70756d7031ull, 0x1a2b3c4d5e6f7083ull};
 constexpr napi_type_tag kLinkTag = {0x73676b6c696e6b31ull, 0x1a2b3c4d5e6f7084ull};
 constexpr napi_type_tag kListenerTag = {0x73676b6c69737431ull, 0x1a2b3c4d5e6f7085ull};
+constexpr napi_type_tag kSpliceTag = {0x73676b73706c6331ull, 0x1a2b3c4d5e6f7086ull};
 
 std::atomic<uint32_t> g_next_listener{1};
 
@@ -117,6 +120,26 @@ bool Window(const Napi::CallbackInfo& info, size_t i, uint8_t** data, size_t* le
   }
   *data += off;
   *len = size_t(n);
+  return true;
+}
+
+// An optional array of Uint8Arrays, concatenated (prefix bytes for a link).
+bool GetPrefix(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out) {
+  if (info.Length() <= i || info[i].IsUndefined()) return true;
+  if (!info[i].IsArray()) {
+    ThrowType(info.Env(), std::string(name) + " must be an array of Buffers");
+    return false;
+  }
+  Napi::Array a = info[i].As<Napi::Array>();
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      ThrowType(info.Env(), std::string(name) + " must be an array of Buffers");
+      return false;
+    }
+    Napi::Uint8Array b = v.As<Napi::Uint8Array>();
+    out->append(reinterpret_cast<const char*>(b.Data()), b.ByteLength());
+  }
   return true;
 }
 
@@ -768,19 +791,7 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     int64_t fd;
     if (!GetU32(info, 2, "slot", &slot) || !GetInt(info, 3, "fd", 0, INT32_MAX, &fd)) return;
     std::string prefix;
-    if (info.Length() > 4 && !info[4].IsUndefined()) {
-      if (!info[4].IsArray()) { ThrowType(env, "prefix must be an array of Buffers"); return; }
-      Napi::Array a = info[4].As<Napi::Array>();
-      for (uint32_t i = 0; i < a.Length(); i++) {
-        Napi::Value v = a.Get(i);
-        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-          ThrowType(env, "prefix must be an array of Buffers");
-          return;
-        }
-        Napi::Uint8Array b = v.As<Napi::Uint8Array>();
-        prefix.append(reinterpret_cast<const char*>(b.Data()), b.ByteLength());
-      }
-    }
+    if (!GetPrefix(info, 4, "prefix", &prefix)) return;
     PumpWrap* pw = PumpWrap::Unwrap(info[0].As<Napi::Object>());
     auto region = RegionWrap::Unwrap(info[1].As<Napi::Object>())->core();
     if (pw->closed()) { ThrowErrno(env, EBADF, "pump is closed"); return; }
@@ -820,6 +831,134 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     return info.Env().Undefined();
   }
   std::shared_ptr<Pump> pump_;
+  uint32_t id_ = 0;
+};
+
+// ---- SpliceLink -------------------------------------------------------------
+
+class SpliceWrap : public Napi::ObjectWrap<SpliceWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "SpliceLink",
+                       {InstanceAccessor<&SpliceWrap::Id>("id"), InstanceAccessor<&SpliceWrap::Closed>("closed"),
+                        InstanceAccessor<&SpliceWrap::PipeBytes>("pipeBytes"),
+                        InstanceMethod<&SpliceWrap::ShutdownHost>("shutdownHost"),
+                        InstanceMethod<&SpliceWrap::Buffered>("bufferedBytes"),
+                        InstanceMethod<&SpliceWrap::SetHostSockopt>("setHostSockopt"),
+                        InstanceMethod<&SpliceWrap::GetHostSockopt>("getHostSockopt"),
+                        InstanceMethod<&SpliceWrap::Close>("close")});
+  }
+  // new SpliceLink(pump, clientFd, hostFd, toHostPrefix?, toClientPrefix?,
+  // options?: { pipeBytes?, copy? }): takes ownership of both fds on success
+  // (closed when the link ends).
+  SpliceWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SpliceWrap>(info) {
+    Napi::Env env = info.Env();
+    if (!info.IsConstructCall()) { ThrowType(env, "SpliceLink must be constructed with new"); return; }
+    if (info.Length() < 3 || !info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kPumpTag)) {
+      ThrowType(env, "SpliceLink(pump: Pump, clientFd: number, hostFd: number, toHostPrefix?: Buffer[], toClientPrefix?: Buffer[], options?)");
+      return;
+    }
+    int64_t cfd, hfd;
+    if (!GetInt(info, 1, "clientFd", 0, INT32_MAX, &cfd) || !GetInt(info, 2, "hostFd", 0, INT32_MAX, &hfd)) return;
+    std::string to_host, to_client;
+    if (!GetPrefix(info, 3, "toHostPrefix", &to_host) || !GetPrefix(info, 4, "toClientPrefix", &to_client)) return;
+    uint32_t pipe_bytes = 0;
+    bool copy = false;
+    if (info.Length() > 5 && !info[5].IsUndefined()) {
+      if (!info[5].IsObject()) { ThrowType(env, "options must be an object"); return; }
+      Napi::Object o = info[5].As<Napi::Object>();
+      Napi::Value pb = o.Get("pipeBytes"), cp = o.Get("copy");
+      if (!pb.IsUndefined()) {
+        double d = pb.IsNumber() ? pb.As<Napi::Number>().DoubleValue() : -1;
+        if (!(d >= 1 && d <= 4294967295.0) || std::floor(d) != d) {
+          Napi::RangeError::New(env, "pipeBytes must be a positive integer").ThrowAsJavaScriptException();
+          return;
+        }
+        pipe_bytes = uint32_t(d);
+      }
+      if (!cp.IsUndefined()) {
+        if (!cp.IsBoolean()) { ThrowType(env, "copy must be a boolean"); return; }
+        copy = cp.As<Napi::Boolean>().Value();
+      }
+    }
+    PumpWrap* pw = PumpWrap::Unwrap(info[0].As<Napi::Object>());
+    if (pw->closed()) { ThrowErrno(env, EBADF, "pump is closed"); return; }
+    pump_ = pw->core();
+    int err = pump_->add_splice(int(cfd), int(hfd), std::move(to_host), std::move(to_client), pipe_bytes, copy, &id_, &shared_);
+    if (err) {
+      pump_.reset();
+      ThrowErrno(env, err, "SpliceLink");
+      return;
+    }
+    info.This().As<Napi::Object>().TypeTag(&kSpliceTag);
+  }
+
+ private:
+  bool Live(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return false;
+    if (!pump_) { ThrowErrno(info.Env(), EBADF, "splice link is closed"); return false; }
+    return true;
+  }
+  Napi::Value Id(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), id_);
+  }
+  Napi::Value Closed(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    return Napi::Boolean::New(info.Env(), !pump_);
+  }
+  Napi::Value PipeBytes(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), shared_ ? shared_->watermark() : 0);
+  }
+  // shutdownHost(read, write): ordered with the pipes on the I/O thread.
+  Napi::Value ShutdownHost(const Napi::CallbackInfo& info) {
+    if (!Live(info)) return info.Env().Undefined();
+    if (info.Length() < 2 || !info[0].IsBoolean() || !info[1].IsBoolean()) return ThrowType(info.Env(), "shutdownHost(read: boolean, write: boolean)");
+    bool rd = info[0].As<Napi::Boolean>().Value(), wr = info[1].As<Napi::Boolean>().Value();
+    if (rd || wr) pump_->shutdown_host(id_, rd, wr);
+    return info.Env().Undefined();
+  }
+  // Bytes in the pipes (FIONREAD) and unwritten prefix/copy bytes; 0 once the link ended.
+  Napi::Value Buffered(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    return Napi::Number::New(info.Env(), shared_ ? double(shared_->buffered()) : 0);
+  }
+  Napi::Value SetHostSockopt(const Napi::CallbackInfo& info) {
+    int64_t level, name, value;
+    if (!Live(info) || !GetInt(info, 0, "level", 0, INT32_MAX, &level) || !GetInt(info, 1, "name", 0, INT32_MAX, &name) ||
+        !GetInt(info, 2, "value", INT32_MIN, INT32_MAX, &value))
+      return info.Env().Undefined();
+    int err = shared_->set_host_opt(int(level), int(name), int(value));
+    if (err) return ThrowErrno(info.Env(), err, err == -EBADF ? "setsockopt (the link has ended)" : "setsockopt");
+    return info.Env().Undefined();
+  }
+  Napi::Value GetHostSockopt(const Napi::CallbackInfo& info) {
+    int64_t level, name;
+    if (!Live(info) || !GetInt(info, 0, "level", 0, INT32_MAX, &level) || !GetInt(info, 1, "name", 0, INT32_MAX, &name))
+      return info.Env().Undefined();
+    int v = 0;
+    int err = shared_->get_host_opt(int(level), int(name), &v);
+    if (err) return ThrowErrno(info.Env(), err, err == -EBADF ? "getsockopt (the link has ended)" : "getsockopt");
+    return Napi::Number::New(info.Env(), v);
+  }
+  // close(reset = true): abort; the pump reports the end ("aborted"). With
+  // reset both peers see RST, else FIN. Idempotent.
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    bool reset = true;
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      if (!info[0].IsBoolean()) return ThrowType(info.Env(), "close(reset?: boolean)");
+      reset = info[0].As<Napi::Boolean>().Value();
+    }
+    if (pump_) {
+      pump_->close_link(id_, reset);
+      pump_.reset();
+    }
+    return info.Env().Undefined();
+  }
+  std::shared_ptr<Pump> pump_;
+  std::shared_ptr<SpliceShared> shared_;  // kept after close: bufferedBytes() reads 0 once the fds are gone
   uint32_t id_ = 0;
 };
 
@@ -1085,6 +1224,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Eventfd", EventfdWrap::Init(env));
   exports.Set("Pump", PumpWrap::Init(env));
   exports.Set("PumpLink", LinkWrap::Init(env));
+  exports.Set("SpliceLink", SpliceWrap::Init(env));
   exports.Set("Listener", ListenerWrap::Init(env));
   exports.Set("attach", Napi::Function::New(env, Attach, "attach"));
   exports.Set("dupFd", Napi::Function::New(env, DupFd, "dupFd"));
@@ -1100,6 +1240,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   c.Set("SOL_SOCKET", Napi::Number::New(env, SOL_SOCKET));
   c.Set("SO_SNDBUF", Napi::Number::New(env, SO_SNDBUF));
   c.Set("SO_RCVBUF", Napi::Number::New(env, SO_RCVBUF));
+  c.Set("SO_KEEPALIVE", Napi::Number::New(env, SO_KEEPALIVE));
+  c.Set("IPPROTO_TCP", Napi::Number::New(env, IPPROTO_TCP));
+  c.Set("TCP_NODELAY", Napi::Number::New(env, TCP_NODELAY));
+  c.Set("TCP_KEEPIDLE", Napi::Number::New(env, TCP_KEEPIDLE));
+  c.Set("TCP_KEEPINTVL", Napi::Number::New(env, TCP_KEEPINTVL));
+  c.Set("TCP_KEEPCNT", Napi::Number::New(env, TCP_KEEPCNT));
+  c.Set("PIPE_MAX_SIZE", Napi::Number::New(env, pipe_max_size()));
   c.Set("DIR_C2G", Napi::Number::New(env, shm::kDirC2G));
   c.Set("DIR_G2C", Napi::Number::New(env, shm::kDirG2C));
   c.Set("MIN_RING_SIZE", Napi::Number::New(env, double(1u << shm::kMinRingLog2)));

@@ -34,9 +34,14 @@ int64_t now_us() {
 
 }  // namespace
 
+// One link, of one of two kinds: a ring link (a slot's rings <-> fd; the
+// fields up to `stalls`) or a splice link (fd <-> fd; `relay` owns both fds).
 struct Pump::Link {
+  enum Kind { kRing, kSplice } kind = kRing;
   uint32_t id = 0;
-  int fd = -1;                        // owned
+  uint32_t rst_mask = 0;              // sides to close with RST when the link ends (bit 0: fd/client, bit 1: host)
+  std::unique_ptr<SpliceRelay> relay; // kSplice only
+  int fd = -1;                        // owned (kRing)
   std::shared_ptr<Region> region;
   uint32_t slot = 0;
   std::unique_ptr<ShmEndpoint> ep;
@@ -76,11 +81,11 @@ struct Pump::Listener {
 };
 
 struct Pump::Cmd {
-  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn } type;
+  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn, kShutdownHost } type;
   explicit Cmd(Type t) : type(t) {}
   std::unique_ptr<Link> link;
-  uint32_t id = 0, conn = 0, dir = 0, log2 = 0;
-  uint16_t status = 0;
+  uint32_t id = 0, conn = 0, dir = 0, log2 = 0;  // kShutdownHost: dir bit 0 = read, bit 1 = write
+  uint16_t status = 0;                            // kCloseLink: 1 = reset
   int fd = -1;
   std::shared_ptr<Region> region;
   std::shared_ptr<EventFd> gw_bell, cl_bell;
@@ -127,7 +132,9 @@ void Pump::stop() {
     rest.swap(*cmds_);
   }
   for (Cmd& c : rest) {
-    if (c.link) {
+    if (c.link && c.link->kind == Link::kSplice) {
+      c.link->relay->close_all(0);
+    } else if (c.link) {
       close(c.link->fd);
       c.link->region->unclaim(c.link->slot);
     }
@@ -177,9 +184,37 @@ int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::s
   return 0;
 }
 
-void Pump::close_link(uint32_t id) {
+int Pump::add_splice(int client_fd, int host_fd, std::string to_host_prefix, std::string to_client_prefix,
+                     uint32_t pipe_bytes, bool copy, uint32_t* id, std::shared_ptr<SpliceShared>* shared) {
+  if (stopping_.load()) return -ESHUTDOWN;
+  std::unique_ptr<SpliceRelay> relay;
+  int err = SpliceRelay::create(client_fd, host_fd, std::move(to_host_prefix), std::move(to_client_prefix), pipe_bytes,
+                                copy, &relay);
+  if (err) return err;  // the fds are still the caller's
+  std::unique_ptr<Link> l(new Link());
+  l->kind = Link::kSplice;
+  l->id = next_link_.fetch_add(1);
+  *shared = relay->shared();
+  l->relay = std::move(relay);
+  *id = l->id;
+  live_links_.fetch_add(1);
+  Cmd c(Cmd::kAddLink);
+  c.link = std::move(l);
+  push(std::move(c));
+  return 0;
+}
+
+void Pump::close_link(uint32_t id, bool reset) {
   Cmd c(Cmd::kCloseLink);
   c.id = id;
+  c.status = reset ? 1 : 0;
+  push(std::move(c));
+}
+
+void Pump::shutdown_host(uint32_t id, bool read, bool write) {
+  Cmd c(Cmd::kShutdownHost);
+  c.id = id;
+  c.dir = (read ? 1u : 0u) | (write ? 2u : 0u);
   push(std::move(c));
 }
 
@@ -274,6 +309,24 @@ void Pump::handle_cmds() {
   for (Cmd& c : cmds) {
     switch (c.type) {
       case Cmd::kAddLink: {
+        if (c.link->kind == Link::kSplice) {
+          uint32_t id = c.link->id;
+          links_[id] = std::move(c.link);
+          Link& ln = *links_[id];
+          for (int side = 0; side < 2; side++) {
+            struct epoll_event ev = {};
+            ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+            ev.data.u64 = tag(kLinkFd, uint32_t(side + 1), id);
+            if (epoll_ctl(ep_, EPOLL_CTL_ADD, ln.relay->fd(SpliceRelay::Side(side)), &ev) < 0) {
+              int e = -errno;
+              ln.rst_mask = 3;
+              end_link(ln, e, "error");
+              break;
+            }
+          }
+          if (links_.count(id)) queue(ln);
+          break;
+        }
         Link& l = *c.link;
         Session* s = session_for(l.region, true);
         struct epoll_event ev = {};
@@ -297,12 +350,21 @@ void Pump::handle_cmds() {
       }
       case Cmd::kCloseLink: {
         auto it = links_.find(c.id);
-        if (it != links_.end()) end_link(*it->second, 0, "aborted");
+        if (it == links_.end()) break;
+        if (c.status) it->second->rst_mask = 3;
+        end_link(*it->second, 0, "aborted");
+        break;
+      }
+      case Cmd::kShutdownHost: {
+        auto it = links_.find(c.id);
+        if (it == links_.end() || it->second->kind != Link::kSplice) break;
+        it->second->relay->shutdown_host((c.dir & 1) != 0, (c.dir & 2) != 0);
+        queue(*it->second);
         break;
       }
       case Cmd::kResize: {
         auto it = links_.find(c.id);
-        if (it == links_.end()) break;
+        if (it == links_.end() || it->second->kind != Link::kRing) break;
         Link& l = *it->second;
         int err = l.region->request_resize(l.slot, c.dir, c.log2);
         PumpEvent e(PumpEvent::kProgress);
@@ -446,16 +508,37 @@ void Pump::flush_progress(Link& l) {
   emit(std::move(e));
 }
 
+void Pump::queue(Link& l) {
+  if (l.queued) return;
+  l.queued = true;
+  runq_.push_back(l.id);
+}
+
 void Pump::end_link(Link& l, int err, const char* code) {
   l.touched = true;
   flush_progress(l);
-  // Reverse order: stop polling, close the fd, give the slot back, report.
-  epoll_ctl(ep_, EPOLL_CTL_DEL, l.fd, nullptr);
-  close(l.fd);
-  l.region->unclaim(l.slot);
-  uint32_t rid = l.region->id();
-  auto st = sessions_.find(rid);
-  if (st != sessions_.end()) st->second->slot_links.erase(l.slot);
+  uint32_t rid = 0;
+  if (l.kind == Link::kSplice) {
+    // Stop polling, then close pipes and sockets (RST where rst_mask says).
+    for (int side = 0; side < 2; side++) {
+      int fd = l.relay->fd(SpliceRelay::Side(side));
+      if (fd >= 0) epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+    }
+    l.relay->close_all(l.rst_mask);
+  } else {
+    // Reverse order: stop polling, close the fd, give the slot back, report.
+    epoll_ctl(ep_, EPOLL_CTL_DEL, l.fd, nullptr);
+    if (l.rst_mask) {
+      struct linger lg = {1, 0};
+      setsockopt(l.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(l.fd);
+    l.region->unclaim(l.slot);
+    rid = l.region->id();
+    auto st = sessions_.find(rid);
+    if (st != sessions_.end()) st->second->slot_links.erase(l.slot);
+  }
+  bool ring = l.kind == Link::kRing;
   PumpEvent e(PumpEvent::kEnd);
   e.id = l.id;
   e.err = err;
@@ -466,10 +549,43 @@ void Pump::end_link(Link& l, int err, const char* code) {
   links_.erase(id);  // destroys l
   live_links_.fetch_sub(1);
   emit(std::move(e));
-  drop_session_if_idle(rid);
+  if (ring) drop_session_if_idle(rid);
 }
 
 void Pump::run_link(Link& l) {
+  if (l.kind == Link::kSplice) run_splice(l);
+  else run_ring(l);
+}
+
+void Pump::run_splice(Link& l) {
+  l.touched = true;
+  SpliceStep st;
+  int r = l.relay->run(opt_.link_budget, &st);
+  l.to_fd += st.to_host;
+  l.total_fd += st.to_host;
+  l.to_ring += st.to_client;
+  l.total_ring += st.to_client;
+  l.stalls += st.stalls;
+  if (st.host_eof) {
+    PumpEvent ev(PumpEvent::kFdEof);
+    ev.id = l.id;
+    emit(std::move(ev));
+  }
+  if (st.client_eof) {
+    PumpEvent ev(PumpEvent::kRingEof);
+    ev.id = l.id;
+    emit(std::move(ev));
+  }
+  if (r < 0) {
+    // The peer of the side that failed must see a reset, not a clean FIN.
+    l.rst_mask = st.err_side == SpliceRelay::kClient ? 2u : st.err_side == SpliceRelay::kHost ? 1u : 3u;
+    return end_link(l, r, "error");
+  }
+  if (r == 1) return end_link(l, 0, "ok");
+  if (st.more) queue(l);
+}
+
+void Pump::run_ring(Link& l) {
   RingEndpoint& ep = *l.ep;
   bool more = false;
   l.touched = true;
@@ -745,12 +861,13 @@ void Pump::run() {
         auto it = links_.find(b);
         if (it == links_.end()) continue;
         Link& l = *it->second;
-        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) l.readable = true;
-        if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) l.writable = true;
-        if (!l.queued) {
-          l.queued = true;
-          runq_.push_back(l.id);
+        if (l.kind == Link::kSplice) {
+          if (a == 1 || a == 2) l.relay->on_events(SpliceRelay::Side(a - 1), e);
+        } else {
+          if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) l.readable = true;
+          if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) l.writable = true;
         }
+        queue(l);
       } else if (kind == kListener) {
         auto it = listeners_.find(a);
         if (it != listeners_.end()) on_listener(*it->second);
@@ -791,9 +908,18 @@ void Pump::run() {
   }
   // Teardown in reverse: links (fds, slots), sessions, listeners and conns.
   for (auto& kv : links_) {
-    epoll_ctl(ep_, EPOLL_CTL_DEL, kv.second->fd, nullptr);
-    close(kv.second->fd);
-    kv.second->region->unclaim(kv.second->slot);
+    Link& l = *kv.second;
+    if (l.kind == Link::kSplice) {
+      for (int side = 0; side < 2; side++) {
+        int fd = l.relay->fd(SpliceRelay::Side(side));
+        if (fd >= 0) epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+      }
+      l.relay->close_all(0);
+      continue;
+    }
+    epoll_ctl(ep_, EPOLL_CTL_DEL, l.fd, nullptr);
+    close(l.fd);
+    l.region->unclaim(l.slot);
   }
   live_links_.store(0);
   links_.clear();

@@ -1,9 +1,10 @@
 // The native pump: one I/O thread (epoll) that moves bytes between ring
-// endpoints and kernel stream fds, watches session doorbells, and serves the
+// endpoints and kernel stream fds (ring links) or between two stream fds
+// (splice links, see splice.h), watches session doorbells, and serves the
 // attach listener. JS talks to it through a command queue (in) and a batched
 // event sink (out); the thread never blocks on anything but epoll_wait.
 //
-// Ownership: the pump owns each link's fd (closed when the link ends) and
+// Ownership: the pump owns each link's fds (closed when the link ends) and
 // holds references to regions and eventfds while it uses them.
 #pragma once
 
@@ -22,11 +23,17 @@
 #include "attach.h"
 #include "endpoint.h"
 #include "region.h"
+#include "splice.h"
 
 namespace sg {
 
 struct PumpEvent {
   enum Type : uint8_t {
+    // Splice links map the client's data connection onto the ring's role and
+    // the host socket onto the fd's: a = bytes written to the host, b = bytes
+    // written to the client (prefixes included), stalls = pipe-full count;
+    // kFdEof = the host sent EOF, kRingEof = the client sent EOF (each passes
+    // on as shutdown(other, SHUT_WR) once that direction's pipe is empty).
     kProgress = 1,   // id = link; a = bytes ring->fd, b = bytes fd->ring, stalls = ring-full count
     kFdEof = 2,      // id = link; the fd reached EOF, EOF set in the outbound ring
     kRingEof = 3,    // id = link; the inbound ring ended, shutdown(fd, SHUT_WR) done
@@ -68,7 +75,15 @@ class Pump {
   // All of these are called from the owner thread (JS); they queue a command.
   // add_link takes ownership of fd on success only.
   int add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id);
-  void close_link(uint32_t id);
+  // A splice link between two stream sockets; takes ownership of both fds on
+  // success only. *shared is what the JS thread may query (buffered bytes,
+  // host socket options).
+  int add_splice(int client_fd, int host_fd, std::string to_host_prefix, std::string to_client_prefix,
+                 uint32_t pipe_bytes, bool copy, uint32_t* id, std::shared_ptr<SpliceShared>* shared);
+  // Abort a link. `reset`: close its sockets with RST instead of FIN.
+  void close_link(uint32_t id, bool reset = false);
+  // Splice links: shutdown(2) of the host socket, in order with the pipes.
+  void shutdown_host(uint32_t id, bool read, bool write);
   void resize_link(uint32_t id, uint32_t dir, uint32_t log2);
   int watch(std::shared_ptr<Region> region);
   void unwatch(uint32_t region_id);
@@ -95,6 +110,9 @@ class Pump {
   void on_session(Session& s);
   void process_hints(Session& s);
   void run_link(Link& l);
+  void run_ring(Link& l);
+  void run_splice(Link& l);
+  void queue(Link& l);
   void end_link(Link& l, int err, const char* code);
   void corrupt_session(Session& s);
   void drop_session_if_idle(uint32_t region_id);
