@@ -144,6 +144,11 @@ export const configSchema = z.strictObject({
     attach_token_ttl_ms: positiveInt,
     /** Host the data port is advertised as; defaults to listen.data's host. */
     data_host: z.string().optional(),
+    /**
+     * Relay the tcp plane's stream sockets on the native I/O thread (splice(2),
+     * payload never in JS) when the addon loaded; false forces the JS relay.
+     */
+    tcp_native: z.boolean().default(true),
     /** The shm data plane (same-host clients; needs the native addon). */
     shm: shmSchema,
   }),
