@@ -42,8 +42,14 @@ export class AttachRegistry<T> {
   private readonly pending = new Map<string, PendingAttach<T> & { timer: NodeJS.Timeout; onExpire: () => void }>();
   /** Digests of redeemed/expired tokens -> why they are spent; insertion-ordered for eviction. */
   private readonly spent = new Map<string, { why: 'replayed' | 'expired'; at: number }>();
+  /** Live token digests per target, so revoke() is proportional to the target's tokens. */
+  private readonly byTarget = new Map<T, Set<string>>();
 
-  constructor(private readonly ttlMs: number) {}
+  constructor(
+    private readonly ttlMs: number,
+    /** Whether a target can still take an attach (a closed socket cannot); a token for one that cannot is expired. */
+    private readonly isAttachable: (target: T) => boolean = () => true,
+  ) {}
 
   /**
    * Issue a token for `target` on `transport`. `onExpire` runs if it is not
@@ -56,13 +62,16 @@ export class AttachRegistry<T> {
     const timer = setTimeout(() => {
       const entry = this.pending.get(key);
       if (!entry) return;
-      this.pending.delete(key);
+      this.forget(key, entry.target);
       this.remember(key, 'expired');
       trace(`token for transport ${transport} expired`);
       entry.onExpire();
     }, this.ttlMs);
     timer.unref();
     this.pending.set(key, { target, transport, expiresAtMs, timer, onExpire });
+    let keys = this.byTarget.get(target);
+    if (!keys) this.byTarget.set(target, (keys = new Set()));
+    keys.add(key);
     return { token, expiresAtMs };
   }
 
@@ -75,9 +84,9 @@ export class AttachRegistry<T> {
       throw new AttachTokenError(spent ? spent.why : 'wrong_token');
     }
     if (entry.transport !== transport) throw new AttachTokenError('wrong_transport');
-    this.pending.delete(key);
+    this.forget(key, entry.target);
     clearTimeout(entry.timer);
-    if (Date.now() > entry.expiresAtMs) {
+    if (Date.now() > entry.expiresAtMs || !this.isAttachable(entry.target)) {
       this.remember(key, 'expired');
       entry.onExpire();
       throw new AttachTokenError('expired');
@@ -88,12 +97,20 @@ export class AttachRegistry<T> {
 
   /** Drop every live token for `target` (its socket closed). */
   revoke(target: T): void {
-    for (const [key, entry] of this.pending) {
-      if (entry.target !== target) continue;
-      clearTimeout(entry.timer);
+    for (const key of this.byTarget.get(target) ?? []) {
+      const entry = this.pending.get(key);
+      if (entry) clearTimeout(entry.timer);
       this.pending.delete(key);
       this.remember(key, 'expired');
     }
+    this.byTarget.delete(target);
+  }
+
+  private forget(key: string, target: T): void {
+    this.pending.delete(key);
+    const keys = this.byTarget.get(target);
+    keys?.delete(key);
+    if (keys?.size === 0) this.byTarget.delete(target);
   }
 
   get size(): number {
@@ -104,6 +121,7 @@ export class AttachRegistry<T> {
     for (const entry of this.pending.values()) clearTimeout(entry.timer);
     this.pending.clear();
     this.spent.clear();
+    this.byTarget.clear();
   }
 
   private remember(key: string, why: 'replayed' | 'expired'): void {

@@ -131,7 +131,8 @@ export function toStatus(err: unknown): Partial<StatusObject> & { code: status; 
   const metadata = new Metadata();
   metadata.set(ERROR_CODE_METADATA_KEY, e.code);
   if (e.rule !== undefined) metadata.set(ERROR_RULE_METADATA_KEY, e.rule);
-  return { code: e.grpcStatus, details: e.message, metadata };
+  // grpc-js percent-encodes the message and throws on a lone surrogate: never hand it one.
+  return { code: e.grpcStatus, details: e.message.toWellFormed(), metadata };
 }
 
 /** Turn a gRPC error received by a client back into the matching class. */
@@ -151,7 +152,8 @@ export function fromServiceError(err: ServiceError | Error): SockgateError {
     case status.CANCELLED:
       return new AbortedError(message, options);
     case status.DEADLINE_EXCEEDED:
-      return new ConnectTimeoutError(message, options);
+      // No sockgate code: the gateway itself did not answer in time (down, or unreachable).
+      return new GatewayUnavailableError(`no answer from the gateway within the deadline (${message})`, options);
     case status.UNAUTHENTICATED:
       return new UnauthenticatedError(message, options);
     case status.PERMISSION_DENIED:

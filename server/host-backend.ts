@@ -124,9 +124,10 @@ export class HostBackend {
       if (remote) {
         await new Promise<void>((resolve, reject) => {
           sock.once('error', reject);
-          sock.connect(remote.uri.port, remote.address, () => {
+          sock.connect(remote.uri.port, remote.address, (err?: Error) => {
             sock.removeListener('error', reject);
-            resolve();
+            if (err) reject(err);
+            else resolve();
           });
         });
       }

@@ -35,9 +35,11 @@ import {
   ShuttingDownError,
   SockgateError,
   WrongSocketKindError,
+  fromSystemError,
   toStatus,
 } from './errors.js';
 import type { HostBackend } from './host-backend.js';
+import type { NativeLink } from './transport.js';
 import type { Negotiator, Decision } from './negotiate.js';
 import type { CallerCredentials, Identity, Policy } from './policy.js';
 import {
@@ -162,17 +164,26 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     const o = option?.option;
     if (!o) throw new InvalidArgumentError('option is required');
     if (sock instanceof StreamSocket) {
+      // A native link owns the host descriptor (the JS socket gave its own up): options go through the link.
+      const link = sock.nativeLink;
+      const viaLink = (l: NativeLink): void => {
+        if (!l.setHostOption) throw new WrongSocketKindError(`socket ${sock.id} rides a native link that takes no socket options`);
+        l.setHostOption(o);
+      };
       switch (o.$case) {
         case 'noDelay':
+          if (link) return viaLink(link);
           sock.host.setNoDelay(o.noDelay);
           return;
         case 'keepAliveMs':
+          if (link) return viaLink(link);
           sock.host.setKeepAlive(o.keepAliveMs > 0, o.keepAliveMs);
           return;
         case 'sendBufferBytes':
         case 'recvBufferBytes': {
           const bytes = o.$case === 'sendBufferBytes' ? o.sendBufferBytes : o.recvBufferBytes;
           if (bytes < 1024 || bytes > 64 << 20) throw new InvalidArgumentError(`${o.$case === 'sendBufferBytes' ? 'send_buffer_bytes' : 'recv_buffer_bytes'} must be 1024..67108864, got ${bytes}`);
+          if (link) return viaLink(link);
           if (!deps.setTcpBuffer) throw new WrongSocketKindError('TCP buffer sizes need the native addon, which is not loaded');
           deps.setTcpBuffer(sock.host, o.$case === 'sendBufferBytes' ? 'send' : 'recv', bytes);
           return;
@@ -181,11 +192,18 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     } else if (sock instanceof DatagramSocket) {
       switch (o.$case) {
         case 'sendBufferBytes':
-          sock.host.setSendBufferSize(o.sendBufferBytes);
+        case 'recvBufferBytes': {
+          const send = o.$case === 'sendBufferBytes';
+          const bytes = send ? o.sendBufferBytes : o.recvBufferBytes;
+          if (bytes < 1024 || bytes > 64 << 20) throw new InvalidArgumentError(`${send ? 'send_buffer_bytes' : 'recv_buffer_bytes'} must be 1024..67108864, got ${bytes}`);
+          try {
+            if (send) sock.host.setSendBufferSize(bytes);
+            else sock.host.setRecvBufferSize(bytes);
+          } catch (err) {
+            throw fromSystemError(err, `setsockopt ${send ? 'SO_SNDBUF' : 'SO_RCVBUF'} on ${sock.id}`);
+          }
           return;
-        case 'recvBufferBytes':
-          sock.host.setRecvBufferSize(o.recvBufferBytes);
-          return;
+        }
         default:
           throw new WrongSocketKindError(`option ${o.$case} does not apply to a datagram socket`);
       }
@@ -434,8 +452,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     getInfo: unary('GetInfo', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
-      return { info: sock.info() };
+      return { info: table.info(requireId(req.socketId), identity) };
     }),
 
     data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => deps.grpcTransport.handle(call)) as SocketGatewayServiceServer['data'],

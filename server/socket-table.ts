@@ -8,6 +8,7 @@
  * high watermark, and a direction pauses its source while its sink is above it
  * (Envoy's tcp_proxy does the same with read-disable). Half-close passes through.
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket as NetSocket, Server as NetServer } from 'node:net';
 import type { Socket as DgramSocket, RemoteInfo } from 'node:dgram';
@@ -34,6 +35,11 @@ import { formatUri } from './uri.js';
 import { tracer } from './trace.js';
 
 const trace = tracer('socket');
+
+/** How long a closed socket's final info is kept: a client confirming its end of stream asks for it. */
+const TOMBSTONE_MS = 60_000;
+/** At most this many tombstones, so churn cannot grow memory. */
+const MAX_TOMBSTONES = 16_384;
 
 export type SocketKindName = 'stream' | 'datagram' | 'listener';
 
@@ -105,6 +111,8 @@ export abstract class GatewaySocket extends EventEmitter {
 
   /** Bytes held in user-space buffers on the gateway for this socket. */
   abstract bufferedBytes(): number;
+  /** Whether a data channel may attach now (a token for a socket that cannot is spent). */
+  abstract acceptsAttach(): boolean;
   /** Graceful close: flush what is buffered, then release. Idempotent. */
   abstract close(): Promise<void>;
   /** Abort at once. Idempotent. */
@@ -170,6 +178,15 @@ export class StreamSocket extends GatewaySocket {
     host.on('close', () => this.maybeClosed());
   }
 
+  acceptsAttach(): boolean {
+    return this.state === SocketState.SOCKET_STATE_PENDING_ATTACH;
+  }
+
+  /** The native link that owns the host descriptor, in native mode (socket options go through it). */
+  get nativeLink(): NativeLink | undefined {
+    return this.link;
+  }
+
   bufferedBytes(): number {
     if (this.link) return this.link.bufferedBytes?.() ?? 0;
     return streamBuffered(this.host) + streamBuffered(this.channel?.stream);
@@ -180,6 +197,7 @@ export class StreamSocket extends GatewaySocket {
     if (channel.mode === 'native') return this.attachNative(channel);
     if (channel.mode !== 'stream') throw new WrongSocketKindError('a stream socket needs a stream channel');
     if (!this.transitionTo([SocketState.SOCKET_STATE_PENDING_ATTACH], SocketState.SOCKET_STATE_OPEN, `attached ${transportName(channel.transport)}`)) {
+      channel.stream.on('error', () => {}); // nobody else listens to a channel we refuse
       channel.stream.destroy(new SocketClosedError(`socket ${this.id} is not waiting for an attach`));
       return;
     }
@@ -240,6 +258,14 @@ export class StreamSocket extends GatewaySocket {
       progress: (toHost, fromHost) => {
         this.bytesOut += toHost;
         this.bytesIn += fromHost;
+      },
+      hostEnded: () => {
+        this.hostEnded = true;
+        this.halfClosed('host peer sent FIN');
+      },
+      clientEnded: () => {
+        this.channelEnded = true;
+        this.halfClosed('guest half-closed');
       },
     });
     this.host.removeAllListeners('close');
@@ -376,6 +402,10 @@ export class DatagramSocket extends GatewaySocket {
     return streamBuffered(this.channel?.stream);
   }
 
+  acceptsAttach(): boolean {
+    return !this.isClosed && !this.channel;
+  }
+
   private onMessage(payload: Buffer, rinfo: RemoteInfo): void {
     this.lastActivity = Date.now();
     this.bytesIn += payload.length;
@@ -400,12 +430,19 @@ export class DatagramSocket extends GatewaySocket {
     }
     this.lastActivity = Date.now();
     let dest: { address: string; port: number } | undefined;
-    if (d.uri !== '') dest = await this.resolveDestination(d.uri);
-    else if (!this.connected) throw new WrongSocketKindError(`socket ${this.id} is not connected: a datagram needs a destination URI`);
+    if (d.uri !== '') {
+      // sendto(2) on a connected socket with an address is EISCONN: the peer is fixed at connect.
+      if (this.connected) throw new WrongSocketKindError(`socket ${this.id} is connected to ${this.remoteUri}: send without a destination URI`);
+      dest = await this.resolveDestination(d.uri);
+    } else if (!this.connected) throw new WrongSocketKindError(`socket ${this.id} is not connected: a datagram needs a destination URI`);
     await new Promise<void>((resolve, reject) => {
       const done = (err: Error | null) => (err ? reject(fromSystemError(err, `sendto ${d.uri || this.remoteUri}`)) : resolve());
-      if (dest) this.host.send(d.payload, dest.port, dest.address, done);
-      else this.host.send(d.payload, done);
+      try {
+        if (dest) this.host.send(d.payload, dest.port, dest.address, done);
+        else this.host.send(d.payload, done);
+      } catch (err) {
+        done(err as Error);
+      }
     });
     this.bytesOut += d.payload.length;
     return d.payload.length;
@@ -423,6 +460,7 @@ export class DatagramSocket extends GatewaySocket {
   attach(channel: DataChannel): void {
     if (channel.mode !== 'datagram') throw new WrongSocketKindError('a datagram socket needs a datagram channel');
     if (this.channel || this.isClosed) {
+      channel.stream.on('error', () => {}); // nobody else listens to a channel we refuse
       channel.stream.destroy(new SocketClosedError(`socket ${this.id} is not waiting for an attach`));
       return;
     }
@@ -505,6 +543,10 @@ export class ListenerSocket extends GatewaySocket {
     return 0;
   }
 
+  acceptsAttach(): boolean {
+    return false;
+  }
+
   get hasAcceptor(): boolean {
     return this.acceptor !== undefined;
   }
@@ -551,9 +593,22 @@ export class SocketTable {
   private readonly perIdentity = new Map<string, number>();
   /** Bytes of closed sockets, by `${transport}/${direction}`. */
   private readonly closedBytes = new Map<string, number>();
+  /** Final info of recently closed sockets, insertion-ordered for eviction: GetInfo answers for them. */
+  private readonly tombstones = new Map<string, { info: SocketInfo; at: number }>();
+  /** Called for every socket that leaves the table (the gateway revokes its attach tokens). */
+  private readonly removedHooks: ((s: GatewaySocket) => void)[] = [];
   private nextId = 1;
+  /** Open sockets plus reservations not yet added. */
+  private totalReserved = 0;
+  /** Random per-process part of socket ids, so an id from an earlier gateway process never names a new socket. */
+  private readonly instance = randomBytes(3).readUIntBE(0, 3).toString(36).padStart(5, '0');
 
   constructor(private readonly maxSockets: number) {}
+
+  /** Run `fn` for every socket that leaves the table. */
+  onRemoved(fn: (s: GatewaySocket) => void): void {
+    this.removedHooks.push(fn);
+  }
 
   /** Reserve a slot for `identity`, or throw LimitExceededError. Release with `release` if the socket never materialises. */
   reserve(identity: Identity): void {
@@ -568,8 +623,6 @@ export class SocketTable {
     this.totalReserved++;
   }
 
-  private totalReserved = 0;
-
   release(identity: Identity): void {
     const n = (this.perIdentity.get(identity.name) ?? 1) - 1;
     if (n <= 0) this.perIdentity.delete(identity.name);
@@ -579,7 +632,7 @@ export class SocketTable {
 
   newId(kind: SocketKindName): string {
     const prefix = kind === 'stream' ? 't' : kind === 'datagram' ? 'u' : 'l';
-    return `${prefix}${(this.nextId++).toString(36)}`;
+    return `${prefix}${(this.nextId++).toString(36)}-${this.instance}`;
   }
 
   /** Add a socket whose slot was reserved; it leaves the table (and frees the slot) when it closes. */
@@ -591,14 +644,34 @@ export class SocketTable {
       const t = transportName(socket.transport);
       this.closedBytes.set(`${t}/in`, (this.closedBytes.get(`${t}/in`) ?? 0) + socket.bytesIn);
       this.closedBytes.set(`${t}/out`, (this.closedBytes.get(`${t}/out`) ?? 0) + socket.bytesOut);
+      this.bury(socket);
+      for (const fn of this.removedHooks) fn(socket);
     });
+  }
+
+  private bury(socket: GatewaySocket): void {
+    const now = Date.now();
+    this.tombstones.set(socket.id, { info: socket.info(), at: now });
+    for (const [id, t] of this.tombstones) {
+      if (this.tombstones.size <= MAX_TOMBSTONES && now - t.at < TOMBSTONE_MS) break;
+      this.tombstones.delete(id);
+    }
+  }
+
+  /** Info of a live socket, or of one that closed within TOMBSTONE_MS (state CLOSED), for `identity`. */
+  info(id: string, identity: Identity): SocketInfo {
+    const live = this.sockets.get(id);
+    if (live) return this.get(id, identity).info();
+    const t = this.tombstones.get(id);
+    if (t && Date.now() - t.at < TOMBSTONE_MS && (t.info.identity === identity.name || identity.admin)) return t.info;
+    return this.get(id, identity).info();
   }
 
   /** Look a socket up for `identity`; another identity's socket is "not found" unless the caller is admin. */
   get(id: string, identity: Identity): GatewaySocket {
     const s = this.sockets.get(id);
     if (!s || (s.identity.name !== identity.name && !identity.admin)) {
-      throw new SocketNotFoundError(`no socket "${String(id).slice(0, 64)}" for identity "${identity.name}"`);
+      throw new SocketNotFoundError(`no socket "${Array.from(String(id)).slice(0, 64).join('')}" for identity "${identity.name}"`);
     }
     return s;
   }

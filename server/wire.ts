@@ -244,9 +244,7 @@ export class MessageChannel<In, Out> extends Duplex {
   }
 
   override _write(chunk: Buffer | ChannelDatagram, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    const msg = this.mode === 'stream' ? this.codec.data(chunk as Buffer) : this.codec.datagram(chunk as ChannelDatagram);
-    if (this.call.write(msg)) cb();
-    else this.call.once('drain', () => cb());
+    this._writev([{ chunk }], cb);
   }
 
   /**
@@ -268,10 +266,16 @@ export class MessageChannel<In, Out> extends Duplex {
         size = 0;
       };
       for (const { chunk } of chunks) {
-        const b = chunk as Buffer;
-        if (size > 0 && size + b.length > COALESCE_BYTES) flush();
-        batch.push(b);
-        size += b.length;
+        const whole = chunk as Buffer;
+        // A write larger than a message is split: one gRPC message never exceeds COALESCE_BYTES of payload.
+        let off = 0;
+        do {
+          const b = whole.length <= COALESCE_BYTES ? whole : whole.subarray(off, off + COALESCE_BYTES);
+          if (size > 0 && size + b.length > COALESCE_BYTES) flush();
+          batch.push(b);
+          size += b.length;
+          off += COALESCE_BYTES;
+        } while (off < whole.length);
       }
       flush();
     }

@@ -454,7 +454,8 @@ test('negotiation: offering only transports the gateway disabled is FAILED_PRECO
   await t.throwsAsync(sdk.connect(w.echo.uri, { transports: ['tcp'] }), { instanceOf: NoTransportError });
   const s = await sdk.connect(w.echo.uri);
   t.is(s.transport, 'grpc', 'the default offers fall back to grpc');
-  t.deepEqual(s.fallbacks.map((f) => [f.transport, f.reason]), [['tcp', 'UNSUPPORTED']]);
+  // A local gateway gets shm first by default; this one has only grpc enabled.
+  t.deepEqual(s.fallbacks.map((f) => [f.transport, f.reason]), [['shm', 'UNSUPPORTED'], ['tcp', 'UNSUPPORTED']]);
   s.destroy();
 });
 
