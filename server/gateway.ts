@@ -31,6 +31,8 @@ import { ShmTransport } from './transport-shm.js';
 /** The descriptor set `npm run gen` writes, for the reflection service. */
 const DESCRIPTOR_SET = new URL('../../proto/gen/sockgate.binpb', import.meta.url);
 const HEALTH_SERVICE_NAMES = ['', 'sockgate.v1.SocketGatewayService', 'sockgate.v1.AdminService'];
+/** After a graceful drain, control calls are still answered this long (end-of-stream confirmations). */
+const END_CONFIRM_LINGER_MS = 1_000;
 /** Largest gRPC message accepted: a data frame plus headroom. */
 const MAX_MESSAGE_BYTES = 4 << 20;
 
@@ -80,7 +82,8 @@ export class Gateway {
     this.logger = this.telemetry.logger;
     this.policy = new Policy(config);
     this.table = new SocketTable(config.limits.max_sockets);
-    this.registry = new AttachRegistry(config.transports.attach_token_ttl_ms);
+    this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
+    this.table.onRemoved((s) => this.registry.revoke(s));
     const metrics = this.telemetry.metrics;
     const hwm = config.socket.high_watermark_bytes;
     const data = splitListenAddress(config.listen.data);
@@ -261,6 +264,7 @@ export class Gateway {
     this.shuttingDown = true;
     for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'NOT_SERVING');
     this.logger.info({ open: this.table.size }, 'shutting down: draining');
+    const hadSockets = this.table.size > 0;
     for (const t of this.transports.values()) await t.close();
     for (const s of this.table.list()) {
       if (s instanceof ListenerSocket || (s instanceof StreamSocket && s.state === SocketState.SOCKET_STATE_PENDING_ATTACH)) {
@@ -272,6 +276,9 @@ export class Gateway {
       this.logger.warn({ open: this.table.size }, 'drain timeout: aborting the remaining sockets');
       await this.table.destroyAll(new ShuttingDownError('gateway stopped before the socket drained'));
     }
+    // Clients confirm a clean end of stream over the control plane (the tcp plane's FIN
+    // looks the same as a crash): keep answering them a moment after the last socket ended.
+    if (hadSockets && drained) await new Promise((r) => setTimeout(r, END_CONFIRM_LINGER_MS));
     this.registry.close();
     await this.closeNative();
     await new Promise<void>((resolve) => {
