@@ -24,7 +24,6 @@ import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, ty
 import {
   AbortedError,
   AttachFailedError,
-  ConnectTimeoutError,
   GatewayUnavailableError,
   NoTransportError,
   SockgateError,
@@ -51,6 +50,8 @@ const FastSocketGatewayClient = makeGenericClientConstructor(
 
 /** Transports this SDK build can attach with, in default preference order. */
 export const SDK_TRANSPORTS: readonly TransportName[] = ['tcp', 'grpc'];
+/** How long the gateway has to confirm that a tcp-plane stream really ended. */
+const CONFIRM_DEADLINE_MS = 3_000;
 /** Default deadline of a control call. */
 const DEFAULT_DEADLINE_MS = 15_000;
 /** How long an attach (data connection + preamble reply) may take. */
@@ -148,6 +149,8 @@ export class Gateway {
   private readonly adminClient: AdminServiceClient;
   /** Sent with every call: credentials, and wait-for-ready so calls ride out a reconnect until their deadline. */
   private readonly metadata = new Metadata({ waitForReady: true });
+  /** The same credentials for calls that must fail fast when the gateway is gone. */
+  private readonly metadataNoWait = new Metadata();
   private readonly offersDefault: readonly TransportName[];
   private readonly deadlineMs: number;
   /** Everything open through this gateway object, closed by close(). */
@@ -171,7 +174,10 @@ export class Gateway {
     this.client = new FastSocketGatewayClient(target, creds, channelOptions);
     this.adminClient = new AdminServiceClient(target, creds, channelOptions);
     const token = options.token ?? options.identity?.token;
-    if (token) this.metadata.set('authorization', `Bearer ${token}`);
+    if (token) {
+      this.metadata.set('authorization', `Bearer ${token}`);
+      this.metadataNoWait.set('authorization', `Bearer ${token}`);
+    }
     this.offersDefault = options.transports ?? SDK_TRANSPORTS;
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.control = {
@@ -196,12 +202,18 @@ export class Gateway {
         await this.unary(this.client.closeSocket, { socketId: id });
       },
       confirmEnd: async (id) => {
+        // Positive confirmation only, from the gateway process that owns the socket
+        // (ids carry a per-process suffix; closed sockets are kept on record for a
+        // minute): it must say the socket is half-closed or closed. No wait-for-ready:
+        // a gateway that is gone must not be waited for, nor its successor asked.
+        let info: SocketInfo | undefined;
         try {
-          await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: 5_000 });
+          info = (await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false })).info;
         } catch (err) {
-          // The gateway answered: it is alive, so the end of stream was real.
-          if (err instanceof SockgateError && err.grpcStatus !== status.UNAVAILABLE && !(err instanceof GatewayUnavailableError) && !(err instanceof ConnectTimeoutError)) return;
-          throw new GatewayUnavailableError(`gateway ${this.target} went away: the stream of ${id} ended without the gateway to confirm it`, { cause: err });
+          throw new GatewayUnavailableError(`gateway ${this.target} could not confirm the end of stream of ${id}: ${(err as Error).message}`, { cause: err });
+        }
+        if (info?.state !== SocketState.SOCKET_STATE_HALF_CLOSED && info?.state !== SocketState.SOCKET_STATE_CLOSED) {
+          throw new GatewayUnavailableError(`the data stream of ${id} ended but the gateway reports it ${info ? `in state ${info.state}` : 'unknown'}`);
         }
       },
     };
@@ -229,10 +241,11 @@ export class Gateway {
   }
 
   /** One unary call with metadata, deadline, AbortSignal and typed errors. */
-  private unary<Req, Res>(fn: Unary<Req, Res>, req: Req, opts: CallOpts = {}): Promise<Res> {
+  private unary<Req, Res>(fn: Unary<Req, Res>, req: Req, opts: CallOpts & { waitForReady?: boolean } = {}): Promise<Res> {
     if (opts.signal?.aborted) return Promise.reject(new AbortedError('aborted before the call'));
     return new Promise((resolve, reject) => {
-      const call = fn.call(this.client, req, this.metadata, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, res) => {
+      const md = opts.waitForReady === false ? this.metadataNoWait : this.metadata;
+      const call = fn.call(this.client, req, md, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, res) => {
         opts.signal?.removeEventListener('abort', onAbort);
         if (err) reject(fromServiceError(err));
         else resolve(res);

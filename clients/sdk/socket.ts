@@ -8,7 +8,7 @@ import { Duplex } from 'node:stream';
 import { EventEmitter } from 'node:events';
 import type { Fallback } from '../../proto/gen/sockgate/v1/transport.js';
 import { DeclineReason, TransportKind, declineReasonToJSON, transportKindToJSON } from '../../proto/gen/sockgate/v1/transport.js';
-import { ConnectionResetError, DatagramTooLargeError, SocketClosedError, SockgateError, fromSystemError } from '../../server/errors.js';
+import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketClosedError, SockgateError, fromSystemError } from '../../server/errors.js';
 import type { ChannelDatagram } from '../../server/transport.js';
 
 export type TransportName = 'shm' | 'rdma' | 'tcp' | 'grpc';
@@ -205,6 +205,8 @@ export class GatewaySocket extends Duplex {
   }
 
   private mapError(err: Error): SockgateError {
+    // A gRPC status (grpc plane): its sockgate code, if the gateway sent one, decides the class.
+    if (typeof (err as { code?: unknown }).code === 'number') return fromServiceError(err);
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ECONNRESET' || code === 'EPIPE') return new ConnectionResetError(`socket ${this.socketId} (${this.remoteUri}) was reset`, { cause: err });
     return fromSystemError(err, `socket ${this.socketId}`);
