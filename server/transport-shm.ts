@@ -203,13 +203,11 @@ function echo(s: string): string {
 export function isLocalPeer(peer: string): boolean {
   // grpc-js reports "unknown" for a Unix-socket peer (no remote address).
   if (peer === 'unknown' || peer.startsWith('unix:')) return true;
-  let host = peer;
-  if (!ipaddr.isValid(host)) {
-    const i = peer.lastIndexOf(':');
-    if (i <= 0) return false;
-    host = peer.slice(0, i).replace(/^\[|\]$/g, '');
-    if (!ipaddr.isValid(host)) return false;
-  }
+  // "<address>:<port>" (grpc-js appends the port unbracketed, even to IPv6), or a bare address.
+  const i = peer.lastIndexOf(':');
+  let host = i > 0 ? peer.slice(0, i).replace(/^\[|\]$/g, '') : '';
+  if (!ipaddr.isValid(host)) host = peer;
+  if (!ipaddr.isValid(host)) return false;
   return ipaddr.process(host).range() === 'loopback';
 }
 
@@ -248,6 +246,8 @@ export class ShmTransport implements Transport {
   #totalBytes = 0;
   #listener: AttachListener | undefined;
   #path = '';
+  /** Inode of the socket file we bound, so stop() never removes a successor's file. */
+  #pathIno = -1;
   #bootId = '';
   /** Set by close(): no new sessions, slots or attaches. */
   #closing = false;
@@ -307,15 +307,18 @@ export class ShmTransport implements Transport {
     }
     // Authentication is the attach token and SO_PEERCRED, not file modes: local clients of any uid may connect.
     chmodSync(path, 0o666);
+    this.#pathIno = lstatSync(path).ino;
     this.#listener = listener;
     this.#path = path;
     this.o.hub.onListener(listener.id, (e) => this.#onListenerEvent(e));
     this.o.logger.info({ path, bootId: this.#bootId }, 'shm attach socket listening');
   }
 
-  #unlinkSocket(path: string): void {
+  /** Remove a socket file (only the one with inode `ino`, if given). */
+  #unlinkSocket(path: string, ino?: number): void {
     try {
-      if (lstatSync(path).isSocket()) unlinkSync(path);
+      const st = lstatSync(path);
+      if (st.isSocket() && (ino === undefined || st.ino === ino)) unlinkSync(path);
     } catch {
       // absent
     }
@@ -544,7 +547,7 @@ export class ShmTransport implements Transport {
     this.#byConn.set(e.conn, s);
     this.o.hub.onRegion(region.id, (ev) => this.#onRegionEvent(s, ev));
     listener.accept(e.conn, region, gwBell, clBell);
-    this.o.logger.info({ session: s.id, identity: s.identity.name, pid: e.pid, uid: e.uid, gid: e.gid, socket: target.id }, 'shm session attached');
+    this.o.logger.info({ session: s.id, identity: s.identity.name, peerPid: e.pid, peerUid: e.uid, peerGid: e.gid, socket: target.id }, 'shm session attached');
     this.#link(s, hello.slot, slot, target);
   }
 
@@ -589,7 +592,7 @@ export class ShmTransport implements Transport {
       try {
         msgs = parser.push(chunk);
       } catch (err) {
-        this.#refuse('protocol', (err as Error).message, { session: s.id, pid: s.peer.pid });
+        this.#refuse('protocol', (err as Error).message, { session: s.id, peerPid: s.peer.pid });
         void this.#endSession(s, (err as Error).message, 'warn');
         return;
       }
@@ -703,6 +706,12 @@ export class ShmTransport implements Transport {
         if (e.toFd || e.toRing) events.progress(e.toFd, e.toRing);
         this.#autotune(s, slot, e.toFd, e.toRing, e.stalls);
         return;
+      case 'fdEof':
+        events.hostEnded?.();
+        return;
+      case 'ringEof':
+        events.clientEnded?.();
+        return;
       case 'resized': {
         const delta = slot.growing[e.dir];
         slot.growing[e.dir] = 0;
@@ -796,7 +805,7 @@ export class ShmTransport implements Transport {
     this.#corrupt.add(1);
     const sockets = [...s.slots.values()].flatMap((sl) => (sl.target ? [sl.target.id] : []));
     this.o.logger.error(
-      { session: s.id, identity: s.identity.name, pid: s.peer.pid, uid: s.peer.uid, sockets, code: e.code },
+      { session: s.id, identity: s.identity.name, peerPid: s.peer.pid, peerUid: s.peer.uid, sockets, code: e.code },
       'shm session corrupted by its client: its sockets end with ERR_SOCKGATE_RING_CORRUPT',
     );
     void this.#endSession(s, 'its client corrupted the shared memory', 'debug');
@@ -811,7 +820,7 @@ export class ShmTransport implements Transport {
     clearTimeout(s.timer);
     for (const slot of s.slots.values()) clearTimeout(slot.timer);
     s.ended = (async () => {
-      if (wasLive) this.o.logger[level]({ session: s.id, identity: s.identity.name, pid: s.peer.pid }, `shm session ended: ${why}`);
+      if (wasLive) this.o.logger[level]({ session: s.id, identity: s.identity.name, peerPid: s.peer.pid }, `shm session ended: ${why}`);
       const links = [...s.slots.values()].flatMap((sl) => (sl.link ? [sl.link] : []));
       if (s.ctlLink) links.push(s.ctlLink);
       await Promise.all(
@@ -871,7 +880,7 @@ export class ShmTransport implements Transport {
         this.o.logger.warn({ err: (err as Error).message }, 'shm: closing the attach listener failed');
       }
       this.#listener = undefined;
-      this.#unlinkSocket(this.#path);
+      this.#unlinkSocket(this.#path, this.#pathIno);
     }
   }
 }

@@ -5,7 +5,7 @@
  * datagram socket.
  */
 import { EventEmitter } from 'node:events';
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { credentials as grpcCredentials, makeGenericClientConstructor, Metadata, status, type CallOptions, type ChannelCredentials, type ClientDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import {
@@ -21,6 +21,7 @@ import {
   type SocketOption,
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { ShmClient, shmSupport } from './attach-shm.js';
 import {
   AbortedError,
   AttachFailedError,
@@ -48,8 +49,24 @@ const FastSocketGatewayClient = makeGenericClientConstructor(
   'sockgate.v1.SocketGatewayService',
 ) as unknown as typeof SocketGatewayServiceClient;
 
-/** Transports this SDK build can attach with, in default preference order. */
-export const SDK_TRANSPORTS: readonly TransportName[] = ['tcp', 'grpc'];
+/** Transports this SDK build can attach with, in default preference order (shm only where the native addon loaded). */
+export const SDK_TRANSPORTS: readonly TransportName[] = shmSupport.available ? ['shm', 'tcp', 'grpc'] : ['tcp', 'grpc'];
+
+/** Whether a gRPC target is on this host (a Unix socket or loopback): only then is shm offered by default. */
+export function isLocalTarget(target: string): boolean {
+  if (target.startsWith('unix:') || target.startsWith('unix-abstract:')) return true;
+  let rest = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/, '');
+  const bracket = /^\[([^\]]+)\]/.exec(rest);
+  if (bracket) rest = bracket[1]!;
+  else if (isIP(rest) !== 6) rest = rest.replace(/:[0-9]+$/, '');
+  const host = rest.toLowerCase();
+  if (host === 'localhost' || host.endsWith('.localhost')) return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  if (isIP(host) === 6) return host === '::1' || /^::ffff:127\./.test(host) || host === '0:0:0:0:0:0:0:1';
+  return false;
+}
+/** A Connect that failed this soon with "Connection dropped" went out on a dying connection: it is retried once. */
+const CONNECTION_DROPPED_RETRY_MS = 1_000;
 /** How long the gateway has to confirm that a tcp-plane stream really ended. */
 const CONFIRM_DEADLINE_MS = 3_000;
 /** Default deadline of a control call. */
@@ -72,6 +89,8 @@ export interface GatewayOptions {
   transports?: readonly TransportName[];
   /** Default deadline of control calls in ms. */
   deadlineMs?: number;
+  /** shm: the host id to offer instead of this host's boot id (tests, unusual setups). */
+  shm?: { hostId?: string };
 }
 
 export interface CallOpts {
@@ -156,6 +175,9 @@ export class Gateway {
   /** Everything open through this gateway object, closed by close(). */
   private readonly open = new Set<{ destroy(err?: Error): unknown }>();
   private readonly control: SocketControl;
+  /** The shm session side, created with the first shm offer. */
+  private shmClient: ShmClient | undefined;
+  private readonly shmOptions: { hostId?: string };
 
   private constructor(
     readonly target: string,
@@ -178,7 +200,8 @@ export class Gateway {
       this.metadata.set('authorization', `Bearer ${token}`);
       this.metadataNoWait.set('authorization', `Bearer ${token}`);
     }
-    this.offersDefault = options.transports ?? SDK_TRANSPORTS;
+    this.offersDefault = options.transports ?? (isLocalTarget(target) ? SDK_TRANSPORTS : SDK_TRANSPORTS.filter((t) => t !== 'shm'));
+    this.shmOptions = options.shm ?? {};
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.control = {
       setOption: async (id, o) => {
@@ -260,10 +283,10 @@ export class Gateway {
     const local: FallbackInfo[] = [];
     for (const name of names ?? this.offersDefault) {
       if (!(SDK_TRANSPORTS as readonly string[]).includes(name)) {
-        local.push({ transport: name, reason: 'UNSUPPORTED', detail: `this SDK build cannot attach with ${name}` });
+        local.push({ transport: name, reason: 'UNSUPPORTED', detail: name === 'shm' ? `this SDK cannot attach with shm: ${shmSupport.reason}` : `this SDK build cannot attach with ${name}` });
         continue;
       }
-      offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params: undefined });
+      offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params: name === 'shm' ? { $case: 'shm', shm: this.shm().offer() } : undefined });
     }
     if (!offers.length) throw new NoTransportError(`none of the requested transports (${(names ?? []).join(', ')}) is supported by this SDK`);
     return { offers, local };
@@ -303,7 +326,17 @@ export class Gateway {
         if (opts.noDelay !== undefined) options.push({ option: { $case: 'noDelay', noDelay: opts.noDelay } });
         if (opts.keepAliveMs !== undefined) options.push({ option: { $case: 'keepAliveMs', keepAliveMs: opts.keepAliveMs } });
         const callOpts: CallOpts = { signal: opts.signal ? AbortSignal.any([opts.signal, signal]) : signal, ...(opts.deadlineMs ? { deadlineMs: opts.deadlineMs } : {}) };
-        const res = await this.unary(this.client.connect, { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options }, callOpts);
+        const req = { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options };
+        const started = Date.now();
+        const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
+          // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
+          // retried once on the next connection; a gateway that did get the first call reaps its socket
+          // when the unused attach token expires.
+          if (err instanceof GatewayUnavailableError && err.message === 'Connection dropped' && Date.now() - started < CONNECTION_DROPPED_RETRY_MS) {
+            return this.unary(this.client.connect, req, callOpts);
+          }
+          throw err;
+        });
         return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
       },
     });
@@ -355,7 +388,7 @@ export class Gateway {
       const accepted = result?.accepted;
       if (!accepted) throw new NoTransportError(`gateway accepted none of the offered transports: ${(result?.fallbacks ?? []).map((f) => `${transportNameOf(f.kind)}: ${f.detail}`).join('; ')}`);
       try {
-        const channel = await this.attachWith(accepted, mode, opts);
+        const channel = await this.attachWith(accepted, mode, opts, socketId);
         return { channel, accepted, fallbacks: (result?.fallbacks ?? []).map(fallbackInfo) };
       } catch (err) {
         if (err instanceof AbortedError) throw err;
@@ -372,8 +405,17 @@ export class Gateway {
     throw new NoTransportError('negotiation did not converge');
   }
 
-  private attachWith(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
+  /** The shm client of this gateway object (one session for all its shm sockets). */
+  private shm(): ShmClient {
+    this.shmClient ??= new ShmClient(this.shmOptions);
+    return this.shmClient;
+  }
+
+  private attachWith(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts, socketId = ''): Promise<Duplex> {
     switch (accepted.params?.$case) {
+      case 'shm':
+        if (mode !== 'stream') return Promise.reject(new AttachFailedError('shm carries stream sockets only'));
+        return this.shm().attach(accepted.params.shm, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
       case 'tcp':
         return this.attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts);
       case 'grpc':
@@ -486,7 +528,8 @@ export class Gateway {
 
   /** A UDP socket through the gateway: bound to `uri` (default) or connected to it. */
   async udp(uri: string, opts: UdpOptions = {}): Promise<GatewayDatagramSocket> {
-    const { offers, local } = this.offers(opts.transports);
+    // Datagrams do not ride shm: leave it out of the default offers.
+    const { offers, local } = this.offers(opts.transports ?? this.offersDefault.filter((t) => t !== 'shm'));
     let socketId: string;
     let localUri: string;
     let remoteUri = '';
@@ -538,6 +581,7 @@ export class Gateway {
   close(): void {
     for (const s of [...this.open]) s.destroy();
     this.open.clear();
+    void this.shmClient?.close();
     this.client.close();
     this.adminClient.close();
   }

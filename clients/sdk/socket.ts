@@ -8,8 +8,9 @@ import { Duplex } from 'node:stream';
 import { EventEmitter } from 'node:events';
 import type { Fallback } from '../../proto/gen/sockgate/v1/transport.js';
 import { DeclineReason, TransportKind, declineReasonToJSON, transportKindToJSON } from '../../proto/gen/sockgate/v1/transport.js';
-import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketClosedError, SockgateError, fromSystemError } from '../../server/errors.js';
+import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketClosedError, SockgateError, WrongSocketKindError, fromSystemError } from '../../server/errors.js';
 import type { ChannelDatagram } from '../../server/transport.js';
+import type { ShmReadLoan } from './shm-channel.js';
 
 export type TransportName = 'shm' | 'rdma' | 'tcp' | 'grpc';
 
@@ -284,6 +285,20 @@ export class GatewaySocket extends Duplex {
       if (err) void this.control.close(this.socketId).catch(() => {});
     }
     cb(err);
+  }
+
+  /**
+   * Zero-copy reads (shm transport only): an async iterator of loans over the
+   * ring's bytes, each valid until its `release()`, which must come before
+   * the next loan is asked for (using a released loan's `view` throws). While
+   * loans are taken the socket delivers no 'data' (its 'end' still comes); a
+   * write waits while a loan is out. Call it before any byte was read.
+   */
+  readLoans(): AsyncIterableIterator<ShmReadLoan> {
+    const inner = this.inner as (Duplex & { loans?: () => AsyncIterableIterator<ShmReadLoan> }) | undefined;
+    if (!inner || typeof inner.loans !== 'function') throw new WrongSocketKindError(`zero-copy reads need the shm transport; socket ${this.socketId || '(unconnected)'} rides ${this.transport}`);
+    if (this.bytesRead > 0 || this.readableLength > 0) throw new WrongSocketKindError(`socket ${this.socketId}: bytes were already read through the stream; zero-copy reads must start before any`);
+    return inner.loans();
   }
 
   /** Disable or enable Nagle on the host socket (applied by the gateway). */

@@ -1,0 +1,331 @@
+/**
+ * The SDK's shm client: one session per Gateway object (one region mapped
+ * once, attached with the first shm socket's token), and a ShmChannel per
+ * socket over its slot. Later sockets present their token over the session's
+ * control slot (BIND), so connecting one costs no new mapping, fd passing or
+ * connection. A process-wide native pump watches every session's doorbell
+ * and delivers the hints that wake the channels.
+ *
+ * The native addon is optional for the SDK: without it `shmSupport.available`
+ * is false and the SDK offers tcp and grpc only.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Socket } from 'node:net';
+import type { ClientSession, Pump, ShmRegion } from '../../native/index.js';
+import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../server/errors.js';
+import {
+  CONTROL_SLOT,
+  CtlParser,
+  CtlType,
+  SESSION_ID_RE,
+  ShmStatus,
+  decodeBound,
+  encodeCtl,
+  encodeHello,
+  readBootId,
+  shmStatusName,
+} from '../../server/shm-wire.js';
+import { ShmChannel, type ShmChannelSession } from './shm-channel.js';
+
+type NativeModule = typeof import('../../native/index.js');
+
+/** How long an attach or a bind may take by default. */
+const ATTACH_TIMEOUT_MS = 10_000;
+/** How long closing waits for the pump to let go of a region it watched. */
+const RELEASE_WAIT_MS = 2_000;
+
+let native: NativeModule | undefined;
+let nativeError = '';
+try {
+  native = await import('../../native/index.js');
+} catch (err) {
+  nativeError = (err as Error).message;
+}
+
+/** Whether this process can attach with shm, and why not. */
+export const shmSupport: { readonly available: boolean; readonly reason: string } = {
+  available: native !== undefined && process.platform === 'linux',
+  reason: native === undefined ? `the native addon did not load: ${nativeError}` : process.platform !== 'linux' ? 'shm needs Linux' : '',
+};
+
+// ---- the process-wide client pump ------------------------------------------------
+
+/** The pump watching every client session in this process, and who listens to which region. */
+interface ClientPump {
+  pump: Pump;
+  /** Hint handlers by region id. */
+  regions: Map<number, (slots: number[]) => void>;
+  /** Open data channels across sessions: the pump keeps the process alive only while there are some. */
+  channels: number;
+}
+let clientPump: ClientPump | undefined;
+
+function acquirePump(n: NativeModule): ClientPump {
+  if (!clientPump) {
+    const regions = new Map<number, (slots: number[]) => void>();
+    const pump = new n.Pump((events) => {
+      for (const e of events) if (e.type === 'hints') regions.get(e.region)?.(e.slots);
+    });
+    pump.unref();
+    clientPump = { pump, regions, channels: 0 };
+  }
+  return clientPump;
+}
+
+/** Retry `fn` while it throws EBUSY (the pump thread has not yet let go), bounded. */
+async function whenReleased(fn: () => void): Promise<void> {
+  const deadline = Date.now() + RELEASE_WAIT_MS;
+  for (;;) {
+    try {
+      fn();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline || native?.nativeCode(err) !== 'EBUSY') throw err;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+}
+
+function releasePumpIfIdle(): void {
+  const p = clientPump;
+  if (!p || p.regions.size > 0) return;
+  clientPump = undefined;
+  void whenReleased(() => p.pump.close()).catch(() => {});
+}
+
+// ---- a session ------------------------------------------------------------------
+
+/** One attached session: region, doorbells, control stream, channels by slot. */
+class ClientShmSession implements ShmChannelSession {
+  readonly channels = new Map<number, ShmChannel>();
+  /** BINDs waiting for their BOUND, by slot. */
+  readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  readonly #control: ShmChannel;
+  readonly #watcher: Socket;
+  readonly #pump: ClientPump;
+  readonly region: ShmRegion;
+  #closed = false;
+
+  constructor(
+    readonly id: string,
+    readonly cs: ClientSession,
+    private readonly onGone: (s: ClientShmSession) => void,
+    n: NativeModule,
+  ) {
+    this.region = cs.region;
+    this.#pump = acquirePump(n);
+    this.#pump.regions.set(this.region.id, (slots) => this.#hints(slots));
+    this.#control = new ShmChannel(this.region, CONTROL_SLOT, { release: () => {}, channelClosed: () => {} }, `shm session ${id} control`);
+    const parser = new CtlParser(new Set([CtlType.BOUND, CtlType.END]), cs.slotCount);
+    this.#control.on('data', (chunk: Buffer) => {
+      let msgs;
+      try {
+        msgs = parser.push(chunk);
+      } catch (err) {
+        return this.lost(err as Error);
+      }
+      for (const m of msgs) {
+        if (m.type === CtlType.BOUND) {
+          const b = this.#binds.get(m.slot);
+          this.#binds.delete(m.slot);
+          let st;
+          try {
+            st = decodeBound(m.payload);
+          } catch (err) {
+            return this.lost(err as Error);
+          }
+          if (st.status === ShmStatus.OK) b?.resolve();
+          else b?.reject(new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
+        } else {
+          this.channels.get(m.slot)?.fail(m.payload.toString('utf8'));
+        }
+      }
+    });
+    this.#control.on('error', (err) => this.lost(err));
+    this.#control.on('end', () => this.lost(new GatewayUnavailableError(`shm session ${id}: the gateway ended the control stream`)));
+    // The attach connection stays open for the session's life: its hang-up means the gateway is gone (or dropped us).
+    this.#watcher = new Socket({ fd: n.dupFd(cs.conn), readable: true, writable: false });
+    this.#watcher.on('data', () => {});
+    this.#watcher.on('error', () => {});
+    this.#watcher.on('close', () => this.lost(new GatewayUnavailableError(`shm session ${id}: the gateway closed the session (it stopped, or dropped this client)`)));
+    this.#watcher.unref();
+    this.#pump.pump.watch(this.region);
+  }
+
+  #hints(slots: number[]): void {
+    for (const slot of slots) {
+      if (slot === CONTROL_SLOT) this.#control.poke();
+      else this.channels.get(slot)?.poke();
+    }
+  }
+
+  /** A channel for a slot the gateway has opened for us. */
+  open(slot: number, label: string): ShmChannel {
+    if (this.#closed) throw new SocketClosedError(`shm session ${this.id} is closed`);
+    const ch = new ShmChannel(this.region, slot, this, label);
+    this.channels.set(slot, ch);
+    if (this.#pump.channels++ === 0) this.#pump.pump.ref();
+    // Data may already be there (the gateway links before it answers).
+    queueMicrotask(() => ch.poke());
+    return ch;
+  }
+
+  /** Present a socket's token over the session; resolves once the gateway linked the slot. */
+  bind(slot: number, token: Uint8Array, signal: AbortSignal | undefined, timeoutMs: number): Promise<void> {
+    if (this.#closed) return Promise.reject(new AttachFailedError(`shm session ${this.id} is closed`));
+    if (this.#binds.has(slot) || this.channels.has(slot)) return Promise.reject(new AttachFailedError(`shm slot ${slot} of session ${this.id} is already in use here`));
+    if (token.length > 1024) return Promise.reject(new AttachFailedError('attach token too long'));
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (this.#binds.get(slot)?.reject === fail) this.#binds.delete(slot);
+        if (err) reject(err);
+        else resolve();
+      };
+      const fail = (err: Error) => done(err);
+      const onAbort = () => done(new AbortedError('attach aborted'));
+      const timer = setTimeout(() => done(new AttachFailedError(`shm bind of slot ${slot}: no answer within ${timeoutMs} ms`)), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#binds.set(slot, { resolve: () => done(), reject: fail });
+      this.#control.write(encodeCtl(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength)));
+    });
+  }
+
+  release(slot: number, abort: boolean): void {
+    if (this.#closed) return;
+    this.#control.write(encodeCtl(abort ? CtlType.ABORT : CtlType.RELEASE, slot));
+  }
+
+  channelClosed(slot: number, ch: ShmChannel): void {
+    if (this.channels.get(slot) !== ch) return;
+    this.channels.delete(slot);
+    if (--this.#pump.channels === 0) this.#pump.pump.unref();
+  }
+
+  /** The session died under us: every channel and bind fails with `err`. */
+  lost(err: Error): void {
+    if (this.#closed) return;
+    void this.close(err);
+  }
+
+  /** Destroy the channels (with `err`) and let go of the region, doorbells and connection. Idempotent. */
+  async close(err?: Error): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.onGone(this);
+    const why = err ?? new SocketClosedError(`shm session ${this.id} closed`);
+    for (const b of this.#binds.values()) b.reject(new AttachFailedError(`shm session ${this.id} ended before the bind was answered`, { cause: why }));
+    this.#binds.clear();
+    for (const ch of [...this.channels.values()]) ch.lost(why);
+    this.#control.lost(why);
+    this.#watcher.destroy();
+    this.#pump.pump.unwatch(this.region);
+    this.#pump.regions.delete(this.region.id);
+    try {
+      await whenReleased(() => this.cs.close());
+    } finally {
+      releasePumpIfIdle();
+    }
+  }
+}
+
+// ---- the client -----------------------------------------------------------------
+
+export interface ShmClientOptions {
+  /** Host id to offer instead of this host's boot id (tests; unusual setups). */
+  hostId?: string;
+}
+
+/** The shm side of one SDK Gateway object. */
+export class ShmClient {
+  /** The session id this client offers with every shm socket. */
+  readonly sessionId = randomBytes(16).toString('base64url');
+  readonly hostId: string;
+  /** Attached sessions by id (the primary one and the gateway's overflow ones). */
+  readonly #sessions = new Map<string, ClientShmSession>();
+  /** Sessions being attached, by id: concurrent sockets wait for the one attach. */
+  readonly #attaching = new Map<string, Promise<ClientShmSession>>();
+  #closed = false;
+
+  constructor(options: ShmClientOptions = {}) {
+    if (!native) throw new AttachFailedError(`shm is not available: ${shmSupport.reason}`);
+    this.hostId = options.hostId ?? readBootId((p) => readFileSync(p, 'utf8'));
+  }
+
+  /** The ShmOffer for a socket. */
+  offer(): ShmOffer {
+    return { ringBytes: 0, hostId: this.hostId, sessionId: this.sessionId };
+  }
+
+  /** Attached sessions (tests and diagnostics). */
+  get sessions(): ReadonlyMap<string, { region: ShmRegion; channels: ReadonlyMap<number, ShmChannel> }> {
+    return this.#sessions;
+  }
+
+  /** Attach one socket as the gateway said: attach the session it names, or bind into the one we hold. */
+  async attach(p: ShmAttach, token: Uint8Array, label: string, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<ShmChannel> {
+    const n = native!;
+    const timeoutMs = opts.timeoutMs ?? ATTACH_TIMEOUT_MS;
+    if (this.#closed) throw new AttachFailedError('the gateway connection is closed');
+    if (!p.path.startsWith('/')) throw new AttachFailedError(`shm attach: the gateway gave no usable socket path (${JSON.stringify(p.path.slice(0, 64))})`);
+    if (!SESSION_ID_RE.test(p.sessionId) || p.slot === CONTROL_SLOT) throw new AttachFailedError('shm attach: malformed session or slot from the gateway');
+    let s = this.#sessions.get(p.sessionId);
+    if (!s) {
+      let attaching = this.#attaching.get(p.sessionId);
+      if (!attaching) {
+        if (!p.newSession) throw new AttachFailedError(`shm attach: the gateway expects session ${p.sessionId}, which this client does not hold`);
+        // This socket attaches the session; its slot is linked by then.
+        const hello = encodeHello({ sessionId: p.sessionId, slot: p.slot, token: Buffer.from(token) });
+        attaching = this.#attachSession(n, p.path, p.sessionId, hello, timeoutMs);
+        this.#attaching.set(p.sessionId, attaching);
+        try {
+          s = await attaching;
+        } finally {
+          this.#attaching.delete(p.sessionId);
+        }
+        if (opts.signal?.aborted) {
+          s.release(p.slot, true);
+          throw new AbortedError('attach aborted');
+        }
+        return s.open(p.slot, label);
+      }
+      s = await attaching;
+    }
+    await s.bind(p.slot, token, opts.signal, timeoutMs);
+    return s.open(p.slot, label);
+  }
+
+  async #attachSession(n: NativeModule, path: string, id: string, hello: Buffer, timeoutMs: number): Promise<ClientShmSession> {
+    let cs: ClientSession;
+    try {
+      cs = await n.attachClient(path, hello, timeoutMs);
+    } catch (err) {
+      if (err instanceof n.AttachRefusedError) throw new AttachFailedError(`shm attach refused by the gateway: ${shmStatusName(err.status)}`, { cause: err });
+      throw new AttachFailedError(`shm attach to ${path} failed: ${(err as Error).message}`, { cause: err });
+    }
+    if (this.#closed) {
+      cs.close();
+      throw new AttachFailedError('the gateway connection closed during the attach');
+    }
+    let s: ClientShmSession;
+    try {
+      s = new ClientShmSession(id, cs, (gone) => {
+        if (this.#sessions.get(gone.id) === gone) this.#sessions.delete(gone.id);
+      }, n);
+    } catch (err) {
+      cs.close();
+      throw new ProtocolError(`shm session setup failed: ${(err as Error).message}`, { cause: err });
+    }
+    this.#sessions.set(id, s);
+    return s;
+  }
+
+  /** Close every session (their channels are destroyed). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await Promise.all([...this.#sessions.values()].map((s) => s.close()));
+  }
+}
