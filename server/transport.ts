@@ -54,6 +54,13 @@ export interface NativeLinkEnd {
   code?: string;
 }
 
+/** A SetOption value for the host socket (the shape of the proto's oneof). */
+export type HostOption =
+  | { $case: 'noDelay'; noDelay: boolean }
+  | { $case: 'keepAliveMs'; keepAliveMs: number }
+  | { $case: 'sendBufferBytes'; sendBufferBytes: number }
+  | { $case: 'recvBufferBytes'; recvBufferBytes: number };
+
 /** A running native link. The link owns the host descriptor it was given. */
 export interface NativeLink {
   /** Settles once, when both directions are done or the link failed. */
@@ -64,11 +71,17 @@ export interface NativeLink {
   shutdownHost?(read: boolean, write: boolean): void;
   /** Bytes held in the link's buffers (ring or pipe occupancy), if known. */
   bufferedBytes?(): number;
+  /** Apply a socket option to the host descriptor the link owns, if the link supports it. */
+  setHostOption?(option: HostOption): void;
 }
 
 export interface NativeLinkEvents {
   /** Batched byte counts since the last call: to the host peer, and from it. */
   progress(toHost: number, fromHost: number): void;
+  /** The host peer sent FIN (the client is told after the bytes before it). */
+  hostEnded?(): void;
+  /** The client half-closed (the host gets FIN after the bytes before it). */
+  clientEnded?(): void;
 }
 
 export interface NativeDataChannel {

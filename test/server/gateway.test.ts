@@ -272,10 +272,19 @@ test('SetOption: no-delay, keep-alive and buffer sizes reach the host socket; ba
   await control.setOption(sock.socketId, { sendBufferBytes: 96 * 1024 });
   await control.setOption(sock.socketId, { recvBufferBytes: 80 * 1024 });
   const native = await import('../../native/index.js');
-  const host = (gw.gateway.table.list().find((s) => s.id === sock.socketId) as unknown as { host: { _handle: { fd: number } } }).host;
+  const gs = gw.gateway.table.list().find((s) => s.id === sock.socketId) as unknown as {
+    host: { _handle: { fd: number } | null };
+    nativeLink?: { getHostSockopt(name: 'SO_SNDBUF' | 'SO_RCVBUF' | 'TCP_NODELAY' | 'SO_KEEPALIVE'): number };
+  };
+  // The tcp plane's native relay owns the host descriptor (the JS socket gave its own up); else the JS socket has it.
+  const opt = (name: 'SO_SNDBUF' | 'SO_RCVBUF') => (gs.nativeLink ? gs.nativeLink.getHostSockopt(name) : native.getsockopt(gs.host._handle!.fd, name));
   // Linux doubles the requested value for bookkeeping.
-  t.is(native.getsockopt(host._handle.fd, 'SO_SNDBUF'), 2 * 96 * 1024);
-  t.is(native.getsockopt(host._handle.fd, 'SO_RCVBUF'), 2 * 80 * 1024);
+  t.is(opt('SO_SNDBUF'), 2 * 96 * 1024);
+  t.is(opt('SO_RCVBUF'), 2 * 80 * 1024);
+  if (gs.nativeLink) {
+    t.is(gs.nativeLink.getHostSockopt('TCP_NODELAY'), 1);
+    t.is(gs.nativeLink.getHostSockopt('SO_KEEPALIVE'), 1);
+  }
   const err = await t.throwsAsync(control.setOption(sock.socketId, { sendBufferBytes: 12 }));
   t.is((err as SockgateError).grpcStatus, status.INVALID_ARGUMENT);
   t.regex(err!.message, /send_buffer_bytes must be 1024\.\.67108864, got 12/);
