@@ -195,6 +195,7 @@ export class Gateway {
     }
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
+    if (this.native && this.config.transports.tcp_native) this.startTcpNative(this.native);
     for (const t of this.transports.values()) {
       if (t !== this.shm) await t.start();
     }
@@ -212,16 +213,35 @@ export class Gateway {
     return this.addressesValue;
   }
 
+  /** The shared pump, created on first use; it keeps the process alive only while it has links. */
+  private hub(native: typeof import('../native/index.js')): PumpHub {
+    const hub =
+      this.pumpHub ??
+      new PumpHub(native, { spinUs: this.config.transports.shm.spin_us, unrefWhenIdle: true }, (err, event) =>
+        this.logger.error({ err, event: event.type }, 'native pump event handler failed'),
+      );
+    this.pumpHub = hub;
+    return hub;
+  }
+
+  /** The tcp plane relays stream sockets on the shared pump (splice links); if that fails, JS relays them. */
+  private startTcpNative(native: typeof import('../native/index.js')): void {
+    try {
+      this.tcp.useNativeRelay({ native, pump: this.hub(native).pump });
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'tcp plane: native relay unavailable, relaying in JS');
+    }
+  }
+
   /** Start the shm plane on the shared pump; without it (logged) the gateway serves the other planes. */
   private async startShm(native: typeof import('../native/index.js')): Promise<void> {
     const cfg = this.config.transports.shm;
     try {
-      this.pumpHub ??= new PumpHub(native, { spinUs: cfg.spin_us }, (err, event) => this.logger.error({ err, event: event.type }, 'native pump event handler failed'));
       const shm = new ShmTransport({
         config: cfg,
         tokenTtlMs: this.config.transports.attach_token_ttl_ms,
         native,
-        hub: this.pumpHub,
+        hub: this.hub(native),
         registry: this.registry,
         policy: this.policy,
         metrics: this.telemetry.metrics,

@@ -2,6 +2,12 @@
  * The `tcp` data plane: a TCP connection to the gateway's data port per socket,
  * authenticated by the attach token in a preamble (see wire.ts). Works from
  * anywhere the data port is reachable; the fallback that always works.
+ *
+ * With the native addon, a stream socket's data connection and host socket go
+ * to a splice link on the shared pump (native/src/splice.h): bytes move fd to
+ * fd in the kernel on the I/O thread and never enter JS. Without it (or with
+ * `transports.tcp_native: false`, or if the link cannot start) JS relays them.
+ * Datagram sockets always use the JS framing.
  */
 import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -12,7 +18,9 @@ import type { GatewaySocket } from './socket-table.js';
 import { DatagramSocket, StreamSocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { Logger } from './log.js';
-import type { DataChannel, OfferContext, OfferOutcome, Transport } from './transport.js';
+import type { DataChannel, HostOption, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
+import type { Pump, SpliceLink } from '../native/index.js';
+import { SocketClosedError } from './errors.js';
 import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from './wire.js';
 import { tracer } from './trace.js';
 
@@ -47,6 +55,12 @@ export interface TcpTransportOptions {
   vsockUds?: { path: string; port: number };
 }
 
+/** The native relay: the addon and the gateway's shared pump. */
+export interface NativeRelay {
+  native: typeof import('../native/index.js');
+  pump: Pump;
+}
+
 /**
  * Remove a Unix socket file left by an earlier run, so listen() does not fail
  * with EADDRINUSE. Only a socket is removed; any other file is left for listen() to report.
@@ -56,6 +70,29 @@ export function removeStaleSocket(path: string): void {
     if (lstatSync(path).isSocket()) unlinkSync(path);
   } catch {
     // Absent (the usual case) or not ours to remove: listen() reports what matters.
+  }
+}
+
+/** SetOption on a splice link's host descriptor, as Node's net.Socket would set it (libuv's keep-alive probes included). */
+function setHostOption(link: SpliceLink, o: HostOption): void {
+  try {
+    switch (o.$case) {
+      case 'noDelay':
+        return link.setHostSockopt('TCP_NODELAY', o.noDelay ? 1 : 0);
+      case 'keepAliveMs':
+        link.setHostSockopt('SO_KEEPALIVE', o.keepAliveMs > 0 ? 1 : 0);
+        if (o.keepAliveMs <= 0) return;
+        link.setHostSockopt('TCP_KEEPIDLE', Math.max(1, Math.floor(o.keepAliveMs / 1000)));
+        link.setHostSockopt('TCP_KEEPINTVL', 1);
+        return link.setHostSockopt('TCP_KEEPCNT', 10);
+      case 'sendBufferBytes':
+        return link.setHostSockopt('SO_SNDBUF', o.sendBufferBytes);
+      case 'recvBufferBytes':
+        return link.setHostSockopt('SO_RCVBUF', o.recvBufferBytes);
+    }
+  } catch (err) {
+    if (link.raw.closed || /ended/.test(String((err as Error).message))) throw new SocketClosedError(`the native link of this socket has ended (${(err as Error).message})`, { cause: err });
+    throw err;
   }
 }
 
@@ -69,11 +106,18 @@ export class TcpTransport implements Transport {
   /** Data connections still in their preamble; closed on shutdown. */
   private readonly handshaking = new Set<Socket>();
   private boundPort = 0;
+  /** Set by useNativeRelay(): stream sockets attach to splice links on this pump. */
+  private relay: NativeRelay | undefined;
 
   constructor(private readonly options: TcpTransportOptions) {}
 
   get port(): number {
     return this.boundPort;
+  }
+
+  /** Relay stream sockets natively from now on (undefined: back to the JS relay). */
+  useNativeRelay(relay: NativeRelay | undefined): void {
+    this.relay = relay;
   }
 
   async start(): Promise<void> {
@@ -164,7 +208,6 @@ export class TcpTransport implements Transport {
       cleanup();
       sock.pause();
       if (p.rest.length) sock.unshift(p.rest);
-      sock.write(encodeReply(AttachStatus.OK));
       this.options.metrics.recordAttach('tcp', 'ok');
       this.attach(target, sock);
     };
@@ -173,17 +216,103 @@ export class TcpTransport implements Transport {
     sock.on('end', onEnd);
   }
 
+  /** Hand a redeemed data connection to its socket; the OK reply goes out first on every path. */
   private attach(target: GatewaySocket, sock: Socket): void {
     let channel: DataChannel;
     if (target instanceof StreamSocket) {
+      if (this.relay && this.attachNative(target, sock, this.relay)) return;
+      sock.write(encodeReply(AttachStatus.OK));
       sock.setNoDelay(true);
       channel = { transport: this.kind, mode: 'stream', stream: sock };
       target.attach(channel);
     } else if (target instanceof DatagramSocket) {
+      sock.write(encodeReply(AttachStatus.OK));
       channel = { transport: this.kind, mode: 'datagram', stream: new DatagramFramer(sock, this.options.maxDatagramBytes) };
       target.attach(channel);
     } else {
       sock.destroy();
+    }
+  }
+
+  /**
+   * Attach through a splice link. The socket dups its host descriptor into
+   * start(); start() dups the data connection's, and the link writes the OK
+   * reply and whatever the host had already sent to the client, and the
+   * client's bytes after its preamble to the host, before relaying. Node's
+   * copy of the data connection is then closed without sending anything.
+   * Returns false, with the data connection untouched, if the link did not
+   * start: the caller falls back to the JS relay.
+   */
+  private attachNative(target: StreamSocket, sock: Socket, relay: NativeRelay): boolean {
+    const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return false;
+    // Already read from the client (the bytes after the preamble, at least): for the host first.
+    const early: Buffer[] = [];
+    for (let b = sock.read() as Buffer | null; b !== null; b = sock.read() as Buffer | null) early.push(b);
+    let started = false;
+    const channel: NativeDataChannel = {
+      transport: this.kind,
+      mode: 'native',
+      start: (hostFd, hostPrefix, events) => {
+        const link = this.startSplice(relay, fd, hostFd, early, [encodeReply(AttachStatus.OK), ...hostPrefix], events);
+        started = true;
+        sock.removeAllListeners();
+        sock.on('error', () => {});
+        sock.destroy();
+        return link;
+      },
+    };
+    try {
+      target.attach(channel);
+      return true;
+    } catch (err) {
+      if (started) throw err;
+      trace(`native attach of ${target.id} did not start (${(err as Error).message}): JS relay`);
+      if (early.length) sock.unshift(Buffer.concat(early));
+      return false;
+    }
+  }
+
+  /** dup() both descriptors and start the splice link (the caller keeps its own fds either way). */
+  private startSplice(relay: NativeRelay, clientFd: number, hostFd: number, toHost: Buffer[], toClient: Buffer[], events: NativeLinkEvents): NativeLink {
+    const { native, pump } = relay;
+    const c = native.dupFd(clientFd);
+    let h: number;
+    try {
+      h = native.dupFd(hostFd);
+    } catch (err) {
+      native.closeFd(c);
+      throw err;
+    }
+    // The reply and the host bytes the socket already counted open the client's stream: not new host payload.
+    let notFromHost = toClient.reduce((n, b) => n + b.length, 0);
+    try {
+      const link = pump.splice(c, h, {
+        toHostPrefix: toHost,
+        toClientPrefix: toClient,
+        pipeBytes: this.options.highWatermark,
+        onProgress: (toHostBytes, toClientBytes) => {
+          const skip = Math.min(notFromHost, toClientBytes);
+          notFromHost -= skip;
+          events.progress(toHostBytes, toClientBytes - skip);
+        },
+        onHostEof: () => events.hostEnded?.(),
+        onClientEof: () => events.clientEnded?.(),
+      });
+      trace(`splice link ${link.id}: client fd ${c}, host fd ${h}, pipes of ${link.pipeBytes} bytes`);
+      return {
+        ended: link.ended,
+        close: () => link.close(),
+        shutdownHost: (read, write) => link.shutdownHost(read, write),
+        bufferedBytes: () => link.bufferedBytes(),
+        setHostOption: (o) => setHostOption(link, o),
+        // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
+        getHostSockopt: (name: 'SO_SNDBUF' | 'SO_RCVBUF' | 'TCP_NODELAY' | 'SO_KEEPALIVE') => link.getHostSockopt(name),
+      } as NativeLink;
+    } catch (err) {
+      native.closeFd(c);
+      native.closeFd(h);
+      throw err;
     }
   }
 
