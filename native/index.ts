@@ -177,9 +177,42 @@ export interface NativeConstants {
   ATTACH_STATUS_TIMEOUT: number;
 }
 
+/** A listening AF_VSOCK socket; accepted descriptors arrive through the callback (see native/src/vsock.h). */
+export interface RawVsockListener {
+  /** The bound port (the kernel's choice with PORT_ANY). */
+  readonly port: number;
+  readonly closed: boolean;
+  /** Keep the process alive while listening (the default) or not. */
+  ref(): void;
+  unref(): void;
+  /** Stop accepting, join the accept thread, close the socket. Idempotent. */
+  close(): void;
+}
+
+/** AF_VSOCK primitives (native/src/vsock.h). `available` is false, with the reason, where the kernel or the build lacks them. */
+export interface RawVsock {
+  available: boolean;
+  reason: string;
+  /** Connect off the JS thread; resolves with the connected (non-blocking) fd, which the caller owns. */
+  connect(cid: number, port: number, timeoutMs?: number): Promise<number>;
+  /** This machine's context id (/dev/vsock). */
+  localCid(): number;
+  Listener: new (
+    cid: number,
+    port: number,
+    backlog: number,
+    onAccept: (err: Error | null, fd?: number, peerCid?: number, peerPort?: number) => void,
+  ) => RawVsockListener;
+  CID_ANY: number;
+  CID_LOCAL: number;
+  CID_HOST: number;
+  PORT_ANY: number;
+}
+
 export interface NativeBinding {
   abiVersion: number;
   rdma: { available: boolean; reason: string };
+  vsock: RawVsock;
   constants: NativeConstants;
   Region: { new (opts: { slots: number; maxRingSize: number; byteLimit?: number }): RawRegion; new (memfd: number): RawRegion };
   Eventfd: new (fd?: number) => RawEventfd;
@@ -221,6 +254,8 @@ function load(): NativeBinding {
 export const binding: NativeBinding = load();
 export const constants = binding.constants;
 export const rdma = binding.rdma;
+/** AF_VSOCK primitives; the bridge to Node sockets is clients/sdk/vsock.ts. */
+export const vsock = binding.vsock;
 export const DIR_C2G = 0 as const;
 export const DIR_G2C = 1 as const;
 

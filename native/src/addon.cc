@@ -27,6 +27,7 @@
 #include "pump.h"
 #include "region.h"
 #include "ring.h"
+#include "vsock.h"
 
 using namespace sg;
 
@@ -1236,6 +1237,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setGatewayRingLimit", Napi::Function::New(env, SetGatewayRingLimit, "setGatewayRingLimit"));
   exports.Set("gatewayRingBytes", Napi::Function::New(env, GatewayRingBytes, "gatewayRingBytes"));
   exports.Set("rdma", Rdma(env));
+  exports.Set("vsock", vsock::Exports(env));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, SOL_SOCKET));
   c.Set("SO_SNDBUF", Napi::Number::New(env, SO_SNDBUF));
