@@ -117,6 +117,8 @@ export interface RawPump {
 export interface RawPumpLink {
   readonly id: number;
   resize(dir: RingDir, ringSize: number): void;
+  setHostSockopt(level: number, name: number, value: number): void;
+  getHostSockopt(level: number, name: number): number;
   close(): void;
 }
 
@@ -526,6 +528,13 @@ export class PumpLink implements RoutedLink {
   /** Grant a ring size for one direction (applied when that ring is empty). */
   resize(dir: RingDir, ringSize: number): void {
     call(() => this.raw.resize(dir, ringSize));
+  }
+  /** setsockopt on the descriptor the link owns (EBADF once the link ended). */
+  setHostSockopt(name: HostSockopt, value: number): void {
+    call(() => this.raw.setHostSockopt(sockoptLevel(name), constants[name], value));
+  }
+  getHostSockopt(name: HostSockopt): number {
+    return call(() => this.raw.getHostSockopt(sockoptLevel(name), constants[name]));
   }
   /** Abort the link (closes its fd); resolves with the end event. Idempotent. */
   close(): Promise<LinkEnd> {

@@ -48,17 +48,18 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Counter, Meter } from '@opentelemetry/api';
 import ipaddr from 'ipaddr.js';
-import type { AttachListener, PumpLink, ShmRegion, Eventfd } from '../native/index.js';
+import type { AttachListener, Eventfd, HostSockopt, PumpLink, ShmRegion } from '../native/index.js';
 import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, type AttachRegistry } from './attach.js';
+import { SocketClosedError } from './errors.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import type { Identity, Policy } from './policy.js';
 import type { LinkEvent, ListenerEvent, PumpHub, RegionEvent } from './pump-hub.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
-import type { NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
+import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import {
   CONTROL_RING_BYTES,
   CONTROL_SLOT,
@@ -91,6 +92,8 @@ const RESERVATION_GRACE_MS = 2_000;
 const REFUSED_MEMORY_MS = 60_000;
 /** A client that leaves this much of its control stream unread is not reading it: its session ends. */
 const CONTROL_BACKLOG_LIMIT = 64 * 1024;
+/** How long ending a session waits for its last control messages to reach the client's ring. */
+const CONTROL_FLUSH_MS = 500;
 /** How long teardown waits for a link's end event before giving up on it. */
 const LINK_END_WAIT_MS = 5_000;
 /** Client input echoed in a decline detail is cut to this length. */
@@ -170,6 +173,9 @@ class Session {
   peer = { pid: 0, uid: 0, gid: 0 };
   ctlLink: PumpLink | undefined;
   ctlSock: Socket | undefined;
+  /** Control bytes written to the socketpair, and delivered by the pump into the client's ring. */
+  ctlWritten = 0;
+  ctlDelivered = 0;
   /** Settles when the teardown is complete. */
   ended: Promise<void> | undefined;
   constructor(
@@ -232,6 +238,29 @@ function defaultPath(): string {
 }
 
 let uniquePaths = 0;
+
+/** SetOption on the host descriptor a ring link owns, as Node's net.Socket would set it (keep-alive probes included). */
+function setHostOption(link: PumpLink, o: HostOption): void {
+  try {
+    switch (o.$case) {
+      case 'noDelay':
+        return link.setHostSockopt('TCP_NODELAY', o.noDelay ? 1 : 0);
+      case 'keepAliveMs':
+        link.setHostSockopt('SO_KEEPALIVE', o.keepAliveMs > 0 ? 1 : 0);
+        if (o.keepAliveMs <= 0) return;
+        link.setHostSockopt('TCP_KEEPIDLE', Math.max(1, Math.floor(o.keepAliveMs / 1000)));
+        link.setHostSockopt('TCP_KEEPINTVL', 1);
+        return link.setHostSockopt('TCP_KEEPCNT', 10);
+      case 'sendBufferBytes':
+        return link.setHostSockopt('SO_SNDBUF', o.sendBufferBytes);
+      case 'recvBufferBytes':
+        return link.setHostSockopt('SO_RCVBUF', o.recvBufferBytes);
+    }
+  } catch (err) {
+    if (/link has ended/.test(String((err as Error).message))) throw new SocketClosedError(`the native link of this socket has ended (${(err as Error).message})`, { cause: err });
+    throw err;
+  }
+}
 
 export class ShmTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_SHM;
@@ -581,6 +610,7 @@ export class ShmTransport implements Transport {
     }
     s.ctlLink = link;
     this.o.hub.onLink(link.id, (ev) => {
+      if (ev.type === 'progress') s.ctlDelivered += ev.toRing;
       if (ev.type === 'end' && s.state === 'live') void this.#endSession(s, `its control stream ended (${ev.reason}${ev.code ? `, ${ev.code}` : ''})`, ev.reason === 'corrupt' ? 'error' : 'warn');
     });
     const sock = new Socket({ fd: b, readable: true, writable: true, allowHalfOpen: true });
@@ -612,6 +642,7 @@ export class ShmTransport implements Transport {
       void this.#endSession(s, 'the client does not read its control slot', 'warn');
       return;
     }
+    s.ctlWritten += msg.length;
     sock.write(msg);
   }
 
@@ -695,7 +726,10 @@ export class ShmTransport implements Transport {
         return {
           ended: link.ended.then(toEnd),
           close: () => link.close().then(toEnd),
-        };
+          setHostOption: (o: HostOption) => setHostOption(link, o),
+          // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
+          getHostSockopt: (name: HostSockopt) => link.getHostSockopt(name),
+        } as NativeLink;
       },
     };
   }
@@ -821,6 +855,9 @@ export class ShmTransport implements Transport {
     for (const slot of s.slots.values()) clearTimeout(slot.timer);
     s.ended = (async () => {
       if (wasLive) this.o.logger[level]({ session: s.id, identity: s.identity.name, peerPid: s.peer.pid }, `shm session ended: ${why}`);
+      // Let the last control messages (END with the reason) reach the client's ring before the session goes.
+      const flushBy = Date.now() + CONTROL_FLUSH_MS;
+      while (wasLive && s.ctlLink && s.ctlDelivered < s.ctlWritten && Date.now() < flushBy) await new Promise((r) => setTimeout(r, 2));
       const links = [...s.slots.values()].flatMap((sl) => (sl.link ? [sl.link] : []));
       if (s.ctlLink) links.push(s.ctlLink);
       await Promise.all(

@@ -103,10 +103,13 @@ class ClientShmSession implements ShmChannelSession {
   /** BINDs waiting for their BOUND, by slot. */
   readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
   readonly #control: ShmChannel;
+  readonly #parser: CtlParser;
   readonly #watcher: Socket;
   readonly #pump: ClientPump;
   readonly region: ShmRegion;
   #closed = false;
+  /** Inside lost(): the last control messages are being read. */
+  #losing = false;
 
   constructor(
     readonly id: string,
@@ -118,31 +121,8 @@ class ClientShmSession implements ShmChannelSession {
     this.#pump = acquirePump(n);
     this.#pump.regions.set(this.region.id, (slots) => this.#hints(slots));
     this.#control = new ShmChannel(this.region, CONTROL_SLOT, { release: () => {}, channelClosed: () => {} }, `shm session ${id} control`);
-    const parser = new CtlParser(new Set([CtlType.BOUND, CtlType.END]), cs.slotCount);
-    this.#control.on('data', (chunk: Buffer) => {
-      let msgs;
-      try {
-        msgs = parser.push(chunk);
-      } catch (err) {
-        return this.lost(err as Error);
-      }
-      for (const m of msgs) {
-        if (m.type === CtlType.BOUND) {
-          const b = this.#binds.get(m.slot);
-          this.#binds.delete(m.slot);
-          let st;
-          try {
-            st = decodeBound(m.payload);
-          } catch (err) {
-            return this.lost(err as Error);
-          }
-          if (st.status === ShmStatus.OK) b?.resolve();
-          else b?.reject(new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
-        } else {
-          this.channels.get(m.slot)?.fail(m.payload.toString('utf8'));
-        }
-      }
-    });
+    this.#parser = new CtlParser(new Set([CtlType.BOUND, CtlType.END]), cs.slotCount);
+    this.#control.on('data', (chunk: Buffer) => this.#onControl(chunk));
     this.#control.on('error', (err) => this.lost(err));
     this.#control.on('end', () => this.lost(new GatewayUnavailableError(`shm session ${id}: the gateway ended the control stream`)));
     // The attach connection stays open for the session's life: its hang-up means the gateway is gone (or dropped us).
@@ -152,6 +132,32 @@ class ClientShmSession implements ShmChannelSession {
     this.#watcher.on('close', () => this.lost(new GatewayUnavailableError(`shm session ${id}: the gateway closed the session (it stopped, or dropped this client)`)));
     this.#watcher.unref();
     this.#pump.pump.watch(this.region);
+  }
+
+  /** Messages from the gateway on the control slot. */
+  #onControl(chunk: Buffer): void {
+    let msgs;
+    try {
+      msgs = this.#parser.push(chunk);
+    } catch (err) {
+      return this.lost(err as Error);
+    }
+    for (const m of msgs) {
+      if (m.type === CtlType.BOUND) {
+        const b = this.#binds.get(m.slot);
+        this.#binds.delete(m.slot);
+        let st;
+        try {
+          st = decodeBound(m.payload);
+        } catch (err) {
+          return this.lost(err as Error);
+        }
+        if (st.status === ShmStatus.OK) b?.resolve();
+        else b?.reject(new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
+      } else {
+        this.channels.get(m.slot)?.fail(m.payload.toString('utf8'));
+      }
+    }
   }
 
   #hints(slots: number[]): void {
@@ -207,7 +213,11 @@ class ClientShmSession implements ShmChannelSession {
 
   /** The session died under us: every channel and bind fails with `err`. */
   lost(err: Error): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#losing) return;
+    this.#losing = true;
+    // What the gateway said last (END with the reason) is still in our mapping: hear it before giving up.
+    for (let c = this.#control.read() as Buffer | null; c !== null && !this.#closed; c = this.#control.read() as Buffer | null) this.#onControl(c);
+    for (const c of this.#control.drainRing()) if (!this.#closed) this.#onControl(c);
     void this.close(err);
   }
 

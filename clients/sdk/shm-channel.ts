@@ -141,6 +141,26 @@ export class ShmChannel extends Duplex {
     this.destroy(endError(code, this.#what));
   }
 
+  /**
+   * Read what the inbound ring holds right now, bypassing the stream: a
+   * session that ends takes the gateway's last control messages this way.
+   */
+  drainRing(): Buffer[] {
+    const out: Buffer[] = [];
+    if (this.#released || this.#eof) return out;
+    try {
+      for (let i = 0; i < READS_PER_TURN; i++) {
+        const b = Buffer.allocUnsafe(SLAB_MIN_ROOM);
+        const n = this.#region.read(this.slot, b);
+        if (!n) break;
+        out.push(b.subarray(0, n));
+      }
+    } catch {
+      // the region is unusable: nothing more to take
+    }
+    return out;
+  }
+
   /** The session is gone: the slot is no longer ours. */
   lost(err: Error): void {
     this.#released = true;
@@ -248,12 +268,17 @@ export class ShmChannel extends Duplex {
    * Writes on the socket wait while a loan is out (a loan holds the slot).
    * Must be called before any byte was read through the stream.
    */
-  async *loans(): AsyncGenerator<ShmReadLoan, void, undefined> {
+  loans(): AsyncGenerator<ShmReadLoan, void, undefined> {
     if (this.#delivered > 0 || this.readableLength > 0) {
       throw new WrongSocketKindError(`${this.#what}: bytes were already read through the stream; zero-copy reads must start before any`);
     }
     if (this.#loanMode) throw new InvalidArgumentError(`${this.#what}: zero-copy reads are already in progress`);
+    // From now on the stream pushes nothing (set here, not at the first next(): no byte may slip into the stream).
     this.#loanMode = true;
+    return this.#lendLoop();
+  }
+
+  async *#lendLoop(): AsyncGenerator<ShmReadLoan, void, undefined> {
     for (;;) {
       if (this.destroyed || this.#released) throw this.errored ?? new SocketClosedError(`${this.#what} is closed`);
       if (this.#loan && !this.#loan.released) throw new InvalidArgumentError(`${this.#what}: release the previous loan before asking for the next`);

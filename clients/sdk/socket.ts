@@ -298,7 +298,10 @@ export class GatewaySocket extends Duplex {
     const inner = this.inner as (Duplex & { loans?: () => AsyncIterableIterator<ShmReadLoan> }) | undefined;
     if (!inner || typeof inner.loans !== 'function') throw new WrongSocketKindError(`zero-copy reads need the shm transport; socket ${this.socketId || '(unconnected)'} rides ${this.transport}`);
     if (this.bytesRead > 0 || this.readableLength > 0) throw new WrongSocketKindError(`socket ${this.socketId}: bytes were already read through the stream; zero-copy reads must start before any`);
-    return inner.loans();
+    const loans = inner.loans();
+    // The stream carries no data from now on, only its end: let it flow so 'end' and 'close' come.
+    this.resume();
+    return loans;
   }
 
   /** Disable or enable Nagle on the host socket (applied by the gateway). */

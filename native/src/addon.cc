@@ -776,6 +776,8 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "PumpLink",
                        {InstanceAccessor<&LinkWrap::Id>("id"), InstanceMethod<&LinkWrap::Resize>("resize"),
+                        InstanceMethod<&LinkWrap::SetHostSockopt>("setHostSockopt"),
+                        InstanceMethod<&LinkWrap::GetHostSockopt>("getHostSockopt"),
                         InstanceMethod<&LinkWrap::Close>("close")});
   }
   // new PumpLink(pump, region, slot, fd, prefix?: Uint8Array[]): takes
@@ -798,7 +800,7 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     if (pw->closed()) { ThrowErrno(env, EBADF, "pump is closed"); return; }
     if (!region) { ThrowErrno(env, EBADF, "region is closed"); return; }
     pump_ = pw->core();
-    int err = pump_->add_link(region, slot, int(fd), std::move(prefix), &id_);
+    int err = pump_->add_link(region, slot, int(fd), std::move(prefix), &id_, &fd_);
     if (err) {
       pump_.reset();
       ThrowErrno(env, err, "PumpLink");
@@ -822,6 +824,26 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     pump_->resize_link(id_, dir, log2);
     return info.Env().Undefined();
   }
+  // setsockopt/getsockopt(int) on the descriptor the link owns; EBADF once the link ended.
+  Napi::Value SetHostSockopt(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    int64_t level, name, value;
+    if (!GetInt(info, 0, "level", 0, INT32_MAX, &level) || !GetInt(info, 1, "name", 0, INT32_MAX, &name) ||
+        !GetInt(info, 2, "value", INT32_MIN, INT32_MAX, &value))
+      return info.Env().Undefined();
+    int err = fd_ ? fd_->set_opt(int(level), int(name), int(value)) : -EBADF;
+    if (err) return ThrowErrno(info.Env(), err, err == -EBADF ? "setsockopt (the link has ended)" : "setsockopt");
+    return info.Env().Undefined();
+  }
+  Napi::Value GetHostSockopt(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    int64_t level, name;
+    if (!GetInt(info, 0, "level", 0, INT32_MAX, &level) || !GetInt(info, 1, "name", 0, INT32_MAX, &name)) return info.Env().Undefined();
+    int v = 0;
+    int err = fd_ ? fd_->get_opt(int(level), int(name), &v) : -EBADF;
+    if (err) return ThrowErrno(info.Env(), err, err == -EBADF ? "getsockopt (the link has ended)" : "getsockopt");
+    return Napi::Number::New(info.Env(), v);
+  }
   // Abort the link; the pump reports its end ("aborted") with an event. Idempotent.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
@@ -831,6 +853,7 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     }
     return info.Env().Undefined();
   }
+  std::shared_ptr<LinkFd> fd_;  // the descriptor as JS may touch it (socket options)
   std::shared_ptr<Pump> pump_;
   uint32_t id_ = 0;
 };

@@ -42,6 +42,7 @@ struct Pump::Link {
   uint32_t rst_mask = 0;              // sides to close with RST when the link ends (bit 0: fd/client, bit 1: host)
   std::unique_ptr<SpliceRelay> relay; // kSplice only
   int fd = -1;                        // owned (kRing)
+  std::shared_ptr<LinkFd> shared;     // kRing: the fd as JS sees it (closed under its mutex)
   std::shared_ptr<Region> region;
   uint32_t slot = 0;
   std::unique_ptr<ShmEndpoint> ep;
@@ -135,7 +136,7 @@ void Pump::stop() {
     if (c.link && c.link->kind == Link::kSplice) {
       c.link->relay->close_all(0);
     } else if (c.link) {
-      close(c.link->fd);
+      close_ring_link_fd(*c.link);
       c.link->region->unclaim(c.link->slot);
     }
     if (c.type == Cmd::kAddListener && c.fd >= 0) close(c.fd);
@@ -152,7 +153,31 @@ void Pump::push(Cmd&& c) {
   (void)n;
 }
 
-int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id) {
+void Pump::close_ring_link_fd(Link& l) {
+  if (!l.shared) {
+    close(l.fd);
+    return;
+  }
+  std::lock_guard<std::mutex> g(l.shared->mu);
+  l.shared->fd = -1;
+  close(l.fd);
+}
+
+int LinkFd::set_opt(int level, int name, int value) {
+  std::lock_guard<std::mutex> g(mu);
+  if (fd < 0) return -EBADF;
+  return setsockopt(fd, level, name, &value, sizeof value) < 0 ? -errno : 0;
+}
+
+int LinkFd::get_opt(int level, int name, int* value) {
+  std::lock_guard<std::mutex> g(mu);
+  if (fd < 0) return -EBADF;
+  socklen_t l = sizeof *value;
+  return getsockopt(fd, level, name, value, &l) < 0 ? -errno : 0;
+}
+
+int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id,
+                   std::shared_ptr<LinkFd>* shared) {
   if (stopping_.load()) return -ESHUTDOWN;
   if (region->role() != Role::Gateway) return -EINVAL;
   if (region->corrupt.load()) return -EBADMSG;
@@ -176,6 +201,11 @@ int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::s
   l->slot = slot;
   l->ep.reset(new ShmEndpoint(region, slot));
   l->prefix = std::move(prefix);
+  if (shared) {
+    l->shared = std::make_shared<LinkFd>();
+    l->shared->fd = fd;
+    *shared = l->shared;
+  }
   *id = l->id;
   live_links_.fetch_add(1);
   Cmd c(Cmd::kAddLink);
@@ -532,7 +562,7 @@ void Pump::end_link(Link& l, int err, const char* code) {
       struct linger lg = {1, 0};
       setsockopt(l.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    close(l.fd);
+    close_ring_link_fd(l);
     l.region->unclaim(l.slot);
     rid = l.region->id();
     auto st = sessions_.find(rid);
@@ -918,7 +948,7 @@ void Pump::run() {
       continue;
     }
     epoll_ctl(ep_, EPOLL_CTL_DEL, l.fd, nullptr);
-    close(l.fd);
+    close_ring_link_fd(l);
     l.region->unclaim(l.slot);
   }
   live_links_.store(0);

@@ -60,6 +60,21 @@ struct PumpEvent {
 
 using EventSink = std::function<void(std::vector<PumpEvent>&&)>;
 
+// The host descriptor of a ring link, as the JS thread may touch it (socket
+// options). The I/O thread closes the descriptor only under `mu`, so a
+// JS-side call never reaches a closed (or already reused) descriptor number.
+class LinkFd {
+ public:
+  // setsockopt/getsockopt(int) on the link's descriptor; -EBADF once closed.
+  int set_opt(int level, int name, int value);
+  int get_opt(int level, int name, int* value);
+
+ private:
+  friend class Pump;
+  std::mutex mu;
+  int fd = -1;  // guarded by mu; -1 once the link closed it
+};
+
 struct PumpOptions {
   uint32_t spin_us = 0;            // adaptive spin before sleeping; 0 = off
   uint32_t hello_timeout_ms = 5000;
@@ -74,7 +89,8 @@ class Pump {
 
   // All of these are called from the owner thread (JS); they queue a command.
   // add_link takes ownership of fd on success only.
-  int add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id);
+  int add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id,
+               std::shared_ptr<LinkFd>* shared = nullptr);
   // A splice link between two stream sockets; takes ownership of both fds on
   // success only. *shared is what the JS thread may query (buffered bytes,
   // host socket options).
@@ -114,6 +130,8 @@ class Pump {
   void run_splice(Link& l);
   void queue(Link& l);
   void end_link(Link& l, int err, const char* code);
+  // Close a ring link's fd (under its LinkFd mutex when JS holds one).
+  static void close_ring_link_fd(Link& l);
   void corrupt_session(Session& s);
   void drop_session_if_idle(uint32_t region_id);
   Session* session_for(const std::shared_ptr<Region>& r, bool create);

@@ -13,6 +13,7 @@ import { status } from '@grpc/grpc-js';
 import { DatagramTooLargeError, SockgateError } from '../../server/errors.js';
 import { SocketState } from '../../proto/gen/sockgate/v1/sockgate.js';
 import type { GatewaySocket } from '../../clients/sdk/socket.js';
+import { SDK_TRANSPORTS } from '../../clients/sdk/gateway.js';
 import { echoServer, hashUntilEnd, readAll, sendRandom, startGateway, tcpServer, within } from '../helpers/harness.js';
 
 const PLANES = ['tcp', 'grpc'] as const;
@@ -162,7 +163,8 @@ test('inbound: Listen on a host port, a host client connects, the guest gets the
   const client = netConnect({ host: '127.0.0.1', port, allowHalfOpen: true });
   await once(client, 'connect');
   const [guestSide] = await within(accepted, 10_000, 'accept');
-  t.is(guestSide.transport, 'tcp');
+  // The default offers: shm first for a gateway on this host (when the addon loaded), else tcp.
+  t.is(guestSide.transport, SDK_TRANSPORTS[0], JSON.stringify(guestSide.fallbacks));
   t.is(guestSide.remotePort, client.localPort);
   // The guest echoes what the host client sends.
   guestSide.pipe(guestSide);
