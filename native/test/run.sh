@@ -15,3 +15,5 @@ if [ "${1:-}" = "asan" ]; then
 fi
 g++ $flags -o "$out/ring_test" "$here/ring_test.cc" "$here/../src/region.cc"
 SOCKGATE_TEST_SCALE=$scale timeout 600 "$out/ring_test"
+g++ $flags -o "$out/splice_test" "$here/splice_test.cc" "$here/../src/pump.cc" "$here/../src/splice.cc" "$here/../src/region.cc" "$here/../src/attach.cc"
+SOCKGATE_TEST_SCALE=$scale timeout 600 "$out/splice_test"
