@@ -9,5 +9,6 @@ import type { BenchFamily } from './lib.js';
 import { gatewayPlanes } from './gateway-planes.js';
 import { sidecarFamily } from './sidecar.js';
 import { proxyFamily } from './proxy.js';
+import { ringFamily, shmFamily } from './shm.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily];
