@@ -59,7 +59,7 @@ export function registerProxyCommand(program: Command): void {
   program
     .command('proxy')
     .description('guest-side agent: local forwards (-L), reverse forwards (-R) and a SOCKS5 server (--socks) through the gateway')
-    .addOption(new Option('-g, --gateway <target>', 'the gateway: host:port, unix:/path, or vsock:2:<port> from a VM (needs the native vsock bridge)').env('SOCKGATE_TARGET'))
+    .addOption(new Option('-g, --gateway <target>', 'the gateway: host:port, unix:/path, or vsock:2:<port> from a VM (AF_VSOCK through the native addon)').env('SOCKGATE_TARGET'))
     .addOption(new Option('--token <token>', 'bearer token').env('SOCKGATE_TOKEN'))
     .option('-L, --local <listen=uri>', 'local forward, e.g. 127.0.0.1:5432=tcp://db:5432 (repeatable)', collect, [])
     .option('-R, --remote <uri=target>', 'reverse forward: the gateway listens on uri, connections come to target, e.g. tcp://0.0.0.0:8080=127.0.0.1:80 (repeatable; target may be unix:/path or vsock-uds:/path/v.sock:<port>)', collect, [])

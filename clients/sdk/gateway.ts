@@ -22,6 +22,7 @@ import {
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { ShmClient, shmSupport } from './attach-shm.js';
+import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
   AbortedError,
   AttachFailedError,
@@ -182,6 +183,8 @@ export class Gateway {
   private constructor(
     readonly target: string,
     options: GatewayOptions,
+    /** With a `vsock:` target: the private Unix socket grpc-js dials, relayed to vsock; data connections dial vsock too. */
+    private readonly vsock?: VsockBridge,
   ) {
     const creds: ChannelCredentials = options.tls
       ? grpcCredentials.createSsl(options.tls.ca ?? null, options.tls.key ?? null, options.tls.cert ?? null)
@@ -193,8 +196,9 @@ export class Gateway {
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 5_000,
     };
-    this.client = new FastSocketGatewayClient(target, creds, channelOptions);
-    this.adminClient = new AdminServiceClient(target, creds, channelOptions);
+    const grpcTarget = vsock ? `unix:${vsock.path}` : target;
+    this.client = new FastSocketGatewayClient(grpcTarget, creds, channelOptions);
+    this.adminClient = new AdminServiceClient(grpcTarget, creds, channelOptions);
     const token = options.token ?? options.identity?.token;
     if (token) {
       this.metadata.set('authorization', `Bearer ${token}`);
@@ -242,9 +246,13 @@ export class Gateway {
     };
   }
 
-  /** Connect to a gateway (`host:port`, `unix:/path`); resolves once the control channel is ready. */
+  /**
+   * Connect to a gateway (`host:port`, `unix:/path`, or `vsock:CID:PORT` from a
+   * VM guest, e.g. `vsock:2:7070`); resolves once the control channel is ready.
+   */
   static async connect(target: string, options: GatewayOptions = {}, opts: CallOpts = {}): Promise<Gateway> {
-    const gw = new Gateway(target, options);
+    const vsockAddr = parseVsockTarget(target);
+    const gw = new Gateway(target, options, vsockAddr ? await openVsockBridge(vsockAddr) : undefined);
     const deadline = Date.now() + (opts.deadlineMs ?? gw.deadlineMs);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -252,7 +260,8 @@ export class Gateway {
         opts.signal?.addEventListener('abort', onAbort, { once: true });
         gw.client.waitForReady(deadline, (err) => {
           opts.signal?.removeEventListener('abort', onAbort);
-          if (err) reject(new GatewayUnavailableError(`gateway ${target} not reachable: ${err.message}`, { cause: err }));
+          const why = gw.vsock?.lastError ? ` (${gw.vsock.lastError.message})` : '';
+          if (err) reject(new GatewayUnavailableError(`gateway ${target} not reachable: ${err.message}${why}`, { cause: gw.vsock?.lastError ?? err }));
           else resolve();
         });
       });
@@ -417,7 +426,7 @@ export class Gateway {
         if (mode !== 'stream') return Promise.reject(new AttachFailedError('shm carries stream sockets only'));
         return this.shm().attach(accepted.params.shm, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
       case 'tcp':
-        return this.attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts);
+        return this.attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts, accepted.params.tcp.vsockPort);
       case 'grpc':
         return this.attachGrpc(accepted.attachToken, mode, opts);
       default:
@@ -425,9 +434,14 @@ export class Gateway {
     }
   }
 
-  private attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
+  private attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts, vsockPort = 0): Promise<Duplex> {
     return new Promise((resolve, reject) => {
-      const sock: Socket = netConnect({ host, port, allowHalfOpen: true, noDelay: true, highWaterMark: CHANNEL_HIGH_WATERMARK } as unknown as Parameters<typeof netConnect>[0]);
+      // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
+      const viaVsock = this.vsock && vsockPort ? { cid: this.vsock.vsock.cid, port: vsockPort } : undefined;
+      if (viaVsock) [host, port] = [`vsock:${viaVsock.cid}`, vsockPort];
+      const sock: Socket = viaVsock
+        ? dialVsock(viaVsock, { timeoutMs: ATTACH_TIMEOUT_MS })
+        : netConnect({ host, port, allowHalfOpen: true, noDelay: true, highWaterMark: CHANNEL_HIGH_WATERMARK } as unknown as Parameters<typeof netConnect>[0]);
       let got: Buffer = Buffer.alloc(0);
       const fail = (err: Error) => {
         cleanup();
@@ -584,6 +598,7 @@ export class Gateway {
     void this.shmClient?.close();
     this.client.close();
     this.adminClient.close();
+    this.vsock?.close();
   }
 }
 
