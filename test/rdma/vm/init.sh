@@ -6,7 +6,7 @@
 #    guest's own /proc, /sys, /dev and tmpfs /tmp, /run, /var/tmp over it, and the
 #    per-run control directory (tag ctl, writable) at /run/sockgate/ctl;
 # 3. reads ctl/vm.env (SOCKGATE_VM_NAME, SOCKGATE_VM_IP, SOCKGATE_VM_PEER,
-#    SOCKGATE_VM_RXE), sets up eth0 and the Soft-RoCE device rxe0 on it (in the
+#    SOCKGATE_VM_RXE, SOCKGATE_VM_MTU), sets up eth0 and the Soft-RoCE device rxe0 on it (in the
 #    initial network namespace: rxe does not work in others on this kernel), and
 #    waits until the peer VM answers ping;
 # 4. runs ctl/cmd.sh chrooted into the host root, stdin from /dev/null, output
@@ -84,6 +84,7 @@ ip link set lo up || fail "lo up"
 if [ -n "${SOCKGATE_VM_IP:-}" ]; then
   [ -e /sys/class/net/eth0 ] || fail "no eth0 (virtio-net) in the guest"
   ip addr add "$SOCKGATE_VM_IP" dev eth0 || fail "ip addr add $SOCKGATE_VM_IP"
+  if [ -n "${SOCKGATE_VM_MTU:-}" ]; then ip link set eth0 mtu "$SOCKGATE_VM_MTU" || fail "eth0 mtu $SOCKGATE_VM_MTU"; fi
   ip link set eth0 up || fail "eth0 up"
 fi
 if [ "${SOCKGATE_VM_RXE:-0}" = 1 ]; then

@@ -20,6 +20,7 @@
 #                           else ${XDG_CACHE_HOME:-~/.cache}/sockgate-vm)
 #   SOCKGATE_VM_KERNEL_PKG  kernel package (default: what linux-image-amd64 depends on)
 #   SOCKGATE_VM_EXTRA_MODULES  more module names to put into the initramfs and load
+#   SOCKGATE_VM_QEMU        the qemu binary (default qemu-system-x86_64)
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -49,7 +50,7 @@ skip() {
 log() { echo "prepare: $*" >&2; }
 
 PKGS_HINT="apt-get update && apt-get install qemu-system-x86 busybox-static cpio kmod rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest iproute2"
-for tool in qemu-system-x86_64 cpio depmod modprobe dpkg-deb apt-get gzip sha256sum; do
+for tool in "${SOCKGATE_VM_QEMU:-qemu-system-x86_64}" cpio depmod modprobe dpkg-deb apt-get gzip sha256sum; do
   command -v "$tool" >/dev/null 2>&1 || skip "no $tool on this host (install: $PKGS_HINT)"
 done
 BUSYBOX=/bin/busybox

@@ -6,10 +6,11 @@
  *
  * Topologies (see README.md):
  *   one VM   — eth0 = 10.99.0.1/24 on a qemu hub with nothing else on it, rxe0 on eth0;
- *   two VMs  — a: 10.99.0.1/24, b: 10.99.0.2/24, their virtio NICs joined by qemu's
- *              socket netdev over 127.0.0.1 (a listens, b connects), rxe0 on each.
+ *   two VMs  — a: 10.99.0.1/24, b: 10.99.0.2/24, their virtio NICs joined by a
+ *              qemu stream netdev over a Unix socket (a listens, b connects; see
+ *              RunOptions.link for the 127.0.0.1 TCP/UDP alternatives), rxe0 on each.
  * The 10.99.0.0/24 addresses exist only inside the guests: the host sees nothing
- * but a TCP connection between two qemu processes on 127.0.0.1.
+ * but a socket between two qemu processes.
  *
  * The guest side is init.sh (the initramfs /init); prepare.sh builds the kernel
  * and initramfs cache. This module owns the qemu processes and the per-run
@@ -28,12 +29,20 @@ export const REPO_ROOT = fileURLToPath(new URL('../../../../', import.meta.url))
 /** Shell scripts are read from the source tree: tsc does not copy them into dist. */
 const VM_SRC_DIR = join(REPO_ROOT, 'test', 'rdma', 'vm');
 
+/** The qemu binary (prepare.sh checks the same name). */
+const QEMU = process.env['SOCKGATE_VM_QEMU'] || 'qemu-system-x86_64';
 /** Default hard limit on one run (all VMs), boot included; TCG is slow and the machine shared. */
 export const DEFAULT_TIMEOUT_MS = 15 * 60_000;
 /** Guest memory: node plus ava workers fit comfortably; the host has 24 GiB. */
 const DEFAULT_MEM_MIB = 2048;
 /** After one VM fails, how long the other may go on before it is killed (its peer is gone). */
 const PEER_FAILURE_GRACE_MS = 60_000;
+/**
+ * eth0 MTU in the guests. 9000 lets rxe use its largest path MTU (4096): a quarter
+ * of the packets of MTU 1500 (rxe 1024), and every rxe packet costs a software
+ * ICRC under TCG. Override with SOCKGATE_VM_MTU.
+ */
+const DEFAULT_MTU = Number(process.env['SOCKGATE_VM_MTU'] || 9000);
 /** How long a guest may take to power off after printing its exit line. */
 const POWEROFF_GRACE_MS = 15_000;
 /** How long to wait for VM a's qemu to listen on the link port before starting b. */
@@ -83,6 +92,21 @@ export interface RunOptions {
   print?: (line: string) => void;
   /** Keep the control directory (for debugging). */
   keepCtl?: boolean;
+  /**
+   * How qemu joins two VMs' NICs on the host:
+   *  'unix' (default) — a Unix stream socket in the control directory (qemu's
+   *         stream netdev): reliable, flow-controlled, no Nagle, no network at all;
+   *  'tcp'  — qemu's socket netdev, listen/connect on 127.0.0.1: qemu does not set
+   *         TCP_NODELAY, so Nagle holds back-to-back small frames until the
+   *         host's delayed ACK, and rxe round trips grow to ~25 ms;
+   *  'udp'  — qemu's socket netdev, one datagram per frame on 127.0.0.1: low
+   *         latency, but the host drops frames when a TCG guest falls behind
+   *         (UdpRcvbufErrors) and rxe retransmits.
+   * Default from SOCKGATE_VM_LINK.
+   */
+  link?: 'unix' | 'tcp' | 'udp';
+  /** eth0 MTU in the guests (default DEFAULT_MTU). */
+  mtu?: number;
 }
 
 export interface VmResult {
@@ -218,7 +242,11 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const cwd = opts.cwd ?? REPO_ROOT;
   const ctlRoot = mkdtempSync(join(tmpdir(), 'sockgate-vm-'));
-  const port = specs.length === 2 ? await freeLoopbackPort() : 0;
+  const envLink = process.env['SOCKGATE_VM_LINK'];
+  const link = opts.link ?? (envLink === 'tcp' || envLink === 'udp' ? envLink : 'unix');
+  const port = specs.length === 2 && link !== 'unix' ? await freeLoopbackPort() : 0;
+  const port2 = specs.length === 2 && link === 'udp' ? await freeLoopbackPort() : 0;
+  const linkSock = join(ctlRoot, 'link.sock');
   const started = Date.now();
   const running: Running[] = [];
   let deadlineHit = false;
@@ -249,6 +277,7 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
           `SOCKGATE_VM_IP=${shQuote(spec.addr + '/24')}`,
           `SOCKGATE_VM_PEER=${shQuote(spec.peerAddr ?? '')}`,
           'SOCKGATE_VM_RXE=1',
+          `SOCKGATE_VM_MTU=${shQuote(String(opts.mtu ?? DEFAULT_MTU))}`,
           '',
         ].join('\n'),
       );
@@ -262,6 +291,10 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
         SOCKGATE_VM_ADDR: spec.addr,
         SOCKGATE_VM_PEER_ADDR: spec.peerAddr ?? '',
         SOCKGATE_VM_RDMA_DEV: 'rxe0',
+        SOCKGATE_VM_KERNEL: prepared.kver,
+        SOCKGATE_VM_SMP: String(spec.smp ?? 1),
+        SOCKGATE_VM_LINK: specs.length === 2 ? link : 'none',
+        SOCKGATE_VM_MTU: String(opts.mtu ?? DEFAULT_MTU),
         SOCKGATE_VM_OUT: `/run/sockgate/ctl/out`,
         ...(spec.env ?? {}),
       };
@@ -280,9 +313,13 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
       const netdev =
         specs.length === 1
           ? 'hubport,id=n0,hubid=0'
-          : i === 0
-            ? `socket,id=n0,listen=127.0.0.1:${port}`
-            : `socket,id=n0,connect=127.0.0.1:${port}`;
+          : link === 'unix'
+            ? `stream,id=n0,server=${i === 0 ? 'on' : 'off'},addr.type=unix,addr.path=${linkSock}`
+            : link === 'udp'
+              ? `socket,id=n0,localaddr=127.0.0.1:${i === 0 ? port : port2},udp=127.0.0.1:${i === 0 ? port2 : port}`
+              : i === 0
+              ? `socket,id=n0,listen=127.0.0.1:${port}`
+              : `socket,id=n0,connect=127.0.0.1:${port}`;
       const append = ['console=ttyS0', 'panic=-1', 'rdinit=/init', opts.verbose ? 'loglevel=7 sockgate.trace' : 'quiet'].join(' ');
       const args = [
         '-accel', 'tcg,thread=multi',
@@ -301,11 +338,12 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
         '-device', `virtio-net-pci,netdev=n0,mac=52:54:00:99:00:0${i + 1}`,
       ];
 
-      if (i === 1) {
+      if (i === 1 && link !== 'udp') {
         // b connects to a's listening socket: wait until qemu a listens (without connecting to it).
+        const listening = () => (link === 'unix' ? existsSync(linkSock) : isListening(port));
         const until = Date.now() + LINK_LISTEN_TIMEOUT_MS;
-        while (!isListening(port) && Date.now() < until && running[0]!.child.exitCode === null) await sleep(50);
-        if (!isListening(port)) print(`vm: qemu a is not listening on 127.0.0.1:${port}; starting b anyway`);
+        while (!listening() && Date.now() < until && running[0]!.child.exitCode === null) await sleep(50);
+        if (!listening()) print(`vm: qemu a is not listening on ${link === 'unix' ? linkSock : `127.0.0.1:${port}`}; starting b anyway`);
       }
       running.push(startOne(spec, args, started, print));
     }
@@ -360,7 +398,7 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
 
 function startOne(spec: VmSpec, args: string[], started: number, print: (line: string) => void): Running {
   const prefix = `[${spec.name}] `;
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   const result: VmResult = { name: spec.name, exitCode: EXIT_HARNESS, outcome: 'no-exit-line', readyMs: null, totalMs: 0, lines: [] };
   const r: Running = { spec, child, result, done: Promise.resolve(), reported: null };
   let poweroffTimer: NodeJS.Timeout | undefined;
