@@ -18,6 +18,12 @@ import { fileURLToPath } from 'node:url';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import type { GatewaySocket as SdkSocket } from '../../clients/sdk/socket.js';
 import { SHM_METRICS, isLocalPeer } from '../../server/transport-shm.js';
+import { AttachRegistry } from '../../server/attach.js';
+import { loadConfig } from '../../server/config.js';
+import { Negotiator } from '../../server/negotiate.js';
+import { Policy } from '../../server/policy.js';
+import type { GatewayMetrics } from '../../server/telemetry.js';
+import { DeclineReason, TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
 import type { GatewaySocket } from '../../server/socket-table.js';
 import { echoServer, hashUntilEnd, readAll, sendRandom, startGateway, tcpServer, within, type TestGateway } from '../helpers/harness.js';
 import { eventually, metricSum, scrape } from '../helpers/rpc.js';
@@ -40,6 +46,20 @@ async function shmGateway(t: ExecutionContext, overrides: Record<string, unknown
   });
   return { ...gw, dir };
 }
+
+test('without the addon shm is not in the transports map, and the decline says why', async (t) => {
+  const policy = new Policy(loadConfig());
+  const fallbacks: string[] = [];
+  const metrics = { recordFallback: (tr: string, reason: string) => fallbacks.push(`${tr}/${reason}`) } as unknown as GatewayMetrics;
+  const n = new Negotiator(new Map(), new Set(['shm', 'tcp'] as const), policy, new AttachRegistry(1000), metrics, (kind) =>
+    kind === TransportKind.TRANSPORT_KIND_SHM ? 'the native addon did not load (sockgate native addon not built)' : undefined,
+  );
+  const d = await n.decide([{ kind: TransportKind.TRANSPORT_KIND_SHM, version: 1, params: undefined }], { identity: policy.identify({}), socketKind: 'stream', peer: '127.0.0.1:1' });
+  t.is(d.accepted, undefined);
+  t.is(d.fallbacks[0]?.reason, DeclineReason.DECLINE_REASON_UNSUPPORTED);
+  t.is(d.fallbacks[0]?.detail, 'transport shm is not available in this build: the native addon did not load (sockgate native addon not built)');
+  t.deepEqual(fallbacks, ['shm/UNSUPPORTED']);
+});
 
 test('isLocalPeer: loopback and Unix-socket peers only', (t) => {
   for (const p of ['127.0.0.1:5000', '127.8.9.1:1', '::1:4000', '[::1]:4000', '::ffff:127.0.0.1:99', 'unknown', 'unix:/run/x.sock']) t.true(isLocalPeer(p), p);
