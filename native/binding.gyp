@@ -1,4 +1,9 @@
 {
+  "variables": {
+    # 1 when the rdma-core headers are installed (Debian: libibverbs-dev, librdmacm-dev);
+    # SOCKGATE_NO_RDMA=1 forces 0 (to test the build without them).
+    "sockgate_rdma%": "<!(sh -c 'test -z \"$SOCKGATE_NO_RDMA\" && test -f /usr/include/infiniband/verbs.h && test -f /usr/include/rdma/rdma_cma.h && echo 1 || echo 0')"
+  },
   "targets": [
     {
       "target_name": "sockgate_native",
@@ -7,7 +12,14 @@
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-O2", "-pthread"],
       "ldflags": ["-pthread"],
-      "cflags_cc!": ["-fno-exceptions"]
+      "cflags_cc!": ["-fno-exceptions"],
+      "conditions": [
+        ["sockgate_rdma==1", {
+          "sources": ["src/rdma.cc", "src/rdma_loopback.cc", "src/rdma_addon.cc"],
+          "defines": ["SG_WITH_RDMA=1"],
+          "libraries": ["-libverbs", "-lrdmacm"]
+        }]
+      ]
     }
   ]
 }

@@ -211,9 +211,70 @@ export interface RawVsock {
   PORT_ANY: number;
 }
 
+/** One verbs device as `rdma.devices()` lists it. */
+export interface RdmaDevice {
+  name: string;
+  nodeGuid: string;
+  ports: Array<{ port: number; state: string; active: boolean; mtu: number; linkLayer: string; gids: string[] }>;
+}
+
+/** rdma_cm private data of a connect/accept (native/RDMA.md "Connection parameters"). */
+export interface RdmaConnParams {
+  version: number;
+  flags: number;
+  addr: bigint;
+  rkey: number;
+  ringLog2: number;
+  slots: number;
+  credits: number;
+  token: Uint8Array;
+}
+
+export interface RdmaLoopbackResult {
+  data: Buffer;
+  cmEvents: string[];
+  trace: string[];
+  clientCqEvents: number;
+  serverCqEvents: number;
+  writes: number;
+  wraps: number;
+  imms: number;
+  updates: number;
+  blocked: number;
+  creditMsgs: number;
+}
+
+/**
+ * The verbs layer (native/src/rdma*.{h,cc}). Without the rdma-core headers at
+ * build time only { built: false, available: false, reason } exists.
+ */
+export interface RdmaBinding {
+  built: boolean;
+  /** A verbs device with an active port was found when the addon loaded. */
+  available: boolean;
+  /** Why not available ('' when it is). */
+  reason: string;
+  devices?(): RdmaDevice[];
+  /** Creates and destroys one of each resource on addr's device; returns "+pd" ... "-pd". */
+  lifecycle?(addr: string): string[];
+  /** Client -> server stream over one RC connection on addr's device (RDMA writes + immediates). */
+  loopback?(opts: {
+    addr: string;
+    data: Uint8Array;
+    port?: number;
+    ringLog2?: number;
+    chunk?: number;
+    credits?: number;
+    timeoutMs?: number;
+  }): Promise<RdmaLoopbackResult>;
+  encodeConnParams?(p: Partial<RdmaConnParams>): Buffer;
+  decodeConnParams?(bytes: Uint8Array): RdmaConnParams;
+  constants?: { VERSION: number; CONN_PARAMS_BYTES: number; MIN_RING_LOG2: number; MAX_RING_LOG2: number; MAX_SLOTS: number; FLAG_ACCEPT: number };
+}
+
 export interface NativeBinding {
   abiVersion: number;
-  rdma: { available: boolean; reason: string };
+  rdma: RdmaBinding;
   vsock: RawVsock;
   constants: NativeConstants;
   Region: { new (opts: { slots: number; maxRingSize: number; byteLimit?: number }): RawRegion; new (memfd: number): RawRegion };

@@ -28,6 +28,9 @@
 #include "region.h"
 #include "ring.h"
 #include "vsock.h"
+#ifdef SG_WITH_RDMA
+#include "rdma_addon.h"
+#endif
 
 using namespace sg;
 
@@ -1228,18 +1231,19 @@ Napi::Value GatewayRingBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(gateway_ring_bytes()));
 }
 
+// The verbs layer (rdma_addon.cc) when binding.gyp found the rdma-core headers.
 Napi::Object Rdma(Napi::Env env) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("available", Napi::Boolean::New(env, false));
-#if __has_include(<infiniband/verbs.h>) && __has_include(<rdma/rdma_cma.h>)
-  // Hook: the verbs/rdma_cm transport plugs in here (RingEndpoint over an MR).
-  o.Set("reason", Napi::String::New(env, "RDMA headers are present, but the rdma transport is not built into this addon yet"));
+#ifdef SG_WITH_RDMA
+  return sg::rdma::Exports(env);
 #else
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("built", Napi::Boolean::New(env, false));
+  o.Set("available", Napi::Boolean::New(env, false));
   o.Set("reason", Napi::String::New(env,
-                                    "built without RDMA support: install the Debian packages libibverbs-dev and "
-                                    "librdmacm-dev, then rebuild the addon (npm run build:native)"));
-#endif
+                                    "built without rdma-core headers: apt-get install libibverbs-dev librdmacm-dev, "
+                                    "then npm run build:native"));
   return o;
+#endif
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

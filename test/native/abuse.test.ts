@@ -92,6 +92,8 @@ test('close while in use refuses (EBUSY) and succeeds after release', async (t) 
 });
 
 test('rdma reports unavailable with a reason naming the Debian packages', (t) => {
+  // Built with rdma-core, availability depends on the devices: rdma-availability.test.ts.
+  if (binding.rdma.built) return t.pass('built with rdma-core headers');
   t.false(binding.rdma.available);
   t.regex(binding.rdma.reason, /libibverbs-dev/);
   t.regex(binding.rdma.reason, /librdmacm-dev/);

@@ -1,0 +1,258 @@
+#include "rdma_addon.h"
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "rdma.h"
+#include "rdma_loopback.h"
+
+namespace sg {
+namespace rdma {
+
+namespace {
+
+Napi::Value Throw(Napi::Env env, int err, const std::string& msg) {
+  int e = err < 0 ? -err : err;
+  const char* name = strerrorname_np(e);
+  Napi::Error x = Napi::Error::New(env, msg);
+  x.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  x.Set("errno", Napi::Number::New(env, -e));
+  x.ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Array Strings(Napi::Env env, const std::vector<std::string>& v) {
+  Napi::Array a = Napi::Array::New(env, v.size());
+  for (size_t i = 0; i < v.size(); i++) a.Set(uint32_t(i), Napi::String::New(env, v[i]));
+  return a;
+}
+
+Napi::Value Devices(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<DeviceInfo> list;
+  int err = list_devices(&list);
+  if (err) return Throw(env, err, "ibv_get_device_list: " + err_str(err));
+  Napi::Array out = Napi::Array::New(env, list.size());
+  for (size_t i = 0; i < list.size(); i++) {
+    Napi::Object d = Napi::Object::New(env);
+    d.Set("name", list[i].name);
+    d.Set("nodeGuid", list[i].node_guid);
+    Napi::Array ports = Napi::Array::New(env, list[i].ports.size());
+    for (size_t j = 0; j < list[i].ports.size(); j++) {
+      const PortInfo& p = list[i].ports[j];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("port", Napi::Number::New(env, p.num));
+      o.Set("state", p.state);
+      o.Set("active", Napi::Boolean::New(env, p.active));
+      o.Set("mtu", Napi::Number::New(env, p.active_mtu));
+      o.Set("linkLayer", p.link_layer);
+      o.Set("gids", Strings(env, p.gids));
+      ports.Set(uint32_t(j), o);
+    }
+    d.Set("ports", ports);
+    out.Set(uint32_t(i), d);
+  }
+  return out;
+}
+
+bool GetString(const Napi::CallbackInfo& info, Napi::Value v, const char* what, std::string* out) {
+  if (!v.IsString()) {
+    Napi::TypeError::New(info.Env(), std::string(what) + " must be a string").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = v.As<Napi::String>().Utf8Value();
+  return true;
+}
+
+bool GetUint(const Napi::CallbackInfo& info, Napi::Object o, const char* key, uint32_t lo, uint32_t hi, uint32_t* out) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return true;
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= lo && d <= hi) || d != double(uint64_t(d))) {
+    Napi::RangeError::New(info.Env(), std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " +
+                                          std::to_string(hi) + "]")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = uint32_t(d);
+  return true;
+}
+
+// lifecycle(addr): creates one of each resource on addr's device, tears them
+// down; returns the trace ("+pd", ..., "-pd").
+Napi::Value Lifecycle(const Napi::CallbackInfo& info) {
+  std::string addr;
+  if (!GetString(info, info[0], "addr", &addr)) return info.Env().Undefined();
+  std::vector<std::string> trace;
+  std::string error;
+  int err = run_lifecycle(addr, &trace, &error);
+  if (err) return Throw(info.Env(), err, "rdma lifecycle: " + error + " (trace: " + std::to_string(trace.size()) + " steps)");
+  return Strings(info.Env(), trace);
+}
+
+class LoopbackWorker : public Napi::AsyncWorker {
+ public:
+  LoopbackWorker(Napi::Env env, LoopbackOptions o)
+      : Napi::AsyncWorker(env, "sockgate:rdma-loopback"), o_(std::move(o)), d_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return d_.Promise(); }
+  void Execute() override { run_loopback(o_, &r_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object o = Napi::Object::New(env);
+    if (r_.err) {
+      int e = -r_.err;
+      const char* name = strerrorname_np(e);
+      Napi::Error x = Napi::Error::New(env, "rdma loopback: " + r_.error);
+      x.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+      x.Set("errno", Napi::Number::New(env, r_.err));
+      x.Set("cmEvents", Strings(env, r_.cm_events));
+      x.Set("trace", Strings(env, r_.trace));
+      d_.Reject(x.Value());
+      return;
+    }
+    o.Set("data", Napi::Buffer<char>::Copy(env, r_.received.data(), r_.received.size()));
+    o.Set("cmEvents", Strings(env, r_.cm_events));
+    o.Set("trace", Strings(env, r_.trace));
+    o.Set("clientCqEvents", Napi::Number::New(env, double(r_.client_cq_events)));
+    o.Set("serverCqEvents", Napi::Number::New(env, double(r_.server_cq_events)));
+    o.Set("writes", Napi::Number::New(env, double(r_.writes)));
+    o.Set("wraps", Napi::Number::New(env, double(r_.wraps)));
+    o.Set("imms", Napi::Number::New(env, double(r_.imms)));
+    o.Set("updates", Napi::Number::New(env, double(r_.updates)));
+    o.Set("blocked", Napi::Number::New(env, double(r_.blocked)));
+    o.Set("creditMsgs", Napi::Number::New(env, double(r_.credit_msgs)));
+    d_.Resolve(o);
+  }
+
+ private:
+  LoopbackOptions o_;
+  LoopbackResult r_;
+  Napi::Promise::Deferred d_;
+};
+
+// loopback({ addr, port?, data, ringLog2?, chunk?, credits?, timeoutMs? }): Promise<result>
+Napi::Value Loopback(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    Napi::TypeError::New(env, "options must be an object").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object opts = info[0].As<Napi::Object>();
+  LoopbackOptions o;
+  if (!GetString(info, opts.Get("addr"), "addr", &o.addr)) return env.Undefined();
+  Napi::Value data = opts.Get("data");
+  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    Napi::TypeError::New(env, "data must be a Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array u = data.As<Napi::Uint8Array>();
+  o.data.assign(reinterpret_cast<const char*>(u.Data()), u.ByteLength());
+  uint32_t port = 0;
+  if (!GetUint(info, opts, "port", 0, 65535, &port) || !GetUint(info, opts, "ringLog2", kMinRingLog2, 26, &o.ring_log2) ||
+      !GetUint(info, opts, "chunk", 1, 1u << 24, &o.chunk) || !GetUint(info, opts, "credits", 4, 1024, &o.credits) ||
+      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms))
+    return env.Undefined();
+  o.port = uint16_t(port);
+  LoopbackWorker* w = new LoopbackWorker(env, std::move(o));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value EncodeConnParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) {
+    Napi::TypeError::New(env, "params must be an object").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Object o = info[0].As<Napi::Object>();
+  ConnParams p;
+  uint32_t v = kVersion, flags = 0, rkey = 0, log2 = kMinRingLog2, slots = 1, credits = 2;
+  if (!GetUint(info, o, "version", 0, 65535, &v) || !GetUint(info, o, "flags", 0, 65535, &flags) ||
+      !GetUint(info, o, "rkey", 0, UINT32_MAX, &rkey) || !GetUint(info, o, "ringLog2", 0, 255, &log2) ||
+      !GetUint(info, o, "slots", 0, 65535, &slots) || !GetUint(info, o, "credits", 0, 65535, &credits))
+    return env.Undefined();
+  Napi::Value addr = o.Get("addr");
+  if (addr.IsBigInt()) {
+    bool lossless;
+    p.addr = addr.As<Napi::BigInt>().Uint64Value(&lossless);
+  }
+  Napi::Value tok = o.Get("token");
+  if (tok.IsTypedArray() && tok.As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
+    Napi::Uint8Array t = tok.As<Napi::Uint8Array>();
+    memcpy(p.token, t.Data(), t.ByteLength() < kTokenBytes ? t.ByteLength() : kTokenBytes);
+  }
+  p.version = uint16_t(v);
+  p.flags = uint16_t(flags);
+  p.rkey = rkey;
+  p.ring_log2 = log2;
+  p.slots = uint16_t(slots);
+  p.credits = uint16_t(credits);
+  Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, ConnParams::kBytes);
+  p.encode(b.Data());
+  return b;
+}
+
+Napi::Value DecodeConnParams(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    {
+    Napi::TypeError::New(env, "bytes must be a Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array u = info[0].As<Napi::Uint8Array>();
+  ConnParams p;
+  int err = ConnParams::decode(u.Data(), u.ByteLength(), &p);
+  if (err) return Throw(env, err, "rdma connection parameters rejected: " + err_str(err));
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("version", Napi::Number::New(env, p.version));
+  o.Set("flags", Napi::Number::New(env, p.flags));
+  o.Set("addr", Napi::BigInt::New(env, p.addr));
+  o.Set("rkey", Napi::Number::New(env, p.rkey));
+  o.Set("ringLog2", Napi::Number::New(env, p.ring_log2));
+  o.Set("slots", Napi::Number::New(env, p.slots));
+  o.Set("credits", Napi::Number::New(env, p.credits));
+  o.Set("token", Napi::Buffer<uint8_t>::Copy(env, p.token, kTokenBytes));
+  return o;
+}
+
+}  // namespace
+
+Napi::Object Exports(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("built", Napi::Boolean::New(env, true));
+  std::vector<DeviceInfo> list;
+  int err = list_devices(&list);
+  bool any_active = false;
+  for (const DeviceInfo& d : list)
+    for (const PortInfo& p : d.ports) any_active = any_active || p.active;
+  std::string reason;
+  if (err) {
+    reason = "no RDMA device: listing verbs devices failed: " + err_str(err);
+  } else if (list.empty()) {
+    reason = "no RDMA device: ibv_get_device_list found none (load a provider, e.g. modprobe rdma_rxe && rdma link add rxe0 type rxe netdev eth0)";
+  } else if (!any_active) {
+    reason = "no RDMA device with an active port (" + std::to_string(list.size()) + " device(s), all ports down)";
+  }
+  o.Set("available", Napi::Boolean::New(env, reason.empty()));
+  o.Set("reason", Napi::String::New(env, reason));
+  o.Set("devices", Napi::Function::New(env, Devices, "devices"));
+  o.Set("lifecycle", Napi::Function::New(env, Lifecycle, "lifecycle"));
+  o.Set("loopback", Napi::Function::New(env, Loopback, "loopback"));
+  o.Set("encodeConnParams", Napi::Function::New(env, EncodeConnParams, "encodeConnParams"));
+  o.Set("decodeConnParams", Napi::Function::New(env, DecodeConnParams, "decodeConnParams"));
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("VERSION", Napi::Number::New(env, kVersion));
+  c.Set("CONN_PARAMS_BYTES", Napi::Number::New(env, double(ConnParams::kBytes)));
+  c.Set("MIN_RING_LOG2", Napi::Number::New(env, kMinRingLog2));
+  c.Set("MAX_RING_LOG2", Napi::Number::New(env, kMaxRingLog2));
+  c.Set("MAX_SLOTS", Napi::Number::New(env, kMaxSlots));
+  c.Set("FLAG_ACCEPT", Napi::Number::New(env, ConnParams::kFlagAccept));
+  o.Set("constants", c);
+  return o;
+}
+
+}  // namespace rdma
+}  // namespace sg

@@ -1,0 +1,48 @@
+// A loopback exercise of the verbs layer and the RDMA.md data protocol: a
+// server and a client endpoint on one verbs device connect through rdma_cm,
+// and the client streams a buffer into the server's receive ring (slot 0) with
+// RDMA writes + a cursor write-with-immediate; the server validates every
+// cursor, copies the bytes out and returns consumer-cursor updates and receive
+// credits with SENDs; EOF, then disconnect.
+//
+// Everything is driven by fd readiness (cm event channel, both completion
+// channels) on one epoll loop, with the same non-blocking handlers the pump's
+// I/O thread will call; no busy polling. Runs on the calling thread (a worker).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sg {
+namespace rdma {
+
+struct LoopbackOptions {
+  std::string addr;          // IPv4 address of the verbs device (rxe0's eth0 address)
+  uint16_t port = 0;         // rdma_cm port (0: 20000 + pid % 10000)
+  std::string data;          // what the client sends
+  uint32_t ring_log2 = 16;   // server receive ring
+  uint32_t chunk = 16384;    // bytes per write burst
+  uint32_t credits = 32;     // receive WRs each side posts
+  uint32_t timeout_ms = 60000;
+};
+
+struct LoopbackResult {
+  int err = 0;               // -errno; 0 on success
+  std::string error;         // what failed
+  std::string received;
+  std::vector<std::string> cm_events;  // in order, "client:ESTABLISHED" etc.
+  std::vector<std::string> trace;      // resource creation/destruction order
+  uint64_t client_cq_events = 0, server_cq_events = 0;
+  uint64_t writes = 0, wraps = 0, imms = 0, updates = 0, blocked = 0, credit_msgs = 0;
+};
+
+void run_loopback(const LoopbackOptions& o, LoopbackResult* r);
+
+// Creates and destroys, on the device that owns `addr`, one of each resource
+// (event channel, cm id, PD, completion channel, CQ, QP, memory, MR) and
+// records the order. -errno on failure (the trace shows how far it got).
+int run_lifecycle(const std::string& addr, std::vector<std::string>* trace, std::string* error);
+
+}  // namespace rdma
+}  // namespace sg
