@@ -5,15 +5,17 @@
  *   node dist/test/rdma/vm/bench-peer.js server     on a (10.99.0.1)
  *   node dist/test/rdma/vm/bench-peer.js client     on b (10.99.0.2)
  *
- * In order: perftest `ib_write_bw -R` at 64 KiB (it polls: perftest has no
- * CQ-event mode for RDMA WRITE), perftest
- * `ib_write_lat -R` at 64 B, then TCP over the same link from node: a 64 KiB
- * write stream into a sink, and a 64 B ping-pong. The client prints the rows as
- * one line `SOCKGATE_BENCH_ROWS=<json>`; the host writes them to
- * test/bench/results-rdma.json.
+ * In order (CASES): perftest `ib_write_bw -R` at 64 KiB and `ib_write_lat -R` at
+ * 64 B (the issue's references; they poll: perftest has no event mode for RDMA
+ * WRITE), `ib_send_bw -R -e` and `ib_send_lat -R -e` (completion events, for
+ * context), then TCP over the same link from node: a 64 KiB write stream into a
+ * sink, and a 64 B ping-pong. A small TCP barrier on the server (PORT_CONTROL)
+ * tells the client when each perftest server listens: an rdma_cm connect that
+ * arrives too early is rejected and can leave perftest hanging.
  *
- * Latency rows give the ROUND TRIP in p50_us/p99_us. perftest's ib_write_lat
- * reports half the round trip; its own figures are kept as
+ * The client prints the rows as one line `SOCKGATE_BENCH_ROWS=<json>`; the host
+ * writes them to test/bench/results-rdma.json. Latency rows give the ROUND TRIP
+ * in p50_us/p99_us; perftest's *_lat report half the round trip, kept as
  * perftest_reported_*_us.
  */
 import { spawn } from 'node:child_process';

@@ -52,6 +52,8 @@ async function testsStage(prepared: Extract<Prepared, { kind: 'ready' }>, match:
   const cmd = [
     'node node_modules/ava/entrypoints/cli.mjs',
     `--timeout=${AVA_TIMEOUT}`,
+    // one test file at a time: each ava worker is a node start-up, slow under TCG
+    '--concurrency=1',
     '--verbose',
     ...(match ? ['--match', shQuote(match)] : []),
     ...files.map((f) => shQuote(`dist/test/rdma/${f}`)),
