@@ -76,7 +76,7 @@ export async function startChildGateway(configYaml = '', extraArgs: string[] = [
   const lines = (chunk: string) => (logs += chunk);
   child.stderr!.on('data', lines);
   child.stdout!.on('data', lines);
-  const deadline = Date.now() + 15_000;
+  const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     const m = /"control":"([^"]+)","data":"([^"]+)"(?:,"metrics":"([^"]+)")?/.exec(logs);
     if (m) return { child, target: m[1]!, data: m[2]!, metrics: m[3], logs: () => logs };

@@ -100,7 +100,7 @@ function describe(o: { ev: string; err?: Error }): string {
 // (a) SIGKILL mid-transfer
 
 for (const plane of PLANES) {
-  test(`SIGKILL mid-transfer: a client streaming through the ${plane} plane gets a precise error promptly`, async (t) => {
+  test.serial(`SIGKILL mid-transfer: a client streaming through the ${plane} plane gets a precise error promptly`, async (t) => {
     t.timeout(60_000);
     const echo = await echoServer();
     t.teardown(() => echo.close());
@@ -124,7 +124,7 @@ for (const plane of PLANES) {
     t.true(await eventually(async () => (await connections(echo)) === 0, PROMPT_MS), 'the destination connection closes');
   });
 
-  test(`SIGKILL while a client only reads through the ${plane} plane: an error, never a clean end`, async (t) => {
+  test.serial(`SIGKILL while a client only reads through the ${plane} plane: an error, never a clean end`, async (t) => {
     t.timeout(60_000);
     const dest = await streamer();
     t.teardown(() => dest.close());
@@ -144,7 +144,7 @@ for (const plane of PLANES) {
     t.true(GONE_CODES.includes((o.err as SockgateError).code), `a gateway-gone code, not ${describe(o)}`);
   });
 
-  test(`SIGKILL and an immediate restart on the same address: a ${plane}-plane reader whose stream was cut still gets an error`, async (t) => {
+  test.serial(`SIGKILL and an immediate restart on the same address: a ${plane}-plane reader whose stream was cut still gets an error`, async (t) => {
     t.timeout(60_000);
     const dest = await streamer();
     t.teardown(() => dest.close());
@@ -187,7 +187,7 @@ for (const plane of PLANES) {
     reused.destroy();
   });
 
-  test(`a real end of stream through the ${plane} plane is a clean end (confirmed while the gateway lives)`, async (t) => {
+  test.serial(`a real end of stream through the ${plane} plane is a clean end (confirmed while the gateway lives)`, async (t) => {
     t.timeout(30_000);
     const payload = randomBytes(3 << 20);
     const dest = await tcpServer((c) => c.end(payload));
@@ -210,7 +210,7 @@ for (const plane of PLANES) {
   });
 }
 
-test('socket ids are not reused by a restarted gateway (a stale id must not name a stranger\'s socket)', async (t) => {
+test.serial('socket ids are not reused by a restarted gateway (a stale id must not name a stranger\'s socket)', async (t) => {
   t.timeout(60_000);
   const echo = await echoServer();
   t.teardown(() => echo.close());
@@ -230,7 +230,7 @@ test('socket ids are not reused by a restarted gateway (a stale id must not name
   for (const s of after) s.destroy();
 });
 
-test('after SIGKILL, a Connect with a deadline fails as GATEWAY_UNAVAILABLE, not as a destination connect timeout', async (t) => {
+test.serial('after SIGKILL, a Connect with a deadline fails as GATEWAY_UNAVAILABLE, not as a destination connect timeout', async (t) => {
   t.timeout(30_000);
   const echo = await echoServer();
   t.teardown(() => echo.close());
@@ -277,7 +277,7 @@ function hashOf(s: GatewaySocket): Promise<{ bytes: number; sha256: string }> {
 }
 
 for (const plane of PLANES) {
-  test(`SIGTERM: a ${plane}-plane transfer in flight completes (SHA-256), new Connects are refused, health is NOT_SERVING, exit 0`, async (t) => {
+  test.serial(`SIGTERM: a ${plane}-plane transfer in flight completes (SHA-256), new Connects are refused, health is NOT_SERVING, exit 0`, async (t) => {
     t.timeout(60_000);
     const echo = await echoServer();
     t.teardown(() => echo.close());
@@ -322,7 +322,7 @@ for (const plane of PLANES) {
   });
 }
 
-test('SIGTERM: a socket that never finishes is aborted at the drain timeout, its client gets an error, and the process still exits 0', async (t) => {
+test.serial('SIGTERM: a socket that never finishes is aborted at the drain timeout, its client gets an error, and the process still exits 0', async (t) => {
   t.timeout(40_000);
   const echo = await echoServer();
   t.teardown(() => echo.close());
@@ -349,7 +349,7 @@ test('SIGTERM: a socket that never finishes is aborted at the drain timeout, its
 // ---------------------------------------------------------------------------
 // (c) health checking and reflection
 
-test('gRPC health checking is served: SERVING for the server and each service, NOT_FOUND for unknown services', async (t) => {
+test.serial('gRPC health checking is served: SERVING for the server and each service, NOT_FOUND for unknown services', async (t) => {
   const g = await child(t);
   t.is(await healthCheck(g.target, ''), 'SERVING');
   t.is(await healthCheck(g.target, 'sockgate.v1.SocketGatewayService'), 'SERVING');
@@ -361,7 +361,7 @@ test('gRPC health checking is served: SERVING for the server and each service, N
   t.is(e?.code, status.NOT_FOUND);
 });
 
-test('gRPC reflection is served: list_services names both services, file_containing_symbol returns their descriptors', async (t) => {
+test.serial('gRPC reflection is served: list_services names both services, file_containing_symbol returns their descriptors', async (t) => {
   const g = await child(t);
   const names = await reflectionListServices(g.target);
   t.true(names.includes('sockgate.v1.SocketGatewayService'), names.join(', '));
