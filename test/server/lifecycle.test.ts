@@ -6,6 +6,8 @@
  * health reports NOT_SERVING and the process exits 0; and the standard gRPC
  * health and reflection services are served.
  */
+// Serial: every test here kills or drains real gateway processes and asserts on how
+// promptly clients notice; running them side by side on 2 cores measures the machine.
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
