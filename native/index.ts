@@ -232,6 +232,8 @@ export interface RdmaConnParams {
 
 export interface RdmaLoopbackResult {
   data: Buffer;
+  /** Where the verbs work ran: the pump's I/O thread (opts.pump) or a worker's own epoll loop. */
+  ioThread: 'pump' | 'worker';
   cmEvents: string[];
   trace: string[];
   clientCqEvents: number;
@@ -257,9 +259,14 @@ export interface RdmaBinding {
   devices?(): RdmaDevice[];
   /** Creates and destroys one of each resource on addr's device; returns "+pd" ... "-pd". */
   lifecycle?(addr: string): string[];
-  /** Client -> server stream over one RC connection on addr's device (RDMA writes + immediates). */
+  /**
+   * Client -> server stream over one RC connection on addr's device (RDMA
+   * writes + immediates). With `pump`, the cm event channel and completion
+   * channels are serviced by that pump's I/O thread.
+   */
   loopback?(opts: {
     addr: string;
+    pump?: RawPump;
     data: Uint8Array;
     port?: number;
     ringLog2?: number;

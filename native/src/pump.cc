@@ -14,7 +14,7 @@ namespace sg {
 
 namespace {
 
-enum Kind : uint64_t { kWake = 1, kSession = 2, kLinkFd = 3, kListener = 4, kConn = 5 };
+enum Kind : uint64_t { kWake = 1, kSession = 2, kLinkFd = 3, kListener = 4, kConn = 5, kSource = 6 };
 
 uint64_t tag(Kind k, uint32_t a, uint32_t b = 0) {
   return (uint64_t(k) << 56) | (uint64_t(a & 0xFFFFFF) << 32) | b;
@@ -82,7 +82,7 @@ struct Pump::Listener {
 };
 
 struct Pump::Cmd {
-  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn, kShutdownHost } type;
+  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn, kShutdownHost, kAddSource, kRemoveSource } type;
   explicit Cmd(Type t) : type(t) {}
   std::unique_ptr<Link> link;
   uint32_t id = 0, conn = 0, dir = 0, log2 = 0;  // kShutdownHost: dir bit 0 = read, bit 1 = write
@@ -90,6 +90,7 @@ struct Pump::Cmd {
   int fd = -1;
   std::shared_ptr<Region> region;
   std::shared_ptr<EventFd> gw_bell, cl_bell;
+  std::shared_ptr<PumpSource> source;  // kAddSource
 };
 
 int Pump::create(const PumpOptions& o, EventSink sink, std::unique_ptr<Pump>* out) {
@@ -140,7 +141,41 @@ void Pump::stop() {
       c.link->region->unclaim(c.link->slot);
     }
     if (c.type == Cmd::kAddListener && c.fd >= 0) close(c.fd);
+    if (c.type == Cmd::kAddSource) c.source->on_detach();
   }
+}
+
+int Pump::add_source(std::shared_ptr<PumpSource> src, uint32_t* id) {
+  if (stopping_.load()) return -ESHUTDOWN;
+  Cmd c(Cmd::kAddSource);
+  c.id = next_link_.fetch_add(1);
+  c.source = std::move(src);
+  *id = c.id;
+  push(std::move(c));
+  return 0;
+}
+
+void Pump::remove_source(uint32_t id) {
+  Cmd c(Cmd::kRemoveSource);
+  c.id = id;
+  push(std::move(c));
+}
+
+int Pump::source_watch(uint32_t id, int fd, uint32_t key) {
+  struct epoll_event ev = {};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag(kSource, key, id);
+  return epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+void Pump::source_unwatch(int fd) { epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr); }
+
+void Pump::detach_source(uint32_t id) {
+  auto it = sources_.find(id);
+  if (it == sources_.end()) return;
+  std::shared_ptr<PumpSource> s = std::move(it->second);  // alive through on_detach
+  sources_.erase(it);
+  s->on_detach();
 }
 
 void Pump::push(Cmd&& c) {
@@ -338,6 +373,15 @@ void Pump::handle_cmds() {
   }
   for (Cmd& c : cmds) {
     switch (c.type) {
+      case Cmd::kAddSource: {
+        uint32_t id = c.id;
+        sources_[id] = c.source;
+        if (c.source->on_attach(*this, id) != 0) detach_source(id);
+        break;
+      }
+      case Cmd::kRemoveSource:
+        detach_source(c.id);
+        break;
       case Cmd::kAddLink: {
         if (c.link->kind == Link::kSplice) {
           uint32_t id = c.link->id;
@@ -901,6 +945,11 @@ void Pump::run() {
       } else if (kind == kListener) {
         auto it = listeners_.find(a);
         if (it != listeners_.end()) on_listener(*it->second);
+      } else if (kind == kSource) {
+        auto it = sources_.find(b);
+        if (it == sources_.end()) continue;  // detached earlier in this batch
+        std::shared_ptr<PumpSource> src = it->second;
+        src->on_ready(*this, b, a, e);
       } else if (kind == kConn) {
         auto it = listeners_.find(a);
         if (it == listeners_.end()) continue;
@@ -962,6 +1011,7 @@ void Pump::run() {
     close(kv.second->fd);
   }
   listeners_.clear();
+  while (!sources_.empty()) detach_source(sources_.begin()->first);
 }
 
 }  // namespace sg

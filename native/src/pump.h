@@ -75,6 +75,24 @@ class LinkFd {
   int fd = -1;  // guarded by mu; -1 once the link closed it
 };
 
+class Pump;
+
+// Work on the I/O thread other than links: a source's fds sit in the pump's
+// epoll set and its handlers run on the I/O thread (the RDMA layer's rdma_cm
+// event channel and completion channels). Handlers must not block.
+class PumpSource {
+ public:
+  virtual ~PumpSource() = default;
+  // Once, on the I/O thread: set up and watch fds (Pump::source_watch).
+  // -errno refuses; on_detach follows at once.
+  virtual int on_attach(Pump& p, uint32_t id) = 0;
+  // On the I/O thread: the fd watched under `key` is ready.
+  virtual void on_ready(Pump& p, uint32_t id, uint32_t key, uint32_t events) = 0;
+  // Once, on the I/O thread (or the stopping thread when the pump stops):
+  // removed by Pump::detach_source, remove_source or stop. Release the fds here.
+  virtual void on_detach() = 0;
+};
+
 struct PumpOptions {
   uint32_t spin_us = 0;            // adaptive spin before sleeping; 0 = off
   uint32_t hello_timeout_ms = 5000;
@@ -108,6 +126,15 @@ class Pump {
   void reply(uint32_t listener, uint32_t conn, uint16_t status, std::shared_ptr<Region> region,
              std::shared_ptr<EventFd> gw_bell, std::shared_ptr<EventFd> cl_bell);
   void close_conn(uint32_t listener, uint32_t conn);
+
+  // Sources (see PumpSource). add_source/remove_source: owner thread.
+  int add_source(std::shared_ptr<PumpSource> src, uint32_t* id);
+  void remove_source(uint32_t id);
+  // I/O thread only (inside a source's handlers): watch an fd for EPOLLIN
+  // under `key` (< 2^24), stop watching, detach the source.
+  int source_watch(uint32_t id, int fd, uint32_t key);
+  void source_unwatch(int fd);
+  void detach_source(uint32_t id);
 
   uint32_t live_links() const { return live_links_.load(); }
   uint32_t live_watches() const { return live_watches_.load(); }
@@ -157,6 +184,7 @@ class Pump {
   std::unordered_map<uint32_t, std::unique_ptr<Link>> links_;
   std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;  // by region id
   std::unordered_map<uint32_t, std::unique_ptr<Listener>> listeners_;
+  std::unordered_map<uint32_t, std::shared_ptr<PumpSource>> sources_;
   std::vector<uint32_t> runq_;
   std::vector<PumpEvent> out_;
   uint32_t spin_now_us_ = 0;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "pump.h"
 #include "rdma.h"
 #include "rdma_loopback.h"
 
@@ -22,6 +23,8 @@ Napi::Value Throw(Napi::Env env, int err, const std::string& msg) {
   x.ThrowAsJavaScriptException();
   return env.Undefined();
 }
+
+std::shared_ptr<Pump> (*g_pump_of)(Napi::Value) = nullptr;
 
 Napi::Array Strings(Napi::Env env, const std::vector<std::string>& v) {
   Napi::Array a = Napi::Array::New(env, v.size());
@@ -98,8 +101,8 @@ class LoopbackWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env, "sockgate:rdma-loopback"), o_(std::move(o)), d_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() { return d_.Promise(); }
   void Execute() override { run_loopback(o_, &r_); }
-  void OnOK() override {
-    Napi::Env env = Env();
+  void OnOK() override { Settle(Env(), d_, r_); }
+  static void Settle(Napi::Env env, Napi::Promise::Deferred& d_, LoopbackResult& r_) {
     Napi::Object o = Napi::Object::New(env);
     if (r_.err) {
       int e = -r_.err;
@@ -113,6 +116,7 @@ class LoopbackWorker : public Napi::AsyncWorker {
       return;
     }
     o.Set("data", Napi::Buffer<char>::Copy(env, r_.received.data(), r_.received.size()));
+    o.Set("ioThread", Napi::String::New(env, r_.io_thread));
     o.Set("cmEvents", Strings(env, r_.cm_events));
     o.Set("trace", Strings(env, r_.trace));
     o.Set("clientCqEvents", Napi::Number::New(env, double(r_.client_cq_events)));
@@ -155,6 +159,39 @@ Napi::Value Loopback(const Napi::CallbackInfo& info) {
       !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms))
     return env.Undefined();
   o.port = uint16_t(port);
+  Napi::Value pv = opts.Get("pump");
+  if (!pv.IsUndefined()) {
+    // On the pump's I/O thread: the result comes back through a TSFN.
+    std::shared_ptr<Pump> pump = g_pump_of ? g_pump_of(pv) : nullptr;
+    if (!pump) {
+      Napi::TypeError::New(env, "pump must be an open Pump").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    LoopbackResult bad;
+    if (check_loopback_options(o, &bad)) return Throw(env, bad.err, "rdma loopback: " + bad.error);
+    struct Ctx {
+      Napi::Promise::Deferred d;
+      Napi::ThreadSafeFunction tsfn;
+    };
+    auto* ctx = new Ctx{Napi::Promise::Deferred::New(env), {}};
+    Napi::Promise promise = ctx->d.Promise();
+    ctx->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                              "sockgate:rdma-loopback", 0, 1);
+    auto done = [ctx](LoopbackResult&& res) {
+      auto* r = new LoopbackResult(std::move(res));
+      napi_status st = ctx->tsfn.NonBlockingCall(r, [ctx](Napi::Env e, Napi::Function, LoopbackResult* rr) {
+        if (e != nullptr) LoopbackWorker::Settle(e, ctx->d, *rr);
+        delete rr;
+        ctx->tsfn.Release();
+        delete ctx;
+      });
+      if (st != napi_ok) delete r;  // the environment is going away
+    };
+    uint32_t id = 0;
+    int err = pump->add_source(make_loopback_source(std::move(o), std::move(done)), &id);
+    if (err) return Throw(env, err, "rdma loopback: pump add_source: " + err_str(err));
+    return promise;
+  }
   LoopbackWorker* w = new LoopbackWorker(env, std::move(o));
   Napi::Promise p = w->promise();
   w->Queue();
@@ -220,7 +257,8 @@ Napi::Value DecodeConnParams(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-Napi::Object Exports(Napi::Env env) {
+Napi::Object Exports(Napi::Env env, std::shared_ptr<Pump> (*pump_of)(Napi::Value)) {
+  g_pump_of = pump_of;
   Napi::Object o = Napi::Object::New(env);
   o.Set("built", Napi::Boolean::New(env, true));
   std::vector<DeviceInfo> list;

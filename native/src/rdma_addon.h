@@ -7,10 +7,14 @@
 
 #include <napi.h>
 
+#include <memory>
+
 namespace sg {
+class Pump;
 namespace rdma {
 
-Napi::Object Exports(Napi::Env env);
+// pump_of: the Pump behind a JS Pump object (null when it is not one or closed).
+Napi::Object Exports(Napi::Env env, std::shared_ptr<Pump> (*pump_of)(Napi::Value));
 
 }  // namespace rdma
 }  // namespace sg

@@ -3,12 +3,15 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <functional>
 #include <memory>
 
+#include "pump.h"
 #include "rdma.h"
 
 namespace sg {
@@ -70,7 +73,8 @@ struct Endpoint {
 struct Loop {
   const LoopbackOptions& o;
   LoopbackResult* r;
-  int ep = -1;
+  int ep = -1;  // run() only; on a pump, watch_fn puts fds in the pump's epoll set
+  std::function<int(int fd, uint64_t key)> watch_fn;
   EventChannel ch;
   CmId listener;
   Endpoint srv, cli;
@@ -91,6 +95,7 @@ struct Loop {
   }
 
   int watch(int fd, uint64_t tag) {
+    if (watch_fn) return watch_fn(fd, tag);
     struct epoll_event ev = {};
     ev.events = EPOLLIN;
     ev.data.u64 = tag;
@@ -471,50 +476,49 @@ struct Loop {
     }
   }
 
-  void run() {
+  bool finished() const { return r->err != 0 || (cli.disconnected && srv.disconnected); }
+
+  // Key 1: the cm event channel; 2: the client's completion channel; 3: the server's.
+  void step(uint64_t key) {
+    if (key == 1) on_cm();
+    else if (key == 2) on_cq(cli);
+    else if (key == 3) on_cq(srv);
+    r->client_cq_events = cli.cq.events();
+    r->server_cq_events = srv.cq.events();
+  }
+
+  // Event channel, listener, client id, address resolution; the rest follows events.
+  int start() {
     int err;
     ring_size = 1u << o.ring_log2;
     for (size_t i = 0; i < kTokenBytes; i++) token[i] = uint8_t(0xA5 ^ (i * 29));
     srv.name = "server";
     cli.name = "client";
+    if ((err = ch.open(&r->trace))) return fail(err, "rdma_create_event_channel");
+    if ((err = watch(ch.fd(), 1))) return fail(err, "epoll_ctl");
+    sockaddr_in sa = {};
+    sa.sin_family = AF_INET;
+    if (inet_pton(AF_INET, o.addr.c_str(), &sa.sin_addr) != 1) return fail(-EINVAL, "address " + o.addr);
+    sa.sin_port = htons(o.port ? o.port : uint16_t(20000 + getpid() % 10000));
+    if ((err = listener.create(ch, nullptr, &r->trace))) return fail(err, "rdma_create_id (listener)");
+    if (rdma_bind_addr(listener.get(), reinterpret_cast<sockaddr*>(&sa)) != 0 || rdma_listen(listener.get(), 4) != 0)
+      return fail(-errno, "rdma_bind_addr/rdma_listen");
+    if ((err = cli.id.create(ch, nullptr, &r->trace))) return fail(err, "rdma_create_id (client)");
+    if (rdma_resolve_addr(cli.id.get(), nullptr, reinterpret_cast<sockaddr*>(&sa), int(o.timeout_ms / 4)) != 0)
+      return fail(-errno, "rdma_resolve_addr");
+    return 0;
+  }
+
+  // Standalone: its own epoll loop on the calling thread.
+  void run() {
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) {
       fail(-errno, "epoll_create1");
       return;
     }
-    if ((err = ch.open(&r->trace))) {
-      fail(err, "rdma_create_event_channel");
-      return;
-    }
-    if ((err = watch(ch.fd(), 1))) {
-      fail(err, "epoll_ctl");
-      return;
-    }
-    sockaddr_in sa = {};
-    sa.sin_family = AF_INET;
-    if (inet_pton(AF_INET, o.addr.c_str(), &sa.sin_addr) != 1) {
-      fail(-EINVAL, "address " + o.addr);
-      return;
-    }
-    sa.sin_port = htons(o.port ? o.port : uint16_t(20000 + getpid() % 10000));
-    if ((err = listener.create(ch, nullptr, &r->trace))) {
-      fail(err, "rdma_create_id (listener)");
-      return;
-    }
-    if (rdma_bind_addr(listener.get(), reinterpret_cast<sockaddr*>(&sa)) != 0 || rdma_listen(listener.get(), 4) != 0) {
-      fail(-errno, "rdma_bind_addr/rdma_listen");
-      return;
-    }
-    if ((err = cli.id.create(ch, nullptr, &r->trace))) {
-      fail(err, "rdma_create_id (client)");
-      return;
-    }
-    if (rdma_resolve_addr(cli.id.get(), nullptr, reinterpret_cast<sockaddr*>(&sa), int(o.timeout_ms / 4)) != 0) {
-      fail(-errno, "rdma_resolve_addr");
-      return;
-    }
+    if (start()) return;
     int64_t deadline = now_ms() + o.timeout_ms;
-    while (!r->err && !(cli.disconnected && srv.disconnected)) {
+    while (!finished()) {
       int64_t left = deadline - now_ms();
       if (left <= 0) {
         fail(-ETIMEDOUT, "loopback transfer");
@@ -527,30 +531,88 @@ struct Loop {
         fail(-errno, "epoll_wait");
         break;
       }
-      for (int i = 0; i < n && !r->err; i++) {
-        if (evs[i].data.u64 == 1) on_cm();
-        else if (evs[i].data.u64 == 2) on_cq(cli);
-        else if (evs[i].data.u64 == 3) on_cq(srv);
-      }
+      for (int i = 0; i < n && !r->err; i++) step(evs[i].data.u64);
     }
-    r->client_cq_events = cli.cq.events();
-    r->server_cq_events = srv.cq.events();
   }
 };
 
-}  // namespace
-
-void run_loopback(const LoopbackOptions& o, LoopbackResult* r) {
+int check_options(const LoopbackOptions& o, LoopbackResult* r) {
   if (o.ring_log2 < kMinRingLog2 || o.ring_log2 > 26 || o.chunk == 0 || o.credits < 4 || o.credits > 1024) {
     r->err = -EINVAL;
     r->error = "bad loopback options";
-    return;
+    return r->err;
   }
   if (o.data.empty()) {
     r->err = -EINVAL;
     r->error = "nothing to send";
-    return;
+    return r->err;
   }
+  return 0;
+}
+
+// The loopback as a pump source: the cm event channel, both completion
+// channels and a timeout timerfd in the pump's epoll set; all verbs work on
+// the pump's I/O thread; `done` gets the result there, once.
+class LoopbackSource final : public PumpSource {
+ public:
+  LoopbackSource(LoopbackOptions o, std::function<void(LoopbackResult&&)> done) : o_(std::move(o)), done_(std::move(done)) {}
+  ~LoopbackSource() override { on_detach(); }
+  int on_attach(Pump& p, uint32_t id) override {
+    r_.io_thread = "pump";
+    loop_.reset(new Loop(o_, &r_));
+    loop_->watch_fn = [&p, id](int fd, uint64_t key) { return p.source_watch(id, fd, uint32_t(key)); };
+    timer_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (timer_ < 0) return loop_->fail(-errno, "timerfd_create");
+    struct itimerspec ts = {};
+    ts.it_value.tv_sec = o_.timeout_ms / 1000;
+    ts.it_value.tv_nsec = long(o_.timeout_ms % 1000) * 1000000;
+    if (timerfd_settime(timer_, 0, &ts, nullptr) < 0) return loop_->fail(-errno, "timerfd_settime");
+    int err = p.source_watch(id, timer_, kTimerKey);
+    if (err) return loop_->fail(err, "epoll_ctl (timer)");
+    return loop_->start();
+  }
+  void on_ready(Pump& p, uint32_t id, uint32_t key, uint32_t) override {
+    if (!loop_) return;
+    if (key == kTimerKey) loop_->fail(-ETIMEDOUT, "loopback transfer");
+    else loop_->step(key);
+    if (loop_->finished()) p.detach_source(id);
+  }
+  void on_detach() override {
+    // Verbs resources first (reverse order), then the timer, then report.
+    loop_.reset();
+    if (timer_ >= 0) close(timer_);
+    timer_ = -1;
+    if (done_) {
+      if (!r_.err && r_.received.size() != o_.data.size()) {
+        r_.err = -ECANCELED;
+        r_.error = "loopback ended early (pump stopped)";
+      }
+      auto d = std::move(done_);
+      done_ = nullptr;
+      d(std::move(r_));
+    }
+  }
+
+ private:
+  static constexpr uint32_t kTimerKey = 4;
+  LoopbackOptions o_;
+  std::function<void(LoopbackResult&&)> done_;  // called once, from on_detach
+  LoopbackResult r_;
+  std::unique_ptr<Loop> loop_;  // created and destroyed on the I/O thread
+  int timer_ = -1;
+};
+
+}  // namespace
+
+std::shared_ptr<PumpSource> make_loopback_source(LoopbackOptions o, std::function<void(LoopbackResult&&)> done) {
+  return std::make_shared<LoopbackSource>(std::move(o), std::move(done));
+}
+
+int check_loopback_options(const LoopbackOptions& o, LoopbackResult* r) { return check_options(o, r); }
+
+void run_loopback(const LoopbackOptions& o, LoopbackResult* r) {
+  if (check_options(o, r)) return;
+  r->io_thread = "worker";
   std::unique_ptr<Loop> l(new Loop(o, r));
   l->run();
   // ~Loop: endpoints (client, then server) release in reverse creation order,

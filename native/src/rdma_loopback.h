@@ -11,10 +11,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace sg {
+class PumpSource;
 namespace rdma {
 
 struct LoopbackOptions {
@@ -29,6 +32,7 @@ struct LoopbackOptions {
 
 struct LoopbackResult {
   int err = 0;               // -errno; 0 on success
+  std::string io_thread;     // "pump" (the pump's I/O thread) or "worker" (its own epoll loop)
   std::string error;         // what failed
   std::string received;
   std::vector<std::string> cm_events;  // in order, "client:ESTABLISHED" etc.
@@ -37,7 +41,14 @@ struct LoopbackResult {
   uint64_t writes = 0, wraps = 0, imms = 0, updates = 0, blocked = 0, credit_msgs = 0;
 };
 
+// Standalone: runs on the calling thread with its own epoll loop.
 void run_loopback(const LoopbackOptions& o, LoopbackResult* r);
+
+// On a pump: a PumpSource whose fds join the pump's epoll set; `done` runs
+// once with the result (on the I/O thread, or wherever the source is dropped
+// if it never attached). Check the options first (-EINVAL, r->error).
+int check_loopback_options(const LoopbackOptions& o, LoopbackResult* r);
+std::shared_ptr<PumpSource> make_loopback_source(LoopbackOptions o, std::function<void(LoopbackResult&&)> done);
 
 // Creates and destroys, on the device that owns `addr`, one of each resource
 // (event channel, cm id, PD, completion channel, CQ, QP, memory, MR) and

@@ -8,11 +8,13 @@
  * and teardown in reverse; an rdma_cm connection between two endpoints on
  * rxe0's address carrying data with RDMA writes + write-with-immediate through
  * a ring smaller than the data (wraps, consumer-cursor updates, credits, EOF),
- * SHA-256 checked, completions by completion-channel events (no busy polling).
+ * SHA-256 checked, completions by completion-channel events (no busy polling),
+ * with the cm event channel and completion channels serviced by the shared
+ * pump's I/O thread (a PumpSource), and once on a standalone worker loop.
  */
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { rdma } from '../../native/index.js';
+import { Pump, rdma } from '../../native/index.js';
 
 const IN_VM = process.env['SOCKGATE_IN_VM'] === '1';
 const ADDR = process.env['SOCKGATE_VM_ADDR'] || '10.99.0.1';
@@ -64,9 +66,12 @@ if (!IN_VM) {
     t.regex(String(e?.message), /rdma_bind_addr|no verbs device/);
   });
 
-  test.serial('rdma_cm connection: 1 MiB through a 64 KiB ring, RDMA write + immediate, SHA-256', async (t) => {
+  test.serial('rdma_cm connection on the pump\'s I/O thread: 1 MiB through a 64 KiB ring, RDMA write + immediate, SHA-256', async (t) => {
     const data = randomBytes(1 << 20);
-    const r = await rdma.loopback!({ addr: ADDR, port: PORT_BASE, data, ringLog2: 16, chunk: 16384, credits: 32, timeoutMs: TRANSFER_TIMEOUT_MS });
+    const pump = new Pump();
+    const r = await rdma.loopback!({ addr: ADDR, port: PORT_BASE, data, ringLog2: 16, chunk: 16384, credits: 32, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw });
+    pump.close();
+    t.is(r.ioThread, 'pump');
     t.log(`1 MiB: ${r.imms} immediates, ${r.writes} data writes (${r.wraps} wrapped), ${r.updates} cursor updates, ` +
       `${r.blocked} blocked, ${r.creditMsgs} credit messages, cq events ${r.clientCqEvents}/${r.serverCqEvents}`);
     t.is(r.data.length, data.length);
@@ -96,12 +101,47 @@ if (!IN_VM) {
   test.serial('rdma_cm connection: odd sizes wrap mid-burst (two writes per wrap)', async (t) => {
     const data = randomBytes(300_001);
     // 3000-byte bursts and few credits: the ring rarely fills, so bursts cross its end.
-    const r = await rdma.loopback!({ addr: ADDR, port: PORT_BASE + 1, data, ringLog2: 16, chunk: 3000, credits: 8, timeoutMs: TRANSFER_TIMEOUT_MS });
+    const pump = new Pump();
+    const r = await rdma.loopback!({ addr: ADDR, port: PORT_BASE + 1, data, ringLog2: 16, chunk: 3000, credits: 8, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw });
+    pump.close();
+    t.is(r.ioThread, 'pump');
     t.log(`300001 B: ${r.imms} immediates, ${r.writes} data writes (${r.wraps} wrapped), ${r.updates} cursor updates, ` +
       `${r.blocked} blocked, ${r.creditMsgs} credit messages, cq events ${r.clientCqEvents}/${r.serverCqEvents}`);
     t.is(sha(r.data), sha(data));
     t.true(r.wraps > 0, 'some bursts wrapped');
     t.is(r.writes, r.imms + r.wraps, 'a wrapped burst is exactly two writes');
+  });
+
+  test.serial('standalone worker loop (no pump): 256 KiB, SHA-256', async (t) => {
+    const data = randomBytes(256 << 10);
+    const r = await rdma.loopback!({ addr: ADDR, port: PORT_BASE + 3, data, ringLog2: 14, chunk: 4096, credits: 16, timeoutMs: TRANSFER_TIMEOUT_MS });
+    t.is(r.ioThread, 'worker');
+    t.is(sha(r.data), sha(data));
+  });
+
+  test.serial('two transfers at once on one pump, with shm-style links untouched', async (t) => {
+    const pump = new Pump();
+    const a = randomBytes(200_000);
+    const b = randomBytes(300_000);
+    const [ra, rb] = await Promise.all([
+      rdma.loopback!({ addr: ADDR, port: PORT_BASE + 4, data: a, ringLog2: 15, chunk: 8192, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw }),
+      rdma.loopback!({ addr: ADDR, port: PORT_BASE + 5, data: b, ringLog2: 15, chunk: 8192, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw }),
+    ]);
+    t.is(sha(ra.data), sha(a));
+    t.is(sha(rb.data), sha(b));
+    t.is(pump.raw.activeLinks, 0);
+    pump.close();
+  });
+
+  test.serial('a pump closed mid-transfer ends it with an error and releases every resource', async (t) => {
+    const pump = new Pump();
+    const p = rdma.loopback!({ addr: ADDR, port: PORT_BASE + 6, data: randomBytes(32 << 20), ringLog2: 16, chunk: 16384, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw });
+    await new Promise((r) => setTimeout(r, 300));
+    pump.close();
+    const e = await t.throwsAsync(p);
+    t.regex(String(e?.message), /ended early \(pump stopped\)/);
+    const trace = (e as unknown as { trace: string[] }).trace;
+    t.is(trace.filter((s) => s.startsWith('-')).length, trace.filter((s) => s.startsWith('+')).length, trace.join(' '));
   });
 
   test.serial('an address that is not this host\'s: a clean error, nothing left behind', async (t) => {
