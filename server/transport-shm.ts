@@ -96,6 +96,9 @@ const CONTROL_BACKLOG_LIMIT = 64 * 1024;
 const CONTROL_FLUSH_MS = 500;
 /** How long teardown waits for a link's end event before giving up on it. */
 const LINK_END_WAIT_MS = 5_000;
+/** Refusals are logged at most this many times per window (a hostile client must not flood the log); all are counted. */
+const REFUSAL_LOGS_PER_WINDOW = 20;
+const REFUSAL_LOG_WINDOW_MS = 10_000;
 /** Client input echoed in a decline detail is cut to this length. */
 const MAX_ECHO = 64;
 
@@ -186,6 +189,7 @@ class Session {
 
   /** A free slot number, or 0 when full. */
   freeSlot(count: number): number {
+    if (this.slots.size >= count - 1) return 0;
     for (let i = 0; i < count - 1; i++) {
       const n = ((this.nextSlot - 1 + i) % (count - 1)) + 1;
       if (!this.slots.has(n)) {
@@ -280,6 +284,8 @@ export class ShmTransport implements Transport {
   #bootId = '';
   /** Set by close(): no new sessions, slots or attaches. */
   #closing = false;
+  /** Refusal log rate limit: the current window, lines logged in it, and refusals not logged since the last line. */
+  #logWindow = { start: 0, logged: 0, suppressed: 0 };
   readonly #refusals: Counter;
   readonly #corrupt: Counter;
   readonly #grows: Counter;
@@ -482,7 +488,16 @@ export class ShmTransport implements Transport {
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
     this.#refusals.add(1, { reason });
-    this.o.logger.warn({ reason, ...extra }, `shm attach refused: ${detail}`);
+    const now = Date.now();
+    if (now - this.#logWindow.start >= REFUSAL_LOG_WINDOW_MS) this.#logWindow = { start: now, logged: 0, suppressed: this.#logWindow.suppressed };
+    if (this.#logWindow.logged >= REFUSAL_LOGS_PER_WINDOW) {
+      this.#logWindow.suppressed++;
+      return;
+    }
+    this.#logWindow.logged++;
+    const suppressed = this.#logWindow.suppressed;
+    this.#logWindow.suppressed = 0;
+    this.o.logger.warn({ reason, ...extra, ...(suppressed ? { suppressed } : {}) }, `shm attach refused: ${detail}`);
   }
 
   #onAttach(e: Extract<ListenerEvent, { type: 'attach' }>): void {

@@ -320,3 +320,23 @@ test('datagram sockets are declined KIND_UNSUPPORTED by shm', async (t) => {
   t.is(sock.fallbacks[0]?.reason, 'KIND_UNSUPPORTED');
   await sock.close();
 });
+
+test.serial('a full session spills into overflow sessions of the same client; every socket still rides shm', async (t) => {
+  const gw = await shmGateway(t, { transports: { shm: { slots_per_session: 4 } } });
+  const echo = await echoServer();
+  t.teardown(() => echo.close());
+  const socks = await Promise.all(Array.from({ length: 8 }, () => gw.sdk.connect(echo.uri)));
+  t.true(socks.every((s) => s.transport === 'shm'), JSON.stringify(socks.map((s) => s.fallbacks)));
+  const client = (gw.sdk as unknown as { shmClient: { sessions: Map<string, unknown> } }).shmClient;
+  t.is(client.sessions.size, 3, '3 usable slots per session: 8 sockets need 3 sessions');
+  const shm = (gw.gateway as unknown as { shm: { sessionCount: number } }).shm;
+  t.is(shm.sessionCount, 3);
+  const echoes = await Promise.all(
+    socks.map(async (s, i) => {
+      const got = readAll(s);
+      s.end(`socket ${i}`);
+      return (await within(got, 10_000, 'echo')).toString();
+    }),
+  );
+  t.deepEqual(echoes, socks.map((_, i) => `socket ${i}`));
+});
