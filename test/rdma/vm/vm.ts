@@ -177,9 +177,9 @@ export function shQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-/** The exit code of a run: the first failing VM's, else 0. */
+/** The exit code of a run: the first VM that failed by itself (not killed because its peer failed), else the first failing, else 0. */
 export function combinedExitCode(results: readonly VmResult[]): number {
-  const bad = results.find((r) => r.exitCode !== 0);
+  const bad = results.find((r) => r.exitCode !== 0 && r.outcome !== 'killed-after-peer-failure') ?? results.find((r) => r.exitCode !== 0);
   return bad ? bad.exitCode : 0;
 }
 
