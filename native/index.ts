@@ -273,6 +273,8 @@ export interface RdmaBinding {
     chunk?: number;
     credits?: number;
     timeoutMs?: number;
+    /** Validation tests: the client writes 1 = a cursor beyond the ring, 2 = a cursor going back, 3 = a bad slot. */
+    hostile?: 0 | 1 | 2 | 3;
   }): Promise<RdmaLoopbackResult>;
   encodeConnParams?(p: Partial<RdmaConnParams>): Buffer;
   decodeConnParams?(bytes: Uint8Array): RdmaConnParams;

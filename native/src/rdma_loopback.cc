@@ -195,8 +195,15 @@ struct Loop {
       uint64_t ring = e.peer.addr + uint64_t(e.peer.slots) * kCtlStride;  // slot 0's ring
       uint64_t next = e.prod + n;
       bool blocked = next - e.peer_cons == size && next < total;
+      uint64_t wire = next;
+      uint16_t imm_slot = 0;
+      if (o.hostile && e.peer_cons > 0) {  // the receiver has seen valid cursors first
+        if (o.hostile == 1) wire = next + size;
+        if (o.hostile == 2) wire = e.peer_cons - 1;
+        if (o.hostile == 3) imm_slot = 7;
+      }
       uint8_t cur[8];
-      store_be64(cur, next);
+      store_be64(cur, wire);
       ibv_sge s1 = {reinterpret_cast<uintptr_t>(e.src.data() + e.prod), uint32_t(first), e.src_mr.lkey()};
       ibv_sge s2 = {reinterpret_cast<uintptr_t>(e.src.data() + e.prod + first), uint32_t(n - first), e.src_mr.lkey()};
       ibv_sge s3 = {reinterpret_cast<uintptr_t>(cur), 8, 0};
@@ -221,7 +228,7 @@ struct Loop {
       // burst cannot change what this one publishes.
       w[k].opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
       w[k].send_flags = IBV_SEND_INLINE | IBV_SEND_SIGNALED;
-      w[k].imm_data = htonl(imm_encode(0, blocked ? kImmBlocked : 0));
+      w[k].imm_data = htonl(imm_encode(imm_slot, blocked ? kImmBlocked : 0));
       w[k].sg_list = &s3;
       w[k].num_sge = 1;
       w[k].wr.rdma.remote_addr = e.peer.addr + kCtlProd;  // slot 0's control line
@@ -537,7 +544,7 @@ struct Loop {
 };
 
 int check_options(const LoopbackOptions& o, LoopbackResult* r) {
-  if (o.ring_log2 < kMinRingLog2 || o.ring_log2 > 26 || o.chunk == 0 || o.credits < 4 || o.credits > 1024) {
+  if (o.ring_log2 < kMinRingLog2 || o.ring_log2 > 26 || o.chunk == 0 || o.credits < 4 || o.credits > 1024 || o.hostile > 3) {
     r->err = -EINVAL;
     r->error = "bad loopback options";
     return r->err;

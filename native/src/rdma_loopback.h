@@ -28,6 +28,10 @@ struct LoopbackOptions {
   uint32_t chunk = 16384;    // bytes per write burst
   uint32_t credits = 32;     // receive WRs each side posts
   uint32_t timeout_ms = 60000;
+  // Tests of the receiver's validation: once the server has returned a cursor,
+  // the client misbehaves. 1: a producer cursor beyond the ring; 2: a cursor
+  // that goes backwards; 3: an immediate naming a slot that does not exist.
+  uint32_t hostile = 0;
 };
 
 struct LoopbackResult {

@@ -144,6 +144,29 @@ if (!IN_VM) {
     t.is(trace.filter((s) => s.startsWith('-')).length, trace.filter((s) => s.startsWith('+')).length, trace.join(' '));
   });
 
+  test.serial('a hostile writer (garbage cursors, a bad slot) ends only its own connection', async (t) => {
+    const pump = new Pump();
+    const good = randomBytes(400_000);
+    const cases: Array<[1 | 2 | 3, RegExp]> = [
+      [1, /peer wrote a bad producer cursor/],
+      [2, /peer wrote a bad producer cursor/],
+      [3, /peer sent a bad immediate/],
+    ];
+    const ok = rdma.loopback!({ addr: ADDR, port: PORT_BASE + 7, data: good, ringLog2: 14, chunk: 4096, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw });
+    const bad = cases.map(([hostile], i) =>
+      rdma.loopback!({ addr: ADDR, port: PORT_BASE + 8 + i, data: randomBytes(400_000), ringLog2: 14, chunk: 4096, timeoutMs: TRANSFER_TIMEOUT_MS, pump: pump.raw, hostile }));
+    for (let i = 0; i < cases.length; i++) {
+      const e = await t.throwsAsync(bad[i]!);
+      t.regex(String(e?.message), cases[i]![1]);
+      t.is((e as unknown as { code: string }).code, 'EBADMSG');
+      const trace = (e as unknown as { trace: string[] }).trace;
+      t.is(trace.filter((s) => s.startsWith('-')).length, trace.filter((s) => s.startsWith('+')).length);
+    }
+    // The well-behaved connection on the same pump is unaffected.
+    t.is(sha((await ok).data), sha(good));
+    pump.close();
+  });
+
   test.serial('an address that is not this host\'s: a clean error, nothing left behind', async (t) => {
     const e = await t.throwsAsync(rdma.loopback!({ addr: '10.99.0.254', data: new Uint8Array(10), port: PORT_BASE + 2, timeoutMs: 8000 }));
     t.regex(String(e?.message), /rdma loopback: rdma_bind_addr/);
