@@ -180,6 +180,8 @@ export class TcpTransport implements Transport {
     };
     const reject = (status: AttachStatus, detail: string) => {
       cleanup();
+      // The client may reset while the refusal goes out: that is no error of ours.
+      sock.on('error', () => {});
       trace(`reject data connection from ${sock.remoteAddress}:${sock.remotePort}: ${detail}`);
       this.options.logger.warn({ peer: `${sock.remoteAddress}:${sock.remotePort}`, status: AttachStatus[status], detail }, 'tcp attach rejected');
       const result = status === AttachStatus.REPLAYED ? 'replayed' : status === AttachStatus.EXPIRED ? 'expired' : status === AttachStatus.WRONG_TOKEN ? 'wrong_token' : 'error';

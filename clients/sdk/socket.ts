@@ -270,8 +270,9 @@ export class GatewaySocket extends Duplex {
       this.held = () => this._final(cb);
       return;
     }
-    inner.end();
-    cb();
+    // Finished only once the channel took every byte: autoDestroy destroys the
+    // channel after this, and destroying one with writes still queued drops them.
+    inner.end((err?: Error | null) => cb(err ?? null));
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {

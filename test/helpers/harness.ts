@@ -34,7 +34,9 @@ export interface TestGateway {
 
 /** Start an in-process gateway with `overrides` merged over TEST_OVERRIDES. */
 export async function startGateway(overrides: unknown = {}, sdkOptions: GatewayOptions = {}): Promise<TestGateway> {
-  const config = loadConfig({ overrides: mergeConfig(TEST_OVERRIDES, overrides) });
+  // Every gateway gets its own shm attach socket: several run side by side in one test process.
+  const shmPath = join(mkdtempSync(join(tmpdir(), 'sockgate-shm-')), 'shm.sock');
+  const config = loadConfig({ overrides: mergeConfig(mergeConfig(TEST_OVERRIDES, { transports: { shm: { path: shmPath } } }), overrides) });
   const gateway = new Gateway(config);
   const addrs = await gateway.start();
   const sdk = await SdkGateway.connect(addrs.control, sdkOptions);
@@ -69,7 +71,9 @@ export async function startChildGateway(configYaml = '', extraArgs: string[] = [
     file,
     `listen: { control: "127.0.0.1:0", data: "127.0.0.1:0", metrics: "127.0.0.1:0" }\nshutdown: { drain_timeout_ms: 3000 }\n${configYaml}`,
   );
-  const child = spawn(process.execPath, [CLI_PATH, 'serve', '--config', file, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Its own shm attach socket, unless the test chose one: gateways run side by side.
+  const shmArgs = configYaml.includes('shm:') ? [] : ['--set', `transports.shm.path=${join(dir, 'shm.sock')}`];
+  const child = spawn(process.execPath, [CLI_PATH, 'serve', '--config', file, ...shmArgs, ...extraArgs], { stdio: ['ignore', 'pipe', 'pipe'] });
   let logs = '';
   child.stderr!.setEncoding('utf8');
   child.stdout!.setEncoding('utf8');
