@@ -122,6 +122,8 @@ export class GatewaySocket extends Duplex {
   private confirmEof = false;
   /** True while the inner end-of-stream is being confirmed. */
   private confirmingEnd = false;
+  /** The channel delivered its end of stream. */
+  private innerEnded = false;
   /** Aborts an open in progress when the socket is destroyed. */
   private readonly opening = new AbortController();
   /** A write or end held while connecting: runs once attached. */
@@ -193,7 +195,9 @@ export class GatewaySocket extends Duplex {
     inner.on('end', () => this.onInnerEnd());
     inner.on('error', (err) => this.destroy(err instanceof SockgateError ? err : this.mapError(err)));
     inner.on('close', () => {
-      if (!this.destroyed && !this.readableEnded && !this.confirmingEnd) this.destroy(new SocketClosedError(`data channel of ${this.socketId} closed`));
+      // A channel that closes before its end of stream is an abort; after it, what we
+      // buffered is still the reader's (readableEnded waits for the reader, not for us).
+      if (!this.destroyed && !this.innerEnded && !this.confirmingEnd) this.destroy(new SocketClosedError(`data channel of ${this.socketId} closed`));
     });
     this.connecting = false;
     const held = this.held;
@@ -214,6 +218,7 @@ export class GatewaySocket extends Duplex {
   }
 
   private onInnerEnd(): void {
+    this.innerEnded = true;
     if (!this.confirmEof) {
       this.push(null);
       return;
