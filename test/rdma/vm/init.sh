@@ -69,8 +69,12 @@ mount -t devtmpfs devtmpfs $R/dev || fail "mount $R/dev"
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts || fail "mount devpts"
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm || fail "mount /dev/shm"
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mount /tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "mount /run"
+# The host's /tmp stays reachable at /run/host-tmp (a checkout under /tmp, as CI may
+# make, is bound back to its own path by cmd.sh); the guest gets a writable /tmp.
+mkdir -p $R/run/host-tmp
+mount -o bind,ro $R/tmp $R/run/host-tmp || fail "bind the host's /tmp"
+mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mount /tmp"
 [ -d $R/var/tmp ] && { mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp || fail "mount /var/tmp"; }
 [ -d $R/sys/kernel/debug ] && mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 mkdir -p $R$CTL

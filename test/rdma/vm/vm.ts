@@ -304,6 +304,8 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
           '# written by test/rdma/vm/vm.ts; run by init.sh in the guest, chrooted into the host root',
           ...Object.entries(env).map(([k, v]) => `export ${k}=${shQuote(v)}`),
           'mkdir -p "$HOME"',
+          // The guest's /tmp is its own tmpfs: a working directory under the host's /tmp is bound back in.
+          ...(cwd.startsWith('/tmp/') ? [`mkdir -p ${shQuote(cwd)} && mount -o bind,ro ${shQuote(`/run/host-tmp/${cwd.slice('/tmp/'.length)}`)} ${shQuote(cwd)} || exit 126`] : []),
           `cd ${shQuote(cwd)} || exit 126`,
           spec.command,
           '',
