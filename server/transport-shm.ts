@@ -46,13 +46,13 @@ import { connect as netConnect, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { applyHostOption } from './host-option.js';
 import type { Counter, Meter } from '@opentelemetry/api';
 import ipaddr from 'ipaddr.js';
 import type { AttachListener, Eventfd, HostSockopt, PumpLink, ShmRegion } from '../native/index.js';
 import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, type AttachRegistry } from './attach.js';
-import { SocketClosedError } from './errors.js';
 import type { Config } from './config.js';
 import type { Logger } from './log.js';
 import type { Identity, Policy } from './policy.js';
@@ -242,29 +242,6 @@ function defaultPath(): string {
 }
 
 let uniquePaths = 0;
-
-/** SetOption on the host descriptor a ring link owns, as Node's net.Socket would set it (keep-alive probes included). */
-function setHostOption(link: PumpLink, o: HostOption): void {
-  try {
-    switch (o.$case) {
-      case 'noDelay':
-        return link.setHostSockopt('TCP_NODELAY', o.noDelay ? 1 : 0);
-      case 'keepAliveMs':
-        link.setHostSockopt('SO_KEEPALIVE', o.keepAliveMs > 0 ? 1 : 0);
-        if (o.keepAliveMs <= 0) return;
-        link.setHostSockopt('TCP_KEEPIDLE', Math.max(1, Math.floor(o.keepAliveMs / 1000)));
-        link.setHostSockopt('TCP_KEEPINTVL', 1);
-        return link.setHostSockopt('TCP_KEEPCNT', 10);
-      case 'sendBufferBytes':
-        return link.setHostSockopt('SO_SNDBUF', o.sendBufferBytes);
-      case 'recvBufferBytes':
-        return link.setHostSockopt('SO_RCVBUF', o.recvBufferBytes);
-    }
-  } catch (err) {
-    if (/link has ended/.test(String((err as Error).message))) throw new SocketClosedError(`the native link of this socket has ended (${(err as Error).message})`, { cause: err });
-    throw err;
-  }
-}
 
 export class ShmTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_SHM;
@@ -741,7 +718,7 @@ export class ShmTransport implements Transport {
         return {
           ended: link.ended.then(toEnd),
           close: () => link.close().then(toEnd),
-          setHostOption: (o: HostOption) => setHostOption(link, o),
+          setHostOption: (o: HostOption) => applyHostOption(link, o, (err) => /link has ended/.test(String(err.message))),
           // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
           getHostSockopt: (name: HostSockopt) => link.getHostSockopt(name),
         } as NativeLink;

@@ -12,15 +12,15 @@
 import { lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import { applyHostOption } from './host-option.js';
 import type { AttachRegistry } from './attach.js';
 import { AttachTokenError } from './attach.js';
 import type { GatewaySocket } from './socket-table.js';
 import { DatagramSocket, StreamSocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { Logger } from './log.js';
-import type { DataChannel, HostOption, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
-import type { Pump, SpliceLink } from '../native/index.js';
-import { SocketClosedError } from './errors.js';
+import type { DataChannel, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
+import type { Pump } from '../native/index.js';
 import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from './wire.js';
 import { tracer } from './trace.js';
 
@@ -70,29 +70,6 @@ export function removeStaleSocket(path: string): void {
     if (lstatSync(path).isSocket()) unlinkSync(path);
   } catch {
     // Absent (the usual case) or not ours to remove: listen() reports what matters.
-  }
-}
-
-/** SetOption on a splice link's host descriptor, as Node's net.Socket would set it (libuv's keep-alive probes included). */
-function setHostOption(link: SpliceLink, o: HostOption): void {
-  try {
-    switch (o.$case) {
-      case 'noDelay':
-        return link.setHostSockopt('TCP_NODELAY', o.noDelay ? 1 : 0);
-      case 'keepAliveMs':
-        link.setHostSockopt('SO_KEEPALIVE', o.keepAliveMs > 0 ? 1 : 0);
-        if (o.keepAliveMs <= 0) return;
-        link.setHostSockopt('TCP_KEEPIDLE', Math.max(1, Math.floor(o.keepAliveMs / 1000)));
-        link.setHostSockopt('TCP_KEEPINTVL', 1);
-        return link.setHostSockopt('TCP_KEEPCNT', 10);
-      case 'sendBufferBytes':
-        return link.setHostSockopt('SO_SNDBUF', o.sendBufferBytes);
-      case 'recvBufferBytes':
-        return link.setHostSockopt('SO_RCVBUF', o.recvBufferBytes);
-    }
-  } catch (err) {
-    if (link.raw.closed || /ended/.test(String((err as Error).message))) throw new SocketClosedError(`the native link of this socket has ended (${(err as Error).message})`, { cause: err });
-    throw err;
   }
 }
 
@@ -307,7 +284,7 @@ export class TcpTransport implements Transport {
         close: () => link.close(),
         shutdownHost: (read, write) => link.shutdownHost(read, write),
         bufferedBytes: () => link.bufferedBytes(),
-        setHostOption: (o) => setHostOption(link, o),
+        setHostOption: (o) => applyHostOption(link, o, (err) => link.raw.closed || /ended/.test(String(err.message))),
         // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
         getHostSockopt: (name: 'SO_SNDBUF' | 'SO_RCVBUF' | 'TCP_NODELAY' | 'SO_KEEPALIVE') => link.getHostSockopt(name),
       } as NativeLink;
