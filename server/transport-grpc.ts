@@ -12,30 +12,13 @@ import { AttachFailedError, ProtocolError, toStatus } from './errors.js';
 import { DatagramSocket, StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { OfferContext, OfferOutcome, Transport } from './transport.js';
-import { MessageChannel, type FrameCodec } from './wire.js';
+import { MessageChannel, payloadCodec, type FrameCodec } from './wire.js';
 
 /** The first frame must arrive within this time. */
 const ATTACH_FRAME_TIMEOUT_MS = 5_000;
 
 /** Gateway-side frame mapping. */
-export const GATEWAY_CODEC: FrameCodec<DataRequest, DataResponse> = {
-  data: (chunk) => ({ frame: { $case: 'data', data: chunk } }),
-  datagram: (d) => ({ frame: { $case: 'datagram', datagram: { uri: d.uri, payload: d.payload } } }),
-  eof: () => ({ frame: { $case: 'eof', eof: true } }),
-  decode: (msg) => {
-    const f = msg.frame;
-    switch (f?.$case) {
-      case 'data':
-        return { kind: 'data', data: f.data };
-      case 'datagram':
-        return { kind: 'datagram', datagram: { uri: f.datagram.uri, payload: f.datagram.payload } };
-      case 'eof':
-        return { kind: 'eof' };
-      default:
-        return { kind: 'other' };
-    }
-  },
-};
+export const GATEWAY_CODEC: FrameCodec<DataRequest, DataResponse> = payloadCodec<DataRequest, DataResponse>();
 
 export interface GrpcTransportOptions {
   highWatermark: number;

@@ -184,6 +184,34 @@ export interface FrameCodec<In, Out> {
   decode(msg: In): { kind: 'data'; data: Buffer } | { kind: 'datagram'; datagram: ChannelDatagram } | { kind: 'eof' } | { kind: 'other' };
 }
 
+/** The payload cases both grpc-plane messages share (DataRequest, DataResponse). */
+type PayloadFrame =
+  | { $case: 'data'; data: Buffer }
+  | { $case: 'datagram'; datagram: { uri: string; payload: Buffer } }
+  | { $case: 'eof'; eof: boolean }
+  | { $case: string };
+
+/**
+ * The grpc plane's frame mapping, the same for the gateway (DataRequest in,
+ * DataResponse out) and the SDK (the other way round): payload, datagrams and
+ * end of stream are the same oneof cases in both messages.
+ */
+export function payloadCodec<In extends { frame?: unknown }, Out>(): FrameCodec<In, Out> {
+  const out = (frame: PayloadFrame) => ({ frame }) as unknown as Out;
+  return {
+    data: (chunk) => out({ $case: 'data', data: chunk }),
+    datagram: (d) => out({ $case: 'datagram', datagram: { uri: d.uri, payload: d.payload } }),
+    eof: () => out({ $case: 'eof', eof: true }),
+    decode: (msg) => {
+      const f = msg.frame as PayloadFrame | undefined;
+      if (f?.$case === 'data' && 'data' in f) return { kind: 'data', data: f.data };
+      if (f?.$case === 'datagram' && 'datagram' in f) return { kind: 'datagram', datagram: { uri: f.datagram.uri, payload: f.datagram.payload } };
+      if (f?.$case === 'eof') return { kind: 'eof' };
+      return { kind: 'other' };
+    },
+  };
+}
+
 /**
  * A byte (or datagram) Duplex over an object-mode message stream such as a
  * gRPC bidi call. Backpressure both ways: writes wait for the call's 'drain',

@@ -31,7 +31,7 @@ import {
   SockgateError,
   fromServiceError,
 } from '../../server/errors.js';
-import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../server/wire.js';
+import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../server/wire.js';
 import {
   GatewayDatagramSocket,
   GatewaySocket,
@@ -119,24 +119,7 @@ export interface UdpOptions extends CallOpts {
 type Unary<Req, Res> = (req: Req, md: Metadata, opts: Partial<CallOptions>, cb: (err: ServiceError | null, res: Res) => void) => { cancel(): void };
 
 /** Client-side frame mapping of the grpc data plane. */
-const CLIENT_CODEC: FrameCodec<DataResponse, DataRequest> = {
-  data: (chunk) => ({ frame: { $case: 'data', data: chunk } }),
-  datagram: (d) => ({ frame: { $case: 'datagram', datagram: { uri: d.uri, payload: d.payload } } }),
-  eof: () => ({ frame: { $case: 'eof', eof: true } }),
-  decode: (msg) => {
-    const f = msg.frame;
-    switch (f?.$case) {
-      case 'data':
-        return { kind: 'data', data: f.data };
-      case 'datagram':
-        return { kind: 'datagram', datagram: { uri: f.datagram.uri, payload: f.datagram.payload } };
-      case 'eof':
-        return { kind: 'eof' };
-      default:
-        return { kind: 'other' };
-    }
-  },
-};
+const CLIENT_CODEC: FrameCodec<DataResponse, DataRequest> = payloadCodec<DataResponse, DataRequest>();
 
 /** A listener on the gateway's host; emits 'connection' with GatewaySocket. */
 export class GatewayServer extends EventEmitter {
