@@ -102,7 +102,8 @@ export type PumpEvent =
   | { type: 'corrupt'; region: number; code: 'ERR_SOCKGATE_RING_CORRUPT' }
   | { type: 'hints'; region: number; slots: number[] }
   | { type: 'attach'; listener: number; conn: number; pid: number; uid: number; gid: number; version: number; flags: number; token: Buffer }
-  | { type: 'connClosed'; listener: number; conn: number; errno: number };
+  | { type: 'connClosed'; listener: number; conn: number; errno: number }
+  | RdmaEvent;
 
 export interface RawPump {
   readonly activeLinks: number;
@@ -211,6 +212,92 @@ export interface RawVsock {
   PORT_ANY: number;
 }
 
+/** Sizes of this side's receive region (native/RDMA.md "Connection parameters"). */
+export interface RdmaRegionOptions {
+  /** Each slot's receive ring is 1 << ringLog2 bytes (12..26; default 18 = 256 KiB). */
+  ringLog2?: number;
+  /** Slots (sockets) on the connection (1..4096; default 64). */
+  slots?: number;
+  /** Receive work requests posted for the peer (4..1024; default 64). */
+  credits?: number;
+  /** Idle keepalive interval; 3 silent intervals fail the connection (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off; default 5000. */
+  keepaliveMs?: number;
+}
+
+export interface RdmaListenOptions extends RdmaRegionOptions {
+  addr: string;
+  /** 0 = any free port (read `port` back). */
+  port?: number;
+  backlog?: number;
+}
+
+export interface RdmaConnectOptions extends RdmaRegionOptions {
+  addr: string;
+  port: number;
+  /** 16 bytes, sent in the connect private data. */
+  token: Uint8Array;
+  /** Resolve/route/connect deadline (default 10000 ms). */
+  timeoutMs?: number;
+}
+
+export interface RawRdmaListener {
+  /** Routing id of the listener's events (`rdma` field). */
+  readonly id: number;
+  readonly port: number;
+  /** Take a requested connection: creates its verbs resources and accepts. Events then come on the returned connection's id. */
+  accept(conn: number, opts?: RdmaRegionOptions): RawRdmaConn;
+  /** Refuse a requested connection (the client sees REJECTED -> PEER_DECLINED). */
+  reject(conn: number): void;
+  close(): void;
+}
+
+export interface RawRdmaConn {
+  /** Routing id of the connection's events (`rdma` field). */
+  readonly id: number;
+  /**
+   * Move bytes between slot `slot` and the stream socket `fd` on the I/O thread
+   * (the connection takes ownership of fd). With `token` (client side, later
+   * sockets), a BIND message carrying it goes first; the gateway answers it
+   * with link() or closeSlot().
+   */
+  link(slot: number, fd: number, token?: Uint8Array): void;
+  /** Abort a slot: its fd is closed (RST when `reset`), CLOSE goes to the peer; `slotEnd` follows. */
+  closeSlot(slot: number, reset?: boolean): void;
+  /** shutdown(2) of the slot's fd, for Shutdown RPCs (read and/or write side). */
+  shutdownSlot(slot: number, read: boolean, write: boolean): void;
+  /** setsockopt(int) on a linked slot's fd; false when the slot has no fd. */
+  setSlotSockopt(slot: number, level: number, name: number, value: number): boolean;
+  /** Disconnect; every open slot ends with ECONNABORTED, then `closed`. */
+  close(): void;
+}
+
+/**
+ * Events of rdma listeners and connections, routed by `rdma` (the id).
+ * Connection codes: ERR_SOCKGATE_RDMA_PROTOCOL (the peer broke the protocol),
+ * ERR_SOCKGATE_RDMA_TIMEOUT (keepalive), ERR_SOCKGATE_RDMA_DEVICE_REMOVED,
+ * ERR_SOCKGATE_RDMA_PORT_DOWN, ERR_SOCKGATE_RDMA_QP_FATAL (async events or a
+ * failed work completion), ERR_SOCKGATE_RDMA_DISCONNECTED (the peer went away),
+ * 'ok' (closed by close()).
+ */
+export type RdmaEvent =
+  | { type: 'rdma'; rdma: number; event: 'request'; conn: number; token: Buffer; peer: string }
+  | { type: 'rdma'; rdma: number; event: 'established' }
+  /** Before established. code: ADDR_ERROR | ROUTE_ERROR | UNREACHABLE | REJECTED | CONNECT_ERROR | TIMEOUT | PROTOCOL | NO_DEVICE | RESOURCE */
+  | { type: 'rdma'; rdma: number; event: 'failed'; code: string; errno: number; message: string }
+  | { type: 'rdma'; rdma: number; event: 'closed'; code: string; errno: number; message: string }
+  /** Gateway side: the client asks to bind `slot` with an attach token. */
+  | { type: 'rdma'; rdma: number; event: 'bind'; slot: number; token: Buffer }
+  | { type: 'rdma'; rdma: number; event: 'progress'; slot: number; toFd: number; toPeer: number }
+  /** The slot's fd sent EOF; EOF went to the peer after the bytes before it. */
+  | { type: 'rdma'; rdma: number; event: 'fdEof'; slot: number }
+  /** The peer half-closed; shutdown(fd, SHUT_WR) done after its bytes. */
+  | { type: 'rdma'; rdma: number; event: 'peerEof'; slot: number }
+  /**
+   * The slot is free again (both sides sent CLOSE, or the connection ended).
+   * reason: ok (both directions finished) | reset (the peer aborted) | aborted (closeSlot) | error.
+   */
+  | { type: 'rdma'; rdma: number; event: 'slotEnd'; slot: number; reason: 'ok' | 'reset' | 'aborted' | 'error'; errno: number; code: string; totalToFd: number; totalToPeer: number };
+
 /** One verbs device as `rdma.devices()` lists it. */
 export interface RdmaDevice {
   name: string;
@@ -276,6 +363,19 @@ export interface RdmaBinding {
     /** Validation tests: the client writes 1 = a cursor beyond the ring, 2 = a cursor going back, 3 = a bad slot. */
     hostile?: 0 | 1 | 2 | 3;
   }): Promise<RdmaLoopbackResult>;
+  /**
+   * The gateway's rdma_cm listener on `addr` (an address of a verbs device),
+   * serviced by `pump`'s I/O thread. Each CONNECT_REQUEST becomes an
+   * `{ event: 'request' }` on the listener's id (routed by `rdma`); JS answers
+   * with `accept(conn)` (returns the connection) or `reject(conn)`.
+   */
+  listen?(pump: RawPump, opts: RdmaListenOptions): RawRdmaListener;
+  /**
+   * Client side: resolve, route and connect to a gateway's listener; the
+   * private data carries `token` (the first socket's attach token). Events
+   * come on the returned connection's id: `established`, or `failed`.
+   */
+  connect?(pump: RawPump, opts: RdmaConnectOptions): RawRdmaConn;
   encodeConnParams?(p: Partial<RdmaConnParams>): Buffer;
   decodeConnParams?(bytes: Uint8Array): RdmaConnParams;
   constants?: { VERSION: number; CONN_PARAMS_BYTES: number; MIN_RING_LOG2: number; MAX_RING_LOG2: number; MAX_SLOTS: number; FLAG_ACCEPT: number };

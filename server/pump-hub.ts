@@ -17,6 +17,8 @@ export type LinkEvent = Extract<PumpEvent, { link: number }>;
 export type RegionEvent = Extract<PumpEvent, { region: number }>;
 /** Events addressed to one attach listener (by `listener` id). */
 export type ListenerEvent = Extract<PumpEvent, { listener: number }>;
+/** Events addressed to one rdma listener or connection (by `rdma` id). */
+export type RdmaEvent = Extract<PumpEvent, { rdma: number }>;
 
 export class PumpHub {
   /** The native pump; link, listen and watch through it. */
@@ -25,6 +27,7 @@ export class PumpHub {
   readonly #links = new Map<number, (e: LinkEvent) => void>();
   readonly #regions = new Map<number, (e: RegionEvent) => void>();
   readonly #listeners = new Map<number, (e: ListenerEvent) => void>();
+  readonly #rdma = new Map<number, (e: RdmaEvent) => void>();
   #closed = false;
 
   constructor(
@@ -52,6 +55,13 @@ export class PumpHub {
   offListener(id: number): void {
     this.#listeners.delete(id);
   }
+  /** Route events of rdma listener or connection `id` to `fn` until `offRdma` (a connection's `closed`/`failed` is its last). */
+  onRdma(id: number, fn: (e: RdmaEvent) => void): void {
+    this.#rdma.set(id, fn);
+  }
+  offRdma(id: number): void {
+    this.#rdma.delete(id);
+  }
 
   get closed(): boolean {
     return this.#closed;
@@ -75,6 +85,8 @@ export class PumpHub {
           this.#regions.get(e.region)?.(e);
         } else if ('listener' in e) {
           this.#listeners.get(e.listener)?.(e);
+        } else if ('rdma' in e) {
+          this.#rdma.get(e.rdma)?.(e);
         }
       } catch (err) {
         // One subscriber's bug must not starve the others of their events.

@@ -187,9 +187,19 @@ export interface ShmOffer {
 }
 
 export interface RdmaOffer {
-  /** rdma_cm address of the client's device. */
+  /**
+   * rdma_cm address of the client's device (informational: the gateway never
+   * dials it; the client connects to the gateway).
+   */
   address: string;
+  /** Receive ring bytes per socket the client will register (power of two). */
   ringBytes: number;
+  /**
+   * The client's RDMA session with this gateway: a random id the client picks
+   * once and offers with every socket, so all its sockets share one RC
+   * connection (native/RDMA.md). Unset: the client has no session to share.
+   */
+  sessionId: string;
 }
 
 export interface TcpAttach {
@@ -228,9 +238,26 @@ export interface ShmAttach {
 }
 
 export interface RdmaAttach {
+  /** The gateway's rdma_cm listener. */
   address: string;
   port: number;
+  /** The gateway's receive ring bytes per socket. */
   ringBytes: number;
+  /**
+   * The session the socket rides and its slot on the connection (the same
+   * slot number on both ends).
+   */
+  sessionId: string;
+  slot: number;
+  /**
+   * True: the client opens the RC connection (rdma_connect with the attach
+   * token in the private data) and then links the slot. False: the session's
+   * connection exists (or is being opened by an earlier socket); the client
+   * sends BIND(slot, token) over it.
+   */
+  newSession: boolean;
+  /** Slots on the connection: the client registers as many receive rings. */
+  slots: number;
 }
 
 export interface Accepted {
@@ -507,7 +534,7 @@ export const ShmOffer: MessageFns<ShmOffer> = {
 };
 
 function createBaseRdmaOffer(): RdmaOffer {
-  return { address: "", ringBytes: 0 };
+  return { address: "", ringBytes: 0, sessionId: "" };
 }
 
 export const RdmaOffer: MessageFns<RdmaOffer> = {
@@ -517,6 +544,9 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
     }
     if (message.ringBytes !== 0) {
       writer.uint32(16).uint32(message.ringBytes);
+    }
+    if (message.sessionId !== "") {
+      writer.uint32(26).string(message.sessionId);
     }
     return writer;
   },
@@ -550,6 +580,14 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
             message.ringBytes = reader.uint32();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -570,6 +608,11 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
         : isSet(object.ring_bytes)
         ? globalThis.Number(object.ring_bytes)
         : 0,
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
     };
   },
 
@@ -581,6 +624,9 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
     if (message.ringBytes !== 0) {
       obj.ringBytes = Math.round(message.ringBytes);
     }
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
     return obj;
   },
 
@@ -591,6 +637,7 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
     const message = createBaseRdmaOffer();
     message.address = object.address ?? "";
     message.ringBytes = object.ringBytes ?? 0;
+    message.sessionId = object.sessionId ?? "";
     return message;
   },
 };
@@ -898,7 +945,7 @@ export const ShmAttach: MessageFns<ShmAttach> = {
 };
 
 function createBaseRdmaAttach(): RdmaAttach {
-  return { address: "", port: 0, ringBytes: 0 };
+  return { address: "", port: 0, ringBytes: 0, sessionId: "", slot: 0, newSession: false, slots: 0 };
 }
 
 export const RdmaAttach: MessageFns<RdmaAttach> = {
@@ -911,6 +958,18 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     }
     if (message.ringBytes !== 0) {
       writer.uint32(24).uint32(message.ringBytes);
+    }
+    if (message.sessionId !== "") {
+      writer.uint32(34).string(message.sessionId);
+    }
+    if (message.slot !== 0) {
+      writer.uint32(40).uint32(message.slot);
+    }
+    if (message.newSession !== false) {
+      writer.uint32(48).bool(message.newSession);
+    }
+    if (message.slots !== 0) {
+      writer.uint32(56).uint32(message.slots);
     }
     return writer;
   },
@@ -952,6 +1011,38 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
             message.ringBytes = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.slot = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.newSession = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.slots = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -973,6 +1064,18 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
         : isSet(object.ring_bytes)
         ? globalThis.Number(object.ring_bytes)
         : 0,
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      slot: isSet(object.slot) ? globalThis.Number(object.slot) : 0,
+      newSession: isSet(object.newSession)
+        ? globalThis.Boolean(object.newSession)
+        : isSet(object.new_session)
+        ? globalThis.Boolean(object.new_session)
+        : false,
+      slots: isSet(object.slots) ? globalThis.Number(object.slots) : 0,
     };
   },
 
@@ -987,6 +1090,18 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     if (message.ringBytes !== 0) {
       obj.ringBytes = Math.round(message.ringBytes);
     }
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.slot !== 0) {
+      obj.slot = Math.round(message.slot);
+    }
+    if (message.newSession !== false) {
+      obj.newSession = message.newSession;
+    }
+    if (message.slots !== 0) {
+      obj.slots = Math.round(message.slots);
+    }
     return obj;
   },
 
@@ -998,6 +1113,10 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     message.address = object.address ?? "";
     message.port = object.port ?? 0;
     message.ringBytes = object.ringBytes ?? 0;
+    message.sessionId = object.sessionId ?? "";
+    message.slot = object.slot ?? 0;
+    message.newSession = object.newSession ?? false;
+    message.slots = object.slots ?? 0;
     return message;
   },
 };
