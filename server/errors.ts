@@ -67,6 +67,16 @@ export class GatewayUnavailableError extends define('ERR_SOCKGATE_GATEWAY_UNAVAI
 export class ShuttingDownError extends define('ERR_SOCKGATE_SHUTTING_DOWN', status.UNAVAILABLE, 'gateway is shutting down') {}
 export class AbortedError extends define('ERR_SOCKGATE_ABORTED', status.CANCELLED, 'operation aborted') {}
 export class RdmaUnavailableError extends define('ERR_SOCKGATE_RDMA_UNAVAILABLE', status.UNAVAILABLE, 'RDMA is not available') {}
+/** The RDMA peer broke the data protocol (bad cursor, slot, credits): its connection and every socket on it end. */
+export class RdmaProtocolError extends define('ERR_SOCKGATE_RDMA_PROTOCOL', status.DATA_LOSS, 'RDMA peer violated the data protocol') {}
+/** Nothing heard from the RDMA peer for three keepalive intervals. */
+export class RdmaTimeoutError extends define('ERR_SOCKGATE_RDMA_TIMEOUT', status.UNAVAILABLE, 'RDMA connection timed out') {}
+export class RdmaDeviceRemovedError extends define('ERR_SOCKGATE_RDMA_DEVICE_REMOVED', status.UNAVAILABLE, 'RDMA device removed') {}
+export class RdmaPortDownError extends define('ERR_SOCKGATE_RDMA_PORT_DOWN', status.UNAVAILABLE, 'RDMA port went down') {}
+/** The queue pair entered the error state (async event or a failed work completion). */
+export class RdmaQpFatalError extends define('ERR_SOCKGATE_RDMA_QP_FATAL', status.UNAVAILABLE, 'RDMA queue pair failed') {}
+/** The RDMA peer disconnected. */
+export class RdmaDisconnectedError extends define('ERR_SOCKGATE_RDMA_DISCONNECTED', status.UNAVAILABLE, 'RDMA peer disconnected') {}
 export class NativeError extends define('ERR_SOCKGATE_NATIVE', status.INTERNAL, 'native addon error') {}
 
 type ErrorClass = (new (message?: string, options?: SockgateErrorOptions) => SockgateError) & { code: string };
@@ -79,7 +89,8 @@ export const ERROR_CLASSES: ReadonlyMap<string, ErrorClass> = new Map(
       LimitExceededError, SocketNotFoundError, WrongSocketKindError, SocketClosedError, ConnectRefusedError,
       HostUnreachableError, ConnectTimeoutError, DnsError, AddressInUseError, ConnectionResetError, HostSocketError,
       NoTransportError, AttachFailedError, ProtocolError, RingCorruptError, GatewayUnavailableError,
-      ShuttingDownError, AbortedError, RdmaUnavailableError, NativeError,
+      ShuttingDownError, AbortedError, RdmaUnavailableError, RdmaProtocolError, RdmaTimeoutError,
+      RdmaDeviceRemovedError, RdmaPortDownError, RdmaQpFatalError, RdmaDisconnectedError, NativeError,
     ] as ErrorClass[]
   ).map((c) => [c.code, c]),
 );
