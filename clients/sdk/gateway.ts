@@ -5,7 +5,7 @@
  * datagram socket.
  */
 import { EventEmitter } from 'node:events';
-import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as netConnect, isIP, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { credentials as grpcCredentials, makeGenericClientConstructor, Metadata, status, type CallOptions, type ChannelCredentials, type ClientDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import {
@@ -22,11 +22,14 @@ import {
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { ShmClient, shmSupport } from './attach-shm.js';
+import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
+import { FdChannel } from './fd-channel.js';
 import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
   AbortedError,
   AttachFailedError,
   GatewayUnavailableError,
+  NativeError,
   NoTransportError,
   SockgateError,
   fromServiceError,
@@ -50,8 +53,27 @@ const FastSocketGatewayClient = makeGenericClientConstructor(
   'sockgate.v1.SocketGatewayService',
 ) as unknown as typeof SocketGatewayServiceClient;
 
-/** Transports this SDK build can attach with, in default preference order (shm only where the native addon loaded). */
-export const SDK_TRANSPORTS: readonly TransportName[] = shmSupport.available ? ['shm', 'tcp', 'grpc'] : ['tcp', 'grpc'];
+/**
+ * Transports this SDK can attach with here, in default preference order: shm
+ * where the native addon loaded, rdma where it also found an active verbs
+ * device (`rdmaSupport`), then tcp and grpc.
+ */
+export const SDK_TRANSPORTS: readonly TransportName[] = [
+  ...(shmSupport.available ? (['shm'] as const) : []),
+  ...(rdmaSupport.available ? (['rdma'] as const) : []),
+  'tcp',
+  'grpc',
+];
+
+/**
+ * The default offers for a gateway at `target`: shm only for one on this host
+ * (a Unix socket or loopback), rdma only for one elsewhere (like SMC-D vs SMC-R),
+ * each only where this SDK can attach with it.
+ */
+export function defaultTransports(target: string): TransportName[] {
+  const local = isLocalTarget(target);
+  return SDK_TRANSPORTS.filter((t) => (local ? t !== 'rdma' : t !== 'shm'));
+}
 
 /** Whether a gRPC target is on this host (a Unix socket or loopback): only then is shm offered by default. */
 export function isLocalTarget(target: string): boolean {
@@ -92,6 +114,8 @@ export interface GatewayOptions {
   deadlineMs?: number;
   /** shm: the host id to offer instead of this host's boot id (tests, unusual setups). */
   shm?: { hostId?: string };
+  /** rdma: receive ring bytes per socket, credits and keepalive of this client's connections. */
+  rdma?: RdmaClientOptions;
 }
 
 export interface CallOpts {
@@ -162,6 +186,9 @@ export class Gateway {
   /** The shm session side, created with the first shm offer. */
   private shmClient: ShmClient | undefined;
   private readonly shmOptions: { hostId?: string };
+  /** The rdma session side, created with the first rdma offer. */
+  private rdmaClient: RdmaClient | undefined;
+  private readonly rdmaOptions: RdmaClientOptions;
 
   private constructor(
     readonly target: string,
@@ -187,8 +214,9 @@ export class Gateway {
       this.metadata.set('authorization', `Bearer ${token}`);
       this.metadataNoWait.set('authorization', `Bearer ${token}`);
     }
-    this.offersDefault = options.transports ?? (isLocalTarget(target) ? SDK_TRANSPORTS : SDK_TRANSPORTS.filter((t) => t !== 'shm'));
+    this.offersDefault = options.transports ?? defaultTransports(target);
     this.shmOptions = options.shm ?? {};
+    this.rdmaOptions = options.rdma ?? {};
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.control = {
       setOption: async (id, o) => {
@@ -274,11 +302,19 @@ export class Gateway {
     const offers: TransportOffer[] = [];
     const local: FallbackInfo[] = [];
     for (const name of names ?? this.offersDefault) {
-      if (!(SDK_TRANSPORTS as readonly string[]).includes(name)) {
-        local.push({ transport: name, reason: 'UNSUPPORTED', detail: name === 'shm' ? `this SDK cannot attach with shm: ${shmSupport.reason}` : `this SDK build cannot attach with ${name}` });
+      if (name === 'rdma' && !rdmaSupport.available && rdmaSupport.addonLoaded) {
+        // Like the gateway would say: this host has no usable verbs device (or the addon was built without rdma-core).
+        local.push({ transport: 'rdma', reason: 'NO_RDMA_DEVICE', detail: `this host cannot attach with rdma: ${rdmaSupport.reason}` });
         continue;
       }
-      offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params: name === 'shm' ? { $case: 'shm', shm: this.shm().offer() } : undefined });
+      if (!(SDK_TRANSPORTS as readonly string[]).includes(name)) {
+        const why = name === 'shm' ? `this SDK cannot attach with shm: ${shmSupport.reason}` : name === 'rdma' ? `this SDK cannot attach with rdma: ${rdmaSupport.reason}` : `this SDK build cannot attach with ${name}`;
+        local.push({ transport: name, reason: 'UNSUPPORTED', detail: why });
+        continue;
+      }
+      const params: TransportOffer['params'] =
+        name === 'shm' ? { $case: 'shm', shm: this.shm().offer() } : name === 'rdma' ? { $case: 'rdma', rdma: this.rdma().offer() } : undefined;
+      offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params });
     }
     if (!offers.length) throw new NoTransportError(`none of the requested transports (${(names ?? []).join(', ')}) is supported by this SDK`);
     return { offers, local };
@@ -311,29 +347,88 @@ export class Gateway {
 
   /** An unconnected socket; call `connect(port, host)` or `connect(uri)` on it (pg calls it itself). */
   socket(opts: ConnectOptions = {}): GatewaySocket {
-    const sock = new GatewaySocket(this.control, {
-      open: async (uri, signal) => {
-        const { offers, local } = this.offers(opts.transports);
-        const options: SocketOption[] = [];
-        if (opts.noDelay !== undefined) options.push({ option: { $case: 'noDelay', noDelay: opts.noDelay } });
-        if (opts.keepAliveMs !== undefined) options.push({ option: { $case: 'keepAliveMs', keepAliveMs: opts.keepAliveMs } });
-        const callOpts: CallOpts = { signal: opts.signal ? AbortSignal.any([opts.signal, signal]) : signal, ...(opts.deadlineMs ? { deadlineMs: opts.deadlineMs } : {}) };
-        const req = { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options };
-        const started = Date.now();
-        const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
-          // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
-          // retried once on the next connection; a gateway that did get the first call reaps its socket
-          // when the unused attach token expires.
-          if (err instanceof GatewayUnavailableError && err.message === 'Connection dropped' && Date.now() - started < CONNECTION_DROPPED_RETRY_MS) {
-            return this.unary(this.client.connect, req, callOpts);
-          }
-          throw err;
-        });
-        return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
-      },
-    });
+    const sock = new GatewaySocket(this.control, { open: (uri, signal) => this.openChannel(uri, opts, signal) });
     this.track(sock);
     return sock;
+  }
+
+  /** Connect + attach a stream socket: its data channel and what the gateway said about it. */
+  private async openChannel(uri: string, opts: ConnectOptions, signal?: AbortSignal): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
+    const { offers, local } = this.offers(opts.transports);
+    const options: SocketOption[] = [];
+    if (opts.noDelay !== undefined) options.push({ option: { $case: 'noDelay', noDelay: opts.noDelay } });
+    if (opts.keepAliveMs !== undefined) options.push({ option: { $case: 'keepAliveMs', keepAliveMs: opts.keepAliveMs } });
+    const sig = opts.signal && signal ? AbortSignal.any([opts.signal, signal]) : (opts.signal ?? signal);
+    const callOpts: CallOpts = { ...(sig ? { signal: sig } : {}), ...(opts.deadlineMs ? { deadlineMs: opts.deadlineMs } : {}) };
+    const req = { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options };
+    const started = Date.now();
+    const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
+      // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
+      // retried once on the next connection; a gateway that did get the first call reaps its socket
+      // when the unused attach token expires.
+      if (err instanceof GatewayUnavailableError && err.message === 'Connection dropped' && Date.now() - started < CONNECTION_DROPPED_RETRY_MS) {
+        return this.unary(this.client.connect, req, callOpts);
+      }
+      throw err;
+    });
+    return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
+  }
+
+  /**
+   * @internal For a gateway that opens host sockets through this one (its
+   * `peers` rules, server/peers.ts); applications use connect().
+   *
+   * Connect + attach like connect(), but hands back the attached data channel
+   * itself, as a `net.Socket` with a real descriptor, instead of a
+   * GatewaySocket. Why: that gateway treats the result as a host socket, and
+   * its native links (shm ring pumps, tcp splice relays) dup() the host
+   * socket's descriptor and move the bytes on the native I/O thread; a
+   * GatewaySocket is a JS Duplex with no descriptor. rdma's channel already is
+   * a net.Socket over a socketpair end that the rdma connection pumps; tcp's is
+   * the data connection itself. A channel without a descriptor (grpc, shm) is
+   * bridged into a socketpair in JS (needs the native addon).
+   *
+   * The socket comes back paused, half-open allowed, possibly with bytes
+   * already buffered (read() them first). What a descriptor cannot say (an
+   * rdma slot or grpc stream that failed rather than ended) comes through
+   * `failure`. The raw tcp plane cannot tell the gateway's FIN from its death:
+   * an end of stream on it is not confirmed here (GatewaySocket confirms it
+   * over the control plane; a descriptor handed to a native link cannot wait).
+   */
+  async openStream(uri: string, opts: ConnectOptions = {}): Promise<OpenedStream> {
+    const { inner, meta } = await this.openChannel(uri, opts);
+    const closeRemote = () => this.control.close(meta.socketId).catch(() => {});
+    let socket: Socket;
+    let failure: Promise<SockgateError | undefined>;
+    if (inner instanceof Socket && typeof (inner as unknown as { _handle?: { fd?: number } })._handle?.fd === 'number') {
+      socket = inner;
+      // rdma says how each slot ended; the tcp plane's FIN says nothing more than the descriptor does.
+      failure = inner instanceof RdmaSocket ? inner.ended : new Promise(() => {});
+    } else {
+      try {
+        ({ socket, failure } = await bridgeToFd(inner, `socket ${meta.socketId} (${meta.transport})`));
+      } catch (err) {
+        inner.destroy();
+        void closeRemote();
+        throw err;
+      }
+    }
+    socket.pause();
+    const tracked = { destroy: () => void socket.destroy(), once: (ev: 'close', fn: () => void) => socket.once(ev, fn) };
+    this.track(tracked);
+    return {
+      socket,
+      socketId: meta.socketId,
+      transport: meta.transport,
+      fallbacks: meta.fallbacks,
+      localUri: meta.localUri,
+      remoteUri: meta.remoteUri,
+      failure,
+      close: async () => {
+        socket.destroy();
+        await closeRemote();
+      },
+    };
   }
 
   /** Attach a stream socket's data plane; on failure the gateway-side socket is closed. */
@@ -366,7 +461,9 @@ export class Gateway {
 
   /**
    * Attach the data plane: try the accepted transport; if that fails, ask the
-   * gateway for the next of our offers, telling it why (CONNECT_FAILED).
+   * gateway for the next of our offers, telling it why: the attach error's own
+   * reason when it carries one (rdma: PEER_DECLINED, ROUTE_ERROR, ...), else
+   * CONNECT_FAILED.
    */
   private async attach(
     socketId: string,
@@ -386,11 +483,9 @@ export class Gateway {
         if (err instanceof AbortedError) throw err;
         const rest = offers.slice(offers.findIndex((o) => o.kind === accepted.kind) + 1);
         if (!rest.length) throw err;
-        const res = await this.unary(
-          this.client.negotiate,
-          { socketId, offers: rest, failedTransport: accepted.kind, failedReason: DeclineReason.DECLINE_REASON_CONNECT_FAILED, failedDetail: (err as Error).message },
-          opts,
-        );
+        const own = (err as { declineReason?: unknown }).declineReason;
+        const failedReason = typeof own === 'number' && own !== DeclineReason.DECLINE_REASON_UNSPECIFIED ? (own as DeclineReason) : DeclineReason.DECLINE_REASON_CONNECT_FAILED;
+        const res = await this.unary(this.client.negotiate, { socketId, offers: rest, failedTransport: accepted.kind, failedReason, failedDetail: (err as Error).message }, opts);
         result = res.negotiation;
       }
     }
@@ -403,11 +498,21 @@ export class Gateway {
     return this.shmClient;
   }
 
+  /** The rdma client of this gateway object (one session, one RDMA connection, for all its rdma sockets). */
+  private rdma(): RdmaClient {
+    this.rdmaClient ??= new RdmaClient(this.rdmaOptions);
+    return this.rdmaClient;
+  }
+
   private attachWith(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts, socketId = ''): Promise<Duplex> {
     switch (accepted.params?.$case) {
       case 'shm':
         if (mode !== 'stream') return Promise.reject(new AttachFailedError('shm carries stream sockets only'));
         return this.shm().attach(accepted.params.shm, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
+      case 'rdma':
+        // The gateway declines datagram sockets on rdma too; if one was accepted anyway, the next offer is used.
+        if (mode !== 'stream') return Promise.reject(new AttachFailedError('rdma carries stream sockets only'));
+        return this.rdma().attach(accepted.params.rdma, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
       case 'tcp':
         return this.attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts, accepted.params.tcp.vsockPort);
       case 'grpc':
@@ -525,8 +630,8 @@ export class Gateway {
 
   /** A UDP socket through the gateway: bound to `uri` (default) or connected to it. */
   async udp(uri: string, opts: UdpOptions = {}): Promise<GatewayDatagramSocket> {
-    // Datagrams do not ride shm: leave it out of the default offers.
-    const { offers, local } = this.offers(opts.transports ?? this.offersDefault.filter((t) => t !== 'shm'));
+    // Datagrams ride neither shm nor rdma: leave them out of the default offers.
+    const { offers, local } = this.offers(opts.transports ?? this.offersDefault.filter((t) => t !== 'shm' && t !== 'rdma'));
     let socketId: string;
     let localUri: string;
     let remoteUri = '';
@@ -579,10 +684,95 @@ export class Gateway {
     for (const s of [...this.open]) s.destroy();
     this.open.clear();
     void this.shmClient?.close();
+    this.rdmaClient?.close();
     this.client.close();
     this.adminClient.close();
     this.vsock?.close();
   }
+}
+
+/** What Gateway#openStream hands back: the attached channel as a descriptor-backed socket. */
+export interface OpenedStream {
+  /** Paused, half-open allowed; its descriptor may be dup()ed. */
+  socket: Socket;
+  /** The socket's id on the gateway. */
+  socketId: string;
+  transport: TransportName;
+  fallbacks: FallbackInfo[];
+  localUri: string;
+  remoteUri: string;
+  /** Settles when the data plane says how the stream ended: undefined when cleanly (or unknown: tcp), else the error. */
+  failure: Promise<SockgateError | undefined>;
+  /** Destroy the local channel and close the socket on the gateway. */
+  close(): Promise<void>;
+}
+
+/**
+ * Carry a descriptor-less channel (grpc frames, shm rings read in JS) over a
+ * socketpair: the returned end is an FdChannel (its EOF held until the channel
+ * said how it ended), the other end is relayed to the channel here.
+ */
+async function bridgeToFd(channel: Duplex, label: string): Promise<{ socket: FdChannel; failure: Promise<SockgateError | undefined> }> {
+  let n: typeof import('../../native/index.js');
+  try {
+    n = await import('../../native/index.js');
+  } catch (err) {
+    throw new NativeError(`${label}: a descriptor for this channel needs the native addon (socketpair), which did not load: ${(err as Error).message}`, { cause: err });
+  }
+  const [ours, theirs] = n.socketpair();
+  let outer: FdChannel;
+  let relay: Socket;
+  try {
+    outer = new FdChannel({ fd: theirs, highWaterMark: CHANNEL_HIGH_WATERMARK, label });
+  } catch (err) {
+    n.closeFd(ours);
+    n.closeFd(theirs);
+    throw err;
+  }
+  try {
+    relay = new Socket({ fd: ours, allowHalfOpen: true, readable: true, writable: true });
+  } catch (err) {
+    n.closeFd(ours);
+    outer.destroy();
+    throw err;
+  }
+  let resolveFailure!: (e: SockgateError | undefined) => void;
+  const failure = new Promise<SockgateError | undefined>((r) => (resolveFailure = r));
+  let channelEnded = false;
+  const fail = (err: Error) => {
+    const e = err instanceof SockgateError ? err : fromServiceError(err);
+    resolveFailure(e);
+    outer.settle(e);
+    relay.destroy();
+    channel.destroy();
+  };
+  // channel -> relay -> outer
+  channel.on('data', (chunk: Buffer) => {
+    if (!relay.write(chunk)) channel.pause();
+  });
+  relay.on('drain', () => channel.resume());
+  channel.on('end', () => {
+    channelEnded = true;
+    outer.settle();
+    relay.end();
+  });
+  // outer -> relay -> channel
+  relay.on('data', (chunk: Buffer) => {
+    if (!channel.write(chunk)) relay.pause();
+  });
+  channel.on('drain', () => relay.resume());
+  relay.on('end', () => channel.end());
+  channel.on('error', fail);
+  relay.on('error', () => channel.destroy());
+  channel.on('close', () => {
+    if (!channelEnded) fail(new GatewayUnavailableError(`${label}: the data channel closed before its end of stream`));
+    else resolveFailure(undefined);
+  });
+  relay.on('close', () => {
+    if (!channel.destroyed && !channel.writableEnded) channel.destroy();
+  });
+  channel.resume();
+  return { socket: outer, failure };
 }
 
 export { SocketState };

@@ -118,7 +118,14 @@ export class GatewaySocket extends Duplex {
   }
   /** The attached channel; undefined until connected. */
   private inner: Duplex | undefined;
-  /** Whether the channel's end must be confirmed over the control plane (raw tcp plane). */
+  /**
+   * Whether the channel's end must be confirmed over the control plane: the raw
+   * tcp plane, whose FIN looks the same whether the destination ended or the
+   * gateway died. Not rdma: its channel holds an EOF back until the connection
+   * said the slot ended cleanly (the gateway's EOF message, after its last
+   * byte) or failed (see fd-channel.ts); not shm and grpc, which carry the end
+   * in their own framing.
+   */
   private confirmEof = false;
   /** True while the inner end-of-stream is being confirmed. */
   private confirmingEnd = false;
@@ -286,8 +293,15 @@ export class GatewaySocket extends Duplex {
     const inner = this.inner as (Duplex & { resetAndDestroy?: () => void }) | undefined;
     if (inner) {
       // Reset (not FIN) on abort, except after our FIN: libuv cannot reset a shut-down socket.
-      if (err && typeof inner.resetAndDestroy === 'function' && !inner.destroyed && !inner.writableEnded) inner.resetAndDestroy();
-      else inner.destroy();
+      // Only a TCP handle can be reset (net.Socket throws for a Unix socket, e.g. a vsock relay's):
+      // channels over socketpairs abort their own way (rdma: closes the slot) or just close.
+      if (err && typeof inner.resetAndDestroy === 'function' && !inner.destroyed && !inner.writableEnded) {
+        try {
+          inner.resetAndDestroy();
+        } catch {
+          inner.destroy();
+        }
+      } else inner.destroy();
       if (err) void this.control.close(this.socketId).catch(() => {});
     }
     cb(err);
