@@ -13,10 +13,20 @@ const trace = tracer('attach');
 
 /** Token length in bytes: 256 bits, beyond guessing. */
 export const ATTACH_TOKEN_BYTES = 32;
+/**
+ * A token's short form: its first 16 bytes (still 128 random bits), for a data
+ * plane whose handshake has no room for more (rdma_cm private data carries 16
+ * bytes). Redeemed only with redeemShort(), and only for the transport the token
+ * was issued for; redeem() never takes it.
+ */
+export const SHORT_TOKEN_BYTES = 16;
 /** Redeemed and expired tokens are remembered this long so a replay is told apart from garbage. */
 const SPENT_MEMORY_MS = 60_000;
 /** Upper bound on remembered spent tokens, so replays cannot grow memory. */
 const MAX_SPENT = 65_536;
+
+/** Spent short forms are remembered under this prefix, so redeem() never matches one. */
+const SHORT_SPENT = 's:';
 
 export type RedeemFailure = 'wrong_token' | 'replayed' | 'expired' | 'wrong_transport';
 
@@ -39,7 +49,9 @@ function digest(token: Uint8Array): string {
 
 export class AttachRegistry<T> {
   /** Live tokens by digest; each entry has a timer that expires it. */
-  private readonly pending = new Map<string, PendingAttach<T> & { timer: NodeJS.Timeout; onExpire: () => void }>();
+  private readonly pending = new Map<string, PendingAttach<T> & { timer: NodeJS.Timeout; onExpire: () => void; short: string }>();
+  /** Digest of a live token's short form -> the digest of the token. */
+  private readonly shortKeys = new Map<string, string>();
   /** Digests of redeemed/expired tokens -> why they are spent; insertion-ordered for eviction. */
   private readonly spent = new Map<string, { why: 'replayed' | 'expired'; at: number }>();
   /** Live token digests per target, so revoke() is proportional to the target's tokens. */
@@ -58,17 +70,19 @@ export class AttachRegistry<T> {
   issue(target: T, transport: TransportKind, onExpire: () => void): { token: Buffer; expiresAtMs: number } {
     const token = randomBytes(ATTACH_TOKEN_BYTES);
     const key = digest(token);
+    const short = digest(token.subarray(0, SHORT_TOKEN_BYTES));
     const expiresAtMs = Date.now() + this.ttlMs;
     const timer = setTimeout(() => {
       const entry = this.pending.get(key);
       if (!entry) return;
       this.forget(key, entry.target);
-      this.remember(key, 'expired');
+      this.remember(key, 'expired', entry.short);
       trace(`token for transport ${transport} expired`);
       entry.onExpire();
     }, this.ttlMs);
     timer.unref();
-    this.pending.set(key, { target, transport, expiresAtMs, timer, onExpire });
+    this.pending.set(key, { target, transport, expiresAtMs, timer, onExpire, short });
+    this.shortKeys.set(short, key);
     let keys = this.byTarget.get(target);
     if (!keys) this.byTarget.set(target, (keys = new Set()));
     keys.add(key);
@@ -77,7 +91,22 @@ export class AttachRegistry<T> {
 
   /** Redeem a token once; throws AttachTokenError saying why it was refused. */
   redeem(token: Uint8Array, transport: TransportKind): T {
-    const key = digest(token);
+    return this.redeemKey(digest(token), transport);
+  }
+
+  /** Redeem a token by its short form (SHORT_TOKEN_BYTES); the same rules as redeem(). */
+  redeemShort(prefix: Uint8Array, transport: TransportKind): T {
+    if (prefix.length !== SHORT_TOKEN_BYTES) throw new AttachTokenError('wrong_token');
+    const short = digest(prefix);
+    const key = this.shortKeys.get(short);
+    if (key === undefined) {
+      const spent = this.spent.get(SHORT_SPENT + short);
+      throw new AttachTokenError(spent ? spent.why : 'wrong_token');
+    }
+    return this.redeemKey(key, transport);
+  }
+
+  private redeemKey(key: string, transport: TransportKind): T {
     const entry = this.pending.get(key);
     if (!entry) {
       const spent = this.spent.get(key);
@@ -87,11 +116,11 @@ export class AttachRegistry<T> {
     this.forget(key, entry.target);
     clearTimeout(entry.timer);
     if (Date.now() > entry.expiresAtMs || !this.isAttachable(entry.target)) {
-      this.remember(key, 'expired');
+      this.remember(key, 'expired', entry.short);
       entry.onExpire();
       throw new AttachTokenError('expired');
     }
-    this.remember(key, 'replayed');
+    this.remember(key, 'replayed', entry.short);
     return entry.target;
   }
 
@@ -99,14 +128,19 @@ export class AttachRegistry<T> {
   revoke(target: T): void {
     for (const key of this.byTarget.get(target) ?? []) {
       const entry = this.pending.get(key);
-      if (entry) clearTimeout(entry.timer);
+      if (entry) {
+        clearTimeout(entry.timer);
+        this.shortKeys.delete(entry.short);
+      }
       this.pending.delete(key);
-      this.remember(key, 'expired');
+      this.remember(key, 'expired', entry?.short);
     }
     this.byTarget.delete(target);
   }
 
   private forget(key: string, target: T): void {
+    const entry = this.pending.get(key);
+    if (entry) this.shortKeys.delete(entry.short);
     this.pending.delete(key);
     const keys = this.byTarget.get(target);
     keys?.delete(key);
@@ -120,13 +154,16 @@ export class AttachRegistry<T> {
   close(): void {
     for (const entry of this.pending.values()) clearTimeout(entry.timer);
     this.pending.clear();
+    this.shortKeys.clear();
     this.spent.clear();
     this.byTarget.clear();
   }
 
-  private remember(key: string, why: 'replayed' | 'expired'): void {
+  /** Remember a spent token (and its short form, so a replay of that is told apart too). */
+  private remember(key: string, why: 'replayed' | 'expired', short?: string): void {
     const now = Date.now();
     this.spent.set(key, { why, at: now });
+    if (short !== undefined) this.spent.set(SHORT_SPENT + short, { why, at: now });
     for (const [k, v] of this.spent) {
       if (this.spent.size <= MAX_SPENT && now - v.at < SPENT_MEMORY_MS) break;
       this.spent.delete(k);

@@ -26,6 +26,15 @@ transports:
     max_ring_bytes_per_identity: 268435456
     max_ring_bytes_total: 1073741824
     spin_us: 0
+  rdma:
+    address: ""
+    port: 0
+    ring_bytes: 262144
+    slots: 64
+    credits: 64
+    keepalive_ms: 5000
+    max_sessions: 256
+    max_sessions_per_identity: 16
 socket:
   connect_timeout_ms: 10000
   high_watermark_bytes: 1048576
@@ -112,6 +121,45 @@ const shmSchema = z
   .refine((v) => v.initial_ring_bytes <= v.max_ring_bytes, { message: 'initial_ring_bytes must not exceed max_ring_bytes', path: ['initial_ring_bytes'] })
   .prefault({});
 
+/** "" (rdma not served) or a concrete IP address (that of an RDMA device's netdev; clients dial it). */
+function isRdmaAddress(s: string): boolean {
+  if (s === '') return true;
+  const family = isIP(s);
+  if (family === 0) return false;
+  return family === 4 ? s !== '0.0.0.0' : !/^[0:]+$/.test(s);
+}
+
+const rdmaSchema = z
+  .strictObject({
+    /**
+     * IP address of a local RDMA device (its netdev's address, e.g. the rxe0
+     * interface's) the rdma_cm listener binds and clients are told to connect
+     * to; "" = the rdma transport is not served (offers are declined NO_RDMA_DEVICE).
+     */
+    address: z.string().refine(isRdmaAddress, { message: 'expected "" or the IP address of an RDMA device (not a wildcard or a host name)' }).default(''),
+    /** rdma_cm port; 0 = any free port (clients are told the bound one). */
+    port: z.number().int().min(0).max(65535).default(0),
+    /** The gateway's receive ring per socket (each slot of a connection), in bytes. */
+    ring_bytes: ringBytes(4096).default(262144),
+    /** Sockets (slots) per client connection. */
+    slots: z.number().int().min(1).max(4096).default(64),
+    /** Receive work requests the gateway posts per connection (flow-control credits of the peer). */
+    credits: z.number().int().min(4).max(1024).default(64),
+    /** Idle keepalive interval; a connection silent for 3 intervals fails its sockets (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off. */
+    keepalive_ms: z
+      .number()
+      .int()
+      .min(0)
+      .max(3_600_000)
+      .refine((v) => v === 0 || v >= 100, { message: 'expected 0 (off) or at least 100' })
+      .default(5000),
+    /** Client sessions (one RC connection each, pending ones included) across the gateway; 0 declines every rdma offer. */
+    max_sessions: z.number().int().min(0).default(256),
+    /** Client sessions one identity may hold. */
+    max_sessions_per_identity: positiveInt.default(16),
+  })
+  .prefault({});
+
 const ruleSchema = z.strictObject({
   name: z.string().min(1),
   action: z.enum(['allow', 'deny']),
@@ -151,6 +199,8 @@ export const configSchema = z.strictObject({
     tcp_native: z.boolean().default(true),
     /** The shm data plane (same-host clients; needs the native addon). */
     shm: shmSchema,
+    /** The rdma data plane (clients on other hosts with an RDMA device; needs the native addon built with rdma-core). */
+    rdma: rdmaSchema,
   }),
   socket: z.strictObject({
     connect_timeout_ms: positiveInt,

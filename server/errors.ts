@@ -104,6 +104,9 @@ export function fromSystemError(err: unknown, what: string): SockgateError {
   const e = err as NodeJS.ErrnoException;
   const code = typeof e?.code === 'string' ? e.code : undefined;
   const detail = `${what}: ${e?.message ?? String(err)}`;
+  // A native link that ended with one of our own codes (e.g. ERR_SOCKGATE_RDMA_DEVICE_REMOVED) keeps it.
+  const own = code?.startsWith('ERR_SOCKGATE_') ? ERROR_CLASSES.get(code) : undefined;
+  if (own) return new own(detail, { cause: err });
   switch (code) {
     case 'ECONNREFUSED':
       return new ConnectRefusedError(detail, { cause: err });

@@ -27,6 +27,7 @@ import { withFastDataCodec } from './wire.js';
 import { GrpcTransport } from './transport-grpc.js';
 import { PumpHub } from './pump-hub.js';
 import { ShmTransport } from './transport-shm.js';
+import { RdmaTransport } from './transport-rdma.js';
 
 /** The descriptor set `npm run gen` writes, for the reflection service. */
 const DESCRIPTOR_SET = new URL('../../proto/gen/sockgate.binpb', import.meta.url);
@@ -83,7 +84,10 @@ export class Gateway {
     this.policy = new Policy(config);
     this.table = new SocketTable(config.limits.max_sockets);
     this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
-    this.table.onRemoved((s) => this.registry.revoke(s));
+    this.table.onRemoved((s) => {
+      this.registry.revoke(s);
+      this.rdma?.socketRemoved(s);
+    });
     const metrics = this.telemetry.metrics;
     const hwm = config.socket.high_watermark_bytes;
     const data = splitListenAddress(config.listen.data);
@@ -105,7 +109,7 @@ export class Gateway {
       [TransportKind.TRANSPORT_KIND_GRPC, this.grpc],
     ]);
     const negotiator = new Negotiator(this.transports, new Set(config.transports.enabled), this.policy, this.registry, metrics, (kind) =>
-      kind === TransportKind.TRANSPORT_KIND_SHM ? this.shmUnavailable : undefined,
+      kind === TransportKind.TRANSPORT_KIND_SHM ? this.shmUnavailable : kind === TransportKind.TRANSPORT_KIND_RDMA ? this.rdmaUnavailable : undefined,
     );
     const services = createServices({
       policy: this.policy,
@@ -173,6 +177,14 @@ export class Gateway {
   private shm: ShmTransport | undefined;
   /** Why shm is not in the transports map (decline detail). */
   private shmUnavailable = 'the native addon has not been loaded';
+  /**
+   * The rdma data plane, when the addon loaded and rdma is enabled. It is in the
+   * transports map even when it does not listen (no address, no device): its
+   * declines (NO_RDMA_DEVICE) say why.
+   */
+  private rdma: RdmaTransport | undefined;
+  /** Why rdma is not in the transports map (decline detail). */
+  private rdmaUnavailable = 'the native addon has not been loaded';
 
   async start(): Promise<GatewayAddresses> {
     try {
@@ -195,9 +207,11 @@ export class Gateway {
     }
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
+    if (this.native && this.config.transports.enabled.includes('rdma')) await this.startRdma(this.native);
+    else if (!this.native) this.rdmaUnavailable = `the native addon did not load (${this.nativeError})`;
     if (this.native && this.config.transports.tcp_native) this.startTcpNative(this.native);
     for (const t of this.transports.values()) {
-      if (t !== this.shm) await t.start();
+      if (t !== this.shm && t !== this.rdma) await t.start();
     }
     await this.telemetry.start();
     const c = splitListenAddress(control);
@@ -257,12 +271,35 @@ export class Gateway {
     }
   }
 
-  /** Release the native side last: shm sessions and listener, then the pump. */
+  /**
+   * Start the rdma plane. It listens only with transports.rdma.address set and
+   * a device present; otherwise it stays in the map to decline with the reason.
+   */
+  private async startRdma(native: typeof import('../native/index.js')): Promise<void> {
+    const rdma = new RdmaTransport({
+      config: this.config.transports.rdma,
+      tokenTtlMs: this.config.transports.attach_token_ttl_ms,
+      native,
+      hub: () => this.hub(native),
+      registry: this.registry,
+      metrics: this.telemetry.metrics,
+      meter: this.telemetry.meter,
+      logger: this.logger,
+    });
+    await rdma.start();
+    this.rdma = rdma;
+    this.transports.set(TransportKind.TRANSPORT_KIND_RDMA, rdma);
+  }
+
+  /** Release the native side last: shm and rdma sessions and listeners, then the pump. */
   private async closeNative(): Promise<void> {
     const shm = this.shm;
     this.shm = undefined;
     this.transports.delete(TransportKind.TRANSPORT_KIND_SHM);
-    if (shm) await shm.shutdown();
+    const rdma = this.rdma;
+    this.rdma = undefined;
+    this.transports.delete(TransportKind.TRANSPORT_KIND_RDMA);
+    await Promise.all([shm?.shutdown(), rdma?.shutdown()]);
     try {
       this.pumpHub?.close();
     } catch (err) {

@@ -100,11 +100,17 @@ export class Negotiator {
     return { accepted: undefined, fallbacks };
   }
 
+  /** A decision whose socket never came to be (its host connect failed): the chosen transport releases what it reserved. */
+  abandon(decision: Decision): void {
+    if (decision.accepted) this.transports.get(decision.accepted.kind)?.abandoned?.(decision.accepted);
+  }
+
   /** Issue the attach token for a decided transport and record the result on the socket. */
   issue(socket: GatewaySocket, decision: Decision, onExpire: () => void): NegotiationResult {
     socket.fallbacks = decision.fallbacks;
     if (!decision.accepted) return { accepted: undefined, fallbacks: decision.fallbacks };
     const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire);
+    this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted);
     return { accepted: { ...decision.accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: decision.fallbacks };
   }
 }

@@ -243,8 +243,17 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         const decision = await negotiator.decide(req.offers, { identity, socketKind, peer: call.getPeer() });
         noteNegotiation(span, decision);
         if (!decision.accepted) throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
-        table.reserve(identity);
-        let sock: StreamSocket | DatagramSocket;
+        // Until the token is issued, a failure leaves what the transport reserved for nobody: give it back.
+        const abandon = (err: unknown): never => {
+          negotiator.abandon(decision);
+          throw err;
+        };
+        try {
+          table.reserve(identity);
+        } catch (err) {
+          abandon(err);
+        }
+        let sock!: StreamSocket | DatagramSocket;
         try {
           const timeout = Math.min(req.timeoutMs || deps.connectTimeoutMs, MAX_CONNECT_TIMEOUT_MS);
           if (target.uri.protocol === 'tcp') {
@@ -255,14 +264,14 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
           }
         } catch (err) {
           table.release(identity);
-          throw err;
+          abandon(err);
         }
         table.add(sock);
         try {
           for (const option of req.options) applyOption(sock, option);
         } catch (err) {
           void sock.destroy();
-          throw err;
+          abandon(err);
         }
         span.setAttribute(ATTR.SOCKET_ID, sock.id);
         metrics.recordConnect('ok', target.uri.protocol);

@@ -14,6 +14,7 @@
 import type { Duplex } from 'node:stream';
 import type { Accepted, DeclineReason, TransportKind, TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { Identity } from './policy.js';
+import type { GatewaySocket } from './socket-table.js';
 
 /** What a transport knows about the caller when it decides on an offer. */
 export interface OfferContext {
@@ -109,6 +110,15 @@ export interface Transport {
   readonly version: number;
   /** Decide on one offer. Must not throw for a bad offer: decline with a reason. */
   accept(offer: TransportOffer, ctx: OfferContext): OfferOutcome | Promise<OfferOutcome>;
+  /**
+   * Told which socket an offer this transport accepted was issued to, once the
+   * negotiator issued its attach token. A transport whose attach names no
+   * reservation (rdma: the connect request carries the token only) ties what
+   * accept() reserved to the socket here.
+   */
+  issued?(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
+  /** An offer this transport accepted will never be issued (the socket's host connect failed): release its reservation now. */
+  abandoned?(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
   /** Start serving attaches (open ports and the like). */
   start(): Promise<void>;
   /** Stop taking new attaches; established channels keep running (the socket table drains them). */
