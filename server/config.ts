@@ -172,6 +172,53 @@ const ruleSchema = z.strictObject({
   ports: z.array(portSpec).default(['1-65535']),
 });
 
+/** `addr/bits` with a real address and a prefix length its family allows. */
+function isCidr(s: string): boolean {
+  const slash = s.lastIndexOf('/');
+  if (slash < 0) return false;
+  const family = isIP(s.slice(0, slash));
+  const bits = s.slice(slash + 1);
+  return family !== 0 && /^[0-9]{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+/**
+ * A peer gateway route: host stream sockets whose destination matches are
+ * opened through the peer gateway `via` (with the SDK) instead of directly;
+ * the peer opens the real host socket under its own policy. This gateway's
+ * rules still decide first whether the caller may reach the destination.
+ */
+const peerSchema = z.strictObject({
+  /** Every key given must match; the first matching route wins. */
+  match: z
+    .strictObject({
+      /** The destination address (as resolved here) is inside this CIDR. */
+      cidr: z.string().refine(isCidr, { message: 'expected a CIDR like 10.0.0.0/8 or fd00::/8' }).optional(),
+      /** The destination host as the caller wrote it: a name, a *.domain wildcard, or an address literal. */
+      host: z
+        .string()
+        .regex(/^(\*\.)?[A-Za-z0-9_.:-]+$/, 'expected a host name, a *.domain wildcard or an address')
+        .optional(),
+      /** Destination port or range, e.g. 5432 or "1024-65535". */
+      ports: portSpec
+        .refine((v) => String(v).split('-').every((n) => Number(n) <= 65535) && Number(String(v).split('-')[0]) <= Number(String(v).split('-').at(-1)), {
+          message: 'expected a port or a range within 0-65535',
+        })
+        .optional(),
+    })
+    .refine((m) => m.cidr !== undefined || m.host !== undefined || m.ports !== undefined, { message: 'give at least one of cidr, host, ports' }),
+  /** The peer gateway's gRPC control address: host:port, [v6]:port or unix:/path. */
+  via: listenAddress.refine((s) => s !== '', { message: 'expected the peer gateway\'s control address' }),
+  /** Data planes to the peer, most preferred first (rdma where this host has a device, else the next). */
+  transports: z.array(z.enum(['rdma', 'tcp', 'grpc'])).min(1).default(['rdma', 'tcp']),
+  /** Bearer token identifying this gateway to the peer's policy. */
+  token: z.string().min(1).optional(),
+  /** TLS to the peer's control port: PEM files (CA to verify it; cert + key for mTLS). */
+  tls: z
+    .strictObject({ ca: z.string().optional(), cert: z.string().optional(), key: z.string().optional() })
+    .refine((t) => (t.cert === undefined) === (t.key === undefined), { message: 'cert and key go together' })
+    .optional(),
+});
+
 export const configSchema = z.strictObject({
   listen: z.strictObject({
     control: listenAddress,
@@ -220,6 +267,8 @@ export const configSchema = z.strictObject({
     admin: z.boolean().default(false),
   }),
   rules: z.array(ruleSchema),
+  /** Peer gateway routes (first match wins); none by default. */
+  peers: z.array(peerSchema).default([]),
   shutdown: z.strictObject({ drain_timeout_ms: positiveInt }),
   /**
    * Accept VM guests through the Firecracker / Cloud Hypervisor Unix-socket form
@@ -245,6 +294,7 @@ export const configSchema = z.strictObject({
 export type Config = z.infer<typeof configSchema>;
 export type IdentityConfig = z.infer<typeof identitySchema>;
 export type RuleConfig = z.infer<typeof ruleSchema>;
+export type PeerConfig = z.infer<typeof peerSchema>;
 export type TransportName = z.infer<typeof transportName>;
 
 type Tree = Record<string, unknown>;

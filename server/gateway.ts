@@ -14,6 +14,7 @@ import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
 import { NativeError, ShuttingDownError, SocketClosedError } from './errors.js';
 import { HostBackend } from './host-backend.js';
+import { PeerRouter } from './peers.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
 import { createServices } from './service.js';
@@ -71,6 +72,8 @@ export class Gateway {
   private readonly tcp: TcpTransport;
   private readonly grpc: GrpcTransport;
   private readonly transports: Map<TransportKind, Transport>;
+  /** `peers` routes: host sockets opened through peer gateways (their SDK connections are closed at stop). */
+  private readonly peers: PeerRouter;
   private stopping: Promise<void> | undefined;
   private addressesValue: GatewayAddresses | undefined;
 
@@ -104,6 +107,7 @@ export class Gateway {
       ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
+    this.peers = new PeerRouter(config.peers, this.logger);
     this.transports = new Map<TransportKind, Transport>([
       [TransportKind.TRANSPORT_KIND_TCP, this.tcp],
       [TransportKind.TRANSPORT_KIND_GRPC, this.grpc],
@@ -113,7 +117,7 @@ export class Gateway {
     );
     const services = createServices({
       policy: this.policy,
-      backend: new HostBackend(this.policy, hwm),
+      backend: new HostBackend(this.policy, hwm, this.peers),
       table: this.table,
       negotiator,
       registry: this.registry,
@@ -336,6 +340,7 @@ export class Gateway {
     // Clients confirm a clean end of stream over the control plane (the tcp plane's FIN
     // looks the same as a crash): keep answering them a moment after the last socket ended.
     if (hadSockets && drained) await new Promise((r) => setTimeout(r, END_CONFIRM_LINGER_MS));
+    await this.peers.close();
     this.registry.close();
     await this.closeNative();
     await new Promise<void>((resolve) => {
@@ -357,6 +362,7 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
+    await this.peers.close();
     for (const t of this.transports.values()) await t.close();
     this.registry.close();
     await this.closeNative();

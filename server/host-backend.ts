@@ -2,13 +2,17 @@
  * The host socket backend: resolves guest URIs on the host, asks policy about
  * the address the socket will really use (so DNS cannot smuggle a guest past a
  * rule), and opens real host sockets, with connect errors mapped to precise
- * errors (refused, unreachable, timeout, DNS failure).
+ * errors (refused, unreachable, timeout, DNS failure). A stream socket whose
+ * destination matches a `peers` route is opened through that peer gateway
+ * instead (server/peers.ts), after this gateway's policy allowed it.
  */
 import { lookup } from 'node:dns/promises';
 import { Socket as NetSocket, createServer, type Server as NetServer } from 'node:net';
 import { createSocket, type Socket as DgramSocket } from 'node:dgram';
 import { ConnectTimeoutError, DnsError, fromSystemError } from './errors.js';
 import type { Direction, Identity, Policy } from './policy.js';
+import type { PeerRouter, PeerStream } from './peers.js';
+import type { SocketOption } from '../proto/gen/sockgate/v1/sockgate.js';
 import { parseUri, type L4Protocol, type SocketUri } from './uri.js';
 import { tracer } from './trace.js';
 
@@ -27,6 +31,8 @@ export class HostBackend {
   constructor(
     private readonly policy: Policy,
     private readonly highWatermark: number,
+    /** Peer gateway routes; without it every socket is opened here. */
+    private readonly peers?: PeerRouter,
   ) {}
 
   /** Resolve a URI's host and check policy for `direction`. Throws InvalidUriError, DnsError, PolicyDeniedError. */
@@ -60,8 +66,17 @@ export class HostBackend {
     target.rule = rule;
   }
 
-  /** Open a TCP connection; the socket comes back paused with half-open allowed. */
-  connectTcp(target: ResolvedTarget, timeoutMs: number, signal?: AbortSignal): Promise<NetSocket> {
+  /**
+   * Open a TCP connection; the socket comes back paused with half-open allowed.
+   * Through a peer gateway when a `peers` route matches (`options` then go to
+   * the peer, which applies them to the real host socket; see peerStreamOf).
+   */
+  connectTcp(target: ResolvedTarget, timeoutMs: number, signal?: AbortSignal, options?: readonly SocketOption[]): Promise<NetSocket> {
+    const peer = this.peers?.match(target);
+    if (peer) {
+      trace(`connect ${target.uri.host}:${target.uri.port} through peer gateway ${peer.via} (${peer.key})`);
+      return this.peers!.connect(peer, target, timeoutMs, options, signal);
+    }
     return new Promise((resolve, reject) => {
       const sock = new NetSocket({ allowHalfOpen: true, highWaterMark: this.highWatermark } as ConstructorParameters<typeof NetSocket>[0]);
       let done = false;
@@ -86,6 +101,11 @@ export class HostBackend {
       sock.pause();
       sock.connect({ host: target.address, port: target.uri.port, family: target.family }, () => finish());
     });
+  }
+
+  /** The peer hop of a socket connectTcp opened through a peer gateway; undefined for a direct one. */
+  peerStreamOf(sock: NetSocket): PeerStream | undefined {
+    return this.peers?.hopOf(sock);
   }
 
   /** Listen on a host address; inbound sockets arrive paused with half-open allowed. */

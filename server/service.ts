@@ -257,7 +257,18 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         try {
           const timeout = Math.min(req.timeoutMs || deps.connectTimeoutMs, MAX_CONNECT_TIMEOUT_MS);
           if (target.uri.protocol === 'tcp') {
-            sock = new StreamSocket(table.newId('stream'), identity, await backend.connectTcp(target, timeout));
+            const host = await backend.connectTcp(target, timeout, undefined, req.options);
+            const stream = new StreamSocket(table.newId('stream'), identity, host);
+            const via = backend.peerStreamOf(host);
+            if (via) {
+              // Opened through a peer gateway (a `peers` route): the real host socket is the peer's.
+              stream.peer = via.hop;
+              stream.localUri = via.localUri;
+              stream.remoteUri = via.remoteUri;
+              // A failure its descriptor cannot show (an rdma slot or grpc stream torn down) ends the socket with its code.
+              void via.failure.then((err) => err && void stream.destroy(err));
+            }
+            sock = stream;
           } else {
             const udp = await backend.openUdp(identity, undefined, target);
             sock = new DatagramSocket(table.newId('datagram'), identity, udp, true, deps.limits, (uri) => resolveUdpDestination(identity, uri));

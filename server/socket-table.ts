@@ -30,7 +30,7 @@ import {
 import type { Identity } from './policy.js';
 import type { ChannelDatagram, DataChannel, JsDataChannel, NativeDataChannel, NativeLink, NativeLinkEnd } from './transport.js';
 import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
-import { SocketKind, SocketState, socketStateToJSON, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
+import { SocketKind, SocketState, socketStateToJSON, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { formatUri } from './uri.js';
 import { tracer } from './trace.js';
 
@@ -78,6 +78,8 @@ export abstract class GatewaySocket extends EventEmitter {
   readonly closed: Promise<void>;
   /** First error that ended the socket, if any. */
   error: SockgateError | undefined;
+  /** Set when the host socket was opened through a peer gateway (a `peers` rule). */
+  peer: PeerHop | undefined;
   private resolveClosed!: () => void;
 
   constructor(
@@ -143,6 +145,7 @@ export abstract class GatewaySocket extends EventEmitter {
       bytesOut: this.bytesOut,
       bufferedBytes: this.bufferedBytes(),
       createdAtMs: this.createdAtMs,
+      peer: this.peer,
     };
   }
 }

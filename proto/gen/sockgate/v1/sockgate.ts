@@ -364,6 +364,22 @@ export interface SocketInfo {
   bufferedBytes: number;
   /** Unix epoch milliseconds. */
   createdAtMs: number;
+  /**
+   * Set when the gateway opened the host socket through a peer gateway (a
+   * `peers` rule): the peer opened the real host socket under its own policy.
+   */
+  peer: PeerHop | undefined;
+}
+
+/** The hop from this gateway to the peer gateway that holds the real host socket. */
+export interface PeerHop {
+  /** The peer gateway's control address (the rule's `via`). */
+  via: string;
+  /** The socket's id on the peer gateway. */
+  socketId: string;
+  /** The data plane between the two gateways, and the offers passed over for it. */
+  transport: TransportKind;
+  fallbacks: Fallback[];
 }
 
 export interface ListSocketsRequest {
@@ -2581,6 +2597,7 @@ function createBaseSocketInfo(): SocketInfo {
     bytesOut: 0,
     bufferedBytes: 0,
     createdAtMs: 0,
+    peer: undefined,
   };
 }
 
@@ -2624,6 +2641,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     }
     if (message.createdAtMs !== 0) {
       writer.uint32(104).uint64(message.createdAtMs);
+    }
+    if (message.peer !== undefined) {
+      PeerHop.encode(message.peer, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -2745,6 +2765,14 @@ export const SocketInfo: MessageFns<SocketInfo> = {
             message.createdAtMs = longToNumber(reader.uint64());
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.peer = PeerHop.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2806,6 +2834,7 @@ export const SocketInfo: MessageFns<SocketInfo> = {
         : isSet(object.created_at_ms)
         ? globalThis.Number(object.created_at_ms)
         : 0,
+      peer: isSet(object.peer) ? PeerHop.fromJSON(object.peer) : undefined,
     };
   },
 
@@ -2850,6 +2879,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     if (message.createdAtMs !== 0) {
       obj.createdAtMs = Math.round(message.createdAtMs);
     }
+    if (message.peer !== undefined) {
+      obj.peer = PeerHop.toJSON(message.peer);
+    }
     return obj;
   },
 
@@ -2871,6 +2903,130 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     message.bytesOut = object.bytesOut ?? 0;
     message.bufferedBytes = object.bufferedBytes ?? 0;
     message.createdAtMs = object.createdAtMs ?? 0;
+    message.peer = (object.peer !== undefined && object.peer !== null) ? PeerHop.fromPartial(object.peer) : undefined;
+    return message;
+  },
+};
+
+function createBasePeerHop(): PeerHop {
+  return { via: "", socketId: "", transport: 0, fallbacks: [] };
+}
+
+export const PeerHop: MessageFns<PeerHop> = {
+  encode(message: PeerHop, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.via !== "") {
+      writer.uint32(10).string(message.via);
+    }
+    if (message.socketId !== "") {
+      writer.uint32(18).string(message.socketId);
+    }
+    if (message.transport !== 0) {
+      writer.uint32(24).int32(message.transport);
+    }
+    for (const v of message.fallbacks) {
+      Fallback.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PeerHop {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePeerHop();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.via = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.socketId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.transport = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.fallbacks.push(Fallback.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PeerHop {
+    return {
+      via: isSet(object.via) ? globalThis.String(object.via) : "",
+      socketId: isSet(object.socketId)
+        ? globalThis.String(object.socketId)
+        : isSet(object.socket_id)
+        ? globalThis.String(object.socket_id)
+        : "",
+      transport: isSet(object.transport) ? transportKindFromJSON(object.transport) : 0,
+      fallbacks: globalThis.Array.isArray(object?.fallbacks)
+        ? object.fallbacks.map((e: any) => Fallback.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: PeerHop): unknown {
+    const obj: any = {};
+    if (message.via !== "") {
+      obj.via = message.via;
+    }
+    if (message.socketId !== "") {
+      obj.socketId = message.socketId;
+    }
+    if (message.transport !== 0) {
+      obj.transport = transportKindToJSON(message.transport);
+    }
+    if (message.fallbacks?.length) {
+      obj.fallbacks = message.fallbacks.map((e) => Fallback.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PeerHop>): PeerHop {
+    return PeerHop.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PeerHop>): PeerHop {
+    const message = createBasePeerHop();
+    message.via = object.via ?? "";
+    message.socketId = object.socketId ?? "";
+    message.transport = object.transport ?? 0;
+    message.fallbacks = object.fallbacks?.map((e) => Fallback.fromPartial(e)) || [];
     return message;
   },
 };
