@@ -167,7 +167,8 @@ function releaseHubIfIdle(): void {
       if (Date.now() < deadline && native?.nativeCode(err) === 'EBUSY') setTimeout(attempt, 5).unref();
     }
   };
-  attempt();
+  // Never from inside the pump's own event callback (closing joins its thread): on the next turn.
+  setImmediate(attempt).unref();
 }
 
 function newSessionId(): string {
