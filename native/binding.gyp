@@ -15,7 +15,7 @@
       "cflags_cc!": ["-fno-exceptions"],
       "conditions": [
         ["sockgate_rdma==1", {
-          "sources": ["src/rdma.cc", "src/rdma_loopback.cc", "src/rdma_addon.cc"],
+          "sources": ["src/rdma.cc", "src/rdma_loopback.cc", "src/rdma_conn.cc", "src/rdma_addon.cc"],
           "defines": ["SG_WITH_RDMA=1"],
           "libraries": ["-libverbs", "-lrdmacm"]
         }]

@@ -591,9 +591,38 @@ struct SinkState {
 
 Napi::Object EventToJs(Napi::Env env, const PumpEvent& e) {
   Napi::Object o = Napi::Object::New(env);
-  static const char* names[] = {"", "progress", "fdEof", "ringEof", "end", "corrupt", "hints", "attach", "connClosed"};
+  static const char* names[] = {"", "progress", "fdEof", "ringEof", "end", "corrupt", "hints", "attach", "connClosed", "rdma"};
   o.Set("type", Napi::String::New(env, names[e.type]));
   switch (e.type) {
+    case PumpEvent::kRdma:
+      o.Set("rdma", Napi::Number::New(env, e.id));
+      o.Set("event", Napi::String::New(env, e.name));
+      if (e.name == "request") {
+        o.Set("conn", Napi::Number::New(env, e.conn));
+        o.Set("token", Napi::Buffer<char>::Copy(env, e.token.data(), e.token.size()));
+        o.Set("peer", Napi::String::New(env, e.detail));
+      } else if (e.name == "failed" || e.name == "closed") {
+        o.Set("code", Napi::String::New(env, e.code));
+        o.Set("errno", Napi::Number::New(env, e.err));
+        o.Set("message", Napi::String::New(env, e.detail));
+      } else if (e.name == "bind") {
+        o.Set("slot", Napi::Number::New(env, e.slot));
+        o.Set("token", Napi::Buffer<char>::Copy(env, e.token.data(), e.token.size()));
+      } else if (e.name == "progress") {
+        o.Set("slot", Napi::Number::New(env, e.slot));
+        o.Set("toFd", Napi::Number::New(env, double(e.a)));
+        o.Set("toPeer", Napi::Number::New(env, double(e.b)));
+      } else if (e.name == "slotEnd") {
+        o.Set("slot", Napi::Number::New(env, e.slot));
+        o.Set("reason", Napi::String::New(env, e.detail));
+        o.Set("errno", Napi::Number::New(env, e.err));
+        o.Set("code", Napi::String::New(env, e.code));
+        o.Set("totalToFd", Napi::Number::New(env, double(e.a)));
+        o.Set("totalToPeer", Napi::Number::New(env, double(e.b)));
+      } else if (e.name != "established") {
+        o.Set("slot", Napi::Number::New(env, e.slot));
+      }
+      break;
     case PumpEvent::kProgress:
       o.Set("link", Napi::Number::New(env, e.id));
       if (e.code == "resize") {

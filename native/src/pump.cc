@@ -82,7 +82,7 @@ struct Pump::Listener {
 };
 
 struct Pump::Cmd {
-  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn, kShutdownHost, kAddSource, kRemoveSource } type;
+  enum Type { kAddLink, kCloseLink, kResize, kWatch, kUnwatch, kAddListener, kCloseListener, kReply, kCloseConn, kShutdownHost, kAddSource, kRemoveSource, kRunOnSource } type;
   explicit Cmd(Type t) : type(t) {}
   std::unique_ptr<Link> link;
   uint32_t id = 0, conn = 0, dir = 0, log2 = 0;  // kShutdownHost: dir bit 0 = read, bit 1 = write
@@ -91,6 +91,7 @@ struct Pump::Cmd {
   std::shared_ptr<Region> region;
   std::shared_ptr<EventFd> gw_bell, cl_bell;
   std::shared_ptr<PumpSource> source;  // kAddSource
+  std::function<void(PumpSource*)> fn; // kRunOnSource
 };
 
 int Pump::create(const PumpOptions& o, EventSink sink, std::unique_ptr<Pump>* out) {
@@ -141,7 +142,11 @@ void Pump::stop() {
       c.link->region->unclaim(c.link->slot);
     }
     if (c.type == Cmd::kAddListener && c.fd >= 0) close(c.fd);
-    if (c.type == Cmd::kAddSource) c.source->on_detach();
+    if (c.type == Cmd::kAddSource) {
+      live_sources_.fetch_sub(1);
+      c.source->on_detach();
+    }
+    if (c.type == Cmd::kRunOnSource && c.fn) c.fn(nullptr);
   }
 }
 
@@ -149,6 +154,7 @@ int Pump::add_source(std::shared_ptr<PumpSource> src, uint32_t* id) {
   if (stopping_.load()) return -ESHUTDOWN;
   Cmd c(Cmd::kAddSource);
   c.id = next_link_.fetch_add(1);
+  live_sources_.fetch_add(1);  // counted at once: the pump refuses to close while it exists
   c.source = std::move(src);
   *id = c.id;
   push(std::move(c));
@@ -159,6 +165,32 @@ void Pump::remove_source(uint32_t id) {
   Cmd c(Cmd::kRemoveSource);
   c.id = id;
   push(std::move(c));
+}
+
+void Pump::run_on_source(uint32_t id, std::function<void(PumpSource*)> fn) {
+  if (stopping_.load()) {
+    fn(nullptr);
+    return;
+  }
+  Cmd c(Cmd::kRunOnSource);
+  c.id = id;
+  c.fn = std::move(fn);
+  push(std::move(c));
+}
+
+int Pump::attach_source_now(std::shared_ptr<PumpSource> src, uint32_t id) {
+  sources_[id] = src;
+  live_sources_.fetch_add(1);
+  int err = src->on_attach(*this, id);
+  if (err) detach_source(id);
+  return err;
+}
+
+int Pump::source_watch_events(uint32_t id, int fd, uint32_t key, uint32_t events) {
+  struct epoll_event ev = {};
+  ev.events = events;
+  ev.data.u64 = tag(kSource, key, id);
+  return epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
 int Pump::source_watch(uint32_t id, int fd, uint32_t key) {
@@ -175,6 +207,7 @@ void Pump::detach_source(uint32_t id) {
   if (it == sources_.end()) return;
   std::shared_ptr<PumpSource> s = std::move(it->second);  // alive through on_detach
   sources_.erase(it);
+  live_sources_.fetch_sub(1);
   s->on_detach();
 }
 
@@ -382,6 +415,12 @@ void Pump::handle_cmds() {
       case Cmd::kRemoveSource:
         detach_source(c.id);
         break;
+      case Cmd::kRunOnSource: {
+        auto it = sources_.find(c.id);
+        std::shared_ptr<PumpSource> src = it == sources_.end() ? nullptr : it->second;
+        c.fn(src.get());
+        break;
+      }
       case Cmd::kAddLink: {
         if (c.link->kind == Link::kSplice) {
           uint32_t id = c.link->id;

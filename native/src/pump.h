@@ -42,6 +42,11 @@ struct PumpEvent {
     kHints = 6,      // id = region; slots = slots with news (watched client regions)
     kAttach = 7,     // id = listener; conn, pid/uid/gid, version, flags, token
     kConnClosed = 8, // id = listener; conn; err
+    // id = rdma listener or connection (a PumpSource); name = what happened
+    // ("request", "established", "failed", "closed", "bind", "progress",
+    // "fdEof", "peerEof", "slotEnd"); slot, conn, token, a/b (byte counts),
+    // err, code and detail as native/index.ts's RdmaEvent describes.
+    kRdma = 9,
   };
   explicit PumpEvent(Type t) : type(t) {}
   Type type;
@@ -56,6 +61,9 @@ struct PumpEvent {
   uint32_t uid = 0, gid = 0;
   uint16_t version = 0, flags = 0;
   std::string token;
+  std::string name;    // kRdma
+  std::string detail;  // kRdma: a message for humans
+  uint32_t slot = 0;   // kRdma
 };
 
 using EventSink = std::function<void(std::vector<PumpEvent>&&)>;
@@ -135,6 +143,20 @@ class Pump {
   int source_watch(uint32_t id, int fd, uint32_t key);
   void source_unwatch(int fd);
   void detach_source(uint32_t id);
+  // I/O thread only: watch with explicit epoll events (EPOLLIN|EPOLLOUT|EPOLLET...).
+  int source_watch_events(uint32_t id, int fd, uint32_t key, uint32_t events);
+  // I/O thread only: hand an event to JS (batched like the pump's own).
+  void source_emit(PumpEvent&& e) { emit(std::move(e)); }
+  // I/O thread only: attach a source under an id from alloc_id() (a
+  // connection an rdma listener accepted). -errno: on_detach has run.
+  int attach_source_now(std::shared_ptr<PumpSource> src, uint32_t id);
+  // Any thread: a fresh id for links and sources.
+  uint32_t alloc_id() { return next_link_.fetch_add(1); }
+  // Owner thread: run `fn` on the I/O thread with source `id` (nullptr when
+  // that source is gone or the pump stopped before it ran: release what fn
+  // owns then).
+  void run_on_source(uint32_t id, std::function<void(PumpSource*)> fn);
+  uint32_t live_sources() const { return live_sources_.load(); }
 
   uint32_t live_links() const { return live_links_.load(); }
   uint32_t live_watches() const { return live_watches_.load(); }
@@ -180,6 +202,7 @@ class Pump {
   std::atomic<uint32_t> next_link_{1};
   std::atomic<uint32_t> live_links_{0};
   std::atomic<uint32_t> live_watches_{0};
+  std::atomic<uint32_t> live_sources_{0};
   // Thread-owned state.
   std::unordered_map<uint32_t, std::unique_ptr<Link>> links_;
   std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;  // by region id

@@ -341,25 +341,28 @@ int ConnParams::decode(const void* p, size_t len, ConnParams* o) {
 }
 
 //  0 type u8 | 1 flags u8 | 2 slot u16 | 4 credits u32 | 8 value u64
-void Msg::encode(uint8_t out[kBytes]) const {
+void Msg::encode(uint8_t out[kMaxBytes]) const {
   out[0] = type;
   out[1] = flags;
   put16(out + 2, slot);
   put32(out + 4, credits);
   store_be64(out + 8, value);
+  if (type == kBind) memcpy(out + kBytes, token, kTokenBytes);
 }
 
 int Msg::decode(const void* p, size_t len, Msg* o) {
-  if (len != kBytes) return -EBADMSG;
-  uint8_t b[kBytes];
-  memcpy(b, p, kBytes);
+  if (len != kBytes && len != kBindBytes) return -EBADMSG;
+  uint8_t b[kMaxBytes];
+  memcpy(b, p, len);  // once: the buffer is ours, but the bytes are the peer's
   o->type = b[0];
-  if (o->type < kConsumed || o->type > kCredits) return -EBADMSG;
+  if (o->type < kConsumed || o->type > kBind) return -EBADMSG;
+  if (len != (o->type == kBind ? kBindBytes : kBytes)) return -EBADMSG;
   o->flags = b[1];
   if (o->flags != 0) return -EBADMSG;
   o->slot = be16(b + 2);
   o->credits = be32(b + 4);
   o->value = load_be64(b + 8);
+  if (o->type == kBind) memcpy(o->token, b + kBytes, kTokenBytes);
   return 0;
 }
 

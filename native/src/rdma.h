@@ -230,15 +230,20 @@ struct ConnParams {
 };
 
 // A control message (a two-sided SEND), 16 bytes, big-endian.
+// BIND is the one longer message: 16 bytes as above, then the attach token.
 struct Msg {
   static constexpr size_t kBytes = 16;
-  enum Type : uint8_t { kConsumed = 1, kEof = 2, kClose = 3, kKeepalive = 4, kCredits = 5 };
+  static constexpr size_t kBindBytes = kBytes + kTokenBytes;
+  static constexpr size_t kMaxBytes = kBindBytes;  // receive buffers are this big
+  enum Type : uint8_t { kConsumed = 1, kEof = 2, kClose = 3, kKeepalive = 4, kCredits = 5, kBind = 6 };
   uint8_t type = 0;
   uint8_t flags = 0;
   uint16_t slot = 0;
   uint32_t credits = 0;  // receive WRs re-posted since the last message
   uint64_t value = 0;    // kConsumed: consumer cursor; kEof: final producer cursor
-  void encode(uint8_t out[kBytes]) const;
+  uint8_t token[kTokenBytes] = {};  // kBind only
+  size_t size() const { return type == kBind ? kBindBytes : kBytes; }
+  void encode(uint8_t out[kMaxBytes]) const;  // writes size() bytes
   static int decode(const void* p, size_t len, Msg* out);
 };
 

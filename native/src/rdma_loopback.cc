@@ -159,7 +159,7 @@ struct Loop {
     // when both sides wait for credits).
     if (e.peer_credits == 0 || (e.peer_credits == 1 && m.credits == 0)) return -EAGAIN;
     if (e.sq_used + 1 > kSendWr) return -EAGAIN;
-    uint8_t b[Msg::kBytes];
+    uint8_t b[Msg::kMaxBytes];
     m.encode(b);
     ibv_sge sge = {reinterpret_cast<uintptr_t>(b), Msg::kBytes, 0};
     ibv_send_wr wr = {}, *bad = nullptr;

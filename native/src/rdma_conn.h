@@ -1,0 +1,80 @@
+// The rdma transport's connections (native/RDMA.md): an rdma_cm listener on
+// the gateway, and RC connections (either role) that multiplex many sockets,
+// one slot each, moving bytes between each slot's rings and the slot's kernel
+// stream socket on the pump's I/O thread, without JS per chunk.
+//
+// Both are PumpSources: their fds (cm event channel, completion channel,
+// timerfd, slot sockets) sit in the pump's epoll set, every verbs call runs on
+// the I/O thread, and they talk to JS through pump events (kRdma) and
+// Pump::run_on_source commands.
+//
+// Compiled only with the rdma-core headers (SG_WITH_RDMA).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "rdma.h"
+
+namespace sg {
+class Pump;
+class PumpSource;
+namespace rdma {
+
+struct RegionOpts {
+  uint32_t ring_log2 = 18;  // each receive ring: 256 KiB
+  uint32_t slots = 64;
+  uint32_t credits = 64;
+  uint32_t keepalive_ms = 5000;  // 0 = off
+};
+
+struct ConnectOpts {
+  RegionOpts region;
+  std::string addr;
+  uint16_t port = 0;
+  uint8_t token[kTokenBytes] = {};
+  uint32_t timeout_ms = 10000;
+};
+
+struct ListenOpts {
+  RegionOpts region;  // defaults for accept()
+  std::string addr;
+  uint16_t port = 0;
+  int backlog = 64;
+};
+
+// -EINVAL with *why when out of range.
+int check_region(const RegionOpts& o, std::string* why);
+
+// The client side: a source that resolves, routes and connects. Add it with
+// Pump::add_source; its events carry the id add_source returned.
+std::shared_ptr<PumpSource> make_client(const ConnectOpts& o);
+
+// The listener: bound and listening once make_listener returns (so the port
+// is known at once); its fds join the pump in on_attach. -errno + *why.
+int make_listener(const ListenOpts& o, std::shared_ptr<PumpSource>* out, uint16_t* port, std::string* why);
+
+// The server side of one accepted connection, made on the owner thread so JS
+// holds it from the start; listener_accept attaches it under the id the
+// request named.
+std::shared_ptr<PumpSource> make_server_conn(const RegionOpts& o);
+
+// I/O thread (inside Pump::run_on_source on the listener): accept or reject
+// the pending request `conn` (the id its "request" event named).
+void listener_accept(Pump& p, PumpSource* listener, uint32_t conn, std::shared_ptr<PumpSource> c);
+void listener_reject(PumpSource* listener, uint32_t conn);
+
+// I/O thread (inside Pump::run_on_source on a connection). `fd` is owned by
+// the connection from here on (closed if the connection is gone: src null).
+void conn_link(PumpSource* conn, uint32_t slot, int fd, const uint8_t* token /* null: no BIND */);
+void conn_close_slot(PumpSource* conn, uint32_t slot, bool reset);
+void conn_shutdown_slot(PumpSource* conn, uint32_t slot, bool rd, bool wr);
+void conn_close(PumpSource* conn);
+
+// Any thread: setsockopt(int) on a linked slot's fd (guarded against the
+// I/O thread closing it). false when the slot has no fd.
+bool conn_set_sockopt(const std::shared_ptr<PumpSource>& conn, uint32_t slot, int level, int name, int value);
+
+}  // namespace rdma
+}  // namespace sg
