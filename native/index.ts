@@ -238,6 +238,8 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   token: Uint8Array;
   /** Resolve/route/connect deadline (default 10000 ms). */
   timeoutMs?: number;
+  /** Tests only: 1 = publish producer cursors beyond the peer's ring (a hostile peer). */
+  hostile?: 0 | 1;
 }
 
 export interface RawRdmaListener {

@@ -361,7 +361,8 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
   ConnectOpts o;
   uint32_t port = 0;
   if (!GetString(info, opts.Get("addr"), "addr", &o.addr) || !GetUint(info, opts, "port", 1, 65535, &port) ||
-      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetToken(info, opts.Get("token"), o.token) ||
+      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetUint(info, opts, "hostile", 0, 1, &o.hostile) ||
+      !GetToken(info, opts.Get("token"), o.token) ||
       !GetRegion(info, opts, &o.region))
     return env.Undefined();
   if (opts.Get("port").IsUndefined()) return Napi::TypeError::New(env, "port is required").ThrowAsJavaScriptException(), env.Undefined();

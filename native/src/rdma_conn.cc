@@ -800,7 +800,7 @@ class Conn final : public PumpSource {
     uint64_t ring = peer.addr + uint64_t(peer.slots) * kCtlStride + (uint64_t(slot) << peer.ring_log2);
     bool blocked = s.rd - s.peer_cons == size && !s.rd_eof;
     uint8_t cur[8];
-    store_be64(cur, s.rd);
+    store_be64(cur, client_ && copts.hostile == 1 ? s.rd + 2 * size : s.rd);
     ibv_sge s1 = {reinterpret_cast<uintptr_t>(stage(slot) + off), uint32_t(first), stage_mr_.lkey()};
     ibv_sge s2 = {reinterpret_cast<uintptr_t>(stage(slot)), uint32_t(n - first), stage_mr_.lkey()};
     ibv_sge s3 = {reinterpret_cast<uintptr_t>(cur), 8, 0};

@@ -35,6 +35,9 @@ struct ConnectOpts {
   uint16_t port = 0;
   uint8_t token[kTokenBytes] = {};
   uint32_t timeout_ms = 10000;
+  // Tests of the gateway's validation only: 1 = every cursor this client
+  // publishes points beyond the peer's ring (a hostile peer).
+  uint32_t hostile = 0;
 };
 
 struct ListenOpts {

@@ -19,7 +19,7 @@ import { binding, Pump, rdma, type PumpEvent, type RawRdmaConn, type RawRdmaList
 
 const IN_VM = process.env['SOCKGATE_IN_VM'] === '1';
 const ADDR = process.env['SOCKGATE_VM_ADDR'] || '10.99.0.1';
-const T_MS = 120_000;
+const T_MS = Number(process.env['SOCKGATE_RDMA_WAIT_MS'] || 120_000);
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -94,6 +94,7 @@ if (!IN_VM) {
 } else {
   test.serial('connect/accept carries the token; one slot both ways, 8 MiB each, SHA-256; half-close frees the slot', async (t) => {
     const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
     const { listener, client, server, token, req } = await connected(r, 18601, { ringLog2: 16 });
     t.deepEqual(req.event === 'request' ? [...req.token] : [], [...token]);
     const c = pair();
@@ -137,11 +138,11 @@ if (!IN_VM) {
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
     listener.close();
     await new Promise((res) => setTimeout(res, 200));
-    r.pump.close();
   });
 
   test.serial('many slots on one connection at once, each SHA-256 checked (ring smaller than the data)', async (t) => {
     const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
     const { listener, client, server } = await connected(r, 18602, { ringLog2: 14, slots: 16, credits: 16 });
     const n = 8;
     const jobs: Array<Promise<void>> = [];
@@ -167,11 +168,11 @@ if (!IN_VM) {
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
     listener.close();
     await new Promise((res) => setTimeout(res, 200));
-    r.pump.close();
   });
 
   test.serial('closeSlot resets the peer; a rejected request fails with REJECTED; close ends open slots', async (t) => {
     const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
     const { listener, client, server } = await connected(r, 18603);
     const c = pair();
     const s = pair();
@@ -179,17 +180,20 @@ if (!IN_VM) {
     server.link(0, s.fd);
     c.sock.write('hello');
     await new Promise<void>((res) => s.sock.once('data', () => res()));
-    const errored = new Promise<string>((res) => {
-      c.sock.once('error', (e: NodeJS.ErrnoException) => res(e.code ?? 'error'));
-      c.sock.once('end', () => res('end'));
-      c.sock.once('close', () => res('close'));
+    // A socketpair cannot carry a reset (SO_LINGER 0 on AF_UNIX is a plain
+    // close): the slot's end event is what tells its owner (the SDK turns it
+    // into the socket's error), and the fd is closed.
+    const closed = new Promise<void>((res) => {
+      c.sock.once('end', () => res());
+      c.sock.once('error', () => res());
+      c.sock.resume();
     });
     server.closeSlot(0, true);
     const endS = await r.wait((e) => e.rdma === server.id && e.event === 'slotEnd', 'server slotEnd');
     t.like(endS, { reason: 'aborted' });
     const endC = await r.wait((e) => e.rdma === client.id && e.event === 'slotEnd', 'client slotEnd');
     t.like(endC, { reason: 'reset', code: 'ECONNRESET' });
-    t.not(await errored, 'end', 'the client socket must not see a clean EOF');
+    await closed;
 
     // Reject: a second client is refused.
     const other = rdma.connect!(r.pump.raw, { addr: ADDR, port: listener.port, token: randomBytes(16) });
@@ -213,6 +217,5 @@ if (!IN_VM) {
     t.like(endS2, { reason: 'error', code: 'ERR_SOCKGATE_RDMA_DISCONNECTED' });
     listener.close();
     await new Promise((res) => setTimeout(res, 200));
-    r.pump.close();
   });
 }

@@ -6,7 +6,11 @@
  *   2. two VMs (topology b): the perftest and TCP baselines of issue 5
  *      (bench-peer.ts), written to test/bench/results-rdma.json.
  *
- * Options: --no-bench (stage 1 only), --bench-only (stage 2 only),
+ *   3. two VMs (topology b): the rdma transport end to end — a gateway in VM a
+ *      (two/node-a.ts), the SDK and a peer gateway in VM b (two/*.test.ts).
+ *
+ * Options: --no-bench (no baselines), --bench-only (baselines only),
+ * --two-only (stage 3 only), --no-two (skip stage 3),
  * --match <ava title pattern> (passed to ava).
  *
  * Without qemu or the packages it prints a SKIP line and exits 0; under CI
@@ -63,6 +67,29 @@ async function testsStage(prepared: Extract<Prepared, { kind: 'ready' }>, match:
   const results = await runVms(prepared, oneVm(cmd), { timeoutMs: TESTS_TIMEOUT_MS });
   const ok = results.every((r) => r.exitCode === 0);
   return { name: 'tests (one VM)', ok, seconds: (Date.now() - t0) / 1000, detail: summarize(results) };
+}
+
+/** Hard limit for the two-VM test stage (two boots, ava under TCG, 256 MiB over rxe). */
+const TWO_VM_TIMEOUT_MS = 30 * 60_000;
+
+async function twoVmTestsStage(prepared: Extract<Prepared, { kind: 'ready' }>, match: string | undefined): Promise<Stage> {
+  const dir = join(REPO_ROOT, 'dist', 'test', 'rdma', 'two');
+  const files = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.test.js')).sort() : [];
+  if (files.length === 0) return { name: 'tests (two VMs)', ok: false, seconds: 0, detail: `no compiled tests in ${dir} (run tsc first)` };
+  const cmd = [
+    'node node_modules/ava/entrypoints/cli.mjs',
+    `--timeout=${AVA_TIMEOUT}`,
+    '--concurrency=1',
+    '--serial',
+    '--verbose',
+    ...(match ? ['--match', shQuote(match)] : []),
+    ...files.map((f) => shQuote(`dist/test/rdma/two/${f}`)),
+  ].join(' ');
+  say(`== rdma: tests across two VMs: a = gateway (node-a.js), b = ${files.join(', ')}`);
+  const t0 = Date.now();
+  const results = await runVms(prepared, twoVms('node dist/test/rdma/two/node-a.js', cmd), { timeoutMs: TWO_VM_TIMEOUT_MS });
+  const ok = results.every((r) => r.exitCode === 0);
+  return { name: 'tests (two VMs)', ok, seconds: (Date.now() - t0) / 1000, detail: summarize(results) };
 }
 
 async function benchStage(prepared: Extract<Prepared, { kind: 'ready' }>): Promise<Stage> {
@@ -125,8 +152,10 @@ async function main(): Promise<number> {
   say(`rdma: kernel ${prepared.kver}`);
 
   const stages: Stage[] = [];
-  if (!benchOnly) stages.push(await testsStage(prepared, match));
-  if (!noBench) stages.push(await benchStage(prepared));
+  const twoOnly = argv.includes('--two-only');
+  if (!benchOnly && !twoOnly) stages.push(await testsStage(prepared, match));
+  if (!benchOnly && !argv.includes('--no-two')) stages.push(await twoVmTestsStage(prepared, match));
+  if (!noBench && !twoOnly) stages.push(await benchStage(prepared));
 
   say('== rdma: summary');
   for (const s of stages) say(`  ${s.ok ? 'ok  ' : 'FAIL'} ${s.name} (${s.seconds.toFixed(0)} s): ${s.detail}`);

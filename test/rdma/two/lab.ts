@@ -1,0 +1,16 @@
+/** The two-VM lab's addresses and ports (topology b: a = 10.99.0.1, b = 10.99.0.2). */
+export const A_ADDR = process.env['SOCKGATE_VM_PEER_ADDR'] || '10.99.0.1';
+export const PORTS = {
+  /** The gateway under test: control; data = +1, metrics = +2. */
+  gateway: 7100,
+  /** A gateway on a without rdma (address ""). */
+  plainGateway: 7110,
+  /** The rdma_cm listener of the gateway under test. */
+  rdma: 7150,
+  echo: 7200,
+  sink: 7201,
+  /** b tells a "done" here. */
+  control: 7199,
+} as const;
+/** Both gateways let anonymous callers reach the lab's subnet and loopback. */
+export const LAB_RULES = [{ name: 'lab', action: 'allow', destinations: ['10.99.0.0/24', '127.0.0.0/8'] }];
