@@ -57,6 +57,8 @@ const trace = tracer('rdma');
 type NativeModule = typeof import('../native/index.js');
 export type RdmaConfig = Config['transports']['rdma'];
 
+/** The end code of a connection (and of the slots it cut off) whose peer went away. */
+const DISCONNECTED = 'ERR_SOCKGATE_RDMA_DISCONNECTED';
 /** A reserved slot outlives its token by this much (a connect or bind may be in flight when the token expires). */
 const RESERVATION_GRACE_MS = 2_000;
 /** How long teardown waits for a slot's or a connection's end event before giving up on it. */
@@ -130,6 +132,8 @@ export class RdmaSession {
   nextSlot = 0;
   /** BINDs that arrived before `established` (a receive completion can beat the cm event), handled after it. */
   early: Array<{ slot: number; token: Buffer }> = [];
+  /** A socket's slot was ended by the peer's disconnect (rather than having ended before it). */
+  cutOff = false;
   /** Settles once the session is forgotten. */
   readonly ended: Promise<void>;
   #resolveEnded!: () => void;
@@ -778,13 +782,17 @@ export class RdmaTransport implements Transport {
       const reason: NativeLinkEnd['reason'] = e.reason === 'ok' ? 'ok' : e.reason === 'error' ? 'error' : 'aborted';
       slot.link.settle(e.code ? { reason, errno: e.errno, code: e.code } : { reason, errno: e.errno });
       if (e.reason === 'error') trace(`session ${s.id}: slot ${e.slot} ended: ${e.code || `errno ${e.errno}`}`);
+      if (e.code === DISCONNECTED) s.cutOff = true;
     }
     this.sessions.free(slot);
   }
 
   #connEnded(s: RdmaSession, conn: RawRdmaConn, e: Extract<RdmaEvent, { event: 'closed' | 'failed' }>): void {
     if (this.#byConn.get(conn.id) !== s) return;
-    const failed = e.code !== 'ok';
+    // A client that disconnects once its sockets are done (the SDK closing its Gateway) ended its session;
+    // a disconnect failed only if it cut sockets off.
+    const idleDisconnect = e.event === 'closed' && e.code === DISCONNECTED && !s.cutOff && ![...s.slots.values()].some((sl) => sl.link && !sl.link.settled);
+    const failed = e.code !== 'ok' && !idleDisconnect;
     // slotEnd events normally came first; a socket still on the connection fails with the connection's code.
     for (const slot of s.slots.values()) {
       slot.link?.settle(failed ? { reason: 'error', errno: e.errno, code: e.code } : { reason: 'aborted', errno: e.errno });
