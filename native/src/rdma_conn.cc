@@ -542,6 +542,10 @@ class Conn final : public PumpSource {
   bool client_dead_disconnect_ = false;
 
   void teardown() {
+    // Still up (the pump is stopping, or JS dropped us): tell the peer, or it
+    // would only notice by keepalive.
+    if (state_ == kEstablished && cm_.get()) rdma_disconnect(cm_.get());
+    state_ = kDead;
     if (monitored_) {
       AsyncMonitor::get().remove(p_, id_);
       monitored_ = false;

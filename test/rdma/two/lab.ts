@@ -1,5 +1,5 @@
 /** The two-VM lab's addresses and ports (topology b: a = 10.99.0.1, b = 10.99.0.2). */
-export const A_ADDR = process.env['SOCKGATE_VM_PEER_ADDR'] || '10.99.0.1';
+export const A_ADDR = '10.99.0.1';
 export const PORTS = {
   /** The gateway under test: control; data = +1, metrics = +2. */
   gateway: 7100,
