@@ -13,6 +13,16 @@
  * tells the client when each perftest server listens: an rdma_cm connect that
  * arrives too early is rejected and can leave perftest hanging.
  *
+ * Then the gateway's own RDMA channel (bench-gateway.ts): an in-process gateway
+ * on a with transports.rdma on 10.99.0.1, the SDK on b with transports ['rdma']
+ * (no fallback), a 64 KiB stream into a sink and a 64 B ping-pong through an
+ * echo behind it, with ratios to ib_write_bw / ib_write_lat and TCP and whether
+ * the issue's goals were met; the same over a bare native connection, and the
+ * stream again with 4 MiB rings.
+ *
+ * SOCKGATE_BENCH_ONLY=gateway (debugging, e.g. both roles in one VM) skips the
+ * baselines and takes them from the committed test/bench/results-rdma.json.
+ *
  * The client prints the rows as one line `SOCKGATE_BENCH_ROWS=<json>`; the host
  * writes them to test/bench/results-rdma.json. Latency rows give the ROUND TRIP
  * in p50_us/p99_us; perftest's *_lat report half the round trip, kept as
@@ -20,8 +30,10 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { cpuMark, cpuSpan, perUnit } from './bench-gateway.js';
 
 /** Seconds of ib_write_bw (-D) and of the TCP stream: long enough to settle under TCG. */
 const STREAM_SECONDS = Number(process.env['SOCKGATE_BENCH_SECONDS'] || 8);
@@ -54,6 +66,14 @@ const CLIENT_RUN_TIMEOUT_MS = 120_000;
 
 const DEV = process.env['SOCKGATE_VM_RDMA_DEV'] || 'rxe0';
 const SERVER_ADDR = process.env['SOCKGATE_VM_PEER_ADDR'] || '10.99.0.1';
+/** The server's own address (the gateway binds it). */
+const OWN_ADDR = process.env['SOCKGATE_VM_ADDR'] || '10.99.0.1';
+/** Only the gateway's figures (baselines from the committed results). */
+const GATEWAY_ONLY = process.env['SOCKGATE_BENCH_ONLY'] === 'gateway';
+/** Debugging with SOCKGATE_BENCH_ONLY=gateway: some of bench-gateway.ts's PHASES, comma-separated. */
+const PHASES = GATEWAY_ONLY && process.env['SOCKGATE_BENCH_PHASES'] ? (process.env['SOCKGATE_BENCH_PHASES'].split(',') as import('./bench-gateway.js').Phase[]) : undefined;
+/** The client's whole gateway phase (SDK load under TCG included) and the server's wait for it. */
+const GATEWAY_PHASE_MS = 600_000;
 
 interface Ran {
   code: number | null;
@@ -216,6 +236,8 @@ class Barrier {
   private readonly ready = new Set<string>();
   /** Clients waiting for a case, by name. */
   private readonly waiting = new Map<string, Socket[]>();
+  /** until() callers, by name. */
+  private readonly arrivals = new Map<string, () => void>();
   private readonly server = createServer((s) => {
     s.setEncoding('utf8');
     let buf = '';
@@ -224,6 +246,9 @@ class Barrier {
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
       const name = buf.slice(0, nl);
+      const arrived = this.arrivals.get(name);
+      this.arrivals.delete(name);
+      arrived?.();
       if (this.ready.has(name)) s.end('go\n');
       else this.waiting.set(name, [...(this.waiting.get(name) ?? []), s]);
     });
@@ -243,6 +268,18 @@ class Barrier {
     this.waiting.delete(name);
   }
 
+  /** Opens `name` and resolves when a client names it (the client's "I am done"). */
+  until(name: string, ms: number): Promise<void> {
+    this.open(name);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the client never said ${name}`)), ms);
+      this.arrivals.set(name, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
   shut(name: string): void {
     this.ready.delete(name);
   }
@@ -255,7 +292,7 @@ class Barrier {
 async function server(): Promise<void> {
   const barrier = new Barrier();
   await barrier.listen();
-  for (const c of CASES) {
+  for (const c of GATEWAY_ONLY ? [] : CASES) {
     log(`${c.cmd} server`);
     let fallback: NodeJS.Timeout | undefined = setTimeout(() => barrier.open(c.name), LISTEN_FALLBACK_MS);
     const r = await run(c.cmd, c.args, SERVER_TIMEOUT_MS, (out) => {
@@ -269,11 +306,25 @@ async function server(): Promise<void> {
     barrier.shut(c.name);
     if (r.code !== 0) throw new Error(`${c.cmd} server failed (exit ${r.code})`);
   }
-  // The TCP servers listen before the barrier opens for them.
-  log('TCP sink and echo servers');
-  const tcp = tcpServers();
-  barrier.open('tcp');
-  await tcp;
+  if (!GATEWAY_ONLY) {
+    // The TCP servers listen before the barrier opens for them.
+    log('TCP sink and echo servers');
+    const tcp = tcpServers();
+    barrier.open('tcp');
+    await tcp;
+  }
+  // Loaded only now: node reading the gateway's modules must not compete with the baselines.
+  log('sockgate gateways, their destinations and a bare rdma listener');
+  const gw = await import('./bench-gateway.js');
+  const servers = await gw.startServers(OWN_ADDR);
+  const perf = gw.perfRecord('server');
+  barrier.open('gateway');
+  try {
+    await barrier.until('gateway-done', GATEWAY_PHASE_MS);
+    await perf.stop();
+  } finally {
+    await servers.close();
+  }
   barrier.close();
   log('done');
 }
@@ -357,17 +408,33 @@ interface Row {
 
 async function runCase(c: PerftestCase): Promise<Row> {
   log(`${c.cmd} client`);
+  const mark0 = cpuMark();
   const out = await perftestClient(c.name, c.cmd, c.args);
+  // Machine-wide counts on the client VM over the whole perftest run (connection setup included).
+  const { proc_user_s: _u, proc_sys_s: _s, threads_s: _t, ...vm } = cpuSpan(mark0, cpuMark());
   const tool = `${c.cmd} ${c.args.join(' ')} ${SERVER_ADDR}`;
   if (c.kind === 'bw') {
     // #bytes #iterations BW-peak BW-average[Gb/sec] MsgRate
     const m = new RegExp(`^\\s*${BW_SIZE}\\s+(\\d+)\\s+([\\d.]+)\\s+([\\d.]+)\\s+([\\d.]+)`, 'm').exec(out);
     if (!m) throw new Error(`cannot parse ${c.cmd} output`);
     const gbps = Number(m[3]);
-    return { name: c.name, transport: 'rdma', size_bytes: BW_SIZE, throughput_MBps: round(gbps * 125), p50_us: null, p99_us: null, note: c.note, tool, iterations: Number(m[1]), perftest_reported_avg_Gbps: gbps };
+    const mb = (Number(m[1]) * BW_SIZE) / 1e6;
+    return {
+      name: c.name,
+      transport: 'rdma',
+      size_bytes: BW_SIZE,
+      throughput_MBps: round(gbps * 125),
+      p50_us: null,
+      p99_us: null,
+      note: c.note,
+      tool,
+      iterations: Number(m[1]),
+      perftest_reported_avg_Gbps: gbps,
+      profile: { client_vm_cpu: vm, client_vm_per_MB: perUnit(vm, mb) },
+    };
   }
-  // #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%
-  const m = new RegExp(`^\\s*${LAT_SIZE}\\s+(\\d+)((?:\\s+[\\d.]+){7})\\s*$`, 'm').exec(out);
+  // #bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9% (t_stdev can print as -nan)
+  const m = new RegExp(`^\\s*${LAT_SIZE}\\s+(\\d+)((?:\\s+(?:[\\d.]+|-?nan|-?inf)){7})\\s*$`, 'mi').exec(out);
   if (!m) throw new Error(`cannot parse ${c.cmd} output`);
   const [tMin, , tTypical, tAvg, , p99, p999] = m[2]!.trim().split(/\s+/).map(Number) as [number, number, number, number, number, number, number];
   return {
@@ -385,18 +452,67 @@ async function runCase(c: PerftestCase): Promise<Row> {
     perftest_reported_min_us: tMin,
     perftest_reported_p99_us: p99,
     perftest_reported_p99_9_us: p999,
+    profile: { client_vm_cpu: vm, client_vm_per_round_trip: perUnit(vm, Number(m[1])) },
   };
+}
+
+/** ib_write_bw / ib_write_lat / TCP figures the gateway's rows are compared with. */
+function baselinesOf(rows: Row[]): import('./bench-gateway.js').Baselines {
+  const find = (name: string, size: number) => {
+    const r = rows.find((x) => x.name === name && x.size_bytes === size);
+    if (!r) throw new Error(`no baseline row ${name} at ${size} B`);
+    return r;
+  };
+  const bw = find('perftest ib_write_bw -R', BW_SIZE);
+  const lat = find('perftest ib_write_lat -R', LAT_SIZE);
+  const tcpBw = find('tcp over rxe link (node)', BW_SIZE);
+  const tcpLat = find('tcp over rxe link (node)', LAT_SIZE);
+  const sendBw = rows.find((x) => x.name === 'perftest ib_send_bw -R -e');
+  const sendLat = rows.find((x) => x.name === 'perftest ib_send_lat -R -e');
+  return {
+    ...(sendBw?.throughput_MBps ? { ibSendBwMBps: sendBw.throughput_MBps } : {}),
+    ...(sendLat?.p50_us ? { ibSendLatP50us: sendLat.p50_us } : {}),
+    ibWriteBwMBps: bw.throughput_MBps!,
+    ibWriteLatP50us: lat.p50_us!,
+    ibWriteLatP99us: lat.p99_us!,
+    tcpMBps: tcpBw.throughput_MBps!,
+    tcpP50us: tcpLat.p50_us!,
+    tcpP99us: tcpLat.p99_us!,
+  };
+}
+
+async function gatewayPhase(baselineRows: Row[]): Promise<Row[]> {
+  await waitForServer('gateway');
+  const gw = await import('./bench-gateway.js');
+  let timer: NodeJS.Timeout | undefined;
+  const figures = await Promise.race([
+    gw.runClient({ addr: SERVER_ADDR, streamSeconds: STREAM_SECONDS, latIters: LAT_ITERS, latWarmup: LAT_WARMUP, ...(PHASES ? { phases: PHASES } : {}) }),
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('the gateway phase did not finish in time')), GATEWAY_PHASE_MS))),
+  ]).finally(() => clearTimeout(timer));
+  await waitForServer('gateway-done');
+  return gw.figuresToRows(figures, baselinesOf(baselineRows)) as Row[];
 }
 
 async function client(): Promise<void> {
   const rows: Row[] = [];
+  if (GATEWAY_ONLY) {
+    // Debugging: the committed baselines stand in; only the gateway's rows are printed.
+    const committed = JSON.parse(readFileSync(new URL('../../../../test/bench/results-rdma.json', import.meta.url), 'utf8')) as Row[];
+    const own = await gatewayPhase(committed);
+    process.stdout.write(`SOCKGATE_BENCH_ROWS=${JSON.stringify(own)}\n`);
+    return;
+  }
   for (const c of CASES) rows.push(await runCase(c));
 
   await waitForServer('tcp');
   log('TCP stream');
+  let mark0 = cpuMark();
   const stream = await tcpStream();
+  const streamVm = cpuSpan(mark0, cpuMark());
   log('TCP ping-pong');
+  mark0 = cpuMark();
   const rtts = await tcpPingPong();
+  const pingVm = cpuSpan(mark0, cpuMark());
   if (rtts.length < 10) throw new Error(`only ${rtts.length} TCP ping-pongs completed`);
 
   rows.push(
@@ -410,6 +526,7 @@ async function client(): Promise<void> {
       note: 'node net.Socket writes of 64 KiB into a sink on the other VM, over the same virtio link as rxe0 (TCP does not use rxe)',
       bytes: stream.bytes,
       seconds: round(stream.seconds, 2),
+      profile: { client_vm_cpu: streamVm, client_vm_per_MB: perUnit(streamVm, stream.bytes / 1e6) },
     },
     {
       name: 'tcp over rxe link (node)',
@@ -420,8 +537,12 @@ async function client(): Promise<void> {
       p99_us: round(percentile(rtts, 99), 2),
       note: 'round trip of a 64 B message echoed by node on the other VM (TCP_NODELAY)',
       iterations: rtts.length,
+      // warmup included in the counts
+      profile: { client_vm_cpu: pingVm, client_vm_per_round_trip: perUnit(pingVm, rtts.length + LAT_WARMUP) },
     },
   );
+  log('sockgate gateway rdma channel');
+  rows.push(...(await gatewayPhase(rows)));
   const meta = {
     topology: `two TCG VMs, ${process.env['SOCKGATE_VM_SMP'] ?? '?'} vCPU each; virtio-net joined by qemu (${process.env['SOCKGATE_VM_LINK'] ?? '?'} link), MTU ${process.env['SOCKGATE_VM_MTU'] ?? '?'}; rxe0 on each eth0`,
     kernel: process.env['SOCKGATE_VM_KERNEL'] ?? '',

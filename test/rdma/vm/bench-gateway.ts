@@ -1,0 +1,823 @@
+/**
+ * The gateway's own RDMA figures for issue 5's benchmark, run by bench-peer.ts
+ * after its perftest and TCP baselines, in the same two VMs (topology b):
+ *
+ * - server (VM a, 10.99.0.1): in-process sockgate gateways with the rdma
+ *   transport on 10.99.0.1 (one with the default rings, one with 4 MiB rings),
+ *   a TCP sink and a TCP echo server on 10.99.0.1 as their destinations, and a
+ *   bare native rdma listener (rdma.listen on a pump of its own, each slot
+ *   linked to a socketpair whose JS end is a sink or an echo);
+ * - client (VM b): the SDK (`transports: ['rdma']`, no fallback) streams 64 KiB
+ *   writes into the sink for STREAM_SECONDS and ping-pongs 64 B through the
+ *   echo; then the same over a bare native connection (rdma.connect + a
+ *   socketpair, no gRPC control plane, no GatewaySocket, no host TCP socket on
+ *   the far side), which tells what the JS and gateway layers cost.
+ *
+ * Throughput counts what the sink acknowledges: at the end of the stream the
+ * client half-closes, the sink answers with its byte count, and the clock stops
+ * when that answer arrives (so nothing still buffered counts).
+ *
+ * Alongside each figure, under `profile`: CPU accounting of both VMs over the
+ * measured interval (/proc/stat: user, system, softirq, idle shares; the
+ * process's CPU time and its busiest threads; machine-wide context switches,
+ * interrupts and eth0 packets, per MB or per round trip) and how many rdma
+ * pump events reached JS, by kind: what bounds a figure when a goal is missed.
+ * Under TCG every CPU figure includes the time the host did not run the vCPU
+ * (no steal is reported), so compare them within one run.
+ *
+ * Debugging (bench-peer.ts with SOCKGATE_BENCH_ONLY=gateway):
+ * SOCKGATE_BENCH_PHASES picks some of PHASES; SOCKGATE_BENCH_PERF=1 records
+ * `perf record -a -g` around each measurement and writes `perf report` text
+ * to $SOCKGATE_VM_OUT (run.js --out).
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readdirSync, readFileSync } from 'node:fs';
+import { createServer, Socket, type Server } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
+
+export const BW_SIZE = 65536;
+export const LAT_SIZE = 64;
+/** Gateway control ports: default rings, big rings. */
+export const PORT_GW = 7070;
+export const PORT_GW_BIG = 7072;
+/** Destinations behind the gateway. */
+export const PORT_GW_SINK = 5211;
+export const PORT_GW_ECHO = 5212;
+/** The bare native rdma listener. */
+export const PORT_RAW = 18620;
+/** The big-ring gateway: its receive ring per socket, and the SDK's. */
+export const BIG_RING_BYTES = 4 << 20;
+/** Slots of the big-ring gateway (its region is slots x ring, registered on both sides). */
+const BIG_SLOTS = 8;
+/** First token byte of a raw connection: which JS end its slot gets on the server. */
+const RAW_SINK = 1;
+const RAW_ECHO = 2;
+
+function log(msg: string): void {
+  process.stdout.write(`bench-gateway: ${msg}\n`);
+}
+
+const round = (v: number, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
+
+/** `p`, or a rejection naming `what` after `ms`. */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms))),
+  ]);
+}
+
+/** How long a stalled stream (no drain) or a missing sink answer may take. */
+const STALL_MS = 60_000;
+
+function percentile(sorted: number[], p: number): number {
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+// ---- CPU accounting ----------------------------------------------------------------
+
+/** The aggregate `cpu` line of /proc/stat (USER_HZ ticks) and this process's CPU time. */
+export interface CpuMark {
+  stat: number[];
+  proc: NodeJS.CpuUsage;
+  /** This process's threads: tid -> [comm, utime + stime ticks]. */
+  threads: Map<number, [string, number]>;
+  /** Machine-wide: context switches, interrupts (/proc/stat), eth0 packets (rxe and TCP both ride it). */
+  ctxt: number;
+  intr: number;
+  txPackets: number;
+  rxPackets: number;
+  t: number;
+}
+
+function netStat(name: string): number {
+  try {
+    return Number(readFileSync(`/sys/class/net/eth0/statistics/${name}`, 'utf8'));
+  } catch {
+    return 0;
+  }
+}
+
+function threadTicks(): Map<number, [string, number]> {
+  const out = new Map<number, [string, number]>();
+  try {
+    for (const tid of readdirSync('/proc/self/task')) {
+      const st = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      const close = st.lastIndexOf(')');
+      const comm = st.slice(st.indexOf('(') + 1, close);
+      const f = st.slice(close + 2).split(' ');
+      // fields after the comm: state(3) ... utime(14) stime(15), 1-based in proc(5)
+      out.set(Number(tid), [comm, Number(f[11]) + Number(f[12])]);
+    }
+  } catch {
+    // not Linux
+  }
+  return out;
+}
+
+export function cpuMark(): CpuMark {
+  let stat: number[] = [];
+  let ctxt = 0;
+  let intr = 0;
+  try {
+    const lines = readFileSync('/proc/stat', 'utf8').split('\n');
+    stat = (lines[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
+    for (const l of lines) {
+      if (l.startsWith('ctxt ')) ctxt = Number(l.slice(5));
+      else if (l.startsWith('intr ')) intr = Number(l.split(' ')[1]);
+    }
+  } catch {
+    // not Linux: no machine-wide figures
+  }
+  return { stat, proc: process.cpuUsage(), threads: threadTicks(), ctxt, intr, txPackets: netStat('tx_packets'), rxPackets: netStat('rx_packets'), t: performance.now() };
+}
+
+/** Shares of the machine's CPU time over [a, b] (all vCPUs), and this process's CPU seconds. */
+export interface CpuSpan {
+  seconds: number;
+  /** user+nice, system, softirq+irq (rxe and virtio-net run there), idle+iowait, steal: fractions of all vCPU time. */
+  user: number;
+  system: number;
+  softirq: number;
+  idle: number;
+  steal: number;
+  /** This process (JS, native I/O thread, libuv): CPU seconds. */
+  proc_user_s: number;
+  proc_sys_s: number;
+  /** The process's busiest threads: "comm/tid" (main = the JS thread) -> CPU seconds (USER_HZ resolution). */
+  threads_s: Record<string, number>;
+  /** Machine-wide counts over the span. */
+  context_switches: number;
+  interrupts: number;
+  eth0_tx_packets: number;
+  eth0_rx_packets: number;
+}
+
+export function cpuSpan(a: CpuMark, b: CpuMark): CpuSpan {
+  const d = b.stat.map((v, i) => v - (a.stat[i] ?? 0));
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = d;
+  const total = d.slice(0, 8).reduce((x, y) => x + y, 0) || 1;
+  const f = (v: number) => round(v / total, 3);
+  return {
+    seconds: round((b.t - a.t) / 1000, 3),
+    user: f(user + nice),
+    system: f(system),
+    softirq: f(softirq + irq),
+    idle: f(idle + iowait),
+    steal: f(steal),
+    proc_user_s: round((b.proc.user - a.proc.user) / 1e6, 3),
+    proc_sys_s: round((b.proc.system - a.proc.system) / 1e6, 3),
+    threads_s: Object.fromEntries(
+      [...b.threads]
+        .map(([tid, [comm, ticks]]) => [tid === process.pid ? `${comm}/main` : `${comm}/${tid}`, (ticks - (a.threads.get(tid)?.[1] ?? 0)) / 100] as const)
+        .filter(([, v]) => v >= 0.05)
+        .sort((x, y) => y[1] - x[1])
+        .slice(0, 6),
+    ),
+    context_switches: b.ctxt - a.ctxt,
+    interrupts: b.intr - a.intr,
+    eth0_tx_packets: b.txPackets - a.txPackets,
+    eth0_rx_packets: b.rxPackets - a.rxPackets,
+  };
+}
+
+/** Machine-wide counts of a span divided by `n` (round trips, iterations, MB). */
+export function perUnit(c: Pick<CpuSpan, 'context_switches' | 'interrupts' | 'eth0_tx_packets' | 'eth0_rx_packets'>, n: number): Record<string, number> {
+  return {
+    context_switches: round(c.context_switches / n, 2),
+    interrupts: round(c.interrupts / n, 2),
+    eth0_tx_packets: round(c.eth0_tx_packets / n, 2),
+    eth0_rx_packets: round(c.eth0_rx_packets / n, 2),
+  };
+}
+
+// ---- optional system-wide profiles (debugging) -------------------------------------------
+
+/**
+ * With SOCKGATE_BENCH_PERF=1 (debugging only): `perf record -a -g` (cpu-clock,
+ * 200 Hz) around a measurement; stop() writes `perf report` text to
+ * $SOCKGATE_VM_OUT/<vm>-<name>.txt. A no-op otherwise.
+ */
+export function perfRecord(name: string): { stop(): Promise<void> } {
+  const out = process.env['SOCKGATE_VM_OUT'];
+  if (process.env['SOCKGATE_BENCH_PERF'] !== '1' || !out) return { stop: async () => {} };
+  const data = `/tmp/perf-${name}.data`;
+  const child = spawn('perf', ['record', '-a', '-g', '-F', '200', '-e', 'cpu-clock', '-o', data], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return {
+    async stop() {
+      child.kill('SIGINT');
+      await once(child, 'close');
+      const file = `${out}/${process.env['SOCKGATE_VM_NAME'] ?? 'vm'}-${name}.txt`;
+      for (const args of [
+        ['--sort', 'comm,dso', '--no-children', '-g', 'none'],
+        ['--sort', 'sym', '--no-children', '-g', 'none'],
+        ['--sort', 'comm,sym', '--no-children', '-g', 'caller,0.5,callee', '--percent-limit', '2'],
+      ]) {
+        await new Promise<void>((resolve) => {
+          const r = spawn('sh', ['-c', `perf report -i ${data} --stdio ${args.join(' ')} 2>&1 | head -400 >> ${file}`], { stdio: 'ignore' });
+          r.on('close', () => resolve());
+        });
+      }
+      log(`perf report of ${name} in ${file}`);
+    },
+  };
+}
+
+// ---- counting the rdma pump events that reach JS ---------------------------------------
+
+/** rdma events by kind, and the JS callbacks (batches) that delivered them. */
+export class EventCount {
+  readonly byKind: Record<string, number> = {};
+  progressBytes = 0;
+  add(e: { event: string; toFd?: number; toPeer?: number }): void {
+    this.byKind[e.event] = (this.byKind[e.event] ?? 0) + 1;
+    if (e.event === 'progress') this.progressBytes += (e.toFd ?? 0) + (e.toPeer ?? 0);
+  }
+  snapshot(): Record<string, number> {
+    return { ...this.byKind };
+  }
+}
+
+/** Count the rdma events every PumpHub of this process routes (the gateway's and the SDK's). */
+async function countHubEvents(): Promise<EventCount> {
+  const { PumpHub } = await import('../../../server/pump-hub.js');
+  const count = new EventCount();
+  const proto = PumpHub.prototype as unknown as { onRdma(id: number, fn: (e: { event: string }) => void): void; __counted?: boolean };
+  if (!proto.__counted) {
+    proto.__counted = true;
+    const orig = proto.onRdma;
+    proto.onRdma = function (this: unknown, id: number, fn: (e: { event: string }) => void) {
+      orig.call(this, id, (e) => {
+        count.add(e);
+        fn(e);
+      });
+    };
+  }
+  return count;
+}
+
+function diffCounts(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(b)) if (v - (a[k] ?? 0)) out[k] = v - (a[k] ?? 0);
+  return out;
+}
+
+// ---- destinations: sink and echo ----------------------------------------------------------
+
+/** What a sink reports at the end of a stream (one JSON line). */
+interface SinkReport {
+  bytes: number;
+  /** First byte to end of stream, on the server's clock. */
+  seconds: number;
+  cpu: CpuSpan;
+  events?: Record<string, number>;
+}
+
+/**
+ * A sink on one stream: counts bytes; on the stream's end answers with a
+ * SinkReport line and ends. `events` (optional) is counted over the same span.
+ */
+function sinkOn(s: Socket, events?: EventCount): void {
+  let bytes = 0;
+  let first: CpuMark | undefined;
+  let ev0: Record<string, number> = {};
+  s.on('data', (d: Buffer) => {
+    if (!first) {
+      first = cpuMark();
+      ev0 = events?.snapshot() ?? {};
+    }
+    bytes += d.length;
+  });
+  s.on('end', () => {
+    const last = cpuMark();
+    const cpu = first ? cpuSpan(first, last) : cpuSpan(last, last);
+    const report: SinkReport = { bytes, seconds: cpu.seconds, cpu, ...(events ? { events: diffCounts(ev0, events.snapshot()) } : {}) };
+    s.end(`${JSON.stringify(report)}\n`);
+  });
+  s.on('error', () => {});
+}
+
+function echoOn(s: Socket): void {
+  s.pipe(s);
+  s.on('error', () => {});
+}
+
+async function listenOn(server: Server, host: string, port: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+}
+
+// ---- server (VM a) ------------------------------------------------------------------------
+
+export interface GatewayServers {
+  close(): Promise<void>;
+}
+
+/** Start the gateways, their destinations and the bare rdma listener on `addr`. */
+export async function startServers(addr: string): Promise<GatewayServers> {
+  const t0 = performance.now();
+  const events = await countHubEvents();
+  const sink = createServer({ allowHalfOpen: true }, (s) => sinkOn(s, events));
+  const echo = createServer({ allowHalfOpen: true, noDelay: true } as Parameters<typeof createServer>[0], (s) => {
+    s.setNoDelay(true);
+    echoOn(s);
+  });
+  await listenOn(sink, addr, PORT_GW_SINK);
+  await listenOn(echo, addr, PORT_GW_ECHO);
+
+  const { loadConfig } = await import('../../../server/config.js');
+  const { Gateway } = await import('../../../server/gateway.js');
+  const gatewayConfig = (controlPort: number, rdma: Record<string, unknown>) =>
+    loadConfig({
+      overrides: {
+        listen: { control: `${addr}:${controlPort}`, data: '127.0.0.1:0', metrics: '' },
+        transports: { enabled: ['rdma', 'tcp'], rdma: { address: addr, ...rdma } },
+        rules: [{ name: 'bench-destinations', action: 'allow', protocols: ['tcp'], directions: ['connect'], destinations: [`${addr}/32`], ports: [`${PORT_GW_SINK}-${PORT_GW_ECHO}`] }],
+        telemetry: { log_level: 'warn', traces: 'none' },
+        shutdown: { drain_timeout_ms: 2000 },
+      },
+    });
+  const gateways = [
+    new Gateway(gatewayConfig(PORT_GW, {})),
+    new Gateway(gatewayConfig(PORT_GW_BIG, { ring_bytes: BIG_RING_BYTES, slots: BIG_SLOTS })),
+  ];
+  for (const g of gateways) {
+    const a = await g.start();
+    const r = g.config.transports.rdma;
+    log(`gateway serving: control ${a.control}, rdma ${r.address} (ring ${r.ring_bytes} B, ${r.slots} slots, ${r.credits} credits)`);
+  }
+
+  const raw = await rawListener(addr);
+  log(`servers up in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return {
+    async close() {
+      raw.close();
+      sink.close();
+      echo.close();
+      await Promise.race([Promise.all(gateways.map((g) => g.destroy())), new Promise((r) => setTimeout(r, 10_000))]);
+    },
+  };
+}
+
+/** The bare native listener: each accepted connection's slot 0 goes to a sink or an echo (by the token's first byte). */
+async function rawListener(addr: string): Promise<{ close(): void }> {
+  const n = await import('../../../native/index.js');
+  if (!n.rdma.available || !n.rdma.listen) throw new Error(`native rdma unavailable: ${n.rdma.reason}`);
+  const events = new EventCount();
+  const conns = new Map<number, { conn: import('../../../native/index.js').RawRdmaConn; mode: number }>();
+  let listener: import('../../../native/index.js').RawRdmaListener | undefined = undefined;
+  const pump = new n.Pump((batch) => {
+    for (const e of batch) {
+      if (e.type !== 'rdma') continue;
+      events.add(e);
+      if (listener && e.rdma === listener.id && e.event === 'request') {
+        const conn = listener.accept(e.conn);
+        conns.set(conn.id, { conn, mode: e.token[0] ?? 0 });
+        continue;
+      }
+      const c = conns.get(e.rdma);
+      if (!c) continue;
+      if (e.event === 'established') {
+        const [a, b] = n.binding.socketpair();
+        c.conn.link(0, a);
+        const s = new Socket({ fd: b, allowHalfOpen: true, readable: true, writable: true });
+        if (c.mode === RAW_SINK) sinkOn(s, events);
+        else echoOn(s);
+      } else if (e.event === 'failed' || e.event === 'closed') {
+        if (e.code !== 'ok' && e.code !== 'ERR_SOCKGATE_RDMA_DISCONNECTED') log(`raw connection ${e.rdma} ${e.event}: ${e.code} ${e.message}`);
+        conns.delete(e.rdma);
+      }
+    }
+  });
+  listener = n.rdma.listen(pump.raw, { addr, port: PORT_RAW });
+  log(`bare rdma listener on ${addr}:${listener.port}`);
+  return {
+    close() {
+      for (const c of conns.values()) {
+        try {
+          c.conn.close();
+        } catch {
+          // gone
+        }
+      }
+      try {
+        listener?.close();
+      } catch {
+        // gone
+      }
+    },
+  };
+}
+
+// ---- client (VM b) ------------------------------------------------------------------------
+
+export interface StreamResult {
+  MBps: number;
+  bytes: number;
+  seconds: number;
+  /** The sink's own view: bytes over first byte to end of stream on its clock. */
+  sink_MBps: number;
+  client_cpu: CpuSpan;
+  server_cpu: CpuSpan;
+  /** Event-loop utilization of the client's JS thread over the stream. */
+  client_elu: number;
+  client_events?: Record<string, number>;
+  server_events?: Record<string, number>;
+}
+
+/** 64 KiB writes for `seconds`, then half-close; resolves when the sink's count came back. */
+async function streamInto(s: Duplex, seconds: number, events?: EventCount): Promise<StreamResult> {
+  const chunk = Buffer.alloc(BW_SIZE, 0x5a);
+  let reply = '';
+  let resolveReply!: () => void;
+  const gotReply = new Promise<void>((r) => (resolveReply = r));
+  s.on('data', (d: Buffer) => {
+    reply += d.toString();
+    if (reply.includes('\n')) resolveReply();
+  });
+  const failed = new Promise<never>((_, reject) => {
+    s.once('error', reject);
+    s.once('close', () => reject(new Error(`the stream closed before the sink answered (got ${JSON.stringify(reply.slice(0, 200))})`)));
+  });
+  failed.catch(() => {});
+  const ev0 = events?.snapshot() ?? {};
+  const elu0 = performance.eventLoopUtilization();
+  const mark0 = cpuMark();
+  const stopAt = mark0.t + seconds * 1000;
+  let sent = 0;
+  while (performance.now() < stopAt) {
+    sent += chunk.length;
+    if (!s.write(chunk)) await within(Promise.race([once(s, 'drain'), failed]), STALL_MS, `stream stalled after ${sent} bytes`);
+  }
+  s.end();
+  await within(Promise.race([gotReply, failed]), STALL_MS, `the sink's count after ${sent} bytes`);
+  const mark1 = cpuMark();
+  const elu = performance.eventLoopUtilization(elu0);
+  const report = JSON.parse(reply.slice(0, reply.indexOf('\n'))) as SinkReport;
+  if (report.bytes !== sent) throw new Error(`the sink counted ${report.bytes} bytes, ${sent} were sent`);
+  const secs = (mark1.t - mark0.t) / 1000;
+  return {
+    MBps: sent / secs / 1e6,
+    bytes: sent,
+    seconds: secs,
+    sink_MBps: report.seconds > 0 ? report.bytes / report.seconds / 1e6 : 0,
+    client_cpu: cpuSpan(mark0, mark1),
+    server_cpu: report.cpu,
+    client_elu: round(elu.utilization, 3),
+    ...(events ? { client_events: diffCounts(ev0, events.snapshot()) } : {}),
+    ...(report.events ? { server_events: report.events } : {}),
+  };
+}
+
+export interface PingResult {
+  /** Round trips in µs, sorted. */
+  rtts: number[];
+  client_cpu: CpuSpan;
+  client_events?: Record<string, number>;
+}
+
+/** 64 B ping-pongs: `warmup` first, then `iters` measured (bounded by `deadlineMs`). */
+async function pingPong(s: Duplex, warmup: number, iters: number, deadlineMs: number, events?: EventCount): Promise<PingResult> {
+  const msg = Buffer.alloc(LAT_SIZE, 0x61);
+  const rtts: number[] = [];
+  let have = 0;
+  let wake: (() => void) | null = null;
+  s.on('data', (d: Buffer) => {
+    have += d.length;
+    if (have >= LAT_SIZE && wake) {
+      const w = wake;
+      wake = null;
+      w();
+    }
+  });
+  let watchdog: NodeJS.Timeout | undefined;
+  let at = -1;
+  const failed = new Promise<never>((_, reject) => {
+    s.once('error', reject);
+    s.once('close', () => reject(new Error('the echo stream closed')));
+    // One timer for the whole loop (refreshed per ping: no timer per round trip to measure).
+    watchdog = setTimeout(() => reject(new Error(`echo of ping ${at}: nothing within ${STALL_MS} ms`)), STALL_MS);
+  });
+  failed.catch(() => {});
+  const deadline = performance.now() + deadlineMs;
+  let mark0 = cpuMark();
+  let ev0 = events?.snapshot() ?? {};
+  for (let i = 0; i < warmup + iters && performance.now() < deadline; i++) {
+    if (i === warmup) {
+      mark0 = cpuMark();
+      ev0 = events?.snapshot() ?? {};
+    }
+    const t0 = performance.now();
+    const got = new Promise<void>((res) => (wake = res));
+    at = i;
+    watchdog?.refresh();
+    s.write(msg);
+    await Promise.race([got, failed]);
+    have -= LAT_SIZE;
+    if (i >= warmup) rtts.push((performance.now() - t0) * 1000);
+  }
+  const mark1 = cpuMark();
+  clearTimeout(watchdog);
+  return { rtts: rtts.sort((a, b) => a - b), client_cpu: cpuSpan(mark0, mark1), ...(events ? { client_events: diffCounts(ev0, events.snapshot()) } : {}) };
+}
+
+export interface ClientParams {
+  addr: string;
+  streamSeconds: number;
+  latIters: number;
+  latWarmup: number;
+}
+
+export interface ChannelFigures {
+  stream?: StreamResult;
+  ping?: PingResult;
+  streamBig?: StreamResult;
+  rawStream?: StreamResult;
+  rawPing?: PingResult;
+  /** Why the bare native measurements did not complete (they are optional). */
+  rawError?: string;
+}
+
+/** The client's measurements, in order; `phases` (debugging) picks some of them. */
+export const PHASES = ['stream', 'ping', 'stream-big', 'raw-stream', 'raw-ping'] as const;
+export type Phase = (typeof PHASES)[number];
+
+/** Everything the client measures, in order: SDK stream, SDK ping-pong, SDK stream with big rings, bare native. */
+export async function runClient(p: ClientParams & { phases?: readonly Phase[] }): Promise<ChannelFigures> {
+  const want = (ph: Phase) => !p.phases || p.phases.includes(ph);
+  const f: ChannelFigures = {};
+  const t0 = performance.now();
+  const events = await countHubEvents();
+  const { Gateway } = await import('../../../clients/sdk/gateway.js');
+  log(`SDK loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+  const open = async (controlPort: number, rdma: { ringBytes?: number } = {}) =>
+    Gateway.connect(`${p.addr}:${controlPort}`, { transports: ['rdma'], rdma });
+  const socket = async (gw: Awaited<ReturnType<typeof open>>, destPort: number) => {
+    const s = await gw.connect(`tcp://${p.addr}:${destPort}`, { noDelay: true });
+    if (s.transport !== 'rdma') throw new Error(`the socket rides ${s.transport}, not rdma (fallbacks: ${JSON.stringify(s.fallbacks)})`);
+    return s;
+  };
+
+  if (want('stream') || want('ping')) {
+    const gw = await open(PORT_GW);
+    if (want('stream')) {
+      log('SDK rdma stream (default rings)');
+      const s = await socket(gw, PORT_GW_SINK);
+      const perf = perfRecord('stream');
+      f.stream = await streamInto(s, p.streamSeconds, events);
+      await perf.stop();
+      s.destroy();
+      log(`  ${f.stream.MBps.toFixed(1)} MB/s`);
+    }
+    if (want('ping')) {
+      log('SDK rdma ping-pong');
+      const e = await socket(gw, PORT_GW_ECHO);
+      const perf = perfRecord('ping');
+      f.ping = await pingPong(e, p.latWarmup, p.latIters, 180_000, events);
+      await perf.stop();
+      e.destroy();
+      log(`  RTT p50 ${percentile(f.ping.rtts, 50).toFixed(0)} us`);
+    }
+    gw.close();
+  }
+  if (want('stream-big')) {
+    log(`SDK rdma stream (${BIG_RING_BYTES >> 20} MiB rings)`);
+    const gw = await open(PORT_GW_BIG, { ringBytes: BIG_RING_BYTES });
+    const s = await socket(gw, PORT_GW_SINK);
+    f.streamBig = await streamInto(s, p.streamSeconds, events);
+    s.destroy();
+    gw.close();
+    log(`  ${f.streamBig.MBps.toFixed(1)} MB/s`);
+  }
+  if (want('raw-stream') || want('raw-ping')) {
+    try {
+      await rawClient(p, want('raw-stream'), want('raw-ping'), f);
+    } catch (err) {
+      // Optional figures: the gateway's rows stand without them.
+      f.rawError = (err as Error).message;
+      log(`bare native connection failed: ${f.rawError}`);
+    }
+  }
+  return f;
+}
+
+/** The same two measurements over a bare native connection (no gateway, no SDK). */
+async function rawClient(p: ClientParams, doStream: boolean, doPing: boolean, f: ChannelFigures): Promise<void> {
+  const n = await import('../../../native/index.js');
+  const events = new EventCount();
+  const waiters: Array<{ id: number; resolve: (e: { event: string; code?: string; message?: string }) => void }> = [];
+  const pump = new n.Pump((batch) => {
+    for (const e of batch) {
+      if (e.type !== 'rdma') continue;
+      events.add(e);
+      if (e.event === 'established' || e.event === 'failed') {
+        const i = waiters.findIndex((w) => w.id === e.rdma);
+        if (i >= 0) waiters.splice(i, 1)[0]!.resolve(e);
+      }
+    }
+  });
+  const open = async (mode: number) => {
+    const token = Buffer.alloc(16, 0);
+    token[0] = mode;
+    const conn = n.rdma.connect!(pump.raw, { addr: p.addr, port: PORT_RAW, token });
+    const e = await new Promise<{ event: string; code?: string; message?: string }>((resolve) => waiters.push({ id: conn.id, resolve }));
+    if (e.event !== 'established') throw new Error(`rdma connect to ${p.addr}:${PORT_RAW}: ${e.code} ${e.message ?? ''}`);
+    const [a, b] = n.binding.socketpair();
+    conn.link(0, a);
+    return { conn, s: new Socket({ fd: b, allowHalfOpen: true, readable: true, writable: true }) };
+  };
+  try {
+    if (doStream) {
+      log('bare native rdma stream');
+      const st = await open(RAW_SINK);
+      const perf = perfRecord('raw-stream');
+      f.rawStream = await streamInto(st.s, p.streamSeconds, events);
+      await perf.stop();
+      st.s.destroy();
+      st.conn.close();
+      log(`  ${f.rawStream.MBps.toFixed(1)} MB/s`);
+    }
+    if (doPing) {
+      log('bare native rdma ping-pong');
+      const ec = await open(RAW_ECHO);
+      const perf = perfRecord('raw-ping');
+      f.rawPing = await pingPong(ec.s, p.latWarmup, p.latIters, 180_000, events);
+      await perf.stop();
+      ec.s.destroy();
+      ec.conn.close();
+      log(`  RTT p50 ${percentile(f.rawPing.rtts, 50).toFixed(0)} us`);
+    }
+  } finally {
+    setTimeout(() => {
+      try {
+        pump.close();
+      } catch {
+        // still busy: the process exits anyway
+      }
+    }, 500).unref();
+  }
+}
+
+// ---- rows ----------------------------------------------------------------------------------
+
+interface Row {
+  name: string;
+  transport: string;
+  size_bytes: number;
+  throughput_MBps: number | null;
+  p50_us: number | null;
+  p99_us: number | null;
+  [extra: string]: unknown;
+}
+
+/** The references the goals are stated against (from bench-peer's rows). */
+export interface Baselines {
+  ibWriteBwMBps: number;
+  ibWriteLatP50us: number;
+  ibWriteLatP99us: number;
+  tcpMBps: number;
+  tcpP50us: number;
+  tcpP99us: number;
+  /** Context only (not a goal): perftest's event-driven SEND figures, when present. */
+  ibSendBwMBps?: number;
+  ibSendLatP50us?: number;
+}
+
+/** Per-MB and per-event figures of a stream (what bounds it). */
+function streamProfile(r: StreamResult): Record<string, unknown> {
+  const mb = r.bytes / 1e6;
+  const per = (ev: Record<string, number> | undefined) =>
+    ev ? Object.fromEntries(Object.entries(ev).map(([k, v]) => [k, round(v / mb, 2)])) : undefined;
+  return {
+    bytes: r.bytes,
+    seconds: round(r.seconds, 2),
+    sink_side_MBps: round(r.sink_MBps),
+    client_vm_cpu: r.client_cpu,
+    server_vm_cpu: r.server_cpu,
+    client_js_event_loop_utilization: r.client_elu,
+    client_vm_per_MB: perUnit(r.client_cpu, mb),
+    server_vm_per_MB: perUnit(r.server_cpu, mb),
+    client_process_cpu_ms_per_MB: round(((r.client_cpu.proc_user_s + r.client_cpu.proc_sys_s) * 1000) / mb, 2),
+    server_process_cpu_ms_per_MB: round(((r.server_cpu.proc_user_s + r.server_cpu.proc_sys_s) * 1000) / mb, 2),
+    ...(r.client_events ? { client_rdma_events_per_MB: per(r.client_events) } : {}),
+    ...(r.server_events ? { server_rdma_events_per_MB: per(r.server_events) } : {}),
+  };
+}
+
+function streamRow(name: string, r: StreamResult, b: Baselines, note: string, extra: Record<string, unknown> = {}): Row {
+  const vsBw = r.MBps / b.ibWriteBwMBps;
+  const vsTcp = r.MBps / b.tcpMBps;
+  return {
+    name,
+    transport: 'rdma',
+    size_bytes: BW_SIZE,
+    throughput_MBps: round(r.MBps),
+    p50_us: null,
+    p99_us: null,
+    vs_ib_write_bw: round(vsBw, 3),
+    vs_tcp: round(vsTcp, 3),
+    ...(b.ibSendBwMBps ? { vs_ib_send_bw_e: round(r.MBps / b.ibSendBwMBps, 3) } : {}),
+    goal: '>= 0.8 x ib_write_bw -R (64 KiB) and faster than TCP over the same link',
+    goal_met: vsBw >= 0.8 && vsTcp > 1,
+    goal_met_vs_ib_write_bw: vsBw >= 0.8,
+    goal_met_vs_tcp: vsTcp > 1,
+    note,
+    ...extra,
+    profile: streamProfile(r),
+  };
+}
+
+function pingRow(name: string, r: PingResult, b: Baselines, note: string, extra: Record<string, unknown> = {}): Row {
+  const p50 = percentile(r.rtts, 50);
+  const p99 = percentile(r.rtts, 99);
+  const vsLat = p50 / b.ibWriteLatP50us;
+  const vsTcp = p50 / b.tcpP50us;
+  const n = r.rtts.length;
+  return {
+    name,
+    transport: 'rdma',
+    size_bytes: LAT_SIZE,
+    throughput_MBps: null,
+    p50_us: round(p50, 2),
+    p99_us: round(p99, 2),
+    vs_ib_write_lat: round(vsLat, 3),
+    vs_ib_write_lat_p99: round(p99 / b.ibWriteLatP99us, 3),
+    vs_tcp: round(vsTcp, 3),
+    vs_tcp_p99: round(p99 / b.tcpP99us, 3),
+    ...(b.ibSendLatP50us ? { vs_ib_send_lat_e: round(p50 / b.ibSendLatP50us, 3) } : {}),
+    goal: '<= 1.5 x ib_write_lat -R round trip (p50) and faster than TCP over the same link',
+    goal_met: vsLat <= 1.5 && vsTcp < 1,
+    goal_met_vs_ib_write_lat: vsLat <= 1.5,
+    goal_met_vs_tcp: vsTcp < 1,
+    note,
+    iterations: n,
+    min_us: round(r.rtts[0] ?? 0, 2),
+    ...extra,
+    profile: {
+      client_vm_cpu: r.client_cpu,
+      client_vm_per_round_trip: perUnit(r.client_cpu, n),
+      client_process_cpu_ms_per_round_trip: round(((r.client_cpu.proc_user_s + r.client_cpu.proc_sys_s) * 1000) / n, 3),
+      ...(r.client_events ? { client_rdma_events_per_round_trip: Object.fromEntries(Object.entries(r.client_events).map(([k, v]) => [k, round(v / n, 2)])) } : {}),
+    },
+  };
+}
+
+export function figuresToRows(f: ChannelFigures, b: Baselines): Row[] {
+  const rows: Row[] = [];
+  if (f.stream) {
+    rows.push(
+      streamRow(
+        'sockgate rdma channel stream',
+        f.stream,
+        b,
+        'SDK Gateway (transports: [rdma], no fallback) on b -> in-process gateway on a (transports.rdma defaults: 256 KiB rings, 64 credits) -> TCP sink on 10.99.0.1; 64 KiB writes; bytes the sink acknowledged / time until its count came back',
+        { gateway_ring_bytes: 262144, sdk_ring_bytes: 262144, credits: 64 },
+      ),
+    );
+  }
+  if (f.ping) {
+    rows.push(
+      pingRow(
+        'sockgate rdma channel ping-pong',
+        f.ping,
+        b,
+        'round trip of 64 B: SDK socket on b -> gateway on a -> TCP echo on 10.99.0.1 and back (TCP_NODELAY); default rings',
+      ),
+    );
+  }
+  if (f.streamBig) {
+    rows.push(
+      streamRow(
+        'sockgate rdma channel stream (4 MiB rings)',
+        f.streamBig,
+        b,
+        `as 'sockgate rdma channel stream' with transports.rdma.ring_bytes ${BIG_RING_BYTES} (slots ${BIG_SLOTS}) and the SDK's rdma.ringBytes ${BIG_RING_BYTES}`,
+        { gateway_ring_bytes: BIG_RING_BYTES, sdk_ring_bytes: BIG_RING_BYTES, credits: 64 },
+      ),
+    );
+  }
+  if (f.rawStream) {
+    rows.push(
+      streamRow(
+        'native rdma connection stream (no gateway/SDK)',
+        f.rawStream,
+        b,
+        'rdma.connect + socketpair on b -> rdma.listen on a, slot linked to a socketpair read by a JS sink: the native data path without the gRPC control plane, the SDK socket and the gateway host TCP socket; 256 KiB rings, 64 credits',
+      ),
+    );
+  }
+  if (f.rawPing) {
+    rows.push(pingRow('native rdma connection ping-pong (no gateway/SDK)', f.rawPing, b, 'round trip of 64 B over a bare native connection, echoed by JS on a socketpair on a'));
+  }
+  if (f.rawError) {
+    rows.push({ name: 'native rdma connection (no gateway/SDK)', transport: 'rdma', size_bytes: BW_SIZE, throughput_MBps: null, p50_us: null, p99_us: null, error: f.rawError });
+  }
+  return rows;
+}
