@@ -35,3 +35,31 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
     destination ?? pino.destination({ fd: STDERR_FD, sync: true }),
   );
 }
+
+/**
+ * Warnings that a hostile client could trigger at will (refused attaches):
+ * at most `perWindow` lines per `windowMs`; the next line logged says how many
+ * were suppressed in between. Counting them is the caller's business.
+ */
+export class RateLimitedWarn {
+  #window = { start: 0, logged: 0, suppressed: 0 };
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly perWindow = 20,
+    private readonly windowMs = 10_000,
+  ) {}
+
+  warn(fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    if (now - this.#window.start >= this.windowMs) this.#window = { start: now, logged: 0, suppressed: this.#window.suppressed };
+    if (this.#window.logged >= this.perWindow) {
+      this.#window.suppressed++;
+      return;
+    }
+    this.#window.logged++;
+    const suppressed = this.#window.suppressed;
+    this.#window.suppressed = 0;
+    this.logger.warn({ ...fields, ...(suppressed ? { suppressed } : {}) }, msg);
+  }
+}

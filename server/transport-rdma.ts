@@ -43,7 +43,7 @@ import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachReg
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from './errors.js';
 import { applyHostOption } from './host-option.js';
-import type { Logger } from './log.js';
+import { RateLimitedWarn, type Logger } from './log.js';
 import type { Identity } from './policy.js';
 import type { PumpHub, RdmaEvent } from './pump-hub.js';
 import { SESSION_ID_RE } from './shm-wire.js';
@@ -63,9 +63,6 @@ const DISCONNECTED = 'ERR_SOCKGATE_RDMA_DISCONNECTED';
 const RESERVATION_GRACE_MS = 2_000;
 /** How long teardown waits for a slot's or a connection's end event before giving up on it. */
 const END_WAIT_MS = 5_000;
-/** Refusals are logged at most this many times per window (a hostile client must not flood the log); all are counted. */
-const REFUSAL_LOGS_PER_WINDOW = 20;
-const REFUSAL_LOG_WINDOW_MS = 10_000;
 /** Client input echoed in a decline detail is cut to this length. */
 const MAX_ECHO = 64;
 
@@ -351,8 +348,9 @@ export class RdmaTransport implements Transport {
   #closing = false;
   /** Connected (or connecting) sessions by connection id. */
   readonly #byConn = new Map<number, RdmaSession>();
-  #logWindow = { start: 0, logged: 0, suppressed: 0 };
   readonly #refusals: Counter;
+  /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
+  readonly #refusalLog: RateLimitedWarn;
   readonly #failures: Counter;
 
   constructor(private readonly o: RdmaTransportOptions) {
@@ -365,6 +363,7 @@ export class RdmaTransport implements Transport {
     });
     const m = o.meter;
     this.#refusals = m.createCounter(RDMA_METRICS.refused.name, { description: RDMA_METRICS.refused.description, unit: RDMA_METRICS.refused.unit });
+    this.#refusalLog = new RateLimitedWarn(o.logger);
     this.#failures = m.createCounter(RDMA_METRICS.failures.name, { description: RDMA_METRICS.failures.description, unit: RDMA_METRICS.failures.unit });
     m.createObservableGauge(RDMA_METRICS.sessions.name, { description: RDMA_METRICS.sessions.description, unit: RDMA_METRICS.sessions.unit }).addCallback((r) =>
       r.observe(this.sessionCount),
@@ -478,16 +477,7 @@ export class RdmaTransport implements Transport {
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
     this.#refusals.add(1, { reason });
-    const now = Date.now();
-    if (now - this.#logWindow.start >= REFUSAL_LOG_WINDOW_MS) this.#logWindow = { start: now, logged: 0, suppressed: this.#logWindow.suppressed };
-    if (this.#logWindow.logged >= REFUSAL_LOGS_PER_WINDOW) {
-      this.#logWindow.suppressed++;
-      return;
-    }
-    this.#logWindow.logged++;
-    const suppressed = this.#logWindow.suppressed;
-    this.#logWindow.suppressed = 0;
-    this.o.logger.warn({ reason, ...extra, ...(suppressed ? { suppressed } : {}) }, `rdma attach refused: ${detail}`);
+    this.#refusalLog.warn({ reason, ...extra }, `rdma attach refused: ${detail}`);
   }
 
   #tokenFailure(err: unknown): void {

@@ -54,7 +54,7 @@ import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, type AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
-import type { Logger } from './log.js';
+import { RateLimitedWarn, type Logger } from './log.js';
 import type { Identity, Policy } from './policy.js';
 import type { LinkEvent, ListenerEvent, PumpHub, RegionEvent } from './pump-hub.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
@@ -96,9 +96,6 @@ const CONTROL_BACKLOG_LIMIT = 64 * 1024;
 const CONTROL_FLUSH_MS = 500;
 /** How long teardown waits for a link's end event before giving up on it. */
 const LINK_END_WAIT_MS = 5_000;
-/** Refusals are logged at most this many times per window (a hostile client must not flood the log); all are counted. */
-const REFUSAL_LOGS_PER_WINDOW = 20;
-const REFUSAL_LOG_WINDOW_MS = 10_000;
 /** Client input echoed in a decline detail is cut to this length. */
 const MAX_ECHO = 64;
 
@@ -262,14 +259,16 @@ export class ShmTransport implements Transport {
   /** Set by close(): no new sessions, slots or attaches. */
   #closing = false;
   /** Refusal log rate limit: the current window, lines logged in it, and refusals not logged since the last line. */
-  #logWindow = { start: 0, logged: 0, suppressed: 0 };
   readonly #refusals: Counter;
+  /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
+  readonly #refusalLog: RateLimitedWarn;
   readonly #corrupt: Counter;
   readonly #grows: Counter;
 
   constructor(private readonly o: ShmTransportOptions) {
     const m = o.meter;
     this.#refusals = m.createCounter(SHM_METRICS.refused.name, { description: SHM_METRICS.refused.description, unit: SHM_METRICS.refused.unit });
+    this.#refusalLog = new RateLimitedWarn(o.logger);
     this.#corrupt = m.createCounter(SHM_METRICS.corrupt.name, { description: SHM_METRICS.corrupt.description, unit: SHM_METRICS.corrupt.unit });
     this.#grows = m.createCounter(SHM_METRICS.grows.name, { description: SHM_METRICS.grows.description, unit: SHM_METRICS.grows.unit });
     m.createObservableGauge(SHM_METRICS.sessions.name, { description: SHM_METRICS.sessions.description, unit: SHM_METRICS.sessions.unit }).addCallback((r) =>
@@ -465,16 +464,7 @@ export class ShmTransport implements Transport {
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
     this.#refusals.add(1, { reason });
-    const now = Date.now();
-    if (now - this.#logWindow.start >= REFUSAL_LOG_WINDOW_MS) this.#logWindow = { start: now, logged: 0, suppressed: this.#logWindow.suppressed };
-    if (this.#logWindow.logged >= REFUSAL_LOGS_PER_WINDOW) {
-      this.#logWindow.suppressed++;
-      return;
-    }
-    this.#logWindow.logged++;
-    const suppressed = this.#logWindow.suppressed;
-    this.#logWindow.suppressed = 0;
-    this.o.logger.warn({ reason, ...extra, ...(suppressed ? { suppressed } : {}) }, `shm attach refused: ${detail}`);
+    this.#refusalLog.warn({ reason, ...extra }, `shm attach refused: ${detail}`);
   }
 
   #onAttach(e: Extract<ListenerEvent, { type: 'attach' }>): void {
