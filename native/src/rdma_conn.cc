@@ -439,6 +439,7 @@ class Conn final : public PumpSource {
   int64_t deadline_ = 0;
   int64_t last_rx_ = 0, last_tx_ = 0;
   bool closing_ = false;
+  bool connected_ = false;  // ESTABLISHED and the peer has not disconnected: teardown disconnects
   uint8_t token_[kTokenBytes] = {};
 
   // Resources in creation order; teardown() releases them in reverse.
@@ -536,15 +537,14 @@ class Conn final : public PumpSource {
       p_->source_emit(std::move(e));
       state_ = kDead;
     }
-    if (cm_.get() && !client_dead_disconnect_) rdma_disconnect(cm_.get());
-    p_->detach_source(id_);  // -> on_detach -> teardown
+    p_->detach_source(id_);  // -> on_detach -> teardown (disconnects first)
   }
-  bool client_dead_disconnect_ = false;
 
   void teardown() {
     // Still up (the pump is stopping, or JS dropped us): tell the peer, or it
     // would only notice by keepalive.
-    if (state_ == kEstablished && cm_.get()) rdma_disconnect(cm_.get());
+    if (connected_ && cm_.get()) rdma_disconnect(cm_.get());
+    connected_ = false;
     state_ = kDead;
     if (monitored_) {
       AsyncMonitor::get().remove(p_, id_);
@@ -730,6 +730,7 @@ class Conn final : public PumpSource {
             if (setup_peer()) return die("RESOURCE", -EIO, "setup");
           }
           state_ = kEstablished;
+          connected_ = true;
           last_rx_ = last_tx_ = now_ms();
           if (o_.keepalive_ms) arm_timer(timer_, o_.keepalive_ms);
           else arm_timer(timer_, 0);
@@ -741,8 +742,8 @@ class Conn final : public PumpSource {
           break;
         }
         case RDMA_CM_EVENT_DISCONNECTED:
-          client_dead_disconnect_ = true;
-          rdma_disconnect(cm_.get());
+          connected_ = false;
+          rdma_disconnect(cm_.get());  // answer the peer's
           return die(closing_ ? "ok" : "ERR_SOCKGATE_RDMA_DISCONNECTED", closing_ ? 0 : -ECONNRESET, "the peer disconnected");
         case RDMA_CM_EVENT_DEVICE_REMOVAL:
           return die("ERR_SOCKGATE_RDMA_DEVICE_REMOVED", -ENODEV, st);
@@ -911,11 +912,9 @@ class Conn final : public PumpSource {
     m.slot = uint16_t(slot);
     m.value = s.prod;
     s.eof_sent = true;
-    if (ctrl_.empty() && post_msg(m) == 0) {
-      // posted
-    } else if (state_ == kEstablished) {
-      ctrl_.push_back(m);
-    }
+    // At once when nothing waits before it (flush() may already have run this round).
+    bool posted = ctrl_.empty() && post_msg(m) == 0;
+    if (!posted && state_ == kEstablished) ctrl_.push_back(m);
     emit("fdEof", slot);
     maybe_done(slot);
   }
