@@ -98,8 +98,16 @@ export class RdmaAttachError extends AttachFailedError {
   }
 }
 
-/** The decline reason of an rdma `failed` code (native/index.ts RdmaEvent). */
-export function declineReasonOfRdmaFailure(code: string): DeclineReason {
+/** ENODEV: rdma_cm found no RDMA device for the address (none, or one being removed). */
+const ENODEV = 19;
+
+/**
+ * The decline reason of an rdma `failed` event (native/index.ts RdmaEvent):
+ * by its code, except that an address or route error whose status is ENODEV
+ * means this host has no device to reach the gateway with.
+ */
+export function declineReasonOfRdmaFailure(code: string, errno = 0): DeclineReason {
+  if (Math.abs(errno) === ENODEV && (code === 'ADDR_ERROR' || code === 'ROUTE_ERROR')) return DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE;
   switch (code) {
     case 'REJECTED':
       return DeclineReason.DECLINE_REASON_PEER_DECLINED;
@@ -296,7 +304,7 @@ class RdmaSession {
         this.#resolveReady(this.conn!);
         return;
       case 'failed': {
-        const reason = declineReasonOfRdmaFailure(e.code);
+        const reason = declineReasonOfRdmaFailure(e.code, e.errno);
         this.#end(new RdmaAttachError(`rdma connect to ${addr}:${port} failed: ${e.code}${e.message ? ` (${e.message})` : ''}`, reason));
         return;
       }

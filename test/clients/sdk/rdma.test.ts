@@ -57,6 +57,10 @@ test('rdma connect failures map to decline reasons; end codes to error classes',
   t.is(declineReasonOfRdmaFailure('REJECTED'), DeclineReason.DECLINE_REASON_PEER_DECLINED);
   for (const c of ['ADDR_ERROR', 'ROUTE_ERROR', 'UNREACHABLE']) t.is(declineReasonOfRdmaFailure(c), DeclineReason.DECLINE_REASON_ROUTE_ERROR);
   t.is(declineReasonOfRdmaFailure('NO_DEVICE'), DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE);
+  // rdma_cm's address resolution with no device left for the address (rdma link delete): ENODEV.
+  for (const c of ['ADDR_ERROR', 'ROUTE_ERROR']) t.is(declineReasonOfRdmaFailure(c, -19), DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE);
+  t.is(declineReasonOfRdmaFailure('ADDR_ERROR', -113), DeclineReason.DECLINE_REASON_ROUTE_ERROR);
+  t.is(declineReasonOfRdmaFailure('REJECTED', -19), DeclineReason.DECLINE_REASON_PEER_DECLINED);
   t.is(declineReasonOfRdmaFailure('RESOURCE'), DeclineReason.DECLINE_REASON_RESOURCE_LIMIT);
   for (const c of ['CONNECT_ERROR', 'TIMEOUT', 'PROTOCOL', 'something new']) t.is(declineReasonOfRdmaFailure(c), DeclineReason.DECLINE_REASON_CONNECT_FAILED);
   const timeout = rdmaEndError('ERR_SOCKGATE_RDMA_TIMEOUT', 0, 'slot 3');

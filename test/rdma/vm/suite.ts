@@ -87,7 +87,9 @@ async function twoVmTestsStage(prepared: Extract<Prepared, { kind: 'ready' }>, m
   ].join(' ');
   say(`== rdma: tests across two VMs: a = gateway (node-a.js), b = ${files.join(', ')}`);
   const t0 = Date.now();
-  const results = await runVms(prepared, twoVms('node dist/test/rdma/two/node-a.js', cmd), { timeoutMs: TWO_VM_TIMEOUT_MS });
+  // Whatever ava's outcome, tell VM a to stop (done.js), then exit with ava's code.
+  const bCmd = `${cmd}; rc=$?; node dist/test/rdma/two/done.js; exit $rc`;
+  const results = await runVms(prepared, twoVms('node dist/test/rdma/two/node-a.js', bCmd), { timeoutMs: TWO_VM_TIMEOUT_MS });
   const ok = results.every((r) => r.exitCode === 0);
   return { name: 'tests (two VMs)', ok, seconds: (Date.now() - t0) / 1000, detail: summarize(results) };
 }
