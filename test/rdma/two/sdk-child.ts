@@ -14,8 +14,12 @@
  *   echo server and report how it went (`second`: transport, fallbacks, the
  *   echo's hash compared). Exits 0 once it has reported.
  * - `echo`: one socket to the echo server, 1 MiB hash-checked (`second`).
+ * - `lines`: the same for every line `echo` read from stdin; exits at its end.
+ *   The parent stops this process (SIGSTOP) in between, so that the gateway
+ *   gives the idle session up while the SDK cannot notice.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { createInterface } from 'node:readline';
 import { Gateway as SdkGateway, type GatewaySocket } from '../../../clients/sdk/index.js';
 import { A_ADDR, PORTS } from './lab.js';
 
@@ -97,8 +101,8 @@ async function echoOnce(gw: SdkGateway): Promise<Record<string, unknown>> {
 
 async function main(): Promise<number> {
   const [target, mode] = process.argv.slice(2);
-  if (!target || (mode !== 'stream' && mode !== 'echo')) {
-    process.stderr.write('usage: sdk-child.js <gateway> stream|echo\n');
+  if (!target || (mode !== 'stream' && mode !== 'echo' && mode !== 'lines')) {
+    process.stderr.write('usage: sdk-child.js <gateway> stream|echo|lines\n');
     return 2;
   }
   setTimeout(() => {
@@ -112,7 +116,11 @@ async function main(): Promise<number> {
       report({ event: 'connected', transport: sock.transport });
       report(await stream(sock, STREAM_MAX_BYTES));
     }
-    report(await echoOnce(gw));
+    if (mode === 'lines') {
+      for await (const line of createInterface({ input: process.stdin })) if (line.trim() === 'echo') report(await echoOnce(gw));
+    } else {
+      report(await echoOnce(gw));
+    }
   } finally {
     await gw.close();
   }

@@ -24,7 +24,7 @@ import { TransportKind } from '../../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway, type GatewaySocket } from '../../../clients/sdk/index.js';
 import { hashUntilEnd, readAll, sendRandom, startGateway } from '../../helpers/harness.js';
 import { rpc } from '../../helpers/rpc.js';
-import { A_ADDR, LAB_RULES, PORTS } from './lab.js';
+import { A_ADDR, LAB_RULES, metric, metrics, PORTS } from './lab.js';
 
 const IN_VM = process.env['SOCKGATE_IN_VM'] === '1' && process.env['SOCKGATE_VM_NAME'] === 'b';
 const GW = `${A_ADDR}:${PORTS.gateway}`;
@@ -33,21 +33,6 @@ const ECHO = `tcp://${A_ADDR}:${PORTS.echo}`;
 const SINK = `tcp://${A_ADDR}:${PORTS.sink}`;
 const BIG = Number(process.env['SOCKGATE_RDMA_BIG_BYTES'] || 256 * 1024 * 1024);
 const LONG = 600_000;
-
-async function metrics(): Promise<string> {
-  const res = await fetch(`http://${A_ADDR}:${PORTS.gateway + 2}/metrics`);
-  return res.text();
-}
-
-function metric(text: string, name: string, labels = ''): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const m = /^([a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
-    if (m && m[1] === name && (!labels || (m[2] ?? '').includes(labels))) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 /** VM a boots beside us: wait until its gateway answers. */
 async function gatewayUp(target: string): Promise<SdkGateway> {

@@ -15,67 +15,10 @@
  */
 import test from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { A_ADDR, PORTS } from './lab.js';
+import { Child, WAIT_MS } from './child.js';
 
 const IN_VM = process.env['SOCKGATE_IN_VM'] === '1' && process.env['SOCKGATE_VM_NAME'] === 'b';
 const DEV = process.env['SOCKGATE_VM_RDMA_DEV'] || 'rxe0';
-const GW = `${A_ADDR}:${PORTS.gateway}`;
-const CHILD = fileURLToPath(new URL('./sdk-child.js', import.meta.url));
-const WAIT_MS = 180_000;
-
-type Report = Record<string, unknown> & { event: string };
-
-/** A child SDK process and its JSON reports. */
-class Child {
-  readonly proc: ChildProcess;
-  readonly reports: Report[] = [];
-  readonly exited: Promise<number | null>;
-  #waiters: Array<() => void> = [];
-  stderr = '';
-
-  constructor(mode: 'stream' | 'echo') {
-    this.proc = spawn(process.execPath, [CHILD, GW, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.proc.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
-    createInterface({ input: this.proc.stdout! }).on('line', (line) => {
-      try {
-        this.reports.push(JSON.parse(line) as Report);
-      } catch {
-        this.reports.push({ event: 'garbage', line });
-      }
-      for (const w of this.#waiters.splice(0)) w();
-    });
-    this.exited = new Promise((resolve) => this.proc.once('exit', (code) => resolve(code)));
-    void this.exited.then(() => {
-      for (const w of this.#waiters.splice(0)) w();
-    });
-  }
-
-  /** The first report matching `pred`; rejects when the child exits or `ms` pass without one. */
-  async next(pred: (r: Report) => boolean, ms = WAIT_MS, what = 'a report'): Promise<Report> {
-    const until = Date.now() + ms;
-    let gone = false;
-    void this.exited.then(() => (gone = true));
-    for (;;) {
-      const r = this.reports.find(pred);
-      if (r) return r;
-      if (gone) throw new Error(`child exited before ${what}; reports: ${JSON.stringify(this.reports)}; stderr: ${this.stderr.slice(-2000)}`);
-      if (Date.now() > until) throw new Error(`no ${what} within ${ms} ms; reports: ${JSON.stringify(this.reports)}`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 500);
-        this.#waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  kill(): void {
-    if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
-  }
-}
 
 function rdmaTool(args: string[]): { status: number | null; out: string } {
   const r = spawnSync('rdma', args, { encoding: 'utf8', timeout: 60_000 });
