@@ -289,6 +289,11 @@ export type RdmaEvent =
   | { type: 'rdma'; rdma: number; event: 'closed'; code: string; errno: number; message: string }
   /** Gateway side: the client asks to bind `slot` with an attach token. */
   | { type: 'rdma'; rdma: number; event: 'bind'; slot: number; token: Buffer }
+  /**
+   * Bytes the slot moved since its last `progress`: at most one batch per
+   * connection every 250 ms (never per burst: that would wake JS per message),
+   * and a last one just before the slot's `slotEnd`.
+   */
   | { type: 'rdma'; rdma: number; event: 'progress'; slot: number; toFd: number; toPeer: number }
   /** The slot's fd sent EOF; EOF went to the peer after the bytes before it. */
   | { type: 'rdma'; rdma: number; event: 'fdEof'; slot: number }

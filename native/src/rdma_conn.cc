@@ -38,8 +38,11 @@ constexpr uint32_t kCtlProd = 0;  // producer cursor (be64) in a slot's control 
 // A peer's receive region costs us as much staging memory: refuse more.
 constexpr uint64_t kMaxPeerRegion = 256ull << 20;
 constexpr uint64_t kSlotBudget = 1 << 20;  // bytes per direction per slot per round (fairness)
-constexpr uint32_t kKeyCm = 1, kKeyCq = 2, kKeyTimer = 3, kKeySlot = 16;
+constexpr uint32_t kKeyCm = 1, kKeyCq = 2, kKeyTimer = 3, kKeyProgress = 4, kKeySlot = 16;
 constexpr uint32_t kPendingTimeoutMs = 10000;
+// Byte counts reach JS at most this often per connection (and once more with
+// each slotEnd): an event per burst would wake the JS thread per message.
+constexpr uint32_t kProgressMs = 250;
 
 int64_t now_ms() {
   struct timespec ts;
@@ -64,11 +67,12 @@ void close_fd(int fd, bool reset) {
   close(fd);
 }
 
-int arm_timer(int fd, uint32_t ms) {
+// Periodic, or once (`repeat` false); 0 disarms.
+int arm_timer(int fd, uint32_t ms, bool repeat = true) {
   struct itimerspec ts = {};
   ts.it_value.tv_sec = ms / 1000;
   ts.it_value.tv_nsec = long(ms % 1000) * 1000000;
-  ts.it_interval = ts.it_value;
+  if (repeat) ts.it_interval = ts.it_value;
   return timerfd_settime(fd, 0, &ts, nullptr) < 0 ? -errno : 0;
 }
 
@@ -273,6 +277,9 @@ class Conn final : public PumpSource {
     timer_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (timer_ < 0) return fail_early("RESOURCE", -errno, "timerfd_create");
     if ((err = p.source_watch(id, timer_, kKeyTimer))) return fail_early("RESOURCE", err, "epoll_ctl");
+    progress_timer_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (progress_timer_ < 0) return fail_early("RESOURCE", -errno, "timerfd_create");
+    if ((err = p.source_watch(id, progress_timer_, kKeyProgress))) return fail_early("RESOURCE", err, "epoll_ctl");
     if (client_) {
       memcpy(token_, copts.token, kTokenBytes);
       if ((err = arm_timer(timer_, copts.timeout_ms))) return fail_early("RESOURCE", err, "timerfd_settime");
@@ -326,6 +333,7 @@ class Conn final : public PumpSource {
     if (key == kKeyCm) on_cm();
     else if (key == kKeyCq) on_cq();
     else if (key == kKeyTimer) on_timer();
+    else if (key == kKeyProgress) on_progress_timer();
     else if (key >= kKeySlot && key - kKeySlot < slots_.size()) {
       Slot& s = slots_[key - kKeySlot];
       if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s.readable = true;
@@ -444,7 +452,8 @@ class Conn final : public PumpSource {
 
   // Resources in creation order; teardown() releases them in reverse.
   EventChannel ch_;
-  int timer_ = -1;
+  int timer_ = -1;           // connect deadline, then keepalive
+  int progress_timer_ = -1;  // one-shot: byte counts due to JS
   CmId cm_;
   Mapping mem_;  // [slots x 64 B control lines][slots receive rings][credits x receive buffers]
   ProtectionDomain pd_;
@@ -466,7 +475,8 @@ class Conn final : public PumpSource {
   uint32_t to_return_ = 0;
   std::deque<Msg> ctrl_;           // BIND, EOF, CLOSE in order
   std::vector<uint32_t> due_;      // slots owing a CONSUMED
-  std::vector<uint32_t> touched_;  // slots with progress to report
+  bool progress_due_ = false;      // some slot moved bytes since the last progress events
+  bool progress_armed_ = false;    // progress_timer_ runs (set with progress_due_, cleared when it fires)
 
   uint64_t ring_size() const { return uint64_t(1) << local_.ring_log2; }
   uint64_t peer_ring_size() const { return uint64_t(1) << peer.ring_log2; }
@@ -585,6 +595,11 @@ class Conn final : public PumpSource {
     new (&mem_) Mapping();
     cm_.~CmId();
     new (&cm_) CmId();
+    if (progress_timer_ >= 0) {
+      if (p_) p_->source_unwatch(progress_timer_);
+      close(progress_timer_);
+      progress_timer_ = -1;
+    }
     if (timer_ >= 0) {
       if (p_) p_->source_unwatch(timer_);
       close(timer_);
@@ -678,6 +693,20 @@ class Conn final : public PumpSource {
       post_msg(m);
     }
     after();
+  }
+
+  // Byte counts of every slot that moved some since the last time.
+  void on_progress_timer() {
+    uint64_t v;
+    ssize_t r = read(progress_timer_, &v, sizeof v);
+    (void)r;
+    progress_armed_ = false;
+    progress_due_ = false;
+    for (uint32_t i = 0; i < slots_.size(); i++)
+      if (slots_[i].touched) {
+        slots_[i].touched = false;
+        flush_progress(i);
+      }
   }
 
   void on_cm() {
@@ -846,6 +875,7 @@ class Conn final : public PumpSource {
     s.total_peer += n;
     s.prod = s.rd;
     s.touched = true;
+    progress_due_ = true;
     last_tx_ = now_ms();
     return 0;
   }
@@ -1024,6 +1054,7 @@ class Conn final : public PumpSource {
       s.total_fd += uint64_t(w);
       moved += uint64_t(w);
       s.touched = true;
+      progress_due_ = true;
     }
     if (s.rcons != s.last_update && ((s.rcons - s.last_update) * 10 > size || s.peer_blocked || (s.peer_eof && s.rcons == s.rprod)))
       want_update(slot);
@@ -1068,7 +1099,7 @@ class Conn final : public PumpSource {
   }
   std::vector<uint32_t> again_;
 
-  // End of a handler: more rounds for busy slots, progress events.
+  // End of a handler: more rounds for busy slots; the progress timer when bytes moved.
   void after() {
     for (int round = 0; round < 64 && !again_.empty() && state_ == kEstablished; round++) {
       std::vector<uint32_t> q;
@@ -1081,11 +1112,8 @@ class Conn final : public PumpSource {
     // Whatever is still busy waits for its fd, credits or the peer's cursor.
     again_.clear();
     if (state_ == kDead || !p_) return;
-    for (uint32_t i = 0; i < slots_.size(); i++)
-      if (slots_[i].touched) {
-        slots_[i].touched = false;
-        flush_progress(i);
-      }
+    // Byte counts go to JS later, in one batch per kProgressMs.
+    if (progress_due_ && !progress_armed_ && arm_timer(progress_timer_, kProgressMs, false) == 0) progress_armed_ = true;
   }
 
   // ---- receiving ----
