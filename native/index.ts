@@ -238,8 +238,12 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   token: Uint8Array;
   /** Resolve/route/connect deadline (default 10000 ms). */
   timeoutMs?: number;
-  /** Tests only: 1 = publish producer cursors beyond the peer's ring (a hostile peer). */
-  hostile?: 0 | 1;
+  /**
+   * Tests only: 1 = every burst claims it wrapped, which never fits (a hostile
+   * peer: the gateway ends the connection with ERR_SOCKGATE_RDMA_PROTOCOL);
+   * 2 = announce protocol version 1 (the listener refuses it: `failed` VERSION_MISMATCH).
+   */
+  hostile?: 0 | 1 | 2;
 }
 
 export interface RawRdmaListener {
@@ -367,7 +371,7 @@ export interface RdmaBinding {
     chunk?: number;
     credits?: number;
     timeoutMs?: number;
-    /** Validation tests: the client writes 1 = a cursor beyond the ring, 2 = a cursor going back, 3 = a bad slot. */
+    /** Validation tests: after some valid bursts the client writes 1 = an empty burst, 2 = an unknown immediate flag, 3 = a bad slot. */
     hostile?: 0 | 1 | 2 | 3;
   }): Promise<RdmaLoopbackResult>;
   /**
@@ -385,7 +389,22 @@ export interface RdmaBinding {
   connect?(pump: RawPump, opts: RdmaConnectOptions): RawRdmaConn;
   encodeConnParams?(p: Partial<RdmaConnParams>): Buffer;
   decodeConnParams?(bytes: Uint8Array): RdmaConnParams;
-  constants?: { VERSION: number; CONN_PARAMS_BYTES: number; MIN_RING_LOG2: number; MAX_RING_LOG2: number; MAX_SLOTS: number; FLAG_ACCEPT: number };
+  /**
+   * The receiver's check of one burst (native/RDMA.md "Data"): how far a
+   * write-with-immediate with `flags` and `byteLen` moves a ring's producer
+   * cursor; throws (code EBADMSG) when the protocol forbids it.
+   */
+  burstAdvance?(prod: number, cons: number, ringSize: number, flags: number, byteLen: number): number;
+  constants?: {
+    VERSION: number;
+    CONN_PARAMS_BYTES: number;
+    MIN_RING_LOG2: number;
+    MAX_RING_LOG2: number;
+    MAX_SLOTS: number;
+    FLAG_ACCEPT: number;
+    IMM_BLOCKED: number;
+    IMM_WRAP: number;
+  };
 }
 
 export interface NativeBinding {

@@ -1,8 +1,10 @@
 #include "rdma.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 
@@ -337,6 +339,69 @@ int ConnParams::decode(const void* p, size_t len, ConnParams* o) {
   if (o->credits < 2) return -EBADMSG;  // one is reserved for credit returns
   uint64_t bytes = o->region_bytes();
   if (o->addr + bytes < o->addr) return -EBADMSG;  // wraps the address space
+  return 0;
+}
+
+void encode_version_reject(uint8_t out[kRejectBytes]) {
+  memset(out, 0, kRejectBytes);
+  put32(out, kMagic);
+  put16(out + 4, kVersion);
+}
+
+uint16_t decode_version_reject(const void* p, size_t len) {
+  if (!p || len < kRejectBytes) return 0;
+  uint8_t b[kRejectBytes];
+  memcpy(b, p, kRejectBytes);
+  return be32(b) == kMagic ? be16(b + 4) : 0;
+}
+
+// ---- bursts ---------------------------------------------------------------------
+
+int post_burst(ibv_qp* qp, const Burst& b) {
+  const uint64_t off = b.prod & (b.ring_size - 1);
+  const uint64_t first = std::min(b.n, b.ring_size - off);
+  const bool wrap = b.n > first;
+  ibv_sge s1 = {reinterpret_cast<uintptr_t>(b.tail), uint32_t(first), b.lkey};
+  ibv_sge s2 = {reinterpret_cast<uintptr_t>(b.head), uint32_t(b.n - first), b.lkey};
+  ibv_send_wr w[2] = {}, *bad = nullptr;
+  ibv_send_wr& imm = w[wrap ? 1 : 0];
+  if (wrap) {
+    w[0].wr_id = b.wr_id_plain;
+    w[0].opcode = IBV_WR_RDMA_WRITE;
+    w[0].sg_list = &s1;
+    w[0].num_sge = 1;
+    w[0].wr.rdma.remote_addr = b.ring_addr + off;
+    w[0].wr.rdma.rkey = b.rkey;
+    w[0].next = &w[1];
+  }
+  imm.wr_id = b.wr_id;
+  imm.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
+  imm.imm_data = htonl(imm_encode(b.slot, uint16_t(b.flags | (wrap ? kImmWrap : 0))));
+  imm.sg_list = wrap ? &s2 : &s1;
+  imm.num_sge = b.n ? 1 : 0;  // n == 0: tests of the receiver's checks only
+  imm.wr.rdma.remote_addr = wrap ? b.ring_addr : b.ring_addr + off;
+  imm.wr.rdma.rkey = b.rkey;
+  if (b.signaled) imm.send_flags |= IBV_SEND_SIGNALED;
+  if (!wrap && b.n <= b.max_inline) imm.send_flags |= IBV_SEND_INLINE;
+  int rc = ibv_post_send(qp, &w[0], &bad);
+  return rc ? -rc : wrap ? 2 : 1;
+}
+
+int burst_advance(uint64_t prod, uint64_t cons, uint64_t ring_size, uint32_t flags, uint32_t byte_len, uint64_t* advance, const char** why) {
+  const uint64_t off = prod & (ring_size - 1);
+  if (flags & ~kImmFlags) return *why = "unknown immediate flags", -EBADMSG;
+  if (byte_len == 0) return *why = "an empty burst", -EBADMSG;
+  uint64_t adv;
+  if (flags & kImmWrap) {
+    if (off == 0) return *why = "a wrapped burst from the ring's start", -EBADMSG;
+    adv = (ring_size - off) + byte_len;
+  } else {
+    if (byte_len > ring_size - off) return *why = "a burst past the ring's end", -EBADMSG;
+    adv = byte_len;
+  }
+  // prod - cons <= ring_size holds for the receiver's own cursors.
+  if (adv > ring_size - (prod - cons)) return *why = "a burst larger than the free space", -EBADMSG;
+  *advance = adv;
   return 0;
 }
 

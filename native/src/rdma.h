@@ -202,11 +202,10 @@ class Mapping {
 // ---- wire formats (native/RDMA.md) ---------------------------------------------
 
 constexpr uint32_t kMagic = 0x53475244;  // "SGRD"
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;         // 2: the last data write of a burst carries the immediate (no cursor lines)
 constexpr uint32_t kMinRingLog2 = 12;    // 4 KiB
 constexpr uint32_t kMaxRingLog2 = 30;    // 1 GiB
 constexpr uint32_t kMaxSlots = 4096;
-constexpr uint32_t kCtlStride = 64;      // one cache line of control words per slot
 constexpr size_t kTokenBytes = 16;
 
 // Connection parameters in rdma_cm private data (connect and accept), 48
@@ -215,7 +214,7 @@ struct ConnParams {
   static constexpr size_t kBytes = 48;
   uint16_t version = kVersion;
   uint16_t flags = 0;          // kFlag*
-  uint64_t addr = 0;           // start of the sender's region (its slot control words, then rings)
+  uint64_t addr = 0;           // start of the sender's region: its receive rings, slot 0 first
   uint32_t rkey = 0;
   uint32_t ring_log2 = 0;      // each slot's receive ring is 1 << ring_log2 bytes
   uint16_t slots = 0;          // receive rings in the region
@@ -226,8 +225,16 @@ struct ConnParams {
   // Validates everything: magic, version, reserved bytes, ring size range,
   // slot count, credits, region bounds. -EPROTO / -EBADMSG on garbage.
   static int decode(const void* p, size_t len, ConnParams* out);
-  uint64_t region_bytes() const { return uint64_t(slots) * kCtlStride + (uint64_t(slots) << ring_log2); }
+  uint64_t region_bytes() const { return uint64_t(slots) << ring_log2; }
 };
+
+// What a listener puts in rdma_reject's private data when it refuses a
+// request for its protocol version: magic, then the version it speaks (8
+// bytes, big-endian, the rest reserved 0). The client reports VERSION_MISMATCH.
+constexpr size_t kRejectBytes = 8;
+void encode_version_reject(uint8_t out[kRejectBytes]);
+// The version a reject names, or 0 when it is not ours (no magic, too short).
+uint16_t decode_version_reject(const void* p, size_t len);
 
 // A control message (a two-sided SEND), 16 bytes, big-endian.
 // BIND is the one longer message: 16 bytes as above, then the attach token.
@@ -247,9 +254,42 @@ struct Msg {
   static int decode(const void* p, size_t len, Msg* out);
 };
 
-// Immediate data of a write-with-immediate: slot << 16 | flags.
+// Immediate data of a burst's write-with-immediate: slot << 16 | flags.
 constexpr uint32_t kImmBlocked = 1;  // the writer is out of ring space: return the cursor at once
+constexpr uint32_t kImmWrap = 2;     // a plain RDMA WRITE filled the ring up to its end first; this one starts at offset 0
+constexpr uint32_t kImmFlags = kImmBlocked | kImmWrap;
 inline uint32_t imm_encode(uint16_t slot, uint16_t flags) { return (uint32_t(slot) << 16) | flags; }
+
+// The sending side of one burst (native/RDMA.md "Data"): `n` (>= 1) bytes
+// for the peer's ring at free-running cursor `prod`. `tail` holds the bytes
+// for offsets (prod & mask) .. the ring's end, `head` those for offset 0 on
+// (only read when the burst wraps); both lie in the local MR `lkey`.
+struct Burst {
+  uint64_t prod = 0, n = 0, ring_size = 0;
+  const uint8_t* tail = nullptr;
+  const uint8_t* head = nullptr;
+  uint32_t lkey = 0;
+  uint64_t ring_addr = 0;  // the peer's ring of this slot
+  uint32_t rkey = 0;
+  uint16_t slot = 0;
+  uint16_t flags = 0;        // kImmBlocked; kImmWrap is added when the burst wraps
+  uint32_t max_inline = 0;   // a single-write burst this small goes inline
+  uint64_t wr_id = 0;        // of the write-with-immediate (the plain write's wr_id is wr_id_plain)
+  uint64_t wr_id_plain = 0;
+  bool signaled = true;      // the write-with-immediate is signaled
+};
+// Posts the burst: one RDMA_WRITE_WITH_IMM, or a plain RDMA_WRITE up to the
+// ring's end then the RDMA_WRITE_WITH_IMM of the rest at offset 0. Returns the
+// number of work requests posted (1 or 2), or -errno from ibv_post_send.
+// (n == 0 posts an empty burst, which receivers refuse: tests only.)
+int post_burst(ibv_qp* qp, const Burst& b);
+
+// The receiving side: a burst's immediate with `flags` and the completion's
+// byte_len arrived for a ring at cursors prod/cons of `ring_size` bytes.
+// Sets *advance (how far the producer cursor moves) or returns -EBADMSG with
+// *why: unknown flags, an empty burst, a write past the ring's end, a WRAP
+// from offset 0, more bytes than the free space.
+int burst_advance(uint64_t prod, uint64_t cons, uint64_t ring_size, uint32_t flags, uint32_t byte_len, uint64_t* advance, const char** why);
 
 uint64_t load_be64(const void* p);
 void store_be64(void* p, uint64_t v);

@@ -257,6 +257,31 @@ Napi::Value DecodeConnParams(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// burstAdvance(prod, cons, ringSize, flags, byteLen): how far a burst moves the
+// producer cursor (rdma.h burst_advance), or throws EBADMSG saying why.
+Napi::Value BurstAdvance(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t v[5];
+  for (int i = 0; i < 5; i++) {
+    double d = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != double(uint64_t(d))) {
+      Napi::TypeError::New(env, "burstAdvance takes five non-negative integers").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    v[i] = uint64_t(d);
+  }
+  uint64_t size = v[2];
+  if (size < 2 || (size & (size - 1)) || v[0] < v[1] || v[0] - v[1] > size || v[3] > 0xFFFF || v[4] > UINT32_MAX) {
+    Napi::RangeError::New(env, "burstAdvance: ringSize must be a power of two and cons <= prod <= cons + ringSize").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint64_t adv = 0;
+  const char* why = "";
+  int err = burst_advance(v[0], v[1], size, uint32_t(v[3]), uint32_t(v[4]), &adv, &why);
+  if (err) return Throw(env, err, std::string("rdma burst refused: ") + why);
+  return Napi::Number::New(env, double(adv));
+}
+
 // ---- connections -----------------------------------------------------------------
 
 bool GetRegion(const Napi::CallbackInfo& info, Napi::Value v, RegionOpts* o) {
@@ -361,7 +386,7 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
   ConnectOpts o;
   uint32_t port = 0;
   if (!GetString(info, opts.Get("addr"), "addr", &o.addr) || !GetUint(info, opts, "port", 1, 65535, &port) ||
-      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetUint(info, opts, "hostile", 0, 1, &o.hostile) ||
+      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetUint(info, opts, "hostile", 0, 2, &o.hostile) ||
       !GetToken(info, opts.Get("token"), o.token) ||
       !GetRegion(info, opts, &o.region))
     return env.Undefined();
@@ -453,6 +478,7 @@ Napi::Object Exports(Napi::Env env, std::shared_ptr<Pump> (*pump_of)(Napi::Value
   o.Set("loopback", Napi::Function::New(env, Loopback, "loopback"));
   o.Set("encodeConnParams", Napi::Function::New(env, EncodeConnParams, "encodeConnParams"));
   o.Set("decodeConnParams", Napi::Function::New(env, DecodeConnParams, "decodeConnParams"));
+  o.Set("burstAdvance", Napi::Function::New(env, BurstAdvance, "burstAdvance"));
   o.Set("listen", Napi::Function::New(env, Listen, "listen"));
   o.Set("connect", Napi::Function::New(env, Connect, "connect"));
   Napi::Object c = Napi::Object::New(env);
@@ -462,6 +488,8 @@ Napi::Object Exports(Napi::Env env, std::shared_ptr<Pump> (*pump_of)(Napi::Value
   c.Set("MAX_RING_LOG2", Napi::Number::New(env, kMaxRingLog2));
   c.Set("MAX_SLOTS", Napi::Number::New(env, kMaxSlots));
   c.Set("FLAG_ACCEPT", Napi::Number::New(env, ConnParams::kFlagAccept));
+  c.Set("IMM_BLOCKED", Napi::Number::New(env, kImmBlocked));
+  c.Set("IMM_WRAP", Napi::Number::New(env, kImmWrap));
   o.Set("constants", c);
   return o;
 }

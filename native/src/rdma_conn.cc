@@ -34,7 +34,6 @@ constexpr uint64_t kWrBurst = 2ull << 56;  // low bits: WRs in the burst, freed 
 constexpr uint64_t kWrMsg = 3ull << 56;
 constexpr uint64_t kWrKind = 0xFFull << 56;
 constexpr uint32_t kSendWr = 256;
-constexpr uint32_t kCtlProd = 0;  // producer cursor (be64) in a slot's control line
 // A peer's receive region costs us as much staging memory: refuse more.
 constexpr uint64_t kMaxPeerRegion = 256ull << 20;
 constexpr uint64_t kSlotBudget = 1 << 20;  // bytes per direction per slot per round (fairness)
@@ -455,12 +454,12 @@ class Conn final : public PumpSource {
   int timer_ = -1;           // connect deadline, then keepalive
   int progress_timer_ = -1;  // one-shot: byte counts due to JS
   CmId cm_;
-  Mapping mem_;  // [slots x 64 B control lines][slots receive rings][credits x receive buffers]
+  Mapping mem_;  // [slots receive rings][credits x receive buffers]
   ProtectionDomain pd_;
   CompletionChannel cc_;
   CompletionQueue cq_;
   QueuePair qp_;
-  MemoryRegion mr_;       // control lines + rings: remote write
+  MemoryRegion mr_;       // receive rings: remote write
   MemoryRegion recv_mr_;  // receive buffers: local
   Mapping stage_;         // outbound staging, one ring per slot, mirroring the peer's rings
   MemoryRegion stage_mr_;
@@ -480,8 +479,7 @@ class Conn final : public PumpSource {
 
   uint64_t ring_size() const { return uint64_t(1) << local_.ring_log2; }
   uint64_t peer_ring_size() const { return uint64_t(1) << peer.ring_log2; }
-  uint8_t* ctl(uint32_t slot) { return mem_.data() + size_t(slot) * kCtlStride; }
-  uint8_t* ring(uint32_t slot) { return mem_.data() + size_t(local_.slots) * kCtlStride + (size_t(slot) << local_.ring_log2); }
+  uint8_t* ring(uint32_t slot) { return mem_.data() + (size_t(slot) << local_.ring_log2); }
   uint8_t* recv_buf(uint32_t i) { return mem_.data() + local_.region_bytes() + size_t(i) * Msg::kMaxBytes; }
   uint8_t* stage(uint32_t slot) { return stage_.data() + (size_t(slot) << peer.ring_log2); }
 
@@ -624,6 +622,7 @@ class Conn final : public PumpSource {
   int setup() {
     ibv_context* ctx = cm_.verbs();
     if (!ctx) return fail_early("NO_DEVICE", -ENODEV, "no verbs device behind the address");
+    if (client_ && copts.hostile == 2) local_.version = 1;  // tests: a client of protocol 1
     local_.slots = uint16_t(o_.slots);
     local_.ring_log2 = o_.ring_log2;
     local_.credits = uint16_t(o_.credits);
@@ -754,6 +753,7 @@ class Conn final : public PumpSource {
             int derr = ConnParams::decode(pd, pd_len, &pp);
             if (!derr && !(pp.flags & ConnParams::kFlagAccept)) derr = -EBADMSG;
             if (!derr && memcmp(pp.token, token_, kTokenBytes) != 0) derr = -EACCES;
+            if (derr == -EPROTONOSUPPORT) return die("VERSION_MISMATCH", derr, "the gateway accepted with another rdma protocol version");
             if (derr) return die("PROTOCOL", derr, "the gateway's accept private data");
             peer = pp;
             if (setup_peer()) return die("RESOURCE", -EIO, "setup");
@@ -782,8 +782,14 @@ class Conn final : public PumpSource {
           return die("ROUTE_ERROR", status < 0 ? status : -EHOSTUNREACH, st);
         case RDMA_CM_EVENT_UNREACHABLE:
           return die("UNREACHABLE", status < 0 ? status : -EHOSTUNREACH, st);
-        case RDMA_CM_EVENT_REJECTED:
+        case RDMA_CM_EVENT_REJECTED: {
+          // A listener that refuses our version says which one it speaks.
+          uint16_t v = decode_version_reject(pd, pd_len);
+          if (v && v != local_.version)
+            return die("VERSION_MISMATCH", -EPROTONOSUPPORT,
+                       "the gateway speaks rdma protocol version " + std::to_string(v) + ", this side " + std::to_string(local_.version));
           return die("REJECTED", -ECONNREFUSED, st);
+        }
         case RDMA_CM_EVENT_CONNECT_ERROR:
           return die(state_ == kEstablished ? "ERR_SOCKGATE_RDMA_DISCONNECTED" : "CONNECT_ERROR", status < 0 ? status : -ECONNRESET, st);
         case RDMA_CM_EVENT_TIMEWAIT_EXIT:
@@ -821,63 +827,53 @@ class Conn final : public PumpSource {
     return 0;
   }
 
-  // RDMA-write the staged bytes [prod, rd) at the peer's cursor (two writes
-  // when the span wraps), then the new cursor with an immediate naming the slot.
+  // RDMA-write the staged bytes [prod, rd) at the peer's cursor: one
+  // write-with-immediate naming the slot, after a plain write up to the
+  // ring's end when the span wraps (rdma.h post_burst).
   int post_burst(uint32_t slot) {
     Slot& s = slots_[slot];
     if (s.prod == s.rd || s.bind_pending) return 0;
-    if (peer_credits_ < 2 || sq_used_ + 3 > kSendWr) return -EAGAIN;
+    if (peer_credits_ < 2 || sq_used_ + 2 > kSendWr) return -EAGAIN;
     const uint64_t size = peer_ring_size(), mask = size - 1;
-    uint64_t n = s.rd - s.prod;
-    uint64_t off = s.prod & mask;
-    uint64_t first = std::min(n, size - off);
-    uint64_t ring = peer.addr + uint64_t(peer.slots) * kCtlStride + (uint64_t(slot) << peer.ring_log2);
+    Burst b;
+    b.prod = s.prod;
+    b.n = s.rd - s.prod;
+    b.ring_size = size;
+    b.tail = stage(slot) + (s.prod & mask);
+    b.head = stage(slot);
+    b.lkey = stage_mr_.lkey();
+    b.ring_addr = peer.addr + (uint64_t(slot) << peer.ring_log2);
+    b.rkey = peer.rkey;
+    b.slot = uint16_t(slot);
     bool blocked = s.rd - s.peer_cons == size && !s.rd_eof;
-    uint8_t cur[8];
-    store_be64(cur, client_ && copts.hostile == 1 ? s.rd + 2 * size : s.rd);
-    ibv_sge s1 = {reinterpret_cast<uintptr_t>(stage(slot) + off), uint32_t(first), stage_mr_.lkey()};
-    ibv_sge s2 = {reinterpret_cast<uintptr_t>(stage(slot)), uint32_t(n - first), stage_mr_.lkey()};
-    ibv_sge s3 = {reinterpret_cast<uintptr_t>(cur), 8, 0};
-    ibv_send_wr w[3] = {}, *bad = nullptr;
-    int k = 0;
-    w[k].opcode = IBV_WR_RDMA_WRITE;
-    w[k].sg_list = &s1;
-    w[k].num_sge = 1;
-    w[k].wr.rdma.remote_addr = ring + off;
-    w[k].wr.rdma.rkey = peer.rkey;
-    k++;
-    if (n > first) {
-      w[k].opcode = IBV_WR_RDMA_WRITE;
-      w[k].sg_list = &s2;
-      w[k].num_sge = 1;
-      w[k].wr.rdma.remote_addr = ring;
-      w[k].wr.rdma.rkey = peer.rkey;
-      k++;
+    b.flags = blocked ? kImmBlocked : 0;
+    // Tests: every burst claims it wrapped (more bytes than the free space, or a wrap from offset 0).
+    if (client_ && copts.hostile == 1) b.flags |= kImmWrap;
+    b.max_inline = qp_.max_inline();
+    b.wr_id_plain = kWrBurst;
+    int k = post_burst_wrs(b);
+    if (k < 0) {
+      die("ERR_SOCKGATE_RDMA_QP_FATAL", k, "ibv_post_send (RDMA write)");
+      return k;
     }
-    w[k].opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
-    w[k].send_flags = IBV_SEND_INLINE | IBV_SEND_SIGNALED;
-    w[k].imm_data = htonl(imm_encode(uint16_t(slot), blocked ? kImmBlocked : 0));
-    w[k].sg_list = &s3;
-    w[k].num_sge = 1;
-    w[k].wr.rdma.remote_addr = peer.addr + uint64_t(slot) * kCtlStride + kCtlProd;
-    w[k].wr.rdma.rkey = peer.rkey;
-    k++;
-    for (int i = 0; i + 1 < k; i++) w[i].next = &w[i + 1];
-    w[k - 1].wr_id = kWrBurst | uint64_t(k);
-    int rc = ibv_post_send(qp_.get(), &w[0], &bad);
-    if (rc) {
-      die("ERR_SOCKGATE_RDMA_QP_FATAL", -rc, "ibv_post_send (RDMA write)");
-      return -rc;
-    }
-    sq_used_ += uint32_t(k);
     peer_credits_--;
-    s.to_peer += n;
-    s.total_peer += n;
+    s.to_peer += b.n;
+    s.total_peer += b.n;
     s.prod = s.rd;
     s.touched = true;
     progress_due_ = true;
     last_tx_ = now_ms();
     return 0;
+  }
+
+  // Posts a burst; its signaled last WR frees both (sq_used_).
+  int post_burst_wrs(Burst& b) {
+    const uint64_t off = b.prod & (b.ring_size - 1);
+    const uint32_t k = b.n > b.ring_size - off ? 2 : 1;
+    b.wr_id = kWrBurst | k;
+    int rc = rdma::post_burst(qp_.get(), b);
+    if (rc > 0) sq_used_ += uint32_t(rc);
+    return rc;
   }
 
   // Queued messages first (in order), then owed cursor updates, then data.
@@ -1171,20 +1167,25 @@ class Conn final : public PumpSource {
     return -EBADMSG;
   }
 
+  // A burst's write-with-immediate completed: its bytes are in the ring.
   int on_imm(uint32_t imm, uint32_t byte_len) {
     uint32_t slot = imm >> 16, flags = imm & 0xFFFF;
     if (state_ != kEstablished) return protocol("data before the connection was established");
     if (slot >= slots_.size()) return protocol("immediate names slot " + std::to_string(slot));
-    if (flags & ~kImmBlocked) return protocol("unknown immediate flags");
-    if (byte_len != 8) return protocol("cursor write of " + std::to_string(byte_len) + " bytes");
     Slot& s = slots_[slot];
-    if (s.st == Slot::kClosing) return 0;  // we closed it; the peer had not seen our CLOSE yet
-    uint64_t p = load_be64(ctl(slot) + kCtlProd);  // remotely written: read once, then validate
-    if (p < s.rprod) return protocol("producer cursor went back on slot " + std::to_string(slot));
-    if (p - s.rcons > ring_size()) return protocol("producer cursor beyond the ring on slot " + std::to_string(slot));
+    if (s.st == Slot::kClosing) {
+      // We closed it; the peer had not seen our CLOSE yet. Its cursors restart at 0.
+      if (flags & ~kImmFlags) return protocol("unknown immediate flags");
+      return 0;
+    }
     if (s.peer_eof) return protocol("data after EOF on slot " + std::to_string(slot));
+    uint64_t adv = 0;
+    const char* why = "";
+    if (burst_advance(s.rprod, s.rcons, ring_size(), flags, byte_len, &adv, &why))
+      return protocol(std::string(why) + " on slot " + std::to_string(slot) + " (" + std::to_string(byte_len) + " bytes" +
+                      (flags & kImmWrap ? ", wrapped" : "") + ")");
     s.st = Slot::kOpen;
-    s.rprod = p;
+    s.rprod += adv;
     if (flags & kImmBlocked) s.peer_blocked = true;
     if (s.peer_blocked && s.rcons == s.rprod) want_update(slot);
     run_slot(slot);
@@ -1323,6 +1324,14 @@ class Listener final : public PumpSource {
       int derr = ConnParams::decode(ev->param.conn.private_data, ev->param.conn.private_data_len, &pp);
       std::string peer = addr_str(rdma_get_peer_addr(cid));
       EventChannel::ack(ev);
+      if (derr == -EPROTONOSUPPORT) {
+        // Another protocol version: say which one we speak (the client reports VERSION_MISMATCH).
+        uint8_t rej[kRejectBytes];
+        encode_version_reject(rej);
+        rdma_reject(cid, rej, sizeof rej);
+        rdma_destroy_id(cid);
+        continue;
+      }
       if (derr || pending_.size() >= 1024) {
         // Garbage or a flood: refuse before anything is allocated.
         rdma_reject(cid, nullptr, 0);

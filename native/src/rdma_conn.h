@@ -35,8 +35,9 @@ struct ConnectOpts {
   uint16_t port = 0;
   uint8_t token[kTokenBytes] = {};
   uint32_t timeout_ms = 10000;
-  // Tests of the gateway's validation only: 1 = every cursor this client
-  // publishes points beyond the peer's ring (a hostile peer).
+  // Tests only: 1 = every burst claims it wrapped, which never fits (a
+  // hostile peer for the gateway's validation); 2 = announce protocol version
+  // 1 (the listener refuses it; we report VERSION_MISMATCH).
   uint32_t hostile = 0;
 };
 

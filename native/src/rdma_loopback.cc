@@ -25,7 +25,6 @@ constexpr uint64_t kWrChunk = 2ull << 56;  // low bits: WRs in the burst (freed 
 constexpr uint64_t kWrMsg = 3ull << 56;
 constexpr uint64_t kWrKind = 0xFFull << 56;
 constexpr uint32_t kSendWr = 64;
-constexpr uint32_t kCtlProd = 0;  // offset of the producer cursor (be64) in a slot's control line
 
 int64_t now_ms() {
   struct timespec ts;
@@ -37,13 +36,13 @@ int64_t now_ms() {
 // (source MR, source memory, ring MR, QP, CQ, channel, PD, id, ring memory).
 struct Endpoint {
   const char* name = "";
-  Mapping mem;  // [slots x 64 B control lines][slots rings][recv buffers]
+  Mapping mem;  // [slots rings][recv buffers]
   CmId id;
   ProtectionDomain pd;
   CompletionChannel cc;
   CompletionQueue cq;
   QueuePair qp;
-  MemoryRegion mr;       // control lines + rings: remote write
+  MemoryRegion mr;       // rings: remote write
   MemoryRegion recv_mr;  // receive buffers: local only
   Mapping src;  // client: the bytes to send (an outbound ring in the transport)
   MemoryRegion src_mr;
@@ -63,10 +62,7 @@ struct Endpoint {
   uint64_t rprod = 0, rcons = 0, last_update = 0;
   bool eof_seen = false;
 
-  uint8_t* ctl(uint32_t slot) { return mem.data() + size_t(slot) * kCtlStride; }
-  uint8_t* ring(uint32_t slot) {
-    return mem.data() + size_t(local.slots) * kCtlStride + (size_t(slot) << local.ring_log2);
-  }
+  uint8_t* ring(uint32_t slot) { return mem.data() + (size_t(slot) << local.ring_log2); }
   uint8_t* recv_buf(uint32_t i) { return mem.data() + local.region_bytes() + size_t(i) * Msg::kBytes; }
 };
 
@@ -175,9 +171,8 @@ struct Loop {
     return 0;
   }
 
-  // The client's sender: RDMA-write what fits at the peer's producer cursor
-  // (two writes when the span wraps), then write the new cursor with an
-  // immediate that names the slot.
+  // The client's sender: RDMA-write what fits at the peer's producer cursor,
+  // the last write with an immediate that names the slot (rdma.h post_burst).
   int pump_send(Endpoint& e) {
     if (&e != &cli || !e.established) return 0;
     const uint64_t total = o.data.size();
@@ -186,62 +181,40 @@ struct Loop {
     while (e.prod < total) {
       uint64_t space = size - (e.prod - e.peer_cons);
       if (space == 0) return 0;  // the last burst said "blocked"
-      if (e.peer_credits < 2 || e.sq_used + 3 > kSendWr) return 0;
+      if (e.peer_credits < 2 || e.sq_used + 2 > kSendWr) return 0;
       uint64_t n = total - e.prod;
       if (n > o.chunk) n = o.chunk;
       if (n > space) n = space;
       uint64_t off = e.prod & mask;
       uint64_t first = n < size - off ? n : size - off;
-      uint64_t ring = e.peer.addr + uint64_t(e.peer.slots) * kCtlStride;  // slot 0's ring
       uint64_t next = e.prod + n;
+      Burst b;
+      b.prod = e.prod;
+      b.n = n;
+      b.ring_size = size;
+      b.tail = e.src.data() + e.prod;
+      b.head = e.src.data() + e.prod + first;
+      b.lkey = e.src_mr.lkey();
+      b.ring_addr = e.peer.addr;  // slot 0's ring
+      b.rkey = e.peer.rkey;
       bool blocked = next - e.peer_cons == size && next < total;
-      uint64_t wire = next;
-      uint16_t imm_slot = 0;
-      if (o.hostile && e.peer_cons > 0) {  // the receiver has seen valid cursors first
-        if (o.hostile == 1) wire = next + size;
-        if (o.hostile == 2) wire = e.peer_cons - 1;
-        if (o.hostile == 3) imm_slot = 7;
+      b.flags = blocked ? kImmBlocked : 0;
+      if (o.hostile && e.peer_cons > 0) {  // the receiver has seen valid bursts first
+        if (o.hostile == 1) b.n = first = 0;      // an empty burst
+        if (o.hostile == 2) b.flags |= 0x8000;    // an unknown flag
+        if (o.hostile == 3) b.slot = 7;
       }
-      uint8_t cur[8];
-      store_be64(cur, wire);
-      ibv_sge s1 = {reinterpret_cast<uintptr_t>(e.src.data() + e.prod), uint32_t(first), e.src_mr.lkey()};
-      ibv_sge s2 = {reinterpret_cast<uintptr_t>(e.src.data() + e.prod + first), uint32_t(n - first), e.src_mr.lkey()};
-      ibv_sge s3 = {reinterpret_cast<uintptr_t>(cur), 8, 0};
-      ibv_send_wr w[3] = {}, *bad = nullptr;
-      int k = 0;
-      w[k].opcode = IBV_WR_RDMA_WRITE;
-      w[k].sg_list = &s1;
-      w[k].num_sge = 1;
-      w[k].wr.rdma.remote_addr = ring + off;
-      w[k].wr.rdma.rkey = e.peer.rkey;
-      k++;
-      if (n > first) {
-        w[k].opcode = IBV_WR_RDMA_WRITE;
-        w[k].sg_list = &s2;
-        w[k].num_sge = 1;
-        w[k].wr.rdma.remote_addr = ring;
-        w[k].wr.rdma.rkey = e.peer.rkey;
-        k++;
-        r->wraps++;
-      }
-      // The cursor goes inline: its value is copied at post time, so a later
-      // burst cannot change what this one publishes.
-      w[k].opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
-      w[k].send_flags = IBV_SEND_INLINE | IBV_SEND_SIGNALED;
-      w[k].imm_data = htonl(imm_encode(imm_slot, blocked ? kImmBlocked : 0));
-      w[k].sg_list = &s3;
-      w[k].num_sge = 1;
-      w[k].wr.rdma.remote_addr = e.peer.addr + kCtlProd;  // slot 0's control line
-      w[k].wr.rdma.rkey = e.peer.rkey;
-      k++;
-      for (int i = 0; i + 1 < k; i++) w[i].next = &w[i + 1];
-      w[k - 1].wr_id = kWrChunk | uint64_t(k);
-      int rc = ibv_post_send(e.qp.get(), &w[0], &bad);
-      if (rc) return fail(-rc, "ibv_post_send (RDMA write)");
-      e.sq_used += uint32_t(k);
+      b.max_inline = e.qp.max_inline();
+      b.wr_id_plain = kWrChunk;
+      int k = b.n > first ? 2 : 1;
+      b.wr_id = kWrChunk | uint64_t(k);
+      int rc = post_burst(e.qp.get(), b);
+      if (rc < 0) return fail(rc, "ibv_post_send (RDMA write)");
+      e.sq_used += uint32_t(rc);
       e.peer_credits--;
       e.prod = next;
-      r->writes += uint64_t(k - 1);
+      r->writes += uint64_t(rc);
+      if (rc == 2) r->wraps++;
       r->imms++;
       if (blocked) r->blocked++;
     }
@@ -259,15 +232,16 @@ struct Loop {
     return 0;
   }
 
-  // The receiver: a cursor write-with-immediate arrived for a slot.
+  // The receiver: a burst's write-with-immediate arrived for a slot.
   int on_imm(Endpoint& e, uint32_t imm, uint32_t byte_len) {
     uint32_t slot = imm >> 16, flags = imm & 0xFFFF;
-    if (slot >= e.local.slots || (flags & ~kImmBlocked) || byte_len != 8)
-      return fail(-EBADMSG, "peer sent a bad immediate");
+    if (slot >= e.local.slots || (flags & ~kImmFlags)) return fail(-EBADMSG, "peer sent a bad immediate");
     const uint64_t size = uint64_t(1) << e.local.ring_log2;
-    uint64_t p = load_be64(e.ctl(slot) + kCtlProd);  // remotely written: read once, validate
-    if (p < e.rprod || p - e.rcons > size || e.eof_seen) return fail(-EBADMSG, "peer wrote a bad producer cursor");
-    e.rprod = p;
+    uint64_t adv = 0;
+    const char* why = "";
+    if (e.eof_seen) return fail(-EBADMSG, "peer wrote a burst after EOF");
+    if (burst_advance(e.rprod, e.rcons, size, flags, byte_len, &adv, &why)) return fail(-EBADMSG, std::string("peer wrote a bad burst: ") + why);
+    e.rprod += adv;
     const uint64_t mask = size - 1;
     while (e.rcons < e.rprod) {
       uint64_t off = e.rcons & mask;

@@ -42,7 +42,7 @@ if (!rdma.built) {
   });
 
   const good = {
-    version: 1, flags: 0, addr: 0x7f0012340000n, rkey: 0x1234abcd, ringLog2: 16, slots: 8, credits: 64,
+    version: 2, flags: 0, addr: 0x7f0012340000n, rkey: 0x1234abcd, ringLog2: 16, slots: 8, credits: 64,
     token: Uint8Array.from({ length: 16 }, (_, i) => i * 7),
   };
 
@@ -50,7 +50,8 @@ if (!rdma.built) {
     const b = rdma.encodeConnParams!(good);
     t.is(b.length, rdma.constants!.CONN_PARAMS_BYTES);
     t.is(b.toString('hex', 0, 4), '53475244'); // "SGRD"
-    t.is(b.readUInt16BE(4), 1);
+    t.is(rdma.constants!.VERSION, 2);
+    t.is(b.readUInt16BE(4), 2);
     t.is(b.readBigUInt64BE(8), good.addr);
     t.is(b.readUInt32BE(16), good.rkey);
     const d = rdma.decodeConnParams!(b);
@@ -68,7 +69,8 @@ if (!rdma.built) {
     };
     t.throws(() => rdma.decodeConnParams!(b.subarray(0, 47)), { code: 'EPROTO' });
     bad((x) => x.writeUInt32BE(0x12345678, 0), 'EPROTO');         // magic
-    bad((x) => x.writeUInt16BE(2, 4), 'EPROTONOSUPPORT');         // version
+    bad((x) => x.writeUInt16BE(1, 4), 'EPROTONOSUPPORT');         // protocol 1 (control lines, cursor writes)
+    bad((x) => x.writeUInt16BE(3, 4), 'EPROTONOSUPPORT');         // a later version
     bad((x) => x.writeUInt16BE(0x8000, 6), 'EBADMSG');            // unknown flag
     bad((x) => (x[20] = 11), 'EBADMSG');                          // ring below 4 KiB
     bad((x) => (x[20] = 31), 'EBADMSG');                          // ring above 1 GiB
@@ -78,5 +80,32 @@ if (!rdma.built) {
     bad((x) => x.writeUInt16BE(1, 24), 'EBADMSG');                // fewer than 2 credits
     bad((x) => x.writeUInt32BE(1, 28), 'EBADMSG');                // reserved
     bad((x) => x.writeBigUInt64BE(0xffffffffffff0000n, 8), 'EBADMSG'); // region wraps the address space
+  });
+
+  test('bursts: the receiver moves its producer cursor by byte_len (plus the tail up to the ring\'s end with WRAP) and refuses what does not fit', (t) => {
+    const adv = rdma.burstAdvance!;
+    const { IMM_BLOCKED: BLOCKED, IMM_WRAP: WRAP } = rdma.constants!;
+    const size = 4096;
+    t.is(adv(0, 0, size, 0, 64), 64);
+    t.is(adv(0, 0, size, BLOCKED, size), size, 'a burst may fill the whole ring');
+    t.is(adv(5000, 5000, size, 0, 3192), 3192, 'up to the ring\'s end (offset 904)');
+    t.is(adv(5000, 5000, size, WRAP, 100), 3192 + 100, 'wrapped: the tail to the end, then byte_len from offset 0');
+    t.is(adv(5000, 4200, size, WRAP, 104), 3192 + 104, 'wrapped into the last free bytes (800 used)');
+    t.is(adv(2 ** 40 + 10, 2 ** 40 + 10, size, 0, 1), 1, 'cursors never reset');
+    const refused = (args: [number, number, number, number, number], why: RegExp): void => {
+      const e = t.throws(() => adv(...args), { code: 'EBADMSG' }, JSON.stringify(args));
+      t.regex(e?.message ?? '', why);
+    };
+    refused([0, 0, size, 4, 64], /unknown immediate flags/);
+    refused([0, 0, size, 0x8000, 64], /unknown immediate flags/);
+    refused([0, 0, size, 0, 0], /an empty burst/);
+    refused([100, 100, size, WRAP, 0], /an empty burst/);
+    refused([5000, 5000, size, 0, 3193], /past the ring's end/);
+    refused([4096, 4096, size, WRAP, 10], /from the ring's start/);
+    refused([0, 0, size, WRAP, 10], /from the ring's start/);
+    refused([5000, 4200, size, WRAP, 105], /larger than the free space/);
+    refused([8192, 4097, size, 0, 2], /larger than the free space/);
+    refused([4096, 0, size, 0, 1], /larger than the free space/);
+    t.throws(() => adv(1, 2, size, 0, 1), { instanceOf: RangeError });
   });
 }

@@ -10,7 +10,11 @@
  * several slots at once, both directions, SHA-256 checked; half-close (EOF
  * each way, then both sides free the slot: slotEnd ok); BIND of a later slot;
  * closeSlot aborts (the peer sees a reset); a rejected request (REJECTED);
- * connection close ends the open slots (ECONNABORTED).
+ * connection close ends the open slots (ECONNABORTED); byte counts reach JS
+ * in rate-limited `progress` batches that add up to the slotEnd totals;
+ * protocol 2's checks: a client of protocol 1 is refused (VERSION_MISMATCH), a
+ * peer whose burst claims a wrap that does not fit is cut off
+ * (ERR_SOCKGATE_RDMA_PROTOCOL) without disturbing another connection.
  */
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
@@ -105,9 +109,11 @@ if (!IN_VM) {
     const down = randomBytes(8 << 20);
     const gotUp = readAll(s.sock);
     const gotDown = readAll(c.sock);
+    const t0 = Date.now();
     c.sock.end(up);
     s.sock.end(down);
     const [u, d] = await Promise.all([gotUp, gotDown]);
+    const elapsed = Date.now() - t0 + 1000;
     t.is(u.length, up.length);
     t.is(sha(u), sha(up));
     t.is(d.length, down.length);
@@ -116,6 +122,16 @@ if (!IN_VM) {
     const endS = await r.wait((e) => e.rdma === server.id && e.event === 'slotEnd', 'server slotEnd');
     t.like(endC, { reason: 'ok', errno: 0, totalToFd: down.length, totalToPeer: up.length });
     t.like(endS, { reason: 'ok', errno: 0, totalToFd: up.length, totalToPeer: down.length });
+    // progress: batches (not one per burst) whose sums are the slotEnd totals.
+    for (const [id, end] of [[client.id, endC], [server.id, endS]] as const) {
+      const upTo = r.log.indexOf(end);
+      const prog = r.log.slice(0, upTo).filter((e) => e.rdma === id && e.event === 'progress' && e.slot === 0);
+      const sum = (k: 'toFd' | 'toPeer') => prog.reduce((n, e) => n + (e.event === 'progress' ? e[k] : 0), 0);
+      if (end.event !== 'slotEnd') throw new Error('unreachable');
+      t.is(sum('toFd'), end.totalToFd);
+      t.is(sum('toPeer'), end.totalToPeer);
+      t.true(prog.length <= 2 + Math.ceil(elapsed / 250) * 2, `${prog.length} progress events in ${elapsed} ms`);
+    }
     t.truthy(r.log.find((e) => e.rdma === server.id && e.event === 'peerEof'));
     t.truthy(r.log.find((e) => e.rdma === client.id && e.event === 'fdEof'));
     // The slot is reusable: a second socket on slot 0 with BIND.
@@ -167,6 +183,53 @@ if (!IN_VM) {
     client.close();
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
     listener.close();
+    await new Promise((res) => setTimeout(res, 200));
+  });
+
+  test.serial('protocol 2: a client of protocol 1 is refused with VERSION_MISMATCH; a burst claiming a wrap that does not fit ends only its connection', async (t) => {
+    const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
+    const listener = rdma.listen!(r.pump.raw, { addr: ADDR, port: 18607 });
+    // Protocol 1 in the private data: the listener refuses it, naming its own version.
+    const old = rdma.connect!(r.pump.raw, { addr: ADDR, port: listener.port, token: randomBytes(16), hostile: 2 });
+    const failed = await r.wait((e) => e.rdma === old.id && e.event === 'failed', 'version refused');
+    t.like(failed, { code: 'VERSION_MISMATCH' });
+    t.regex(failed.event === 'failed' ? failed.message : '', /speaks rdma protocol version 2, this side 1/);
+    t.falsy(r.log.find((e) => e.rdma === listener.id && e.event === 'request'), 'no request reached JS');
+    listener.close();
+
+    // A well-behaved connection and a hostile one side by side.
+    const good = await connected(r, 18608, { ringLog2: 14 });
+    const gc = pair();
+    const gs = pair();
+    good.client.link(0, gc.fd);
+    good.server.link(0, gs.fd);
+    const hostileListener = rdma.listen!(r.pump.raw, { addr: ADDR, port: 18609 });
+    const bad = rdma.connect!(r.pump.raw, { addr: ADDR, port: hostileListener.port, token: randomBytes(16), hostile: 1 });
+    const req = await r.wait((e) => e.rdma === hostileListener.id && e.event === 'request', 'hostile request');
+    const badServer = hostileListener.accept(req.event === 'request' ? req.conn : -1);
+    await r.wait((e) => e.rdma === bad.id && e.event === 'established', 'hostile established');
+    const bc = pair();
+    const bs = pair();
+    bs.sock.on('error', () => {});
+    bc.sock.on('error', () => {});
+    bad.link(0, bc.fd);
+    badServer.link(0, bs.fd);
+    bc.sock.write(randomBytes(1000));
+    const cut = await r.wait((e) => e.rdma === badServer.id && e.event === 'closed', 'hostile connection cut off');
+    t.like(cut, { code: 'ERR_SOCKGATE_RDMA_PROTOCOL' });
+    t.regex(cut.event === 'closed' ? cut.message : '', /wrapped burst from the ring's start on slot 0/);
+    t.like(await r.wait((e) => e.rdma === bad.id && e.event === 'closed', 'hostile client closed'), { code: 'ERR_SOCKGATE_RDMA_DISCONNECTED' });
+    // The good connection still carries bytes both ways, wrapping its 16 KiB rings many times.
+    const data = randomBytes(3 << 20);
+    const back = readAll(gc.sock);
+    gs.sock.pipe(gs.sock);
+    gc.sock.end(data);
+    t.is(sha(await back), sha(data));
+    good.client.close();
+    await r.wait((e) => e.rdma === good.server.id && e.event === 'closed', 'good server closed');
+    good.listener.close();
+    hostileListener.close();
     await new Promise((res) => setTimeout(res, 200));
   });
 
