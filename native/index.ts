@@ -214,9 +214,9 @@ export interface RawVsock {
 
 /** Sizes of this side's receive region (native/RDMA.md "Connection parameters"). */
 export interface RdmaRegionOptions {
-  /** Each slot's receive ring is 1 << ringLog2 bytes (12..26; default 18 = 256 KiB). */
+  /** Each slot's receive ring is 1 << ringLog2 bytes (12..26; default 20 = 1 MiB). */
   ringLog2?: number;
-  /** Slots (sockets) on the connection (1..4096; default 64). */
+  /** Slots (sockets) on the connection (1..4096; default 16). Every slot's ring is registered (pinned) for the connection's life. */
   slots?: number;
   /** Receive work requests posted for the peer (4..1024; default 64). */
   credits?: number;

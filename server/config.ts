@@ -29,8 +29,8 @@ transports:
   rdma:
     address: ""
     port: 0
-    ring_bytes: 262144
-    slots: 64
+    ring_bytes: 1048576
+    slots: 16
     credits: 64
     keepalive_ms: 5000
     max_sessions: 256
@@ -139,10 +139,21 @@ const rdmaSchema = z
     address: z.string().refine(isRdmaAddress, { message: 'expected "" or the IP address of an RDMA device (not a wildcard or a host name)' }).default(''),
     /** rdma_cm port; 0 = any free port (clients are told the bound one). */
     port: z.number().int().min(0).max(65535).default(0),
-    /** The gateway's receive ring per socket (each slot of a connection), in bytes. */
-    ring_bytes: ringBytes(4096).default(262144),
-    /** Sockets (slots) per client connection. */
-    slots: z.number().int().min(1).max(4096).default(64),
+    /**
+     * The gateway's receive ring per socket (each slot of a connection), in
+     * bytes. 1 MiB: a stream needs about bandwidth x round trip of it, or
+     * the writer stops for consumer-cursor updates (on Soft-RoCE with
+     * millisecond round trips 256 KiB stayed well below 4 MiB rings).
+     */
+    ring_bytes: ringBytes(4096).default(1 << 20),
+    /**
+     * Sockets (slots) per client connection. Every slot's ring is registered
+     * (pinned) for the connection's life, on both sides, each way: a session
+     * pins slots x ring_bytes of receive rings plus as much staging for the
+     * client's rings (16 x 1 MiB: 32 MiB on the gateway, native/RDMA.md
+     * "Memory"); a socket beyond the slots falls back to the next transport.
+     */
+    slots: z.number().int().min(1).max(4096).default(16),
     /** Receive work requests the gateway posts per connection (flow-control credits of the peer). */
     credits: z.number().int().min(4).max(1024).default(64),
     /** Idle keepalive interval; a connection silent for 3 intervals fails its sockets (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off. */

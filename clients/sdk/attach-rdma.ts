@@ -44,8 +44,8 @@ type NativeModule = typeof import('../../native/index.js');
 const ATTACH_TIMEOUT_MS = 10_000;
 /** How long closing waits for the pump to let go of the connections it serviced. */
 const RELEASE_WAIT_MS = 2_000;
-/** Receive ring bytes per slot this client registers by default (native default: 256 KiB). */
-const DEFAULT_RING_BYTES = 1 << 18;
+/** Receive ring bytes per slot this client registers by default (as the gateway's transports.rdma.ring_bytes and the native default): about bandwidth x round trip. */
+const DEFAULT_RING_BYTES = 1 << 20;
 /** Ring sizes the native side accepts for a connection's receive rings. */
 const MIN_RING_LOG2 = 12;
 const MAX_RING_LOG2 = 26;

@@ -22,9 +22,11 @@ class Pump;
 class PumpSource;
 namespace rdma {
 
+// Defaults as the gateway's transports.rdma (server/config.ts): a session
+// pins slots x ring of receive rings and as much staging (native/RDMA.md "Memory").
 struct RegionOpts {
-  uint32_t ring_log2 = 18;  // each receive ring: 256 KiB
-  uint32_t slots = 64;
+  uint32_t ring_log2 = 20;  // each receive ring: 1 MiB
+  uint32_t slots = 16;
   uint32_t credits = 64;
   uint32_t keepalive_ms = 5000;  // 0 = off
 };

@@ -179,8 +179,8 @@ test('config: transports.rdma defaults (address "" = not served) and every bad v
   t.deepEqual(loadConfig().transports.rdma, {
     address: '',
     port: 0,
-    ring_bytes: 262144,
-    slots: 64,
+    ring_bytes: 1 << 20,
+    slots: 16,
     credits: 64,
     keepalive_ms: 5000,
     max_sessions: 256,

@@ -542,6 +542,8 @@ export interface ChannelFigures {
   rawPing?: PingResult;
   /** Why the bare native measurements did not complete (they are optional). */
   rawError?: string;
+  /** The defaults the default-ring figures ran with: the gateway's transports.rdma and the SDK's ring. */
+  defaults?: { gatewayRingBytes: number; slots: number; credits: number; sdkRingBytes: number };
 }
 
 /** The client's measurements, in order; `phases` (debugging) picks some of them. */
@@ -556,6 +558,10 @@ export async function runClient(p: ClientParams & { phases?: readonly Phase[] })
   const events = await countHubEvents();
   const { Gateway } = await import('../../../clients/sdk/gateway.js');
   log(`SDK loaded in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  const { loadConfig } = await import('../../../server/config.js');
+  const { RdmaClient } = await import('../../../clients/sdk/attach-rdma.js');
+  const gwDefaults = loadConfig().transports.rdma;
+  f.defaults = { gatewayRingBytes: gwDefaults.ring_bytes, slots: gwDefaults.slots, credits: gwDefaults.credits, sdkRingBytes: new RdmaClient().offer().ringBytes };
 
   const open = async (controlPort: number, rdma: { ringBytes?: number } = {}) =>
     Gateway.connect(`${p.addr}:${controlPort}`, { transports: ['rdma'], rdma });
@@ -771,14 +777,16 @@ function pingRow(name: string, r: PingResult, b: Baselines, note: string, extra:
 
 export function figuresToRows(f: ChannelFigures, b: Baselines): Row[] {
   const rows: Row[] = [];
+  const d = f.defaults;
+  const kib = (n: number | undefined) => (n === undefined ? '?' : n >= 1 << 20 ? `${n / (1 << 20)} MiB` : `${n / 1024} KiB`);
   if (f.stream) {
     rows.push(
       streamRow(
         'sockgate rdma channel stream',
         f.stream,
         b,
-        'SDK Gateway (transports: [rdma], no fallback) on b -> in-process gateway on a (transports.rdma defaults: 256 KiB rings, 64 credits) -> TCP sink on 10.99.0.1; 64 KiB writes; bytes the sink acknowledged / time until its count came back',
-        { gateway_ring_bytes: 262144, sdk_ring_bytes: 262144, credits: 64 },
+        `SDK Gateway (transports: [rdma], no fallback) on b -> in-process gateway on a (transports.rdma defaults: ${kib(d?.gatewayRingBytes)} rings, ${d?.slots} slots, ${d?.credits} credits; SDK default ring ${kib(d?.sdkRingBytes)}) -> TCP sink on 10.99.0.1; 64 KiB writes; bytes the sink acknowledged / time until its count came back`,
+        { gateway_ring_bytes: d?.gatewayRingBytes, sdk_ring_bytes: d?.sdkRingBytes, slots: d?.slots, credits: d?.credits },
       ),
     );
   }
@@ -799,7 +807,7 @@ export function figuresToRows(f: ChannelFigures, b: Baselines): Row[] {
         f.streamBig,
         b,
         `as 'sockgate rdma channel stream' with transports.rdma.ring_bytes ${BIG_RING_BYTES} (slots ${BIG_SLOTS}) and the SDK's rdma.ringBytes ${BIG_RING_BYTES}`,
-        { gateway_ring_bytes: BIG_RING_BYTES, sdk_ring_bytes: BIG_RING_BYTES, credits: 64 },
+        { gateway_ring_bytes: BIG_RING_BYTES, sdk_ring_bytes: BIG_RING_BYTES, slots: BIG_SLOTS, credits: d?.credits },
       ),
     );
   }
@@ -809,7 +817,7 @@ export function figuresToRows(f: ChannelFigures, b: Baselines): Row[] {
         'native rdma connection stream (no gateway/SDK)',
         f.rawStream,
         b,
-        'rdma.connect + socketpair on b -> rdma.listen on a, slot linked to a socketpair read by a JS sink: the native data path without the gRPC control plane, the SDK socket and the gateway host TCP socket; 256 KiB rings, 64 credits',
+        'rdma.connect + socketpair on b -> rdma.listen on a, slot linked to a socketpair read by a JS sink: the native data path without the gRPC control plane, the SDK socket and the gateway host TCP socket; native region defaults (1 MiB rings, 16 slots, 64 credits)',
       ),
     );
   }
