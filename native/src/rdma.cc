@@ -222,9 +222,9 @@ int CompletionQueue::open(ibv_context* ctx, CompletionChannel& ch, int depth, Tr
   return arm();
 }
 
-int CompletionQueue::take_events() {
+int CompletionQueue::take_events(int max) {
   int n = 0;
-  for (;;) {
+  while (n < max) {
     ibv_cq* cq = nullptr;
     void* ctx = nullptr;
     if (ibv_get_cq_event(ch_, &cq, &ctx) != 0) {

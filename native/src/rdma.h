@@ -128,10 +128,12 @@ class CompletionQueue {
   int open(ibv_context* ctx, CompletionChannel& ch, int depth, Trace* t = nullptr);
   ibv_cq* get() const { return cq_; }
   int arm() { return -ibv_req_notify_cq(cq_, 0); }
-  // Takes the pending channel events (non-blocking); returns how many, or -errno.
-  // The caller then polls until empty, arms, and polls once more (the race
-  // between the last poll and the arm).
-  int take_events();
+  // Takes up to `max` pending channel events (non-blocking); returns how
+  // many, or -errno. The caller then polls until empty, arms, and polls once
+  // more (the race between the last poll and the arm). Each arm yields at
+  // most one event, so a caller that arms once per wakeup can take one (the
+  // fd is level-triggered in epoll: anything left wakes it again).
+  int take_events(int max = 1 << 30);
   int poll(ibv_wc* wc, int n) { return ibv_poll_cq(cq_, n, wc); }
   uint64_t events() const { return events_; }
 

@@ -30,10 +30,16 @@ namespace {
 
 // wr_id: kind in the top byte, a count (send) or buffer index (receive) below.
 constexpr uint64_t kWrRecv = 1ull << 56;
-constexpr uint64_t kWrBurst = 2ull << 56;  // low bits: WRs in the burst, freed by its signaled tail
-constexpr uint64_t kWrMsg = 3ull << 56;
+constexpr uint64_t kWrBurst = 2ull << 56;  // low bits (signaled WRs only): send WRs its completion frees
+constexpr uint64_t kWrMsg = 3ull << 56;    // likewise
 constexpr uint64_t kWrKind = 0xFFull << 56;
 constexpr uint32_t kSendWr = 256;
+// One send WR in this many is signaled (with the count it frees): a send
+// completion per burst would wake the I/O thread once more per message. RC
+// completes a QP's sends in order, so a signaled one frees every WR before
+// it. Fewer than kSendWr: there is always a signaled WR outstanding when the
+// queue is full.
+constexpr uint32_t kSignalEvery = 32;
 // A peer's receive region costs us as much staging memory: refuse more.
 constexpr uint64_t kMaxPeerRegion = 256ull << 20;
 constexpr uint64_t kSlotBudget = 1 << 20;  // bytes per direction per slot per round (fairness)
@@ -235,6 +241,7 @@ struct Slot {
   enum State : uint8_t { kFree, kOpen, kClosing } st = kFree;
   int fd = -1;                 // owned; guarded by Conn::fd_mu_ for closing
   bool readable = false, writable = false;
+  bool rd_hup = false;         // epoll said EPOLLRDHUP/HUP/ERR: read until EOF or the error, whatever the sizes
   bool rd_eof = false;         // the fd gave EOF
   bool eof_sent = false;       // EOF message posted (after the last burst)
   bool peer_eof = false;       // the peer's EOF arrived
@@ -336,6 +343,7 @@ class Conn final : public PumpSource {
     else if (key >= kKeySlot && key - kKeySlot < slots_.size()) {
       Slot& s = slots_[key - kKeySlot];
       if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s.readable = true;
+      if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s.rd_hup = true;
       if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) s.writable = true;
       run_slot(key - kKeySlot);
       flush();
@@ -414,6 +422,7 @@ class Conn final : public PumpSource {
     shutdown(slots_[slot].fd, rd && wr ? SHUT_RDWR : rd ? SHUT_RD : SHUT_WR);
     Slot& s = slots_[slot];
     s.readable = s.writable = true;
+    if (rd) s.rd_hup = true;  // read on to the EOF the shutdown makes
     run_slot(slot);
     flush();
     after();
@@ -469,7 +478,8 @@ class Conn final : public PumpSource {
   std::vector<Slot> slots_;
   std::mutex fd_mu_;
   std::vector<int> slot_fds_;  // mirror of slots_[i].fd for set_sockopt, guarded by fd_mu_
-  uint32_t sq_used_ = 0;
+  uint32_t sq_used_ = 0;     // send WRs posted and not yet freed by a signaled completion
+  uint32_t unsignaled_ = 0;  // of those, posted after the last signaled one (< kSignalEvery)
   uint32_t peer_credits_ = 0;
   uint32_t to_return_ = 0;
   std::deque<Msg> ctrl_;           // BIND, EOF, CLOSE in order
@@ -810,9 +820,10 @@ class Conn final : public PumpSource {
     m.encode(b);
     ibv_sge sge = {reinterpret_cast<uintptr_t>(b), uint32_t(m.size()), 0};
     ibv_send_wr wr = {}, *bad = nullptr;
-    wr.wr_id = kWrMsg | 1;
+    bool sig = signal_next(1);
+    wr.wr_id = kWrMsg | (sig ? unsignaled_ + 1 : 0);
     wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_INLINE | IBV_SEND_SIGNALED;
+    wr.send_flags = IBV_SEND_INLINE | (sig ? IBV_SEND_SIGNALED : 0);
     wr.sg_list = &sge;
     wr.num_sge = 1;
     int rc = ibv_post_send(qp_.get(), &wr, &bad);
@@ -821,6 +832,7 @@ class Conn final : public PumpSource {
       return -rc;
     }
     sq_used_++;
+    unsignaled_ = sig ? 0 : unsignaled_ + 1;
     peer_credits_--;
     to_return_ = 0;
     last_tx_ = now_ms();
@@ -866,15 +878,22 @@ class Conn final : public PumpSource {
     return 0;
   }
 
-  // Posts a burst; its signaled last WR frees both (sq_used_).
+  // Posts a burst; signaled or not (signal_next), as sq_used_ says.
   int post_burst_wrs(Burst& b) {
     const uint64_t off = b.prod & (b.ring_size - 1);
     const uint32_t k = b.n > b.ring_size - off ? 2 : 1;
-    b.wr_id = kWrBurst | k;
+    b.signaled = signal_next(k);
+    b.wr_id = kWrBurst | (b.signaled ? unsignaled_ + k : 0);
     int rc = rdma::post_burst(qp_.get(), b);
-    if (rc > 0) sq_used_ += uint32_t(rc);
+    if (rc > 0) {
+      sq_used_ += uint32_t(rc);
+      unsignaled_ = b.signaled ? 0 : unsignaled_ + uint32_t(rc);
+    }
     return rc;
   }
+
+  // Whether the next send of `k` WRs is signaled: every kSignalEvery WRs.
+  bool signal_next(uint32_t k) const { return unsignaled_ + k >= kSignalEvery; }
 
   // Queued messages first (in order), then owed cursor updates, then data.
   void flush() {
@@ -1088,6 +1107,14 @@ class Conn final : public PumpSource {
       }
       s.rd += uint64_t(r);
       moved += uint64_t(r);
+      // Less than asked for: the socket is drained; more data (or its FIN)
+      // arriving from now on is a new edge (EPOLLET), so skip the read that
+      // would only say EAGAIN. Not once epoll reported a hangup: the FIN may
+      // already be queued behind these bytes, and no new edge would come.
+      if (uint64_t(r) < space && !s.rd_hup) {
+        s.readable = false;
+        break;
+      }
     }
     if (moved >= kSlotBudget) again_.push_back(slot);
     maybe_eof(slot);
@@ -1115,7 +1142,8 @@ class Conn final : public PumpSource {
   // ---- receiving ----
 
   void on_cq() {
-    int n = cq_.take_events();
+    // One arm, one event: take it (a second read would only say EAGAIN).
+    int n = cq_.take_events(1);
     if (n < 0) return die("ERR_SOCKGATE_RDMA_QP_FATAL", n, "ibv_get_cq_event");
     for (int round = 0; round < 2; round++) {
       ibv_wc wc[32];

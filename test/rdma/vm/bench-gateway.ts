@@ -27,8 +27,9 @@
  *
  * Debugging (bench-peer.ts with SOCKGATE_BENCH_ONLY=gateway):
  * SOCKGATE_BENCH_PHASES picks some of PHASES; SOCKGATE_BENCH_PERF=1 records
- * `perf record -a -g` around each measurement and writes `perf report` text
- * to $SOCKGATE_VM_OUT (run.js --out).
+ * `perf record -a -g` around each measurement (on the client; on the server
+ * from a sink's first byte to its end, an echo's first byte to its close) and
+ * writes `perf report` text to $SOCKGATE_VM_OUT (run.js --out).
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -285,14 +286,17 @@ function sinkOn(s: Socket, events?: EventCount): void {
   let bytes = 0;
   let first: CpuMark | undefined;
   let ev0: Record<string, number> = {};
+  let perf: { stop(): Promise<void> } | undefined;
   s.on('data', (d: Buffer) => {
     if (!first) {
       first = cpuMark();
       ev0 = events?.snapshot() ?? {};
+      perf = perfRecord(`sink-${++destinations}`);
     }
     bytes += d.length;
   });
   s.on('end', () => {
+    void perf?.stop();
     const last = cpuMark();
     const cpu = first ? cpuSpan(first, last) : cpuSpan(last, last);
     const report: SinkReport = { bytes, seconds: cpu.seconds, cpu, ...(events ? { events: diffCounts(ev0, events.snapshot()) } : {}) };
@@ -302,9 +306,17 @@ function sinkOn(s: Socket, events?: EventCount): void {
 }
 
 function echoOn(s: Socket): void {
+  // With SOCKGATE_BENCH_PERF=1: the server's side of a ping-pong, from its first byte to its close.
+  s.once('data', () => {
+    const perf = perfRecord(`echo-${++destinations}`);
+    s.once('close', () => void perf.stop());
+  });
   s.pipe(s);
   s.on('error', () => {});
 }
+
+/** Destinations served so far (names their perf reports). */
+let destinations = 0;
 
 async function listenOn(server: Server, host: string, port: number): Promise<void> {
   await new Promise<void>((resolve, reject) => {

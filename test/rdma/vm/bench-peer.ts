@@ -316,12 +316,11 @@ async function server(): Promise<void> {
   // Loaded only now: node reading the gateway's modules must not compete with the baselines.
   log('sockgate gateways, their destinations and a bare rdma listener');
   const gw = await import('./bench-gateway.js');
+  // (SOCKGATE_BENCH_PERF=1 profiles each destination's measured span: bench-gateway.ts perfRecord.)
   const servers = await gw.startServers(OWN_ADDR);
-  const perf = gw.perfRecord('server');
   barrier.open('gateway');
   try {
     await barrier.until('gateway-done', GATEWAY_PHASE_MS);
-    await perf.stop();
   } finally {
     await servers.close();
   }
