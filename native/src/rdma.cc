@@ -314,6 +314,7 @@ void ConnParams::encode(uint8_t out[kBytes]) const {
   out[20] = uint8_t(ring_log2);
   put16(out + 22, slots);
   put16(out + 24, credits);
+  put32(out + 28, keepalive_ms);
   memcpy(out + 32, token, kTokenBytes);
 }
 
@@ -330,7 +331,9 @@ int ConnParams::decode(const void* p, size_t len, ConnParams* o) {
   o->addr = load_be64(b + 8);
   o->rkey = be32(b + 16);
   o->ring_log2 = b[20];
-  if (b[21] != 0 || be16(b + 26) != 0 || be32(b + 28) != 0) return -EBADMSG;
+  if (b[21] != 0 || be16(b + 26) != 0) return -EBADMSG;
+  o->keepalive_ms = be32(b + 28);
+  if (o->keepalive_ms > kMaxKeepaliveMs) return -EBADMSG;
   o->slots = be16(b + 22);
   o->credits = be16(b + 24);
   memcpy(o->token, b + 32, kTokenBytes);

@@ -221,8 +221,10 @@ struct ConnParams {
   uint32_t ring_log2 = 0;      // each slot's receive ring is 1 << ring_log2 bytes
   uint16_t slots = 0;          // receive rings in the region
   uint16_t credits = 0;        // receive WRs posted for the peer's sends and immediates
+  uint32_t keepalive_ms = 0;   // the sender's keepalive interval, 0 = none (both use the smaller)
   uint8_t token[kTokenBytes] = {};
   static constexpr uint16_t kFlagAccept = 1;  // set in the accept reply
+  static constexpr uint32_t kMaxKeepaliveMs = 3600 * 1000;
   void encode(uint8_t out[kBytes]) const;
   // Validates everything: magic, version, reserved bytes, ring size range,
   // slot count, credits, region bounds. -EPROTO / -EBADMSG on garbage.

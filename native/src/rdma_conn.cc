@@ -454,6 +454,7 @@ class Conn final : public PumpSource {
   uint32_t id_ = 0;
   int64_t deadline_ = 0;
   int64_t last_rx_ = 0, last_tx_ = 0;
+  uint32_t keepalive_ms_ = 0;  // agreed with the peer (setup_peer)
   bool closing_ = false;
   bool connected_ = false;  // ESTABLISHED and the peer has not disconnected: teardown disconnects
   uint8_t token_[kTokenBytes] = {};
@@ -636,6 +637,7 @@ class Conn final : public PumpSource {
     local_.slots = uint16_t(o_.slots);
     local_.ring_log2 = o_.ring_log2;
     local_.credits = uint16_t(o_.credits);
+    local_.keepalive_ms = o_.keepalive_ms;
     memcpy(local_.token, token_, kTokenBytes);
     size_t bytes = local_.region_bytes() + size_t(o_.credits) * Msg::kMaxBytes;
     bytes = (bytes + 4095) & ~size_t(4095);
@@ -679,6 +681,10 @@ class Conn final : public PumpSource {
       slot_fds_.assign(n, -1);
     }
     peer_credits_ = peer.credits;
+    // Both sides keep alive at the smaller interval either asked for, so
+    // neither times out a peer that was told to send less often.
+    uint32_t a = o_.keepalive_ms, b = peer.keepalive_ms;
+    keepalive_ms_ = a && b ? std::min(a, b) : (a ? a : b);
     return 0;
   }
 
@@ -691,12 +697,12 @@ class Conn final : public PumpSource {
       if (now >= deadline_) die("TIMEOUT", -ETIMEDOUT, client_ ? "rdma connect" : "rdma accept");
       return;
     }
-    if (!o_.keepalive_ms) return;
-    if (now - last_rx_ > int64_t(o_.keepalive_ms) * 3) {
+    if (!keepalive_ms_) return;
+    if (now - last_rx_ > int64_t(keepalive_ms_) * 3) {
       die("ERR_SOCKGATE_RDMA_TIMEOUT", -ETIMEDOUT, "nothing heard from the peer for " + std::to_string(now - last_rx_) + " ms");
       return;
     }
-    if (now - last_tx_ >= int64_t(o_.keepalive_ms)) {
+    if (now - last_tx_ >= int64_t(keepalive_ms_)) {
       Msg m;
       m.type = Msg::kKeepalive;
       post_msg(m);
@@ -771,8 +777,9 @@ class Conn final : public PumpSource {
           state_ = kEstablished;
           connected_ = true;
           last_rx_ = last_tx_ = now_ms();
-          if (o_.keepalive_ms) arm_timer(timer_, o_.keepalive_ms);
-          else arm_timer(timer_, 0);
+          // Ticks at half the interval: a keepalive goes out between 1 and
+          // 1.5 intervals after our last message, well inside the peer's 3.
+          arm_timer(timer_, keepalive_ms_ ? std::max<uint32_t>(keepalive_ms_ / 2, 1) : 0);
           emit("established");
           for (uint32_t i = 0; i < slots_.size(); i++)
             if (slots_[i].fd >= 0) run_slot(i);

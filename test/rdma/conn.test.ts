@@ -281,4 +281,35 @@ if (!IN_VM) {
     listener.close();
     await new Promise((res) => setTimeout(res, 200));
   });
+
+  test.serial('keepalive: both ends use the smaller interval, so a peer that asked for none is not timed out; an idle connection survives, then carries bytes', async (t) => {
+    const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
+    const token = randomBytes(16);
+    // The gateway side checks every 300 ms (times out after 900 ms of silence); the client asks for no keepalive.
+    const listener = rdma.listen!(r.pump.raw, { addr: ADDR, port: 18604, keepaliveMs: 300 });
+    const client = rdma.connect!(r.pump.raw, { addr: ADDR, port: listener.port, token, keepaliveMs: 0 });
+    const req = await r.wait((e) => e.rdma === listener.id && e.event === 'request', 'request');
+    if (req.event !== 'request') throw new Error('unreachable');
+    const server = listener.accept(req.conn);
+    await r.wait((e) => e.rdma === client.id && e.event === 'established', 'client established');
+    await r.wait((e) => e.rdma === server.id && e.event === 'established', 'server established');
+    // Idle for ten of the server's intervals.
+    await new Promise((res) => setTimeout(res, 3_000));
+    t.falsy(r.log.find((e) => (e.rdma === client.id || e.rdma === server.id) && (e.event === 'closed' || e.event === 'failed')), JSON.stringify(r.log.slice(-5)));
+    const c = pair();
+    const s = pair();
+    client.link(0, c.fd);
+    server.link(0, s.fd);
+    const msg = randomBytes(1 << 20);
+    const got = readAll(s.sock);
+    c.sock.end(msg);
+    s.sock.end();
+    t.is(sha(await got), sha(msg));
+    await readAll(c.sock);
+    client.close();
+    await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
+    listener.close();
+    await new Promise((res) => setTimeout(res, 200));
+  });
 }
