@@ -14,6 +14,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -697,6 +700,7 @@ class Conn final : public PumpSource {
       if (now >= deadline_) die("TIMEOUT", -ETIMEDOUT, client_ ? "rdma connect" : "rdma accept");
       return;
     }
+    if (trace_enabled()) trace_state();
     if (!keepalive_ms_) return;
     if (now - last_rx_ > int64_t(keepalive_ms_) * 3) {
       die("ERR_SOCKGATE_RDMA_TIMEOUT", -ETIMEDOUT, "nothing heard from the peer for " + std::to_string(now - last_rx_) + " ms");
@@ -708,6 +712,31 @@ class Conn final : public PumpSource {
       post_msg(m);
     }
     after();
+  }
+
+  // SOCKGATE_RDMA_TRACE=1: every keepalive tick, the connection's flow state
+  // on stderr (diagnosing a stalled transfer; off by default).
+  static bool trace_enabled() {
+    static const bool on = [] {
+      const char* v = getenv("SOCKGATE_RDMA_TRACE");
+      return v && *v && strcmp(v, "0") != 0;
+    }();
+    return on;
+  }
+  void trace_state() const {
+    fprintf(stderr, "rdma-trace conn %u %s: peer_credits %u to_return %u sq_used %u unsignaled %u ctrl %zu due %zu\n", id_,
+            client_ ? "client" : "server", peer_credits_, to_return_, sq_used_, unsignaled_, ctrl_.size(), due_.size());
+    for (uint32_t i = 0; i < slots_.size(); i++) {
+      const Slot& t = slots_[i];
+      if (t.st == Slot::kFree && t.fd < 0) continue;
+      fprintf(stderr,
+              "rdma-trace   slot %u st %d fd %d r%d w%d hup%d eof%d eofsent%d peereof%d wrshut%d bindp%d due%d pblk%d"
+              " rprod %llu rcons %llu lastupd %llu rd %llu prod %llu peercons %llu\n",
+              i, int(t.st), t.fd, t.readable, t.writable, t.rd_hup, t.rd_eof, t.eof_sent, t.peer_eof, t.wr_shut, t.bind_pending,
+              t.update_due, t.peer_blocked, (unsigned long long)t.rprod, (unsigned long long)t.rcons,
+              (unsigned long long)t.last_update, (unsigned long long)t.rd, (unsigned long long)t.prod,
+              (unsigned long long)t.peer_cons);
+    }
   }
 
   // Byte counts of every slot that moved some since the last time.

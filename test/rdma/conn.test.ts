@@ -70,12 +70,20 @@ function pair(): { fd: number; sock: Socket } {
   return { fd: a, sock: new Socket({ fd: b, allowHalfOpen: true, readable: true, writable: true }) };
 }
 
+/** Everything `s` sends until its end; fails (never hangs) if the end does not come within T_MS. */
 function readAll(s: Socket): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
+    const timer = setTimeout(() => reject(new Error(`no end within ${T_MS} ms after ${parts.reduce((n, b) => n + b.length, 0)} bytes`)), T_MS);
     s.on('data', (d: Buffer) => parts.push(d));
-    s.once('end', () => resolve(Buffer.concat(parts)));
-    s.once('error', reject);
+    s.once('end', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(parts));
+    });
+    s.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
   });
 }
 
@@ -145,10 +153,12 @@ if (!IN_VM) {
     server.link(0, s2.fd);
     const msg = randomBytes(100_000);
     const got2 = readAll(s2.sock);
+    // Read the client's side from the start: an empty socket may emit 'end' before anyone listens.
+    const back2 = readAll(c2.sock);
     c2.sock.end(msg);
     s2.sock.end();
     t.is(sha(await got2), sha(msg));
-    await readAll(c2.sock);
+    t.is((await back2).length, 0);
     client.close();
     await r.wait((e) => e.rdma === client.id && e.event === 'closed', 'client closed');
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
@@ -303,10 +313,11 @@ if (!IN_VM) {
     server.link(0, s.fd);
     const msg = randomBytes(1 << 20);
     const got = readAll(s.sock);
+    const back = readAll(c.sock);
     c.sock.end(msg);
     s.sock.end();
     t.is(sha(await got), sha(msg));
-    await readAll(c.sock);
+    t.is((await back).length, 0);
     client.close();
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
     listener.close();
