@@ -107,9 +107,12 @@ export class FdChannel extends Socket {
 
   #wait(fn: () => void): void {
     this.#waiters.push(fn);
+    // Ref'd: once the socketpair said EOF its handle no longer keeps the
+    // process alive, and the verdict comes through the mover's (unref'd)
+    // pump; with an unref'd timer the loop could run empty right here and
+    // the process exit (or a test end "never resolved") before it arrives.
+    // Bounded by FATE_WAIT_MS.
     this.#timer ??= setTimeout(() => this.#wake(), FATE_WAIT_MS);
-    // Waiting must not keep a process alive on its own.
-    this.#timer.unref();
   }
 
   #wake(): void {

@@ -5,6 +5,7 @@
  * ended). The RDMA path itself runs in the Soft-RoCE VM suites (test/rdma).
  */
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { Socket } from 'node:net';
 import { closeFd, socketpair } from '../../../native/index.js';
@@ -87,6 +88,29 @@ function pair(): { ch: FdChannel; mover: Socket } {
   mover.on('error', () => {});
   return { ch, mover };
 }
+
+test('FdChannel: a process whose only pending work is an EOF waiting for the mover (an unref\'d pump) stays alive until the verdict', (t) => {
+  // In a child: the mover writes, ends and goes away; the verdict comes 300 ms later from an unref'd timer, as an
+  // rdma slotEnd comes from the SDK's unref'd pump. Were the wait itself unref'd, the loop would run empty and the
+  // process exit before 'end' (ava's "promise never resolved" in the two-VM suite).
+  const dir = new URL('../../../', import.meta.url).pathname;
+  const script = `
+    import { Socket } from 'node:net';
+    import { socketpair } from '${dir}native/index.js';
+    import { FdChannel } from '${dir}clients/sdk/fd-channel.js';
+    const [a, b] = socketpair();
+    const ch = new FdChannel({ fd: b, label: 'child channel' });
+    let got = '';
+    ch.on('data', (c) => (got += c));
+    ch.on('end', () => process.stdout.write('end ' + got));
+    const mover = new Socket({ fd: a, allowHalfOpen: true, readable: false, writable: true });
+    mover.end('bytes', () => mover.destroy());
+    setTimeout(() => ch.settle(), 300).unref();
+  `;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout, 'end bytes');
+});
 
 test('FdChannel: an EOF waits for the mover; a clean settle releases it after every byte', async (t) => {
   const { ch, mover } = pair();
