@@ -325,6 +325,8 @@ export interface RdmaConnParams {
   ringLog2: number;
   slots: number;
   credits: number;
+  /** The sender's keepalive interval (0 = none); both ends use the smaller non-zero one. */
+  keepaliveMs: number;
   token: Uint8Array;
 }
 

@@ -208,10 +208,11 @@ Napi::Value EncodeConnParams(const Napi::CallbackInfo& info) {
   }
   Napi::Object o = info[0].As<Napi::Object>();
   ConnParams p;
-  uint32_t v = kVersion, flags = 0, rkey = 0, log2 = kMinRingLog2, slots = 1, credits = 2;
+  uint32_t v = kVersion, flags = 0, rkey = 0, log2 = kMinRingLog2, slots = 1, credits = 2, keepalive = 0;
   if (!GetUint(info, o, "version", 0, 65535, &v) || !GetUint(info, o, "flags", 0, 65535, &flags) ||
       !GetUint(info, o, "rkey", 0, UINT32_MAX, &rkey) || !GetUint(info, o, "ringLog2", 0, 255, &log2) ||
-      !GetUint(info, o, "slots", 0, 65535, &slots) || !GetUint(info, o, "credits", 0, 65535, &credits))
+      !GetUint(info, o, "slots", 0, 65535, &slots) || !GetUint(info, o, "credits", 0, 65535, &credits) ||
+      !GetUint(info, o, "keepaliveMs", 0, UINT32_MAX, &keepalive))
     return env.Undefined();
   Napi::Value addr = o.Get("addr");
   if (addr.IsBigInt()) {
@@ -229,6 +230,7 @@ Napi::Value EncodeConnParams(const Napi::CallbackInfo& info) {
   p.ring_log2 = log2;
   p.slots = uint16_t(slots);
   p.credits = uint16_t(credits);
+  p.keepalive_ms = keepalive;
   Napi::Buffer<uint8_t> b = Napi::Buffer<uint8_t>::New(env, ConnParams::kBytes);
   p.encode(b.Data());
   return b;
@@ -253,6 +255,7 @@ Napi::Value DecodeConnParams(const Napi::CallbackInfo& info) {
   o.Set("ringLog2", Napi::Number::New(env, p.ring_log2));
   o.Set("slots", Napi::Number::New(env, p.slots));
   o.Set("credits", Napi::Number::New(env, p.credits));
+  o.Set("keepaliveMs", Napi::Number::New(env, p.keepalive_ms));
   o.Set("token", Napi::Buffer<uint8_t>::Copy(env, p.token, kTokenBytes));
   return o;
 }

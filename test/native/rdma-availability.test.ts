@@ -42,7 +42,7 @@ if (!rdma.built) {
   });
 
   const good = {
-    version: 2, flags: 0, addr: 0x7f0012340000n, rkey: 0x1234abcd, ringLog2: 16, slots: 8, credits: 64,
+    version: 2, flags: 0, addr: 0x7f0012340000n, rkey: 0x1234abcd, ringLog2: 16, slots: 8, credits: 64, keepaliveMs: 2000,
     token: Uint8Array.from({ length: 16 }, (_, i) => i * 7),
   };
 
@@ -54,6 +54,7 @@ if (!rdma.built) {
     t.is(b.readUInt16BE(4), 2);
     t.is(b.readBigUInt64BE(8), good.addr);
     t.is(b.readUInt32BE(16), good.rkey);
+    t.is(b.readUInt32BE(28), good.keepaliveMs);
     const d = rdma.decodeConnParams!(b);
     t.deepEqual({ ...d, token: [...d.token] }, { ...good, token: [...good.token] });
     // rdma_cm pads private data: trailing bytes are allowed.
@@ -78,7 +79,8 @@ if (!rdma.built) {
     bad((x) => x.writeUInt16BE(0, 22), 'EBADMSG');                // no slots
     bad((x) => x.writeUInt16BE(4097, 22), 'EBADMSG');             // too many slots
     bad((x) => x.writeUInt16BE(1, 24), 'EBADMSG');                // fewer than 2 credits
-    bad((x) => x.writeUInt32BE(1, 28), 'EBADMSG');                // reserved
+    bad((x) => x.writeUInt16BE(1, 26), 'EBADMSG');                // reserved
+    bad((x) => x.writeUInt32BE(3_600_001, 28), 'EBADMSG');        // keepalive above an hour
     bad((x) => x.writeBigUInt64BE(0xffffffffffff0000n, 8), 'EBADMSG'); // region wraps the address space
   });
 
