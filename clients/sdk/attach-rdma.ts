@@ -437,7 +437,7 @@ class RdmaSession {
 // ---- the client -----------------------------------------------------------------
 
 export interface RdmaClientOptions {
-  /** Receive ring bytes per socket this client registers (power of two, 4 KiB..64 MiB; default 256 KiB). */
+  /** Receive ring bytes per socket this client registers (power of two, 4 KiB..64 MiB; default 1 MiB). */
   ringBytes?: number;
   /** Receive work requests posted for the gateway (4..1024; native default 64). */
   credits?: number;
