@@ -21,7 +21,6 @@
  * rdma-core and found an active verbs port).
  */
 import { randomBytes } from 'node:crypto';
-import { debuglog } from 'node:util';
 import type { RawRdmaConn, RdmaConnectOptions } from '../../native/index.js';
 import { DeclineReason, type RdmaAttach, type RdmaOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import {
@@ -37,12 +36,14 @@ import {
 } from '../../server/errors.js';
 import { PumpHub, type RdmaEvent } from '../../server/pump-hub.js';
 import { SESSION_ID_RE } from '../../server/shm-wire.js';
+import { isTracerEnabled, tracer } from '../../server/trace.js';
 import { FdChannel } from './fd-channel.js';
 
 type NativeModule = typeof import('../../native/index.js');
 
-/** NODE_DEBUG=sockgate: sessions, slots and attach steps on stderr. */
-const debug = debuglog('sockgate');
+/** SOCKGATE_TRACE=rdma: the SDK's rdma sessions, slots and attach steps on stderr. */
+const trace = tracer('rdma');
+const tracing = isTracerEnabled('rdma');
 
 /** How long an attach (connect, or waiting for the session's connection) may take by default. */
 const ATTACH_TIMEOUT_MS = 10_000;
@@ -300,7 +301,7 @@ class RdmaSession {
   }
 
   #onEvent(e: RdmaEvent, addr: string, port: number): void {
-    if (e.event !== 'progress') debug('rdma session %s: %s %j', this.id, e.event, e);
+    if (tracing && e.event !== 'progress') trace(`session ${this.id}: ${e.event} ${JSON.stringify(e)}`);
     switch (e.event) {
       case 'established':
         if (this.state !== 'connecting') return;
@@ -345,7 +346,7 @@ class RdmaSession {
   async slotFree(slot: number, timeoutMs: number): Promise<void> {
     const prior = this.slots.get(slot);
     if (!prior) return;
-    debug('rdma session %s: slot %d still held here, waiting for its end', this.id, slot);
+    trace(`session ${this.id}: slot ${slot} still held here, waiting for its end`);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([prior.ended, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
     clearTimeout(timer);
@@ -515,7 +516,7 @@ export class RdmaClient {
       s ??= this.#session(p.sessionId, timeoutMs);
     }
     const session = s;
-    debug('rdma attach %s: session %s (%s), slot %d, new %s', label, session.id, session.state, p.slot, p.newSession);
+    trace(`attach ${label}: session ${session.id} (${session.state}), slot ${p.slot}, new ${p.newSession}`);
     try {
       await within(session.ready, timeoutMs, opts.signal, `rdma attach: the session's connection to ${p.address}:${p.port} was not up within ${timeoutMs} ms`);
       await session.slotFree(p.slot, timeoutMs);
@@ -524,7 +525,7 @@ export class RdmaClient {
       if (p.newSession && err instanceof AbortedError) session.abandon(p.slot);
       throw err;
     }
-    debug('rdma attach %s: session %s up, linking slot %d', label, session.id, p.slot);
+    trace(`attach ${label}: session ${session.id} up, linking slot ${p.slot}`);
     return session.link(n, p.slot, p.newSession ? undefined : shortToken, label);
   }
 

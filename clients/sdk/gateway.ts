@@ -4,7 +4,6 @@
  * gives a Duplex; `gw.listen()` a server of incoming sockets; `gw.udp()` a
  * datagram socket.
  */
-import { debuglog } from 'node:util';
 import { EventEmitter } from 'node:events';
 import { connect as netConnect, isIP, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -35,6 +34,7 @@ import {
   SockgateError,
   fromServiceError,
 } from '../../server/errors.js';
+import { tracer } from '../../server/trace.js';
 import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../server/wire.js';
 import {
   GatewayDatagramSocket,
@@ -48,8 +48,8 @@ import {
   type TransportName,
 } from './socket.js';
 
-/** NODE_DEBUG=sockgate: the SDK's connect and attach steps on stderr. */
-const debug = debuglog('sockgate');
+/** SOCKGATE_TRACE=sdk: the SDK's connect steps on stderr. */
+const trace = tracer('sdk');
 
 /** The generated client, with the grpc plane's payload frames on the hand codec (server/wire.ts). */
 const FastSocketGatewayClient = makeGenericClientConstructor(
@@ -366,7 +366,7 @@ export class Gateway {
     const callOpts: CallOpts = { ...(sig ? { signal: sig } : {}), ...(opts.deadlineMs ? { deadlineMs: opts.deadlineMs } : {}) };
     const req = { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options };
     const started = Date.now();
-    debug('connect %s: offering %s', uri, offers.map((o) => transportNameOf(o.kind)).join(','));
+    trace(`connect ${uri}: offering ${offers.map((o) => transportNameOf(o.kind)).join(',')}`);
     const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
       // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
       // retried once on the next connection; a gateway that did get the first call reaps its socket
@@ -376,7 +376,7 @@ export class Gateway {
       }
       throw err;
     });
-    debug('connect %s: socket %s, gateway accepted %s', uri, res.socketId, res.negotiation?.accepted ? transportNameOf(res.negotiation.accepted.kind) : 'none');
+    trace(`connect ${uri}: socket ${res.socketId}, gateway accepted ${res.negotiation?.accepted ? transportNameOf(res.negotiation.accepted.kind) : 'none'}`);
     return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
   }
 

@@ -188,7 +188,7 @@ function passthroughEnv(): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (v === undefined) continue;
-    if (k === 'PATH' || k === 'CI' || k === 'LANG' || k === 'TZ' || k === 'NODE_OPTIONS' || k === 'NODE_DEBUG' || (k.startsWith('SOCKGATE_') && !k.startsWith('SOCKGATE_VM_'))) env[k] = v;
+    if (k === 'PATH' || k === 'CI' || k === 'LANG' || k === 'TZ' || k === 'NODE_OPTIONS' || (k.startsWith('SOCKGATE_') && !k.startsWith('SOCKGATE_VM_'))) env[k] = v;
   }
   return env;
 }
