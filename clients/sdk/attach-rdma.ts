@@ -38,8 +38,7 @@ import { PumpHub, type RdmaEvent } from '../../server/pump-hub.js';
 import { SESSION_ID_RE } from '../../server/shm-wire.js';
 import { isTracerEnabled, tracer } from '../../server/trace.js';
 import { FdChannel } from './fd-channel.js';
-
-type NativeModule = typeof import('../../native/index.js');
+import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** SOCKGATE_TRACE=rdma: the SDK's rdma sessions, slots and attach steps on stderr. */
 const trace = tracer('rdma');
@@ -63,14 +62,6 @@ const MAX_SLOTS = 4096;
 const RDMA_TOKEN_BYTES = 16;
 /** Per-direction buffering of the JS side of a socket's socketpair. */
 const CHANNEL_HIGH_WATERMARK = 1 << 20;
-
-let native: NativeModule | undefined;
-let nativeError = '';
-try {
-  native = await import('../../native/index.js');
-} catch (err) {
-  nativeError = (err as Error).message;
-}
 
 function unavailableReason(n: NativeModule | undefined): string {
   if (!n) return `the native addon did not load: ${nativeError}`;

@@ -28,21 +28,12 @@ import {
   shmStatusName,
 } from '../../server/shm-wire.js';
 import { ShmChannel, type ShmChannelSession } from './shm-channel.js';
-
-type NativeModule = typeof import('../../native/index.js');
+import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** How long an attach or a bind may take by default. */
 const ATTACH_TIMEOUT_MS = 10_000;
 /** How long closing waits for the pump to let go of a region it watched. */
 const RELEASE_WAIT_MS = 2_000;
-
-let native: NativeModule | undefined;
-let nativeError = '';
-try {
-  native = await import('../../native/index.js');
-} catch (err) {
-  nativeError = (err as Error).message;
-}
 
 /** Whether this process can attach with shm, and why not. */
 export const shmSupport: { readonly available: boolean; readonly reason: string } = {

@@ -38,8 +38,7 @@ import {
   SockgateError,
 } from '../../server/errors.js';
 import { tracer } from '../../server/trace.js';
-
-type NativeModule = typeof import('../../native/index.js');
+import { native, nativeError, type NativeModule } from './native-optional.js';
 
 const trace = tracer('vsock');
 
@@ -53,14 +52,6 @@ export const VSOCK_CID_LOCAL = 1;
 const VSOCK_PORT_MAX = 0xfffffffe;
 /** Backlog of the private Unix listener and of forwardVsock()'s vsock listener. */
 const BACKLOG = 128;
-
-let native: NativeModule | undefined;
-let nativeError = '';
-try {
-  native = await import('../../native/index.js');
-} catch (err) {
-  nativeError = (err as Error).message;
-}
 
 /**
  * Whether this process can reach a gateway over AF_VSOCK, and why not.
