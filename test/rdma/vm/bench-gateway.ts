@@ -37,6 +37,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, Socket, type Server } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
+import type { BenchRow as Row } from '../../bench/lib.js';
 
 export const BW_SIZE = 65536;
 export const LAT_SIZE = 64;
@@ -495,7 +496,7 @@ export interface PingResult {
 }
 
 /** 64 B ping-pongs: `warmup` first, then `iters` measured (bounded by `deadlineMs`). */
-async function pingPong(s: Duplex, warmup: number, iters: number, deadlineMs: number, events?: EventCount): Promise<PingResult> {
+export async function pingPong(s: Duplex, warmup: number, iters: number, deadlineMs: number, events?: EventCount): Promise<PingResult> {
   const msg = Buffer.alloc(LAT_SIZE, 0x61);
   const rtts: number[] = [];
   let have = 0;
@@ -684,16 +685,6 @@ async function rawClient(p: ClientParams, doStream: boolean, doPing: boolean, f:
 }
 
 // ---- rows ----------------------------------------------------------------------------------
-
-interface Row {
-  name: string;
-  transport: string;
-  size_bytes: number;
-  throughput_MBps: number | null;
-  p50_us: number | null;
-  p99_us: number | null;
-  [extra: string]: unknown;
-}
 
 /** The references the goals are stated against (from bench-peer's rows). */
 export interface Baselines {

@@ -33,7 +33,8 @@ import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { cpuMark, cpuSpan, perUnit } from './bench-gateway.js';
+import type { BenchRow as Row } from '../../bench/lib.js';
+import { cpuMark, cpuSpan, perUnit, pingPong } from './bench-gateway.js';
 
 /** Seconds of ib_write_bw (-D) and of the TCP stream: long enough to settle under TCG. */
 const STREAM_SECONDS = Number(process.env['SOCKGATE_BENCH_SECONDS'] || 8);
@@ -369,40 +370,10 @@ async function tcpStream(): Promise<{ MBps: number; bytes: number; seconds: numb
 async function tcpPingPong(): Promise<number[]> {
   const s = await connectRetry(PORT_TCP_ECHO);
   s.setNoDelay(true);
-  const msg = Buffer.alloc(LAT_SIZE, 0x61);
-  const rtts: number[] = [];
-  let have = 0;
-  let wake: (() => void) | null = null;
-  s.on('data', (d: Buffer) => {
-    have += d.length;
-    if (have >= LAT_SIZE && wake) {
-      const w = wake;
-      wake = null;
-      w();
-    }
-  });
-  const deadline = performance.now() + 120_000;
-  for (let i = 0; i < LAT_WARMUP + LAT_ITERS && performance.now() < deadline; i++) {
-    const t0 = performance.now();
-    const got = new Promise<void>((res) => (wake = res));
-    s.write(msg);
-    await got;
-    have -= LAT_SIZE;
-    if (i >= LAT_WARMUP) rtts.push((performance.now() - t0) * 1000);
-  }
+  const { rtts } = await pingPong(s, LAT_WARMUP, LAT_ITERS, 120_000);
   s.end();
   await once(s, 'close');
-  return rtts.sort((a, b) => a - b);
-}
-
-interface Row {
-  name: string;
-  transport: string;
-  size_bytes: number;
-  throughput_MBps: number | null;
-  p50_us: number | null;
-  p99_us: number | null;
-  [extra: string]: unknown;
+  return rtts;
 }
 
 async function runCase(c: PerftestCase): Promise<Row> {
