@@ -241,9 +241,10 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   /**
    * Tests only: 1 = every burst claims it wrapped, which never fits (a hostile
    * peer: the gateway ends the connection with ERR_SOCKGATE_RDMA_PROTOCOL);
-   * 2 = announce protocol version 1 (the listener refuses it: `failed` VERSION_MISMATCH).
+   * 2 = announce protocol version 1 (the listener refuses it: `failed` VERSION_MISMATCH);
+   * 3 = every BIND carries a token with its first byte flipped (the gateway refuses it with CLOSE).
    */
-  hostile?: 0 | 1 | 2;
+  hostile?: 0 | 1 | 2 | 3;
 }
 
 export interface RawRdmaListener {
@@ -264,7 +265,8 @@ export interface RawRdmaConn {
    * Move bytes between slot `slot` and the stream socket `fd` on the I/O thread
    * (the connection takes ownership of fd). With `token` (client side, later
    * sockets), a BIND message carrying it goes first; the gateway answers it
-   * with link() or closeSlot().
+   * with link() (BOUND: the client's `bound` event) or closeSlot() (CLOSE: its
+   * `slotEnd`, reason reset).
    */
   link(slot: number, fd: number, token?: Uint8Array): void;
   /** Abort a slot: its fd is closed (RST when `reset`), CLOSE goes to the peer; `slotEnd` follows. */
@@ -293,6 +295,8 @@ export type RdmaEvent =
   | { type: 'rdma'; rdma: number; event: 'closed'; code: string; errno: number; message: string }
   /** Gateway side: the client asks to bind `slot` with an attach token. */
   | { type: 'rdma'; rdma: number; event: 'bind'; slot: number; token: Buffer }
+  /** Client side: the gateway linked the slot this client bound (its BOUND; a refusal is the slot's `slotEnd`). */
+  | { type: 'rdma'; rdma: number; event: 'bound'; slot: number }
   /**
    * Bytes the slot moved since its last `progress`: at most one batch per
    * connection every 250 ms (never per burst: that would wake JS per message),

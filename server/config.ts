@@ -151,7 +151,8 @@ const rdmaSchema = z
      * (pinned) for the connection's life, on both sides, each way: a session
      * pins slots x ring_bytes of receive rings plus as much staging for the
      * client's rings (16 x 1 MiB: 32 MiB on the gateway, native/RDMA.md
-     * "Memory"); a socket beyond the slots falls back to the next transport.
+     * "Memory"); a socket beyond the slots rides an overflow session (a
+     * further connection of the client), within max_sessions*.
      */
     slots: z.number().int().min(1).max(4096).default(16),
     /** Receive work requests the gateway posts per connection (flow-control credits of the peer). */

@@ -18,7 +18,9 @@
  * - otherwise: the connection exists (or an earlier socket is opening it); the
  *   client links its slot with the token, which reaches the gateway as a
  *   `bind` event; the gateway redeems it, checks that the socket reserved that
- *   very slot of that session, and links the slot (or closes it).
+ *   very slot of that session, and links the slot (the native side answers
+ *   BOUND, which completes the client's attach) or closes it (CLOSE: the
+ *   client's attach fails with PEER_DECLINED and it negotiates tcp).
  *
  * A session belongs to the identity that created it: another identity naming
  * the same id gets a session of its own under a fresh id. Which reservation a
@@ -131,6 +133,8 @@ export class RdmaSession {
   early: Array<{ slot: number; token: Buffer }> = [];
   /** A socket's slot was ended by the peer's disconnect (rather than having ended before it). */
   cutOff = false;
+  /** Where offers naming this session go once all its slots are busy: a further session (connection) of the same client. */
+  overflow: RdmaSession | undefined;
   /** Settles once the session is forgotten. */
   readonly ended: Promise<void>;
   #resolveEnded!: () => void;
@@ -181,7 +185,13 @@ export class RdmaSessions {
     return this.#perIdentity.get(identity) ?? 0;
   }
 
-  /** Reserve a slot of session `offered` for `identity` (creating the session if it has none by that id). */
+  /**
+   * Reserve a slot of session `offered` for `identity` (creating the session
+   * if it has none by that id). When every slot of it is busy, the slot comes
+   * from its overflow session: a further session of the same identity under a
+   * fresh id (new_session, so the client opens a second connection), created
+   * while max_sessions and max_sessions_per_identity allow.
+   */
   reserve(identity: Identity, offered: string): Reservation {
     const decline = (reason: DeclineReason, detail: string): Reservation => ({ ok: false, reason, detail });
     if (offered === '') return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, 'the rdma offer names no session (RdmaOffer.session_id: 8..64 of [A-Za-z0-9_-], picked by the client)');
@@ -197,27 +207,33 @@ export class RdmaSessions {
     }
     let created = false;
     if (!session) {
-      const { maxSessions, maxSessionsPerIdentity } = this.limits;
-      if (this.byId.size >= maxSessions) {
-        return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `the gateway holds ${this.byId.size} of ${maxSessions} rdma sessions (transports.rdma.max_sessions)`);
-      }
-      if (this.countOf(who) >= maxSessionsPerIdentity) {
-        return decline(
-          DeclineReason.DECLINE_REASON_RESOURCE_LIMIT,
-          `identity "${who}" holds ${this.countOf(who)} of ${maxSessionsPerIdentity} rdma sessions (transports.rdma.max_sessions_per_identity)`,
-        );
-      }
+      const full = this.#noRoom(who);
+      if (full) return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, full);
       session = new RdmaSession(id, identity);
       created = true;
+    } else if (session.slots.size >= this.limits.slots) {
+      // Busy: the first of its overflow chain with a free slot, else a new session at the chain's end.
+      const named = session;
+      let last = session;
+      while (last.overflow && last.overflow.state !== 'closed' && last.slots.size >= this.limits.slots) last = last.overflow;
+      if (last.slots.size < this.limits.slots) {
+        session = last;
+      } else {
+        const full = this.#noRoom(who);
+        if (full) return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `every one of the ${this.limits.slots} slots of rdma session ${named.id}${named !== last ? ' and of its overflow sessions' : ''} is busy (transports.rdma.slots), and ${full}`);
+        do id = randomBytes(12).toString('base64url');
+        while (this.byId.has(id));
+        session = new RdmaSession(id, identity);
+        last.overflow = session;
+        created = true;
+      }
     }
     const no = this.#freeSlot(session);
-    if (no < 0) {
-      return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `every one of the ${this.limits.slots} slots of rdma session ${session.id} is busy (transports.rdma.slots)`);
-    }
+    if (no < 0) return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `every one of the ${this.limits.slots} slots of rdma session ${session.id} is busy (transports.rdma.slots)`);
     if (created) {
       this.byId.set(session.id, session);
       this.#perIdentity.set(who, this.countOf(who) + 1);
-      trace(`${who}: new pending session ${session.id}${id !== offered ? ` (${echo(offered)} belongs to another identity)` : ''}`);
+      trace(`${who}: new pending session ${session.id}${id !== offered ? ` (for ${echo(offered)}: another identity's, or all its slots busy)` : ''}`);
     }
     const slot = new RdmaSlot(session, no);
     session.slots.set(no, slot);
@@ -230,6 +246,16 @@ export class RdmaSessions {
     }, this.limits.reservationMs);
     slot.timer.unref();
     return { ok: true, session, slot, newSession };
+  }
+
+  /** Why `who` may not have another session (max_sessions, max_sessions_per_identity), or '' if it may. */
+  #noRoom(who: string): string {
+    const { maxSessions, maxSessionsPerIdentity } = this.limits;
+    if (this.byId.size >= maxSessions) return `the gateway holds ${this.byId.size} of ${maxSessions} rdma sessions (transports.rdma.max_sessions)`;
+    if (this.countOf(who) >= maxSessionsPerIdentity) {
+      return `identity "${who}" holds ${this.countOf(who)} of ${maxSessionsPerIdentity} rdma sessions (transports.rdma.max_sessions_per_identity)`;
+    }
+    return '';
   }
 
   /** Tie the reservation (session id, slot) to the socket its token was issued to. False if there is none. */
@@ -289,6 +315,7 @@ export class RdmaSessions {
     }
     s.slots.clear();
     s.connector = undefined;
+    s.overflow = undefined;
     if (this.byId.get(s.id) === s) {
       this.byId.delete(s.id);
       const left = this.countOf(s.identity.name) - 1;

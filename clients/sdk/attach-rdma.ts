@@ -7,7 +7,11 @@
  *   connection: rdma_connect to the gateway's listener with its attach token
  *   in the private data; the gateway links its slot when it accepts.
  * - Later sockets wait for that connection (a concurrent first socket may
- *   still be connecting) and present their token with BIND on their slot.
+ *   still be connecting) and present their token with BIND on their slot;
+ *   the attach completes when the gateway answers BOUND. Its CLOSE instead
+ *   (a token it cannot redeem, an expired reservation, a gateway stopping)
+ *   fails the attach with PEER_DECLINED, so the socket falls back to the
+ *   next transport before anyone wrote to it.
  * - Each socket's bytes move between its slot and our end of a Unix
  *   socketpair on the native I/O thread; the SDK reads and writes the other
  *   end as a `net.Socket` (an FdChannel, which holds an EOF back until the
@@ -248,6 +252,8 @@ class RdmaSession {
   closedError: SockgateError | undefined;
   #hub: ClientHub | undefined;
   #waitTimer: NodeJS.Timeout | undefined;
+  /** Slots linked with BIND whose BOUND (or refusal) has not come yet. */
+  readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
 
   constructor(
     readonly id: string,
@@ -311,7 +317,28 @@ class RdmaSession {
       case 'peerEof':
         this.slots.get(e.slot)?.peerEnded();
         return;
+      case 'bound': {
+        const b = this.#binds.get(e.slot);
+        this.#binds.delete(e.slot);
+        b?.resolve();
+        return;
+      }
       case 'slotEnd': {
+        const b = this.#binds.get(e.slot);
+        if (b) {
+          this.#binds.delete(e.slot);
+          // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
+          b.reject(
+            e.reason === 'reset'
+              ? new RdmaAttachError(`rdma slot ${e.slot} of session ${this.id}: the gateway refused the bind`, DeclineReason.DECLINE_REASON_PEER_DECLINED)
+              : new RdmaAttachError(`rdma slot ${e.slot} of session ${this.id} ended before the gateway answered its bind (${e.reason}${e.code ? ` ${e.code}` : ''})`, DeclineReason.DECLINE_REASON_CONNECT_FAILED),
+          );
+          // Nobody holds that socket yet (the attach that waits destroys it): no error to emit.
+          const unbound = this.slots.get(e.slot);
+          this.slots.delete(e.slot);
+          unbound?.slotEnded(undefined);
+          return;
+        }
         const sock = this.slots.get(e.slot);
         if (!sock) return;
         this.slots.delete(e.slot);
@@ -345,10 +372,11 @@ class RdmaSession {
   }
 
   /**
-   * Link a slot to a new socketpair; with `token`, BIND it (later sockets).
-   * The connection owns our end from here on.
+   * Link a slot to a new socketpair; with `token`, BIND it (later sockets:
+   * `bound` then settles with the gateway's answer, BOUND or its CLOSE, which
+   * rejects with PEER_DECLINED). The connection owns our end from here on.
    */
-  link(n: NativeModule, slot: number, token: Uint8Array | undefined, label: string): RdmaSocket {
+  link(n: NativeModule, slot: number, token: Uint8Array | undefined, label: string): { sock: RdmaSocket; bound: Promise<void> } {
     const conn = this.conn;
     if (this.state !== 'established' || !conn) throw new AttachFailedError(`rdma session ${this.id} is ${this.state}`);
     if (this.slots.has(slot)) throw new AttachFailedError(`rdma slot ${slot} of session ${this.id} is already in use here`);
@@ -370,7 +398,11 @@ class RdmaSession {
       throw new AttachFailedError(`rdma link of slot ${slot} failed: ${(n.translateError(err) as Error).message}`, { cause: err });
     }
     this.slots.set(slot, sock);
-    return sock;
+    if (!token) return { sock, bound: Promise.resolve() };
+    const bound = new Promise<void>((resolve, reject) => this.#binds.set(slot, { resolve, reject }));
+    // A refusal after the attach gave up waiting is nobody's to report.
+    bound.catch(() => {});
+    return { sock, bound };
   }
 
   /** Release a slot the gateway linked for a socket that will not use it (an aborted first attach). */
@@ -411,6 +443,9 @@ class RdmaSession {
     this.closedError = this.closedError && !(err instanceof SocketClosedError) ? err : (this.closedError ?? err);
     clearTimeout(this.#waitTimer);
     this.#rejectReady(err);
+    const binds = [...this.#binds.values()];
+    this.#binds.clear();
+    for (const b of binds) b.reject(err);
     this.onGone(this);
     const socks = [...this.slots.values()];
     this.slots.clear();
@@ -435,6 +470,8 @@ export interface RdmaClientOptions {
   credits?: number;
   /** Idle keepalive interval in ms (0 = off; native default 5000). */
   keepaliveMs?: number;
+  /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
+  hostile?: 3;
 }
 
 /** The rdma side of one SDK Gateway object. */
@@ -501,6 +538,7 @@ export class RdmaClient {
         timeoutMs,
         ...(this.#opts.credits !== undefined ? { credits: this.#opts.credits } : {}),
         ...(this.#opts.keepaliveMs !== undefined ? { keepaliveMs: this.#opts.keepaliveMs } : {}),
+        ...(this.#opts.hostile !== undefined ? { hostile: this.#opts.hostile } : {}),
       });
     } else {
       // The session's connection exists or an earlier socket is opening it (its answer may even come after ours).
@@ -517,7 +555,18 @@ export class RdmaClient {
       throw err;
     }
     trace(`attach ${label}: session ${session.id} up, linking slot ${p.slot}`);
-    return session.link(n, p.slot, p.newSession ? undefined : shortToken, label);
+    const { sock, bound } = session.link(n, p.slot, p.newSession ? undefined : shortToken, label);
+    // The first socket's slot was linked when the gateway accepted the connection; a later one waits for BOUND.
+    if (p.newSession) return sock;
+    try {
+      await within(bound, timeoutMs, opts.signal, `rdma attach: the gateway did not answer the bind of slot ${p.slot} within ${timeoutMs} ms`);
+    } catch (err) {
+      trace(`attach ${label}: slot ${p.slot} not bound: ${(err as Error).message}`);
+      sock.resetAndDestroy();
+      throw err;
+    }
+    trace(`attach ${label}: slot ${p.slot} bound`);
+    return sock;
   }
 
   #session(id: string, waitMs: number): RdmaSession {

@@ -423,7 +423,7 @@ int Msg::decode(const void* p, size_t len, Msg* o) {
   uint8_t b[kMaxBytes];
   memcpy(b, p, len);  // once: the buffer is ours, but the bytes are the peer's
   o->type = b[0];
-  if (o->type < kConsumed || o->type > kBind) return -EBADMSG;
+  if (o->type < kConsumed || o->type > kBound) return -EBADMSG;
   if (len != (o->type == kBind ? kBindBytes : kBytes)) return -EBADMSG;
   o->flags = b[1];
   if (o->flags != 0) return -EBADMSG;

@@ -204,7 +204,7 @@ class Mapping {
 // ---- wire formats (native/RDMA.md) ---------------------------------------------
 
 constexpr uint32_t kMagic = 0x53475244;  // "SGRD"
-constexpr uint16_t kVersion = 2;         // 2: the last data write of a burst carries the immediate (no cursor lines)
+constexpr uint16_t kVersion = 3;         // 2: the last data write of a burst carries the immediate (no cursor lines); 3: BOUND answers BIND
 constexpr uint32_t kMinRingLog2 = 12;    // 4 KiB
 constexpr uint32_t kMaxRingLog2 = 30;    // 1 GiB
 constexpr uint32_t kMaxSlots = 4096;
@@ -246,7 +246,7 @@ struct Msg {
   static constexpr size_t kBytes = 16;
   static constexpr size_t kBindBytes = kBytes + kTokenBytes;
   static constexpr size_t kMaxBytes = kBindBytes;  // receive buffers are this big
-  enum Type : uint8_t { kConsumed = 1, kEof = 2, kClose = 3, kKeepalive = 4, kCredits = 5, kBind = 6 };
+  enum Type : uint8_t { kConsumed = 1, kEof = 2, kClose = 3, kKeepalive = 4, kCredits = 5, kBind = 6, kBound = 7 };
   uint8_t type = 0;
   uint8_t flags = 0;
   uint16_t slot = 0;

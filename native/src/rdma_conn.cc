@@ -249,7 +249,8 @@ struct Slot {
   bool eof_sent = false;       // EOF message posted (after the last burst)
   bool peer_eof = false;       // the peer's EOF arrived
   bool wr_shut = false;        // shutdown(fd, SHUT_WR) done after the peer's EOF
-  bool bind_pending = false;   // client: BIND queued, no data before it
+  bool bind_pending = false;   // BIND (client) or BOUND (gateway) queued: no data of the slot before it
+  bool await_bound = false;    // client: BIND sent, the gateway's BOUND (or CLOSE) not yet here
   bool update_due = false;     // a CONSUMED is owed
   bool peer_blocked = false;   // the peer's last immediate said BLOCKED
   bool touched = false;
@@ -378,6 +379,8 @@ class Conn final : public PumpSource {
       end_event(slot, "error", -EINVAL, "EINVAL", 0, 0);
       return;
     }
+    // Gateway: a slot the client announced with BIND (not the first socket's, linked on accept) is answered with BOUND.
+    const bool answer_bind = !client_ && s.bound;
     int err = set_nonblock(fd);
     if (!err) err = p_->source_watch_events(id_, fd, kKeySlot + slot, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
     if (err) {
@@ -393,11 +396,15 @@ class Conn final : public PumpSource {
     s.st = Slot::kOpen;
     s.bound = true;
     s.readable = s.writable = true;
-    if (token) {
+    if (token || answer_bind) {
       Msg m;
-      m.type = Msg::kBind;
+      m.type = token ? Msg::kBind : Msg::kBound;
       m.slot = uint16_t(slot);
-      memcpy(m.token, token, kTokenBytes);
+      if (token) {
+        memcpy(m.token, token, kTokenBytes);
+        if (copts.hostile == 3) m.token[0] ^= 0xff;  // tests: a BIND the gateway cannot redeem
+        s.await_bound = true;
+      }
       s.bind_pending = true;
       ctrl_.push_back(m);
     }
@@ -937,9 +944,9 @@ class Conn final : public PumpSource {
       Msg m = ctrl_.front();
       if (post_msg(m)) break;
       ctrl_.pop_front();
-      if (m.type == Msg::kBind) {
+      if (m.type == Msg::kBind || m.type == Msg::kBound) {
         slots_[m.slot].bind_pending = false;
-        post_burst(m.slot);  // data may have waited behind the BIND
+        post_burst(m.slot);  // data may have waited behind the BIND or BOUND
       }
     }
     if (state_ != kEstablished) return;
@@ -1308,6 +1315,19 @@ class Conn final : public PumpSource {
           e.name = "bind";
           e.slot = m.slot;
           e.token.assign(reinterpret_cast<const char*>(m.token), kTokenBytes);
+          p_->source_emit(std::move(e));
+        }
+        return 0;
+      case Msg::kBound:
+        if (!client_) return protocol("BOUND sent to the gateway");
+        if (s.st == Slot::kClosing) return 0;  // we gave the slot up meanwhile
+        if (!s.await_bound) return protocol("BOUND for slot " + std::to_string(m.slot) + ", which awaits none");
+        s.await_bound = false;
+        {
+          PumpEvent e(PumpEvent::kRdma);
+          e.id = id_;
+          e.name = "bound";
+          e.slot = m.slot;
           p_->source_emit(std::move(e));
         }
         return 0;

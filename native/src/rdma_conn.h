@@ -39,7 +39,8 @@ struct ConnectOpts {
   uint32_t timeout_ms = 10000;
   // Tests only: 1 = every burst claims it wrapped, which never fits (a
   // hostile peer for the gateway's validation); 2 = announce protocol version
-  // 1 (the listener refuses it; we report VERSION_MISMATCH).
+  // 1 (the listener refuses it; we report VERSION_MISMATCH); 3 = every BIND
+  // carries a token with its first byte flipped (the gateway refuses it).
   uint32_t hostile = 0;
 };
 

@@ -8,11 +8,12 @@
  *
  * Checks: connect/accept with the token in the private data; one slot and
  * several slots at once, both directions, SHA-256 checked; half-close (EOF
- * each way, then both sides free the slot: slotEnd ok); BIND of a later slot;
+ * each way, then both sides free the slot: slotEnd ok); BIND of a later slot,
+ * answered with BOUND when the gateway links it and CLOSE when it refuses;
  * closeSlot aborts (the peer sees a reset); a rejected request (REJECTED);
  * connection close ends the open slots (ECONNABORTED); byte counts reach JS
  * in rate-limited `progress` batches that add up to the slotEnd totals;
- * protocol 2's checks: a client of protocol 1 is refused (VERSION_MISMATCH), a
+ * the protocol's checks: a client of protocol 1 is refused (VERSION_MISMATCH), a
  * peer whose burst claims a wrap that does not fit is cut off
  * (ERR_SOCKGATE_RDMA_PROTOCOL) without disturbing another connection.
  */
@@ -151,6 +152,7 @@ if (!IN_VM) {
     t.like(bind, { slot: 0 });
     t.deepEqual(bind.event === 'bind' ? [...bind.token] : [], [...bindToken]);
     server.link(0, s2.fd);
+    t.like(await r.wait((e) => e.rdma === client.id && e.event === 'bound', 'bound'), { slot: 0 });
     const msg = randomBytes(100_000);
     const got2 = readAll(s2.sock);
     // Read the client's side from the start: an empty socket may emit 'end' before anyone listens.
@@ -161,6 +163,45 @@ if (!IN_VM) {
     t.is((await back2).length, 0);
     client.close();
     await r.wait((e) => e.rdma === client.id && e.event === 'closed', 'client closed');
+    await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
+    listener.close();
+    await new Promise((res) => setTimeout(res, 200));
+  });
+
+  test.serial('a BIND is answered: CLOSE when the gateway refuses it (the client sees reset, never bound), BOUND when it links the slot', async (t) => {
+    const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
+    const { listener, client, server } = await connected(r, 18605, { ringLog2: 14, slots: 4 });
+    // Refused: the gateway closes the slot it was asked to bind.
+    const refused = pair();
+    const refusedEnd = readAll(refused.sock).catch((err: Error) => err);
+    client.link(1, refused.fd, randomBytes(16));
+    const firstBind = await r.wait((e) => e.rdma === server.id && e.event === 'bind' && e.slot === 1, 'bind 1');
+    server.closeSlot(1, true);
+    t.like(await r.wait((e) => e.rdma === client.id && e.event === 'slotEnd' && e.slot === 1, 'refused slotEnd'), { reason: 'reset', totalToFd: 0, totalToPeer: 0 });
+    t.like(await r.wait((e) => e.rdma === server.id && e.event === 'slotEnd' && e.slot === 1, 'server slotEnd'), { reason: 'aborted' });
+    t.falsy(r.log.find((e) => e.rdma === client.id && e.event === 'bound'), 'no BOUND for a refused BIND');
+    await refusedEnd;
+    // The connection carries on: the same slot bound anew and linked, bytes both ways.
+    const c = pair();
+    const s = pair();
+    client.link(1, c.fd, randomBytes(16));
+    await r.wait((e) => e !== firstBind && e.rdma === server.id && e.event === 'bind' && e.slot === 1, 'second bind 1');
+    // The gateway's host bytes are there before it links: they follow BOUND.
+    const down = randomBytes(300_000);
+    s.sock.write(down);
+    server.link(1, s.fd);
+    t.like(await r.wait((e) => e.rdma === client.id && e.event === 'bound', 'bound 1'), { slot: 1 });
+    const up = randomBytes(200_000);
+    const gotUp = readAll(s.sock);
+    const gotDown = readAll(c.sock);
+    c.sock.end(up);
+    s.sock.end();
+    t.is(sha(await gotUp), sha(up));
+    t.is(sha(await gotDown), sha(down));
+    t.like(await r.wait((e) => e.rdma === client.id && e.event === 'slotEnd' && e.slot === 1 && e.reason === 'ok', 'slotEnd ok'), { totalToFd: down.length, totalToPeer: up.length });
+    t.falsy(r.log.find((e) => (e.rdma === client.id || e.rdma === server.id) && e.event === 'closed'), 'the connection stayed up');
+    client.close();
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
     listener.close();
     await new Promise((res) => setTimeout(res, 200));
@@ -179,6 +220,7 @@ if (!IN_VM) {
       else client.link(i, c.fd, randomBytes(16));
       if (i > 0) await r.wait((e) => e.rdma === server.id && e.event === 'bind' && e.slot === i, `bind ${i}`);
       server.link(i, s.fd);
+      if (i > 0) await r.wait((e) => e.rdma === client.id && e.event === 'bound' && e.slot === i, `bound ${i}`);
       const data = randomBytes(512 * 1024 + i * 977);
       // Echo on the server side: what comes in goes back.
       s.sock.pipe(s.sock);
@@ -196,7 +238,7 @@ if (!IN_VM) {
     await new Promise((res) => setTimeout(res, 200));
   });
 
-  test.serial('protocol 2: a client of protocol 1 is refused with VERSION_MISMATCH; a burst claiming a wrap that does not fit ends only its connection', async (t) => {
+  test.serial('protocol 3: a client of protocol 1 is refused with VERSION_MISMATCH; a burst claiming a wrap that does not fit ends only its connection', async (t) => {
     const r = new Router();
     t.teardown(() => r.pump.raw.closed || r.pump.close());
     const listener = rdma.listen!(r.pump.raw, { addr: ADDR, port: 18607 });
@@ -204,7 +246,7 @@ if (!IN_VM) {
     const old = rdma.connect!(r.pump.raw, { addr: ADDR, port: listener.port, token: randomBytes(16), hostile: 2 });
     const failed = await r.wait((e) => e.rdma === old.id && e.event === 'failed', 'version refused');
     t.like(failed, { code: 'VERSION_MISMATCH' });
-    t.regex(failed.event === 'failed' ? failed.message : '', /speaks rdma protocol version 2, this side 1/);
+    t.regex(failed.event === 'failed' ? failed.message : '', /speaks rdma protocol version 3, this side 1/);
     t.falsy(r.log.find((e) => e.rdma === listener.id && e.event === 'request'), 'no request reached JS');
     listener.close();
 

@@ -269,25 +269,36 @@ test('sessions: empty, short, long and malformed ids are declined (PEER_DECLINED
   t.is(table.size, 0);
 });
 
-test('sessions: RESOURCE_LIMIT when every slot of the session is busy, at max_sessions and at max_sessions_per_identity', (t) => {
+test('sessions: a busy session overflows into a further session of the same identity (new_session, fresh id); RESOURCE_LIMIT at max_sessions and max_sessions_per_identity', (t) => {
   const table = sessions({ slots: 2, maxSessions: 3, maxSessionsPerIdentity: 2 });
   const alice = identity('alice');
-  t.true(table.reserve(alice, 'alice-session-1').ok);
-  t.true(table.reserve(alice, 'alice-session-1').ok);
+  const first = table.reserve(alice, 'alice-session-1');
+  t.true(first.ok && first.newSession && first.session.id === 'alice-session-1');
+  const second = table.reserve(alice, 'alice-session-1');
+  t.true(second.ok);
+  // Both slots busy: the third socket opens a second connection.
+  const over = table.reserve(alice, 'alice-session-1');
+  if (!over.ok) return t.fail(over.detail);
+  t.not(over.session.id, 'alice-session-1');
+  t.true(over.newSession, 'the client opens the overflow session');
+  t.is(table.countOf('alice'), 2);
+  const over2 = table.reserve(alice, 'alice-session-1');
+  t.true(over2.ok && over2.session === over.session && !over2.newSession, 'the next one waits for that connection');
+  // Everything busy and alice at her session limit.
   const full = table.reserve(alice, 'alice-session-1');
   t.false(full.ok);
   if (!full.ok) {
     t.is(full.reason, DeclineReason.DECLINE_REASON_RESOURCE_LIMIT);
-    t.regex(full.detail, /every one of the 2 slots of rdma session alice-session-1 is busy/);
-    t.regex(full.detail, /transports\.rdma\.slots/);
+    t.regex(full.detail, /every one of the 2 slots of rdma session alice-session-1 and of its overflow sessions is busy \(transports\.rdma\.slots\)/);
+    t.regex(full.detail, /identity "alice" holds 2 of 2 .*max_sessions_per_identity/);
   }
-  t.true(table.reserve(alice, 'alice-session-2').ok);
+  // A slot of the named session frees up: it is used again before the overflow.
+  if (second.ok) table.free(second.slot);
+  const again = table.reserve(alice, 'alice-session-1');
+  t.true(again.ok && again.session.id === 'alice-session-1' && !again.newSession);
   const perIdentity = table.reserve(alice, 'alice-session-3');
   t.false(perIdentity.ok);
-  if (!perIdentity.ok) {
-    t.is(perIdentity.reason, DeclineReason.DECLINE_REASON_RESOURCE_LIMIT);
-    t.regex(perIdentity.detail, /identity "alice" holds 2 of 2 .*max_sessions_per_identity/);
-  }
+  if (!perIdentity.ok) t.regex(perIdentity.detail, /identity "alice" holds 2 of 2 .*max_sessions_per_identity/);
   t.true(table.reserve(identity('bob'), 'bob-session-01').ok, 'another identity still gets one');
   const total = table.reserve(identity('carol'), 'carol-session-1');
   t.false(total.ok);
@@ -295,6 +306,24 @@ test('sessions: RESOURCE_LIMIT when every slot of the session is busy, at max_se
   // max_sessions 0: every offer is declined.
   const none = sessions({ maxSessions: 0 }).reserve(alice, 'alice-session-1');
   t.true(!none.ok && none.reason === DeclineReason.DECLINE_REASON_RESOURCE_LIMIT);
+});
+
+test('sessions: an overflow session that ended is replaced by a new one; its own sockets never move', (t) => {
+  const table = sessions({ slots: 1, maxSessions: 8, maxSessionsPerIdentity: 8 });
+  const alice = identity('alice');
+  t.true(table.reserve(alice, 'alice-session-1').ok);
+  const o1 = table.reserve(alice, 'alice-session-1');
+  const o2 = table.reserve(alice, 'alice-session-1');
+  if (!o1.ok || !o2.ok) return t.fail('no overflow');
+  t.not(o1.session, o2.session, 'a chain: each session holds one slot here');
+  table.remove(o1.session);
+  const o3 = table.reserve(alice, 'alice-session-1');
+  if (!o3.ok) return t.fail(o3.detail);
+  t.true(o3.newSession);
+  t.not(o3.session, o1.session);
+  t.not(o3.session, o2.session, 'the chain broke at the ended session: a new one follows the named session');
+  t.is(table.byId.get(o2.session.id), o2.session, 'the orphaned overflow session keeps its socket');
+  t.is(table.countOf('alice'), 3);
 });
 
 test('sessions: a reservation expires with its token; a pending session left without reservations is forgotten', async (t) => {
@@ -359,11 +388,13 @@ test('sessions: a slot number held for a refused bind is not reserved again unti
   const held = table.hold(a.session, 1);
   t.is(held?.state, 'closing');
   t.is(table.hold(a.session, 9), undefined, 'out of range');
-  t.false(table.reserve(alice, 'alice-session-1').ok, 'slot 1 is still taken');
+  const over = table.reserve(alice, 'alice-session-1');
+  t.true(over.ok && over.session !== a.session, 'slot 1 is still taken: the offer overflows');
   table.free(held!);
   const b = table.reserve(alice, 'alice-session-1');
-  t.true(b.ok && b.slot.no === 1);
+  t.true(b.ok && b.session === a.session && b.slot.no === 1);
   table.remove(a.session);
+  if (over.ok) table.remove(over.session);
   t.is(table.size, 0);
   t.is(table.countOf('alice'), 0);
 });

@@ -5,10 +5,12 @@
  * the VMs it skips with a message, inside nothing skips.
  *
  * The issue's tests: SDK -> gateway over rdma -> TCP destination, 256 MiB
- * SHA-256 checked; many sockets over one RC connection; half-close; gateway ->
+ * SHA-256 checked; many sockets over one RC connection, and more than its
+ * slots over a second one; half-close; gateway ->
  * peer gateway over rdma -> destination; fallbacks (no device on the gateway's
- * side, a forged connect request rejected); a hostile peer writing garbage cursors: only its session
- * ends. Serial, in this order.
+ * side, a forged connect request rejected, a BIND the gateway refuses); a
+ * hostile peer writing garbage cursors: only its session ends. Serial, in
+ * this order.
  *
  * `rdma link delete` during a transfer is unplug.test.ts (its SDK runs in
  * child processes: this worker holds an rdma context, which would block the
@@ -105,6 +107,27 @@ if (!IN_VM) {
     t.is(r.got, r.sent);
   });
 
+  test.serial('more sockets than a session has slots: the 17th on ride an overflow session (a second RC connection), every one SHA-256 checked', async (t) => {
+    t.timeout(LONG);
+    const before = metric(await metrics(), 'sockgate_rdma_sessions');
+    const h = await SdkGateway.connect(GW, { transports: ['rdma'] });
+    try {
+      // The lab gateway has the default 16 slots per session.
+      const socks = await Promise.all(Array.from({ length: 20 }, () => h.connect(ECHO)));
+      for (const s of socks) t.is(s.transport, 'rdma');
+      t.is(metric(await metrics(), 'sockgate_rdma_sessions') - before, 2, 'two sessions for this client');
+      await Promise.all(
+        socks.map(async (s, i) => {
+          const back = hashUntilEnd(s);
+          const sent = await sendRandom(s, (256 << 10) + i * 4099);
+          t.is((await back).sha256, sent, `socket ${i}`);
+        }),
+      );
+    } finally {
+      await h.close();
+    }
+  });
+
   test.serial('gateway -> peer gateway over rdma -> destination (peers rule)', async (t) => {
     t.timeout(LONG);
     const b = await startGateway({ rules: LAB_RULES, peers: [{ match: { cidr: `${A_ADDR}/32` }, via: GW, transports: ['rdma'] }] }, { transports: ['tcp'] });
@@ -157,6 +180,29 @@ if (!IN_VM) {
     const back = hashUntilEnd(sock);
     const sent = await sendRandom(sock, 1 << 20);
     t.is((await back).sha256, sent);
+  });
+
+  test.serial('a BIND the gateway refuses (a token it cannot redeem): that socket falls back to tcp with PEER_DECLINED, the session keeps its first socket', async (t) => {
+    t.timeout(LONG);
+    const refusedBefore = metric(await metrics(), 'sockgate_rdma_refusals_total', 'reason="token"');
+    // hostile 3: the session's connect carries the right token, every later BIND a corrupted one.
+    const h = await SdkGateway.connect(GW, { transports: ['rdma', 'tcp'], rdma: { hostile: 3 } });
+    try {
+      const first = await h.connect(ECHO);
+      t.is(first.transport, 'rdma');
+      const second = await h.connect(ECHO);
+      t.is(second.transport, 'tcp', 'the refused bind fell back before connect() returned');
+      t.like(second.fallbacks.find((f) => f.transport === 'rdma'), { reason: 'PEER_DECLINED' });
+      t.true(metric(await metrics(), 'sockgate_rdma_refusals_total', 'reason="token"') > refusedBefore, 'the gateway counted the refusal');
+      const jobs = [first, second].map(async (s, i) => {
+        const back = hashUntilEnd(s);
+        const sent = await sendRandom(s, (2 << 20) + i * 8191);
+        t.is((await back).sha256, sent, `socket ${i} (${s.transport})`);
+      });
+      await Promise.all(jobs);
+    } finally {
+      await h.close();
+    }
   });
 
   test.serial('a hostile peer writing garbage cursors ends only its own session (ERR_SOCKGATE_RDMA_PROTOCOL)', async (t) => {

@@ -107,6 +107,8 @@ export interface RunOptions {
   link?: 'unix' | 'tcp' | 'udp';
   /** eth0 MTU in the guests (default DEFAULT_MTU). */
   mtu?: number;
+  /** Extra guest kernel command line arguments (e.g. init_on_alloc=0). */
+  kernelArgs?: readonly string[];
 }
 
 export interface VmResult {
@@ -322,7 +324,7 @@ export async function runVms(prepared: Extract<Prepared, { kind: 'ready' }>, spe
               : i === 0
               ? `socket,id=n0,listen=127.0.0.1:${port}`
               : `socket,id=n0,connect=127.0.0.1:${port}`;
-      const append = ['console=ttyS0', 'panic=-1', 'rdinit=/init', opts.verbose ? 'loglevel=7 sockgate.trace' : 'quiet'].join(' ');
+      const append = ['console=ttyS0', 'panic=-1', 'rdinit=/init', opts.verbose ? 'loglevel=7 sockgate.trace' : 'quiet', ...(opts.kernelArgs ?? [])].join(' ');
       const args = [
         '-accel', 'tcg,thread=multi',
         '-cpu', 'max',
