@@ -242,9 +242,10 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
    * Tests only: 1 = every burst claims it wrapped, which never fits (a hostile
    * peer: the gateway ends the connection with ERR_SOCKGATE_RDMA_PROTOCOL);
    * 2 = announce protocol version 1 (the listener refuses it: `failed` VERSION_MISMATCH);
-   * 3 = every BIND carries a token with its first byte flipped (the gateway refuses it with CLOSE).
+   * 3 = every BIND carries a token with its first byte flipped (the gateway refuses it with CLOSE);
+   * 4 = every RDMA write uses a wrong rkey (the peer's responder refuses it: QP errors on both ends).
    */
-  hostile?: 0 | 1 | 2 | 3;
+  hostile?: 0 | 1 | 2 | 3 | 4;
 }
 
 export interface RawRdmaListener {

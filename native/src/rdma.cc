@@ -116,9 +116,10 @@ int list_devices(std::vector<DeviceInfo>* out) {
 
 // ---- rdma_cm ------------------------------------------------------------------
 
-EventChannel::~EventChannel() {
+void EventChannel::reset() {
   if (!ch_) return;
   rdma_destroy_event_channel(ch_);
+  ch_ = nullptr;
   note(trace_, "-event_channel");
 }
 
@@ -142,9 +143,10 @@ int EventChannel::next(rdma_cm_event** ev) {
   return -(errno ? errno : EIO);
 }
 
-CmId::~CmId() {
+void CmId::reset() {
   if (!id_) return;
   rdma_destroy_id(id_);
+  id_ = nullptr;
   note(trace_, "-cm_id");
 }
 
@@ -166,9 +168,10 @@ void CmId::adopt(rdma_cm_id* id, Trace* t) {
 
 // ---- verbs --------------------------------------------------------------------
 
-ProtectionDomain::~ProtectionDomain() {
+void ProtectionDomain::reset() {
   if (!pd_) return;
   ibv_dealloc_pd(pd_);
+  pd_ = nullptr;
   note(trace_, "-pd");
 }
 
@@ -182,9 +185,10 @@ int ProtectionDomain::open(ibv_context* ctx, Trace* t) {
   return 0;
 }
 
-CompletionChannel::~CompletionChannel() {
+void CompletionChannel::reset() {
   if (!ch_) return;
   ibv_destroy_comp_channel(ch_);
+  ch_ = nullptr;
   note(trace_, "-comp_channel");
 }
 
@@ -204,10 +208,14 @@ int CompletionChannel::open(ibv_context* ctx, Trace* t) {
   return 0;
 }
 
-CompletionQueue::~CompletionQueue() {
+void CompletionQueue::reset() {
   if (!cq_) return;
   if (unacked_) ibv_ack_cq_events(cq_, unacked_);
   ibv_destroy_cq(cq_);
+  cq_ = nullptr;
+  ch_ = nullptr;
+  unacked_ = 0;
+  events_ = 0;
   note(trace_, "-cq");
 }
 
@@ -241,9 +249,12 @@ int CompletionQueue::take_events(int max) {
   return n;
 }
 
-QueuePair::~QueuePair() {
-  if (!id_ || !id_->qp) return;
-  rdma_destroy_qp(id_);
+void QueuePair::reset() {
+  rdma_cm_id* id = id_;
+  id_ = nullptr;
+  max_inline_ = 0;
+  if (!id || !id->qp) return;
+  rdma_destroy_qp(id);
   note(trace_, "-qp");
 }
 
@@ -267,9 +278,10 @@ int QueuePair::open(CmId& id, ProtectionDomain& pd, CompletionQueue& cq, const C
   return 0;
 }
 
-MemoryRegion::~MemoryRegion() {
+void MemoryRegion::reset() {
   if (!mr_) return;
   ibv_dereg_mr(mr_);
+  mr_ = nullptr;
   note(trace_, "-mr");
 }
 
@@ -282,9 +294,11 @@ int MemoryRegion::open(ProtectionDomain& pd, void* addr, size_t len, int access,
   return 0;
 }
 
-Mapping::~Mapping() {
+void Mapping::reset() {
   if (!p_) return;
   munmap(p_, len_);
+  p_ = nullptr;
+  len_ = 0;
   note(trace_, "-memory");
 }
 

@@ -13,6 +13,7 @@
 #include <infiniband/verbs.h>
 #include <rdma/rdma_cma.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -51,7 +52,9 @@ int list_devices(std::vector<DeviceInfo>* out);
 class EventChannel {
  public:
   EventChannel() = default;
-  ~EventChannel();
+  ~EventChannel() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   EventChannel(const EventChannel&) = delete;
   EventChannel& operator=(const EventChannel&) = delete;
   int open(Trace* t = nullptr);
@@ -71,7 +74,9 @@ class EventChannel {
 class CmId {
  public:
   CmId() = default;
-  ~CmId();
+  ~CmId() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   CmId(const CmId&) = delete;
   CmId& operator=(const CmId&) = delete;
   int create(EventChannel& ch, void* context, Trace* t = nullptr);
@@ -90,7 +95,9 @@ class CmId {
 class ProtectionDomain {
  public:
   ProtectionDomain() = default;
-  ~ProtectionDomain();
+  ~ProtectionDomain() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   ProtectionDomain(const ProtectionDomain&) = delete;
   ProtectionDomain& operator=(const ProtectionDomain&) = delete;
   int open(ibv_context* ctx, Trace* t = nullptr);
@@ -105,7 +112,9 @@ class ProtectionDomain {
 class CompletionChannel {
  public:
   CompletionChannel() = default;
-  ~CompletionChannel();
+  ~CompletionChannel() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   CompletionChannel(const CompletionChannel&) = delete;
   CompletionChannel& operator=(const CompletionChannel&) = delete;
   int open(ibv_context* ctx, Trace* t = nullptr);
@@ -122,7 +131,9 @@ class CompletionChannel {
 class CompletionQueue {
  public:
   CompletionQueue() = default;
-  ~CompletionQueue();
+  ~CompletionQueue() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   CompletionQueue(const CompletionQueue&) = delete;
   CompletionQueue& operator=(const CompletionQueue&) = delete;
   int open(ibv_context* ctx, CompletionChannel& ch, int depth, Trace* t = nullptr);
@@ -136,6 +147,31 @@ class CompletionQueue {
   int take_events(int max = 1 << 30);
   int poll(ibv_wc* wc, int n) { return ibv_poll_cq(cq_, n, wc); }
   uint64_t events() const { return events_; }
+  // One wakeup of the completion channel: take up to `take` events, poll
+  // until empty, arm, poll once more (a completion between the last poll and
+  // the arm raises no event). Each completion goes to on_wc(const ibv_wc&),
+  // which returns 0 to go on; anything else stops the drain and is returned
+  // as is. A failed verbs call returns -errno with *failed naming it
+  // (*failed stays null otherwise).
+  template <class OnWc>
+  int drain(int take, const char** failed, OnWc&& on_wc) {
+    *failed = nullptr;
+    int n = take_events(take);
+    if (n < 0) return *failed = "ibv_get_cq_event", n;
+    for (int round = 0; round < 2; round++) {
+      ibv_wc wc[32];
+      for (;;) {
+        int got = poll(wc, 32);
+        if (got < 0) return *failed = "ibv_poll_cq", -EIO;
+        if (got == 0) break;
+        for (int i = 0; i < got; i++)
+          if (int rc = on_wc(wc[i])) return rc;
+      }
+      if (round == 0)
+        if (int err = arm()) return *failed = "ibv_req_notify_cq", err;
+    }
+    return 0;
+  }
 
  private:
   ibv_cq* cq_ = nullptr;
@@ -150,7 +186,9 @@ class CompletionQueue {
 class QueuePair {
  public:
   QueuePair() = default;
-  ~QueuePair();
+  ~QueuePair() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   QueuePair(const QueuePair&) = delete;
   QueuePair& operator=(const QueuePair&) = delete;
   struct Caps {
@@ -171,7 +209,9 @@ class QueuePair {
 class MemoryRegion {
  public:
   MemoryRegion() = default;
-  ~MemoryRegion();
+  ~MemoryRegion() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   MemoryRegion(const MemoryRegion&) = delete;
   MemoryRegion& operator=(const MemoryRegion&) = delete;
   int open(ProtectionDomain& pd, void* addr, size_t len, int access, Trace* t = nullptr);
@@ -188,7 +228,9 @@ class MemoryRegion {
 class Mapping {
  public:
   Mapping() = default;
-  ~Mapping();
+  ~Mapping() { reset(); }
+  // Releases the handle now (idempotent); the object can be opened again.
+  void reset();
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
   int open(size_t len, Trace* t = nullptr);

@@ -593,27 +593,17 @@ class Conn final : public PumpSource {
       pending_id = nullptr;
     }
     // Reverse order of creation.
-    stage_mr_.~MemoryRegion();
-    new (&stage_mr_) MemoryRegion();
-    stage_.~Mapping();
-    new (&stage_) Mapping();
-    recv_mr_.~MemoryRegion();
-    new (&recv_mr_) MemoryRegion();
-    mr_.~MemoryRegion();
-    new (&mr_) MemoryRegion();
-    qp_.~QueuePair();
-    new (&qp_) QueuePair();
-    cq_.~CompletionQueue();
-    new (&cq_) CompletionQueue();
+    stage_mr_.reset();
+    stage_.reset();
+    recv_mr_.reset();
+    mr_.reset();
+    qp_.reset();
+    cq_.reset();
     if (cc_.fd() >= 0 && p_) p_->source_unwatch(cc_.fd());
-    cc_.~CompletionChannel();
-    new (&cc_) CompletionChannel();
-    pd_.~ProtectionDomain();
-    new (&pd_) ProtectionDomain();
-    mem_.~Mapping();
-    new (&mem_) Mapping();
-    cm_.~CmId();
-    new (&cm_) CmId();
+    cc_.reset();
+    pd_.reset();
+    mem_.reset();
+    cm_.reset();
     if (progress_timer_ >= 0) {
       if (p_) p_->source_unwatch(progress_timer_);
       close(progress_timer_);
@@ -625,8 +615,7 @@ class Conn final : public PumpSource {
       timer_ = -1;
     }
     if (ch_.fd() >= 0 && p_) p_->source_unwatch(ch_.fd());
-    ch_.~EventChannel();
-    new (&ch_) EventChannel();
+    ch_.reset();
   }
 
   int post_recv(uint32_t i) {
@@ -904,6 +893,8 @@ class Conn final : public PumpSource {
     b.flags = blocked ? kImmBlocked : 0;
     // Tests: every burst claims it wrapped (more bytes than the free space, or a wrap from offset 0).
     if (client_ && copts.hostile == 1) b.flags |= kImmWrap;
+    // Tests: writes with a key the peer never issued (its responder refuses them: a QP error on both ends).
+    if (client_ && copts.hostile == 4) b.rkey = ~b.rkey;
     b.max_inline = qp_.max_inline();
     b.wr_id_plain = kWrBurst;
     int k = post_burst_wrs(b);
@@ -1186,51 +1177,41 @@ class Conn final : public PumpSource {
 
   void on_cq() {
     // One arm, one event: take it (a second read would only say EAGAIN).
-    int n = cq_.take_events(1);
-    if (n < 0) return die("ERR_SOCKGATE_RDMA_QP_FATAL", n, "ibv_get_cq_event");
-    for (int round = 0; round < 2; round++) {
-      ibv_wc wc[32];
-      for (;;) {
-        int got = cq_.poll(wc, 32);
-        if (got < 0) return die("ERR_SOCKGATE_RDMA_QP_FATAL", -EIO, "ibv_poll_cq");
-        if (got == 0) break;
-        for (int i = 0; i < got; i++) {
-          if (state_ == kDead) return;
-          if (wc[i].status != IBV_WC_SUCCESS) {
-            if (wc[i].status == IBV_WC_WR_FLUSH_ERR && closing_) continue;
-            return die("ERR_SOCKGATE_RDMA_QP_FATAL", -EIO, std::string("work completion: ") + ibv_wc_status_str(wc[i].status));
-          }
-          uint64_t kind = wc[i].wr_id & kWrKind;
-          uint32_t low = uint32_t(wc[i].wr_id & 0xFFFFFFFF);
-          if (kind == kWrRecv) {
-            if (low >= o_.credits) return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "bad wr_id");
-            last_rx_ = now_ms();
-            if (wc[i].opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
-              if (on_imm(ntohl(wc[i].imm_data), wc[i].byte_len)) return;
-            } else if (wc[i].opcode == IBV_WC_RECV) {
-              if (on_msg(recv_buf(low), wc[i].byte_len)) return;
-            } else {
-              return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "unexpected receive opcode");
-            }
-            int err = post_recv(low);
-            if (err) return die("ERR_SOCKGATE_RDMA_QP_FATAL", err, "ibv_post_recv");
-            to_return_++;
-          } else if (kind == kWrBurst || kind == kWrMsg) {
-            sq_used_ -= std::min(sq_used_, low);
-          } else {
-            return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "bad wr_id");
-          }
-        }
-      }
-      if (round == 0) {
-        int err = cq_.arm();
-        if (err) return die("ERR_SOCKGATE_RDMA_QP_FATAL", err, "ibv_req_notify_cq");
-      }
-    }
+    const char* failed = nullptr;
+    int rc = cq_.drain(1, &failed, [this](const ibv_wc& wc) { return on_wc(wc); });
+    if (failed) return die("ERR_SOCKGATE_RDMA_QP_FATAL", rc, failed);
+    if (rc) return;  // on_wc ended the connection
     // Credits and space may have come back: let every open slot move.
     for (uint32_t i = 0; i < slots_.size() && state_ == kEstablished; i++)
       if (slots_[i].st == Slot::kOpen && slots_[i].fd >= 0) run_slot(i);
     flush();
+  }
+
+  // One work completion; non-zero once the connection has ended.
+  int on_wc(const ibv_wc& wc) {
+    if (state_ == kDead) return 1;
+    if (wc.status != IBV_WC_SUCCESS) {
+      if (wc.status == IBV_WC_WR_FLUSH_ERR && closing_) return 0;
+      return die("ERR_SOCKGATE_RDMA_QP_FATAL", -EIO, std::string("work completion: ") + ibv_wc_status_str(wc.status)), 1;
+    }
+    uint64_t kind = wc.wr_id & kWrKind;
+    uint32_t low = uint32_t(wc.wr_id & 0xFFFFFFFF);
+    if (kind == kWrBurst || kind == kWrMsg) {
+      sq_used_ -= std::min(sq_used_, low);
+      return 0;
+    }
+    if (kind != kWrRecv || low >= o_.credits) return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "bad wr_id"), 1;
+    last_rx_ = now_ms();
+    if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+      if (on_imm(ntohl(wc.imm_data), wc.byte_len)) return 1;
+    } else if (wc.opcode == IBV_WC_RECV) {
+      if (on_msg(recv_buf(low), wc.byte_len)) return 1;
+    } else {
+      return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "unexpected receive opcode"), 1;
+    }
+    if (int err = post_recv(low)) return die("ERR_SOCKGATE_RDMA_QP_FATAL", err, "ibv_post_recv"), 1;
+    to_return_++;
+    return 0;
   }
 
   int protocol(const std::string& what) {
@@ -1483,10 +1464,8 @@ class Listener final : public PumpSource {
       timer_ = -1;
     }
     if (ch_.fd() >= 0 && p_) p_->source_unwatch(ch_.fd());
-    id_.~CmId();
-    new (&id_) CmId();
-    ch_.~EventChannel();
-    new (&ch_) EventChannel();
+    id_.reset();
+    ch_.reset();
   }
   ListenOpts o_;
   Pump* p_ = nullptr;

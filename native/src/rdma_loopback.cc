@@ -296,48 +296,36 @@ struct Loop {
     }
   }
 
-  int on_cq(Endpoint& e) {
-    int n = e.cq.take_events();
-    if (n < 0) return fail(n, "ibv_get_cq_event");
-    for (int round = 0; round < 2; round++) {
-      ibv_wc wc[16];
-      for (;;) {
-        int got = e.cq.poll(wc, 16);
-        if (got < 0) return fail(-EIO, "ibv_poll_cq");
-        if (got == 0) break;
-        for (int i = 0; i < got; i++) {
-          if (wc[i].status != IBV_WC_SUCCESS) {
-            bool ending = e.disconnected || e.eof_seen || e.eof_sent;
-            if (wc[i].status == IBV_WC_WR_FLUSH_ERR && ending) continue;  // flushed at teardown
-            return fail(-EIO, std::string(e.name) + " completion: " + ibv_wc_status_str(wc[i].status));
-          }
-          uint64_t kind = wc[i].wr_id & kWrKind;
-          uint32_t low = uint32_t(wc[i].wr_id & 0xFFFFFFFF);
-          if (kind == kWrRecv) {
-            if (low >= o.credits) return fail(-EPROTO, "bad wr_id");
-            int err = post_recv(e, low);
-            if (err) return fail(err, "ibv_post_recv");
-            e.to_return++;
-            if (wc[i].opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
-              if (e.name[0] != 's') return fail(-EBADMSG, "unexpected immediate");
-              if ((err = on_imm(e, ntohl(wc[i].imm_data), wc[i].byte_len))) return err;
-            } else if (wc[i].opcode == IBV_WC_RECV) {
-              if ((err = on_msg(e, e.recv_buf(low), wc[i].byte_len))) return err;
-            } else {
-              return fail(-EPROTO, "unexpected receive opcode");
-            }
-          } else if (kind == kWrChunk || kind == kWrMsg) {
-            e.sq_used -= low;
-          } else {
-            return fail(-EPROTO, "bad wr_id");
-          }
-        }
-      }
-      if (round == 0) {
-        int err = e.cq.arm();
-        if (err) return fail(err, "ibv_req_notify_cq");
-      }
+  // One work completion of `e`; non-zero (an error) stops the drain.
+  int on_wc(Endpoint& e, const ibv_wc& wc) {
+    if (wc.status != IBV_WC_SUCCESS) {
+      bool ending = e.disconnected || e.eof_seen || e.eof_sent;
+      if (wc.status == IBV_WC_WR_FLUSH_ERR && ending) return 0;  // flushed at teardown
+      return fail(-EIO, std::string(e.name) + " completion: " + ibv_wc_status_str(wc.status));
     }
+    uint64_t kind = wc.wr_id & kWrKind;
+    uint32_t low = uint32_t(wc.wr_id & 0xFFFFFFFF);
+    if (kind == kWrChunk || kind == kWrMsg) {
+      e.sq_used -= low;
+      return 0;
+    }
+    if (kind != kWrRecv || low >= o.credits) return fail(-EPROTO, "bad wr_id");
+    int err = post_recv(e, low);
+    if (err) return fail(err, "ibv_post_recv");
+    e.to_return++;
+    if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+      if (e.name[0] != 's') return fail(-EBADMSG, "unexpected immediate");
+      return on_imm(e, ntohl(wc.imm_data), wc.byte_len);
+    }
+    if (wc.opcode == IBV_WC_RECV) return on_msg(e, e.recv_buf(low), wc.byte_len);
+    return fail(-EPROTO, "unexpected receive opcode");
+  }
+
+  int on_cq(Endpoint& e) {
+    const char* failed = nullptr;
+    int rc = e.cq.drain(1 << 30, &failed, [&](const ibv_wc& wc) { return on_wc(e, wc); });
+    if (failed) return fail(rc, failed);
+    if (rc) return rc;
     // Credits may have come back without a cursor update: return ours.
     if (e.to_return * 2 >= o.credits && e.established && !e.disconnected) {
       Msg m;

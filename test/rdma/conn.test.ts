@@ -15,16 +15,32 @@
  * in rate-limited `progress` batches that add up to the slotEnd totals;
  * the protocol's checks: a client of protocol 1 is refused (VERSION_MISMATCH), a
  * peer whose burst claims a wrap that does not fit is cut off
- * (ERR_SOCKGATE_RDMA_PROTOCOL) without disturbing another connection.
+ * (ERR_SOCKGATE_RDMA_PROTOCOL) without disturbing another connection; the
+ * failures verbs report: a write with a wrong rkey (ERR_SOCKGATE_RDMA_QP_FATAL),
+ * the port going down with its netdev (ERR_SOCKGATE_RDMA_PORT_DOWN; on an rxe
+ * device of its own, made on a veth pair).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { binding, Pump, rdma, type PumpEvent, type RawRdmaConn, type RawRdmaListener, type RdmaEvent } from '../../native/index.js';
 
 const IN_VM = process.env['SOCKGATE_IN_VM'] === '1';
 const ADDR = process.env['SOCKGATE_VM_ADDR'] || '10.99.0.1';
 const T_MS = Number(process.env['SOCKGATE_RDMA_WAIT_MS'] || 120_000);
+/** The port-down test's own netdev (one end of a veth pair), address and rxe device. */
+const PD_NETDEV = 'sgpd0';
+const PD_ADDR = '10.98.0.1';
+const PD_RXE = 'sgrxe1';
+
+/** Runs a command (the guest's /sbin may not be on node's PATH); '' when it succeeded, else what went wrong. */
+function run(cmd: string, ...args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, PATH: `${process.env['PATH'] ?? ''}:/usr/sbin:/sbin:/usr/bin:/bin` } });
+  return r.status === 0 ? '' : `${cmd} ${args.join(' ')}: ${r.error?.message ?? `exit ${r.status}: ${r.stderr}`}`;
+}
+const ip = (...args: string[]): string => run('ip', ...args);
 
 const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -88,10 +104,74 @@ function readAll(s: Socket): Promise<Buffer> {
   });
 }
 
-async function connected(r: Router, port: number, opts: { ringLog2?: number; slots?: number; credits?: number } = {}) {
+/** The first `n` bytes `s` sends (the rest stays unread); fails if they do not come within T_MS. */
+function readExactly(s: Socket, n: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let have = 0;
+    const timer = setTimeout(() => done(new Error(`${have} of ${n} bytes within ${T_MS} ms`)), T_MS);
+    const onData = (d: Buffer) => {
+      parts.push(d);
+      have += d.length;
+      if (have >= n) done();
+    };
+    const onEnd = () => done(new Error(`end after ${have} of ${n} bytes`));
+    const done = (err?: Error) => {
+      clearTimeout(timer);
+      s.off('data', onData);
+      s.off('end', onEnd);
+      s.pause();
+      if (err) reject(err);
+      else resolve(Buffer.concat(parts).subarray(0, n));
+    };
+    s.on('data', onData);
+    s.once('end', onEnd);
+  });
+}
+
+/**
+ * A well-behaved connection (slot 0 linked both sides) and beside it one whose
+ * client misbehaves as `hostile` says (slot 0 linked, 1000 bytes written).
+ */
+async function besideHostile(r: Router, goodPort: number, badPort: number, hostile: 1 | 4) {
+  const good = await connected(r, goodPort, { ringLog2: 14 });
+  const gc = pair();
+  const gs = pair();
+  good.client.link(0, gc.fd);
+  good.server.link(0, gs.fd);
+  const badListener = rdma.listen!(r.pump.raw, { addr: ADDR, port: badPort });
+  const bad = rdma.connect!(r.pump.raw, { addr: ADDR, port: badListener.port, token: randomBytes(16), hostile });
+  const req = await r.wait((e) => e.rdma === badListener.id && e.event === 'request', 'hostile request');
+  const badServer = badListener.accept(req.event === 'request' ? req.conn : -1);
+  await r.wait((e) => e.rdma === bad.id && e.event === 'established', 'hostile established');
+  const bc = pair();
+  const bs = pair();
+  bs.sock.on('error', () => {});
+  bc.sock.on('error', () => {});
+  bad.link(0, bc.fd);
+  badServer.link(0, bs.fd);
+  bc.sock.write(randomBytes(1000));
+  return { good, gc, gs, bad, badServer, badListener };
+}
+
+/** besideHostile's good connection still echoes `n` bytes (SHA-256 checked); then both listeners close. */
+async function goodCarriesOn(t: ExecutionContext, r: Router, h: Awaited<ReturnType<typeof besideHostile>>, n: number): Promise<void> {
+  const data = randomBytes(n);
+  const back = readAll(h.gc.sock);
+  h.gs.sock.pipe(h.gs.sock);
+  h.gc.sock.end(data);
+  t.is(sha(await back), sha(data));
+  h.good.client.close();
+  await r.wait((e) => e.rdma === h.good.server.id && e.event === 'closed', 'good server closed');
+  h.good.listener.close();
+  h.badListener.close();
+  await new Promise((res) => setTimeout(res, 200));
+}
+
+async function connected(r: Router, port: number, opts: { ringLog2?: number; slots?: number; credits?: number } = {}, addr = ADDR) {
   const token = randomBytes(16);
-  const listener: RawRdmaListener = rdma.listen!(r.pump.raw, { addr: ADDR, port, ...opts });
-  const client: RawRdmaConn = rdma.connect!(r.pump.raw, { addr: ADDR, port: listener.port, token, ...opts });
+  const listener: RawRdmaListener = rdma.listen!(r.pump.raw, { addr, port, ...opts });
+  const client: RawRdmaConn = rdma.connect!(r.pump.raw, { addr, port: listener.port, token, ...opts });
   const req = await r.wait((e) => e.rdma === listener.id && e.event === 'request', 'request');
   if (req.event !== 'request') throw new Error('unreachable');
   const server = listener.accept(req.conn);
@@ -251,38 +331,14 @@ if (!IN_VM) {
     listener.close();
 
     // A well-behaved connection and a hostile one side by side.
-    const good = await connected(r, 18608, { ringLog2: 14 });
-    const gc = pair();
-    const gs = pair();
-    good.client.link(0, gc.fd);
-    good.server.link(0, gs.fd);
-    const hostileListener = rdma.listen!(r.pump.raw, { addr: ADDR, port: 18609 });
-    const bad = rdma.connect!(r.pump.raw, { addr: ADDR, port: hostileListener.port, token: randomBytes(16), hostile: 1 });
-    const req = await r.wait((e) => e.rdma === hostileListener.id && e.event === 'request', 'hostile request');
-    const badServer = hostileListener.accept(req.event === 'request' ? req.conn : -1);
-    await r.wait((e) => e.rdma === bad.id && e.event === 'established', 'hostile established');
-    const bc = pair();
-    const bs = pair();
-    bs.sock.on('error', () => {});
-    bc.sock.on('error', () => {});
-    bad.link(0, bc.fd);
-    badServer.link(0, bs.fd);
-    bc.sock.write(randomBytes(1000));
+    const h = await besideHostile(r, 18608, 18609, 1);
+    const { bad, badServer } = h;
     const cut = await r.wait((e) => e.rdma === badServer.id && e.event === 'closed', 'hostile connection cut off');
     t.like(cut, { code: 'ERR_SOCKGATE_RDMA_PROTOCOL' });
     t.regex(cut.event === 'closed' ? cut.message : '', /wrapped burst from the ring's start on slot 0/);
     t.like(await r.wait((e) => e.rdma === bad.id && e.event === 'closed', 'hostile client closed'), { code: 'ERR_SOCKGATE_RDMA_DISCONNECTED' });
     // The good connection still carries bytes both ways, wrapping its 16 KiB rings many times.
-    const data = randomBytes(3 << 20);
-    const back = readAll(gc.sock);
-    gs.sock.pipe(gs.sock);
-    gc.sock.end(data);
-    t.is(sha(await back), sha(data));
-    good.client.close();
-    await r.wait((e) => e.rdma === good.server.id && e.event === 'closed', 'good server closed');
-    good.listener.close();
-    hostileListener.close();
-    await new Promise((res) => setTimeout(res, 200));
+    await goodCarriesOn(t, r, h, 3 << 20);
   });
 
   test.serial('closeSlot resets the peer; a rejected request fails with REJECTED; close ends open slots', async (t) => {
@@ -362,6 +418,64 @@ if (!IN_VM) {
     t.is((await back).length, 0);
     client.close();
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
+    listener.close();
+    await new Promise((res) => setTimeout(res, 200));
+  });
+
+  test.serial('a write the peer refuses (a wrong rkey) fails that connection with ERR_SOCKGATE_RDMA_QP_FATAL, and its slot with it; another connection carries on', async (t) => {
+    const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
+    const h = await besideHostile(r, 18612, 18613, 4);
+    const { bad, badServer } = h;
+    // The writer's completion says remote access error; its connection ends with the QP.
+    const cut = await r.wait((e) => e.rdma === bad.id && e.event === 'closed', 'writer closed');
+    t.like(cut, { code: 'ERR_SOCKGATE_RDMA_QP_FATAL' });
+    t.regex(cut.event === 'closed' ? cut.message : '', /work completion: remote access error/i);
+    t.like(await r.wait((e) => e.rdma === bad.id && e.event === 'slotEnd', 'writer slotEnd'), { slot: 0, reason: 'error', code: 'ERR_SOCKGATE_RDMA_QP_FATAL' });
+    // The responder's QP went to the error state (its async event or flushed receives), or the writer's disconnect came first.
+    const other = await r.wait((e) => e.rdma === badServer.id && e.event === 'closed', 'responder closed');
+    t.true(['ERR_SOCKGATE_RDMA_QP_FATAL', 'ERR_SOCKGATE_RDMA_DISCONNECTED'].includes(other.event === 'closed' ? other.code : ''), JSON.stringify(other));
+    await goodCarriesOn(t, r, h, 2 << 20);
+  });
+
+  test.serial('a port that goes down (its netdev down: rxe reports PORT_ERR) fails its connections and their slots with ERR_SOCKGATE_RDMA_PORT_DOWN; new connections on it fail cleanly', async (t) => {
+    // On a device of its own (an rxe on a veth made here), so that the tests running beside this one on rxe0 keep their port.
+    for (const cmd of [
+      ['link', 'add', PD_NETDEV, 'type', 'veth', 'peer', 'name', `${PD_NETDEV}p`],
+      ['addr', 'add', `${PD_ADDR}/24`, 'dev', PD_NETDEV],
+      ['link', 'set', `${PD_NETDEV}p`, 'up'],
+      ['link', 'set', PD_NETDEV, 'up'],
+    ]) t.is(ip(...cmd), '');
+    t.is(run('rdma', 'link', 'add', PD_RXE, 'type', 'rxe', 'netdev', PD_NETDEV), '');
+    const state = `/sys/class/infiniband/${PD_RXE}/ports/1/state`;
+    const until = Date.now() + 30_000;
+    while (!(existsSync(state) && readFileSync(state, 'utf8').includes('ACTIVE')) && Date.now() < until) await new Promise((res) => setTimeout(res, 100));
+    t.regex(readFileSync(state, 'utf8'), /ACTIVE/);
+    const r = new Router();
+    t.teardown(() => r.pump.raw.closed || r.pump.close());
+    const { listener, client, server } = await connected(r, 18614, { ringLog2: 14 }, PD_ADDR);
+    const c = pair();
+    const s = pair();
+    c.sock.on('error', () => {});
+    s.sock.on('error', () => {});
+    client.link(0, c.fd);
+    server.link(0, s.fd);
+    const first = randomBytes(64 << 10);
+    const got = readExactly(s.sock, first.length);
+    c.sock.write(first);
+    t.is(sha(await got), sha(first), 'the port carried bytes before');
+    t.is(ip('link', 'set', PD_NETDEV, 'down'), '');
+    for (const [id, who] of [[client.id, 'client'], [server.id, 'server']] as const) {
+      t.like(await r.wait((e) => e.rdma === id && e.event === 'closed', `${who} closed`), { code: 'ERR_SOCKGATE_RDMA_PORT_DOWN' }, who);
+      t.like(await r.wait((e) => e.rdma === id && e.event === 'slotEnd', `${who} slotEnd`), { reason: 'error', code: 'ERR_SOCKGATE_RDMA_PORT_DOWN' }, who);
+    }
+    t.regex(readFileSync(state, 'utf8'), /DOWN/);
+    // A new connection on the down port fails (the SDK then falls back to tcp). rxe on 6.1 does not carry
+    // rdma_cm connections on this port again even once its netdev is up (a fresh process neither), so the
+    // device stays down; the VM is thrown away after the suite.
+    const late = rdma.connect!(r.pump.raw, { addr: PD_ADDR, port: listener.port, token: randomBytes(16), timeoutMs: 3000 });
+    const failed = await r.wait((e) => e.rdma === late.id && (e.event === 'failed' || e.event === 'established'), 'late connect');
+    t.is(failed.event, 'failed', JSON.stringify(failed));
     listener.close();
     await new Promise((res) => setTimeout(res, 200));
   });
