@@ -443,13 +443,14 @@ class RdmaSession {
     this.closedError = this.closedError && !(err instanceof SocketClosedError) ? err : (this.closedError ?? err);
     clearTimeout(this.#waitTimer);
     this.#rejectReady(err);
-    const binds = [...this.#binds.values()];
+    const binds = new Map(this.#binds);
     this.#binds.clear();
-    for (const b of binds) b.reject(err);
+    for (const b of binds.values()) b.reject(err);
     this.onGone(this);
     const socks = [...this.slots.values()];
     this.slots.clear();
-    for (const s of socks) s.slotEnded(this.closedError);
+    // A socket still waiting for BOUND was never handed out: its attach fails instead (no error event nobody listens to).
+    for (const s of socks) s.slotEnded(binds.has(s.slot) ? undefined : this.closedError);
     const h = this.#hub;
     if (h && this.conn) {
       this.#hub = undefined;

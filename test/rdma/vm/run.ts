@@ -7,7 +7,8 @@
  *
  * Options: --timeout <s> (whole run, default 900), --mem <MiB>, --smp <n>,
  * --cwd <dir> (guest working dir, default the repo root), --env K=V (repeatable),
- * --out <dir> (copy what guests wrote to $SOCKGATE_VM_OUT there), --verbose
+ * --out <dir> (copy what guests wrote to $SOCKGATE_VM_OUT there),
+ * --kernel-arg <arg> (guest kernel command line, repeatable), --verbose
  * (kernel messages), --keep-ctl.
  *
  * Exit status: the guest command's (the first failing VM's with two); 124 on the
@@ -19,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { combinedExitCode, oneVm, prepare, runVms, shQuote, twoVms, type RunOptions, type VmSpec } from './vm.js';
 
-const USAGE = `usage: run.js [--timeout s] [--mem MiB] [--smp n] [--cwd dir] [--env K=V]... [--out dir] [--verbose]
+const USAGE = `usage: run.js [--timeout s] [--mem MiB] [--smp n] [--cwd dir] [--env K=V]... [--kernel-arg a]... [--out dir] [--verbose]
          (-- <command...> | --vms 2 --a "<cmd on a>" --b "<cmd on b>" | --spec file.json)`;
 
 function usage(msg: string): never {
@@ -59,6 +60,7 @@ function parse(argv: string[]): { specs: VmSpec[]; opts: RunOptions } {
       case '--smp': extra.smp = num(); break;
       case '--cwd': opts.cwd = resolve(val()); break;
       case '--out': opts.outDir = resolve(val()); break;
+      case '--kernel-arg': opts.kernelArgs = [...(opts.kernelArgs ?? []), val()]; break;
       case '--verbose': opts.verbose = true; break;
       case '--keep-ctl': opts.keepCtl = true; break;
       case '--env': {
