@@ -42,7 +42,7 @@ if (!rdma.built) {
   });
 
   const good = {
-    version: 2, flags: 0, addr: 0x7f0012340000n, rkey: 0x1234abcd, ringLog2: 16, slots: 8, credits: 64, keepaliveMs: 2000,
+    version: 3, flags: 0, addr: 0x7f0012340000n, rkey: 0x1234abcd, ringLog2: 16, slots: 8, credits: 64, keepaliveMs: 2000,
     token: Uint8Array.from({ length: 16 }, (_, i) => i * 7),
   };
 
@@ -50,8 +50,8 @@ if (!rdma.built) {
     const b = rdma.encodeConnParams!(good);
     t.is(b.length, rdma.constants!.CONN_PARAMS_BYTES);
     t.is(b.toString('hex', 0, 4), '53475244'); // "SGRD"
-    t.is(rdma.constants!.VERSION, 2);
-    t.is(b.readUInt16BE(4), 2);
+    t.is(rdma.constants!.VERSION, 3);
+    t.is(b.readUInt16BE(4), 3);
     t.is(b.readBigUInt64BE(8), good.addr);
     t.is(b.readUInt32BE(16), good.rkey);
     t.is(b.readUInt32BE(28), good.keepaliveMs);
@@ -71,7 +71,8 @@ if (!rdma.built) {
     t.throws(() => rdma.decodeConnParams!(b.subarray(0, 47)), { code: 'EPROTO' });
     bad((x) => x.writeUInt32BE(0x12345678, 0), 'EPROTO');         // magic
     bad((x) => x.writeUInt16BE(1, 4), 'EPROTONOSUPPORT');         // protocol 1 (control lines, cursor writes)
-    bad((x) => x.writeUInt16BE(3, 4), 'EPROTONOSUPPORT');         // a later version
+    bad((x) => x.writeUInt16BE(2, 4), 'EPROTONOSUPPORT');         // protocol 2 (no BOUND)
+    bad((x) => x.writeUInt16BE(4, 4), 'EPROTONOSUPPORT');         // a later version
     bad((x) => x.writeUInt16BE(0x8000, 6), 'EBADMSG');            // unknown flag
     bad((x) => (x[20] = 11), 'EBADMSG');                          // ring below 4 KiB
     bad((x) => (x[20] = 31), 'EBADMSG');                          // ring above 1 GiB
