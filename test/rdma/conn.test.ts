@@ -35,9 +35,9 @@ const PD_NETDEV = 'sgpd0';
 const PD_ADDR = '10.98.0.1';
 const PD_RXE = 'sgrxe1';
 
-/** Runs a command (the guest's /sbin may not be on node's PATH); '' when it succeeded, else what went wrong. */
+/** Runs a command (ip, rdma: both in /usr/bin); '' when it succeeded, else what went wrong. */
 function run(cmd: string, ...args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, PATH: `${process.env['PATH'] ?? ''}:/usr/sbin:/sbin:/usr/bin:/bin` } });
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
   return r.status === 0 ? '' : `${cmd} ${args.join(' ')}: ${r.error?.message ?? `exit ${r.status}: ${r.stderr}`}`;
 }
 const ip = (...args: string[]): string => run('ip', ...args);
@@ -127,6 +127,18 @@ function readExactly(s: Socket, n: number): Promise<Buffer> {
     s.on('data', onData);
     s.once('end', onEnd);
   });
+}
+
+/** `n` random bytes from `from` to `to`, then both ends close: SHA-256 checked, and nothing came back. */
+async function oneWay(t: ExecutionContext, from: Socket, to: Socket, n: number): Promise<void> {
+  const msg = randomBytes(n);
+  const got = readAll(to);
+  // Read the sender's side from the start: an empty socket may emit 'end' before anyone listens.
+  const back = readAll(from);
+  from.end(msg);
+  to.end();
+  t.is(sha(await got), sha(msg));
+  t.is((await back).length, 0);
 }
 
 /**
@@ -233,14 +245,7 @@ if (!IN_VM) {
     t.deepEqual(bind.event === 'bind' ? [...bind.token] : [], [...bindToken]);
     server.link(0, s2.fd);
     t.like(await r.wait((e) => e.rdma === client.id && e.event === 'bound', 'bound'), { slot: 0 });
-    const msg = randomBytes(100_000);
-    const got2 = readAll(s2.sock);
-    // Read the client's side from the start: an empty socket may emit 'end' before anyone listens.
-    const back2 = readAll(c2.sock);
-    c2.sock.end(msg);
-    s2.sock.end();
-    t.is(sha(await got2), sha(msg));
-    t.is((await back2).length, 0);
+    await oneWay(t, c2.sock, s2.sock, 100_000);
     client.close();
     await r.wait((e) => e.rdma === client.id && e.event === 'closed', 'client closed');
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
@@ -409,13 +414,7 @@ if (!IN_VM) {
     const s = pair();
     client.link(0, c.fd);
     server.link(0, s.fd);
-    const msg = randomBytes(1 << 20);
-    const got = readAll(s.sock);
-    const back = readAll(c.sock);
-    c.sock.end(msg);
-    s.sock.end();
-    t.is(sha(await got), sha(msg));
-    t.is((await back).length, 0);
+    await oneWay(t, c.sock, s.sock, 1 << 20);
     client.close();
     await r.wait((e) => e.rdma === server.id && e.event === 'closed', 'server closed');
     listener.close();
