@@ -120,7 +120,13 @@ export interface RawPumpLink {
   resize(dir: RingDir, ringSize: number): void;
   setHostSockopt(level: number, name: number, value: number): void;
   getHostSockopt(level: number, name: number): number;
-  close(): void;
+  /** Stop reading the fd; the peer gets EOF after what the ring holds. */
+  shutdownRead(): void;
+  /** [bytes ring->fd, bytes fd->ring] as of the I/O thread's last round. */
+  totals(): [number, number];
+  /** No more progress events (totals() is read on demand instead). */
+  mute(): void;
+  close(reset?: boolean): void;
 }
 
 export interface RawSpliceLink {
@@ -130,6 +136,10 @@ export interface RawSpliceLink {
   readonly pipeBytes: number;
   shutdownHost(read: boolean, write: boolean): void;
   bufferedBytes(): number;
+  /** [bytes to the host, bytes to the client] as of the I/O thread's last round. */
+  totals(): [number, number];
+  /** No more progress events (totals() is read on demand instead). */
+  mute(): void;
   setHostSockopt(level: number, name: number, value: number): void;
   getHostSockopt(level: number, name: number): number;
   close(reset?: boolean): void;
@@ -739,9 +749,16 @@ export class PumpLink implements RoutedLink {
   getHostSockopt(name: HostSockopt): number {
     return call(() => this.raw.getHostSockopt(sockoptLevel(name), constants[name]));
   }
-  /** Abort the link (closes its fd); resolves with the end event. Idempotent. */
-  close(): Promise<LinkEnd> {
-    call(() => this.raw.close());
+  /**
+   * Stop reading the fd (a graceful close): the ring's peer gets EOF after
+   * the bytes already taken, the other direction drains until its own EOF.
+   */
+  shutdownRead(): void {
+    call(() => this.raw.shutdownRead());
+  }
+  /** Abort the link (closes its fd; with `reset`, RST instead of FIN); resolves with the end event. Idempotent. */
+  close(opts: { reset?: boolean } = {}): Promise<LinkEnd> {
+    call(() => this.raw.close(opts.reset === true));
     return this.ended;
   }
 }

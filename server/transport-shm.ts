@@ -799,7 +799,8 @@ export class ShmTransport implements Transport {
     if (slot.state === 'reserved') return this.#freeSlot(s, slotNo, slot);
     if (slot.linkEnded) return this.#closeSlot(s, slotNo, slot);
     // A graceful release waits for the link to flush what the client sent; an abort closes it now.
-    if (abort) void slot.link?.close().catch(() => {});
+    // An abort is a reset for the host peer too (the client's side was reset or dropped).
+    if (abort) void slot.link?.close({ reset: true }).catch(() => {});
   }
 
   /** Close an open slot (pages punched out) and free it. */

@@ -24,6 +24,7 @@ import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, ty
 import { ShmClient, shmSupport } from './attach-shm.js';
 import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
 import { FdChannel } from './fd-channel.js';
+import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
   AbortedError,
@@ -356,6 +357,36 @@ export class Gateway {
     return sock;
   }
 
+  /**
+   * Join `socket` (a connected net.Socket, or a stream fd the link owns from
+   * the call on) to a new gateway socket to `uri`: the payload moves natively
+   * where the addon and the transport allow, else through the JS relay (the
+   * handle says which and why). See link.ts.
+   */
+  async link(socket: Socket | number, uri: string, opts: LinkOptions = {}): Promise<GatewayLink> {
+    if (typeof socket !== 'number') socket.pause();
+    const opened = await this.openChannel(uri, opts);
+    return linkChannel(this.linkDeps(), socket, opened, opts);
+  }
+
+  /** @internal What link.ts needs of this gateway. */
+  linkDeps(): LinkDeps {
+    return {
+      wrap: (inner, meta, confirmEof) => {
+        const s = new GatewaySocket(this.control, undefined);
+        this.track(s);
+        s.attachInner(inner, meta, confirmEof);
+        return s;
+      },
+      closeRemote: (id) => this.control.close(id).catch(() => {}),
+      confirmEnd: (id) => this.control.confirmEnd(id),
+      track: (s, ended) => {
+        const t = { destroy: () => s.destroy(), once: (_ev: 'close', fn: () => void) => void ended.then(fn, fn) };
+        this.track(t);
+      },
+    };
+  }
+
   /** Connect + attach a stream socket: its data channel and what the gateway said about it. */
   private async openChannel(uri: string, opts: ConnectOptions, signal?: AbortSignal): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     const { offers, local } = this.offers(opts.transports);
@@ -603,7 +634,7 @@ export class Gateway {
   }
 
   /** Listen on a host address through the gateway; inbound connections arrive as 'connection' events. */
-  async listen(uri: string, opts: ConnectOptions & { backlog?: number } = {}): Promise<GatewayServer> {
+  async listen(uri: string, opts: ConnectOptions & { backlog?: number; channels?: boolean } = {}): Promise<GatewayServer> {
     const { offers, local } = this.offers(opts.transports);
     const res = await this.unary(this.client.listen, { uri, backlog: opts.backlog ?? 0 }, opts);
     const stream = this.client.accept({ listenerId: res.listenerId, offers }, this.metadata);
@@ -616,6 +647,19 @@ export class Gateway {
     stream.on('data', (ev: AcceptResponse) => {
       this.attachStream(ev.socketId, ev.localUri, ev.remoteUri, ev.negotiation, offers, local, {}).then(
         ({ inner, meta, confirmEof }) => {
+          if (opts.channels) {
+            // For links (link.ts): the attached channel itself, untouched by JS.
+            const ch: AcceptedChannel = {
+              meta,
+              link: (target, lo = {}) => linkChannel(this.linkDeps(), target, { inner, meta, confirmEof }, lo),
+              destroy: () => {
+                inner.destroy();
+                void this.control.close(meta.socketId).catch(() => {});
+              },
+            };
+            server.emit('channel', ch);
+            return;
+          }
           const sock = new GatewaySocket(this.control, undefined);
           this.track(sock);
           sock.attachInner(inner, meta, confirmEof);
@@ -695,6 +739,13 @@ export class Gateway {
     this.adminClient.close();
     this.vsock?.close();
   }
+}
+
+/** An inbound socket of a listener opened with `channels: true`: link it to a local socket, or destroy it. */
+export interface AcceptedChannel {
+  meta: SocketMeta;
+  link(target: Socket | number, opts?: Pick<LinkOptions, 'relay'>): GatewayLink;
+  destroy(): void;
 }
 
 /** What Gateway#openStream hands back: the attached channel as a descriptor-backed socket. */

@@ -12,6 +12,7 @@
  */
 import { Duplex } from 'node:stream';
 import type { RingLoan, ShmRegion } from '../../native/index.js';
+import type { ShmSlotLink } from './attach-shm.js';
 import {
   ConnectionResetError,
   ERROR_CLASSES,
@@ -39,6 +40,8 @@ export interface ShmChannelSession {
   release(slot: number, abort: boolean): void;
   /** A channel opened / closed (the session keeps its pump referenced while channels are open). */
   channelClosed(slot: number, channel: ShmChannel): void;
+  /** Hand the channel's slot to a native link with `fd` (see ClientShmSession#linkSlot). */
+  linkSlot?(channel: ShmChannel, fd: number, prefix: Buffer[]): ShmSlotLink;
 }
 
 /**
@@ -159,6 +162,26 @@ export class ShmChannel extends Duplex {
       // the region is unusable: nothing more to take
     }
     return out;
+  }
+
+  /** Bytes this channel delivered through the stream or a loan, or holds for its reader. */
+  get touched(): boolean {
+    return this.#delivered > 0 || this.readableLength > 0 || this.#loanMode || this.#pending !== undefined || this.#shut;
+  }
+
+  /** Move this slot's bytes natively between its rings and `fd` from now on (link.ts); throws with fd still the caller's. */
+  linkNative(fd: number, prefix: Buffer[]): ShmSlotLink {
+    if (!this.#session.linkSlot) throw new WrongSocketKindError(`${this.#what}: this session cannot link natively`);
+    return this.#session.linkSlot(this, fd, prefix);
+  }
+
+  /**
+   * A native link took the slot over (it claimed the rings): this channel lets
+   * go without giving the slot back (the link's end does that) and closes.
+   */
+  retire(): void {
+    this.#released = true;
+    this.destroy();
   }
 
   /** The session is gone: the slot is no longer ours. */

@@ -247,16 +247,24 @@ int LinkFd::get_opt(int level, int name, int* value) {
 int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id,
                    std::shared_ptr<LinkFd>* shared) {
   if (stopping_.load()) return -ESHUTDOWN;
-  if (region->role() != Role::Gateway) return -EINVAL;
+  // Either end of a slot: the gateway pumps its host socket, a client pumps
+  // the caller's descriptor (the mirror: it consumes g2c, produces c2g).
+  const bool client = region->role() == Role::Client;
   if (region->corrupt.load()) return -EBADMSG;
   if (!region->local_doorbell() || !region->peer_doorbell()) return -ENOTCONN;
-  if (!region->slot_open(slot)) return -ENOTCONN;
+  if (!client && !region->slot_open(slot)) return -ENOTCONN;
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return -errno;
   int ty = 0;
   socklen_t tl = sizeof ty;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &ty, &tl) == 0 && ty != SOCK_STREAM) return -EPROTOTYPE;
   if (!region->claim(slot)) return -EBUSY;
+  // A client opens its views from the slot state the gateway published; only
+  // with the slot claimed (no JS ring call can race this).
+  if (client && (!region->producer(slot) || !region->consumer(slot))) {
+    region->unclaim(slot);
+    return -ENOTCONN;
+  }
   if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
     int e = -errno;
     region->unclaim(slot);
@@ -470,9 +478,21 @@ void Pump::handle_cmds() {
       }
       case Cmd::kShutdownHost: {
         auto it = links_.find(c.id);
-        if (it == links_.end() || it->second->kind != Link::kSplice) break;
-        it->second->relay->shutdown_host((c.dir & 1) != 0, (c.dir & 2) != 0);
-        queue(*it->second);
+        if (it == links_.end()) break;
+        Link& ln = *it->second;
+        if (ln.kind == Link::kSplice) {
+          ln.relay->shutdown_host((c.dir & 1) != 0, (c.dir & 2) != 0);
+        } else if ((c.dir & 1) && !ln.rd_eof) {
+          // Ring link, read side: stop taking bytes from the fd; the peer gets
+          // EOF after what is already in the ring (a graceful close drains).
+          ln.ep->out_eof();
+          ln.rd_eof = true;
+          shutdown(ln.fd, SHUT_RD);
+          PumpEvent ev(PumpEvent::kFdEof);
+          ev.id = ln.id;
+          emit(std::move(ev));
+        }
+        queue(ln);
         break;
       }
       case Cmd::kResize: {
@@ -566,9 +586,18 @@ void Pump::handle_cmds() {
 
 void Pump::process_hints(Session& s) {
   if (s.watched) {
+    // A watched (client) session: slots with a link here are pumped here,
+    // the others are JS's.
     PumpEvent e(PumpEvent::kHints);
     e.id = s.region->id();
-    s.region->take_hints([&](uint32_t slot) { e.slots.push_back(slot); });
+    s.region->take_hints([&](uint32_t slot) {
+      auto it = s.slot_links.find(slot);
+      if (it == s.slot_links.end()) return e.slots.push_back(slot);
+      auto lt = links_.find(it->second);
+      if (lt == links_.end() || lt->second->queued) return;
+      lt->second->queued = true;
+      runq_.push_back(it->second);
+    });
     if (!e.slots.empty()) emit(std::move(e));
     return;
   }
@@ -611,6 +640,22 @@ void Pump::flush_progress(Link& l) {
   if (!l.touched) return;
   l.touched = false;
   if (l.to_fd == 0 && l.to_ring == 0 && l.stalls == 0) return;
+  bool quiet = false;
+  if (l.kind == Link::kRing && l.shared) {
+    l.shared->total_to_fd.store(l.total_fd, std::memory_order_relaxed);
+    l.shared->total_to_ring.store(l.total_ring, std::memory_order_relaxed);
+    quiet = l.shared->quiet.load(std::memory_order_relaxed);
+  } else if (l.kind == Link::kSplice) {
+    SpliceShared& sh = l.relay->shared_ref();
+    sh.total_to_host.store(l.total_fd, std::memory_order_relaxed);
+    sh.total_to_client.store(l.total_ring, std::memory_order_relaxed);
+    quiet = sh.quiet.load(std::memory_order_relaxed);
+  }
+  if (quiet) {
+    l.to_fd = l.to_ring = 0;
+    l.stalls = 0;
+    return;
+  }
   PumpEvent e(PumpEvent::kProgress);
   e.id = l.id;
   e.a = l.to_fd;
@@ -732,7 +777,9 @@ void Pump::run_ring(Link& l) {
       if (errno == EAGAIN) { l.writable = false; break; }
       if (errno == EINTR) continue;
       int e = -errno;
-      ep.out_eof();
+      // No EOF into the ring: an error is not a clean end. The peer learns
+      // of it out of band (END from the gateway, ABORT from a client) and
+      // passes it on as a reset.
       return end_link(l, e, "error");
     }
     ep.in_release(uint64_t(w));
@@ -772,7 +819,9 @@ void Pump::run_ring(Link& l) {
       if (errno == EAGAIN) { l.readable = false; break; }
       if (errno == EINTR) continue;
       int e = -errno;
-      ep.out_eof();
+      // No EOF into the ring: an error is not a clean end. The peer learns
+      // of it out of band (END from the gateway, ABORT from a client) and
+      // passes it on as a reset.
       return end_link(l, e, "error");
     }
     if (r == 0) {

@@ -77,6 +77,12 @@ class LinkFd {
   int set_opt(int level, int name, int value);
   int get_opt(int level, int name, int* value);
 
+  // Byte totals (ring->fd, fd->ring), stored by the I/O thread once per
+  // round: JS reads them on demand instead of taking an event per round.
+  std::atomic<uint64_t> total_to_fd{0}, total_to_ring{0};
+  // Set by JS: no progress events for this link (its counters are read on demand).
+  std::atomic<bool> quiet{false};
+
  private:
   friend class Pump;
   std::mutex mu;
