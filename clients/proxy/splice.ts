@@ -4,8 +4,20 @@
  * the set of them a listener drains on a graceful stop.
  */
 import { splice, type Session } from '../sdk/js-relay.js';
+import type { GatewayLink } from '../sdk/link.js';
 
 export { splice, type Session };
+
+/** A linked socket (native, or the SDK's JS relay) as a proxy session. */
+export function linkSession(l: GatewayLink): Session {
+  return {
+    get bytes() {
+      return { aToB: l.bytes.toTarget, bToA: l.bytes.fromTarget };
+    },
+    closed: l.ended.then(() => {}),
+    destroy: (err?: Error) => l.destroy(err),
+  };
+}
 
 /** Resolves after `ms`, or at once when `p` settles, whichever is first. */
 async function settledWithin(p: Promise<unknown>, ms: number): Promise<void> {

@@ -365,8 +365,27 @@ export class Gateway {
    */
   async link(socket: Socket | number, uri: string, opts: LinkOptions = {}): Promise<GatewayLink> {
     if (typeof socket !== 'number') socket.pause();
-    const opened = await this.openChannel(uri, opts);
-    return linkChannel(this.linkDeps(), socket, opened, opts);
+    return (await this.openForLink(uri, opts)).link(socket, opts);
+  }
+
+  /**
+   * Connect + attach like link(), but link later: for a caller that must
+   * answer its own client first (SOCKS5 replies with the bound address).
+   */
+  async openForLink(uri: string, opts: ConnectOptions = {}): Promise<LinkableSocket> {
+    const { inner, meta, confirmEof } = await this.openChannel(uri, opts);
+    return this.linkable(inner, meta, confirmEof);
+  }
+
+  private linkable(inner: Duplex, meta: SocketMeta, confirmEof: boolean): LinkableSocket {
+    return {
+      meta,
+      link: (target, lo = {}) => linkChannel(this.linkDeps(), target, { inner, meta, confirmEof }, lo),
+      destroy: () => {
+        inner.destroy();
+        void this.control.close(meta.socketId).catch(() => {});
+      },
+    };
   }
 
   /** @internal What link.ts needs of this gateway. */
@@ -649,15 +668,7 @@ export class Gateway {
         ({ inner, meta, confirmEof }) => {
           if (opts.channels) {
             // For links (link.ts): the attached channel itself, untouched by JS.
-            const ch: AcceptedChannel = {
-              meta,
-              link: (target, lo = {}) => linkChannel(this.linkDeps(), target, { inner, meta, confirmEof }, lo),
-              destroy: () => {
-                inner.destroy();
-                void this.control.close(meta.socketId).catch(() => {});
-              },
-            };
-            server.emit('channel', ch);
+            server.emit('channel', this.linkable(inner, meta, confirmEof));
             return;
           }
           const sock = new GatewaySocket(this.control, undefined);
@@ -741,8 +752,8 @@ export class Gateway {
   }
 }
 
-/** An inbound socket of a listener opened with `channels: true`: link it to a local socket, or destroy it. */
-export interface AcceptedChannel {
+/** A gateway socket opened (openForLink) or accepted (listen with `channels: true`), not yet linked: link it to a local socket, or destroy it. */
+export interface LinkableSocket {
   meta: SocketMeta;
   link(target: Socket | number, opts?: Pick<LinkOptions, 'relay'>): GatewayLink;
   destroy(): void;

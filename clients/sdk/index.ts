@@ -9,7 +9,7 @@
  * ```
  */
 export { Gateway, GatewayServer, SDK_TRANSPORTS, type GatewayOptions, type ConnectOptions, type UdpOptions, type CallOpts } from './gateway.js';
-export { type AcceptedChannel } from './gateway.js';
+export { type LinkableSocket } from './gateway.js';
 export { type GatewayLink, type LinkEnded, type LinkOptions } from './link.js';
 export { GatewayHttpAgent, GatewayHttpsAgent } from './agent.js';
 export { GatewaySocket, GatewayDatagramSocket, type FallbackInfo, type TransportName } from './socket.js';
