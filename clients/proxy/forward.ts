@@ -70,6 +70,11 @@ export class LocalForward {
     return this.boundValue;
   }
 
+  /** Sessions open or being connected. */
+  get sessionsOpen(): number {
+    return this.sessions.size;
+  }
+
   async start(): Promise<void> {
     this.server = await listenLocal(this.spec.listen, (sock) => this.onConnection(sock), `-L ${formatEndpoint(this.spec.listen)}`);
     this.boundValue = boundAddress(this.server);

@@ -755,7 +755,7 @@ export class Gateway {
 /** A gateway socket opened (openForLink) or accepted (listen with `channels: true`), not yet linked: link it to a local socket, or destroy it. */
 export interface LinkableSocket {
   meta: SocketMeta;
-  link(target: Socket | number, opts?: Pick<LinkOptions, 'relay'>): GatewayLink;
+  link(target: Socket | number, opts?: Pick<LinkOptions, 'relay' | 'prefix'>): GatewayLink;
   destroy(): void;
 }
 

@@ -31,12 +31,16 @@ import type { FallbackInfo, GatewaySocket, SocketMeta, TransportName } from './s
 
 const trace = tracer('sdk');
 
+/** SOCKGATE_LINK_RELAY=js: every link of this process takes the JS relay (to compare, or to work around a native problem). */
+const RELAY_ENV = 'SOCKGATE_LINK_RELAY';
 /** Splice pipe per direction: about bandwidth x round trip on a host, like the gateway's relay. */
 const SPLICE_PIPE_BYTES = 1 << 20;
 
 export interface LinkOptions extends ConnectOptions {
   /** 'auto' (default): native where the addon and the transport allow; 'js': the JS relay. */
   relay?: 'auto' | 'js';
+  /** Bytes already read from the caller (e.g. while the upstream connected): they go to the target first. */
+  prefix?: readonly Buffer[];
 }
 
 /** How a link ended. */
@@ -114,10 +118,12 @@ function systemError(code: string | undefined, errno: number, what: string): Soc
 /** Join `caller` to an attached channel; natively where possible (see the file comment). */
 export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, opts: LinkOptions = {}): GatewayLink {
   const { inner, meta } = opened;
-  let why = opts.relay === 'js' ? 'the JS relay was asked for' : native ? blocker(inner, meta) : `the native addon did not load: ${nativeError}`;
+  const relay = opts.relay ?? (process.env[RELAY_ENV] === 'js' ? 'js' : 'auto');
+  let why = relay === 'js' ? `the JS relay was asked for${opts.relay ? '' : ` (${RELAY_ENV}=js)`}` : native ? blocker(inner, meta) : `the native addon did not load: ${nativeError}`;
   if (!why && native) {
     try {
-      const l = meta.transport === 'shm' ? linkShm(deps, native, caller, inner as ShmChannel, meta) : linkTcp(deps, native, caller, inner as Socket, opened);
+      const pre = opts.prefix ?? [];
+      const l = meta.transport === 'shm' ? linkShm(deps, native, caller, inner as ShmChannel, meta, pre) : linkTcp(deps, native, caller, inner as Socket, opened, pre);
       trace(`link ${meta.socketId}: native ${meta.transport} link`);
       return l;
     } catch (err) {
@@ -129,19 +135,19 @@ export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: Ope
     process.emitWarning(`sockgate: links use the JS relay (${why})`, { code: 'SOCKGATE_JS_RELAY' });
   }
   trace(`link ${meta.socketId}: JS relay over ${meta.transport} (${why})`);
-  return linkJs(deps, caller, opened, why);
+  return linkJs(deps, caller, opened, why, opts.prefix ?? []);
 }
 
 function base(meta: SocketMeta): Pick<GatewayLink, 'socketId' | 'transport' | 'fallbacks' | 'localUri' | 'remoteUri'> {
   return { socketId: meta.socketId, transport: meta.transport, fallbacks: meta.fallbacks, localUri: meta.localUri, remoteUri: meta.remoteUri };
 }
 
-function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, ch: ShmChannel, meta: SocketMeta): GatewayLink {
+function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, ch: ShmChannel, meta: SocketMeta, pre: readonly Buffer[]): GatewayLink {
   const take = takeCaller(n, caller);
   if (!take) throw new ConnectionResetError('the caller socket has no usable descriptor');
   let sl;
   try {
-    sl = ch.linkNative(take.fd, take.prefix);
+    sl = ch.linkNative(take.fd, [...pre, ...take.prefix]);
   } catch (err) {
     take.undo();
     throw err;
@@ -189,7 +195,7 @@ function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, ch: S
   return handle;
 }
 
-function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, data: Socket, opened: OpenedChannel): GatewayLink {
+function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, data: Socket, opened: OpenedChannel, pre: readonly Buffer[]): GatewayLink {
   const { meta } = opened;
   const takeData = takeFd(n, data);
   if (!takeData) throw new ConnectionResetError('the data connection has no usable descriptor');
@@ -201,7 +207,7 @@ function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, data:
   let link;
   try {
     // "client" = the data connection, "host" = the caller: its prefix is what the gateway sent that JS had read.
-    link = pumpFor(n).splice(takeData.fd, take.fd, { toHostPrefix: takeData.prefix, toClientPrefix: take.prefix, pipeBytes: SPLICE_PIPE_BYTES });
+    link = pumpFor(n).splice(takeData.fd, take.fd, { toHostPrefix: takeData.prefix, toClientPrefix: [...pre, ...take.prefix], pipeBytes: SPLICE_PIPE_BYTES });
   } catch (err) {
     takeData.undo();
     take.undo();
@@ -259,9 +265,10 @@ function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, data:
   return handle;
 }
 
-function linkJs(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, why: string): GatewayLink {
+function linkJs(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, why: string, pre: readonly Buffer[]): GatewayLink {
   const { meta } = opened;
   const gs = deps.wrap(opened.inner, meta, opened.confirmEof);
+  for (const b of pre) gs.write(b);
   const sock = typeof caller === 'number' ? new Socket({ fd: caller, allowHalfOpen: true, readable: true, writable: true }) : caller;
   const s = jsSplice(sock, gs);
   let aborted = false;

@@ -66,7 +66,7 @@ export interface SessionOptions {
   /** The downstream's FIN arrived while the upstream connected. */
   earlyEnd?: boolean;
   /** Called once, after both sockets closed. */
-  onClose(session: ProxySession, reason: CloseReason): void;
+  onClose(session: ProxySession | import('./linked-session.js').LinkedSession, reason: CloseReason): void;
 }
 
 export class ProxySession {

@@ -227,6 +227,10 @@ export const relaysFamily: BenchFamily = {
         if (r.throughput_MBps !== null && h.throughput_MBps) r['ratio_vs_haproxy'] = round(r.throughput_MBps / h.throughput_MBps, 2);
         if (r.p50_us !== null && h.p50_us) r['p50_ratio_vs_haproxy'] = round(r.p50_us / h.p50_us, 2);
       }
+      for (const r of rows) {
+        const v = r['ratio_vs_haproxy'] ?? r['p50_ratio_vs_haproxy'];
+        if (v !== undefined) ctx.log(`  ${r.name} ${r.transport}: ${r.throughput_MBps !== null ? `${r['gbit_s']} Gbit/s` : `p50 ${r.p50_us} us`} = ${v}x HAProxy${r['relay_cpu_ms_per_GB'] != null ? `, ${r['relay_cpu_ms_per_GB']} CPU ms/GB` : ''}`);
+      }
       return rows;
     } finally {
       await Promise.all(stops.map((s) => s()));
