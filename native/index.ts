@@ -122,6 +122,8 @@ export interface RawPumpLink {
   getHostSockopt(level: number, name: number): number;
   /** Stop reading the fd; the peer gets EOF after what the ring holds. */
   shutdownRead(): void;
+  /** shutdown(2) of the fd in order with the rings (write: FIN after what the inbound ring holds; later bytes dropped). */
+  shutdownHost(read: boolean, write: boolean): void;
   /** [bytes ring->fd, bytes fd->ring] as of the I/O thread's last round. */
   totals(): [number, number];
   /** No more progress events (totals() is read on demand instead). */
@@ -755,6 +757,14 @@ export class PumpLink implements RoutedLink {
    */
   shutdownRead(): void {
     call(() => this.raw.shutdownRead());
+  }
+  /**
+   * shutdown(2) of the fd, in order with the rings: `write` sends FIN after
+   * the bytes the inbound ring holds (later ones are dropped); `read` stops
+   * reading it and ends the outbound ring after what was taken.
+   */
+  shutdownHost(read: boolean, write: boolean): void {
+    call(() => this.raw.shutdownHost(read, write));
   }
   /** Abort the link (closes its fd; with `reset`, RST instead of FIN); resolves with the end event. Idempotent. */
   close(opts: { reset?: boolean } = {}): Promise<LinkEnd> {

@@ -708,6 +708,8 @@ export class ShmTransport implements Transport {
         return {
           ended: link.ended.then(toEnd),
           close: () => link.close().then(toEnd),
+          // The Shutdown RPC: shutdown(2) of the host socket in order with the rings.
+          shutdownHost: (read: boolean, write: boolean) => link.shutdownHost(read, write),
           setHostOption: (o: HostOption) => applyHostOption(link, o, (err) => /link has ended/.test(String(err.message))),
           // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
           getHostSockopt: (name: HostSockopt) => link.getHostSockopt(name),

@@ -58,7 +58,7 @@ function acquirePump(n: NativeModule): ClientPump {
     const regions = new Map<number, (slots: number[]) => void>();
     const pump = new n.Pump((events) => {
       for (const e of events) if (e.type === 'hints') regions.get(e.region)?.(e.slots);
-    }, { spinUs: Number(process.env['SOCKGATE_EXPERIMENT_SPIN_US'] ?? 0) });
+    });
     pump.unref();
     clientPump = { pump, regions, channels: 0 };
   }

@@ -160,7 +160,8 @@ function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, ch: S
   const ended = sl.ended.then(({ end, error }): LinkEnded => {
     final = end;
     if (end.reason === 'ok' && !error) return { reason: 'ok' };
-    void deps.closeRemote(meta.socketId);
+    // No CloseSocket here: the ABORT the session sends resets the gateway's host socket, and a
+    // CloseSocket racing ahead of it would close that socket with a FIN instead.
     if (aborted) return { reason: 'aborted', ...(error ? { error } : {}) };
     const e = error ?? (end.reason === 'corrupt' ? new RingCorruptError(`${what}: the ring was corrupted`) : end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`));
     return { reason: 'error', error: e };

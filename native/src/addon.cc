@@ -811,6 +811,7 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
                         InstanceMethod<&LinkWrap::SetHostSockopt>("setHostSockopt"),
                         InstanceMethod<&LinkWrap::GetHostSockopt>("getHostSockopt"),
                         InstanceMethod<&LinkWrap::ShutdownRead>("shutdownRead"),
+                        InstanceMethod<&LinkWrap::ShutdownHost>("shutdownHost"),
                         InstanceMethod<&LinkWrap::Totals>("totals"), InstanceMethod<&LinkWrap::Mute>("mute"),
                         InstanceMethod<&LinkWrap::Close>("close")});
   }
@@ -898,6 +899,15 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
     if (!pump_) return ThrowErrno(info.Env(), EBADF, "link is closed");
     pump_->shutdown_host(id_, true, false);
+    return info.Env().Undefined();
+  }
+  // shutdown(2) of the fd in order with the rings: `write` sends FIN after the
+  // bytes the inbound ring holds (later ones are dropped); `read` = ShutdownRead.
+  Napi::Value ShutdownHost(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    if (info.Length() < 2 || !info[0].IsBoolean() || !info[1].IsBoolean()) return ThrowType(info.Env(), "shutdownHost(read: boolean, write: boolean)");
+    if (!pump_) return ThrowErrno(info.Env(), EBADF, "link is closed");
+    pump_->shutdown_host(id_, info[0].As<Napi::Boolean>().Value(), info[1].As<Napi::Boolean>().Value());
     return info.Env().Undefined();
   }
   // close(reset = false): abort; the pump reports its end ("aborted") with an

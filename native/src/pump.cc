@@ -50,6 +50,8 @@ struct Pump::Link {
   size_t prefix_off = 0;
   bool readable = true, writable = true;
   bool hup = false;                   // epoll said RDHUP/HUP/ERR: read on to EOF, a short read proves nothing
+  bool shut_wr_req = false;           // shutdown(write) asked: FIN to the fd once the inbound ring is empty
+  bool discard_in = false;            // after that FIN: inbound bytes are consumed and dropped
   bool rd_eof = false, wr_shut = false;
   bool queued = false, touched = false;
   uint64_t to_fd = 0, to_ring = 0;    // since the last progress event
@@ -485,15 +487,19 @@ void Pump::handle_cmds() {
         Link& ln = *it->second;
         if (ln.kind == Link::kSplice) {
           ln.relay->shutdown_host((c.dir & 1) != 0, (c.dir & 2) != 0);
-        } else if ((c.dir & 1) && !ln.rd_eof) {
-          // Ring link, read side: stop taking bytes from the fd; the peer gets
-          // EOF after what is already in the ring (a graceful close drains).
-          ln.ep->out_eof();
-          ln.rd_eof = true;
-          shutdown(ln.fd, SHUT_RD);
-          PumpEvent ev(PumpEvent::kFdEof);
-          ev.id = ln.id;
-          emit(std::move(ev));
+        } else {
+          if ((c.dir & 1) && !ln.rd_eof) {
+            // Ring link, read side: stop taking bytes from the fd; the peer gets
+            // EOF after what is already in the ring (a graceful close drains).
+            ln.ep->out_eof();
+            ln.rd_eof = true;
+            shutdown(ln.fd, SHUT_RD);
+            PumpEvent ev(PumpEvent::kFdEof);
+            ev.id = ln.id;
+            emit(std::move(ev));
+          }
+          // Write side: FIN to the fd after the bytes the ring holds (run_ring).
+          if (c.dir & 2) ln.shut_wr_req = true;
         }
         queue(ln);
         break;
@@ -768,7 +774,7 @@ void Pump::run_ring(Link& l) {
   };
   // Inbound ring -> fd.
   uint64_t moved = 0;
-  while (!l.wr_shut && l.writable) {
+  while (!l.wr_shut && (l.writable || l.discard_in)) {
     if (moved >= opt_.link_budget) { more = true; break; }
     struct iovec iov[2];
     int64_t n = ep.in_peek(iov);
@@ -777,15 +783,26 @@ void Pump::run_ring(Link& l) {
       int e = ep.in_eof();
       if (e < 0) return corrupt();
       if (e == 1) {
-        if (shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
+        if (!l.discard_in && shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
         l.wr_shut = true;
         PumpEvent ev(PumpEvent::kRingEof);
         ev.id = l.id;
         emit(std::move(ev));
         break;
       }
+      if (l.shut_wr_req && !l.discard_in) {
+        // shutdown(write) asked and the ring is drained: FIN now, drop what comes later.
+        if (shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
+        l.discard_in = true;
+        continue;
+      }
       if (ep.in_arm()) continue;
       break;
+    }
+    if (l.discard_in) {
+      ep.in_release(uint64_t(n));
+      moved += uint64_t(n);
+      continue;
     }
     ssize_t w = writev(l.fd, iov, iov[1].iov_len ? 2 : 1);
     if (w < 0) {
