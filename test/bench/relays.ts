@@ -119,14 +119,31 @@ interface RelayPath {
 async function iperfRow(ctx: BenchContext, p: RelayPath, reverse: boolean, secs: number): Promise<BenchRow> {
   const gbps: number[] = [];
   const cpuPerGB: number[] = [];
+  const errors: string[] = [];
   for (let i = 0; i < ctx.reps; i++) {
     const c0 = cpuMs(p.pids);
-    const out = await run('iperf3', ['-c', '127.0.0.1', '-p', String(p.iperf), '-t', String(secs), '-J', ...(reverse ? ['-R'] : [])], secs * 1000 + TOOL_GRACE_MS);
+    let out: string;
+    try {
+      out = await run('iperf3', ['-c', '127.0.0.1', '-p', String(p.iperf), '-t', String(secs), '-J', ...(reverse ? ['-R'] : [])], secs * 1000 + TOOL_GRACE_MS);
+    } catch (err) {
+      out = JSON.stringify({ error: (err as Error).message });
+    }
     const c1 = cpuMs(p.pids);
-    const j = JSON.parse(out) as { end: { sum_received: { bits_per_second: number; bytes: number } } };
-    gbps.push(j.end.sum_received.bits_per_second / 1e9);
-    if (p.pids.length) cpuPerGB.push((c1 - c0) / (j.end.sum_received.bytes / 1e9));
+    const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second: number; bytes: number } } };
+    const sum = j.end?.sum_received;
+    if (!sum) {
+      // A failed run is reported, not averaged in (and does not end the family).
+      errors.push(j.error ?? 'no result');
+      continue;
+    }
+    gbps.push(sum.bits_per_second / 1e9);
+    if (p.pids.length) cpuPerGB.push((c1 - c0) / (sum.bytes / 1e9));
   }
+  if (!gbps.length) {
+    ctx.log(`  ${p.name} iperf3${reverse ? ' -R' : ''}: failed: ${errors.join('; ')}`);
+    return { name: reverse ? 'iperf3-down' : 'iperf3-up', transport: p.name, size_bytes: 0, throughput_MBps: null, p50_us: null, p99_us: null, error: errors.join('; '), family: 'relays' };
+  }
+  if (errors.length) ctx.log(`  ${p.name} iperf3${reverse ? ' -R' : ''}: ${errors.length} run(s) failed: ${errors.join('; ')}`);
   const g = median(gbps);
   ctx.log(`  ${p.name} iperf3${reverse ? ' -R' : ''}: ${g.toFixed(2)} Gbit/s`);
   return {
