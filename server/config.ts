@@ -46,10 +46,19 @@ limits:
 anonymous:
   enabled: true
   admin: true
+# Connects to loopback; the gateway's own ports never match (README "Policy").
+# Listens and binds: IPv4 loopback, ports 1024 and up: no wildcard, no
+# privileged port, and no [::1]:P in front of a host service on 127.0.0.1:P.
 rules:
   - name: loopback-only
     action: allow
+    directions: [connect]
     destinations: [127.0.0.0/8, "::1/128", localhost]
+  - name: loopback-listen
+    action: allow
+    directions: [listen, bind]
+    destinations: [127.0.0.0/8]
+    ports: [1024-65535]
 shutdown:
   drain_timeout_ms: 10000
 telemetry:
