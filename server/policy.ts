@@ -212,7 +212,13 @@ function configuredEndpoints(config: Config): GatewayEndpoint[] {
 /** Every address of this host's interfaces (as the kernel reports them now). */
 function hostAddresses(): Network[] {
   const out: Network[] = [];
-  for (const list of Object.values(networkInterfaces())) {
+  let interfaces: ReturnType<typeof networkInterfaces>;
+  try {
+    interfaces = networkInterfaces();
+  } catch {
+    return out; // no interface list (sandboxed): loopback is still covered by LOOPBACK_NETWORKS
+  }
+  for (const list of Object.values(interfaces)) {
     for (const i of list ?? []) {
       const addr = parseAddress(i.address);
       if (addr) out.push({ ...addr, bits: addr.bytes.length * 8 });
@@ -488,7 +494,8 @@ export class Policy {
     if (!local && unspecified) addr = loopbackOf(addr.family);
     const host = normalizeHost(dest.host);
     const what = `${dest.direction} ${formatUri(dest.protocol, dest.host, dest.port)}`;
-    const self = local ? undefined : this.#selfEndpoint(addr, dest.port);
+    // The gateway's endpoints are all stream listeners: a datagram to the same port reaches none of them.
+    const self = local || dest.protocol !== 'tcp' ? undefined : this.#selfEndpoint(addr, dest.port);
     const reserved = self ?? this.#reservedReason(addr, local);
     /** The first rule that would have matched but for the always-denied set. */
     let blockedBy: string | undefined;

@@ -87,6 +87,8 @@ test('finding 8: the gateway\'s own ports are denied through a broad rule, allow
     denied(t, p, anon, dest({ address: '0.0.0.0', port }), 'always-denied', /loopback-only/);
     denied(t, p, anon, dest({ host: 'localhost', address: '127.0.0.1', port }), 'always-denied');
   }
+  // Datagrams to the same ports reach none of the gateway's (stream) listeners.
+  allowed(t, p, anon, dest({ protocol: 'udp', address: '127.0.0.1', port: 7070 }), 'loopback-only');
   // Other loopback addresses and ports are not the gateway.
   allowed(t, p, anon, dest({ address: '127.0.0.2', port: 7070 }), 'loopback-only');
   allowed(t, p, anon, dest({ address: '::1', port: 7070 }), 'loopback-only');
