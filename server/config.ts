@@ -112,7 +112,10 @@ const ringBytes = (min: number) =>
 
 const shmSchema = z
   .strictObject({
-    /** Attach socket (Unix); "" picks /run/sockgate/shm.sock as root, else <tmpdir>/sockgate-<uid>/shm.sock. */
+    /**
+     * Attach socket (Unix); "" picks $RUNTIME_DIRECTORY/shm.sock (systemd), else /run/sockgate/shm.sock as root,
+     * else <tmpdir>/sockgate-<uid>/shm.sock (created 0700). Its directory is verified before use (native/shm-dir.ts).
+     */
     path: z.string().refine((p) => p === '' || p.startsWith('/'), { message: 'expected an absolute path or ""' }).default(''),
     /** Socket slots per client session (one is the session's control slot). */
     slots_per_session: z.number().int().min(2).max(65536).default(1024),

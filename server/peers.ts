@@ -6,7 +6,9 @@
  * that the caller may reach the destination at all (HostBackend.resolve runs
  * first); the peer's policy then judges this gateway's identity (the route's
  * token). Names are sent as the caller wrote them: the peer resolves them again,
- * in its own network.
+ * in its own network, and reports the address it dialled (remoteUri), which
+ * HostBackend judges again with this gateway's rules, aborting the socket if
+ * they deny it (answers that differ between the resolvers sidestep nothing).
  *
  * The result must look like a host socket to the rest of the gateway, with a
  * real descriptor, because native links (shm rings, tcp splice) dup() it:
