@@ -4,7 +4,8 @@
  * rule), and opens real host sockets, with connect errors mapped to precise
  * errors (refused, unreachable, timeout, DNS failure). A stream socket whose
  * destination matches a `peers` route is opened through that peer gateway
- * instead (server/peers.ts), after this gateway's policy allowed it.
+ * instead (server/peers.ts), after this gateway's policy allowed it; the
+ * address the peer then reports it dialled is judged again here.
  */
 import { lookup } from 'node:dns/promises';
 import { Socket as NetSocket, createServer, type Server as NetServer } from 'node:net';
@@ -18,6 +19,8 @@ import { parseUri, type L4Protocol, type SocketUri } from './uri.js';
 import { tracer } from './trace.js';
 
 const trace = tracer('host');
+/** Rule named when a peer gateway does not say which address it dialled: this gateway cannot judge it, so it refuses. */
+const PEER_ADDRESS_RULE = 'peer-address';
 
 export interface ResolvedTarget {
   uri: SocketUri;
@@ -134,7 +137,7 @@ export class HostBackend {
       } catch (err) {
         throw new PolicyDeniedError(
           `connect ${target.uri.scheme}://${target.uri.host}:${target.uri.port} via peer gateway ${via}: the peer did not report the address it dialled (${JSON.stringify(hop?.remoteUri ?? '')}), so this gateway's policy cannot judge it`,
-          { cause: err, rule: 'peer-address' },
+          { cause: err, rule: PEER_ADDRESS_RULE },
         );
       }
       const { address } = dialAddress(dialled.host);
@@ -143,7 +146,7 @@ export class HostBackend {
       return sock;
     } catch (err) {
       sock.destroy();
-      if (err instanceof PolicyDeniedError && err.rule !== 'peer-address') {
+      if (err instanceof PolicyDeniedError && err.rule !== PEER_ADDRESS_RULE) {
         throw new PolicyDeniedError(`via peer gateway ${via}, which dialled ${hop?.remoteUri}: ${err.message}`, { cause: err, rule: err.rule });
       }
       throw err;
