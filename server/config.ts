@@ -46,10 +46,19 @@ limits:
 anonymous:
   enabled: true
   admin: true
+# Connects to loopback; the gateway's own ports never match (README "Policy").
+# Listens and binds: IPv4 loopback, ports 1024 and up: no wildcard, no
+# privileged port, and no [::1]:P in front of a host service on 127.0.0.1:P.
 rules:
   - name: loopback-only
     action: allow
+    directions: [connect]
     destinations: [127.0.0.0/8, "::1/128", localhost]
+  - name: loopback-listen
+    action: allow
+    directions: [listen, bind]
+    destinations: [127.0.0.0/8]
+    ports: [1024-65535]
 shutdown:
   drain_timeout_ms: 10000
 telemetry:
@@ -103,7 +112,10 @@ const ringBytes = (min: number) =>
 
 const shmSchema = z
   .strictObject({
-    /** Attach socket (Unix); "" picks /run/sockgate/shm.sock as root, else <tmpdir>/sockgate-<uid>/shm.sock. */
+    /**
+     * Attach socket (Unix); "" picks $RUNTIME_DIRECTORY/shm.sock (systemd), else /run/sockgate/shm.sock as root,
+     * else <tmpdir>/sockgate-<uid>/shm.sock (created 0700). Its directory is verified before use (native/shm-dir.ts).
+     */
     path: z.string().refine((p) => p === '' || p.startsWith('/'), { message: 'expected an absolute path or ""' }).default(''),
     /** Socket slots per client session (one is the session's control slot). */
     slots_per_session: z.number().int().min(2).max(65536).default(1024),

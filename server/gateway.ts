@@ -13,7 +13,7 @@ import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
 import { NativeError, ShuttingDownError, SocketClosedError } from './errors.js';
-import { HostBackend } from './host-backend.js';
+import { HostBackend, type HostLookup } from './host-backend.js';
 import { PeerRouter } from './peers.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
@@ -41,6 +41,8 @@ const MAX_MESSAGE_BYTES = 4 << 20;
 export interface GatewayOptions {
   /** Extra state for tests: a telemetry instance to use instead of creating one. */
   telemetry?: Telemetry;
+  /** The host-name resolver (tests: two gateways that resolve a name differently); the system's by default. */
+  lookup?: HostLookup;
 }
 
 export interface GatewayAddresses {
@@ -117,7 +119,7 @@ export class Gateway {
     );
     const services = createServices({
       policy: this.policy,
-      backend: new HostBackend(this.policy, hwm, this.peers),
+      backend: new HostBackend(this.policy, hwm, this.peers, options.lookup),
       table: this.table,
       negotiator,
       registry: this.registry,
@@ -224,6 +226,14 @@ export class Gateway {
     const d = splitListenAddress(this.config.listen.data);
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
     if (vsock) this.addressesValue.vsock = { control: vsockUdsPath(vsock.path, vsock.control_port), data: vsockUdsPath(vsock.path, vsock.data_port) };
+    // Guests never reach the gateway through itself: policy learns the ports it really bound.
+    const metricsUrl = this.telemetry.metricsUrl ? new URL(this.telemetry.metricsUrl) : undefined;
+    this.policy.setGatewayEndpoints([
+      ...('path' in c ? [] : [{ name: 'control', host: c.host, port: bound }]),
+      ...('path' in d ? [] : [{ name: 'data', host: d.host, port: this.tcp.port }]),
+      ...(metricsUrl ? [{ name: 'metrics', host: metricsUrl.hostname.replace(/^\[|\]$/g, ''), port: Number(metricsUrl.port) }] : []),
+      ...(this.rdma && this.config.transports.rdma.address ? [{ name: 'rdma', host: this.config.transports.rdma.address, port: this.rdma.port }] : []),
+    ]);
     for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'SERVING');
     // The ready line is logged at any level but silent: operators and harnesses read the bound ports from it.
     const ready = this.logger.level === 'silent' ? this.logger : this.logger.child({}, { level: 'info' });

@@ -356,7 +356,7 @@ test('the embedded default allows loopback only', (t) => {
     allowed(t, p, anon, dest({ protocol, address: '::ffff:127.0.0.1', port: 80 }), 'loopback-only');
     allowed(t, p, anon, dest({ protocol, host: 'localhost', address: '127.0.0.1', port: 80 }), 'loopback-only');
     allowed(t, p, anon, dest({ protocol, host: 'LOCALHOST', address: '::1', port: 80 }), 'loopback-only');
-    allowed(t, p, anon, dest({ protocol, direction: 'listen', address: '127.0.0.1', port: 9000 }), 'loopback-only');
+    allowed(t, p, anon, dest({ protocol, direction: 'listen', address: '127.0.0.1', port: 9000 }), 'loopback-listen');
     for (const address of ['10.0.0.1', '8.8.8.8', '192.168.1.1', '::2', '2001:4860:4860::8888', '::ffff:8.8.8.8']) {
       denied(t, p, anon, dest({ protocol, address, port: 80 }), 'default-deny');
     }
