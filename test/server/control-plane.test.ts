@@ -163,6 +163,17 @@ test('an HTTP/2 connection with no call in flight is closed after control_idle_t
   await within(once(session, 'remoteSettings'), 5_000, 'server SETTINGS');
   t.is(session.remoteSettings.maxConcurrentStreams, 7);
   await within(closed, 10_000, 'the idle session is closed');
+
+  // An SDK client idle past the timeout reconnects for its next call, and a socket it opened keeps working.
+  const echo = await echoServer();
+  t.teardown(() => echo.close());
+  const sock = await gw.sdk.connect(echo.uri, { transports: ['tcp'] });
+  const got = hashUntilEnd(sock);
+  await new Promise((r) => setTimeout(r, 1_000));
+  t.is((await gw.sdk.getInfo(sock.socketId)).socketId, sock.socketId);
+  await new Promise((r) => setTimeout(r, 1_000));
+  const sent = await sendRandom(sock, 256 * 1024);
+  t.is((await within(got, 10_000, 'echo after idle timeouts')).sha256, sent);
 });
 
 test('refusal log lines are rate-limited: one line per interval, with the count', async (t) => {
