@@ -505,7 +505,19 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       return { info: table.info(requireId(req.socketId), identity) };
     }),
 
-    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => deps.grpcTransport.handle(call)) as SocketGatewayServiceServer['data'],
+    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => {
+      let identity: Identity;
+      try {
+        identity = identify(call);
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
+      // A token is the owner's to use: attaching is acting on the socket's data, so nobody else may, admin or not.
+      deps.grpcTransport.handle(call, (target) =>
+        target.identity.name === identity.name ? undefined : new AttachFailedError(`attach token rejected: socket belongs to another identity than "${identity.name}"`),
+      );
+    }) as SocketGatewayServiceServer['data'],
   };
 
   async function resolveUdpDestination(identity: Identity, uri: string): Promise<{ address: string; port: number }> {

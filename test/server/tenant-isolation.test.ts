@@ -248,6 +248,22 @@ test('no identity but the owner acts on a socket; admin lists and closes only; o
     }
   }
 
+  // --- Even a leaked token attaches for its owner only (grpc plane: the Data call's identity must own the socket).
+  const leaky = await rpc(sock, sock.connect, { uri: echo.uri, offers: [GRPC_OFFER], timeoutMs: 0, options: [] }, bearer(TOKEN.a));
+  const leaked = leaky.negotiation!.accepted!.attachToken;
+  for (const md of [H, A]) {
+    const out = await callRaw(raw, method('Data'), [method('Data').serialize({ frame: { $case: 'attachToken', attachToken: leaked } })], { metadata: md, deadlineMs: 5_000 });
+    t.is(out.code, status.UNAUTHENTICATED, 'a leaked token is refused to another identity');
+    t.is(out.messages.length, 0);
+  }
+  // The owner negotiates a fresh token and attaches with it.
+  const fresh = await rpc(sock, sock.negotiate, { socketId: leaky.socketId, offers: [GRPC_OFFER], failedTransport: 0, failedReason: 0, failedDetail: '' }, bearer(TOKEN.a));
+  const attached = await callRaw(raw, method('Data'), [method('Data').serialize({ frame: { $case: 'attachToken', attachToken: fresh.negotiation!.accepted!.attachToken } })], {
+    metadata: bearer(TOKEN.a),
+    deadlineMs: 5_000,
+  });
+  t.true(attached.messages.length >= 1, `the owner attaches: ${status[attached.code]} ${attached.details}`);
+
   // --- The owners are unaffected: their pending tokens still attach (Negotiate by others revoked nothing), bytes intact.
   for (const [who, pending] of [['tenant-a', pendingA], ['tenant-b', pendingB]] as const) {
     const acc = pending.negotiation!.accepted!;
