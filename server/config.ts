@@ -96,7 +96,7 @@ const identitySchema = z.strictObject({
   tokens_sha256: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits')).default([]),
   /** Client-certificate subject common name that maps to this identity (mTLS). */
   mtls_cn: z.string().optional(),
-  /** Same-host clients (shm attach) whose SO_PEERCRED uid maps to this identity. */
+  /** Same-host clients (Unix control socket, shm attach) whose SO_PEERCRED uid maps to this identity. */
   uids: z.array(z.number().int().min(0)).default([]),
   admin: z.boolean().default(false),
   max_sockets: positiveInt.optional(),

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { UnauthenticatedError } from '../../server/errors.js';
-import { RefusalLog } from '../../server/control-admission.js';
+import { admissionKeyOf, RefusalLog } from '../../server/control-admission.js';
 import type { Logger } from '../../server/log.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../helpers/harness.js';
 import { eventually } from '../helpers/rpc.js';
@@ -190,3 +190,11 @@ test('refusal log lines are rate-limited: one line per interval, with the count'
   t.deepEqual(lines[1], { refused: { 'limits.max_control_connections': 500, 'limits.control_first_call_timeout_ms': 1 } });
 });
 
+
+test('admission counts a peer once whatever form its address takes; Unix peers by uid, VMM sockets by path', (t) => {
+  t.is(admissionKeyOf({ kind: 'tcp', address: '::ffff:10.1.2.3', port: 1 }), admissionKeyOf({ kind: 'tcp', address: '10.1.2.3', port: 2 }));
+  t.not(admissionKeyOf({ kind: 'tcp', address: '10.1.2.3', port: 1 }), admissionKeyOf({ kind: 'tcp', address: '10.1.2.4', port: 1 }));
+  t.is(admissionKeyOf({ kind: 'unix', uid: 7, gid: 1, pid: 10 }), admissionKeyOf({ kind: 'unix', uid: 7, gid: 2, pid: 11 }));
+  t.not(admissionKeyOf({ kind: 'unix', uid: 7, gid: 1, pid: 10 }), admissionKeyOf({ kind: 'unix', uid: 8, gid: 1, pid: 10 }));
+  t.not(admissionKeyOf({ kind: 'vmm', path: '/a' }), admissionKeyOf({ kind: 'vmm', path: '/b' }));
+});
