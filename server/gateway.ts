@@ -94,6 +94,9 @@ export class Gateway {
       options.telemetry ?? createTelemetry({ logLevel: config.telemetry.log_level, traces: config.telemetry.traces, metricsListen: config.listen.metrics });
     this.logger = this.telemetry.logger;
     this.policy = new Policy(config);
+    if (config.anonymous.enabled && config.anonymous.admin) {
+      this.logger.warn('anonymous.admin is true: callers without credentials may list and close every identity\'s sockets');
+    }
     this.table = new SocketTable(config.limits.max_sockets);
     this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
     this.table.onRemoved((s) => {
