@@ -28,6 +28,8 @@ export interface ControlListenersOptions {
 }
 
 type Injector = ReturnType<GrpcServer['createConnectionInjector']>;
+/** How a listener's peers are identified: TCP address, SO_PEERCRED, or a VMM's socket (by path). */
+type PeerKind = 'tcp' | 'unix' | { vmm: string };
 
 export class ControlListeners {
   private readonly servers: NetServer[] = [];
@@ -43,8 +45,9 @@ export class ControlListeners {
     const injector = this.o.grpc.createConnectionInjector(this.o.credentials);
     this.injectors.push(injector);
     const unix = 'path' in where;
-    const name = role === 'vmm' ? 'vmm' : 'control';
-    const server = createServer({ pauseOnConnect: false }, (sock) => this.onConnection(sock, injector, unix ? (role === 'vmm' ? { vmm: (where as { path: string }).path } : 'unix') : 'tcp', name));
+    // A VMM's socket carries guests: its peer (the VMM) is no identity of theirs.
+    const kind: PeerKind = !unix ? 'tcp' : role === 'vmm' ? { vmm: where.path } : 'unix';
+    const server = createServer((sock) => this.onConnection(sock, injector, kind, role));
     this.servers.push(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -60,7 +63,7 @@ export class ControlListeners {
     return typeof bound === 'object' && bound ? bound.port : 0;
   }
 
-  private credentialsOf(sock: Socket, kind: 'tcp' | 'unix' | { vmm: string }): PeerCredentials {
+  private credentialsOf(sock: Socket, kind: PeerKind): PeerCredentials {
     if (kind === 'tcp') return { kind: 'tcp', address: sock.remoteAddress ?? '', port: sock.remotePort ?? 0 };
     if (kind !== 'unix') return { kind: 'vmm', path: kind.vmm };
     const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
@@ -73,7 +76,7 @@ export class ControlListeners {
     }
   }
 
-  private onConnection(sock: Socket, injector: Injector, kind: 'tcp' | 'unix' | { vmm: string }, name: string): void {
+  private onConnection(sock: Socket, injector: Injector, kind: PeerKind, name: string): void {
     sock.on('error', () => {}); // a peer that resets before grpc-js takes the socket must not crash the gateway
     const creds = this.credentialsOf(sock, kind);
     // Over TLS grpc-js reports a Unix peer as "unknown": its calls are never matched, so no first-call timer (the TLS handshake timeout and the idle timeout still apply).
