@@ -43,9 +43,16 @@ socket:
 limits:
   max_sockets: 65536
   max_sockets_per_identity: 4096
+  max_control_connections: 1024
+  max_control_connections_per_peer: 64
+  control_first_call_timeout_ms: 30000
+  control_idle_timeout_ms: 300000
+  max_control_streams_per_connection: 4096
+# Callers without credentials. "enabled" left unset: on while no identities are
+# configured (this loopback-only default), off as soon as any are. Never admin
+# unless admin: true is written out.
 anonymous:
-  enabled: true
-  admin: true
+  admin: false
 # Connects to loopback; the gateway's own ports never match (README "Policy").
 # Listens and binds: IPv4 loopback, ports 1024 and up: no wildcard, no
 # privileged port, and no [::1]:P in front of a host service on 127.0.0.1:P.
@@ -98,7 +105,7 @@ const identitySchema = z.strictObject({
   tokens_sha256: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits')).default([]),
   /** Client-certificate subject common name that maps to this identity (mTLS). */
   mtls_cn: z.string().optional(),
-  /** Same-host clients (shm attach) whose SO_PEERCRED uid maps to this identity. */
+  /** Same-host clients (Unix control socket, shm attach) whose SO_PEERCRED uid maps to this identity. */
   uids: z.array(z.number().int().min(0)).default([]),
   admin: z.boolean().default(false),
   max_sockets: positiveInt.optional(),
@@ -283,13 +290,29 @@ export const configSchema = z.strictObject({
   limits: z.strictObject({
     max_sockets: positiveInt,
     max_sockets_per_identity: positiveInt,
+    /** Control-plane connections held at once, all listeners together; more are closed on accept. */
+    max_control_connections: positiveInt.default(1024),
+    /** Control-plane connections held at once from one peer (TCP address, Unix uid, VMM socket). */
+    max_control_connections_per_peer: positiveInt.default(64),
+    /** A control connection that made no identified call this long after it was accepted is closed; 0 = never. */
+    control_first_call_timeout_ms: z.number().int().min(0).default(30_000),
+    /** A control connection with no call in flight this long is closed (GOAWAY; clients reconnect); 0 = never. */
+    control_idle_timeout_ms: z.number().int().min(0).default(300_000),
+    /** Concurrent gRPC streams per control connection (each grpc-plane socket holds one; HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+    max_control_streams_per_connection: positiveInt.default(4096),
   }),
   identities: z.array(identitySchema).default([]),
-  anonymous: z.strictObject({
-    /** Callers without credentials get the identity "anonymous". */
-    enabled: z.boolean(),
-    admin: z.boolean().default(false),
-  }),
+  anonymous: z
+    .strictObject({
+      /**
+       * Callers without credentials get the identity "anonymous". Unset: on
+       * while no identities are configured, off once any are (see withAnonymousDefault).
+       */
+      enabled: z.boolean().optional(),
+      /** Only ever true when written out. */
+      admin: z.boolean().default(false),
+    })
+    .prefault({}),
   rules: z.array(ruleSchema),
   /** Peer gateway routes (first match wins); none by default. */
   peers: z.array(peerSchema).default([]),
@@ -315,7 +338,19 @@ export const configSchema = z.strictObject({
   }),
 });
 
-export type Config = z.infer<typeof configSchema>;
+/**
+ * A configuration that defines identities and says nothing about
+ * `anonymous.enabled` has anonymous access off: an operator who adds
+ * identities means callers to be one of them. Without identities (the
+ * embedded loopback-only default) it is on, never admin unless written out.
+ */
+function withAnonymousDefault<T extends { identities: readonly unknown[]; anonymous: { enabled?: boolean | undefined; admin: boolean } }>(
+  c: T,
+): Omit<T, 'anonymous'> & { anonymous: { enabled: boolean; admin: boolean } } {
+  return { ...c, anonymous: { ...c.anonymous, enabled: c.anonymous.enabled ?? c.identities.length === 0 } };
+}
+
+export type Config = ReturnType<typeof withAnonymousDefault<z.infer<typeof configSchema>>>;
 export type IdentityConfig = z.infer<typeof identitySchema>;
 export type RuleConfig = z.infer<typeof ruleSchema>;
 export type PeerConfig = z.infer<typeof peerSchema>;
@@ -385,7 +420,7 @@ export function flagOverrides(sets: readonly string[]): Tree {
 /** Validate a merged tree; the error lists every bad key with its path. */
 export function validateConfig(tree: unknown, source: string): Config {
   const result = configSchema.safeParse(tree);
-  if (result.success) return result.data;
+  if (result.success) return withAnonymousDefault(result.data);
   const problems = result.error.issues.flatMap((i) => {
     // An unknown key is reported at its parent; name the key itself instead.
     if (i.code === 'unrecognized_keys') return i.keys.map((k) => `  ${[...i.path, k].join('.')}: unknown key`);

@@ -18,6 +18,9 @@ import { PeerRouter } from './peers.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
 import { createServices } from './service.js';
+import { ControlAdmission } from './control-admission.js';
+import { ControlListeners } from './control-listeners.js';
+import { PeerRegistry } from './control-peer.js';
 import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
@@ -78,6 +81,12 @@ export class Gateway {
   private readonly peers: PeerRouter;
   private stopping: Promise<void> | undefined;
   private addressesValue: GatewayAddresses | undefined;
+  /** Control connections by the peer string their calls report: their peer credentials (control-peer.ts). */
+  readonly controlPeers = new PeerRegistry();
+  /** Bounds on control connections (control-admission.ts). */
+  readonly controlAdmission: ControlAdmission;
+  /** The control listeners, created in start() once the native addon (SO_PEERCRED) is known. */
+  private controlListeners: ControlListeners | undefined;
 
   constructor(
     readonly config: Config,
@@ -87,6 +96,9 @@ export class Gateway {
       options.telemetry ?? createTelemetry({ logLevel: config.telemetry.log_level, traces: config.telemetry.traces, metricsListen: config.listen.metrics });
     this.logger = this.telemetry.logger;
     this.policy = new Policy(config);
+    if (config.anonymous.enabled && config.anonymous.admin) {
+      this.logger.warn('anonymous.admin is true: callers without credentials may list and close every identity\'s sockets');
+    }
     this.table = new SocketTable(config.limits.max_sockets);
     this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
     this.table.onRemoved((s) => {
@@ -137,7 +149,17 @@ export class Gateway {
         if (typeof fd !== 'number' || fd < 0) throw new SocketClosedError('the host socket has no descriptor (closed)');
         native.setsockopt(fd, which === 'send' ? 'SO_SNDBUF' : 'SO_RCVBUF', bytes);
       },
+      peers: this.controlPeers,
     });
+    const limits = config.limits;
+    this.controlAdmission = new ControlAdmission(
+      {
+        maxConnections: limits.max_control_connections,
+        maxConnectionsPerPeer: limits.max_control_connections_per_peer,
+        firstCallTimeoutMs: limits.control_first_call_timeout_ms,
+      },
+      this.logger,
+    );
     this.server = new Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
@@ -145,6 +167,9 @@ export class Gateway {
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc-node.max_session_memory': 64,
+      'grpc.max_concurrent_streams': limits.max_control_streams_per_connection,
+      // grpc-js closes (GOAWAY) a connection with no call in flight this long; absent = never.
+      ...(limits.control_idle_timeout_ms > 0 ? { 'grpc.max_connection_idle_ms': limits.control_idle_timeout_ms } : {}),
     });
     this.server.addService(withFastDataCodec(SocketGatewayServiceService), services.socket);
     this.server.addService(AdminServiceService, services.admin);
@@ -200,16 +225,23 @@ export class Gateway {
       this.logger.warn({ err: this.nativeError }, 'native addon not loaded: shm and rdma are unavailable');
     }
     const control = this.config.listen.control;
-    const bound = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(control, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
-    );
+    const native = this.native;
+    const listeners = new ControlListeners({
+      grpc: this.server,
+      credentials: this.credentials(),
+      tls: this.config.tls !== undefined,
+      admission: this.controlAdmission,
+      registry: this.controlPeers,
+      peerCred: native ? (fd) => native.peerCred(fd) : undefined,
+      logger: this.logger,
+    });
+    this.controlListeners = listeners;
+    const bound = await listeners.listen(control, 'control');
     const vsock = this.config.vsock_uds;
     if (vsock) {
       const path = vsockUdsPath(vsock.path, vsock.control_port);
       removeStaleSocket(path);
-      await new Promise<number>((resolve, reject) =>
-        this.server.bindAsync(`unix:${path}`, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
-      );
+      await listeners.listen(`unix:${path}`, 'vmm');
     }
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
@@ -353,6 +385,7 @@ export class Gateway {
     await this.peers.close();
     this.registry.close();
     await this.closeNative();
+    this.controlListeners?.stopAccepting();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -363,6 +396,7 @@ export class Gateway {
         resolve();
       });
     });
+    this.controlListeners?.close();
     await this.telemetry.shutdown();
     this.logger.info('sockgate gateway stopped');
   }
@@ -372,6 +406,7 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
+    this.controlListeners?.close();
     await this.peers.close();
     for (const t of this.transports.values()) await t.close();
     this.registry.close();

@@ -450,7 +450,8 @@ export class Policy {
 
   /**
    * Who is calling: a bearer token first, then the mTLS common name, then the
-   * SO_PEERCRED uid, then anonymous if enabled. Throws UnauthenticatedError.
+   * SO_PEERCRED uid, then anonymous if enabled. Throws UnauthenticatedError,
+   * also for a client certificate whose CN maps to no identity.
    */
   identify(creds: CallerCredentials): Identity {
     if (creds.authorization !== undefined) {
@@ -467,9 +468,13 @@ export class Policy {
       if (!found) throw new UnauthenticatedError('unknown bearer token');
       return found;
     }
-    if (creds.tlsCommonName) {
+    if (creds.tlsCommonName !== undefined) {
       const id = this.#byCommonName.get(creds.tlsCommonName);
       if (id) return id;
+      // A verified certificate names someone: never let it fall through to the uid or anonymous.
+      throw new UnauthenticatedError(
+        `client certificate CN ${JSON.stringify(Array.from(creds.tlsCommonName).slice(0, 64).join(''))} maps to no identity (set identities[].mtls_cn)`,
+      );
     }
     if (creds.peerUid !== undefined) {
       const id = this.#byUid.get(creds.peerUid);

@@ -42,6 +42,7 @@ import type { HostBackend } from './host-backend.js';
 import type { NativeLink } from './transport.js';
 import type { Negotiator, Decision } from './negotiate.js';
 import type { CallerCredentials, Identity, Policy } from './policy.js';
+import type { PeerRegistry } from './control-peer.js';
 import {
   DatagramSocket,
   ListenerSocket,
@@ -75,7 +76,12 @@ export interface ServiceDeps {
   isShuttingDown(): boolean;
   /** Apply a buffer-size option to a TCP host socket (native setsockopt); undefined if unavailable. */
   setTcpBuffer?: (sock: NetSocket, which: 'send' | 'recv', bytes: number) => void;
+  /** The control connections the gateway accepted, by the peer string their calls report (control-peer.ts). */
+  peers?: PeerLookup;
 }
+
+/** The part of the PeerRegistry the service uses. */
+export type PeerLookup = Pick<PeerRegistry, 'lookup'>;
 
 const SERVICE = 'sockgate.v1.SocketGatewayService';
 /** Listen backlog when the guest gives none, and the most it may ask for. */
@@ -84,13 +90,30 @@ const MAX_BACKLOG = 4096;
 /** Upper bound on a client-requested connect timeout. */
 const MAX_CONNECT_TIMEOUT_MS = 120_000;
 
-function credentialsOf(call: { metadata: Metadata; getAuthContext?: () => { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } }): CallerCredentials {
+/** What a call exposes about itself: its metadata, the peer string of its connection, its TLS state. */
+interface CallLike {
+  metadata: Metadata;
+  getPeer(): string;
+  getAuthContext?: () => { sslPeerCertificate?: { subject?: { CN?: string | string[] } } };
+}
+
+/**
+ * The credentials a call presents: its bearer token, its verified client
+ * certificate's CN ('' for a certificate without one, which maps to no
+ * identity) and, through the connection it came on (control-peer.ts), the
+ * SO_PEERCRED uid of a same-host peer on the Unix control socket.
+ */
+function credentialsOf(call: CallLike, peers: PeerLookup | undefined): CallerCredentials {
   const creds: CallerCredentials = {};
   const auth = call.metadata.get('authorization')[0];
   if (typeof auth === 'string') creds.authorization = auth;
-  const cn = call.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
-  if (typeof cn === 'string') creds.tlsCommonName = cn;
-  else if (Array.isArray(cn) && typeof cn[0] === 'string') creds.tlsCommonName = cn[0];
+  const cert = call.getAuthContext?.()?.sslPeerCertificate;
+  if (cert) {
+    const cn = cert.subject?.CN;
+    creds.tlsCommonName = typeof cn === 'string' ? cn : Array.isArray(cn) && typeof cn[0] === 'string' ? cn[0] : '';
+  }
+  const peer = peers?.lookup(call.getPeer())?.credentials;
+  if (peer?.kind === 'unix') creds.peerUid = peer.uid;
   return creds;
 }
 
@@ -130,6 +153,13 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
   const { policy, backend, table, negotiator, telemetry, logger } = deps;
   const metrics = telemetry.metrics;
 
+  /** Identify a call; its connection then counts as having made an identified call (control-admission.ts). */
+  function identify(call: CallLike): Identity {
+    const identity = policy.identify(credentialsOf(call, deps.peers));
+    deps.peers?.lookup(call.getPeer())?.onIdentified?.();
+    return identity;
+  }
+
   /** Identify, trace and time a unary call; map errors to statuses. */
   function unary<Req, Res>(method: string, body: (req: Req, identity: Identity, span: Span, call: ServerUnaryCall<Req, Res>) => Promise<Res>): handleUnaryCall<Req, Res> {
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
@@ -137,7 +167,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       const attrs = { [ATTR.RPC_SYSTEM]: 'grpc', [ATTR.RPC_SERVICE]: SERVICE, [ATTR.RPC_METHOD]: method };
       telemetry
         .withSpan(`${SERVICE}/${method}`, attrs, async (span) => {
-          const identity = policy.identify(credentialsOf(call));
+          const identity = identify(call);
           span.setAttribute(ATTR.IDENTITY, identity.name);
           return body(call.request, identity, span, call);
         })
@@ -298,7 +328,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     negotiate: unary('Negotiate', async (req, identity, span, call) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       if (!(sock instanceof StreamSocket || sock instanceof DatagramSocket) || (sock instanceof StreamSocket && sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH)) {
         throw new WrongSocketKindError(`socket ${sock.id} is not waiting for an attach`);
       }
@@ -345,8 +375,8 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       let identity: Identity;
       let listener: GatewaySocket;
       try {
-        identity = policy.identify(credentialsOf(call));
-        listener = table.get(requireId(call.request.listenerId, 'listener_id'), identity);
+        identity = identify(call);
+        listener = table.get(requireId(call.request.listenerId, 'listener_id'), identity, 'owner');
         if (!(listener instanceof ListenerSocket)) throw new WrongSocketKindError(`${listener.id} is not a listener`);
       } catch (err) {
         call.emit('error', toStatus(err));
@@ -416,7 +446,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     sendTo: unary('SendTo', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       if (!(sock instanceof DatagramSocket)) throw new WrongSocketKindError(`SendTo needs a datagram socket; ${sock.id} is a ${sock.kind}`);
       if (!req.datagram) throw new InvalidArgumentError('datagram is required');
       const n = await sock.send({ uri: req.datagram.uri ?? '', payload: Buffer.from(req.datagram.payload ?? []) });
@@ -426,8 +456,8 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     recvFrom: ((call: ServerWritableStream<RecvFromRequest, RecvFromResponse>) => {
       let sock: GatewaySocket;
       try {
-        const identity = policy.identify(credentialsOf(call));
-        sock = table.get(requireId(call.request.socketId), identity);
+        const identity = identify(call);
+        sock = table.get(requireId(call.request.socketId), identity, 'owner');
         if (!(sock instanceof DatagramSocket)) throw new WrongSocketKindError(`RecvFrom needs a datagram socket; ${sock.id} is a ${sock.kind}`);
       } catch (err) {
         call.emit('error', toStatus(err));
@@ -449,7 +479,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }) as handleServerStreamingCall<RecvFromRequest, RecvFromResponse>,
 
     shutdown: unary('Shutdown', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       if (!(sock instanceof StreamSocket)) throw new WrongSocketKindError(`Shutdown needs a stream socket; ${sock.id} is a ${sock.kind}`);
       const how = req.how;
       if (how !== ShutdownHow.SHUTDOWN_HOW_READ && how !== ShutdownHow.SHUTDOWN_HOW_WRITE && how !== ShutdownHow.SHUTDOWN_HOW_BOTH) {
@@ -460,13 +490,13 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     closeSocket: unary('CloseSocket', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'admin-close');
       await sock.close();
       return {};
     }),
 
     setOption: unary('SetOption', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       applyOption(sock, req.option);
       return {};
     }),
@@ -475,7 +505,19 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       return { info: table.info(requireId(req.socketId), identity) };
     }),
 
-    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => deps.grpcTransport.handle(call)) as SocketGatewayServiceServer['data'],
+    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => {
+      let identity: Identity;
+      try {
+        identity = identify(call);
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
+      // A token is the owner's to use: attaching is acting on the socket's data, so nobody else may, admin or not.
+      deps.grpcTransport.handle(call, (target) =>
+        target.identity.name === identity.name ? undefined : new AttachFailedError(`attach token rejected: socket belongs to another identity than "${identity.name}"`),
+      );
+    }) as SocketGatewayServiceServer['data'],
   };
 
   async function resolveUdpDestination(identity: Identity, uri: string): Promise<{ address: string; port: number }> {
@@ -485,8 +527,12 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
 
   const admin: AdminServiceServer = {
     listSockets: unary('ListSockets', async (req, identity) => {
-      if (!identity.admin) throw new PolicyDeniedError(`identity "${identity.name}" is not an admin`, { rule: 'admin' });
-      return { sockets: table.list(req.identity || undefined).map((s) => s.info()) };
+      // Every identity lists its own sockets; an admin lists everyone's (or one identity's).
+      const wanted = req.identity || undefined;
+      if (!identity.admin && wanted !== undefined && wanted !== identity.name) {
+        throw new PolicyDeniedError(`identity "${identity.name}" is not an admin: it may list only its own sockets`, { rule: 'admin' });
+      }
+      return { sockets: table.list(identity.admin ? wanted : identity.name).map((s) => s.info()) };
     }),
   };
 

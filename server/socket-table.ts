@@ -43,6 +43,15 @@ const MAX_TOMBSTONES = 16_384;
 
 export type SocketKindName = 'stream' | 'datagram' | 'listener';
 
+/**
+ * What a caller means to do with a socket it names: 'owner' (negotiate, attach,
+ * accept, send, receive, shut down, set options) is for the identity that
+ * opened it only; 'admin-read' (info) and 'admin-close' are also an admin's.
+ */
+export type SocketAccess = 'owner' | 'admin-read' | 'admin-close';
+/** Rule name carried by the denial an admin gets for 'owner' access to another identity's socket. */
+export const OWNERSHIP_RULE = 'ownership';
+
 /** Lower-case transport name for metrics and tables ("tcp", "grpc", "none"). */
 export function transportName(kind: TransportKind): string {
   return kind === TransportKind.TRANSPORT_KIND_UNSPECIFIED ? 'none' : transportKindToJSON(kind).replace('TRANSPORT_KIND_', '').toLowerCase();
@@ -661,27 +670,37 @@ export class SocketTable {
     }
   }
 
-  /** Info of a live socket, or of one that closed within TOMBSTONE_MS (state CLOSED), for `identity`. */
+  /** Info of a live socket, or of one that closed within TOMBSTONE_MS (state CLOSED), for `identity` (its own, or any for an admin). */
   info(id: string, identity: Identity): SocketInfo {
     const live = this.sockets.get(id);
-    if (live) return this.get(id, identity).info();
+    if (live) return this.get(id, identity, 'admin-read').info();
     const t = this.tombstones.get(id);
     if (t && Date.now() - t.at < TOMBSTONE_MS && (t.info.identity === identity.name || identity.admin)) return t.info;
-    return this.get(id, identity).info();
+    return this.get(id, identity, 'admin-read').info();
   }
 
-  /** Look a socket up for `identity`; another identity's socket is "not found" unless the caller is admin. */
-  get(id: string, identity: Identity): GatewaySocket {
+  /**
+   * Look a socket up for what `identity` means to do with it (`access`). A
+   * socket belongs to the identity that opened it, for good: only its owner
+   * acts on it ('owner'); an admin may also read its info ('admin-read') and
+   * close it ('admin-close'). Another identity's socket is "not found" to a
+   * non-admin (its existence is not revealed); an admin asking for 'owner'
+   * access to it is denied.
+   */
+  get(id: string, identity: Identity, access: SocketAccess): GatewaySocket {
     const s = this.sockets.get(id);
-    if (!s || (s.identity.name !== identity.name && !identity.admin)) {
-      throw new SocketNotFoundError(`no socket "${Array.from(String(id)).slice(0, 64).join('')}" for identity "${identity.name}"`);
+    if (s && s.identity.name === identity.name) return s;
+    if (s && identity.admin) {
+      if (access !== 'owner') return s;
+      throw new PolicyDeniedError(`socket ${s.id} belongs to identity "${s.identity.name}": an admin may list and close it, not act on its data`, { rule: OWNERSHIP_RULE });
     }
-    return s;
+    throw new SocketNotFoundError(`no socket "${Array.from(String(id)).slice(0, 64).join('')}" for identity "${identity.name}"`);
   }
 
-  list(identity?: string): GatewaySocket[] {
+  /** Every socket, or those of identity `owner`. */
+  list(owner?: string): GatewaySocket[] {
     const all = [...this.sockets.values()];
-    return identity ? all.filter((s) => s.identity.name === identity) : all;
+    return owner ? all.filter((s) => s.identity.name === owner) : all;
   }
 
   get size(): number {

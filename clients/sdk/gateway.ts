@@ -676,7 +676,7 @@ export class Gateway {
     return res.info;
   }
 
-  /** Every socket on the gateway (admin identities only). */
+  /** The caller's own sockets; an admin identity's call lists every identity's (or `identity`'s). */
   async listSockets(identity = '', opts: CallOpts = {}): Promise<SocketInfo[]> {
     return new Promise((resolve, reject) => {
       this.adminClient.listSockets({ identity }, this.metadata, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, res) =>

@@ -33,7 +33,7 @@ import {
 import { RdmaOffer, ShmOffer, TransportKind, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { AttachStatus, encodePreamble, REPLY_BYTES } from '../../server/wire.js';
-import { echoServer, hashUntilEnd, sendRandom, startChildGateway, startGateway, within } from '../helpers/harness.js';
+import { ADMIN_IDENTITY, ADMIN_TOKEN, echoServer, hashUntilEnd, sendRandom, startChildGateway, startGateway, within } from '../helpers/harness.js';
 import {
   ALL_METHODS,
   bearer,
@@ -63,15 +63,16 @@ const STREAM_CANCEL_MS = 400;
 
 const FUZZ_TOKEN = 'fuzz-identity-token-0123456789';
 
+// Anonymous callers are fuzzed too (on explicitly, never admin); the sweep that lists and closes every socket is an explicit admin.
 const IDENTITY_CONFIG = {
-  identities: [{ name: 'fuzzer', tokens: [FUZZ_TOKEN] }],
-  anonymous: { enabled: true, admin: true },
+  identities: [{ name: 'fuzzer', tokens: [FUZZ_TOKEN] }, ADMIN_IDENTITY],
+  anonymous: { enabled: true },
   transports: { attach_token_ttl_ms: 2_000 },
 };
 
 const CHILD_CONFIG_YAML = `transports: { enabled: [shm, rdma, tcp, grpc], attach_token_ttl_ms: 2000 }
-identities: [{ name: fuzzer, tokens: ["${FUZZ_TOKEN}"] }]
-anonymous: { enabled: true, admin: true }
+identities: [{ name: fuzzer, tokens: ["${FUZZ_TOKEN}"] }, { name: ${ADMIN_IDENTITY.name}, tokens: ["${ADMIN_TOKEN}"], admin: true }]
+anonymous: { enabled: true }
 `;
 
 // ---------------------------------------------------------------------------
@@ -604,17 +605,17 @@ async function echoStillWorks(t: ExecutionContext, target: string, echoUri: stri
   }
 }
 
-/** Close every socket the gateway lists (as the admin anonymous identity). */
+/** Close every socket the gateway lists (as the explicit admin identity). */
 async function closeAll(target: string): Promise<{ listed: string[]; closeFailures: string[] }> {
   const client = rawClient(target);
   try {
-    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '' })], { deadlineMs: 5_000 });
+    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '' })], { metadata: bearer(ADMIN_TOKEN), deadlineMs: 5_000 });
     if (out.code !== status.OK) throw new Error(`ListSockets: ${status[out.code]} ${out.details}`);
     const listed = ListSocketsResponse.decode(out.messages[0]!).sockets.map((s) => s.socketId);
     const closeFailures: string[] = [];
     await Promise.all(
       listed.map(async (id) => {
-        const r = await callRaw(client, method('CloseSocket'), [method('CloseSocket').serialize({ socketId: id })], { deadlineMs: 5_000 });
+        const r = await callRaw(client, method('CloseSocket'), [method('CloseSocket').serialize({ socketId: id })], { metadata: bearer(ADMIN_TOKEN), deadlineMs: 5_000 });
         if (r.code !== status.OK && r.errorCode !== 'ERR_SOCKGATE_SOCKET_NOT_FOUND') closeFailures.push(`${id}: ${status[r.code]} ${r.errorCode ?? ''} ${r.details}`);
       }),
     );
@@ -627,7 +628,7 @@ async function closeAll(target: string): Promise<{ listed: string[]; closeFailur
 async function listedIds(target: string): Promise<string[]> {
   const client = rawClient(target);
   try {
-    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '' })], { deadlineMs: 5_000 });
+    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '' })], { metadata: bearer(ADMIN_TOKEN), deadlineMs: 5_000 });
     return out.code === status.OK ? ListSocketsResponse.decode(out.messages[0]!).sockets.map((s) => `${s.socketId}(${s.kind}/${s.state})`) : [`ListSockets failed: ${status[out.code]}`];
   } finally {
     client.close();

@@ -309,11 +309,14 @@ test('a closed loopback port is UNAVAILABLE with ERR_SOCKGATE_CONNECT_REFUSED, a
   t.true(metricSum(text, 'sockgate_connects_total', { result: 'refused' }) >= 4);
 });
 
-test('admin ListSockets is denied to a non-admin identity and shows every identity to an admin', async (t) => {
+test('ListSockets shows a non-admin its own sockets only (another identity\'s is denied) and every identity to an admin', async (t) => {
   const w = await world(t);
   const a = await w.connect('alice', w.echo.uri);
   const b = await w.connect('bob', w.echo.uri);
-  const e = await rpcError(rpc(w.admin, w.admin.listSockets, { identity: '' }, bearer(TOKEN.alice)));
+  // Issue 12: ListSockets used to be admin-only; every identity now lists its own sockets.
+  const own = await rpc(w.admin, w.admin.listSockets, { identity: '' }, bearer(TOKEN.alice));
+  t.deepEqual(own.sockets.map((s) => s.socketId), [a.socketId]);
+  const e = await rpcError(rpc(w.admin, w.admin.listSockets, { identity: 'bob' }, bearer(TOKEN.alice)));
   t.is(e.code, status.PERMISSION_DENIED);
   t.is(e.errorCode, 'ERR_SOCKGATE_POLICY_DENIED');
   t.is(e.rule, 'admin');
@@ -324,7 +327,8 @@ test('admin ListSockets is denied to a non-admin identity and shows every identi
   t.deepEqual(onlyBob.sockets.map((s) => s.socketId), [b.socketId]);
   const sdk = await sdkAs(w, 'bob');
   t.teardown(() => sdk.close());
-  await t.throwsAsync(sdk.listSockets(), { instanceOf: PolicyDeniedError });
+  t.deepEqual((await sdk.listSockets()).map((s) => s.socketId), [b.socketId]);
+  await t.throwsAsync(sdk.listSockets('alice'), { instanceOf: PolicyDeniedError });
 });
 
 test('an identity can neither see nor touch another identity\'s sockets (NOT_FOUND, indistinguishable from no socket)', async (t) => {

@@ -383,7 +383,10 @@ export interface PeerHop {
 }
 
 export interface ListSocketsRequest {
-  /** Only this identity's sockets, if set. */
+  /**
+   * Only this identity's sockets, if set. Naming another identity than the
+   * caller's is for admins only (PERMISSION_DENIED otherwise).
+   */
   identity: string;
 }
 
@@ -3808,7 +3811,10 @@ export const SocketGatewayServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
-/** Operator calls. Only identities with `admin: true` in policy may call them. */
+/**
+ * Operator calls. Every identity lists its own sockets; an identity with
+ * `admin: true` in policy lists every identity's.
+ */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
   listSockets: {
