@@ -242,13 +242,25 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     };
   }
 
-  /** Count `identity`'s new stream socket as pending until it leaves PENDING_ATTACH (throws LimitExceededError over the bound). */
+  /**
+   * Count `identity`'s new stream socket as pending until it leaves PENDING_ATTACH
+   * (throws LimitExceededError over the bound), and abort it if it is still
+   * pending maxPendingAttachMs after its creation, token or not (a failed
+   * Negotiate leaves a socket without one).
+   */
   function takePending(identity: Identity): (sock: StreamSocket | undefined) => void {
     deps.bounds.pending.take(identity.name);
     return (sock) => {
       if (!sock || sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return deps.bounds.pending.give(identity.name);
+      const reaper = setTimeout(() => {
+        if (sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return;
+        metrics.recordAttach(transportName(sock.transport), 'expired');
+        void sock.destroy(new AttachFailedError(`socket ${sock.id} had no data channel within ${deps.bounds.maxPendingAttachMs} ms of its creation (limits.max_pending_attach_ms)`));
+      }, Math.max(0, sock.createdAtMs + deps.bounds.maxPendingAttachMs - Date.now()));
+      reaper.unref();
       const left = (to: SocketState) => {
         if (to === SocketState.SOCKET_STATE_PENDING_ATTACH) return;
+        clearTimeout(reaper);
         sock.off('transition', left);
         deps.bounds.pending.give(identity.name);
       };
