@@ -8,7 +8,8 @@ import { createHash } from 'node:crypto';
 import { createSocket, type Socket as DgramSocket } from 'node:dgram';
 import { readFileSync, readdirSync } from 'node:fs';
 import type { ClientReadableStream, Metadata, StatusObject } from '@grpc/grpc-js';
-import type { RecvFromResponse, SocketGatewayServiceClient } from '../../proto/gen/sockgate/v1/sockgate.js';
+import { connect as http2Connect } from 'node:http2';
+import { RecvFromRequest, type RecvFromResponse, type SocketGatewayServiceClient } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { TransportKind, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 
 export const TOKEN = {
@@ -96,4 +97,47 @@ export function rssOf(pid: number): number {
 /** Open descriptors of process `pid`. */
 export function fdsOf(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/**
+ * A RecvFrom stream whose reader truly never reads: a bare HTTP/2 client that
+ * never consumes, so it grants no flow-control window beyond the first 64 KiB
+ * and the gateway's writes stall (a grpc-js client would drain the window and
+ * buffer on its own side). One HTTP/2 connection per stream.
+ */
+export interface StuckReceiver {
+  /** Resolves with the grpc-status trailer (or -1 if the connection ended without one). */
+  status: Promise<number>;
+  close(): void;
+}
+
+export function stuckReceiver(target: string, socketId: string, token: string): StuckReceiver {
+  const session = http2Connect(`http://${target}`, { settings: { initialWindowSize: 65_535 } });
+  session.on('error', () => {});
+  const req = session.request({
+    ':method': 'POST',
+    ':path': '/sockgate.v1.SocketGatewayService/RecvFrom',
+    'content-type': 'application/grpc',
+    te: 'trailers',
+    authorization: `Bearer ${token}`,
+  });
+  req.on('error', () => {});
+  const body = Buffer.from(RecvFromRequest.encode({ socketId }).finish());
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, 5);
+  req.end(frame);
+  req.pause();
+  const status = new Promise<number>((resolve) => {
+    req.on('trailers', (h) => resolve(Number(h['grpc-status'] ?? -1)));
+    req.on('response', (h) => h['grpc-status'] !== undefined && resolve(Number(h['grpc-status'])));
+    req.on('close', () => resolve(-1));
+  });
+  return {
+    status,
+    close: () => {
+      req.close();
+      session.destroy();
+    },
+  };
 }

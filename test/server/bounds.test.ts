@@ -19,7 +19,7 @@ import { listSocketsPage, MAX_LIST_RESPONSE_BYTES } from '../../server/list-sock
 import { encodePreamble, AttachStatus } from '../../server/wire.js';
 import { echoServer, startGateway, within, type TestGateway } from '../helpers/harness.js';
 import { bearer, callRaw, dataConnect, eventually, metricSum, rawClient, rpc, rpcError, scrape } from '../helpers/rpc.js';
-import { datagram, flood, isIntact, portOf, recvFrom, tenantConfig, TCP_OFFER, TOKEN } from '../helpers/tenants.js';
+import { datagram, flood, isIntact, portOf, recvFrom, stuckReceiver, tenantConfig, TCP_OFFER, TOKEN } from '../helpers/tenants.js';
 
 type Echo = Awaited<ReturnType<typeof echoServer>>;
 
@@ -67,8 +67,8 @@ test('a RecvFrom reader that never reads holds at most udp_queue_bytes of datagr
   const QUEUE = 256 * 1024;
   const w = await world(t, { udp_queue_bytes: QUEUE, udp_queue_datagrams: 1024 });
   const { socketId, port } = await bindUdp(w);
-  const r = recvFrom(w.sock, socketId, EVIL(), false);
-  t.teardown(() => r.call.cancel());
+  const r = stuckReceiver(w.gw.target, socketId, TOKEN.evil);
+  t.teardown(() => r.close());
   const s = datagramSocket(w, socketId);
   t.true(await eventually(() => subscribers(s) === 1, 5_000));
   let peak = 0;
@@ -79,14 +79,16 @@ test('a RecvFrom reader that never reads holds at most udp_queue_bytes of datagr
   clearInterval(watch);
   peak = Math.max(peak, s.bufferedBytes());
   t.true(peak <= QUEUE, `queued ${peak} bytes, bound ${QUEUE}`);
-  t.true(peak > 0, 'the reader did get a queue');
+  t.true(peak > QUEUE - 60_000, `the stalled reader's queue filled up (${peak} bytes)`);
+  t.true(s.dropped > 0);
   const text = await scrape(w.gw.gateway.addresses.metrics!);
   t.true(metricSum(text, 'sockgate_datagrams_dropped_total', { reason: 'queue_full' }) > 0, 'drops are counted');
-  // Now read: every datagram that arrives is whole and byte-exact.
-  r.call.on('data', () => {});
+  // A reader that reads (beside the stalled one) gets whole, byte-exact datagrams.
+  r.close();
+  t.true(await eventually(() => subscribers(s) === 0, 5_000));
   const reader = recvFrom(w.sock, socketId, EVIL(), true);
   t.teardown(() => reader.call.cancel());
-  t.true(await eventually(() => subscribers(s) === 2, 5_000));
+  t.true(await eventually(() => subscribers(s) === 1, 5_000));
   const tx = createSocket('udp4');
   for (let i = 0; i < 5; i++) await new Promise<void>((res) => tx.send(datagram(1000 + i, 60_000), port, '127.0.0.1', () => res()));
   tx.close();
@@ -97,18 +99,19 @@ test('a RecvFrom reader that never reads holds at most udp_queue_bytes of datagr
 test('the queue is bounded in datagrams too (udp_queue_datagrams), for small datagrams', async (t) => {
   const w = await world(t, { udp_queue_datagrams: 8 });
   const { socketId, port } = await bindUdp(w);
-  const r = recvFrom(w.sock, socketId, EVIL(), false);
-  t.teardown(() => r.call.cancel());
+  const r = stuckReceiver(w.gw.target, socketId, TOKEN.evil);
+  t.teardown(() => r.close());
   const s = datagramSocket(w, socketId);
   t.true(await eventually(() => subscribers(s) === 1, 5_000));
   let peak = 0;
   const watch = setInterval(() => (peak = Math.max(peak, s.queuedDatagrams)), 1);
-  // Small datagrams fill a client's flow-control window slowly: enough of them to back up past it.
-  await flood(port, 6000, 100, 200);
+  // 64 KiB of flow-control window take ~600 of them; then the queue backs up.
+  await flood(port, 3000, 100, 100);
   await new Promise((res) => setTimeout(res, 200));
   clearInterval(watch);
   peak = Math.max(peak, s.queuedDatagrams);
   t.true(peak <= 8, `queued ${peak} datagrams, bound 8`);
+  t.true(s.queuedDatagrams > 0 && s.queuedDatagrams <= 8, `the stalled reader holds ${s.queuedDatagrams}`);
   t.true(s.dropped > 0, 'over the bound, datagrams are dropped');
 });
 
