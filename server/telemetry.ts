@@ -129,7 +129,8 @@ interface InstrumentSpec {
  * Every metric the gateway exports, declared once. In the Prometheus exposition
  * `.` becomes `_` and monotonic counters gain `_total`: `sockgate_connects_total`,
  * `sockgate_fallbacks_total`, `sockgate_attaches_total`, `sockgate_bytes_total`,
- * `sockgate_sockets_open` (a gauge), `sockgate_rpc_duration_{bucket,sum,count}`.
+ * `sockgate_sockets_open` (a gauge), `sockgate_rpc_duration_{bucket,sum,count}`,
+ * `sockgate_datagrams_dropped_total`.
  */
 export const METRICS = {
   connects: {
