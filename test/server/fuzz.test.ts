@@ -278,7 +278,7 @@ function randRequest(rng: Rng, m: MethodSpec, w: World): unknown {
     case 'GetInfo':
       return { socketId: randId(rng, w) };
     case 'ListSockets':
-      return { identity: rng.bool(0.5) ? '' : randString(rng) };
+      return { identity: rng.bool(0.5) ? '' : randString(rng), pageSize: rng.pick([0, 1, 10, 0xffffffff]), pageToken: rng.bool(0.8) ? '' : randString(rng) };
     default:
       throw new Error(`no generator for ${m.name}`);
   }
@@ -608,7 +608,7 @@ async function echoStillWorks(t: ExecutionContext, target: string, echoUri: stri
 async function closeAll(target: string): Promise<{ listed: string[]; closeFailures: string[] }> {
   const client = rawClient(target);
   try {
-    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '' })], { deadlineMs: 5_000 });
+    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '', pageSize: 0, pageToken: '' })], { deadlineMs: 5_000 });
     if (out.code !== status.OK) throw new Error(`ListSockets: ${status[out.code]} ${out.details}`);
     const listed = ListSocketsResponse.decode(out.messages[0]!).sockets.map((s) => s.socketId);
     const closeFailures: string[] = [];
@@ -627,7 +627,7 @@ async function closeAll(target: string): Promise<{ listed: string[]; closeFailur
 async function listedIds(target: string): Promise<string[]> {
   const client = rawClient(target);
   try {
-    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '' })], { deadlineMs: 5_000 });
+    const out = await callRaw(client, method('ListSockets'), [method('ListSockets').serialize({ identity: '', pageSize: 0, pageToken: '' })], { deadlineMs: 5_000 });
     return out.code === status.OK ? ListSocketsResponse.decode(out.messages[0]!).sockets.map((s) => `${s.socketId}(${s.kind}/${s.state})`) : [`ListSockets failed: ${status[out.code]}`];
   } finally {
     client.close();
