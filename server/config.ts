@@ -51,6 +51,8 @@ limits:
   max_listen_backlog_per_identity: 8192
   udp_queue_bytes: 1048576
   udp_queue_datagrams: 1024
+  udp_queue_bytes_per_identity: 67108864
+  udp_queue_bytes_total: 268435456
   max_recv_subscribers: 4
   list_sockets_page_size: 1000
   data_preamble_timeout_ms: 5000
@@ -300,6 +302,9 @@ export const configSchema = z.strictObject({
     udp_queue_bytes: z.number().int().min(65536).default(1 << 20),
     /** Datagrams queued per UDP socket for its readers; more are dropped (and counted). */
     udp_queue_datagrams: positiveInt.default(1024),
+    /** Bytes of received datagrams queued over all of one identity's UDP sockets, and over the gateway's. */
+    udp_queue_bytes_per_identity: z.number().int().min(65536).default(64 << 20),
+    udp_queue_bytes_total: z.number().int().min(65536).default(256 << 20),
     /** RecvFrom streams one UDP socket may have at once. */
     max_recv_subscribers: positiveInt.default(4),
     /** Most sockets one ListSockets answer carries (the rest via next_page_token); a byte budget under the gRPC message limit applies too. */

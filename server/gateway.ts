@@ -21,6 +21,7 @@ import { createServices } from './service.js';
 import { addGuardedService } from './decode-guard.js';
 import { CountBudget } from './count-budget.js';
 import { LogLimiter } from './log-limiter.js';
+import { IdentityByteBudgets } from './datagram-queue.js';
 import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
@@ -141,6 +142,7 @@ export class Gateway {
         udpQueueBytes: lim.udp_queue_bytes,
         udpQueueDatagrams: lim.udp_queue_datagrams,
         maxRecvSubscribers: lim.max_recv_subscribers,
+        udpQueueBudgets: new IdentityByteBudgets(lim.udp_queue_bytes_per_identity, lim.udp_queue_bytes_total),
         onDrop: (reason) => metrics.countDatagramDrop(reason),
       },
       bounds: {

@@ -33,7 +33,7 @@ import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON,
 import { SocketKind, SocketState, socketStateToJSON, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { formatUri } from './uri.js';
 import { tracer } from './trace.js';
-import { DatagramQueue, type QueueReader } from './datagram-queue.js';
+import { DatagramQueue, type IdentityByteBudgets, type QueueReader } from './datagram-queue.js';
 
 const trace = tracer('socket');
 
@@ -66,6 +66,8 @@ export interface SocketLimits {
   udpQueueDatagrams: number;
   /** RecvFrom streams per UDP socket (limits.max_recv_subscribers). */
   maxRecvSubscribers: number;
+  /** Queued datagram bytes per identity and gateway-wide (limits.udp_queue_bytes_per_identity, _total). */
+  udpQueueBudgets?: IdentityByteBudgets;
   /** Counts a dropped datagram delivery for the metrics ("queue_full": a reader's queue was at its bound; "no_reader"). */
   onDrop?: (reason: 'queue_full' | 'no_reader') => void;
 }
@@ -421,7 +423,9 @@ export class DatagramSocket extends GatewaySocket {
       remote = formatUri('udp', r.address, r.port);
     }
     super(id, identity, formatUri('udp', local.address, local.port), remote);
-    this.queue = new DatagramQueue({ maxBytes: limits.udpQueueBytes, maxDatagrams: limits.udpQueueDatagrams });
+    const shared = limits.udpQueueBudgets?.acquire(identity.name);
+    this.queue = new DatagramQueue({ maxBytes: limits.udpQueueBytes, maxDatagrams: limits.udpQueueDatagrams }, shared?.budget);
+    if (shared) void this.closed.then(shared.release);
     this.state = SocketState.SOCKET_STATE_OPEN;
     host.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.onMessage(msg, rinfo));
     host.on('error', (err) => void this.destroy(fromSystemError(err, `udp socket ${this.localUri}`)));

@@ -116,6 +116,29 @@ test('the queue is bounded in datagrams too (udp_queue_datagrams), for small dat
   t.true(s.dropped > 0, 'over the bound, datagrams are dropped');
 });
 
+test('queued datagram bytes are bounded per identity and gateway-wide too (udp_queue_bytes_per_identity, _total): more sockets do not multiply the bound', async (t) => {
+  const PER_IDENTITY = 300 * 1024;
+  const TOTAL = 500 * 1024;
+  const w = await world(t, { udp_queue_bytes: 256 * 1024, udp_queue_bytes_per_identity: PER_IDENTITY, udp_queue_bytes_total: TOTAL });
+  const stalled = async (md: ReturnType<typeof bearer>, token: string) => {
+    const b = await bindUdp(w, md);
+    const r = stuckReceiver(w.gw.target, b.socketId, token);
+    t.teardown(() => r.close());
+    const s = datagramSocket(w, b.socketId);
+    t.true(await eventually(() => subscribers(s) === 1, 5_000));
+    await rpc(w.sock, w.sock.setOption, { socketId: b.socketId, option: { option: { $case: 'recvBufferBytes', recvBufferBytes: 4 << 20 } } }, md);
+    for (let round = 0; round < 10 && s.dropped === 0; round++) await flood(b.port, 50, 60_000, 4);
+    return s;
+  };
+  const evil = [await stalled(EVIL(), TOKEN.evil), await stalled(EVIL(), TOKEN.evil), await stalled(EVIL(), TOKEN.evil)];
+  const evilBytes = evil.reduce((n, s) => n + s.bufferedBytes(), 0);
+  t.true(evilBytes <= PER_IDENTITY, `the hostile identity holds ${evilBytes} bytes over 3 sockets, bound ${PER_IDENTITY}`);
+  t.true(evil.every((s) => s.dropped > 0));
+  const good = await stalled(GOOD(), TOKEN.good);
+  t.true(good.bufferedBytes() > 0, 'another identity still gets a queue');
+  t.true(evilBytes + good.bufferedBytes() <= TOTAL, `the gateway holds ${evilBytes + good.bufferedBytes()} bytes, bound ${TOTAL}`);
+});
+
 test('RecvFrom subscribers per socket are bounded (max_recv_subscribers): one more is RESOURCE_EXHAUSTED; a freed place is taken again', async (t) => {
   const w = await world(t, { max_recv_subscribers: 4 });
   const { socketId, port } = await bindUdp(w);
