@@ -11,10 +11,10 @@
  * Seeded (printed; rerun with SOCKGATE_FUZZ_SEED=<seed>), bounded in count and
  * time. After each storm: a normal echo still works (SHA-256), every socket
  * can be closed and the table empties, and no call ended with an unexpected
- * status. INTERNAL is expected only as grpc-js's own "Error deserializing
- * request" for bytes that are not a protobuf message (the handler never runs);
- * UNKNOWN, INTERNAL from a handler, or a status without a sockgate error code
- * (a dropped connection, a call that hung to its deadline) are findings.
+ * status. Bytes that are not a protobuf message are INVALID_ARGUMENT
+ * (ERR_SOCKGATE_INVALID_ARGUMENT, server/decode-guard.ts), so UNKNOWN, any
+ * INTERNAL, or a status without a sockgate error code (a dropped connection, a
+ * call that hung to its deadline) are findings.
  */
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
@@ -342,11 +342,7 @@ interface Finding {
 function verdict(m: Pick<MethodSpec, 'name' | 'kind'>, o: CallOutcome, cancelledByUs: boolean): string | undefined {
   if (o.code === status.OK) return undefined;
   if (o.code === status.UNKNOWN) return 'UNKNOWN: an exception escaped a handler';
-  if (o.code === status.INTERNAL) {
-    // grpc-js answers bytes that are not a protobuf message itself, before any handler runs.
-    if (o.errorCode === undefined && /^Error deserializing request/.test(o.details)) return undefined;
-    return `INTERNAL from the gateway (${o.errorCode ?? 'no sockgate code'})`;
-  }
+  if (o.code === status.INTERNAL) return `INTERNAL from the gateway (${o.errorCode ?? 'no sockgate code'}: ${o.details.slice(0, 80)})`;
   if (o.code === status.CANCELLED && cancelledByUs && m.kind !== 'unary') return undefined;
   if (o.errorCode === undefined) return `${status[o.code]} without a sockgate error code (a dropped connection or a call that hung?)`;
   return undefined;
