@@ -48,6 +48,22 @@ limits:
   control_first_call_timeout_ms: 30000
   control_idle_timeout_ms: 300000
   max_control_streams_per_connection: 4096
+  max_pending_sockets: 4096
+  max_pending_sockets_per_identity: 256
+  max_pending_attach_ms: 60000
+  max_negotiate_rounds: 16
+  max_fallbacks_per_socket: 32
+  max_listen_backlog_per_identity: 8192
+  udp_queue_bytes: 1048576
+  udp_queue_datagrams: 1024
+  udp_queue_bytes_per_identity: 67108864
+  udp_queue_bytes_total: 268435456
+  max_recv_subscribers: 4
+  list_sockets_page_size: 1000
+  data_preamble_timeout_ms: 5000
+  max_unauthenticated_data_connections: 256
+  max_unauthenticated_data_connections_per_peer: 16
+  refusal_log_interval_ms: 10000
 # Callers without credentials. "enabled" left unset: on while no identities are
 # configured (this loopback-only default), off as soon as any are. Never admin
 # unless admin: true is written out.
@@ -300,6 +316,35 @@ export const configSchema = z.strictObject({
     control_idle_timeout_ms: z.number().int().min(0).default(300_000),
     /** Concurrent gRPC streams per control connection (each grpc-plane socket holds one; HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
     max_control_streams_per_connection: positiveInt.default(4096),
+    /** Sockets waiting for their data channel (PENDING_ATTACH), gateway-wide and per identity. */
+    max_pending_sockets: positiveInt.default(4096),
+    max_pending_sockets_per_identity: positiveInt.default(256),
+    /** Longest a socket may wait for its data channel, from its creation, however many Negotiate rounds it takes. */
+    max_pending_attach_ms: positiveInt.default(60_000),
+    /** Negotiate calls one socket may make; beyond them it is refused and the socket aborted. */
+    max_negotiate_rounds: positiveInt.default(16),
+    /** Fallback records kept per socket (the first ones; later ones are only counted). */
+    max_fallbacks_per_socket: positiveInt.default(32),
+    /** Sum of the Listen backlogs one identity's listeners may hold (each listener is capped at 4096 too). */
+    max_listen_backlog_per_identity: positiveInt.default(8192),
+    /** Bytes of received datagrams queued per UDP socket for its readers; more are dropped (and counted). */
+    udp_queue_bytes: z.number().int().min(65536).default(1 << 20),
+    /** Datagrams queued per UDP socket for its readers; more are dropped (and counted). */
+    udp_queue_datagrams: positiveInt.default(1024),
+    /** Bytes of received datagrams queued over all of one identity's UDP sockets, and over the gateway's. */
+    udp_queue_bytes_per_identity: z.number().int().min(65536).default(64 << 20),
+    udp_queue_bytes_total: z.number().int().min(65536).default(256 << 20),
+    /** RecvFrom streams one UDP socket may have at once. */
+    max_recv_subscribers: positiveInt.default(4),
+    /** Most sockets one ListSockets answer carries (the rest via next_page_token); a byte budget under the gRPC message limit applies too. */
+    list_sockets_page_size: z.number().int().min(1).max(10_000).default(1000),
+    /** A tcp data-port connection that sends no complete preamble within this time is closed. */
+    data_preamble_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
+    /** Data-port connections still in their preamble (unauthenticated), gateway-wide and per peer address. */
+    max_unauthenticated_data_connections: positiveInt.default(256),
+    max_unauthenticated_data_connections_per_peer: positiveInt.default(16),
+    /** Refusal logs (bad preambles, over-limit connections) are one line per interval with a count of the suppressed ones. */
+    refusal_log_interval_ms: positiveInt.default(10_000),
   }),
   identities: z.array(identitySchema).default([]),
   anonymous: z

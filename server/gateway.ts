@@ -21,6 +21,10 @@ import { createServices } from './service.js';
 import { ControlAdmission } from './control-admission.js';
 import { ControlListeners } from './control-listeners.js';
 import { PeerRegistry } from './control-peer.js';
+import { addGuardedService } from './decode-guard.js';
+import { CountBudget } from './count-budget.js';
+import { LogLimiter } from './log-limiter.js';
+import { IdentityByteBudgets } from './datagram-queue.js';
 import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
@@ -99,7 +103,7 @@ export class Gateway {
     if (config.anonymous.enabled && config.anonymous.admin) {
       this.logger.warn('anonymous.admin is true: callers without credentials may list and close every identity\'s sockets');
     }
-    this.table = new SocketTable(config.limits.max_sockets);
+        this.table = new SocketTable(config.limits.max_sockets, config.limits.max_fallbacks_per_socket);
     this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
     this.table.onRemoved((s) => {
       this.registry.revoke(s);
@@ -107,6 +111,9 @@ export class Gateway {
     });
     const metrics = this.telemetry.metrics;
     const hwm = config.socket.high_watermark_bytes;
+    const lim = config.limits;
+    // One limiter for every refusal an untrusted peer can cause at will (one line per interval and key).
+    const refusalLog = new LogLimiter(this.logger, lim.refusal_log_interval_ms);
     const data = splitListenAddress(config.listen.data);
     if ('path' in data) throw new Error('listen.data must be host:port');
     this.tcp = new TcpTransport({
@@ -118,6 +125,10 @@ export class Gateway {
       registry: this.registry,
       metrics,
       logger: this.logger,
+      preambleTimeoutMs: lim.data_preamble_timeout_ms,
+      maxUnauthenticated: lim.max_unauthenticated_data_connections,
+      maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
+      refusalLog,
       ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
@@ -138,7 +149,36 @@ export class Gateway {
       grpcTransport: this.grpc,
       telemetry: this.telemetry,
       logger: this.logger,
-      limits: { highWatermark: hwm, maxDatagramBytes: config.socket.max_datagram_bytes, udpIdleTimeoutMs: config.socket.udp_idle_timeout_ms },
+      limits: {
+        highWatermark: hwm,
+        maxDatagramBytes: config.socket.max_datagram_bytes,
+        udpIdleTimeoutMs: config.socket.udp_idle_timeout_ms,
+        udpQueueBytes: lim.udp_queue_bytes,
+        udpQueueDatagrams: lim.udp_queue_datagrams,
+        maxRecvSubscribers: lim.max_recv_subscribers,
+        udpQueueBudgets: new IdentityByteBudgets(lim.udp_queue_bytes_per_identity, lim.udp_queue_bytes_total),
+        onDrop: (reason) => metrics.countDatagramDrop(reason),
+      },
+      bounds: {
+        maxNegotiateRounds: lim.max_negotiate_rounds,
+        maxPendingAttachMs: lim.max_pending_attach_ms,
+        listSocketsPageSize: lim.list_sockets_page_size,
+        pending: new CountBudget({
+          what: 'sockets waiting for their data channel',
+          maxTotal: lim.max_pending_sockets,
+          maxPerIdentity: lim.max_pending_sockets_per_identity,
+          totalKey: 'limits.max_pending_sockets',
+          perIdentityKey: 'limits.max_pending_sockets_per_identity',
+        }),
+        listenBacklog: new CountBudget({
+          what: 'listen backlog slots',
+          maxTotal: Number.MAX_SAFE_INTEGER,
+          maxPerIdentity: lim.max_listen_backlog_per_identity,
+          totalKey: '(none)',
+          perIdentityKey: 'limits.max_listen_backlog_per_identity',
+        }),
+        refusalLog,
+      },
       connectTimeoutMs: config.socket.connect_timeout_ms,
       attachTtlMs: config.transports.attach_token_ttl_ms,
       isShuttingDown: () => this.shuttingDown,
@@ -171,8 +211,8 @@ export class Gateway {
       // grpc-js closes (GOAWAY) a connection with no call in flight this long; absent = never.
       ...(limits.control_idle_timeout_ms > 0 ? { 'grpc.max_connection_idle_ms': limits.control_idle_timeout_ms } : {}),
     });
-    this.server.addService(withFastDataCodec(SocketGatewayServiceService), services.socket);
-    this.server.addService(AdminServiceService, services.admin);
+    addGuardedService(this.server, withFastDataCodec(SocketGatewayServiceService), services.socket);
+    addGuardedService(this.server, AdminServiceService, services.admin);
     this.health.addToServer(this.server);
     new ReflectionService(loadFileDescriptorSetFromBuffer(readFileSync(DESCRIPTOR_SET))).addToServer(this.server);
     metrics.observeBytes(() => this.table.byteTotals());

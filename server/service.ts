@@ -30,6 +30,7 @@ import { DeclineReason, TransportKind, type Fallback } from '../proto/gen/sockga
 import {
   AttachFailedError,
   InvalidArgumentError,
+  LimitExceededError,
   NoTransportError,
   PolicyDeniedError,
   ShuttingDownError,
@@ -58,6 +59,9 @@ import type { GrpcTransport } from './transport-grpc.js';
 import type { AttachRegistry } from './attach.js';
 import type { Logger } from './log.js';
 import { formatUri } from './uri.js';
+import type { CountBudget } from './count-budget.js';
+import type { LogLimiter } from './log-limiter.js';
+import { listSocketsPage } from './list-sockets.js';
 
 export interface ServiceDeps {
   policy: Policy;
@@ -74,6 +78,8 @@ export interface ServiceDeps {
   attachTtlMs: number;
   /** True once shutdown began: no new sockets. */
   isShuttingDown(): boolean;
+  /** Per-socket and per-identity bounds (config `limits`). */
+  bounds: ServiceBounds;
   /** Apply a buffer-size option to a TCP host socket (native setsockopt); undefined if unavailable. */
   setTcpBuffer?: (sock: NetSocket, which: 'send' | 'recv', bytes: number) => void;
   /** The control connections the gateway accepted, by the peer string their calls report (control-peer.ts). */
@@ -82,6 +88,21 @@ export interface ServiceDeps {
 
 /** The part of the PeerRegistry the service uses. */
 export type PeerLookup = Pick<PeerRegistry, 'lookup'>;
+
+export interface ServiceBounds {
+  /** limits.max_negotiate_rounds */
+  maxNegotiateRounds: number;
+  /** limits.max_pending_attach_ms: a stream socket's tokens never outlive its creation by more. */
+  maxPendingAttachMs: number;
+  /** limits.list_sockets_page_size */
+  listSocketsPageSize: number;
+  /** Stream sockets in PENDING_ATTACH (limits.max_pending_sockets*). */
+  pending: CountBudget;
+  /** Sum of listen backlogs (limits.max_listen_backlog_per_identity). */
+  listenBacklog: CountBudget;
+  /** Refusals an untrusted peer can cause at will are logged through this. */
+  refusalLog: LogLimiter;
+}
 
 const SERVICE = 'sockgate.v1.SocketGatewayService';
 /** Listen backlog when the guest gives none, and the most it may ask for. */
@@ -251,6 +272,37 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     };
   }
 
+  /**
+   * Count `identity`'s new stream socket as pending until it leaves PENDING_ATTACH
+   * (throws LimitExceededError over the bound), and abort it if it is still
+   * pending maxPendingAttachMs after its creation, token or not (a failed
+   * Negotiate leaves a socket without one).
+   */
+  function takePending(identity: Identity): (sock: StreamSocket | undefined) => void {
+    deps.bounds.pending.take(identity.name);
+    return (sock) => {
+      if (!sock || sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return deps.bounds.pending.give(identity.name);
+      const reaper = setTimeout(() => {
+        if (sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return;
+        metrics.recordAttach(transportName(sock.transport), 'expired');
+        void sock.destroy(new AttachFailedError(`socket ${sock.id} had no data channel within ${deps.bounds.maxPendingAttachMs} ms of its creation (limits.max_pending_attach_ms)`));
+      }, Math.max(0, sock.createdAtMs + deps.bounds.maxPendingAttachMs - Date.now()));
+      reaper.unref();
+      const left = (to: SocketState) => {
+        if (to === SocketState.SOCKET_STATE_PENDING_ATTACH) return;
+        clearTimeout(reaper);
+        sock.off('transition', left);
+        deps.bounds.pending.give(identity.name);
+      };
+      sock.on('transition', left);
+    };
+  }
+
+  /** Latest expiry of a token for `sock`: a stream socket waits for its channel at most maxPendingAttachMs from creation. */
+  function notAfter(sock: GatewaySocket): number | undefined {
+    return sock instanceof StreamSocket ? sock.createdAtMs + deps.bounds.maxPendingAttachMs : undefined;
+  }
+
   function noteNegotiation(span: Span, decision: Decision): void {
     if (decision.accepted) span.setAttribute(ATTR.TRANSPORT, transportName(decision.accepted.kind));
     if (decision.fallbacks[0]) span.setAttribute(ATTR.FALLBACK_REASON, reasonName(decision.fallbacks[0].reason));
@@ -283,12 +335,16 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         } catch (err) {
           abandon(err);
         }
+        let pendingFor: ((sock: StreamSocket | undefined) => void) | undefined;
         let sock!: StreamSocket | DatagramSocket;
         try {
           const timeout = Math.min(req.timeoutMs || deps.connectTimeoutMs, MAX_CONNECT_TIMEOUT_MS);
           if (target.uri.protocol === 'tcp') {
+            pendingFor = takePending(identity);
             const host = await backend.connectTcp(target, timeout, undefined, req.options);
             const stream = new StreamSocket(table.newId('stream'), identity, host);
+            pendingFor(stream);
+            pendingFor = undefined;
             const via = backend.peerStreamOf(host);
             if (via) {
               // Opened through a peer gateway (a `peers` route): the real host socket is the peer's.
@@ -304,6 +360,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
             sock = new DatagramSocket(table.newId('datagram'), identity, udp, true, deps.limits, (uri) => resolveUdpDestination(identity, uri));
           }
         } catch (err) {
+          pendingFor?.(undefined);
           table.release(identity);
           abandon(err);
         }
@@ -316,7 +373,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         }
         span.setAttribute(ATTR.SOCKET_ID, sock.id);
         metrics.recordConnect('ok', target.uri.protocol);
-        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
+        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock), notAfter(sock));
         logger.debug({ socket: sock.id, identity: identity.name, remote: sock.remoteUri, transport: transportName(decision.accepted.kind), rule: target.rule }, 'connected');
         return { socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation };
       } catch (err) {
@@ -332,6 +389,18 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       if (!(sock instanceof StreamSocket || sock instanceof DatagramSocket) || (sock instanceof StreamSocket && sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH)) {
         throw new WrongSocketKindError(`socket ${sock.id} is not waiting for an attach`);
       }
+      // Each round costs state and renews the token: bounded in count, and in time from the socket's creation.
+      const rounds = ++sock.negotiateRounds;
+      const expired = sock instanceof StreamSocket && Date.now() >= sock.createdAtMs + deps.bounds.maxPendingAttachMs;
+      if (rounds > deps.bounds.maxNegotiateRounds || expired) {
+        const err = new LimitExceededError(
+          expired
+            ? `socket ${sock.id} waited for its data channel longer than ${deps.bounds.maxPendingAttachMs} ms (limits.max_pending_attach_ms)`
+            : `socket ${sock.id} has negotiated ${rounds - 1} times, the limit is ${deps.bounds.maxNegotiateRounds} (limits.max_negotiate_rounds)`,
+        );
+        if (sock instanceof StreamSocket) void sock.destroy(err);
+        throw err;
+      }
       deps.registry.revoke(sock);
       const prior = [...sock.fallbacks];
       if (req.failedTransport !== TransportKind.TRANSPORT_KIND_UNSPECIFIED) {
@@ -342,28 +411,36 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       const decision = await negotiator.decide(req.offers, { identity, socketKind: sock.kind === 'stream' ? 'stream' : 'datagram', peer: call.getPeer() }, prior);
       noteNegotiation(span, decision);
       if (!decision.accepted) {
-        sock.fallbacks = decision.fallbacks;
-        throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
+        sock.setFallbacks(decision.fallbacks);
+        throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks.slice(prior.length))}`);
       }
-      return { negotiation: negotiator.issue(sock, decision, onAttachExpired(sock)) };
+      return { negotiation: negotiator.issue(sock, decision, onAttachExpired(sock), notAfter(sock)) };
     }),
 
     listen: unary('Listen', async (req, identity, span) => {
       guardNew();
       const target = await backend.resolve(identity, req.uri, 'listen', 'tcp');
       span.setAttributes({ [ATTR.NETWORK_TRANSPORT]: 'tcp', [ATTR.SERVER_ADDRESS]: target.address, [ATTR.SERVER_PORT]: target.uri.port });
-      table.reserve(identity);
+      const backlog = Math.min(req.backlog || DEFAULT_BACKLOG, MAX_BACKLOG);
+      deps.bounds.listenBacklog.take(identity.name, backlog);
+      try {
+        table.reserve(identity);
+      } catch (err) {
+        deps.bounds.listenBacklog.give(identity.name, backlog);
+        throw err;
+      }
       let listener: ListenerSocket;
       try {
-        const backlog = Math.min(req.backlog || DEFAULT_BACKLOG, MAX_BACKLOG);
         const server = await backend.listenTcp(identity, target, backlog);
         const addr = server.address() as { address: string; port: number };
         listener = new ListenerSocket(table.newId('listener'), identity, server, formatUri('tcp', addr.address, addr.port), backlog);
       } catch (err) {
         table.release(identity);
+        deps.bounds.listenBacklog.give(identity.name, backlog);
         throw err;
       }
       table.add(listener);
+      void listener.closed.then(() => deps.bounds.listenBacklog.give(identity.name, backlog));
       // A listener nobody accepts from is closed, so a client that died cannot leak it.
       setTimeout(() => {
         if (!listener.hasAcceptor && !listener.isClosed) void listener.destroy(new AttachFailedError(`listener ${listener.id} had no Accept stream within ${deps.attachTtlMs} ms`));
@@ -385,22 +462,32 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       const l = listener as ListenerSocket;
       const offers = call.request.offers;
       const onInbound = async (host: NetSocket) => {
+        let pendingFor: (sock: StreamSocket | undefined) => void;
+        try {
+          pendingFor = takePending(identity);
+        } catch (err) {
+          deps.bounds.refusalLog.warn(`inbound:${identity.name}`, { listener: l.id, identity: identity.name, err: (err as Error).message }, 'inbound connection refused by limit');
+          host.destroy();
+          return;
+        }
         try {
           table.reserve(identity);
         } catch (err) {
-          logger.warn({ listener: l.id, err: (err as Error).message }, 'inbound connection refused by limit');
+          pendingFor(undefined);
+          deps.bounds.refusalLog.warn(`inbound:${identity.name}`, { listener: l.id, identity: identity.name, err: (err as Error).message }, 'inbound connection refused by limit');
           host.destroy();
           return;
         }
         const sock = new StreamSocket(table.newId('stream'), identity, host);
+        pendingFor(sock);
         table.add(sock);
         const decision = await negotiator.decide(offers, { identity, socketKind: 'stream', peer: call.getPeer() });
         if (!decision.accepted) {
-          sock.fallbacks = decision.fallbacks;
+          sock.setFallbacks(decision.fallbacks);
           void sock.destroy(new NoTransportError(describeFallbacks(decision.fallbacks)));
           return;
         }
-        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
+        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock), notAfter(sock));
         call.write({ socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation });
       };
       let uninstall: () => void;
@@ -464,12 +551,14 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         return;
       }
       const d = sock as DatagramSocket;
-      const unsubscribe = d.subscribe((dg) => {
-        // UDP semantics: a reader that falls behind loses datagrams, the gateway does not buffer them.
-        if (call.writableLength >= deps.limits.highWatermark) return false;
-        call.write({ datagram: { uri: dg.uri, payload: dg.payload } });
-        return true;
-      });
+      let unsubscribe: () => void;
+      try {
+        // UDP semantics: a reader that falls behind loses datagrams; the socket's queue is bounded in bytes and count.
+        unsubscribe = d.subscribe(call, (dg) => ({ datagram: { uri: dg.uri, payload: dg.payload } }));
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
       call.on('cancelled', unsubscribe);
       call.on('close', unsubscribe);
       void d.closed.then(() => {
@@ -532,7 +621,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       if (!identity.admin && wanted !== undefined && wanted !== identity.name) {
         throw new PolicyDeniedError(`identity "${identity.name}" is not an admin: it may list only its own sockets`, { rule: 'admin' });
       }
-      return { sockets: table.list(identity.admin ? wanted : identity.name).map((s) => s.info()) };
+      return listSocketsPage(table.list(identity.admin ? wanted : identity.name), req, deps.bounds.listSocketsPageSize);
     }),
   };
 

@@ -174,9 +174,9 @@ test('no identity but the owner acts on a socket; admin lists and closes only; o
     }
   }
   // The hostile one lists only its own (none), and may not name a tenant.
-  t.deepEqual((await rpc(admin, admin.listSockets, { identity: '' }, H)).sockets, []);
-  t.is((await rpcError(rpc(admin, admin.listSockets, { identity: 'tenant-a' }, H))).code, status.PERMISSION_DENIED);
-  t.is((await rpcError(rpc(admin, admin.listSockets, { identity: '' }, none))).code, status.UNAUTHENTICATED);
+  t.deepEqual((await rpc(admin, admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, H)).sockets, []);
+  t.is((await rpcError(rpc(admin, admin.listSockets, { identity: 'tenant-a', pageSize: 0, pageToken: '' }, H))).code, status.PERMISSION_DENIED);
+  t.is((await rpcError(rpc(admin, admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, none))).code, status.UNAUTHENTICATED);
 
   // --- Attach tokens: the hostile one sees only its own; guessed ones are refused on every plane.
   const own = await rpc(sock, sock.connect, { uri: echo.uri, offers: [TCP_OFFER], timeoutMs: 0, options: [] }, H);
@@ -225,13 +225,13 @@ test('no identity but the owner acts on a socket; admin lists and closes only; o
   // This process holds both ends: the client ends of the flood plus at most PER_PEER_LIMIT gateway ends (and a few in passing).
   const fdsDuring = readdirSync('/proc/self/fd').length;
   t.true(fdsDuring - fdsBefore <= FLOOD_CONNECTIONS + PER_PEER_LIMIT + 8, `fds grew by ${fdsDuring - fdsBefore}`);
-  t.true((await rpc(admin, admin.listSockets, { identity: '' }, A)).sockets.length > 0, 'the gateway still answers during the flood');
+  t.true((await rpc(admin, admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, A)).sockets.length > 0, 'the gateway still answers during the flood');
   flood.forEach((c) => c.destroy());
 
   // --- The admin: may list (all, or one identity), read info and close a foreign socket; nothing else.
-  const listed = (await rpc(admin, admin.listSockets, { identity: '' }, A)).sockets.map((s) => s.socketId);
+  const listed = (await rpc(admin, admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, A)).sockets.map((s) => s.socketId);
   for (const [kind, id] of foreign) t.true(listed.includes(id), `admin lists ${kind}`);
-  const onlyA = (await rpc(admin, admin.listSockets, { identity: 'tenant-a' }, A)).sockets;
+  const onlyA = (await rpc(admin, admin.listSockets, { identity: 'tenant-a', pageSize: 0, pageToken: '' }, A)).sockets;
   t.true(onlyA.every((s) => s.identity === 'tenant-a') && onlyA.length === 3);
   for (const [kind, id] of foreign) {
     t.truthy((await rpc(sock, sock.getInfo, { socketId: id }, A)).info, `admin GetInfo ${kind}`);
