@@ -66,12 +66,15 @@ export class AttachRegistry<T> {
   /**
    * Issue a token for `target` on `transport`. `onExpire` runs if it is not
    * redeemed in time (the socket table uses it to reap unattached sockets).
+   * The token expires after the registry's TTL, or at `notAfterMs` if sooner.
    */
-  issue(target: T, transport: TransportKind, onExpire: () => void): { token: Buffer; expiresAtMs: number } {
+  issue(target: T, transport: TransportKind, onExpire: () => void, notAfterMs = Number.POSITIVE_INFINITY): { token: Buffer; expiresAtMs: number } {
     const token = randomBytes(ATTACH_TOKEN_BYTES);
     const key = digest(token);
     const short = digest(token.subarray(0, SHORT_TOKEN_BYTES));
-    const expiresAtMs = Date.now() + this.ttlMs;
+    // Never past notAfterMs: renewing a token must not extend its target's life forever.
+    const ttlMs = Math.max(0, Math.min(this.ttlMs, notAfterMs - Date.now()));
+    const expiresAtMs = Date.now() + ttlMs;
     const timer = setTimeout(() => {
       const entry = this.pending.get(key);
       if (!entry) return;
@@ -79,7 +82,7 @@ export class AttachRegistry<T> {
       this.remember(key, 'expired', entry.short);
       trace(`token for transport ${transport} expired`);
       entry.onExpire();
-    }, this.ttlMs);
+    }, ttlMs);
     timer.unref();
     this.pending.set(key, { target, transport, expiresAtMs, timer, onExpire, short });
     this.shortKeys.set(short, key);

@@ -162,9 +162,9 @@ export function buildProgram(): Command {
     cmd
       .addOption(new Option('-t, --target <target>', 'gateway control address (host:port or unix:/path)').default(DEFAULT_TARGET))
       .addOption(new Option('--token <token>', 'bearer token').env('SOCKGATE_TOKEN'));
-  client(program.command('status').description('list the gateway\'s sockets (like smcss)'))
+  client(program.command('status').description('list your sockets on the gateway, like smcss (an admin identity sees every identity\'s)'))
     .option('--json', 'print JSON instead of a table')
-    .option('--identity <name>', 'only this identity\'s sockets')
+    .option('--identity <name>', 'only this identity\'s sockets (another identity\'s: admin only)')
     .action((opts) => status(opts));
   client(program.command('connect <uri>').description('netcat through the gateway: stdin to the socket, the socket to stdout'))
     .option('--transport <list>', 'transports to offer, in order, e.g. tcp,grpc')

@@ -43,13 +43,45 @@ socket:
 limits:
   max_sockets: 65536
   max_sockets_per_identity: 4096
+  max_control_connections: 1024
+  max_control_connections_per_peer: 64
+  control_first_call_timeout_ms: 30000
+  control_idle_timeout_ms: 300000
+  max_control_streams_per_connection: 4096
+  max_pending_sockets: 4096
+  max_pending_sockets_per_identity: 256
+  max_pending_attach_ms: 60000
+  max_negotiate_rounds: 16
+  max_fallbacks_per_socket: 32
+  max_listen_backlog_per_identity: 8192
+  udp_queue_bytes: 1048576
+  udp_queue_datagrams: 1024
+  udp_queue_bytes_per_identity: 67108864
+  udp_queue_bytes_total: 268435456
+  max_recv_subscribers: 4
+  list_sockets_page_size: 1000
+  data_preamble_timeout_ms: 5000
+  max_unauthenticated_data_connections: 256
+  max_unauthenticated_data_connections_per_peer: 16
+  refusal_log_interval_ms: 10000
+# Callers without credentials. "enabled" left unset: on while no identities are
+# configured (this loopback-only default), off as soon as any are. Never admin
+# unless admin: true is written out.
 anonymous:
-  enabled: true
-  admin: true
+  admin: false
+# Connects to loopback; the gateway's own ports never match (README "Policy").
+# Listens and binds: IPv4 loopback, ports 1024 and up: no wildcard, no
+# privileged port, and no [::1]:P in front of a host service on 127.0.0.1:P.
 rules:
   - name: loopback-only
     action: allow
+    directions: [connect]
     destinations: [127.0.0.0/8, "::1/128", localhost]
+  - name: loopback-listen
+    action: allow
+    directions: [listen, bind]
+    destinations: [127.0.0.0/8]
+    ports: [1024-65535]
 shutdown:
   drain_timeout_ms: 10000
 telemetry:
@@ -89,7 +121,7 @@ const identitySchema = z.strictObject({
   tokens_sha256: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits')).default([]),
   /** Client-certificate subject common name that maps to this identity (mTLS). */
   mtls_cn: z.string().optional(),
-  /** Same-host clients (shm attach) whose SO_PEERCRED uid maps to this identity. */
+  /** Same-host clients (Unix control socket, shm attach) whose SO_PEERCRED uid maps to this identity. */
   uids: z.array(z.number().int().min(0)).default([]),
   admin: z.boolean().default(false),
   max_sockets: positiveInt.optional(),
@@ -103,7 +135,10 @@ const ringBytes = (min: number) =>
 
 const shmSchema = z
   .strictObject({
-    /** Attach socket (Unix); "" picks /run/sockgate/shm.sock as root, else <tmpdir>/sockgate-<uid>/shm.sock. */
+    /**
+     * Attach socket (Unix); "" picks $RUNTIME_DIRECTORY/shm.sock (systemd), else /run/sockgate/shm.sock as root,
+     * else <tmpdir>/sockgate-<uid>/shm.sock (created 0700). Its directory is verified before use (native/shm-dir.ts).
+     */
     path: z.string().refine((p) => p === '' || p.startsWith('/'), { message: 'expected an absolute path or ""' }).default(''),
     /** Socket slots per client session (one is the session's control slot). */
     slots_per_session: z.number().int().min(2).max(65536).default(1024),
@@ -271,13 +306,58 @@ export const configSchema = z.strictObject({
   limits: z.strictObject({
     max_sockets: positiveInt,
     max_sockets_per_identity: positiveInt,
+    /** Control-plane connections held at once, all listeners together; more are closed on accept. */
+    max_control_connections: positiveInt.default(1024),
+    /** Control-plane connections held at once from one peer (TCP address, Unix uid, VMM socket). */
+    max_control_connections_per_peer: positiveInt.default(64),
+    /** A control connection that made no identified call this long after it was accepted is closed; 0 = never. */
+    control_first_call_timeout_ms: z.number().int().min(0).default(30_000),
+    /** A control connection with no call in flight this long is closed (GOAWAY; clients reconnect); 0 = never. */
+    control_idle_timeout_ms: z.number().int().min(0).default(300_000),
+    /** Concurrent gRPC streams per control connection (each grpc-plane socket holds one; HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
+    max_control_streams_per_connection: positiveInt.default(4096),
+    /** Sockets waiting for their data channel (PENDING_ATTACH), gateway-wide and per identity. */
+    max_pending_sockets: positiveInt.default(4096),
+    max_pending_sockets_per_identity: positiveInt.default(256),
+    /** Longest a socket may wait for its data channel, from its creation, however many Negotiate rounds it takes. */
+    max_pending_attach_ms: positiveInt.default(60_000),
+    /** Negotiate calls one socket may make; beyond them it is refused and the socket aborted. */
+    max_negotiate_rounds: positiveInt.default(16),
+    /** Fallback records kept per socket (the first ones; later ones are only counted). */
+    max_fallbacks_per_socket: positiveInt.default(32),
+    /** Sum of the Listen backlogs one identity's listeners may hold (each listener is capped at 4096 too). */
+    max_listen_backlog_per_identity: positiveInt.default(8192),
+    /** Bytes of received datagrams queued per UDP socket for its readers; more are dropped (and counted). */
+    udp_queue_bytes: z.number().int().min(65536).default(1 << 20),
+    /** Datagrams queued per UDP socket for its readers; more are dropped (and counted). */
+    udp_queue_datagrams: positiveInt.default(1024),
+    /** Bytes of received datagrams queued over all of one identity's UDP sockets, and over the gateway's. */
+    udp_queue_bytes_per_identity: z.number().int().min(65536).default(64 << 20),
+    udp_queue_bytes_total: z.number().int().min(65536).default(256 << 20),
+    /** RecvFrom streams one UDP socket may have at once. */
+    max_recv_subscribers: positiveInt.default(4),
+    /** Most sockets one ListSockets answer carries (the rest via next_page_token); a byte budget under the gRPC message limit applies too. */
+    list_sockets_page_size: z.number().int().min(1).max(10_000).default(1000),
+    /** A tcp data-port connection that sends no complete preamble within this time is closed. */
+    data_preamble_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
+    /** Data-port connections still in their preamble (unauthenticated), gateway-wide and per peer address. */
+    max_unauthenticated_data_connections: positiveInt.default(256),
+    max_unauthenticated_data_connections_per_peer: positiveInt.default(16),
+    /** Refusal logs (bad preambles, over-limit connections) are one line per interval with a count of the suppressed ones. */
+    refusal_log_interval_ms: positiveInt.default(10_000),
   }),
   identities: z.array(identitySchema).default([]),
-  anonymous: z.strictObject({
-    /** Callers without credentials get the identity "anonymous". */
-    enabled: z.boolean(),
-    admin: z.boolean().default(false),
-  }),
+  anonymous: z
+    .strictObject({
+      /**
+       * Callers without credentials get the identity "anonymous". Unset: on
+       * while no identities are configured, off once any are (see withAnonymousDefault).
+       */
+      enabled: z.boolean().optional(),
+      /** Only ever true when written out. */
+      admin: z.boolean().default(false),
+    })
+    .prefault({}),
   rules: z.array(ruleSchema),
   /** Peer gateway routes (first match wins); none by default. */
   peers: z.array(peerSchema).default([]),
@@ -303,7 +383,19 @@ export const configSchema = z.strictObject({
   }),
 });
 
-export type Config = z.infer<typeof configSchema>;
+/**
+ * A configuration that defines identities and says nothing about
+ * `anonymous.enabled` has anonymous access off: an operator who adds
+ * identities means callers to be one of them. Without identities (the
+ * embedded loopback-only default) it is on, never admin unless written out.
+ */
+function withAnonymousDefault<T extends { identities: readonly unknown[]; anonymous: { enabled?: boolean | undefined; admin: boolean } }>(
+  c: T,
+): Omit<T, 'anonymous'> & { anonymous: { enabled: boolean; admin: boolean } } {
+  return { ...c, anonymous: { ...c.anonymous, enabled: c.anonymous.enabled ?? c.identities.length === 0 } };
+}
+
+export type Config = ReturnType<typeof withAnonymousDefault<z.infer<typeof configSchema>>>;
 export type IdentityConfig = z.infer<typeof identitySchema>;
 export type RuleConfig = z.infer<typeof ruleSchema>;
 export type PeerConfig = z.infer<typeof peerSchema>;
@@ -373,7 +465,7 @@ export function flagOverrides(sets: readonly string[]): Tree {
 /** Validate a merged tree; the error lists every bad key with its path. */
 export function validateConfig(tree: unknown, source: string): Config {
   const result = configSchema.safeParse(tree);
-  if (result.success) return result.data;
+  if (result.success) return withAnonymousDefault(result.data);
   const problems = result.error.issues.flatMap((i) => {
     // An unknown key is reported at its parent; name the key itself instead.
     if (i.code === 'unrecognized_keys') return i.keys.map((k) => `  ${[...i.path, k].join('.')}: unknown key`);

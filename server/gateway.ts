@@ -13,11 +13,18 @@ import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
 import { NativeError, ShuttingDownError, SocketClosedError } from './errors.js';
-import { HostBackend } from './host-backend.js';
+import { HostBackend, type HostLookup } from './host-backend.js';
 import { PeerRouter } from './peers.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
 import { createServices } from './service.js';
+import { ControlAdmission } from './control-admission.js';
+import { ControlListeners } from './control-listeners.js';
+import { PeerRegistry } from './control-peer.js';
+import { addGuardedService } from './decode-guard.js';
+import { CountBudget } from './count-budget.js';
+import { LogLimiter } from './log-limiter.js';
+import { IdentityByteBudgets } from './datagram-queue.js';
 import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
@@ -41,6 +48,8 @@ const MAX_MESSAGE_BYTES = 4 << 20;
 export interface GatewayOptions {
   /** Extra state for tests: a telemetry instance to use instead of creating one. */
   telemetry?: Telemetry;
+  /** The host-name resolver (tests: two gateways that resolve a name differently); the system's by default. */
+  lookup?: HostLookup;
 }
 
 export interface GatewayAddresses {
@@ -76,6 +85,12 @@ export class Gateway {
   private readonly peers: PeerRouter;
   private stopping: Promise<void> | undefined;
   private addressesValue: GatewayAddresses | undefined;
+  /** Control connections by the peer string their calls report: their peer credentials (control-peer.ts). */
+  readonly controlPeers = new PeerRegistry();
+  /** Bounds on control connections (control-admission.ts). */
+  readonly controlAdmission: ControlAdmission;
+  /** The control listeners, created in start() once the native addon (SO_PEERCRED) is known. */
+  private controlListeners: ControlListeners | undefined;
 
   constructor(
     readonly config: Config,
@@ -85,7 +100,10 @@ export class Gateway {
       options.telemetry ?? createTelemetry({ logLevel: config.telemetry.log_level, traces: config.telemetry.traces, metricsListen: config.listen.metrics });
     this.logger = this.telemetry.logger;
     this.policy = new Policy(config);
-    this.table = new SocketTable(config.limits.max_sockets);
+    if (config.anonymous.enabled && config.anonymous.admin) {
+      this.logger.warn('anonymous.admin is true: callers without credentials may list and close every identity\'s sockets');
+    }
+        this.table = new SocketTable(config.limits.max_sockets, config.limits.max_fallbacks_per_socket);
     this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
     this.table.onRemoved((s) => {
       this.registry.revoke(s);
@@ -93,6 +111,9 @@ export class Gateway {
     });
     const metrics = this.telemetry.metrics;
     const hwm = config.socket.high_watermark_bytes;
+    const lim = config.limits;
+    // One limiter for every refusal an untrusted peer can cause at will (one line per interval and key).
+    const refusalLog = new LogLimiter(this.logger, lim.refusal_log_interval_ms);
     const data = splitListenAddress(config.listen.data);
     if ('path' in data) throw new Error('listen.data must be host:port');
     this.tcp = new TcpTransport({
@@ -104,6 +125,10 @@ export class Gateway {
       registry: this.registry,
       metrics,
       logger: this.logger,
+      preambleTimeoutMs: lim.data_preamble_timeout_ms,
+      maxUnauthenticated: lim.max_unauthenticated_data_connections,
+      maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
+      refusalLog,
       ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
@@ -117,14 +142,43 @@ export class Gateway {
     );
     const services = createServices({
       policy: this.policy,
-      backend: new HostBackend(this.policy, hwm, this.peers),
+      backend: new HostBackend(this.policy, hwm, this.peers, options.lookup),
       table: this.table,
       negotiator,
       registry: this.registry,
       grpcTransport: this.grpc,
       telemetry: this.telemetry,
       logger: this.logger,
-      limits: { highWatermark: hwm, maxDatagramBytes: config.socket.max_datagram_bytes, udpIdleTimeoutMs: config.socket.udp_idle_timeout_ms },
+      limits: {
+        highWatermark: hwm,
+        maxDatagramBytes: config.socket.max_datagram_bytes,
+        udpIdleTimeoutMs: config.socket.udp_idle_timeout_ms,
+        udpQueueBytes: lim.udp_queue_bytes,
+        udpQueueDatagrams: lim.udp_queue_datagrams,
+        maxRecvSubscribers: lim.max_recv_subscribers,
+        udpQueueBudgets: new IdentityByteBudgets(lim.udp_queue_bytes_per_identity, lim.udp_queue_bytes_total),
+        onDrop: (reason) => metrics.countDatagramDrop(reason),
+      },
+      bounds: {
+        maxNegotiateRounds: lim.max_negotiate_rounds,
+        maxPendingAttachMs: lim.max_pending_attach_ms,
+        listSocketsPageSize: lim.list_sockets_page_size,
+        pending: new CountBudget({
+          what: 'sockets waiting for their data channel',
+          maxTotal: lim.max_pending_sockets,
+          maxPerIdentity: lim.max_pending_sockets_per_identity,
+          totalKey: 'limits.max_pending_sockets',
+          perIdentityKey: 'limits.max_pending_sockets_per_identity',
+        }),
+        listenBacklog: new CountBudget({
+          what: 'listen backlog slots',
+          maxTotal: Number.MAX_SAFE_INTEGER,
+          maxPerIdentity: lim.max_listen_backlog_per_identity,
+          totalKey: '(none)',
+          perIdentityKey: 'limits.max_listen_backlog_per_identity',
+        }),
+        refusalLog,
+      },
       connectTimeoutMs: config.socket.connect_timeout_ms,
       attachTtlMs: config.transports.attach_token_ttl_ms,
       isShuttingDown: () => this.shuttingDown,
@@ -135,7 +189,17 @@ export class Gateway {
         if (typeof fd !== 'number' || fd < 0) throw new SocketClosedError('the host socket has no descriptor (closed)');
         native.setsockopt(fd, which === 'send' ? 'SO_SNDBUF' : 'SO_RCVBUF', bytes);
       },
+      peers: this.controlPeers,
     });
+    const limits = config.limits;
+    this.controlAdmission = new ControlAdmission(
+      {
+        maxConnections: limits.max_control_connections,
+        maxConnectionsPerPeer: limits.max_control_connections_per_peer,
+        firstCallTimeoutMs: limits.control_first_call_timeout_ms,
+      },
+      this.logger,
+    );
     this.server = new Server({
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
@@ -143,9 +207,12 @@ export class Gateway {
       'grpc.keepalive_timeout_ms': 10_000,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc-node.max_session_memory': 64,
+      'grpc.max_concurrent_streams': limits.max_control_streams_per_connection,
+      // grpc-js closes (GOAWAY) a connection with no call in flight this long; absent = never.
+      ...(limits.control_idle_timeout_ms > 0 ? { 'grpc.max_connection_idle_ms': limits.control_idle_timeout_ms } : {}),
     });
-    this.server.addService(withFastDataCodec(SocketGatewayServiceService), services.socket);
-    this.server.addService(AdminServiceService, services.admin);
+    addGuardedService(this.server, withFastDataCodec(SocketGatewayServiceService), services.socket);
+    addGuardedService(this.server, AdminServiceService, services.admin);
     this.health.addToServer(this.server);
     new ReflectionService(loadFileDescriptorSetFromBuffer(readFileSync(DESCRIPTOR_SET))).addToServer(this.server);
     metrics.observeBytes(() => this.table.byteTotals());
@@ -198,16 +265,23 @@ export class Gateway {
       this.logger.warn({ err: this.nativeError }, 'native addon not loaded: shm and rdma are unavailable');
     }
     const control = this.config.listen.control;
-    const bound = await new Promise<number>((resolve, reject) =>
-      this.server.bindAsync(control, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
-    );
+    const native = this.native;
+    const listeners = new ControlListeners({
+      grpc: this.server,
+      credentials: this.credentials(),
+      tls: this.config.tls !== undefined,
+      admission: this.controlAdmission,
+      registry: this.controlPeers,
+      peerCred: native ? (fd) => native.peerCred(fd) : undefined,
+      logger: this.logger,
+    });
+    this.controlListeners = listeners;
+    const bound = await listeners.listen(control, 'control');
     const vsock = this.config.vsock_uds;
     if (vsock) {
       const path = vsockUdsPath(vsock.path, vsock.control_port);
       removeStaleSocket(path);
-      await new Promise<number>((resolve, reject) =>
-        this.server.bindAsync(`unix:${path}`, this.credentials(), (err, port) => (err ? reject(err) : resolve(port))),
-      );
+      await listeners.listen(`unix:${path}`, 'vmm');
     }
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
@@ -224,6 +298,14 @@ export class Gateway {
     const d = splitListenAddress(this.config.listen.data);
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
     if (vsock) this.addressesValue.vsock = { control: vsockUdsPath(vsock.path, vsock.control_port), data: vsockUdsPath(vsock.path, vsock.data_port) };
+    // Guests never reach the gateway through itself: policy learns the ports it really bound.
+    const metricsUrl = this.telemetry.metricsUrl ? new URL(this.telemetry.metricsUrl) : undefined;
+    this.policy.setGatewayEndpoints([
+      ...('path' in c ? [] : [{ name: 'control', host: c.host, port: bound }]),
+      ...('path' in d ? [] : [{ name: 'data', host: d.host, port: this.tcp.port }]),
+      ...(metricsUrl ? [{ name: 'metrics', host: metricsUrl.hostname.replace(/^\[|\]$/g, ''), port: Number(metricsUrl.port) }] : []),
+      ...(this.rdma && this.config.transports.rdma.address ? [{ name: 'rdma', host: this.config.transports.rdma.address, port: this.rdma.port }] : []),
+    ]);
     for (const n of HEALTH_SERVICE_NAMES) this.health.setStatus(n, 'SERVING');
     // The ready line is logged at any level but silent: operators and harnesses read the bound ports from it.
     const ready = this.logger.level === 'silent' ? this.logger : this.logger.child({}, { level: 'info' });
@@ -343,6 +425,7 @@ export class Gateway {
     await this.peers.close();
     this.registry.close();
     await this.closeNative();
+    this.controlListeners?.stopAccepting();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -353,6 +436,7 @@ export class Gateway {
         resolve();
       });
     });
+    this.controlListeners?.close();
     await this.telemetry.shutdown();
     this.logger.info('sockgate gateway stopped');
   }
@@ -362,6 +446,7 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
+    this.controlListeners?.close();
     await this.peers.close();
     for (const t of this.transports.values()) await t.close();
     this.registry.close();

@@ -4,12 +4,14 @@
  * rule), and opens real host sockets, with connect errors mapped to precise
  * errors (refused, unreachable, timeout, DNS failure). A stream socket whose
  * destination matches a `peers` route is opened through that peer gateway
- * instead (server/peers.ts), after this gateway's policy allowed it.
+ * instead (server/peers.ts), after this gateway's policy allowed it; the
+ * address the peer then reports it dialled is judged again here.
  */
 import { lookup } from 'node:dns/promises';
 import { Socket as NetSocket, createServer, type Server as NetServer } from 'node:net';
 import { createSocket, type Socket as DgramSocket } from 'node:dgram';
-import { ConnectTimeoutError, DnsError, fromSystemError } from './errors.js';
+import { dialAddress } from './address.js';
+import { ConnectTimeoutError, DnsError, PolicyDeniedError, fromSystemError } from './errors.js';
 import type { Direction, Identity, Policy } from './policy.js';
 import type { PeerRouter, PeerStream } from './peers.js';
 import type { SocketOption } from '../proto/gen/sockgate/v1/sockgate.js';
@@ -17,15 +19,24 @@ import { parseUri, type L4Protocol, type SocketUri } from './uri.js';
 import { tracer } from './trace.js';
 
 const trace = tracer('host');
+/** Rule named when a peer gateway does not say which address it dialled: this gateway cannot judge it, so it refuses. */
+const PEER_ADDRESS_RULE = 'peer-address';
 
 export interface ResolvedTarget {
   uri: SocketUri;
-  /** The address the socket uses. */
+  /** The address the socket uses: the one policy judged (IPv4-mapped IPv6 folded to the IPv4 address it reaches). */
   address: string;
   family: 4 | 6;
   /** Policy rule that allowed it. */
   rule: string;
+  /** Who asked: a socket opened through a peer is judged again, for this identity, with the address the peer dialled. */
+  identity: Identity;
 }
+
+/** One name resolution: the first address for `family` (0: either), in the resolver's order. */
+export type HostLookup = (host: string, family: 0 | 6) => Promise<{ address: string; family: number }>;
+
+const systemLookup: HostLookup = (host, family) => lookup(host, { family, verbatim: true });
 
 export class HostBackend {
   constructor(
@@ -33,30 +44,37 @@ export class HostBackend {
     private readonly highWatermark: number,
     /** Peer gateway routes; without it every socket is opened here. */
     private readonly peers?: PeerRouter,
+    /** The resolver (tests give their own, e.g. to make two gateways disagree). */
+    private readonly lookupHost: HostLookup = systemLookup,
   ) {}
 
   /** Resolve a URI's host and check policy for `direction`. Throws InvalidUriError, DnsError, PolicyDeniedError. */
   async resolve(identity: Identity, input: string, direction: Direction, protocol?: L4Protocol): Promise<ResolvedTarget> {
     const uri = parseUri(input, { allowPortZero: direction !== 'connect', ...(protocol ? { protocol } : {}) });
-    let address: string;
-    let family: 4 | 6;
+    let written: string;
     if (uri.hostIsIp) {
-      address = uri.host;
-      family = uri.hostIsIp;
+      written = uri.host;
     } else {
+      // The only lookup: the address judged below is the address the socket dials (no second resolution).
       try {
-        const r = await lookup(uri.host, { family: uri.family === 6 ? 6 : 0, verbatim: true });
-        address = r.address;
-        family = r.family === 6 ? 6 : 4;
+        written = (await this.lookupHost(uri.host, uri.family === 6 ? 6 : 0)).address;
       } catch (err) {
         throw new DnsError(`cannot resolve "${uri.host}": ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
       }
     }
+    // ::ffff:a.b.c.d reaches the IPv4 host a.b.c.d: judged as it and dialled as it; ::a.b.c.d stays IPv6.
+    let address: string;
+    let family: 4 | 6;
+    try {
+      ({ address, family } = dialAddress(written));
+    } catch (err) {
+      throw new DnsError(`"${uri.host}" resolved to ${JSON.stringify(written)}, which is not an IP address`, { cause: err });
+    }
     // Port 0 (listen/bind): the kernel picks the port, so policy is asked once it is known (checkBound).
-    if (uri.port === 0) return { uri, address, family, rule: '' };
+    if (uri.port === 0) return { uri, address, family, rule: '', identity };
     const { rule } = this.policy.check(identity, { direction, protocol: uri.protocol, host: uri.host, address, port: uri.port });
     trace(`${identity.name} ${direction} ${input} -> ${address} allowed by ${rule}`);
-    return { uri, address, family, rule };
+    return { uri, address, family, rule, identity };
   }
 
   /** Policy check of a listen/bind on port 0, with the port the kernel chose. Throws PolicyDeniedError. */
@@ -75,7 +93,7 @@ export class HostBackend {
     const peer = this.peers?.match(target);
     if (peer) {
       trace(`connect ${target.uri.host}:${target.uri.port} through peer gateway ${peer.via} (${peer.key})`);
-      return this.peers!.connect(peer, target, timeoutMs, options, signal);
+      return this.peers!.connect(peer, target, timeoutMs, options, signal).then((sock) => this.#judgePeerDial(target, sock));
     }
     return new Promise((resolve, reject) => {
       const sock = new NetSocket({ allowHalfOpen: true, highWaterMark: this.highWatermark } as ConstructorParameters<typeof NetSocket>[0]);
@@ -101,6 +119,38 @@ export class HostBackend {
       sock.pause();
       sock.connect({ host: target.address, port: target.uri.port, family: target.family }, () => finish());
     });
+  }
+
+  /**
+   * The peer resolved the name in its own network and reports the address it
+   * dialled: this gateway's rules judge that address too (the caller's
+   * identity, the name as written); a denial aborts the socket.
+   */
+  #judgePeerDial(target: ResolvedTarget, sock: NetSocket): NetSocket {
+    const hop = this.peers!.hopOf(sock);
+    const via = hop?.hop.via ?? 'peer';
+    try {
+      let dialled;
+      try {
+        dialled = parseUri(hop?.remoteUri ?? '', { protocol: 'tcp' });
+        if (!dialled.hostIsIp) throw new Error('not an address');
+      } catch (err) {
+        throw new PolicyDeniedError(
+          `connect ${target.uri.scheme}://${target.uri.host}:${target.uri.port} via peer gateway ${via}: the peer did not report the address it dialled (${JSON.stringify(hop?.remoteUri ?? '')}), so this gateway's policy cannot judge it`,
+          { cause: err, rule: PEER_ADDRESS_RULE },
+        );
+      }
+      const { address } = dialAddress(dialled.host);
+      const { rule } = this.policy.check(target.identity, { direction: 'connect', protocol: 'tcp', host: target.uri.host, address, port: dialled.port });
+      trace(`${target.identity.name} connect ${target.uri.host}:${target.uri.port} via ${via} dialled ${address}:${dialled.port}, allowed here by ${rule}`);
+      return sock;
+    } catch (err) {
+      sock.destroy();
+      if (err instanceof PolicyDeniedError && err.rule !== PEER_ADDRESS_RULE) {
+        throw new PolicyDeniedError(`via peer gateway ${via}, which dialled ${hop?.remoteUri}: ${err.message}`, { cause: err, rule: err.rule });
+      }
+      throw err;
+    }
   }
 
   /** The peer hop of a socket connectTcp opened through a peer gateway; undefined for a direct one. */

@@ -105,12 +105,16 @@ export class Negotiator {
     if (decision.accepted) this.transports.get(decision.accepted.kind)?.abandoned?.(decision.accepted);
   }
 
-  /** Issue the attach token for a decided transport and record the result on the socket. */
-  issue(socket: GatewaySocket, decision: Decision, onExpire: () => void): NegotiationResult {
-    socket.fallbacks = decision.fallbacks;
-    if (!decision.accepted) return { accepted: undefined, fallbacks: decision.fallbacks };
-    const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire);
+  /**
+   * Issue the attach token for a decided transport and record the result on the
+   * socket. `notAfterMs` caps the token's expiry (a socket's pending time is
+   * bounded from its creation, however often it renegotiates).
+   */
+  issue(socket: GatewaySocket, decision: Decision, onExpire: () => void, notAfterMs?: number): NegotiationResult {
+    socket.setFallbacks(decision.fallbacks);
+    if (!decision.accepted) return { accepted: undefined, fallbacks: socket.fallbacks };
+    const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire, notAfterMs);
     this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted);
-    return { accepted: { ...decision.accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: decision.fallbacks };
+    return { accepted: { ...decision.accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: socket.fallbacks };
   }
 }

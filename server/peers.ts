@@ -6,7 +6,9 @@
  * that the caller may reach the destination at all (HostBackend.resolve runs
  * first); the peer's policy then judges this gateway's identity (the route's
  * token). Names are sent as the caller wrote them: the peer resolves them again,
- * in its own network.
+ * in its own network, and reports the address it dialled (remoteUri), which
+ * HostBackend judges again with this gateway's rules, aborting the socket if
+ * they deny it (answers that differ between the resolvers sidestep nothing).
  *
  * The result must look like a host socket to the rest of the gateway, with a
  * real descriptor, because native links (shm rings, tcp splice) dup() it:
@@ -24,6 +26,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP, type Socket as NetSocket } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { addressBytes, formatAddress, parseAddress } from './address.js';
 import type { SocketOption } from '../proto/gen/sockgate/v1/sockgate.js';
 import type { PeerHop } from '../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, declineReasonFromJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
@@ -100,10 +103,13 @@ export interface PeerStream {
   readonly failure: Promise<SockgateError | undefined>;
 }
 
-/** Normalized address text (IPv4-mapped IPv6 folded to IPv4), or undefined. */
+/**
+ * Normalized address text (IPv4-mapped IPv6 folded to IPv4, IPv4-compatible
+ * ::a.b.c.d kept IPv6, which ipaddr.js would fold), or undefined.
+ */
 function normalizeAddress(text: string): string | undefined {
-  if (isIP(text) === 0) return undefined;
-  return ipaddr.process(text).toString();
+  const addr = parseAddress(text);
+  return addr && formatAddress(addr);
 }
 
 function compile(p: PeerConfig, i: number): CompiledPeer {
@@ -111,7 +117,10 @@ function compile(p: PeerConfig, i: number): CompiledPeer {
   let cidr: CompiledPeer['cidr'];
   if (p.match.cidr !== undefined) {
     try {
-      const [addr, bits] = ipaddr.parseCIDR(p.match.cidr);
+      // The prefix's address in hex form first: ipaddr.js reads a dotted ::a.b.c.d as mapped.
+      const slash = p.match.cidr.lastIndexOf('/');
+      const literal = addressBytes(p.match.cidr.slice(0, slash));
+      const [addr, bits] = ipaddr.parseCIDR(literal ? `${formatAddress(literal)}${p.match.cidr.slice(slash)}` : p.match.cidr);
       // An IPv4-mapped prefix is an IPv4 prefix: addresses are folded the same way.
       cidr = addr.kind() === 'ipv6' && (addr as ipaddr.IPv6).isIPv4MappedAddress() && bits >= 96 ? [(addr as ipaddr.IPv6).toIPv4Address(), bits - 96] : [addr, bits];
     } catch (err) {

@@ -10,8 +10,9 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
-import ipaddr from 'ipaddr.js';
-import type { Config, RuleConfig, TransportName } from './config.js';
+import { networkInterfaces } from 'node:os';
+import { addressBytes, formatAddress, isV4Mapped, parseAddress, type Address } from './address.js';
+import { splitListenAddress, type Config, type RuleConfig, type TransportName } from './config.js';
 import { InvalidArgumentError, PolicyDeniedError, UnauthenticatedError } from './errors.js';
 import { isTracerEnabled, tracer } from './trace.js';
 import { formatUri, type L4Protocol } from './uri.js';
@@ -24,6 +25,19 @@ const ANONYMOUS_NAME = 'anonymous';
 const ANY_IDENTITY = '*';
 /** Rule name reported when no rule matched; reserved, so no configured rule may take it. */
 const DEFAULT_DENY_RULE = 'default-deny';
+/**
+ * Rule name reported when the destination is in the always-denied set (below)
+ * and no rule lists it itself; reserved like default-deny.
+ */
+const ALWAYS_DENIED_RULE = 'always-denied';
+/**
+ * Always denied unless a rule lists the address itself: link-local ranges
+ * (cloud metadata services, on-link neighbours). Host-name entries never
+ * reach them, nor the gateway host's own addresses (DNS rebinding).
+ */
+const LINK_LOCAL_NETWORKS = ['169.254.0.0/16', 'fe80::/10'];
+/** The host's loopback networks: always the gateway host's own addresses. */
+const LOOPBACK_NETWORKS = ['127.0.0.0/8', '::1/128'];
 /** Longest presented bearer token we hash; anything longer is malformed (grpc-js caps metadata at 8 KiB anyway). */
 const MAX_TOKEN_LENGTH = 4096;
 /** Longest DNS name without the trailing dot (RFC 1035). */
@@ -77,11 +91,20 @@ export interface DestinationCheck {
   port: number;
 }
 
-/** An address as bytes, IPv4-mapped IPv6 already folded to IPv4. */
-interface Address {
-  readonly family: 4 | 6;
-  /** 4 or 16 bytes, network order. */
-  readonly bytes: Uint8Array;
+/** One of the gateway's own listening endpoints (control, data, metrics, rdma), which guests never reach through it. */
+export interface GatewayEndpoint {
+  /** What it is, for the denial message: "control", "data", ... */
+  readonly name: string;
+  /** The address it is bound to (0.0.0.0, :: or a host name: every local address). */
+  readonly host: string;
+  readonly port: number;
+}
+
+/** A compiled GatewayEndpoint: `address` undefined means every address of this host. */
+interface SelfEndpoint {
+  readonly name: string;
+  readonly address: Address | undefined;
+  readonly port: number;
 }
 
 /** An address prefix: the first `bits` bits of `bytes` must match. */
@@ -132,18 +155,6 @@ function isHostname(name: string): boolean {
   return !NUMERIC_LABEL.test(labels[labels.length - 1]!);
 }
 
-/**
- * Parse an address literal strictly (dotted-quad IPv4 or IPv6 as node:net
- * accepts them), folding IPv4-mapped IPv6 (::ffff:a.b.c.d) to IPv4 so that
- * the same host is never matched by one family's rules and missed by the other's.
- */
-function parseAddress(text: string): Address | undefined {
-  if (isIP(text) === 0) return undefined;
-  let addr = ipaddr.parse(text);
-  if (addr.kind() === 'ipv6' && (addr as ipaddr.IPv6).isIPv4MappedAddress()) addr = (addr as ipaddr.IPv6).toIPv4Address();
-  return { family: addr.kind() === 'ipv4' ? 4 : 6, bytes: Uint8Array.from(addr.toByteArray()) };
-}
-
 /** True when every byte is zero: 0.0.0.0 or ::. */
 function isUnspecified(addr: Address): boolean {
   return addr.bytes.every((b) => b === 0);
@@ -165,6 +176,55 @@ function inNetwork(addr: Address, net: Network): boolean {
   if (rest === 0) return true;
   const mask = (0xff << (8 - rest)) & 0xff;
   return (addr.bytes[whole]! & mask) === (net.bytes[whole]! & mask);
+}
+
+/** Is `net` exactly one address (a /32, a /128, or a bare address entry)? */
+function isSingleAddress(net: Network): boolean {
+  return net.bits === net.bytes.length * 8;
+}
+
+function sameAddress(a: Address, b: Address): boolean {
+  return a.family === b.family && a.bytes.every((x, i) => x === b.bytes[i]);
+}
+
+/** Compile endpoints: an unspecified address or a host name (e.g. localhost) stands for every local address. */
+function compileEndpoints(endpoints: readonly GatewayEndpoint[]): SelfEndpoint[] {
+  return endpoints
+    .filter((e) => e.port > 0)
+    .map((e) => {
+      const addr = parseAddress(e.host);
+      return { name: e.name, port: e.port, address: addr && !isUnspecified(addr) ? addr : undefined };
+    });
+}
+
+/** The endpoints named by the configuration with a fixed port (port 0 ones are told later, see setGatewayEndpoints). */
+function configuredEndpoints(config: Config): GatewayEndpoint[] {
+  const out: GatewayEndpoint[] = [];
+  for (const name of ['control', 'data', 'metrics'] as const) {
+    const a = splitListenAddress(config.listen[name]);
+    if ('host' in a) out.push({ name, host: a.host, port: a.port });
+  }
+  const rdma = config.transports.rdma;
+  if (rdma.address !== '') out.push({ name: 'rdma', host: rdma.address, port: rdma.port });
+  return out;
+}
+
+/** Every address of this host's interfaces (as the kernel reports them now). */
+function hostAddresses(): Network[] {
+  const out: Network[] = [];
+  let interfaces: ReturnType<typeof networkInterfaces>;
+  try {
+    interfaces = networkInterfaces();
+  } catch {
+    return out; // no interface list (sandboxed): loopback is still covered by LOOPBACK_NETWORKS
+  }
+  for (const list of Object.values(interfaces)) {
+    for (const i of list ?? []) {
+      const addr = parseAddress(i.address);
+      if (addr) out.push({ ...addr, bits: addr.bytes.length * 8 });
+    }
+  }
+  return out;
 }
 
 /**
@@ -191,11 +251,10 @@ function compileNetwork(entry: string, key: string): Network {
   if (family === 0 || !(bits >= 0 && bits <= maxBits)) {
     throw new InvalidArgumentError(`${key}: ${JSON.stringify(entry)} is not a valid CIDR`);
   }
-  const bytes = Uint8Array.from(ipaddr.parse(addrText).toByteArray());
+  const addr = addressBytes(addrText)!;
   // An IPv4-mapped prefix (::ffff:10.0.0.0/104) is an IPv4 prefix: addresses are folded the same way.
-  const mapped = family === 6 && bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
-  if (mapped && bits >= 96) return { family: 4, bytes: bytes.slice(12), bits: bits - 96 };
-  return { family: family === 4 ? 4 : 6, bytes, bits };
+  if (isV4Mapped(addr) && bits >= 96) return { family: 4, bytes: addr.bytes.slice(12), bits: bits - 96 };
+  return { ...addr, bits };
 }
 
 type PortRange = readonly [number, number];
@@ -289,6 +348,12 @@ export class Policy {
   readonly #anonymous: Identity | undefined;
   /** Rules in configuration order; the first match decides. */
   readonly #rules: readonly CompiledRule[];
+  /** The gateway's own listening endpoints: a connect to one matches only a rule listing that exact address and port. */
+  #self: readonly SelfEndpoint[];
+  /** Loopback, link-local, and this host's interface addresses: never reached by a host-name entry, never by default. */
+  #hostNetworks: readonly Network[];
+  readonly #linkLocal: readonly Network[] = LINK_LOCAL_NETWORKS.map((n) => compileNetwork(n, 'always-denied'));
+  readonly #loopback: readonly Network[] = LOOPBACK_NETWORKS.map((n) => compileNetwork(n, 'always-denied'));
 
   /** Compile `config`; throws InvalidArgumentError naming the key of anything it cannot use. */
   constructor(config: Config) {
@@ -351,7 +416,7 @@ export class Policy {
 
     const ruleNames = new Map<string, number>();
     const rules = config.rules.map((r, i) => {
-      if (r.name === DEFAULT_DENY_RULE) throw new InvalidArgumentError(`rules[${i}].name: ${JSON.stringify(r.name)} is reserved`);
+      if (r.name === DEFAULT_DENY_RULE || r.name === ALWAYS_DENIED_RULE) throw new InvalidArgumentError(`rules[${i}].name: ${JSON.stringify(r.name)} is reserved`);
       const earlier = ruleNames.get(r.name);
       if (earlier !== undefined) {
         throw new InvalidArgumentError(`rules[${i}].name: duplicate rule name ${JSON.stringify(r.name)} (also rules[${earlier}])`);
@@ -367,12 +432,26 @@ export class Policy {
       ? make(ANONYMOUS_NAME, config.anonymous.admin, defaultMax, 'anonymous', config.transports.enabled)
       : undefined;
     this.#rules = rules;
+    this.#self = compileEndpoints(configuredEndpoints(config));
+    this.#hostNetworks = hostAddresses();
     if (tracing) trace(`compiled ${config.identities.length} identities, ${tokens.length} tokens, ${rules.length} rules`);
   }
 
   /**
+   * Tell the policy where the gateway really listens (ports the kernel chose
+   * for port 0 included), once it is bound; also re-reads the host's
+   * interface addresses. Connects to these endpoints are always denied unless
+   * a rule lists the exact address and the port by itself.
+   */
+  setGatewayEndpoints(endpoints: readonly GatewayEndpoint[]): void {
+    this.#self = compileEndpoints(endpoints);
+    this.#hostNetworks = hostAddresses();
+  }
+
+  /**
    * Who is calling: a bearer token first, then the mTLS common name, then the
-   * SO_PEERCRED uid, then anonymous if enabled. Throws UnauthenticatedError.
+   * SO_PEERCRED uid, then anonymous if enabled. Throws UnauthenticatedError,
+   * also for a client certificate whose CN maps to no identity.
    */
   identify(creds: CallerCredentials): Identity {
     if (creds.authorization !== undefined) {
@@ -389,9 +468,13 @@ export class Policy {
       if (!found) throw new UnauthenticatedError('unknown bearer token');
       return found;
     }
-    if (creds.tlsCommonName) {
+    if (creds.tlsCommonName !== undefined) {
       const id = this.#byCommonName.get(creds.tlsCommonName);
       if (id) return id;
+      // A verified certificate names someone: never let it fall through to the uid or anonymous.
+      throw new UnauthenticatedError(
+        `client certificate CN ${JSON.stringify(Array.from(creds.tlsCommonName).slice(0, 64).join(''))} maps to no identity (set identities[].mtls_cn)`,
+      );
     }
     if (creds.peerUid !== undefined) {
       const id = this.#byUid.get(creds.peerUid);
@@ -416,17 +499,29 @@ export class Policy {
     if (!local && unspecified) addr = loopbackOf(addr.family);
     const host = normalizeHost(dest.host);
     const what = `${dest.direction} ${formatUri(dest.protocol, dest.host, dest.port)}`;
+    // The gateway's endpoints are all stream listeners: a datagram to the same port reaches none of them.
+    const self = local || dest.protocol !== 'tcp' ? undefined : this.#selfEndpoint(addr, dest.port);
+    const reserved = self ?? this.#reservedReason(addr, local);
+    /** The first rule that would have matched but for the always-denied set. */
+    let blockedBy: string | undefined;
     for (const rule of this.#rules) {
       if (!rule.anyIdentity && !rule.identities.has(identity.name)) continue;
       if (!rule.protocols.has(dest.protocol) || !rule.directions.has(dest.direction)) continue;
       if (!rule.ports.some(([lo, hi]) => dest.port >= lo && dest.port <= hi)) continue;
-      if (!this.#destinationMatches(rule, addr, unspecified && local, host)) continue;
+      const m = this.#destinationMatches(rule, addr, unspecified && local, host, self ? dest.port : undefined, reserved !== undefined);
+      if (m === 'blocked') blockedBy ??= rule.name;
+      if (m !== 'match') continue;
       if (rule.allow) {
         if (tracing) trace(`${what} (${dest.address}) allowed for "${identity.name}" by rule "${rule.name}"`);
         return { rule: rule.name };
       }
       if (tracing) trace(`${what} (${dest.address}) denied for "${identity.name}" by rule "${rule.name}"`);
       throw new PolicyDeniedError(`${what} denied for identity "${identity.name}" by rule "${rule.name}"`, { rule: rule.name });
+    }
+    if (blockedBy !== undefined) {
+      const why = `${formatAddress(addr)} port ${dest.port} ${reserved}, which rule "${blockedBy}" does not list itself`;
+      if (tracing) trace(`${what} (${dest.address}) denied for "${identity.name}": ${why}`);
+      throw new PolicyDeniedError(`${what} denied for identity "${identity.name}": ${why} (rule "${ALWAYS_DENIED_RULE}")`, { rule: ALWAYS_DENIED_RULE });
     }
     if (tracing) trace(`${what} (${dest.address}) denied for "${identity.name}": no rule matched`);
     throw new PolicyDeniedError(
@@ -440,12 +535,47 @@ export class Policy {
     return identity.transports.has(transport);
   }
 
-  #destinationMatches(rule: CompiledRule, addr: Address, wildcardBind: boolean, host: string): boolean {
+  /**
+   * Does the rule's destination list match? 'blocked' when only a network
+   * covering a gateway endpoint without naming it (exact address and port), or a host-name entry
+   * whose address is in the always-denied set, would have matched.
+   */
+  #destinationMatches(rule: CompiledRule, addr: Address, wildcardBind: boolean, host: string, selfPort: number | undefined, reserved: boolean): 'match' | 'blocked' | 'no' {
+    let blocked = false;
+    // "127.0.0.0/8" or "::1" on all ports does not open the gateway's own ports; "127.0.0.1" with "ports: [9464]" does.
+    const namesSelf = selfPort !== undefined && rule.ports.some(([lo, hi]) => lo === selfPort && hi === selfPort);
     for (const net of rule.networks) {
-      if (wildcardBind ? coversWildcardBind(addr, net) : inNetwork(addr, net)) return true;
+      if (!(wildcardBind ? coversWildcardBind(addr, net) : inNetwork(addr, net))) continue;
+      if (selfPort !== undefined && !(namesSelf && isSingleAddress(net))) {
+        blocked = true;
+        continue;
+      }
+      return 'match';
     }
-    if (rule.hosts.has(host)) return true;
-    for (const suffix of rule.suffixes) if (host.endsWith(suffix)) return true;
-    return false;
+    const named = rule.hosts.has(host) || rule.suffixes.some((suffix) => host.endsWith(suffix));
+    if (named) return reserved ? 'blocked' : 'match';
+    return blocked ? 'blocked' : 'no';
+  }
+
+  /** Which gateway endpoint a connect to `addr`:`port` would reach, described; undefined if none. */
+  #selfEndpoint(addr: Address, port: number): string | undefined {
+    for (const e of this.#self) {
+      if (e.port !== port) continue;
+      if (e.address ? sameAddress(e.address, addr) : this.#isHostAddress(addr)) return `is the gateway's own ${e.name} port`;
+    }
+    return undefined;
+  }
+
+  /** Why a host-name entry may not reach `addr` (always-denied set), or undefined. */
+  #reservedReason(addr: Address, local: boolean): string | undefined {
+    const net = this.#linkLocal.find((n) => inNetwork(addr, n));
+    if (net) return `is link-local (${formatAddress(net)}/${net.bits})`;
+    // Listening is always on one of the host's own addresses: only connects are kept off them.
+    if (!local && this.#isHostAddress(addr)) return "is an address of the gateway's own host";
+    return undefined;
+  }
+
+  #isHostAddress(addr: Address): boolean {
+    return this.#loopback.some((n) => inNetwork(addr, n)) || this.#hostNetworks.some((n) => inNetwork(addr, n)) || isUnspecified(addr);
   }
 }

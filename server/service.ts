@@ -30,6 +30,7 @@ import { DeclineReason, TransportKind, type Fallback } from '../proto/gen/sockga
 import {
   AttachFailedError,
   InvalidArgumentError,
+  LimitExceededError,
   NoTransportError,
   PolicyDeniedError,
   ShuttingDownError,
@@ -42,6 +43,7 @@ import type { HostBackend } from './host-backend.js';
 import type { NativeLink } from './transport.js';
 import type { Negotiator, Decision } from './negotiate.js';
 import type { CallerCredentials, Identity, Policy } from './policy.js';
+import type { PeerRegistry } from './control-peer.js';
 import {
   DatagramSocket,
   ListenerSocket,
@@ -57,6 +59,9 @@ import type { GrpcTransport } from './transport-grpc.js';
 import type { AttachRegistry } from './attach.js';
 import type { Logger } from './log.js';
 import { formatUri } from './uri.js';
+import type { CountBudget } from './count-budget.js';
+import type { LogLimiter } from './log-limiter.js';
+import { listSocketsPage } from './list-sockets.js';
 
 export interface ServiceDeps {
   policy: Policy;
@@ -73,8 +78,30 @@ export interface ServiceDeps {
   attachTtlMs: number;
   /** True once shutdown began: no new sockets. */
   isShuttingDown(): boolean;
+  /** Per-socket and per-identity bounds (config `limits`). */
+  bounds: ServiceBounds;
   /** Apply a buffer-size option to a TCP host socket (native setsockopt); undefined if unavailable. */
   setTcpBuffer?: (sock: NetSocket, which: 'send' | 'recv', bytes: number) => void;
+  /** The control connections the gateway accepted, by the peer string their calls report (control-peer.ts). */
+  peers?: PeerLookup;
+}
+
+/** The part of the PeerRegistry the service uses. */
+export type PeerLookup = Pick<PeerRegistry, 'lookup'>;
+
+export interface ServiceBounds {
+  /** limits.max_negotiate_rounds */
+  maxNegotiateRounds: number;
+  /** limits.max_pending_attach_ms: a stream socket's tokens never outlive its creation by more. */
+  maxPendingAttachMs: number;
+  /** limits.list_sockets_page_size */
+  listSocketsPageSize: number;
+  /** Stream sockets in PENDING_ATTACH (limits.max_pending_sockets*). */
+  pending: CountBudget;
+  /** Sum of listen backlogs (limits.max_listen_backlog_per_identity). */
+  listenBacklog: CountBudget;
+  /** Refusals an untrusted peer can cause at will are logged through this. */
+  refusalLog: LogLimiter;
 }
 
 const SERVICE = 'sockgate.v1.SocketGatewayService';
@@ -84,13 +111,30 @@ const MAX_BACKLOG = 4096;
 /** Upper bound on a client-requested connect timeout. */
 const MAX_CONNECT_TIMEOUT_MS = 120_000;
 
-function credentialsOf(call: { metadata: Metadata; getAuthContext?: () => { sslPeerCertificate?: { subject?: { CN?: string | string[] } } } }): CallerCredentials {
+/** What a call exposes about itself: its metadata, the peer string of its connection, its TLS state. */
+interface CallLike {
+  metadata: Metadata;
+  getPeer(): string;
+  getAuthContext?: () => { sslPeerCertificate?: { subject?: { CN?: string | string[] } } };
+}
+
+/**
+ * The credentials a call presents: its bearer token, its verified client
+ * certificate's CN ('' for a certificate without one, which maps to no
+ * identity) and, through the connection it came on (control-peer.ts), the
+ * SO_PEERCRED uid of a same-host peer on the Unix control socket.
+ */
+function credentialsOf(call: CallLike, peers: PeerLookup | undefined): CallerCredentials {
   const creds: CallerCredentials = {};
   const auth = call.metadata.get('authorization')[0];
   if (typeof auth === 'string') creds.authorization = auth;
-  const cn = call.getAuthContext?.()?.sslPeerCertificate?.subject?.CN;
-  if (typeof cn === 'string') creds.tlsCommonName = cn;
-  else if (Array.isArray(cn) && typeof cn[0] === 'string') creds.tlsCommonName = cn[0];
+  const cert = call.getAuthContext?.()?.sslPeerCertificate;
+  if (cert) {
+    const cn = cert.subject?.CN;
+    creds.tlsCommonName = typeof cn === 'string' ? cn : Array.isArray(cn) && typeof cn[0] === 'string' ? cn[0] : '';
+  }
+  const peer = peers?.lookup(call.getPeer())?.credentials;
+  if (peer?.kind === 'unix') creds.peerUid = peer.uid;
   return creds;
 }
 
@@ -130,6 +174,13 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
   const { policy, backend, table, negotiator, telemetry, logger } = deps;
   const metrics = telemetry.metrics;
 
+  /** Identify a call; its connection then counts as having made an identified call (control-admission.ts). */
+  function identify(call: CallLike): Identity {
+    const identity = policy.identify(credentialsOf(call, deps.peers));
+    deps.peers?.lookup(call.getPeer())?.onIdentified?.();
+    return identity;
+  }
+
   /** Identify, trace and time a unary call; map errors to statuses. */
   function unary<Req, Res>(method: string, body: (req: Req, identity: Identity, span: Span, call: ServerUnaryCall<Req, Res>) => Promise<Res>): handleUnaryCall<Req, Res> {
     return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => {
@@ -137,7 +188,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       const attrs = { [ATTR.RPC_SYSTEM]: 'grpc', [ATTR.RPC_SERVICE]: SERVICE, [ATTR.RPC_METHOD]: method };
       telemetry
         .withSpan(`${SERVICE}/${method}`, attrs, async (span) => {
-          const identity = policy.identify(credentialsOf(call));
+          const identity = identify(call);
           span.setAttribute(ATTR.IDENTITY, identity.name);
           return body(call.request, identity, span, call);
         })
@@ -221,6 +272,37 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     };
   }
 
+  /**
+   * Count `identity`'s new stream socket as pending until it leaves PENDING_ATTACH
+   * (throws LimitExceededError over the bound), and abort it if it is still
+   * pending maxPendingAttachMs after its creation, token or not (a failed
+   * Negotiate leaves a socket without one).
+   */
+  function takePending(identity: Identity): (sock: StreamSocket | undefined) => void {
+    deps.bounds.pending.take(identity.name);
+    return (sock) => {
+      if (!sock || sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return deps.bounds.pending.give(identity.name);
+      const reaper = setTimeout(() => {
+        if (sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return;
+        metrics.recordAttach(transportName(sock.transport), 'expired');
+        void sock.destroy(new AttachFailedError(`socket ${sock.id} had no data channel within ${deps.bounds.maxPendingAttachMs} ms of its creation (limits.max_pending_attach_ms)`));
+      }, Math.max(0, sock.createdAtMs + deps.bounds.maxPendingAttachMs - Date.now()));
+      reaper.unref();
+      const left = (to: SocketState) => {
+        if (to === SocketState.SOCKET_STATE_PENDING_ATTACH) return;
+        clearTimeout(reaper);
+        sock.off('transition', left);
+        deps.bounds.pending.give(identity.name);
+      };
+      sock.on('transition', left);
+    };
+  }
+
+  /** Latest expiry of a token for `sock`: a stream socket waits for its channel at most maxPendingAttachMs from creation. */
+  function notAfter(sock: GatewaySocket): number | undefined {
+    return sock instanceof StreamSocket ? sock.createdAtMs + deps.bounds.maxPendingAttachMs : undefined;
+  }
+
   function noteNegotiation(span: Span, decision: Decision): void {
     if (decision.accepted) span.setAttribute(ATTR.TRANSPORT, transportName(decision.accepted.kind));
     if (decision.fallbacks[0]) span.setAttribute(ATTR.FALLBACK_REASON, reasonName(decision.fallbacks[0].reason));
@@ -253,12 +335,16 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         } catch (err) {
           abandon(err);
         }
+        let pendingFor: ((sock: StreamSocket | undefined) => void) | undefined;
         let sock!: StreamSocket | DatagramSocket;
         try {
           const timeout = Math.min(req.timeoutMs || deps.connectTimeoutMs, MAX_CONNECT_TIMEOUT_MS);
           if (target.uri.protocol === 'tcp') {
+            pendingFor = takePending(identity);
             const host = await backend.connectTcp(target, timeout, undefined, req.options);
             const stream = new StreamSocket(table.newId('stream'), identity, host);
+            pendingFor(stream);
+            pendingFor = undefined;
             const via = backend.peerStreamOf(host);
             if (via) {
               // Opened through a peer gateway (a `peers` route): the real host socket is the peer's.
@@ -274,6 +360,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
             sock = new DatagramSocket(table.newId('datagram'), identity, udp, true, deps.limits, (uri) => resolveUdpDestination(identity, uri));
           }
         } catch (err) {
+          pendingFor?.(undefined);
           table.release(identity);
           abandon(err);
         }
@@ -286,7 +373,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         }
         span.setAttribute(ATTR.SOCKET_ID, sock.id);
         metrics.recordConnect('ok', target.uri.protocol);
-        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
+        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock), notAfter(sock));
         logger.debug({ socket: sock.id, identity: identity.name, remote: sock.remoteUri, transport: transportName(decision.accepted.kind), rule: target.rule }, 'connected');
         return { socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation };
       } catch (err) {
@@ -298,9 +385,21 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     negotiate: unary('Negotiate', async (req, identity, span, call) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       if (!(sock instanceof StreamSocket || sock instanceof DatagramSocket) || (sock instanceof StreamSocket && sock.state !== SocketState.SOCKET_STATE_PENDING_ATTACH)) {
         throw new WrongSocketKindError(`socket ${sock.id} is not waiting for an attach`);
+      }
+      // Each round costs state and renews the token: bounded in count, and in time from the socket's creation.
+      const rounds = ++sock.negotiateRounds;
+      const expired = sock instanceof StreamSocket && Date.now() >= sock.createdAtMs + deps.bounds.maxPendingAttachMs;
+      if (rounds > deps.bounds.maxNegotiateRounds || expired) {
+        const err = new LimitExceededError(
+          expired
+            ? `socket ${sock.id} waited for its data channel longer than ${deps.bounds.maxPendingAttachMs} ms (limits.max_pending_attach_ms)`
+            : `socket ${sock.id} has negotiated ${rounds - 1} times, the limit is ${deps.bounds.maxNegotiateRounds} (limits.max_negotiate_rounds)`,
+        );
+        if (sock instanceof StreamSocket) void sock.destroy(err);
+        throw err;
       }
       deps.registry.revoke(sock);
       const prior = [...sock.fallbacks];
@@ -312,28 +411,36 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       const decision = await negotiator.decide(req.offers, { identity, socketKind: sock.kind === 'stream' ? 'stream' : 'datagram', peer: call.getPeer() }, prior);
       noteNegotiation(span, decision);
       if (!decision.accepted) {
-        sock.fallbacks = decision.fallbacks;
-        throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
+        sock.setFallbacks(decision.fallbacks);
+        throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks.slice(prior.length))}`);
       }
-      return { negotiation: negotiator.issue(sock, decision, onAttachExpired(sock)) };
+      return { negotiation: negotiator.issue(sock, decision, onAttachExpired(sock), notAfter(sock)) };
     }),
 
     listen: unary('Listen', async (req, identity, span) => {
       guardNew();
       const target = await backend.resolve(identity, req.uri, 'listen', 'tcp');
       span.setAttributes({ [ATTR.NETWORK_TRANSPORT]: 'tcp', [ATTR.SERVER_ADDRESS]: target.address, [ATTR.SERVER_PORT]: target.uri.port });
-      table.reserve(identity);
+      const backlog = Math.min(req.backlog || DEFAULT_BACKLOG, MAX_BACKLOG);
+      deps.bounds.listenBacklog.take(identity.name, backlog);
+      try {
+        table.reserve(identity);
+      } catch (err) {
+        deps.bounds.listenBacklog.give(identity.name, backlog);
+        throw err;
+      }
       let listener: ListenerSocket;
       try {
-        const backlog = Math.min(req.backlog || DEFAULT_BACKLOG, MAX_BACKLOG);
         const server = await backend.listenTcp(identity, target, backlog);
         const addr = server.address() as { address: string; port: number };
         listener = new ListenerSocket(table.newId('listener'), identity, server, formatUri('tcp', addr.address, addr.port), backlog);
       } catch (err) {
         table.release(identity);
+        deps.bounds.listenBacklog.give(identity.name, backlog);
         throw err;
       }
       table.add(listener);
+      void listener.closed.then(() => deps.bounds.listenBacklog.give(identity.name, backlog));
       // A listener nobody accepts from is closed, so a client that died cannot leak it.
       setTimeout(() => {
         if (!listener.hasAcceptor && !listener.isClosed) void listener.destroy(new AttachFailedError(`listener ${listener.id} had no Accept stream within ${deps.attachTtlMs} ms`));
@@ -345,8 +452,8 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       let identity: Identity;
       let listener: GatewaySocket;
       try {
-        identity = policy.identify(credentialsOf(call));
-        listener = table.get(requireId(call.request.listenerId, 'listener_id'), identity);
+        identity = identify(call);
+        listener = table.get(requireId(call.request.listenerId, 'listener_id'), identity, 'owner');
         if (!(listener instanceof ListenerSocket)) throw new WrongSocketKindError(`${listener.id} is not a listener`);
       } catch (err) {
         call.emit('error', toStatus(err));
@@ -355,22 +462,32 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       const l = listener as ListenerSocket;
       const offers = call.request.offers;
       const onInbound = async (host: NetSocket) => {
+        let pendingFor: (sock: StreamSocket | undefined) => void;
+        try {
+          pendingFor = takePending(identity);
+        } catch (err) {
+          deps.bounds.refusalLog.warn(`inbound:${identity.name}`, { listener: l.id, identity: identity.name, err: (err as Error).message }, 'inbound connection refused by limit');
+          host.destroy();
+          return;
+        }
         try {
           table.reserve(identity);
         } catch (err) {
-          logger.warn({ listener: l.id, err: (err as Error).message }, 'inbound connection refused by limit');
+          pendingFor(undefined);
+          deps.bounds.refusalLog.warn(`inbound:${identity.name}`, { listener: l.id, identity: identity.name, err: (err as Error).message }, 'inbound connection refused by limit');
           host.destroy();
           return;
         }
         const sock = new StreamSocket(table.newId('stream'), identity, host);
+        pendingFor(sock);
         table.add(sock);
         const decision = await negotiator.decide(offers, { identity, socketKind: 'stream', peer: call.getPeer() });
         if (!decision.accepted) {
-          sock.fallbacks = decision.fallbacks;
+          sock.setFallbacks(decision.fallbacks);
           void sock.destroy(new NoTransportError(describeFallbacks(decision.fallbacks)));
           return;
         }
-        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock));
+        const negotiation = negotiator.issue(sock, decision, onAttachExpired(sock), notAfter(sock));
         call.write({ socketId: sock.id, localUri: sock.localUri, remoteUri: sock.remoteUri, negotiation });
       };
       let uninstall: () => void;
@@ -416,7 +533,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     sendTo: unary('SendTo', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       if (!(sock instanceof DatagramSocket)) throw new WrongSocketKindError(`SendTo needs a datagram socket; ${sock.id} is a ${sock.kind}`);
       if (!req.datagram) throw new InvalidArgumentError('datagram is required');
       const n = await sock.send({ uri: req.datagram.uri ?? '', payload: Buffer.from(req.datagram.payload ?? []) });
@@ -426,20 +543,22 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     recvFrom: ((call: ServerWritableStream<RecvFromRequest, RecvFromResponse>) => {
       let sock: GatewaySocket;
       try {
-        const identity = policy.identify(credentialsOf(call));
-        sock = table.get(requireId(call.request.socketId), identity);
+        const identity = identify(call);
+        sock = table.get(requireId(call.request.socketId), identity, 'owner');
         if (!(sock instanceof DatagramSocket)) throw new WrongSocketKindError(`RecvFrom needs a datagram socket; ${sock.id} is a ${sock.kind}`);
       } catch (err) {
         call.emit('error', toStatus(err));
         return;
       }
       const d = sock as DatagramSocket;
-      const unsubscribe = d.subscribe((dg) => {
-        // UDP semantics: a reader that falls behind loses datagrams, the gateway does not buffer them.
-        if (call.writableLength >= deps.limits.highWatermark) return false;
-        call.write({ datagram: { uri: dg.uri, payload: dg.payload } });
-        return true;
-      });
+      let unsubscribe: () => void;
+      try {
+        // UDP semantics: a reader that falls behind loses datagrams; the socket's queue is bounded in bytes and count.
+        unsubscribe = d.subscribe(call, (dg) => ({ datagram: { uri: dg.uri, payload: dg.payload } }));
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
       call.on('cancelled', unsubscribe);
       call.on('close', unsubscribe);
       void d.closed.then(() => {
@@ -449,7 +568,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }) as handleServerStreamingCall<RecvFromRequest, RecvFromResponse>,
 
     shutdown: unary('Shutdown', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       if (!(sock instanceof StreamSocket)) throw new WrongSocketKindError(`Shutdown needs a stream socket; ${sock.id} is a ${sock.kind}`);
       const how = req.how;
       if (how !== ShutdownHow.SHUTDOWN_HOW_READ && how !== ShutdownHow.SHUTDOWN_HOW_WRITE && how !== ShutdownHow.SHUTDOWN_HOW_BOTH) {
@@ -460,13 +579,13 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     }),
 
     closeSocket: unary('CloseSocket', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'admin-close');
       await sock.close();
       return {};
     }),
 
     setOption: unary('SetOption', async (req, identity) => {
-      const sock = table.get(requireId(req.socketId), identity);
+      const sock = table.get(requireId(req.socketId), identity, 'owner');
       applyOption(sock, req.option);
       return {};
     }),
@@ -475,7 +594,19 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
       return { info: table.info(requireId(req.socketId), identity) };
     }),
 
-    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => deps.grpcTransport.handle(call)) as SocketGatewayServiceServer['data'],
+    data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => {
+      let identity: Identity;
+      try {
+        identity = identify(call);
+      } catch (err) {
+        call.emit('error', toStatus(err));
+        return;
+      }
+      // A token is the owner's to use: attaching is acting on the socket's data, so nobody else may, admin or not.
+      deps.grpcTransport.handle(call, (target) =>
+        target.identity.name === identity.name ? undefined : new AttachFailedError(`attach token rejected: socket belongs to another identity than "${identity.name}"`),
+      );
+    }) as SocketGatewayServiceServer['data'],
   };
 
   async function resolveUdpDestination(identity: Identity, uri: string): Promise<{ address: string; port: number }> {
@@ -485,8 +616,12 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
 
   const admin: AdminServiceServer = {
     listSockets: unary('ListSockets', async (req, identity) => {
-      if (!identity.admin) throw new PolicyDeniedError(`identity "${identity.name}" is not an admin`, { rule: 'admin' });
-      return { sockets: table.list(req.identity || undefined).map((s) => s.info()) };
+      // Every identity lists its own sockets; an admin lists everyone's (or one identity's).
+      const wanted = req.identity || undefined;
+      if (!identity.admin && wanted !== undefined && wanted !== identity.name) {
+        throw new PolicyDeniedError(`identity "${identity.name}" is not an admin: it may list only its own sockets`, { rule: 'admin' });
+      }
+      return listSocketsPage(table.list(identity.admin ? wanted : identity.name), req, deps.bounds.listSocketsPageSize);
     }),
   };
 

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket as NetSocket, Server as NetServer } from 'node:net';
 import type { Socket as DgramSocket, RemoteInfo } from 'node:dgram';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Writable } from 'node:stream';
 import {
   DatagramTooLargeError,
   DnsError,
@@ -33,6 +33,7 @@ import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON,
 import { SocketKind, SocketState, socketStateToJSON, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { formatUri } from './uri.js';
 import { tracer } from './trace.js';
+import { DatagramQueue, type IdentityByteBudgets, type QueueReader } from './datagram-queue.js';
 
 const trace = tracer('socket');
 
@@ -40,8 +41,19 @@ const trace = tracer('socket');
 const TOMBSTONE_MS = 60_000;
 /** At most this many tombstones, so churn cannot grow memory. */
 const MAX_TOMBSTONES = 16_384;
+/** A fallback's detail is cut to this many characters, so a socket's info stays small. */
+const FALLBACK_DETAIL_CHARS = 256;
 
 export type SocketKindName = 'stream' | 'datagram' | 'listener';
+
+/**
+ * What a caller means to do with a socket it names: 'owner' (negotiate, attach,
+ * accept, send, receive, shut down, set options) is for the identity that
+ * opened it only; 'admin-read' (info) and 'admin-close' are also an admin's.
+ */
+export type SocketAccess = 'owner' | 'admin-read' | 'admin-close';
+/** Rule name carried by the denial an admin gets for 'owner' access to another identity's socket. */
+export const OWNERSHIP_RULE = 'ownership';
 
 /** Lower-case transport name for metrics and tables ("tcp", "grpc", "none"). */
 export function transportName(kind: TransportKind): string {
@@ -58,6 +70,15 @@ export interface SocketLimits {
   highWatermark: number;
   maxDatagramBytes: number;
   udpIdleTimeoutMs: number;
+  /** Received datagrams queued per UDP socket for its readers, in payload bytes and in count (limits.udp_queue_*). */
+  udpQueueBytes: number;
+  udpQueueDatagrams: number;
+  /** RecvFrom streams per UDP socket (limits.max_recv_subscribers). */
+  maxRecvSubscribers: number;
+  /** Queued datagram bytes per identity and gateway-wide (limits.udp_queue_bytes_per_identity, _total). */
+  udpQueueBudgets?: IdentityByteBudgets;
+  /** Counts a dropped datagram delivery for the metrics ("queue_full": a reader's queue was at its bound; "no_reader"). */
+  onDrop?: (reason: 'queue_full' | 'no_reader') => void;
 }
 
 /** Common state of every gateway socket. */
@@ -67,8 +88,14 @@ export abstract class GatewaySocket extends EventEmitter {
   state: SocketState = SocketState.SOCKET_STATE_CONNECTING;
   /** Transport the data channel attached with; UNSPECIFIED until attached. */
   transport: TransportKind = TransportKind.TRANSPORT_KIND_UNSPECIFIED;
-  /** Offers passed over during negotiation, in order; set once per negotiation. */
+  /** Offers passed over during negotiation, in order: the first `maxFallbacks` of them (setFallbacks). */
   fallbacks: Fallback[] = [];
+  /** Fallbacks beyond `maxFallbacks`, counted but not kept. */
+  fallbacksOmitted = 0;
+  /** Fallbacks kept per socket (limits.max_fallbacks_per_socket; the table sets it). */
+  maxFallbacks = Number.POSITIVE_INFINITY;
+  /** Negotiate calls made for this socket (bounded by limits.max_negotiate_rounds). */
+  negotiateRounds = 0;
   /** Payload bytes received from the host peer. */
   bytesIn = 0;
   /** Payload bytes sent to the host peer. */
@@ -100,6 +127,7 @@ export abstract class GatewaySocket extends EventEmitter {
     }
     trace(`${this.id} ${socketStateToJSON(this.state)} -> ${socketStateToJSON(to)} (${reason})`);
     this.state = to;
+    this.emit('transition', to);
     if (to === SocketState.SOCKET_STATE_CLOSED) {
       this.emit('close', this.error);
       this.resolveClosed();
@@ -119,6 +147,16 @@ export abstract class GatewaySocket extends EventEmitter {
   abstract close(): Promise<void>;
   /** Abort at once. Idempotent. */
   abstract destroy(err?: SockgateError): Promise<void>;
+
+  /**
+   * Record a negotiation's fallbacks: `all` starts with the ones kept so far.
+   * The first `maxFallbacks` are kept (details cut to FALLBACK_DETAIL_CHARS), the rest only counted.
+   */
+  setFallbacks(all: readonly Fallback[]): void {
+    const keep = Math.min(all.length, this.maxFallbacks);
+    this.fallbacksOmitted += all.length - keep;
+    this.fallbacks = all.slice(0, keep).map((f) => (f.detail.length > FALLBACK_DETAIL_CHARS ? { ...f, detail: f.detail.slice(0, FALLBACK_DETAIL_CHARS) } : f));
+  }
 
   /** The first fallback reason, for tables. */
   get fallbackReason(): DeclineReason {
@@ -141,6 +179,7 @@ export abstract class GatewaySocket extends EventEmitter {
       transport: this.transport,
       fallbackReason: this.fallbackReason,
       fallbacks: this.fallbacks,
+      fallbacksOmitted: this.fallbacksOmitted,
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
       bufferedBytes: this.bufferedBytes(),
@@ -364,8 +403,12 @@ export class DatagramSocket extends GatewaySocket {
   readonly kind = 'datagram' as const;
   /** Attached channel; undefined until attach(). */
   private channel: JsDataChannel | undefined;
-  /** RecvFrom streams listening; each gets every datagram. */
-  private readonly receivers = new Set<(d: ChannelDatagram) => boolean>();
+  /** The channel's share of the queue, while attached. */
+  private channelReader: QueueReader | undefined;
+  /** RecvFrom streams listening; each gets every datagram its share of the queue has room for. */
+  private readonly receivers = new Set<{ stream: Writable; reader: QueueReader; toMessage: (d: ChannelDatagram) => unknown }>();
+  /** Datagrams held for the readers, bounded in bytes and count (object-mode streams count messages, not bytes). */
+  private readonly queue: DatagramQueue;
   /** Datagrams dropped because the guest was not reading fast enough (UDP semantics: no buffering). */
   dropped = 0;
   /** Datagrams from the guest dropped because their destination was refused (policy, DNS, unreachable). */
@@ -389,6 +432,9 @@ export class DatagramSocket extends GatewaySocket {
       remote = formatUri('udp', r.address, r.port);
     }
     super(id, identity, formatUri('udp', local.address, local.port), remote);
+    const shared = limits.udpQueueBudgets?.acquire(identity.name);
+    this.queue = new DatagramQueue({ maxBytes: limits.udpQueueBytes, maxDatagrams: limits.udpQueueDatagrams }, shared?.budget);
+    if (shared) void this.closed.then(shared.release);
     this.state = SocketState.SOCKET_STATE_OPEN;
     host.on('message', (msg: Buffer, rinfo: RemoteInfo) => this.onMessage(msg, rinfo));
     host.on('error', (err) => void this.destroy(fromSystemError(err, `udp socket ${this.localUri}`)));
@@ -402,7 +448,12 @@ export class DatagramSocket extends GatewaySocket {
   }
 
   bufferedBytes(): number {
-    return streamBuffered(this.channel?.stream);
+    return this.queue.bytes;
+  }
+
+  /** Datagrams queued for the readers right now. */
+  get queuedDatagrams(): number {
+    return this.queue.count;
   }
 
   acceptsAttach(): boolean {
@@ -414,15 +465,21 @@ export class DatagramSocket extends GatewaySocket {
     this.bytesIn += payload.length;
     const d: ChannelDatagram = { uri: this.connected ? '' : formatUri('udp', rinfo.address, rinfo.port), payload };
     let delivered = false;
+    let readers = 0;
     const ch = this.channel?.stream;
-    if (ch && !ch.writableEnded && !ch.destroyed) {
-      if (ch.writableLength < this.limits.highWatermark) {
-        ch.write(d);
-        delivered = true;
-      }
+    if (ch && this.channelReader && !ch.writableEnded && !ch.destroyed) {
+      readers++;
+      if (this.channelReader.write(ch, d, payload.length)) delivered = true;
+      else this.limits.onDrop?.('queue_full');
     }
-    for (const r of this.receivers) delivered = r(d) || delivered;
+    for (const r of this.receivers) {
+      readers++;
+      if (r.stream.writableEnded || r.stream.destroyed) continue;
+      if (r.reader.write(r.stream, r.toMessage(d), payload.length)) delivered = true;
+      else this.limits.onDrop?.('queue_full');
+    }
     if (!delivered) this.dropped++;
+    if (readers === 0) this.limits.onDrop?.('no_reader');
   }
 
   /** Send one datagram; checks size and (for unconnected sockets) policy on the destination. */
@@ -451,11 +508,21 @@ export class DatagramSocket extends GatewaySocket {
     return d.payload.length;
   }
 
-  /** Subscribe a RecvFrom stream; `deliver` returns false when it dropped the datagram. Returns the unsubscribe. */
-  subscribe(deliver: (d: ChannelDatagram) => boolean): () => void {
-    this.receivers.add(deliver);
+  /**
+   * Subscribe a RecvFrom stream: it gets `toMessage(d)` for each datagram the
+   * socket's queue has room for. At most limits.maxRecvSubscribers at once
+   * (LimitExceededError beyond). Returns the unsubscribe.
+   */
+  subscribe(stream: Writable, toMessage: (d: ChannelDatagram) => unknown): () => void {
+    if (this.isClosed) throw new SocketClosedError(`socket ${this.id} is closed`);
+    if (this.receivers.size >= this.limits.maxRecvSubscribers) {
+      throw new LimitExceededError(`socket ${this.id} already has ${this.receivers.size} RecvFrom streams, the limit is ${this.limits.maxRecvSubscribers} (limits.max_recv_subscribers)`);
+    }
+    const entry = { stream, reader: this.queue.reader(), toMessage };
+    this.receivers.add(entry);
     return () => {
-      this.receivers.delete(deliver);
+      if (!this.receivers.delete(entry)) return;
+      entry.reader.end();
       this.lastActivity = Date.now();
     };
   }
@@ -468,8 +535,10 @@ export class DatagramSocket extends GatewaySocket {
       return;
     }
     this.channel = channel;
+    this.channelReader = this.queue.reader();
     this.transport = channel.transport;
     const ch = channel.stream;
+    ch.on('close', () => this.channelReader?.end());
     // One send at a time per channel: the channel pauses while a send is in flight.
     ch.on('data', (d: ChannelDatagram) => {
       ch.pause();
@@ -505,6 +574,8 @@ export class DatagramSocket extends GatewaySocket {
     this.error ??= err;
     clearInterval(this.idleTimer);
     this.channel?.stream.destroy(err);
+    this.channelReader?.end();
+    for (const r of this.receivers) r.reader.end();
     this.receivers.clear();
     try {
       this.host.close();
@@ -606,7 +677,11 @@ export class SocketTable {
   /** Random per-process part of socket ids, so an id from an earlier gateway process never names a new socket. */
   private readonly instance = randomBytes(3).readUIntBE(0, 3).toString(36).padStart(5, '0');
 
-  constructor(private readonly maxSockets: number) {}
+  constructor(
+    private readonly maxSockets: number,
+    /** Fallbacks each socket keeps (limits.max_fallbacks_per_socket). */
+    private readonly maxFallbacksPerSocket = Number.POSITIVE_INFINITY,
+  ) {}
 
   /** Run `fn` for every socket that leaves the table. */
   onRemoved(fn: (s: GatewaySocket) => void): void {
@@ -640,6 +715,8 @@ export class SocketTable {
 
   /** Add a socket whose slot was reserved; it leaves the table (and frees the slot) when it closes. */
   add(socket: GatewaySocket): void {
+    socket.maxFallbacks = this.maxFallbacksPerSocket;
+    socket.setFallbacks(socket.fallbacks);
     this.sockets.set(socket.id, socket);
     void socket.closed.then(() => {
       this.sockets.delete(socket.id);
@@ -661,27 +738,37 @@ export class SocketTable {
     }
   }
 
-  /** Info of a live socket, or of one that closed within TOMBSTONE_MS (state CLOSED), for `identity`. */
+  /** Info of a live socket, or of one that closed within TOMBSTONE_MS (state CLOSED), for `identity` (its own, or any for an admin). */
   info(id: string, identity: Identity): SocketInfo {
     const live = this.sockets.get(id);
-    if (live) return this.get(id, identity).info();
+    if (live) return this.get(id, identity, 'admin-read').info();
     const t = this.tombstones.get(id);
     if (t && Date.now() - t.at < TOMBSTONE_MS && (t.info.identity === identity.name || identity.admin)) return t.info;
-    return this.get(id, identity).info();
+    return this.get(id, identity, 'admin-read').info();
   }
 
-  /** Look a socket up for `identity`; another identity's socket is "not found" unless the caller is admin. */
-  get(id: string, identity: Identity): GatewaySocket {
+  /**
+   * Look a socket up for what `identity` means to do with it (`access`). A
+   * socket belongs to the identity that opened it, for good: only its owner
+   * acts on it ('owner'); an admin may also read its info ('admin-read') and
+   * close it ('admin-close'). Another identity's socket is "not found" to a
+   * non-admin (its existence is not revealed); an admin asking for 'owner'
+   * access to it is denied.
+   */
+  get(id: string, identity: Identity, access: SocketAccess): GatewaySocket {
     const s = this.sockets.get(id);
-    if (!s || (s.identity.name !== identity.name && !identity.admin)) {
-      throw new SocketNotFoundError(`no socket "${Array.from(String(id)).slice(0, 64).join('')}" for identity "${identity.name}"`);
+    if (s && s.identity.name === identity.name) return s;
+    if (s && identity.admin) {
+      if (access !== 'owner') return s;
+      throw new PolicyDeniedError(`socket ${s.id} belongs to identity "${s.identity.name}": an admin may list and close it, not act on its data`, { rule: OWNERSHIP_RULE });
     }
-    return s;
+    throw new SocketNotFoundError(`no socket "${Array.from(String(id)).slice(0, 64).join('')}" for identity "${identity.name}"`);
   }
 
-  list(identity?: string): GatewaySocket[] {
+  /** Every socket, or those of identity `owner`. */
+  list(owner?: string): GatewaySocket[] {
     const all = [...this.sockets.values()];
-    return identity ? all.filter((s) => s.identity.name === identity) : all;
+    return owner ? all.filter((s) => s.identity.name === owner) : all;
   }
 
   get size(): number {

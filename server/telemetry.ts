@@ -129,7 +129,8 @@ interface InstrumentSpec {
  * Every metric the gateway exports, declared once. In the Prometheus exposition
  * `.` becomes `_` and monotonic counters gain `_total`: `sockgate_connects_total`,
  * `sockgate_fallbacks_total`, `sockgate_attaches_total`, `sockgate_bytes_total`,
- * `sockgate_sockets_open` (a gauge), `sockgate_rpc_duration_{bucket,sum,count}`.
+ * `sockgate_sockets_open` (a gauge), `sockgate_rpc_duration_{bucket,sum,count}`,
+ * `sockgate_datagrams_dropped_total`.
  */
 export const METRICS = {
   connects: {
@@ -162,6 +163,12 @@ export const METRICS = {
     description: 'Payload bytes moved by transport and direction',
     unit: 'By',
   },
+  datagramsDropped: {
+    name: 'sockgate.datagrams.dropped',
+    kind: 'observableCounter',
+    description: 'Received datagrams not delivered to a reader, by reason (queue_full: the socket queue was at its byte or count bound; no_reader)',
+    unit: '{datagram}',
+  },
   socketsOpen: {
     name: 'sockgate.sockets.open',
     kind: 'observableUpDownCounter',
@@ -192,6 +199,11 @@ export interface GatewayMetrics {
   recordFallback(transport: string, reason: string): void;
   /** Counter sockgate.attaches{transport, result}. */
   recordAttach(transport: string, result: AttachResult): void;
+  /**
+   * Observable counter sockgate.datagrams.dropped{reason}: one per datagram a reader
+   * did not get. Cheap on the hot path (a map increment; read at collection time).
+   */
+  countDatagramDrop(reason: string): void;
   /** Histogram sockgate.rpc.duration{rpc.method, rpc.grpc.status_code}, in milliseconds. */
   recordRpc(method: string, code: string, durationMs: number): void;
   /**
@@ -312,6 +324,8 @@ class GatewayMetricsImpl implements GatewayMetrics {
   private readonly fallbacks: Counter;
   private readonly attaches: Counter;
   private readonly rpcDuration: Histogram;
+  /** Dropped datagrams by reason, since start. */
+  private readonly drops = new Map<string, number>();
   /** Registered byte sources; summed per label set at each collection. */
   private readonly byteSources: Array<() => Iterable<ByteSample>> = [];
   /** Registered open-socket sources; summed per label set at each collection. */
@@ -339,6 +353,10 @@ class GatewayMetricsImpl implements GatewayMetrics {
       for (const s of sums.values()) {
         result.observe(s.bytes, { [LABEL.TRANSPORT]: s.transport, [LABEL.DIRECTION]: s.direction });
       }
+    });
+    const dropped: ObservableCounter = meter.createObservableCounter(METRICS.datagramsDropped.name, opts(METRICS.datagramsDropped));
+    dropped.addCallback((result) => {
+      for (const [reason, n] of this.drops) result.observe(n, { [LABEL.REASON]: reason });
     });
     const open: ObservableUpDownCounter = meter.createObservableUpDownCounter(METRICS.socketsOpen.name, opts(METRICS.socketsOpen));
     open.addCallback((result) => {
@@ -380,6 +398,10 @@ class GatewayMetricsImpl implements GatewayMetrics {
 
   recordAttach(transport: string, result: AttachResult): void {
     this.attaches.add(1, { [LABEL.TRANSPORT]: transport, [LABEL.RESULT]: result });
+  }
+
+  countDatagramDrop(reason: string): void {
+    this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
   }
 
   recordRpc(method: string, code: string, durationMs: number): void {

@@ -41,8 +41,12 @@ export class GrpcTransport implements Transport {
     return { ok: true, accepted: { kind: this.kind, version: this.version, params: { $case: 'grpc', grpc: {} } } };
   }
 
-  /** Serve one `Data` call. */
-  handle(call: ServerDuplexStream<DataRequest, DataResponse>): void {
+  /**
+   * Serve one `Data` call. `refuse`, if given, vets the socket a redeemed
+   * token names (the service edge checks the caller owns it): an error ends
+   * the call with it, the token spent.
+   */
+  handle(call: ServerDuplexStream<DataRequest, DataResponse>, refuse?: (target: GatewaySocket) => Error | undefined): void {
     const fail = (err: Error, result: 'wrong_token' | 'replayed' | 'expired' | 'error') => {
       this.options.metrics.recordAttach('grpc', result);
       call.emit('error', toStatus(err));
@@ -71,6 +75,8 @@ export class GrpcTransport implements Transport {
           const result = err instanceof AttachTokenError && err.failure !== 'wrong_transport' ? err.failure : 'error';
           return fail(err as Error, result);
         }
+        const refused = refuse?.(target);
+        if (refused) return fail(refused, 'error');
         this.options.metrics.recordAttach('grpc', 'ok');
         call.write({ frame: { $case: 'attached', attached: true } });
         const abort = (err: Error) => call.emit('error', toStatus(err));

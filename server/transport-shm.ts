@@ -41,12 +41,13 @@
  * (ERR_SOCKGATE_RING_CORRUPT on its sockets, logged and counted).
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import { connect as netConnect, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyHostOption } from './host-option.js';
+import { ensureShmDir } from '../native/shm-dir.js';
 import type { Counter, Meter } from '@opentelemetry/api';
 import ipaddr from 'ipaddr.js';
 import type { AttachListener, Eventfd, HostSockopt, PumpLink, ShmRegion } from '../native/index.js';
@@ -233,9 +234,19 @@ function socketIsLive(path: string): Promise<boolean> {
   });
 }
 
-function defaultPath(): string {
+/**
+ * Where the attach socket goes without transports.shm.path: the systemd
+ * RuntimeDirectory ($RUNTIME_DIRECTORY, /run/sockgate under
+ * deploy/sockgate.service, whose PrivateTmp hides the tmpdir from clients),
+ * /run/sockgate for root, else a directory of our own under the tmpdir, which
+ * must be private (0700, ours): the tmpdir is shared, and another user may
+ * have made it first.
+ */
+function defaultPath(): { path: string; private: boolean } {
+  const runtime = process.env['RUNTIME_DIRECTORY']?.split(':')[0];
+  if (runtime?.startsWith('/')) return { path: join(runtime, 'shm.sock'), private: false };
   const uid = process.getuid?.() ?? -1;
-  return uid === 0 ? '/run/sockgate/shm.sock' : join(tmpdir(), `sockgate-${uid}`, 'shm.sock');
+  return uid === 0 ? { path: '/run/sockgate/shm.sock', private: false } : { path: join(tmpdir(), `sockgate-${uid}`, 'shm.sock'), private: true };
 }
 
 let uniquePaths = 0;
@@ -298,8 +309,10 @@ export class ShmTransport implements Transport {
     this.#bootId = readBootId((p) => readFileSync(p, 'utf8'));
     this.o.native.setGatewayRingLimit(this.o.config.max_ring_bytes_total);
     const explicit = this.o.config.path !== '';
-    let path = explicit ? this.o.config.path : defaultPath();
-    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    const chosen = explicit ? { path: this.o.config.path, private: false } : defaultPath();
+    let path = chosen.path;
+    // Whoever can write the directory can swap the socket and read clients' hellos (attach tokens): verify it first.
+    ensureShmDir(dirname(path), { private: chosen.private });
     let listener: AttachListener | undefined;
     for (let attempt = 0; !listener; attempt++) {
       try {

@@ -19,6 +19,7 @@ import type { GatewaySocket } from './socket-table.js';
 import { DatagramSocket, StreamSocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { Logger } from './log.js';
+import { LogLimiter } from './log-limiter.js';
 import type { DataChannel, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import type { Pump } from '../native/index.js';
 import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from './wire.js';
@@ -26,8 +27,13 @@ import { tracer } from './trace.js';
 
 const trace = tracer('tcp');
 
-/** A data connection must present its preamble within this time (slowloris guard). */
+/** Default for options.preambleTimeoutMs (limits.data_preamble_timeout_ms): a slowloris guard. */
 const PREAMBLE_TIMEOUT_MS = 5_000;
+/** Defaults for the unauthenticated-connection bounds (limits.max_unauthenticated_data_connections*). */
+const MAX_UNAUTHENTICATED = 256;
+const MAX_UNAUTHENTICATED_PER_PEER = 16;
+/** Refusal lines without a configured limiter: at most one per key per this interval. */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 const FAILURE_STATUS: Record<AttachTokenError['failure'], AttachStatus> = {
   wrong_token: AttachStatus.WRONG_TOKEN,
@@ -46,6 +52,13 @@ export interface TcpTransportOptions {
   registry: AttachRegistry<GatewaySocket>;
   metrics: GatewayMetrics;
   logger: Logger;
+  /** A connection that sends no complete preamble within this time is closed. */
+  preambleTimeoutMs?: number;
+  /** Connections still in their preamble (unauthenticated), in total and per peer address; more are closed at once. */
+  maxUnauthenticated?: number;
+  maxUnauthenticatedPerPeer?: number;
+  /** Rejections are logged through this (one line per interval, with a count of the suppressed ones). */
+  refusalLog?: LogLimiter;
   /**
    * Also take data connections from VM guests over vsock, in the Firecracker /
    * Cloud Hypervisor form: a guest's connection to host port `port` arrives on
@@ -80,13 +93,18 @@ export class TcpTransport implements Transport {
   private server: Server | undefined;
   /** The vsock (VMM Unix socket) data server, when options.vsockUds is set; undefined until start(). */
   private vsockServer: Server | undefined;
-  /** Data connections still in their preamble; closed on shutdown. */
+  /** Data connections still in their preamble (unauthenticated); closed on shutdown. */
   private readonly handshaking = new Set<Socket>();
+  /** Of those, how many per peer address. */
+  private readonly handshakingPerPeer = new Map<string, number>();
+  private readonly refusalLog: LogLimiter;
   private boundPort = 0;
   /** Set by useNativeRelay(): stream sockets attach to splice links on this pump. */
   private relay: NativeRelay | undefined;
 
-  constructor(private readonly options: TcpTransportOptions) {}
+  constructor(private readonly options: TcpTransportOptions) {
+    this.refusalLog = options.refusalLog ?? new LogLimiter(options.logger, REFUSAL_LOG_INTERVAL_MS);
+  }
 
   get port(): number {
     return this.boundPort;
@@ -145,22 +163,45 @@ export class TcpTransport implements Transport {
   }
 
   private onConnection(sock: Socket): void {
+    // Unix (vsock) connections have no address: they share one key.
+    const peer = sock.remoteAddress ?? 'local';
+    const fromPeer = this.handshakingPerPeer.get(peer) ?? 0;
+    const maxTotal = this.options.maxUnauthenticated ?? MAX_UNAUTHENTICATED;
+    const maxPerPeer = this.options.maxUnauthenticatedPerPeer ?? MAX_UNAUTHENTICATED_PER_PEER;
+    if (this.handshaking.size >= maxTotal || fromPeer >= maxPerPeer) {
+      // Before any byte is read: closed at once, counted, logged at most once per interval.
+      sock.on('error', () => {});
+      sock.destroy();
+      this.options.metrics.recordAttach('tcp', 'error');
+      const which = fromPeer >= maxPerPeer ? `${fromPeer} from this peer (limits.max_unauthenticated_data_connections_per_peer)` : `${this.handshaking.size} in total (limits.max_unauthenticated_data_connections)`;
+      this.refusalLog.warn('tcp-unauthenticated-limit', { peer }, `tcp data connection refused: already ${which} without a preamble`);
+      return;
+    }
     this.handshaking.add(sock);
+    this.handshakingPerPeer.set(peer, fromPeer + 1);
     let received: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => reject(AttachStatus.BAD_PREAMBLE, 'no preamble in time'), PREAMBLE_TIMEOUT_MS);
+    const timer = setTimeout(() => reject(AttachStatus.BAD_PREAMBLE, 'no preamble in time'), this.options.preambleTimeoutMs ?? PREAMBLE_TIMEOUT_MS);
+    let cleaned = false;
     const cleanup = () => {
       clearTimeout(timer);
       sock.removeListener('data', onData);
       sock.removeListener('error', onError);
       sock.removeListener('end', onEnd);
+      sock.removeListener('close', onClose);
+      if (cleaned) return;
+      cleaned = true;
       this.handshaking.delete(sock);
+      const n = (this.handshakingPerPeer.get(peer) ?? 1) - 1;
+      if (n > 0) this.handshakingPerPeer.set(peer, n);
+      else this.handshakingPerPeer.delete(peer);
     };
     const reject = (status: AttachStatus, detail: string) => {
       cleanup();
       // The client may reset while the refusal goes out: that is no error of ours.
       sock.on('error', () => {});
       trace(`reject data connection from ${sock.remoteAddress}:${sock.remotePort}: ${detail}`);
-      this.options.logger.warn({ peer: `${sock.remoteAddress}:${sock.remotePort}`, status: AttachStatus[status], detail }, 'tcp attach rejected');
+      // An unauthenticated peer can cause this at will: one line per interval per status, with a count.
+      this.refusalLog.warn(`tcp-attach-${AttachStatus[status]}`, { peer: `${sock.remoteAddress}:${sock.remotePort}`, status: AttachStatus[status], detail }, 'tcp attach rejected');
       const result = status === AttachStatus.REPLAYED ? 'replayed' : status === AttachStatus.EXPIRED ? 'expired' : status === AttachStatus.WRONG_TOKEN ? 'wrong_token' : 'error';
       this.options.metrics.recordAttach('tcp', result);
       sock.end(encodeReply(status));
@@ -172,6 +213,8 @@ export class TcpTransport implements Transport {
       sock.destroy();
     };
     const onEnd = () => reject(AttachStatus.BAD_PREAMBLE, 'connection ended inside the preamble');
+    // A peer that resets without an error event (or is destroyed at shutdown) must not keep its count.
+    const onClose = () => cleanup();
     const onData = (chunk: Buffer) => {
       received = received.length ? Buffer.concat([received, chunk]) : chunk;
       const p = parsePreamble(received);
@@ -193,6 +236,7 @@ export class TcpTransport implements Transport {
     sock.on('data', onData);
     sock.on('error', onError);
     sock.on('end', onEnd);
+    sock.on('close', onClose);
   }
 
   /** Hand a redeemed data connection to its socket; the OK reply goes out first on every path. */
@@ -298,6 +342,7 @@ export class TcpTransport implements Transport {
   async close(): Promise<void> {
     for (const s of this.handshaking) s.destroy();
     this.handshaking.clear();
+    this.handshakingPerPeer.clear();
     // Stop accepting; attached data connections belong to their sockets, which the table drains.
     this.server?.close();
     this.server = undefined;

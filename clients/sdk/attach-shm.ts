@@ -12,7 +12,9 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
+import { dirname } from 'node:path';
 import type { ClientSession, LinkEnd, Pump, PumpLink, ShmRegion } from '../../native/index.js';
+import { shmDirProblem } from '../../native/shm-dir.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../server/errors.js';
 import {
@@ -323,6 +325,9 @@ export class ShmClient {
       let attaching = this.#attaching.get(p.sessionId);
       if (!attaching) {
         if (!p.newSession) throw new AttachFailedError(`shm attach: the gateway expects session ${p.sessionId}, which this client does not hold`);
+        // The hello carries the attach token: never to a socket in a directory someone else could have swapped it in.
+        const problem = shmDirProblem(dirname(p.path));
+        if (problem) throw new AttachFailedError(`shm attach: refusing the socket ${p.path}: ${problem}`);
         // This socket attaches the session; its slot is linked by then.
         const hello = encodeHello({ sessionId: p.sessionId, slot: p.slot, token: Buffer.from(token) });
         attaching = this.#attachSession(n, p.path, p.sessionId, hello, timeoutMs);

@@ -17,6 +17,7 @@ import {
   type AcceptResponse,
   type DataRequest,
   type DataResponse,
+  type ListSocketsResponse,
   type SocketInfo,
   type SocketOption,
 } from '../../proto/gen/sockgate/v1/sockgate.js';
@@ -104,6 +105,8 @@ const ATTACH_TIMEOUT_MS = 10_000;
 const CHANNEL_HIGH_WATERMARK = 1 << 20;
 /** Datagram limit the SDK checks before sending (the gateway checks again). */
 const MAX_DATAGRAM_BYTES = 65507;
+/** ListSockets pages followed at most (1,000 sockets a page by default: far beyond any table). */
+const MAX_LIST_PAGES = 1_000;
 
 export interface GatewayOptions {
   /** Bearer token identifying the caller to the gateway's policy. */
@@ -730,13 +733,22 @@ export class Gateway {
     return res.info;
   }
 
-  /** Every socket on the gateway (admin identities only). */
+  /** The caller's own sockets; an admin identity's call lists every identity's (or `identity`'s). */
   async listSockets(identity = '', opts: CallOpts = {}): Promise<SocketInfo[]> {
-    return new Promise((resolve, reject) => {
-      this.adminClient.listSockets({ identity }, this.metadata, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, res) =>
-        err ? reject(fromServiceError(err)) : resolve(res.sockets),
-      );
-    });
+    // The gateway answers in pages (each under the gRPC message limit): follow them, a bounded number of times.
+    const all: SocketInfo[] = [];
+    let pageToken = '';
+    for (let page = 0; page < MAX_LIST_PAGES; page++) {
+      const res = await new Promise<ListSocketsResponse>((resolve, reject) => {
+        this.adminClient.listSockets({ identity, pageSize: 0, pageToken }, this.metadata, { deadline: Date.now() + (opts.deadlineMs ?? this.deadlineMs) }, (err, r) =>
+          err ? reject(fromServiceError(err)) : resolve(r),
+        );
+      });
+      all.push(...res.sockets);
+      pageToken = res.nextPageToken;
+      if (pageToken === '' || res.sockets.length === 0) break;
+    }
+    return all;
   }
 
   /** Close the control channel; sockets opened through it are destroyed. */

@@ -119,3 +119,35 @@ test('the Grafana dashboard queries only metrics the gateway exports', (t) => {
     t.true(used.has(name), name);
   }
 });
+
+test('the shm attach socket is where clients can reach it: RuntimeDirectory under systemd, a hostPath in the DaemonSet', (t) => {
+  // systemd: PrivateTmp hides the tmpdir, so the default must come from the RuntimeDirectory ($RUNTIME_DIRECTORY).
+  const unit = readFileSync(deployPath('sockgate.service'), 'utf8');
+  t.regex(unit, /^PrivateTmp=yes$/m);
+  t.regex(unit, /^RuntimeDirectory=sockgate$/m);
+  const mode = /^RuntimeDirectoryMode=(0?[0-7]{3,4})$/m.exec(unit);
+  t.truthy(mode);
+  t.is(Number.parseInt(mode![1]!, 8) & 0o022, 0, 'the RuntimeDirectory is not writable by group or others (the shm check would refuse it)');
+  t.notRegex(unit, /^[^#\n]*(SHM__PATH|shm\.path)/m, 'the unit does not override the path the config file may set');
+  t.is(loadConfig({ file: deployPath('config.example.yaml') }).transports.shm.path, '', 'the example leaves the default ($RUNTIME_DIRECTORY/shm.sock)');
+
+  // Kubernetes: the gateway runs as a non-root uid with its own /tmp; the socket goes on the node's /run/sockgate.
+  const ds = k8sObjects().find((o) => o['kind'] === 'DaemonSet')!;
+  const spec = ds['spec']['template']['spec'];
+  const container = spec['containers'][0];
+  const env = Object.fromEntries((container['env'] as Array<{ name: string; value?: string }>).map((e) => [e.name, e.value]));
+  const shmPath = env['SOCKGATE_TRANSPORTS__SHM__PATH'];
+  t.is(shmPath, '/run/sockgate/shm.sock', 'the same path as a root gateway\'s default');
+  const dir = shmPath!.slice(0, shmPath!.lastIndexOf('/'));
+  const mount = (container['volumeMounts'] as Tree[]).find((m) => m['mountPath'] === dir);
+  t.truthy(mount, `the container mounts ${dir}`);
+  const volume = (spec['volumes'] as Tree[]).find((v) => v['name'] === mount!['name']);
+  t.is(volume?.['hostPath']?.['path'], dir, 'a hostPath, which client pods on the node mount too');
+  // The kubelet makes the hostPath root-owned: an init container gives it to the gateway's uid, unwritable by others.
+  const uid = spec['securityContext']['runAsUser'];
+  const init = (spec['initContainers'] as Tree[] | undefined)?.find((c) => (c['volumeMounts'] as Tree[]).some((m) => m['name'] === mount!['name']));
+  t.truthy(init, 'an init container prepares the directory');
+  const script = (init!['command'] as string[]).join(' ');
+  t.true(script.includes(`chown ${uid}:`), script);
+  t.regex(script, /chmod 0?755 /);
+});

@@ -23,6 +23,16 @@ export const TEST_OVERRIDES = {
   shutdown: { drain_timeout_ms: 2000 },
 };
 
+/**
+ * An explicit admin identity for tests that need one. Nothing is admin by
+ * default (issue 12: the anonymous identity never is), so a test that lists
+ * or closes other identities' sockets adds this identity and calls with
+ * ADMIN_TOKEN. Adding identities turns anonymous access off unless the test
+ * also says `anonymous: { enabled: true }`.
+ */
+export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef';
+export const ADMIN_IDENTITY = { name: 'test-admin', tokens: [ADMIN_TOKEN], admin: true } as const;
+
 export interface TestGateway {
   gateway: Gateway;
   config: Config;

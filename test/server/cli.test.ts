@@ -11,7 +11,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI_PATH, echoServer, startGateway, within, type TestGateway } from '../helpers/harness.js';
+import { ADMIN_IDENTITY, ADMIN_TOKEN, CLI_PATH, echoServer, startGateway, within, type TestGateway } from '../helpers/harness.js';
+import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { closedPort, eventually } from '../helpers/rpc.js';
 
 interface Run {
@@ -186,11 +187,31 @@ test.serial('status: a fallback reason is shown in the FALLBACK column', async (
   sock.destroy();
 });
 
-test.serial('status: a non-admin identity is refused with exit 7', async (t) => {
-  const { gw } = await setup(t, { anonymous: { enabled: true, admin: false } });
-  const r = await cli(['status', '--target', gw.target], undefined);
-  t.is(r.code, 7, r.stderr);
-  t.regex(r.stderr, /ERR_SOCKGATE_POLICY_DENIED/);
+test.serial('status: a non-admin identity sees its own sockets only; another identity\'s are refused with exit 7; an admin sees all', async (t) => {
+  // Issue 12: status used to be admin-only (exit 7 for everyone else); every identity now lists its own sockets.
+  const tokens = { alice: 'status-alice-token-0123456789', bob: 'status-bob-token-0123456789' };
+  const { gw, echo } = await setup(t, {
+    identities: [{ name: 'alice', tokens: [tokens.alice] }, { name: 'bob', tokens: [tokens.bob] }, ADMIN_IDENTITY],
+  });
+  const alice = await SdkGateway.connect(gw.target, { token: tokens.alice });
+  const bob = await SdkGateway.connect(gw.target, { token: tokens.bob });
+  t.teardown(() => {
+    alice.close();
+    bob.close();
+  });
+  const a = await alice.connect(echo.uri, { transports: ['grpc'] });
+  const b = await bob.connect(echo.uri, { transports: ['grpc'] });
+  const mine = await cli(['status', '--target', gw.target, '--json'], undefined, 30_000, { SOCKGATE_TOKEN: tokens.alice });
+  t.is(mine.code, 0, mine.stderr);
+  t.deepEqual((JSON.parse(mine.stdout.toString()) as { socketId: string }[]).map((s) => s.socketId), [a.socketId]);
+  const other = await cli(['status', '--target', gw.target, '--identity', 'bob'], undefined, 30_000, { SOCKGATE_TOKEN: tokens.alice });
+  t.is(other.code, 7, other.stderr);
+  t.regex(other.stderr, /ERR_SOCKGATE_POLICY_DENIED/);
+  const all = await cli(['status', '--target', gw.target, '--json'], undefined, 30_000, { SOCKGATE_TOKEN: ADMIN_TOKEN });
+  t.is(all.code, 0, all.stderr);
+  t.deepEqual((JSON.parse(all.stdout.toString()) as { socketId: string }[]).map((s) => s.socketId).sort(), [a.socketId, b.socketId].sort());
+  a.destroy();
+  b.destroy();
 });
 
 function writeConfig(text: string): string {

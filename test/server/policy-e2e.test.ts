@@ -160,7 +160,7 @@ test('unknown, missing and malformed credentials are UNAUTHENTICATED on every ki
     t.is(c.errorCode, 'ERR_SOCKGATE_UNAUTHENTICATED', `Connect, ${what}`);
     const g = await rpcError(rpc(w.sock, w.sock.getInfo, { socketId: 't1' }, md));
     t.is(g.code, status.UNAUTHENTICATED, `GetInfo, ${what}`);
-    const l = await rpcError(rpc(w.admin, w.admin.listSockets, { identity: '' }, md));
+    const l = await rpcError(rpc(w.admin, w.admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, md));
     t.is(l.code, status.UNAUTHENTICATED, `ListSockets, ${what}`);
     // Server-streaming calls too.
     const raw = rawClient(w.gw.target);
@@ -309,22 +309,26 @@ test('a closed loopback port is UNAVAILABLE with ERR_SOCKGATE_CONNECT_REFUSED, a
   t.true(metricSum(text, 'sockgate_connects_total', { result: 'refused' }) >= 4);
 });
 
-test('admin ListSockets is denied to a non-admin identity and shows every identity to an admin', async (t) => {
+test('ListSockets shows a non-admin its own sockets only (another identity\'s is denied) and every identity to an admin', async (t) => {
   const w = await world(t);
   const a = await w.connect('alice', w.echo.uri);
   const b = await w.connect('bob', w.echo.uri);
-  const e = await rpcError(rpc(w.admin, w.admin.listSockets, { identity: '' }, bearer(TOKEN.alice)));
+  // Issue 12: ListSockets used to be admin-only; every identity now lists its own sockets.
+  const own = await rpc(w.admin, w.admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, bearer(TOKEN.alice));
+  t.deepEqual(own.sockets.map((s) => s.socketId), [a.socketId]);
+  const e = await rpcError(rpc(w.admin, w.admin.listSockets, { identity: 'bob', pageSize: 0, pageToken: '' }, bearer(TOKEN.alice)));
   t.is(e.code, status.PERMISSION_DENIED);
   t.is(e.errorCode, 'ERR_SOCKGATE_POLICY_DENIED');
   t.is(e.rule, 'admin');
   t.regex(e.details, /alice/);
-  const all = await rpc(w.admin, w.admin.listSockets, { identity: '' }, bearer(TOKEN.root));
+  const all = await rpc(w.admin, w.admin.listSockets, { identity: '', pageSize: 0, pageToken: '' }, bearer(TOKEN.root));
   t.deepEqual(all.sockets.map((s) => `${s.socketId}:${s.identity}`).sort(), [`${a.socketId}:alice`, `${b.socketId}:bob`].sort());
-  const onlyBob = await rpc(w.admin, w.admin.listSockets, { identity: 'bob' }, bearer(TOKEN.root));
+  const onlyBob = await rpc(w.admin, w.admin.listSockets, { identity: 'bob', pageSize: 0, pageToken: '' }, bearer(TOKEN.root));
   t.deepEqual(onlyBob.sockets.map((s) => s.socketId), [b.socketId]);
   const sdk = await sdkAs(w, 'bob');
   t.teardown(() => sdk.close());
-  await t.throwsAsync(sdk.listSockets(), { instanceOf: PolicyDeniedError });
+  t.deepEqual((await sdk.listSockets()).map((s) => s.socketId), [b.socketId]);
+  await t.throwsAsync(sdk.listSockets('alice'), { instanceOf: PolicyDeniedError });
 });
 
 test('an identity can neither see nor touch another identity\'s sockets (NOT_FOUND, indistinguishable from no socket)', async (t) => {

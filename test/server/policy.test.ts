@@ -137,12 +137,15 @@ test('an mTLS common name maps to its identity, before the peer uid', (t) => {
   t.is(both.source, 'mtls');
 });
 
-test('a peer uid maps to its identity; an unknown common name falls through to it', (t) => {
+test('a peer uid maps to its identity; an unknown common name is refused, never falls through to it', (t) => {
   t.is(carol.name, 'carol');
   t.is(carol.source, 'peercred');
-  const id = policy.identify({ tlsCommonName: 'stranger', peerUid: 1000 });
+  const id = policy.identify({ peerUid: 1000 });
   t.is(id.name, 'bob');
   t.is(id.source, 'peercred');
+  // Issue 12: a client certificate whose CN maps to no identity used to fall through to the uid (or anonymous).
+  const err = t.throws(() => policy.identify({ tlsCommonName: 'stranger', peerUid: 1000 }), { instanceOf: UnauthenticatedError });
+  t.regex(err?.message ?? '', /client certificate CN "stranger" maps to no identity/);
 });
 
 test('without recognized credentials and with anonymous disabled, identify throws', (t) => {
@@ -155,7 +158,9 @@ test('without recognized credentials and with anonymous disabled, identify throw
 test('with anonymous enabled, callers without credentials are "anonymous"', (t) => {
   for (const admin of [true, false]) {
     const p = basePolicy({ anonymous: { enabled: true, admin } });
-    for (const creds of [{}, { tlsCommonName: 'stranger' }, { peerUid: 4242 }]) {
+    // An unmapped client certificate is refused even here (issue 12): it is never silently anonymous.
+    for (const tlsCommonName of ['stranger', '']) t.throws(() => p.identify({ tlsCommonName }), { instanceOf: UnauthenticatedError });
+    for (const creds of [{}, { peerUid: 4242 }]) {
       const id = p.identify(creds);
       t.is(id.name, 'anonymous');
       t.is(id.source, 'anonymous');
@@ -348,7 +353,8 @@ test('the embedded default allows loopback only', (t) => {
   const p = new Policy(loadConfig());
   const anon = p.identify({});
   t.is(anon.name, 'anonymous');
-  t.true(anon.admin);
+  // Issue 12: the embedded default keeps anonymous on (loopback quick start) but never admin.
+  t.false(anon.admin);
   for (const protocol of ['tcp', 'udp'] as const) {
     allowed(t, p, anon, dest({ protocol, address: '127.0.0.1', port: 80 }), 'loopback-only');
     allowed(t, p, anon, dest({ protocol, address: '127.255.0.9', port: 65535 }), 'loopback-only');
@@ -356,7 +362,7 @@ test('the embedded default allows loopback only', (t) => {
     allowed(t, p, anon, dest({ protocol, address: '::ffff:127.0.0.1', port: 80 }), 'loopback-only');
     allowed(t, p, anon, dest({ protocol, host: 'localhost', address: '127.0.0.1', port: 80 }), 'loopback-only');
     allowed(t, p, anon, dest({ protocol, host: 'LOCALHOST', address: '::1', port: 80 }), 'loopback-only');
-    allowed(t, p, anon, dest({ protocol, direction: 'listen', address: '127.0.0.1', port: 9000 }), 'loopback-only');
+    allowed(t, p, anon, dest({ protocol, direction: 'listen', address: '127.0.0.1', port: 9000 }), 'loopback-listen');
     for (const address of ['10.0.0.1', '8.8.8.8', '192.168.1.1', '::2', '2001:4860:4860::8888', '::ffff:8.8.8.8']) {
       denied(t, p, anon, dest({ protocol, address, port: 80 }), 'default-deny');
     }

@@ -45,7 +45,9 @@ function identity(name: string): Identity {
 
 /** A stand-in for a gateway socket: the session table only reads id and identity. */
 function socketOf(id: string, who: Identity): GatewaySocket {
-  return { id, identity: who } as unknown as GatewaySocket;
+  // What Negotiator.issue touches: the id, the owner and the fallback record.
+  const s = { id, identity: who, fallbacks: [] as unknown[], setFallbacks: (all: unknown[]) => void (s.fallbacks = [...all]) };
+  return s as unknown as GatewaySocket;
 }
 
 function sessions(over: Partial<{ slots: number; maxSessions: number; maxSessionsPerIdentity: number; reservationMs: number }> = {}): RdmaSessions {

@@ -368,7 +368,14 @@ export interface SocketInfo {
    * Set when the gateway opened the host socket through a peer gateway (a
    * `peers` rule): the peer opened the real host socket under its own policy.
    */
-  peer: PeerHop | undefined;
+  peer:
+    | PeerHop
+    | undefined;
+  /**
+   * Fallbacks not kept in `fallbacks` (a socket keeps its first
+   * limits.max_fallbacks_per_socket and counts the rest here).
+   */
+  fallbacksOmitted: number;
 }
 
 /** The hop from this gateway to the peer gateway that holds the real host socket. */
@@ -383,12 +390,26 @@ export interface PeerHop {
 }
 
 export interface ListSocketsRequest {
-  /** Only this identity's sockets, if set. */
+  /**
+   * Only this identity's sockets, if set. Naming another identity than the
+   * caller's is for admins only (PERMISSION_DENIED otherwise).
+   */
   identity: string;
+  /**
+   * Most sockets in one answer; 0 or more than limits.list_sockets_page_size
+   * means that limit. An answer also stops short of the gRPC message limit.
+   */
+  pageSize: number;
+  /** next_page_token of the previous answer; "" for the first page. */
+  pageToken: string;
 }
 
 export interface ListSocketsResponse {
   sockets: SocketInfo[];
+  /** Pass as page_token for the next page; "" when this was the last one. */
+  nextPageToken: string;
+  /** Sockets matching the request across all pages, at the time of this answer. */
+  total: number;
 }
 
 /** One frame from the client on the `grpc` data plane. */
@@ -2598,6 +2619,7 @@ function createBaseSocketInfo(): SocketInfo {
     bufferedBytes: 0,
     createdAtMs: 0,
     peer: undefined,
+    fallbacksOmitted: 0,
   };
 }
 
@@ -2644,6 +2666,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     }
     if (message.peer !== undefined) {
       PeerHop.encode(message.peer, writer.uint32(114).fork()).join();
+    }
+    if (message.fallbacksOmitted !== 0) {
+      writer.uint32(120).uint32(message.fallbacksOmitted);
     }
     return writer;
   },
@@ -2773,6 +2798,14 @@ export const SocketInfo: MessageFns<SocketInfo> = {
             message.peer = PeerHop.decode(reader, reader.uint32());
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.fallbacksOmitted = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2835,6 +2868,11 @@ export const SocketInfo: MessageFns<SocketInfo> = {
         ? globalThis.Number(object.created_at_ms)
         : 0,
       peer: isSet(object.peer) ? PeerHop.fromJSON(object.peer) : undefined,
+      fallbacksOmitted: isSet(object.fallbacksOmitted)
+        ? globalThis.Number(object.fallbacksOmitted)
+        : isSet(object.fallbacks_omitted)
+        ? globalThis.Number(object.fallbacks_omitted)
+        : 0,
     };
   },
 
@@ -2882,6 +2920,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     if (message.peer !== undefined) {
       obj.peer = PeerHop.toJSON(message.peer);
     }
+    if (message.fallbacksOmitted !== 0) {
+      obj.fallbacksOmitted = Math.round(message.fallbacksOmitted);
+    }
     return obj;
   },
 
@@ -2904,6 +2945,7 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     message.bufferedBytes = object.bufferedBytes ?? 0;
     message.createdAtMs = object.createdAtMs ?? 0;
     message.peer = (object.peer !== undefined && object.peer !== null) ? PeerHop.fromPartial(object.peer) : undefined;
+    message.fallbacksOmitted = object.fallbacksOmitted ?? 0;
     return message;
   },
 };
@@ -3032,13 +3074,19 @@ export const PeerHop: MessageFns<PeerHop> = {
 };
 
 function createBaseListSocketsRequest(): ListSocketsRequest {
-  return { identity: "" };
+  return { identity: "", pageSize: 0, pageToken: "" };
 }
 
 export const ListSocketsRequest: MessageFns<ListSocketsRequest> = {
   encode(message: ListSocketsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.identity !== "") {
       writer.uint32(10).string(message.identity);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -3064,6 +3112,22 @@ export const ListSocketsRequest: MessageFns<ListSocketsRequest> = {
             message.identity = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3077,13 +3141,31 @@ export const ListSocketsRequest: MessageFns<ListSocketsRequest> = {
   },
 
   fromJSON(object: any): ListSocketsRequest {
-    return { identity: isSet(object.identity) ? globalThis.String(object.identity) : "" };
+    return {
+      identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
   },
 
   toJSON(message: ListSocketsRequest): unknown {
     const obj: any = {};
     if (message.identity !== "") {
       obj.identity = message.identity;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -3094,18 +3176,26 @@ export const ListSocketsRequest: MessageFns<ListSocketsRequest> = {
   fromPartial(object: DeepPartial<ListSocketsRequest>): ListSocketsRequest {
     const message = createBaseListSocketsRequest();
     message.identity = object.identity ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
     return message;
   },
 };
 
 function createBaseListSocketsResponse(): ListSocketsResponse {
-  return { sockets: [] };
+  return { sockets: [], nextPageToken: "", total: 0 };
 }
 
 export const ListSocketsResponse: MessageFns<ListSocketsResponse> = {
   encode(message: ListSocketsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.sockets) {
       SocketInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.total !== 0) {
+      writer.uint32(24).uint32(message.total);
     }
     return writer;
   },
@@ -3131,6 +3221,22 @@ export const ListSocketsResponse: MessageFns<ListSocketsResponse> = {
             message.sockets.push(SocketInfo.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.total = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3146,6 +3252,12 @@ export const ListSocketsResponse: MessageFns<ListSocketsResponse> = {
   fromJSON(object: any): ListSocketsResponse {
     return {
       sockets: globalThis.Array.isArray(object?.sockets) ? object.sockets.map((e: any) => SocketInfo.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      total: isSet(object.total) ? globalThis.Number(object.total) : 0,
     };
   },
 
@@ -3153,6 +3265,12 @@ export const ListSocketsResponse: MessageFns<ListSocketsResponse> = {
     const obj: any = {};
     if (message.sockets?.length) {
       obj.sockets = message.sockets.map((e) => SocketInfo.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.total !== 0) {
+      obj.total = Math.round(message.total);
     }
     return obj;
   },
@@ -3163,6 +3281,8 @@ export const ListSocketsResponse: MessageFns<ListSocketsResponse> = {
   fromPartial(object: DeepPartial<ListSocketsResponse>): ListSocketsResponse {
     const message = createBaseListSocketsResponse();
     message.sockets = object.sockets?.map((e) => SocketInfo.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.total = object.total ?? 0;
     return message;
   },
 };
@@ -3808,7 +3928,10 @@ export const SocketGatewayServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
-/** Operator calls. Only identities with `admin: true` in policy may call them. */
+/**
+ * Operator calls. Every identity lists its own sockets; an identity with
+ * `admin: true` in policy lists every identity's.
+ */
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
   listSockets: {
