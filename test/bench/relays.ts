@@ -6,7 +6,9 @@
  * socket -> socat (two relays, the vsock-proxy shape), and through
  * `sockgate proxy -L` over shm, tcp and grpc (a child proxy and a child
  * gateway). Each row also has the ratio to HAProxy's row of the same run and
- * the CPU per GB of the processes in the middle (throughput rows).
+ * the CPU per GB of the processes in the middle (throughput rows); `idle-links`
+ * rows give the CPU of the proxy and the gateway (and HAProxy) with 1,000 idle
+ * connections open through them.
  *
  * A missing tool (haproxy, iperf3, sockperf, socat) is printed and only its
  * rows are skipped.
@@ -14,7 +16,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SDK_TRANSPORTS } from '../../clients/sdk/gateway.js';
@@ -30,6 +33,12 @@ const PING_BYTES = 64;
 const PLANES: readonly TransportName[] = ['shm', 'tcp', 'grpc'];
 /** How long a tool run may take beyond its own duration. */
 const TOOL_GRACE_MS = 20_000;
+/** Idle connections for the idle-CPU rows (the issue's figure), fewer with --quick. */
+const IDLE_LINKS = { full: 1000, quick: 200 };
+/** Let idle links settle (attach, first rounds) before measuring. */
+const IDLE_SETTLE_MS = 2_000;
+/** How long idle CPU is measured (a third with --quick). */
+const IDLE_MEASURE_MS = 3_000;
 /** USER_HZ of /proc times. */
 const USER_HZ = 100;
 
@@ -173,6 +182,35 @@ async function sockperfRow(ctx: BenchContext, p: RelayPath, secs: number): Promi
   return { name: 'sockperf-pingpong', transport: p.name, size_bytes: PING_BYTES, throughput_MBps: null, p50_us: round(median(p50)), p99_us: round(median(p99)), family: 'relays', stat: `median of ${ctx.reps}` };
 }
 
+/**
+ * CPU of the processes in the middle with `n` idle connections open through
+ * the path (to the sockperf server, which keeps them open): idle links should
+ * cost nothing (no timers, no wake-ups). Reported per process, % of one core.
+ */
+async function idleRow(ctx: BenchContext, p: RelayPath, n: number, names: string[]): Promise<BenchRow> {
+  const socks: Socket[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const s = connect({ port: p.sockperf, host: '127.0.0.1' });
+      s.on('error', () => {});
+      socks.push(s);
+      if (i % 100 === 99) await Promise.all(socks.slice(-100).map((x) => (x.connecting ? once(x, 'connect') : undefined)));
+    }
+    await Promise.all(socks.map((x) => (x.connecting ? once(x, 'connect') : undefined)));
+    await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+    const t0 = performance.now();
+    const c0 = p.pids.map((pid) => cpuMs([pid]));
+    await new Promise((r) => setTimeout(r, ctx.quick ? IDLE_MEASURE_MS / 3 : IDLE_MEASURE_MS));
+    const wall = performance.now() - t0;
+    const pct = p.pids.map((pid, i) => round((100 * (cpuMs([pid]) - c0[i]!)) / wall, 2));
+    const fields = Object.fromEntries(names.map((nm, i) => [`${nm}_cpu_pct`, pct[i]]));
+    ctx.log(`  ${p.name}: ${n} idle connections: ${names.map((nm, i) => `${nm} ${pct[i]}% of a core`).join(', ')}`);
+    return { name: 'idle-links', transport: p.name, size_bytes: 0, throughput_MBps: null, p50_us: null, p99_us: null, connections: n, ...fields, family: 'relays' };
+  } finally {
+    for (const s of socks) s.destroy();
+  }
+}
+
 export const relaysFamily: BenchFamily = {
   name: 'relays',
   description: 'iperf3 both ways and sockperf ping-pong: direct, HAProxy, socat->UDS->socat, sockgate proxy -L over shm/tcp/grpc (ratios vs HAProxy)',
@@ -237,6 +275,13 @@ export const relaysFamily: BenchFamily = {
       for (const p of paths) {
         if (tools.iperf3) rows.push(await iperfRow(ctx, p, false, secs), await iperfRow(ctx, p, true, secs));
         if (tools.sockperf) rows.push(await sockperfRow(ctx, p, secs));
+      }
+      if (tools.sockperf) {
+        const n = ctx.quick ? IDLE_LINKS.quick : IDLE_LINKS.full;
+        for (const p of paths) {
+          if (p.name === 'haproxy') rows.push(await idleRow(ctx, p, n, ['haproxy']));
+          else if (p.name.startsWith('proxy-')) rows.push(await idleRow(ctx, p, n, ['proxy', 'gateway']));
+        }
       }
       for (const r of rows) {
         const h = rows.find((b) => b.transport === 'haproxy' && b.name === r.name);
