@@ -10,5 +10,6 @@ import { gatewayPlanes } from './gateway-planes.js';
 import { sidecarFamily } from './sidecar.js';
 import { proxyFamily } from './proxy.js';
 import { ringFamily, shmFamily } from './shm.js';
+import { capacityFamily } from './capacity.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily, capacityFamily];
