@@ -48,6 +48,7 @@ export const capacityFamily: BenchFamily = {
           gateway_rss_per_idle_socket_KiB: Math.round((r.rssPerSocketBytes / 1024) * 10) / 10,
           gateway_fds_after_close: r.gatewayFdsAfter,
           fds_back_to_baseline: r.gatewayFdsAfter === r.gatewayFdsBase,
+          fds_settle_ms: r.fdsSettleMs,
         });
       } finally {
         await g.stop();
