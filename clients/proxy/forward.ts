@@ -17,6 +17,7 @@ import { formatEndpoint, type LocalForwardSpec, type RemoteForwardSpec } from '.
 import type { ProxyGateway } from './link.js';
 import { boundAddress, closeServer, dialLocal, listenLocal } from './local.js';
 import { SessionSet, linkSession, splice } from './splice.js';
+import { resetSocket } from '../sdk/reset-socket.js';
 
 const trace = tracer('proxy');
 
@@ -44,11 +45,7 @@ export interface ForwardStats {
 
 /** Abort a local socket: a TCP reset where possible, so the app sees ECONNRESET rather than a clean EOF. */
 export function resetLocal(sock: Socket): void {
-  try {
-    sock.resetAndDestroy();
-  } catch {
-    sock.destroy();
-  }
+  resetSocket(sock);
 }
 
 export class LocalForward {

@@ -97,6 +97,8 @@ export function isLocalTarget(target: string): boolean {
 const CONNECTION_DROPPED_RETRY_MS = 1_000;
 /** How long the gateway has to confirm that a tcp-plane stream really ended. */
 const CONFIRM_DEADLINE_MS = 3_000;
+/** Pause before asking again when the gateway still reports the socket OPEN (its record lags its native link). */
+const CONFIRM_RETRY_MS = 20;
 /** Default deadline of a control call. */
 const DEFAULT_DEADLINE_MS = 15_000;
 /** How long an attach (data connection + preamble reply) may take. */
@@ -251,14 +253,21 @@ export class Gateway {
         // (ids carry a per-process suffix; closed sockets are kept on record for a
         // minute): it must say the socket is half-closed or closed. No wait-for-ready:
         // a gateway that is gone must not be waited for, nor its successor asked.
-        let info: SocketInfo | undefined;
-        try {
-          info = (await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false })).info;
-        } catch (err) {
-          throw new GatewayUnavailableError(`gateway ${this.target} could not confirm the end of stream of ${id}: ${(err as Error).message}`, { cause: err });
-        }
-        if (info?.state !== SocketState.SOCKET_STATE_HALF_CLOSED && info?.state !== SocketState.SOCKET_STATE_CLOSED) {
-          throw new GatewayUnavailableError(`the data stream of ${id} ended but the gateway reports it ${info ? `in state ${info.state}` : 'unknown'}`);
+        // A native link forwards the host's FIN on the gateway's I/O thread before
+        // its JS side records the half-close: an OPEN answer is asked again, bounded.
+        const deadline = Date.now() + CONFIRM_DEADLINE_MS;
+        for (;;) {
+          let info: SocketInfo | undefined;
+          try {
+            info = (await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: Math.max(1, deadline - Date.now()), waitForReady: false })).info;
+          } catch (err) {
+            throw new GatewayUnavailableError(`gateway ${this.target} could not confirm the end of stream of ${id}: ${(err as Error).message}`, { cause: err });
+          }
+          if (info?.state === SocketState.SOCKET_STATE_HALF_CLOSED || info?.state === SocketState.SOCKET_STATE_CLOSED) return;
+          if (info?.state !== SocketState.SOCKET_STATE_OPEN || Date.now() + CONFIRM_RETRY_MS >= deadline) {
+            throw new GatewayUnavailableError(`the data stream of ${id} ended but the gateway reports it ${info ? `in state ${info.state}` : 'unknown'}`);
+          }
+          await new Promise((r) => setTimeout(r, CONFIRM_RETRY_MS));
         }
       },
     };

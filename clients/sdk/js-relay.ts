@@ -25,7 +25,8 @@ type Resettable = Duplex & { resetAndDestroy?: () => unknown };
 export function abortStream(s: Duplex, err?: Error): void {
   if (s.destroyed) return;
   const r = s as Resettable;
-  if (typeof r.resetAndDestroy === 'function' && (s as { readyState?: string }).readyState !== undefined) {
+  // Not while our end() is in flight: Node would leak the handle (see reset-socket.ts).
+  if (typeof r.resetAndDestroy === 'function' && (s as { readyState?: string }).readyState !== undefined && !(s.writableEnded && !s.writableFinished)) {
     try {
       r.resetAndDestroy();
       return;

@@ -12,6 +12,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { tracer } from '../../server/trace.js';
+import { resetSocket } from '../sdk/reset-socket.js';
 import type { Endpoint } from './endpoint.js';
 
 const TRACER = 'sidecar_session';
@@ -131,7 +132,7 @@ export class ProxySession {
       trace(`upstream ${endpoint.uri} error: ${err.message}`);
       this.setReason('upstream_error');
       // Pass the abort on: the app sees a reset, not a clean end.
-      if (!downstream.destroyed) downstream.resetAndDestroy();
+      resetSocket(downstream);
     });
     downstream.on('close', () => {
       this.downClosed = true;

@@ -11,5 +11,7 @@ import { sidecarFamily } from './sidecar.js';
 import { proxyFamily } from './proxy.js';
 import { ringFamily, shmFamily } from './shm.js';
 import { relaysFamily } from './relays.js';
+import { capacityFamily } from './capacity.js';
+import { soakFamily } from './soak.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily, relaysFamily];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily, relaysFamily, capacityFamily, soakFamily];
