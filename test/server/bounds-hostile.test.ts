@@ -51,6 +51,7 @@ transports: { enabled: [tcp, grpc] }
 limits:
   max_pending_sockets_per_identity: ${PENDING_PER_IDENTITY}
   max_negotiate_rounds: 16
+  max_unauthenticated_data_connections_per_peer: 16
 telemetry: { log_level: warn }
 `;
 
