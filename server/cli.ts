@@ -7,11 +7,12 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { loadConfig } from './config.js';
 import { Gateway } from './gateway.js';
+import { createTelemetry } from './telemetry.js';
 import { Gateway as SdkGateway } from '../clients/sdk/gateway.js';
 import type { TransportName } from '../clients/sdk/socket.js';
 import { registerProxyCommand } from '../clients/proxy/cli.js';
 import { registerSidecarCommand } from '../clients/sidecar/cli.js';
-import { SockgateError } from './errors.js';
+import { SockgateError } from '../proto/errors.js';
 import { SocketKind, socketStateToJSON } from '../proto/gen/sockgate/v1/sockgate.js';
 import { reasonName, transportName } from './socket-table.js';
 import type { SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
@@ -171,7 +172,7 @@ export function buildProgram(): Command {
     .addHelpText('after', `\nExit status: 0 when the socket closed cleanly; otherwise ${Object.entries(EXIT_CODES).map(([k, v]) => `${v} ${k}`).join(', ')}; 1 for anything else.`)
     .action((uri, opts) => connect(uri, opts));
   registerProxyCommand(program);
-  registerSidecarCommand(program);
+  registerSidecarCommand(program, createTelemetry);
   return program;
 }
 

@@ -12,7 +12,7 @@ import { AdminServiceService, SocketGatewayServiceService } from '../proto/gen/s
 import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
-import { NativeError, ShuttingDownError, SocketClosedError } from './errors.js';
+import { NativeError, ShuttingDownError, SocketClosedError } from '../proto/errors.js';
 import { HostBackend, type HostLookup } from './host-backend.js';
 import { PeerRouter } from './peers.js';
 import { Negotiator } from './negotiate.js';
@@ -28,12 +28,12 @@ import { IdentityByteBudgets } from './datagram-queue.js';
 import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 import type { Transport } from './transport.js';
 import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
-import { withFastDataCodec } from './wire.js';
+import { withFastDataCodec } from '../proto/wire.js';
 import { GrpcTransport } from './transport-grpc.js';
-import { PumpHub } from './pump-hub.js';
+import { PumpHub } from '../native/pump-hub.js';
 import { ShmTransport } from './transport-shm.js';
 import { RdmaTransport } from './transport-rdma.js';
 

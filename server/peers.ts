@@ -43,9 +43,9 @@ import {
   LimitExceededError,
   PolicyDeniedError,
   SockgateError,
-} from './errors.js';
+} from '../proto/errors.js';
 import type { ResolvedTarget } from './host-backend.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 
 type SdkModule = typeof import('../clients/sdk/gateway.js');
 type SdkGateway = import('../clients/sdk/gateway.js').Gateway;

@@ -98,11 +98,8 @@ export interface NativeDataChannel {
   start(hostFd: number, prefix: Buffer[], events: NativeLinkEvents): NativeLink;
 }
 
-/** One datagram on a datagram channel. `uri` empty means the connected peer. */
-export interface ChannelDatagram {
-  uri: string;
-  payload: Buffer;
-}
+/** One datagram on a datagram channel: a wire shape, defined in the contract. */
+export type { ChannelDatagram } from '../proto/wire.js';
 
 export interface Transport {
   readonly kind: TransportKind;

@@ -8,7 +8,7 @@
  * SIGTERM or SIGINT stops listening and drains; a second signal exits at once.
  */
 import { Option, type Command } from 'commander';
-import { SockgateError } from '../../server/errors.js';
+import { SockgateError } from '../../proto/errors.js';
 import { loadProxyConfig, resolveProxySettings, type ProxyFlags } from './config.js';
 import { GuestProxy } from './proxy.js';
 

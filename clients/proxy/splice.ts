@@ -5,7 +5,7 @@
  * other (a reset where the stream supports it, as a TCP relay should).
  */
 import type { Duplex } from 'node:stream';
-import { ConnectionResetError } from '../../server/errors.js';
+import { ConnectionResetError } from '../../proto/errors.js';
 
 /** A joined pair, as the proxy tracks it. */
 export interface Session {

@@ -16,7 +16,7 @@ import { dirname } from 'node:path';
 import type { ClientSession, Pump, ShmRegion } from '../../native/index.js';
 import { shmDirProblem } from '../../native/shm-dir.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
-import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../server/errors.js';
+import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../proto/errors.js';
 import {
   CONTROL_SLOT,
   CtlParser,
@@ -28,7 +28,7 @@ import {
   encodeHello,
   readBootId,
   shmStatusName,
-} from '../../server/shm-wire.js';
+} from '../../proto/shm-wire.js';
 import { ShmChannel, type ShmChannelSession } from './shm-channel.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 

@@ -34,9 +34,9 @@ import {
   NoTransportError,
   SockgateError,
   fromServiceError,
-} from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
-import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../server/wire.js';
+} from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
+import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../proto/wire.js';
 import {
   GatewayDatagramSocket,
   GatewaySocket,
@@ -52,7 +52,7 @@ import {
 /** SOCKGATE_TRACE=sdk: the SDK's connect steps on stderr. */
 const trace = tracer('sdk');
 
-/** The generated client, with the grpc plane's payload frames on the hand codec (server/wire.ts). */
+/** The generated client, with the grpc plane's payload frames on the hand codec (proto/wire.ts). */
 const FastSocketGatewayClient = makeGenericClientConstructor(
   withFastDataCodec(SocketGatewayServiceService) as unknown as ServiceDefinition,
   'sockgate.v1.SocketGatewayService',

@@ -11,4 +11,4 @@
 export { Gateway, GatewayServer, SDK_TRANSPORTS, type GatewayOptions, type ConnectOptions, type UdpOptions, type CallOpts } from './gateway.js';
 export { GatewayHttpAgent, GatewayHttpsAgent } from './agent.js';
 export { GatewaySocket, GatewayDatagramSocket, type FallbackInfo, type TransportName } from './socket.js';
-export * from '../../server/errors.js';
+export * from '../../proto/errors.js';

@@ -22,7 +22,7 @@ import {
   SockgateError,
   WrongSocketKindError,
   fromSystemError,
-} from '../../server/errors.js';
+} from '../../proto/errors.js';
 
 /** Reads carve Buffers out of slabs this large (one allocation per many small reads). */
 const SLAB_BYTES = 256 * 1024;

@@ -11,7 +11,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 import type { Endpoint } from './endpoint.js';
 
 const TRACER = 'sidecar_session';

@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, mergeConfig } from '../../server/config.js';
 import { Gateway as ServerGateway } from '../../server/gateway.js';
-import { ConnectRefusedError, GatewayUnavailableError } from '../../server/errors.js';
+import { ConnectRefusedError, GatewayUnavailableError } from '../../proto/errors.js';
 import { Gateway } from '../../clients/sdk/gateway.js';
 import { dialVsock, forwardVsock, vsockSupport, type VsockForwarder } from '../../clients/sdk/vsock.js';
 

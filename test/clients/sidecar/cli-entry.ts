@@ -4,7 +4,8 @@
  */
 import { Command } from 'commander';
 import { registerSidecarCommand } from '../../../clients/sidecar/cli.js';
+import { createTelemetry } from '../../../server/telemetry.js';
 
 const program = new Command('sockgate');
-registerSidecarCommand(program);
+registerSidecarCommand(program, createTelemetry);
 await program.parseAsync(process.argv);
