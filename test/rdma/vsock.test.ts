@@ -44,7 +44,7 @@ const SDK_BYTES = 16 << 20;
 const PROXY_BYTES = 4 << 20;
 /** Bound on every step; TCG is slow but nothing here needs minutes. */
 const STEP_MS = 90_000;
-const CLI = fileURLToPath(new URL('../../server/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../server/cli/index.js', import.meta.url));
 
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;
