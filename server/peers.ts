@@ -44,8 +44,14 @@ import {
   PolicyDeniedError,
   SockgateError,
 } from '../proto/errors.js';
-import type { ResolvedTarget } from './host-backend.js';
+import type { SocketUri } from '../proto/uri.js';
 import type { Logger } from '../native/log.js';
+
+/** What the router reads of a destination HostBackend resolved (its ResolvedTarget fits; declared here to keep the import one way). */
+export interface PeerTarget {
+  readonly uri: SocketUri;
+  readonly address: string;
+}
 
 /** What the router uses of an SDK gateway connection; clients/sdk's Gateway fits (declared here: server/ does not import clients/). */
 export interface PeerGatewayClient {
@@ -233,7 +239,7 @@ export class PeerRouter {
   }
 
   /** The first route whose every given key matches the destination. */
-  match(target: ResolvedTarget): CompiledPeer | undefined {
+  match(target: PeerTarget): CompiledPeer | undefined {
     if (!this.#peers.length || target.uri.protocol !== 'tcp') return undefined;
     const written = target.uri.host.toLowerCase().replace(/\.$/, '');
     const address = normalizeAddress(target.address);
@@ -257,7 +263,7 @@ export class PeerRouter {
    * backed socket (paused, half-open allowed); its hop is `hopOf(socket)`.
    * Errors carry the caller-facing codes.
    */
-  async connect(peer: CompiledPeer, target: ResolvedTarget, timeoutMs: number, options: readonly SocketOption[] = [], signal?: AbortSignal): Promise<NetSocket> {
+  async connect(peer: CompiledPeer, target: PeerTarget, timeoutMs: number, options: readonly SocketOption[] = [], signal?: AbortSignal): Promise<NetSocket> {
     const h = target.uri.host;
     const uri = `${target.uri.scheme}://${isIP(h) === 6 ? `[${h}]` : h}:${target.uri.port}`;
     const started = Date.now();
