@@ -120,7 +120,15 @@ export interface RawPumpLink {
   resize(dir: RingDir, ringSize: number): void;
   setHostSockopt(level: number, name: number, value: number): void;
   getHostSockopt(level: number, name: number): number;
-  close(): void;
+  /** Stop reading the fd; the peer gets EOF after what the ring holds. */
+  shutdownRead(): void;
+  /** shutdown(2) of the fd in order with the rings (write: FIN after what the inbound ring holds; later bytes dropped). */
+  shutdownHost(read: boolean, write: boolean): void;
+  /** [bytes ring->fd, bytes fd->ring] as of the I/O thread's last round. */
+  totals(): [number, number];
+  /** No more progress events (totals() is read on demand instead). */
+  mute(): void;
+  close(reset?: boolean): void;
 }
 
 export interface RawSpliceLink {
@@ -130,6 +138,10 @@ export interface RawSpliceLink {
   readonly pipeBytes: number;
   shutdownHost(read: boolean, write: boolean): void;
   bufferedBytes(): number;
+  /** [bytes to the host, bytes to the client] as of the I/O thread's last round. */
+  totals(): [number, number];
+  /** No more progress events (totals() is read on demand instead). */
+  mute(): void;
   setHostSockopt(level: number, name: number, value: number): void;
   getHostSockopt(level: number, name: number): number;
   close(reset?: boolean): void;
@@ -739,9 +751,24 @@ export class PumpLink implements RoutedLink {
   getHostSockopt(name: HostSockopt): number {
     return call(() => this.raw.getHostSockopt(sockoptLevel(name), constants[name]));
   }
-  /** Abort the link (closes its fd); resolves with the end event. Idempotent. */
-  close(): Promise<LinkEnd> {
-    call(() => this.raw.close());
+  /**
+   * Stop reading the fd (a graceful close): the ring's peer gets EOF after
+   * the bytes already taken, the other direction drains until its own EOF.
+   */
+  shutdownRead(): void {
+    call(() => this.raw.shutdownRead());
+  }
+  /**
+   * shutdown(2) of the fd, in order with the rings: `write` sends FIN after
+   * the bytes the inbound ring holds (later ones are dropped); `read` stops
+   * reading it and ends the outbound ring after what was taken.
+   */
+  shutdownHost(read: boolean, write: boolean): void {
+    call(() => this.raw.shutdownHost(read, write));
+  }
+  /** Abort the link (closes its fd; with `reset`, RST instead of FIN); resolves with the end event. Idempotent. */
+  close(opts: { reset?: boolean } = {}): Promise<LinkEnd> {
+    call(() => this.raw.close(opts.reset === true));
     return this.ended;
   }
 }

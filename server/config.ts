@@ -61,8 +61,8 @@ limits:
   max_recv_subscribers: 4
   list_sockets_page_size: 1000
   data_preamble_timeout_ms: 5000
-  max_unauthenticated_data_connections: 256
-  max_unauthenticated_data_connections_per_peer: 16
+  max_unauthenticated_data_connections: 1024
+  max_unauthenticated_data_connections_per_peer: 128
   refusal_log_interval_ms: 10000
 # Callers without credentials. "enabled" left unset: on while no identities are
 # configured (this loopback-only default), off as soon as any are. Never admin
@@ -341,8 +341,8 @@ export const configSchema = z.strictObject({
     /** A tcp data-port connection that sends no complete preamble within this time is closed. */
     data_preamble_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
     /** Data-port connections still in their preamble (unauthenticated), gateway-wide and per peer address. */
-    max_unauthenticated_data_connections: positiveInt.default(256),
-    max_unauthenticated_data_connections_per_peer: positiveInt.default(16),
+    max_unauthenticated_data_connections: positiveInt.default(1024),
+    max_unauthenticated_data_connections_per_peer: positiveInt.default(128),
     /** Refusal logs (bad preambles, over-limit connections) are one line per interval with a count of the suppressed ones. */
     refusal_log_interval_ms: positiveInt.default(10_000),
   }),

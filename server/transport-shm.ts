@@ -721,6 +721,8 @@ export class ShmTransport implements Transport {
         return {
           ended: link.ended.then(toEnd),
           close: () => link.close().then(toEnd),
+          // The Shutdown RPC: shutdown(2) of the host socket in order with the rings.
+          shutdownHost: (read: boolean, write: boolean) => link.shutdownHost(read, write),
           setHostOption: (o: HostOption) => applyHostOption(link, o, (err) => /link has ended/.test(String(err.message))),
           // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
           getHostSockopt: (name: HostSockopt) => link.getHostSockopt(name),
@@ -812,7 +814,8 @@ export class ShmTransport implements Transport {
     if (slot.state === 'reserved') return this.#freeSlot(s, slotNo, slot);
     if (slot.linkEnded) return this.#closeSlot(s, slotNo, slot);
     // A graceful release waits for the link to flush what the client sent; an abort closes it now.
-    if (abort) void slot.link?.close().catch(() => {});
+    // An abort is a reset for the host peer too (the client's side was reset or dropped).
+    if (abort) void slot.link?.close({ reset: true }).catch(() => {});
   }
 
   /** Close an open slot (pages punched out) and free it. */

@@ -1,6 +1,6 @@
 /**
  * `sockgate proxy`: the guest proxy's command. registerProxyCommand() adds it
- * to a commander program (server/cli.ts wires it into `sockgate`).
+ * to a commander program (server/cli/index.ts wires it into `sockgate`).
  *
  * Once every listener is open it prints one JSON line to stdout,
  * `{"event":"ready","local":[...],"remote":[...],"socks":"127.0.0.1:1080"}`,

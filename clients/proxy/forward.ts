@@ -11,12 +11,13 @@ import type { Server, Socket } from 'node:net';
 import type { Logger } from '../../native/log.js';
 import { SockgateError } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
-import type { GatewayServer } from '../sdk/gateway.js';
+import type { GatewayServer, LinkableSocket } from '../sdk/gateway.js';
 import type { GatewaySocket, TransportName } from '../sdk/socket.js';
 import { formatEndpoint, type LocalForwardSpec, type RemoteForwardSpec } from './address.js';
 import type { ProxyGateway } from './link.js';
 import { boundAddress, closeServer, dialLocal, listenLocal } from './local.js';
-import { SessionSet, splice } from './splice.js';
+import { SessionSet, linkSession, splice } from './splice.js';
+import { resetSocket } from '../sdk/reset-socket.js';
 
 const trace = tracer('proxy');
 
@@ -44,11 +45,7 @@ export interface ForwardStats {
 
 /** Abort a local socket: a TCP reset where possible, so the app sees ECONNRESET rather than a clean EOF. */
 export function resetLocal(sock: Socket): void {
-  try {
-    sock.resetAndDestroy();
-  } catch {
-    sock.destroy();
-  }
+  resetSocket(sock);
 }
 
 export class LocalForward {
@@ -70,6 +67,11 @@ export class LocalForward {
     return this.boundValue;
   }
 
+  /** Sessions open or being connected. */
+  get sessionsOpen(): number {
+    return this.sessions.size;
+  }
+
   async start(): Promise<void> {
     this.server = await listenLocal(this.spec.listen, (sock) => this.onConnection(sock), `-L ${formatEndpoint(this.spec.listen)}`);
     this.boundValue = boundAddress(this.server);
@@ -82,6 +84,7 @@ export class LocalForward {
     sock.once('close', onEarlyClose);
     sock.on('error', () => {});
     const peer = `${sock.remoteAddress ?? 'unix'}:${sock.remotePort ?? ''}`;
+    if (this.gw.link) return this.linkConnection(sock, peer, ac, onEarlyClose);
     const work = this.gw
       .connect(this.spec.connect, {
         signal: ac.signal,
@@ -107,6 +110,31 @@ export class LocalForward {
           resetLocal(sock);
         },
       );
+    this.sessions.pending(work, () => ac.abort());
+  }
+
+  /** The connection joined by a link: native where the SDK can, its JS relay otherwise (it says which). */
+  private linkConnection(sock: Socket, peer: string, ac: AbortController, onEarlyClose: () => void): void {
+    const work = this.gw.link!(sock, this.spec.connect, {
+      signal: ac.signal,
+      noDelay: true,
+      ...(this.options.transports ? { transports: this.options.transports } : {}),
+      ...(this.options.connectTimeoutMs ? { timeoutMs: this.options.connectTimeoutMs } : {}),
+    }).then(
+      (link) => {
+        sock.removeListener('close', onEarlyClose);
+        this.stats.opened++;
+        trace(`-L ${this.boundValue}: ${peer} -> ${this.spec.connect} via ${link.transport} (${link.socketId}) ${link.native ? 'native' : `JS relay: ${link.relayReason}`}`);
+        this.sessions.add(linkSession(link));
+      },
+      (err: unknown) => {
+        sock.removeListener('close', onEarlyClose);
+        this.stats.failed++;
+        const e = err as SockgateError;
+        this.options.logger.warn({ listen: this.boundValue, connect: this.spec.connect, peer, code: e.code, err: e.message }, 'local forward: gateway connect failed');
+        resetLocal(sock);
+      },
+    );
     this.sessions.pending(work, () => ac.abort());
   }
 
@@ -154,7 +182,7 @@ export class RemoteForward {
    * with backoff until close().
    */
   private async listen(uri: string): Promise<void> {
-    const listener = await this.gw.listen(uri, this.options.transports ? { transports: this.options.transports } : {});
+    const listener = await this.gw.listen(uri, { channels: true, ...(this.options.transports ? { transports: this.options.transports } : {}) });
     if (this.stopped) {
       await listener.close();
       return;
@@ -163,6 +191,7 @@ export class RemoteForward {
     this.boundValue = listener.localUri;
     this.retryMs = RELISTEN_MIN_MS;
     listener.on('connection', (gsock: GatewaySocket) => this.onConnection(gsock));
+    listener.on('channel', (ch: LinkableSocket) => this.onChannel(ch));
     const lost = (why: string) => {
       if (this.stopped || this.listener !== listener) return;
       this.listener = undefined;
@@ -214,6 +243,28 @@ export class RemoteForward {
         const e = err as SockgateError;
         this.options.logger.warn({ listen: this.boundValue, target, from: gsock.remoteUri, code: e.code, err: e.message }, 'remote forward: local target unreachable');
         gsock.destroy(e instanceof Error ? e : undefined);
+      },
+    );
+    this.sessions.pending(work, () => ac.abort());
+  }
+
+  /** An inbound socket to link to the local target (natively where the SDK can). */
+  private onChannel(ch: LinkableSocket): void {
+    const target = formatEndpoint(this.spec.target);
+    const ac = new AbortController();
+    const work = dialLocal(this.spec.target, { signal: ac.signal }).then(
+      (sock) => {
+        sock.pause();
+        const link = ch.link(sock);
+        this.stats.opened++;
+        trace(`-R ${this.boundValue}: ${ch.meta.remoteUri} -> ${target} (${ch.meta.socketId}) ${link.native ? 'native' : `JS relay: ${link.relayReason}`}`);
+        this.sessions.add(linkSession(link));
+      },
+      (err: unknown) => {
+        this.stats.failed++;
+        const e = err as SockgateError;
+        this.options.logger.warn({ listen: this.boundValue, target, from: ch.meta.remoteUri, code: e.code, err: e.message }, 'remote forward: local target unreachable');
+        ch.destroy();
       },
     );
     this.sessions.pending(work, () => ac.abort());

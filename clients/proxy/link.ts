@@ -16,7 +16,7 @@ import { NativeError } from '../../proto/errors.js';
 import { grpcTarget, parseGatewayTarget, type GatewayTarget } from './address.js';
 
 /** What the proxy needs of a gateway connection (the SDK's Gateway has it). */
-export type ProxyGateway = Pick<Gateway, 'connect' | 'listen' | 'udp' | 'close'>;
+export type ProxyGateway = Pick<Gateway, 'connect' | 'listen' | 'udp' | 'close'> & Partial<Pick<Gateway, 'link' | 'openForLink'>>;
 
 /** The error for a vsock target where this process cannot use AF_VSOCK (no addon, no kernel support, or built without it). */
 export class VsockUnsupportedError extends NativeError {

@@ -12,6 +12,7 @@ import { isIP, type Server, type Socket } from 'node:net';
 import { SockgateError } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
 import type { GatewayDatagramSocket, GatewaySocket } from '../sdk/socket.js';
+import type { LinkableSocket } from '../sdk/gateway.js';
 import { formatEndpoint, type LocalEndpoint } from './address.js';
 import { resetLocal, type ForwardOptions } from './forward.js';
 import type { ProxyGateway } from './link.js';
@@ -35,7 +36,7 @@ import {
   type Parsed,
   type SocksAddress,
 } from './socks5.js';
-import { SessionSet, splice } from './splice.js';
+import { SessionSet, linkSession, splice } from './splice.js';
 
 const trace = tracer('socks');
 
@@ -254,6 +255,7 @@ export class SocksServer {
   }
 
   private async connect(sock: Socket, reader: HandshakeReader, address: SocksAddress): Promise<void> {
+    if (this.gw.openForLink) return this.connectLinked(sock, reader, address);
     const uri = destinationUri('tcp', address);
     const ac = new AbortController();
     const onClose = () => ac.abort();
@@ -286,6 +288,51 @@ export class SocksServer {
     sock.write(encodeReply(Reply.SUCCEEDED, plainAddress(gsock.localAddress) || '0.0.0.0', gsock.localPort ?? 0));
     if (rest.length) sock.unshift(rest);
     this.sessions.add(splice(sock, gsock));
+  }
+
+  /** CONNECT through a link: the reply goes out, then the client's socket is joined natively where the SDK can. */
+  private async connectLinked(sock: Socket, reader: HandshakeReader, address: SocksAddress): Promise<void> {
+    const uri = destinationUri('tcp', address);
+    const ac = new AbortController();
+    const onClose = () => ac.abort();
+    sock.once('close', onClose);
+    let pending: LinkableSocket;
+    try {
+      pending = await this.gw.openForLink!(uri, {
+        signal: ac.signal,
+        noDelay: true,
+        ...(this.options.transports ? { transports: this.options.transports } : {}),
+        ...(this.options.connectTimeoutMs ? { timeoutMs: this.options.connectTimeoutMs } : {}),
+      });
+    } catch (err) {
+      sock.removeListener('close', onClose);
+      reader.release();
+      const reply = replyForError(err);
+      const e = err as SockgateError;
+      this.options.logger.info({ peer: `${sock.remoteAddress}:${sock.remotePort}`, uri, code: e.code, reply: REPLY_NAMES[reply], err: e.message }, 'SOCKS5 CONNECT failed');
+      if (!sock.destroyed) this.fail(sock, reply);
+      return;
+    }
+    const rest = reader.release();
+    if (sock.destroyed) {
+      sock.removeListener('close', onClose);
+      pending.destroy();
+      return;
+    }
+    this.stats.connects++;
+    const local = /^[a-z0-9]+:\/\/(\[([^\]]+)\]|([^:]+)):([0-9]+)$/.exec(pending.meta.localUri);
+    // The reply is written (flushed) before the descriptor changes hands.
+    const written = await new Promise<boolean>((res) => sock.write(encodeReply(Reply.SUCCEEDED, plainAddress(local?.[2] ?? local?.[3]) || '0.0.0.0', Number(local?.[4] ?? 0)), (err) => res(!err)));
+    sock.removeListener('close', onClose);
+    if (!written || sock.destroyed) {
+      pending.destroy();
+      return;
+    }
+    sock.pause();
+    if (rest.length) sock.unshift(rest);
+    const link = pending.link(sock);
+    trace(`CONNECT ${uri} via ${link.transport} (${link.socketId}) ${link.native ? 'native' : `JS relay: ${link.relayReason}`}`);
+    this.sessions.add(linkSession(link));
   }
 
   /**

@@ -1,77 +1,21 @@
 /**
- * Two streams joined both ways: bytes flow with backpressure (a side that
- * cannot take more pauses the other's reading), an end in one direction is a
- * half-close passed to the other side, and an abort on either side aborts the
- * other (a reset where the stream supports it, as a TCP relay should).
+ * The proxy's sessions: two streams joined both ways (the JS relay lives in
+ * the SDK, clients/sdk/js-relay.ts; native links in clients/sdk/link.ts), and
+ * the set of them a listener drains on a graceful stop.
  */
-import type { Duplex } from 'node:stream';
-import { ConnectionResetError } from '../../proto/errors.js';
+import { splice, type Session } from '../sdk/js-relay.js';
+import type { GatewayLink } from '../sdk/link.js';
 
-/** A joined pair, as the proxy tracks it. */
-export interface Session {
-  /** Bytes from `a` to `b` and from `b` to `a` so far. */
-  readonly bytes: { aToB: number; bToA: number };
-  /** Resolves when both streams have closed. */
-  readonly closed: Promise<void>;
-  /** Abort both streams. */
-  destroy(err?: Error): void;
-}
+export { splice, type Session };
 
-type Resettable = Duplex & { resetAndDestroy?: () => unknown };
-
-/** Abort `s`: a TCP reset if it is a socket that can send one, else destroy. */
-function abort(s: Duplex, err?: Error): void {
-  if (s.destroyed) return;
-  const r = s as Resettable;
-  if (typeof r.resetAndDestroy === 'function' && (s as { readyState?: string }).readyState !== undefined) {
-    try {
-      r.resetAndDestroy();
-      return;
-    } catch {
-      // Not connected yet, or already gone: plain destroy below.
-    }
-  }
-  // With an error, the SDK's socket tells the gateway to abort its host socket too.
-  s.destroy(err ?? new ConnectionResetError('the other side of the relay aborted'));
-}
-
-/** Did `s` close after both directions finished (end read, end written), rather than abort? */
-function closedCleanly(s: Duplex): boolean {
-  return s.readableEnded && s.writableFinished && !s.errored;
-}
-
-function closedPromise(s: Duplex): Promise<void> {
-  if (s.closed) return Promise.resolve();
-  return new Promise((resolve) => s.once('close', () => resolve()));
-}
-
-/**
- * Join `a` and `b`. Both should allow half-open (net sockets with
- * `allowHalfOpen: true`, the SDK's GatewaySocket). `a` is resumed by the pipe.
- */
-export function splice(a: Duplex, b: Duplex): Session {
-  const bytes = { aToB: 0, bToA: 0 };
-  a.on('data', (c: Buffer) => (bytes.aToB += c.length));
-  b.on('data', (c: Buffer) => (bytes.bToA += c.length));
-  // pipe(): write() false pauses the source until 'drain'; the source's end ends the destination (half-close).
-  a.pipe(b);
-  b.pipe(a);
-  // Errors abort the other side; listeners here also keep an error from being unhandled.
-  a.on('error', (err) => abort(b, err));
-  b.on('error', (err) => abort(a, err));
-  a.on('close', () => {
-    if (!closedCleanly(a)) abort(b);
-  });
-  b.on('close', () => {
-    if (!closedCleanly(b)) abort(a);
-  });
+/** A linked socket (native, or the SDK's JS relay) as a proxy session. */
+export function linkSession(l: GatewayLink): Session {
   return {
-    bytes,
-    closed: Promise.all([closedPromise(a), closedPromise(b)]).then(() => {}),
-    destroy(err?: Error) {
-      abort(a, err);
-      abort(b, err);
+    get bytes() {
+      return { aToB: l.bytes.toTarget, bToA: l.bytes.fromTarget };
     },
+    closed: l.ended.then(() => {}),
+    destroy: (err?: Error) => l.destroy(err),
   };
 }
 

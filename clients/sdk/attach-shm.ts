@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { dirname } from 'node:path';
-import type { ClientSession, Pump, ShmRegion } from '../../native/index.js';
+import type { ClientSession, Pump, PumpLink, ShmRegion } from '../../native/index.js';
 import { shmDirProblem } from '../../native/shm-dir.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../proto/errors.js';
@@ -29,7 +29,7 @@ import {
   readBootId,
   shmStatusName,
 } from '../../proto/shm-wire.js';
-import { ShmChannel, type ShmChannelSession } from './shm-channel.js';
+import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** How long an attach or a bind may take by default. */
@@ -90,11 +90,15 @@ function releasePumpIfIdle(): void {
 
 // ---- a session ------------------------------------------------------------------
 
+export type { ShmSlotLink } from './shm-channel.js';
+
 /** One attached session: region, doorbells, control stream, channels by slot. */
 class ClientShmSession implements ShmChannelSession {
   readonly channels = new Map<number, ShmChannel>();
   /** BINDs waiting for their BOUND, by slot. */
   readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  /** Slots pumped natively (link.ts), by slot: an END or the session's loss resets them. */
+  readonly #links = new Map<number, { link: PumpLink; error?: Error }>();
   readonly #control: ShmChannel;
   readonly #parser: CtlParser;
   readonly #watcher: Socket;
@@ -148,7 +152,13 @@ class ClientShmSession implements ShmChannelSession {
         if (st.status === ShmStatus.OK) b?.resolve();
         else b?.reject(new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
       } else {
-        this.channels.get(m.slot)?.fail(m.payload.toString('utf8'));
+        const code = m.payload.toString('utf8');
+        const l = this.#links.get(m.slot);
+        if (l) {
+          // The gateway's side failed (the host reset, ...): a reset for the caller too.
+          l.error ??= endError(code, `shm slot ${m.slot}`);
+          void l.link.close({ reset: true });
+        } else this.channels.get(m.slot)?.fail(code);
       }
     }
   }
@@ -193,6 +203,32 @@ class ClientShmSession implements ShmChannelSession {
     });
   }
 
+  /**
+   * Hand `ch`'s slot to a native link with `fd` on the session's pump (the
+   * pump that watches this region: the hints of a linked slot go to the link).
+   * Takes `fd` on success; throws (fd still the caller's, channel intact) if
+   * the link cannot start. At its end the slot is given back: RELEASE after a
+   * clean end, ABORT otherwise.
+   */
+  linkSlot(ch: ShmChannel, fd: number, prefix: Buffer[]): ShmSlotLink {
+    if (this.#closed) throw new SocketClosedError(`shm session ${this.id} is closed`);
+    if (this.channels.get(ch.slot) !== ch || ch.touched) throw new SocketClosedError(`shm slot ${ch.slot}: its channel was used from JS already`);
+    const link = this.#pump.pump.link(this.region, ch.slot, fd, prefix);
+    link.raw.mute();
+    const entry: { link: PumpLink; error?: Error } = { link };
+    const slot = ch.slot;
+    this.#links.set(slot, entry);
+    if (this.#pump.channels++ === 0) this.#pump.pump.ref();
+    ch.retire();
+    const ended = link.ended.then((end) => {
+      this.#links.delete(slot);
+      if (--this.#pump.channels === 0) this.#pump.pump.unref();
+      this.release(slot, end.reason !== 'ok' || entry.error !== undefined);
+      return entry.error ? { end, error: entry.error } : { end };
+    });
+    return { link, ended };
+  }
+
   release(slot: number, abort: boolean): void {
     if (this.#closed) return;
     this.#control.write(encodeCtl(abort ? CtlType.ABORT : CtlType.RELEASE, slot));
@@ -223,6 +259,10 @@ class ClientShmSession implements ShmChannelSession {
     for (const b of this.#binds.values()) b.reject(new AttachFailedError(`shm session ${this.id} ended before the bind was answered`, { cause: why }));
     this.#binds.clear();
     for (const ch of [...this.channels.values()]) ch.lost(why);
+    for (const l of this.#links.values()) {
+      l.error ??= why;
+      void l.link.close({ reset: true });
+    }
     this.#control.lost(why);
     this.#watcher.destroy();
     this.#pump.pump.unwatch(this.region);

@@ -24,13 +24,14 @@ import {
 import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { ShmClient, shmSupport } from './attach-shm.js';
 import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
-import { FdChannel } from './fd-channel.js';
+import { bridgeToFd } from './fd-bridge.js';
+import type { CallOpts, ConnectOptions } from './call-options.js';
+import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
   AbortedError,
   AttachFailedError,
   GatewayUnavailableError,
-  NativeError,
   NoTransportError,
   SockgateError,
   fromServiceError,
@@ -97,6 +98,8 @@ export function isLocalTarget(target: string): boolean {
 const CONNECTION_DROPPED_RETRY_MS = 1_000;
 /** How long the gateway has to confirm that a tcp-plane stream really ended. */
 const CONFIRM_DEADLINE_MS = 3_000;
+/** Pause before asking again when the gateway still reports the socket OPEN (its record lags its native link). */
+const CONFIRM_RETRY_MS = 20;
 /** Default deadline of a control call. */
 const DEFAULT_DEADLINE_MS = 15_000;
 /** How long an attach (data connection + preamble reply) may take. */
@@ -125,21 +128,7 @@ export interface GatewayOptions {
   rdma?: RdmaClientOptions;
 }
 
-export interface CallOpts {
-  /** Abort the call (and the socket being opened). */
-  signal?: AbortSignal;
-  /** Deadline for this call in ms. */
-  deadlineMs?: number;
-}
-
-export interface ConnectOptions extends CallOpts {
-  /** Override the transport preference for this socket. */
-  transports?: readonly TransportName[];
-  /** Host-side connect timeout in ms. */
-  timeoutMs?: number;
-  noDelay?: boolean;
-  keepAliveMs?: number;
-}
+export type { CallOpts, ConnectOptions } from './call-options.js';
 
 export interface UdpOptions extends CallOpts {
   transports?: readonly TransportName[];
@@ -251,14 +240,21 @@ export class Gateway {
         // (ids carry a per-process suffix; closed sockets are kept on record for a
         // minute): it must say the socket is half-closed or closed. No wait-for-ready:
         // a gateway that is gone must not be waited for, nor its successor asked.
-        let info: SocketInfo | undefined;
-        try {
-          info = (await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false })).info;
-        } catch (err) {
-          throw new GatewayUnavailableError(`gateway ${this.target} could not confirm the end of stream of ${id}: ${(err as Error).message}`, { cause: err });
-        }
-        if (info?.state !== SocketState.SOCKET_STATE_HALF_CLOSED && info?.state !== SocketState.SOCKET_STATE_CLOSED) {
-          throw new GatewayUnavailableError(`the data stream of ${id} ended but the gateway reports it ${info ? `in state ${info.state}` : 'unknown'}`);
+        // A native link forwards the host's FIN on the gateway's I/O thread before
+        // its JS side records the half-close: an OPEN answer is asked again, bounded.
+        const deadline = Date.now() + CONFIRM_DEADLINE_MS;
+        for (;;) {
+          let info: SocketInfo | undefined;
+          try {
+            info = (await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: Math.max(1, deadline - Date.now()), waitForReady: false })).info;
+          } catch (err) {
+            throw new GatewayUnavailableError(`gateway ${this.target} could not confirm the end of stream of ${id}: ${(err as Error).message}`, { cause: err });
+          }
+          if (info?.state === SocketState.SOCKET_STATE_HALF_CLOSED || info?.state === SocketState.SOCKET_STATE_CLOSED) return;
+          if (info?.state !== SocketState.SOCKET_STATE_OPEN || Date.now() + CONFIRM_RETRY_MS >= deadline) {
+            throw new GatewayUnavailableError(`the data stream of ${id} ended but the gateway reports it ${info ? `in state ${info.state}` : 'unknown'}`);
+          }
+          await new Promise((r) => setTimeout(r, CONFIRM_RETRY_MS));
         }
       },
     };
@@ -357,6 +353,55 @@ export class Gateway {
     const sock = new GatewaySocket(this.control, { open: (uri, signal) => this.openChannel(uri, opts, signal) });
     this.track(sock);
     return sock;
+  }
+
+  /**
+   * Join `socket` (a connected net.Socket, or a stream fd the link owns from
+   * the call on) to a new gateway socket to `uri`: the payload moves natively
+   * where the addon and the transport allow, else through the JS relay (the
+   * handle says which and why). See link.ts.
+   */
+  async link(socket: Socket | number, uri: string, opts: LinkOptions = {}): Promise<GatewayLink> {
+    if (typeof socket !== 'number') socket.pause();
+    return (await this.openForLink(uri, opts)).link(socket, opts);
+  }
+
+  /**
+   * Connect + attach like link(), but link later: for a caller that must
+   * answer its own client first (SOCKS5 replies with the bound address).
+   */
+  async openForLink(uri: string, opts: ConnectOptions = {}): Promise<LinkableSocket> {
+    const { inner, meta, confirmEof } = await this.openChannel(uri, opts);
+    return this.linkable(inner, meta, confirmEof);
+  }
+
+  private linkable(inner: Duplex, meta: SocketMeta, confirmEof: boolean): LinkableSocket {
+    return {
+      meta,
+      link: (target, lo = {}) => linkChannel(this.linkDeps(), target, { inner, meta, confirmEof }, lo),
+      destroy: () => {
+        inner.destroy();
+        void this.control.close(meta.socketId).catch(() => {});
+      },
+    };
+  }
+
+  /** @internal What link.ts needs of this gateway. */
+  linkDeps(): LinkDeps {
+    return {
+      wrap: (inner, meta, confirmEof) => {
+        const s = new GatewaySocket(this.control, undefined);
+        this.track(s);
+        s.attachInner(inner, meta, confirmEof);
+        return s;
+      },
+      closeRemote: (id) => this.control.close(id).catch(() => {}),
+      confirmEnd: (id) => this.control.confirmEnd(id),
+      track: (s, ended) => {
+        const t = { destroy: () => s.destroy(), once: (_ev: 'close', fn: () => void) => void ended.then(fn, fn) };
+        this.track(t);
+      },
+    };
   }
 
   /** Connect + attach a stream socket: its data channel and what the gateway said about it. */
@@ -606,7 +651,7 @@ export class Gateway {
   }
 
   /** Listen on a host address through the gateway; inbound connections arrive as 'connection' events. */
-  async listen(uri: string, opts: ConnectOptions & { backlog?: number } = {}): Promise<GatewayServer> {
+  async listen(uri: string, opts: ConnectOptions & { backlog?: number; channels?: boolean } = {}): Promise<GatewayServer> {
     const { offers, local } = this.offers(opts.transports);
     const res = await this.unary(this.client.listen, { uri, backlog: opts.backlog ?? 0 }, opts);
     const stream = this.client.accept({ listenerId: res.listenerId, offers }, this.metadata);
@@ -619,6 +664,11 @@ export class Gateway {
     stream.on('data', (ev: AcceptResponse) => {
       this.attachStream(ev.socketId, ev.localUri, ev.remoteUri, ev.negotiation, offers, local, {}).then(
         ({ inner, meta, confirmEof }) => {
+          if (opts.channels) {
+            // For links (link.ts): the attached channel itself, untouched by JS.
+            server.emit('channel', this.linkable(inner, meta, confirmEof));
+            return;
+          }
           const sock = new GatewaySocket(this.control, undefined);
           this.track(sock);
           sock.attachInner(inner, meta, confirmEof);
@@ -709,6 +759,13 @@ export class Gateway {
   }
 }
 
+/** A gateway socket opened (openForLink) or accepted (listen with `channels: true`), not yet linked: link it to a local socket, or destroy it. */
+export interface LinkableSocket {
+  meta: SocketMeta;
+  link(target: Socket | number, opts?: Pick<LinkOptions, 'relay' | 'prefix'>): GatewayLink;
+  destroy(): void;
+}
+
 /** What Gateway#openStream hands back: the attached channel as a descriptor-backed socket. */
 export interface OpenedStream {
   /** Paused, half-open allowed; its descriptor may be dup()ed. */
@@ -723,74 +780,6 @@ export interface OpenedStream {
   failure: Promise<SockgateError | undefined>;
   /** Destroy the local channel and close the socket on the gateway. */
   close(): Promise<void>;
-}
-
-/**
- * Carry a descriptor-less channel (grpc frames, shm rings read in JS) over a
- * socketpair: the returned end is an FdChannel (its EOF held until the channel
- * said how it ended), the other end is relayed to the channel here.
- */
-async function bridgeToFd(channel: Duplex, label: string): Promise<{ socket: FdChannel; failure: Promise<SockgateError | undefined> }> {
-  let n: typeof import('../../native/index.js');
-  try {
-    n = await import('../../native/index.js');
-  } catch (err) {
-    throw new NativeError(`${label}: a descriptor for this channel needs the native addon (socketpair), which did not load: ${(err as Error).message}`, { cause: err });
-  }
-  const [ours, theirs] = n.socketpair();
-  let outer: FdChannel;
-  let relay: Socket;
-  try {
-    outer = new FdChannel({ fd: theirs, highWaterMark: CHANNEL_HIGH_WATERMARK, label });
-  } catch (err) {
-    n.closeFd(ours);
-    n.closeFd(theirs);
-    throw err;
-  }
-  try {
-    relay = new Socket({ fd: ours, allowHalfOpen: true, readable: true, writable: true });
-  } catch (err) {
-    n.closeFd(ours);
-    outer.destroy();
-    throw err;
-  }
-  let resolveFailure!: (e: SockgateError | undefined) => void;
-  const failure = new Promise<SockgateError | undefined>((r) => (resolveFailure = r));
-  let channelEnded = false;
-  const fail = (err: Error) => {
-    const e = err instanceof SockgateError ? err : fromServiceError(err);
-    resolveFailure(e);
-    outer.settle(e);
-    relay.destroy();
-    channel.destroy();
-  };
-  // channel -> relay -> outer
-  channel.on('data', (chunk: Buffer) => {
-    if (!relay.write(chunk)) channel.pause();
-  });
-  relay.on('drain', () => channel.resume());
-  channel.on('end', () => {
-    channelEnded = true;
-    outer.settle();
-    relay.end();
-  });
-  // outer -> relay -> channel
-  relay.on('data', (chunk: Buffer) => {
-    if (!channel.write(chunk)) relay.pause();
-  });
-  channel.on('drain', () => relay.resume());
-  relay.on('end', () => channel.end());
-  channel.on('error', fail);
-  relay.on('error', () => channel.destroy());
-  channel.on('close', () => {
-    if (!channelEnded) fail(new GatewayUnavailableError(`${label}: the data channel closed before its end of stream`));
-    else resolveFailure(undefined);
-  });
-  relay.on('close', () => {
-    if (!channel.destroyed && !channel.writableEnded) channel.destroy();
-  });
-  channel.resume();
-  return { socket: outer, failure };
 }
 
 export { SocketState };

@@ -9,6 +9,8 @@
  * ```
  */
 export { Gateway, GatewayServer, SDK_TRANSPORTS, type GatewayOptions, type ConnectOptions, type UdpOptions, type CallOpts } from './gateway.js';
+export { type LinkableSocket } from './gateway.js';
+export { type GatewayLink, type LinkEnded, type LinkOptions } from './link.js';
 export { GatewayHttpAgent, GatewayHttpsAgent } from './agent.js';
 export { GatewaySocket, GatewayDatagramSocket, type FallbackInfo, type TransportName } from './socket.js';
 export * from '../../proto/errors.js';

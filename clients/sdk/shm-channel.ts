@@ -11,7 +11,7 @@
  * given back (ABORT, or RELEASE once both directions finished).
  */
 import { Duplex } from 'node:stream';
-import type { RingLoan, ShmRegion } from '../../native/index.js';
+import type { LinkEnd, PumpLink, RingLoan, ShmRegion } from '../../native/index.js';
 import {
   ConnectionResetError,
   ERROR_CLASSES,
@@ -33,12 +33,21 @@ const READS_PER_TURN = 64;
 /** Writable-side buffering on top of the ring (the ring is the real buffer). */
 const WRITABLE_HIGH_WATERMARK = 64 * 1024;
 
+/** A slot pumped natively between its rings and a caller's descriptor (link.ts). */
+export interface ShmSlotLink {
+  readonly link: PumpLink;
+  /** Settles with the pump's end and, if the gateway or the session ended it, why. */
+  readonly ended: Promise<{ end: LinkEnd; error?: Error }>;
+}
+
 /** What a channel needs from its session. */
 export interface ShmChannelSession {
   /** The client is done with the slot: RELEASE (both directions finished) or ABORT. */
   release(slot: number, abort: boolean): void;
   /** A channel opened / closed (the session keeps its pump referenced while channels are open). */
   channelClosed(slot: number, channel: ShmChannel): void;
+  /** Hand the channel's slot to a native link with `fd` (see ClientShmSession#linkSlot). */
+  linkSlot?(channel: ShmChannel, fd: number, prefix: Buffer[]): ShmSlotLink;
 }
 
 /**
@@ -159,6 +168,26 @@ export class ShmChannel extends Duplex {
       // the region is unusable: nothing more to take
     }
     return out;
+  }
+
+  /** Bytes this channel delivered through the stream or a loan, or holds for its reader. */
+  get touched(): boolean {
+    return this.#delivered > 0 || this.readableLength > 0 || this.#loanMode || this.#pending !== undefined || this.#shut;
+  }
+
+  /** Move this slot's bytes natively between its rings and `fd` from now on (link.ts); throws with fd still the caller's. */
+  linkNative(fd: number, prefix: Buffer[]): ShmSlotLink {
+    if (!this.#session.linkSlot) throw new WrongSocketKindError(`${this.#what}: this session cannot link natively`);
+    return this.#session.linkSlot(this, fd, prefix);
+  }
+
+  /**
+   * A native link took the slot over (it claimed the rings): this channel lets
+   * go without giving the slot back (the link's end does that) and closes.
+   */
+  retire(): void {
+    this.#released = true;
+    this.destroy();
   }
 
   /** The session is gone: the slot is no longer ours. */

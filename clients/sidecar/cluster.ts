@@ -402,7 +402,9 @@ export class Cluster {
     ep.stats.attempts++;
     ep.stats.pending++;
     try {
-      const sock = await this.dialer.dial(ep.uri, { timeoutMs, signal: ac.signal });
+      // Proxied traffic is linked natively where the dialer can (see linked-session.ts).
+      const opts = { timeoutMs, signal: ac.signal };
+      const sock = await (this.dialer.dialForLink ? this.dialer.dialForLink(ep.uri, opts) : this.dialer.dial(ep.uri, opts));
       if (ac.signal.aborted) {
         // Connected just as the timer fired or the downstream left: too late.
         sock.destroy();

@@ -10,6 +10,7 @@ import { Gateway as SdkGateway, type GatewayOptions } from '../sdk/gateway.js';
 import type { TransportName } from '../sdk/socket.js';
 import { tracer } from '../../native/trace.js';
 import type { GatewayLinkConfig } from './sidecar-config.js';
+import { LinkableUpstream } from './linked-session.js';
 
 const TRACER = 'sidecar_gateway';
 const trace = tracer(TRACER);
@@ -28,6 +29,8 @@ export interface DialOptions {
 export interface UpstreamDialer {
   /** A connected Duplex to `uri` (tcp://host:port); rejects with a typed SockgateError. */
   dial(uri: string, opts: DialOptions): Promise<Duplex>;
+  /** Like dial(), for proxied traffic: a socket to link natively to the downstream one (linked-session.ts). */
+  dialForLink?(uri: string, opts: DialOptions): Promise<Duplex>;
 }
 
 /** One SDK connection and the sockets still open through it. */
@@ -92,6 +95,20 @@ export class GatewayLink implements UpstreamDialer {
     let sock: Duplex;
     try {
       sock = await link.gw.connect(uri, { timeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs, signal: opts.signal, noDelay: true });
+    } catch (err) {
+      this.release(link, 1);
+      throw err;
+    }
+    sock.once('close', () => this.release(link, 1));
+    return sock;
+  }
+
+  async dialForLink(uri: string, opts: DialOptions): Promise<Duplex> {
+    const link = this.current;
+    link.open++;
+    let sock: LinkableUpstream;
+    try {
+      sock = new LinkableUpstream(await link.gw.openForLink(uri, { timeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs, signal: opts.signal, noDelay: true }));
     } catch (err) {
       this.release(link, 1);
       throw err;

@@ -16,6 +16,7 @@ import { AddressInUseError, fromSystemError } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
 import type { Cluster } from './cluster.js';
 import { CLOSE_REASONS, ProxySession, type CloseReason } from './proxy-session.js';
+import { LinkableUpstream, LinkedSession } from './linked-session.js';
 import { parseListenerAddress, type ListenerConfig } from './sidecar-config.js';
 
 const TRACER = 'sidecar_listener';
@@ -63,7 +64,7 @@ export class Listener {
   /** Settings for the next connection; a reload swaps it. */
   config: ListenerConfig;
   /** Proxied connections, until both sides close. */
-  private readonly sessions = new Set<ProxySession>();
+  private readonly sessions = new Set<ProxySession | LinkedSession>();
   /** Downstream connections waiting for an upstream, with the handle that abandons the wait. */
   private readonly connecting = new Map<Socket, AbortController>();
   private readonly server: Server;
@@ -176,16 +177,17 @@ export class Listener {
           this.recordClose('downstream_aborted');
           return;
         }
-        const session = new ProxySession(sock, result.sock, result.endpoint, {
+        const opts = {
           idleTimeoutMs: cfg.idle_timeout_ms,
           early,
           earlyEnd,
-          onClose: (s, reason) => {
+          onClose: (s: ProxySession | LinkedSession, reason: CloseReason) => {
             this.sessions.delete(s);
             cluster.release(s.endpoint);
             this.recordClose(reason);
           },
-        });
+        };
+        const session = result.sock instanceof LinkableUpstream ? new LinkedSession(sock, result.sock, result.endpoint, opts) : new ProxySession(sock, result.sock, result.endpoint, opts);
         this.sessions.add(session);
         return;
       }

@@ -12,6 +12,7 @@
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { tracer } from '../../native/trace.js';
+import { resetSocket } from '../sdk/reset-socket.js';
 import type { Endpoint } from './endpoint.js';
 
 const TRACER = 'sidecar_session';
@@ -58,7 +59,8 @@ export const CLOSE_REASONS: readonly CloseReason[] = [
   'downstream_aborted',
 ];
 
-export interface SessionOptions {
+/** S: the session kind that reports its close (ProxySession, or LinkedSession in linked-session.ts; generic so this file needs no import of it). */
+export interface SessionOptions<S = ProxySession> {
   /** Close both sides after this long without a byte either way; 0 disables. */
   idleTimeoutMs: number;
   /** Bytes the listener read from the downstream while the upstream connected; sent first. */
@@ -66,7 +68,7 @@ export interface SessionOptions {
   /** The downstream's FIN arrived while the upstream connected. */
   earlyEnd?: boolean;
   /** Called once, after both sockets closed. */
-  onClose(session: ProxySession, reason: CloseReason): void;
+  onClose(session: S, reason: CloseReason): void;
 }
 
 export class ProxySession {
@@ -131,7 +133,7 @@ export class ProxySession {
       trace(`upstream ${endpoint.uri} error: ${err.message}`);
       this.setReason('upstream_error');
       // Pass the abort on: the app sees a reset, not a clean end.
-      if (!downstream.destroyed) downstream.resetAndDestroy();
+      resetSocket(downstream);
     });
     downstream.on('close', () => {
       this.downClosed = true;

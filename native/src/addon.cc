@@ -810,6 +810,9 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
                        {InstanceAccessor<&LinkWrap::Id>("id"), InstanceMethod<&LinkWrap::Resize>("resize"),
                         InstanceMethod<&LinkWrap::SetHostSockopt>("setHostSockopt"),
                         InstanceMethod<&LinkWrap::GetHostSockopt>("getHostSockopt"),
+                        InstanceMethod<&LinkWrap::ShutdownRead>("shutdownRead"),
+                        InstanceMethod<&LinkWrap::ShutdownHost>("shutdownHost"),
+                        InstanceMethod<&LinkWrap::Totals>("totals"), InstanceMethod<&LinkWrap::Mute>("mute"),
                         InstanceMethod<&LinkWrap::Close>("close")});
   }
   // new PumpLink(pump, region, slot, fd, prefix?: Uint8Array[]): takes
@@ -876,11 +879,48 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     if (err) return ThrowErrno(info.Env(), err, err == -EBADF ? "getsockopt (the link has ended)" : "getsockopt");
     return Napi::Number::New(info.Env(), v);
   }
-  // Abort the link; the pump reports its end ("aborted") with an event. Idempotent.
+  // [bytes ring->fd, bytes fd->ring] as of the I/O thread's last round.
+  Napi::Value Totals(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    Napi::Array a = Napi::Array::New(info.Env(), 2);
+    a.Set(0u, Napi::Number::New(info.Env(), fd_ ? double(fd_->total_to_fd.load()) : 0));
+    a.Set(1u, Napi::Number::New(info.Env(), fd_ ? double(fd_->total_to_ring.load()) : 0));
+    return a;
+  }
+  // No more progress events for this link: JS reads totals() on demand.
+  Napi::Value Mute(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    if (fd_) fd_->quiet.store(true);
+    return info.Env().Undefined();
+  }
+  // Stop reading the fd: the peer gets EOF after the bytes already in the
+  // ring, the other direction drains until its own EOF (a graceful close).
+  Napi::Value ShutdownRead(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    if (!pump_) return ThrowErrno(info.Env(), EBADF, "link is closed");
+    pump_->shutdown_host(id_, true, false);
+    return info.Env().Undefined();
+  }
+  // shutdown(2) of the fd in order with the rings: `write` sends FIN after the
+  // bytes the inbound ring holds (later ones are dropped); `read` = ShutdownRead.
+  Napi::Value ShutdownHost(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    if (info.Length() < 2 || !info[0].IsBoolean() || !info[1].IsBoolean()) return ThrowType(info.Env(), "shutdownHost(read: boolean, write: boolean)");
+    if (!pump_) return ThrowErrno(info.Env(), EBADF, "link is closed");
+    pump_->shutdown_host(id_, info[0].As<Napi::Boolean>().Value(), info[1].As<Napi::Boolean>().Value());
+    return info.Env().Undefined();
+  }
+  // close(reset = false): abort; the pump reports its end ("aborted") with an
+  // event. With reset the fd's peer sees RST, else FIN. Idempotent.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!CheckThis(info, kLinkTag, "PumpLink")) return info.Env().Undefined();
+    bool reset = false;
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      if (!info[0].IsBoolean()) return ThrowType(info.Env(), "close(reset?: boolean)");
+      reset = info[0].As<Napi::Boolean>().Value();
+    }
     if (pump_) {
-      pump_->close_link(id_);
+      pump_->close_link(id_, reset);
       pump_.reset();
     }
     return info.Env().Undefined();
@@ -899,6 +939,7 @@ class SpliceWrap : public Napi::ObjectWrap<SpliceWrap> {
                        {InstanceAccessor<&SpliceWrap::Id>("id"), InstanceAccessor<&SpliceWrap::Closed>("closed"),
                         InstanceAccessor<&SpliceWrap::PipeBytes>("pipeBytes"),
                         InstanceMethod<&SpliceWrap::ShutdownHost>("shutdownHost"),
+                        InstanceMethod<&SpliceWrap::Totals>("totals"), InstanceMethod<&SpliceWrap::Mute>("mute"),
                         InstanceMethod<&SpliceWrap::Buffered>("bufferedBytes"),
                         InstanceMethod<&SpliceWrap::SetHostSockopt>("setHostSockopt"),
                         InstanceMethod<&SpliceWrap::GetHostSockopt>("getHostSockopt"),
@@ -968,6 +1009,20 @@ class SpliceWrap : public Napi::ObjectWrap<SpliceWrap> {
     return Napi::Number::New(info.Env(), shared_ ? shared_->watermark() : 0);
   }
   // shutdownHost(read, write): ordered with the pipes on the I/O thread.
+  // [bytes to the host, bytes to the client] as of the I/O thread's last round.
+  Napi::Value Totals(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    Napi::Array a = Napi::Array::New(info.Env(), 2);
+    a.Set(0u, Napi::Number::New(info.Env(), shared_ ? double(shared_->total_to_host.load()) : 0));
+    a.Set(1u, Napi::Number::New(info.Env(), shared_ ? double(shared_->total_to_client.load()) : 0));
+    return a;
+  }
+  // No more progress events for this link: JS reads totals() on demand.
+  Napi::Value Mute(const Napi::CallbackInfo& info) {
+    if (!CheckThis(info, kSpliceTag, "SpliceLink")) return info.Env().Undefined();
+    if (shared_) shared_->quiet.store(true);
+    return info.Env().Undefined();
+  }
   Napi::Value ShutdownHost(const Napi::CallbackInfo& info) {
     if (!Live(info)) return info.Env().Undefined();
     if (info.Length() < 2 || !info[0].IsBoolean() || !info[1].IsBoolean()) return ThrowType(info.Env(), "shutdownHost(read: boolean, write: boolean)");

@@ -49,11 +49,16 @@ struct Pump::Link {
   std::string prefix;                 // delivered into the outbound ring first
   size_t prefix_off = 0;
   bool readable = true, writable = true;
+  bool hup = false;                   // epoll said RDHUP/HUP/ERR: read on to EOF, a short read proves nothing
+  bool shut_wr_req = false;           // shutdown(write) asked: FIN to the fd once the inbound ring is empty
+  bool discard_in = false;            // after that FIN: inbound bytes are consumed and dropped
   bool rd_eof = false, wr_shut = false;
   bool queued = false, touched = false;
   uint64_t to_fd = 0, to_ring = 0;    // since the last progress event
   uint64_t total_fd = 0, total_ring = 0;
   uint32_t stalls = 0;
+  int64_t progress_at = 0;            // ms of the last progress event
+  bool progress_due = false;          // in progress_due_: counts wait for the interval
 };
 
 struct Pump::Session {
@@ -247,16 +252,24 @@ int LinkFd::get_opt(int level, int name, int* value) {
 int Pump::add_link(std::shared_ptr<Region> region, uint32_t slot, int fd, std::string prefix, uint32_t* id,
                    std::shared_ptr<LinkFd>* shared) {
   if (stopping_.load()) return -ESHUTDOWN;
-  if (region->role() != Role::Gateway) return -EINVAL;
+  // Either end of a slot: the gateway pumps its host socket, a client pumps
+  // the caller's descriptor (the mirror: it consumes g2c, produces c2g).
+  const bool client = region->role() == Role::Client;
   if (region->corrupt.load()) return -EBADMSG;
   if (!region->local_doorbell() || !region->peer_doorbell()) return -ENOTCONN;
-  if (!region->slot_open(slot)) return -ENOTCONN;
+  if (!client && !region->slot_open(slot)) return -ENOTCONN;
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return -errno;
   int ty = 0;
   socklen_t tl = sizeof ty;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &ty, &tl) == 0 && ty != SOCK_STREAM) return -EPROTOTYPE;
   if (!region->claim(slot)) return -EBUSY;
+  // A client opens its views from the slot state the gateway published; only
+  // with the slot claimed (no JS ring call can race this).
+  if (client && (!region->producer(slot) || !region->consumer(slot))) {
+    region->unclaim(slot);
+    return -ENOTCONN;
+  }
   if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
     int e = -errno;
     region->unclaim(slot);
@@ -470,9 +483,25 @@ void Pump::handle_cmds() {
       }
       case Cmd::kShutdownHost: {
         auto it = links_.find(c.id);
-        if (it == links_.end() || it->second->kind != Link::kSplice) break;
-        it->second->relay->shutdown_host((c.dir & 1) != 0, (c.dir & 2) != 0);
-        queue(*it->second);
+        if (it == links_.end()) break;
+        Link& ln = *it->second;
+        if (ln.kind == Link::kSplice) {
+          ln.relay->shutdown_host((c.dir & 1) != 0, (c.dir & 2) != 0);
+        } else {
+          if ((c.dir & 1) && !ln.rd_eof) {
+            // Ring link, read side: stop taking bytes from the fd; the peer gets
+            // EOF after what is already in the ring (a graceful close drains).
+            ln.ep->out_eof();
+            ln.rd_eof = true;
+            shutdown(ln.fd, SHUT_RD);
+            PumpEvent ev(PumpEvent::kFdEof);
+            ev.id = ln.id;
+            emit(std::move(ev));
+          }
+          // Write side: FIN to the fd after the bytes the ring holds (run_ring).
+          if (c.dir & 2) ln.shut_wr_req = true;
+        }
+        queue(ln);
         break;
       }
       case Cmd::kResize: {
@@ -566,9 +595,18 @@ void Pump::handle_cmds() {
 
 void Pump::process_hints(Session& s) {
   if (s.watched) {
+    // A watched (client) session: slots with a link here are pumped here,
+    // the others are JS's.
     PumpEvent e(PumpEvent::kHints);
     e.id = s.region->id();
-    s.region->take_hints([&](uint32_t slot) { e.slots.push_back(slot); });
+    s.region->take_hints([&](uint32_t slot) {
+      auto it = s.slot_links.find(slot);
+      if (it == s.slot_links.end()) return e.slots.push_back(slot);
+      auto lt = links_.find(it->second);
+      if (lt == links_.end() || lt->second->queued) return;
+      lt->second->queued = true;
+      runq_.push_back(it->second);
+    });
     if (!e.slots.empty()) emit(std::move(e));
     return;
   }
@@ -607,10 +645,38 @@ void Pump::corrupt_session(Session& s) {
   // end_link dropped the session when its last link went (unless watched).
 }
 
-void Pump::flush_progress(Link& l) {
+void Pump::flush_progress(Link& l, bool force) {
   if (!l.touched) return;
   l.touched = false;
   if (l.to_fd == 0 && l.to_ring == 0 && l.stalls == 0) return;
+  bool quiet = false;
+  if (l.kind == Link::kRing && l.shared) {
+    l.shared->total_to_fd.store(l.total_fd, std::memory_order_relaxed);
+    l.shared->total_to_ring.store(l.total_ring, std::memory_order_relaxed);
+    quiet = l.shared->quiet.load(std::memory_order_relaxed);
+  } else if (l.kind == Link::kSplice) {
+    SpliceShared& sh = l.relay->shared_ref();
+    sh.total_to_host.store(l.total_fd, std::memory_order_relaxed);
+    sh.total_to_client.store(l.total_ring, std::memory_order_relaxed);
+    quiet = sh.quiet.load(std::memory_order_relaxed);
+  }
+  if (quiet) {
+    l.to_fd = l.to_ring = 0;
+    l.stalls = 0;
+    return;
+  }
+  if (!force && opt_.progress_ms > 0) {
+    int64_t now = now_ms();
+    if (now - l.progress_at < int64_t(opt_.progress_ms)) {
+      // Too soon: the counts accumulate; run() emits them once the interval passed.
+      if (!l.progress_due) {
+        l.progress_due = true;
+        progress_due_.push_back(l.id);
+      }
+      return;
+    }
+    l.progress_at = now;
+  }
   PumpEvent e(PumpEvent::kProgress);
   e.id = l.id;
   e.a = l.to_fd;
@@ -629,7 +695,7 @@ void Pump::queue(Link& l) {
 
 void Pump::end_link(Link& l, int err, const char* code) {
   l.touched = true;
-  flush_progress(l);
+  flush_progress(l, true);
   uint32_t rid = 0;
   if (l.kind == Link::kSplice) {
     // Stop polling, then close pipes and sockets (RST where rst_mask says).
@@ -708,7 +774,7 @@ void Pump::run_ring(Link& l) {
   };
   // Inbound ring -> fd.
   uint64_t moved = 0;
-  while (!l.wr_shut && l.writable) {
+  while (!l.wr_shut && (l.writable || l.discard_in)) {
     if (moved >= opt_.link_budget) { more = true; break; }
     struct iovec iov[2];
     int64_t n = ep.in_peek(iov);
@@ -717,22 +783,35 @@ void Pump::run_ring(Link& l) {
       int e = ep.in_eof();
       if (e < 0) return corrupt();
       if (e == 1) {
-        if (shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
+        if (!l.discard_in && shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
         l.wr_shut = true;
         PumpEvent ev(PumpEvent::kRingEof);
         ev.id = l.id;
         emit(std::move(ev));
         break;
       }
+      if (l.shut_wr_req && !l.discard_in) {
+        // shutdown(write) asked and the ring is drained: FIN now, drop what comes later.
+        if (shutdown(l.fd, SHUT_WR) < 0 && errno != ENOTCONN && errno != ENOTSOCK) return end_link(l, -errno, "error");
+        l.discard_in = true;
+        continue;
+      }
       if (ep.in_arm()) continue;
       break;
+    }
+    if (l.discard_in) {
+      ep.in_release(uint64_t(n));
+      moved += uint64_t(n);
+      continue;
     }
     ssize_t w = writev(l.fd, iov, iov[1].iov_len ? 2 : 1);
     if (w < 0) {
       if (errno == EAGAIN) { l.writable = false; break; }
       if (errno == EINTR) continue;
       int e = -errno;
-      ep.out_eof();
+      // No EOF into the ring: an error is not a clean end. The peer learns
+      // of it out of band (END from the gateway, ABORT from a client) and
+      // passes it on as a reset.
       return end_link(l, e, "error");
     }
     ep.in_release(uint64_t(w));
@@ -772,7 +851,9 @@ void Pump::run_ring(Link& l) {
       if (errno == EAGAIN) { l.readable = false; break; }
       if (errno == EINTR) continue;
       int e = -errno;
-      ep.out_eof();
+      // No EOF into the ring: an error is not a clean end. The peer learns
+      // of it out of band (END from the gateway, ABORT from a client) and
+      // passes it on as a reset.
       return end_link(l, e, "error");
     }
     if (r == 0) {
@@ -787,6 +868,12 @@ void Pump::run_ring(Link& l) {
     moved += uint64_t(r);
     l.to_ring += uint64_t(r);
     l.total_ring += uint64_t(r);
+    // A short read drained the edge-triggered socket (new bytes raise a new
+    // edge): no readv that only says EAGAIN, one syscall less per message.
+    if (uint64_t(r) < uint64_t(n) && !l.hup) {
+      l.readable = false;
+      break;
+    }
   }
   if (l.rd_eof && l.wr_shut) return end_link(l, 0, "ok");
   if (more && !l.queued) {
@@ -952,6 +1039,7 @@ void Pump::run() {
       for (auto& c : kv.second->conns)
         if (c.second->state == Conn::kHello) pending_hello = true;
     if (pending_hello && timeout < 0) timeout = 250;
+    if (!progress_due_.empty() && (timeout < 0 || timeout > int(opt_.progress_ms))) timeout = int(opt_.progress_ms);
     if (!out_.empty()) {
       std::vector<PumpEvent> batch;
       batch.swap(out_);
@@ -978,6 +1066,7 @@ void Pump::run() {
           if (a == 1 || a == 2) l.relay->on_events(SpliceRelay::Side(a - 1), e);
         } else {
           if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) l.readable = true;
+          if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) l.hup = true;
           if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) l.writable = true;
         }
         queue(l);
@@ -1017,6 +1106,26 @@ void Pump::run() {
     for (uint32_t id : q) {
       auto it = links_.find(id);
       if (it != links_.end()) flush_progress(*it->second);
+    }
+    if (!progress_due_.empty()) {
+      // Counts held back by the interval: out once it passed (the link may be idle by now).
+      int64_t now = now_ms();
+      std::vector<uint32_t> due;
+      due.swap(progress_due_);
+      for (uint32_t id : due) {
+        auto it = links_.find(id);
+        if (it == links_.end()) continue;
+        Link& l = *it->second;
+        l.progress_due = false;
+        if (now - l.progress_at >= int64_t(opt_.progress_ms)) {
+          l.touched = true;
+          flush_progress(l, true);
+          l.progress_at = now;
+        } else {
+          l.progress_due = true;
+          progress_due_.push_back(id);
+        }
+      }
     }
   }
   if (!out_.empty()) {

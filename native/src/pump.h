@@ -77,6 +77,12 @@ class LinkFd {
   int set_opt(int level, int name, int value);
   int get_opt(int level, int name, int* value);
 
+  // Byte totals (ring->fd, fd->ring), stored by the I/O thread once per
+  // round: JS reads them on demand instead of taking an event per round.
+  std::atomic<uint64_t> total_to_fd{0}, total_to_ring{0};
+  // Set by JS: no progress events for this link (its counters are read on demand).
+  std::atomic<bool> quiet{false};
+
  private:
   friend class Pump;
   std::mutex mu;
@@ -105,6 +111,9 @@ struct PumpOptions {
   uint32_t spin_us = 0;            // adaptive spin before sleeping; 0 = off
   uint32_t hello_timeout_ms = 5000;
   uint64_t link_budget = 1 << 20;  // bytes per direction per link per round (fairness)
+  // At most one progress event per link per this many ms (a busy link would
+  // otherwise wake JS once per round, i.e. per message); 0 = every round.
+  uint32_t progress_ms = 10;
 };
 
 class Pump {
@@ -184,7 +193,7 @@ class Pump {
   void corrupt_session(Session& s);
   void drop_session_if_idle(uint32_t region_id);
   Session* session_for(const std::shared_ptr<Region>& r, bool create);
-  void flush_progress(Link& l);
+  void flush_progress(Link& l, bool force = false);
   void on_listener(Listener& ls);
   void on_conn(Listener& ls, Conn& c, uint32_t events);
   void drop_conn(Listener& ls, uint32_t conn, int err, bool report);
@@ -209,6 +218,7 @@ class Pump {
   std::unordered_map<uint32_t, std::unique_ptr<Listener>> listeners_;
   std::unordered_map<uint32_t, std::shared_ptr<PumpSource>> sources_;
   std::vector<uint32_t> runq_;
+  std::vector<uint32_t> progress_due_;  // links whose progress waits for its interval
   std::vector<PumpEvent> out_;
   uint32_t spin_now_us_ = 0;
 };

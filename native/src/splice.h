@@ -62,6 +62,10 @@ class SpliceShared {
   int get_host_opt(int level, int name, int* value);
   // The per-direction watermark in bytes (the pipe size asked for).
   uint32_t watermark() const { return cap_; }
+  // Byte totals (to host, to client), stored by the I/O thread once per round.
+  std::atomic<uint64_t> total_to_host{0}, total_to_client{0};
+  // Set by JS: no progress events for this link (its counters are read on demand).
+  std::atomic<bool> quiet{false};
 
  private:
   friend class SpliceRelay;
@@ -99,6 +103,7 @@ class SpliceRelay {
 
   int fd(Side s) const { return fd_[s]; }
   const std::shared_ptr<SpliceShared>& shared() const { return shared_; }
+  SpliceShared& shared_ref() const { return *shared_; }
   uint32_t cap() const { return cap_; }
 
   // Edge-triggered readiness from epoll for one side.

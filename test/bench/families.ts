@@ -10,5 +10,8 @@ import { gatewayPlanes } from './gateway-planes.js';
 import { sidecarFamily } from './sidecar.js';
 import { proxyFamily } from './proxy.js';
 import { ringFamily, shmFamily } from './shm.js';
+import { relaysFamily } from './relays.js';
+import { capacityFamily } from './capacity.js';
+import { soakFamily } from './soak.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily, relaysFamily, capacityFamily, soakFamily];

@@ -430,6 +430,8 @@ export interface ChildGatewayOptions {
   extraYaml?: string;
   /** Extra node flags (the runner adds --cpu-prof when profiling). */
   nodeFlags?: string[];
+  /** Raise the child's soft descriptor limit to this first (`sh -c 'ulimit -n N; exec node ...'`), for capacity runs. */
+  fdLimit?: number;
 }
 
 export interface ChildGateway {
@@ -545,10 +547,10 @@ export async function startChildGateway(opts: ChildGatewayOptions = {}): Promise
   const dir = mkdtempSync(join(tmpdir(), 'sockgate-bench-'));
   const file = join(dir, 'config.yaml');
   writeFileSync(file, BENCH_CONFIG_YAML + (opts.extraYaml ?? ''));
-  const child = spawn(process.execPath, [...(opts.nodeFlags ?? []), CLI_PATH, 'serve', '--config', file], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, SOCKGATE_TRACE: '' },
-  });
+  const argv = [...(opts.nodeFlags ?? []), CLI_PATH, 'serve', '--config', file];
+  const child = opts.fdLimit
+    ? spawn('sh', ['-c', `ulimit -n ${Math.floor(opts.fdLimit)} && exec "$0" "$@"`, process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SOCKGATE_TRACE: '' } })
+    : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SOCKGATE_TRACE: '' } });
   liveChildren.add(child);
   let logs = '';
   const onLog = (chunk: string) => {

@@ -91,7 +91,7 @@ interface ProxyChild {
   stop(): Promise<void>;
 }
 
-async function startProxyChild(plane: TransportName, gatewayTarget: string, sink: LoopbackServer, echo: LoopbackServer): Promise<ProxyChild> {
+export async function startProxyChild(plane: TransportName, gatewayTarget: string, sink: LoopbackServer, echo: LoopbackServer): Promise<ProxyChild> {
   const child: ChildProcess = spawn(
     process.execPath,
     [THIS_FILE, '--proxy-child', 'proxy', '--gateway', gatewayTarget, '--transport', plane, '--log-level', 'warn', '-L', `127.0.0.1:0=${sink.uri}`, '-L', `127.0.0.1:0=${echo.uri}`],

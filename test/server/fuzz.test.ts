@@ -635,13 +635,20 @@ function connectionsOf(server: { getConnections(cb: (e: Error | null, n: number)
   return new Promise((r) => server.getConnections((_e, n) => r(n)));
 }
 
+const baseSeed = fuzzSeed();
+/** One command that replays this file's run: every test derives its seed from the base seed. */
+const RERUN = `SOCKGATE_FUZZ_SEED=${baseSeed} npx ava dist/test/server/fuzz.test.js`;
+
 function announce(t: ExecutionContext, seed: number, what: string): void {
   // Printed at once (not only on failure) so a crash of the worker still leaves the seed behind.
-  console.log(`[fuzz] ${what}: seed ${seed} (rerun with SOCKGATE_FUZZ_SEED=${seed})`);
+  console.log(`[fuzz] ${what}: seed ${seed} (base seed ${baseSeed}; rerun with: ${RERUN})`);
   t.log(`seed ${seed}`);
 }
 
-const baseSeed = fuzzSeed();
+// Whatever made a test fail (an assertion, a throw, a timeout), its message ends with how to replay it.
+test.afterEach.always((t) => {
+  if (!t.passed) console.error(`[fuzz] FAILED: ${t.title}\n[fuzz] reproduce with: ${RERUN}`);
+});
 
 // ---------------------------------------------------------------------------
 // Tests. Serial and ordered: the child-process storm first (a crash there is
@@ -707,7 +714,7 @@ test.serial('fuzz storm at a `sockgate serve` child process: it keeps serving, n
     .slice(0, 20)
     .join('\n')}`);
   t.true(report.requests >= 500, `the storm made ${report.requests} requests`);
-  t.is(report.findings.length, 0, `unexpected outcomes (seed ${seed}):\n${showFindings(report.findings)}`);
+  t.is(report.findings.length, 0, `unexpected outcomes (seed ${seed}; reproduce with: ${RERUN}):\n${showFindings(report.findings)}`);
   await echoStillWorks(t, g.target, echo.uri);
   const { closeFailures } = await closeAll(g.target);
   t.deepEqual(closeFailures, [], 'every listed socket closes');
@@ -889,7 +896,7 @@ test.serial('fuzz storm at an in-process gateway: it keeps serving, no unexpecte
   const report = await storm(new Rng(seed), gw.target, w);
   t.log(summary(report));
   t.true(report.requests >= 500, `the storm made ${report.requests} requests`);
-  t.is(report.findings.length, 0, `unexpected outcomes (seed ${seed}):\n${showFindings(report.findings)}`);
+  t.is(report.findings.length, 0, `unexpected outcomes (seed ${seed}; reproduce with: ${RERUN}):\n${showFindings(report.findings)}`);
   await echoStillWorks(t, gw.target, echo.uri);
   // Sockets may close (token expiry reaps unattached ones) while the call is in flight:
   // every socket in the table both before and after the call must be listed.
