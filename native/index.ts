@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { NativeError, RingCorruptError, type SockgateError } from '../server/errors.js';
+import { NativeError, RingCorruptError, type SockgateError } from '../proto/errors.js';
 
 // ---- raw binding types --------------------------------------------------------
 

@@ -5,9 +5,9 @@
  * only their SHA-256 is kept, so a heap dump does not leak live tokens.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { AttachFailedError } from './errors.js';
+import { AttachFailedError } from '../proto/errors.js';
 import type { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
-import { tracer } from './trace.js';
+import { tracer } from '../native/trace.js';
 
 const trace = tracer('attach');
 

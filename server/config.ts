@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from '../proto/errors.js';
 
 /** The embedded default: loopback only, loopback destinations only. */
 export const DEFAULT_CONFIG_YAML = `# sockgate embedded default configuration

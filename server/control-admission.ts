@@ -5,7 +5,7 @@
  * once; their log lines are rate-limited so a flood of them cannot flood the log.
  */
 import type { Socket } from 'node:net';
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 import type { PeerCredentials } from './control-peer.js';
 
 /** One refusal line per this interval at most, carrying the count since the last one. */

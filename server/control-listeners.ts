@@ -10,7 +10,7 @@ import type { Server as GrpcServer, ServerCredentials } from '@grpc/grpc-js';
 import { splitListenAddress } from './config.js';
 import type { ControlAdmission } from './control-admission.js';
 import type { PeerCredentials, PeerRegistry } from './control-peer.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 
 /** What a control listener serves: the gateway's own control address, or a VMM's vsock Unix socket (guests behind it). */
 export type ControlRole = 'control' | 'vmm';

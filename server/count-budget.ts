@@ -4,7 +4,7 @@
  * Over either bound, take() throws LimitExceededError (RESOURCE_EXHAUSTED)
  * naming the config key, and nothing is taken.
  */
-import { LimitExceededError } from './errors.js';
+import { LimitExceededError } from '../proto/errors.js';
 
 export interface CountBudgetSpec {
   /** What is counted, for messages: "pending sockets". */

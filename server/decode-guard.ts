@@ -7,7 +7,7 @@
  * request ends the call with the right status before the handler sees it.
  */
 import type { Server, ServiceDefinition, UntypedServiceImplementation, ServerDuplexStream, ServerUnaryCall, sendUnaryData } from '@grpc/grpc-js';
-import { InvalidArgumentError, toStatus } from './errors.js';
+import { InvalidArgumentError, toStatus } from '../proto/errors.js';
 
 /** Marks a request that failed to decode; carries the decoder's message. */
 const UNDECODABLE = Symbol('sockgate.undecodable');

@@ -12,9 +12,9 @@ import { AdminServiceService, SocketGatewayServiceService } from '../proto/gen/s
 import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
-import { NativeError, ShuttingDownError, SocketClosedError } from './errors.js';
+import { NativeError, ShuttingDownError, SocketClosedError } from '../proto/errors.js';
 import { HostBackend, type HostLookup } from './host-backend.js';
-import { PeerRouter } from './peers.js';
+import { PeerRouter, type PeerGatewayConnector } from './peers.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
 import { createServices } from './service.js';
@@ -28,12 +28,12 @@ import { IdentityByteBudgets } from './datagram-queue.js';
 import { ListenerSocket, SocketTable, StreamSocket, type GatewaySocket } from './socket-table.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 import type { Transport } from './transport.js';
 import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
-import { withFastDataCodec } from './wire.js';
+import { withFastDataCodec } from '../proto/wire.js';
 import { GrpcTransport } from './transport-grpc.js';
-import { PumpHub } from './pump-hub.js';
+import { PumpHub } from '../native/pump-hub.js';
 import { ShmTransport } from './transport-shm.js';
 import { RdmaTransport } from './transport-rdma.js';
 
@@ -50,6 +50,8 @@ export interface GatewayOptions {
   telemetry?: Telemetry;
   /** The host-name resolver (tests: two gateways that resolve a name differently); the system's by default. */
   lookup?: HostLookup;
+  /** Opens SDK connections to peer gateways (config `peers`); required when peers are configured. The CLI passes the SDK's. */
+  peerGateways?: PeerGatewayConnector;
 }
 
 export interface GatewayAddresses {
@@ -132,7 +134,7 @@ export class Gateway {
       ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
-    this.peers = new PeerRouter(config.peers, this.logger);
+    this.peers = new PeerRouter(config.peers, this.logger, options.peerGateways);
     this.transports = new Map<TransportKind, Transport>([
       [TransportKind.TRANSPORT_KIND_TCP, this.tcp],
       [TransportKind.TRANSPORT_KIND_GRPC, this.grpc],

@@ -11,12 +11,12 @@ import { lookup } from 'node:dns/promises';
 import { Socket as NetSocket, createServer, type Server as NetServer } from 'node:net';
 import { createSocket, type Socket as DgramSocket } from 'node:dgram';
 import { dialAddress } from './address.js';
-import { ConnectTimeoutError, DnsError, PolicyDeniedError, fromSystemError } from './errors.js';
+import { ConnectTimeoutError, DnsError, PolicyDeniedError, fromSystemError } from '../proto/errors.js';
 import type { Direction, Identity, Policy } from './policy.js';
 import type { PeerRouter, PeerStream } from './peers.js';
 import type { SocketOption } from '../proto/gen/sockgate/v1/sockgate.js';
-import { parseUri, type L4Protocol, type SocketUri } from './uri.js';
-import { tracer } from './trace.js';
+import { parseUri, type L4Protocol, type SocketUri } from '../proto/uri.js';
+import { tracer } from '../native/trace.js';
 
 const trace = tracer('host');
 /** Rule named when a peer gateway does not say which address it dialled: this gateway cannot judge it, so it refuses. */

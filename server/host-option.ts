@@ -4,7 +4,7 @@
  * (libuv's keep-alive probes included).
  */
 import type { HostSockopt } from '../native/index.js';
-import { SocketClosedError } from './errors.js';
+import { SocketClosedError } from '../proto/errors.js';
 import type { HostOption } from './transport.js';
 
 export interface SockoptTarget {

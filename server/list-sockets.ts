@@ -5,7 +5,7 @@
  * last socket of the previous page, so pages stay consistent while sockets come
  * and go (a socket opened after the first page lands on a later one).
  */
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from '../proto/errors.js';
 import { SocketInfo, type ListSocketsRequest, type ListSocketsResponse } from '../proto/gen/sockgate/v1/sockgate.js';
 import type { GatewaySocket } from './socket-table.js';
 

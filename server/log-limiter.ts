@@ -4,7 +4,7 @@
  * interval per key, carrying how many like it were suppressed since the last
  * line. Without it, a peer opening idle connections turns into a log flood.
  */
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 
 /** Distinct keys remembered at once, so a peer rotating keys cannot grow the map. */
 const MAX_KEYS = 64;

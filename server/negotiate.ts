@@ -10,7 +10,7 @@ import type { Policy } from './policy.js';
 import { reasonName, transportName, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { OfferContext, Transport } from './transport.js';
-import { tracer } from './trace.js';
+import { tracer } from '../native/trace.js';
 
 const trace = tracer('negotiate');
 

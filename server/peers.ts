@@ -43,12 +43,49 @@ import {
   LimitExceededError,
   PolicyDeniedError,
   SockgateError,
-} from './errors.js';
-import type { ResolvedTarget } from './host-backend.js';
-import type { Logger } from './log.js';
+} from '../proto/errors.js';
+import type { SocketUri } from '../proto/uri.js';
+import type { Logger } from '../native/log.js';
 
-type SdkModule = typeof import('../clients/sdk/gateway.js');
-type SdkGateway = import('../clients/sdk/gateway.js').Gateway;
+/** What the router reads of a destination HostBackend resolved (its ResolvedTarget fits; declared here to keep the import one way). */
+export interface PeerTarget {
+  readonly uri: SocketUri;
+  readonly address: string;
+}
+
+/** What the router uses of an SDK gateway connection; clients/sdk's Gateway fits (declared here: server/ does not import clients/). */
+export interface PeerGatewayClient {
+  openStream(uri: string, opts: PeerOpenOptions): Promise<PeerOpenedStream>;
+  close(): void;
+}
+
+/** The subset of the SDK's ConnectOptions the router passes. */
+export interface PeerOpenOptions {
+  transports: readonly ('rdma' | 'tcp' | 'grpc')[];
+  timeoutMs: number;
+  deadlineMs: number;
+  signal?: AbortSignal;
+  noDelay?: boolean;
+  keepAliveMs?: number;
+}
+
+/** The subset of the SDK's OpenedStream the router reads. */
+export interface PeerOpenedStream {
+  socket: NetSocket;
+  socketId: string;
+  transport: string;
+  fallbacks: readonly { transport: string; reason: string; detail: string }[];
+  localUri: string;
+  remoteUri: string;
+  failure: Promise<SockgateError | undefined>;
+}
+
+/** Opens an SDK gateway connection to a peer; injected by the composition root (the CLI passes the SDK's Gateway.connect). */
+export type PeerGatewayConnector = (
+  via: string,
+  credentials: { token?: string; tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer } },
+  opts: { deadlineMs: number },
+) => Promise<PeerGatewayClient>;
 
 /** Time the peer's Connect may take beyond the host-side connect timeout (control round trips, attach). */
 const CONTROL_MARGIN_MS = 5_000;
@@ -180,7 +217,7 @@ function callerError(err: unknown, via: string): SockgateError {
 export class PeerRouter {
   readonly #peers: readonly CompiledPeer[];
   /** SDK Gateways by gatewayKey; a failed connect is forgotten so the next socket tries again. */
-  readonly #gateways = new Map<string, Promise<SdkGateway>>();
+  readonly #gateways = new Map<string, Promise<PeerGatewayClient>>();
   /** Hops of the host sockets opened through peers, for the socket table. */
   readonly #hops = new WeakMap<NetSocket, PeerStream>();
   #closed = false;
@@ -188,7 +225,11 @@ export class PeerRouter {
   constructor(
     peers: readonly PeerConfig[],
     private readonly logger: Logger,
+    private readonly connectPeer: PeerGatewayConnector | undefined,
   ) {
+    if (peers.length && !connectPeer) {
+      throw new InvalidArgumentError('config `peers` needs a connector for peer gateways (GatewayOptions.peerGateways; the sockgate CLI passes the SDK\'s)');
+    }
     this.#peers = peers.map(compile);
   }
 
@@ -198,7 +239,7 @@ export class PeerRouter {
   }
 
   /** The first route whose every given key matches the destination. */
-  match(target: ResolvedTarget): CompiledPeer | undefined {
+  match(target: PeerTarget): CompiledPeer | undefined {
     if (!this.#peers.length || target.uri.protocol !== 'tcp') return undefined;
     const written = target.uri.host.toLowerCase().replace(/\.$/, '');
     const address = normalizeAddress(target.address);
@@ -222,7 +263,7 @@ export class PeerRouter {
    * backed socket (paused, half-open allowed); its hop is `hopOf(socket)`.
    * Errors carry the caller-facing codes.
    */
-  async connect(peer: CompiledPeer, target: ResolvedTarget, timeoutMs: number, options: readonly SocketOption[] = [], signal?: AbortSignal): Promise<NetSocket> {
+  async connect(peer: CompiledPeer, target: PeerTarget, timeoutMs: number, options: readonly SocketOption[] = [], signal?: AbortSignal): Promise<NetSocket> {
     const h = target.uri.host;
     const uri = `${target.uri.scheme}://${isIP(h) === 6 ? `[${h}]` : h}:${target.uri.port}`;
     const started = Date.now();
@@ -268,13 +309,12 @@ export class PeerRouter {
     return this.#hops.get(sock);
   }
 
-  async #gateway(peer: CompiledPeer, deadlineMs: number): Promise<SdkGateway> {
+  async #gateway(peer: CompiledPeer, deadlineMs: number): Promise<PeerGatewayClient> {
     if (this.#closed) throw new HostUnreachableError('the gateway is stopping: no new peer connections');
     let gw = this.#gateways.get(peer.gatewayKey);
     if (!gw) {
       gw = (async () => {
-        const sdk: SdkModule = await import('../clients/sdk/gateway.js');
-        return sdk.Gateway.connect(peer.via, { ...(peer.token ? { token: peer.token } : {}), ...(peer.tls ? { tls: peer.tls } : {}) }, { deadlineMs });
+        return this.connectPeer!(peer.via, { ...(peer.token ? { token: peer.token } : {}), ...(peer.tls ? { tls: peer.tls } : {}) }, { deadlineMs });
       })();
       this.#gateways.set(peer.gatewayKey, gw);
       gw.then(

@@ -13,9 +13,9 @@ import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { addressBytes, formatAddress, isV4Mapped, parseAddress, type Address } from './address.js';
 import { splitListenAddress, type Config, type RuleConfig, type TransportName } from './config.js';
-import { InvalidArgumentError, PolicyDeniedError, UnauthenticatedError } from './errors.js';
-import { isTracerEnabled, tracer } from './trace.js';
-import { formatUri, type L4Protocol } from './uri.js';
+import { InvalidArgumentError, PolicyDeniedError, UnauthenticatedError } from '../proto/errors.js';
+import { isTracerEnabled, tracer } from '../native/trace.js';
+import { formatUri, type L4Protocol } from '../proto/uri.js';
 
 /** Tracer name: SOCKGATE_TRACE=policy logs every decision. */
 const TRACER = 'policy';

@@ -1,7 +1,7 @@
 /**
  * The control-plane service edge: gRPC handlers for SocketGatewayService and
  * AdminService. Each call is identified, traced and measured here; errors
- * become gRPC statuses through the one table in errors.ts.
+ * become gRPC statuses through the one table in proto/errors.ts.
  */
 import type {
   handleServerStreamingCall,
@@ -38,7 +38,7 @@ import {
   WrongSocketKindError,
   fromSystemError,
   toStatus,
-} from './errors.js';
+} from '../proto/errors.js';
 import type { HostBackend } from './host-backend.js';
 import type { NativeLink } from './transport.js';
 import type { Negotiator, Decision } from './negotiate.js';
@@ -57,8 +57,8 @@ import {
 import { ATTR, type ConnectResult, type Telemetry } from './telemetry.js';
 import type { GrpcTransport } from './transport-grpc.js';
 import type { AttachRegistry } from './attach.js';
-import type { Logger } from './log.js';
-import { formatUri } from './uri.js';
+import type { Logger } from '../native/log.js';
+import { formatUri } from '../proto/uri.js';
 import type { CountBudget } from './count-budget.js';
 import type { LogLimiter } from './log-limiter.js';
 import { listSocketsPage } from './list-sockets.js';

@@ -26,13 +26,14 @@ import {
   SockgateError,
   WrongSocketKindError,
   fromSystemError,
-} from './errors.js';
+} from '../proto/errors.js';
 import type { Identity } from './policy.js';
-import type { ChannelDatagram, DataChannel, JsDataChannel, NativeDataChannel, NativeLink, NativeLinkEnd } from './transport.js';
+import type { ChannelDatagram } from '../proto/wire.js';
+import type { DataChannel, JsDataChannel, NativeDataChannel, NativeLink, NativeLinkEnd } from './data-channel.js';
 import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
 import { SocketKind, SocketState, socketStateToJSON, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
-import { formatUri } from './uri.js';
-import { tracer } from './trace.js';
+import { formatUri } from '../proto/uri.js';
+import { tracer } from '../native/trace.js';
 import { DatagramQueue, type IdentityByteBudgets, type QueueReader } from './datagram-queue.js';
 
 const trace = tracer('socket');

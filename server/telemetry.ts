@@ -58,9 +58,9 @@ import {
   ATTR_SERVICE_VERSION,
 } from '@opentelemetry/semantic-conventions';
 import { splitListenAddress } from './config.js';
-import { AddressInUseError, InvalidArgumentError } from './errors.js';
-import { createLogger, type Logger } from './log.js';
-import { tracer as namedTracer } from './trace.js';
+import { AddressInUseError, InvalidArgumentError } from '../proto/errors.js';
+import { createLogger, type Logger } from '../native/log.js';
+import { tracer as namedTracer } from '../native/trace.js';
 
 const TRACER = 'telemetry';
 const debugTrace = namedTracer(TRACER);

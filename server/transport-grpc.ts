@@ -8,11 +8,11 @@ import type { Duplex } from 'node:stream';
 import { TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { DataRequest, DataResponse } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, type AttachRegistry } from './attach.js';
-import { AttachFailedError, ProtocolError, toStatus } from './errors.js';
+import { AttachFailedError, ProtocolError, toStatus } from '../proto/errors.js';
 import { DatagramSocket, StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { OfferContext, OfferOutcome, Transport } from './transport.js';
-import { MessageChannel, payloadCodec, type FrameCodec } from './wire.js';
+import { MessageChannel, payloadCodec, type FrameCodec } from '../proto/wire.js';
 
 /** The first frame must arrive within this time. */
 const ATTACH_FRAME_TIMEOUT_MS = 5_000;

@@ -43,16 +43,16 @@ import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
-import { NativeError, SocketClosedError } from './errors.js';
+import { NativeError, SocketClosedError } from '../proto/errors.js';
 import { applyHostOption } from './host-option.js';
-import { RateLimitedWarn, type Logger } from './log.js';
+import { RateLimitedWarn, type Logger } from '../native/log.js';
 import type { Identity } from './policy.js';
-import type { PumpHub, RdmaEvent } from './pump-hub.js';
-import { SESSION_ID_RE } from './shm-wire.js';
+import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
+import { SESSION_ID_RE } from '../proto/shm-wire.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
-import { tracer } from './trace.js';
+import { tracer } from '../native/trace.js';
 
 const trace = tracer('rdma');
 

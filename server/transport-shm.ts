@@ -55,9 +55,9 @@ import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, type AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
-import { RateLimitedWarn, type Logger } from './log.js';
+import { RateLimitedWarn, type Logger } from '../native/log.js';
 import type { Identity, Policy } from './policy.js';
-import type { LinkEvent, ListenerEvent, PumpHub, RegionEvent } from './pump-hub.js';
+import type { LinkEvent, ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
@@ -73,8 +73,8 @@ import {
   encodeCtl,
   readBootId,
   shmStatusName,
-} from './shm-wire.js';
-import { tracer } from './trace.js';
+} from '../proto/shm-wire.js';
+import { tracer } from '../native/trace.js';
 
 const trace = tracer('shm');
 

@@ -18,12 +18,12 @@ import { AttachTokenError } from './attach.js';
 import type { GatewaySocket } from './socket-table.js';
 import { DatagramSocket, StreamSocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
-import type { Logger } from './log.js';
+import type { Logger } from '../native/log.js';
 import { LogLimiter } from './log-limiter.js';
 import type { DataChannel, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import type { Pump } from '../native/index.js';
-import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from './wire.js';
-import { tracer } from './trace.js';
+import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from '../proto/wire.js';
+import { tracer } from '../native/trace.js';
 
 const trace = tracer('tcp');
 

@@ -5,8 +5,8 @@
  * flag or key and what was expected.
  */
 import { isIP } from 'node:net';
-import { InvalidArgumentError } from '../../server/errors.js';
-import { parseUri } from '../../server/uri.js';
+import { InvalidArgumentError } from '../../proto/errors.js';
+import { parseUri } from '../../proto/uri.js';
 
 /** The host's context id in AF_VSOCK (VMADDR_CID_HOST): where a guest reaches its host. */
 export const VSOCK_CID_HOST = 2;

@@ -1,6 +1,6 @@
 /**
  * `sockgate proxy`: the guest proxy's command. registerProxyCommand() adds it
- * to a commander program (server/cli.ts wires it into `sockgate`).
+ * to a commander program (server/cli/index.ts wires it into `sockgate`).
  *
  * Once every listener is open it prints one JSON line to stdout,
  * `{"event":"ready","local":[...],"remote":[...],"socks":"127.0.0.1:1080"}`,
@@ -8,7 +8,7 @@
  * SIGTERM or SIGINT stops listening and drains; a second signal exits at once.
  */
 import { Option, type Command } from 'commander';
-import { SockgateError } from '../../server/errors.js';
+import { SockgateError } from '../../proto/errors.js';
 import { loadProxyConfig, resolveProxySettings, type ProxyFlags } from './config.js';
 import { GuestProxy } from './proxy.js';
 

@@ -18,8 +18,8 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { InvalidArgumentError } from '../../server/errors.js';
-import { parseUri } from '../../server/uri.js';
+import { InvalidArgumentError } from '../../proto/errors.js';
+import { parseUri } from '../../proto/uri.js';
 import type { TransportName } from '../sdk/socket.js';
 import {
   parseGatewayTarget,

@@ -8,9 +8,9 @@
  * The forward owns its listener and its sessions; the gateway connection is the proxy's.
  */
 import type { Server, Socket } from 'node:net';
-import type { Logger } from '../../server/log.js';
-import { SockgateError } from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
+import type { Logger } from '../../native/log.js';
+import { SockgateError } from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
 import type { GatewayServer, LinkableSocket } from '../sdk/gateway.js';
 import type { GatewaySocket, TransportName } from '../sdk/socket.js';
 import { formatEndpoint, type LocalForwardSpec, type RemoteForwardSpec } from './address.js';

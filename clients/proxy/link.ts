@@ -12,7 +12,7 @@
  */
 import { Gateway, type GatewayOptions } from '../sdk/gateway.js';
 import { vsockSupport } from '../sdk/vsock.js';
-import { NativeError } from '../../server/errors.js';
+import { NativeError } from '../../proto/errors.js';
 import { grpcTarget, parseGatewayTarget, type GatewayTarget } from './address.js';
 
 /** What the proxy needs of a gateway connection (the SDK's Gateway has it). */

@@ -6,7 +6,7 @@
 import { once } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
-import { ConnectTimeoutError, InvalidArgumentError, fromSystemError } from '../../server/errors.js';
+import { ConnectTimeoutError, InvalidArgumentError, fromSystemError } from '../../proto/errors.js';
 import { formatEndpoint, joinHostPort, type LocalEndpoint } from './address.js';
 import { dialVsockUds } from './vsock-uds.js';
 

@@ -5,7 +5,7 @@
  * drains; `destroy()` aborts. Both are idempotent.
  */
 import type { Gateway } from '../sdk/gateway.js';
-import { createLogger, type Logger } from '../../server/log.js';
+import { createLogger, type Logger } from '../../native/log.js';
 import { formatEndpoint } from './address.js';
 import type { ProxySettings } from './config.js';
 import { LocalForward, RemoteForward, type ForwardOptions } from './forward.js';

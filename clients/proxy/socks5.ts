@@ -14,7 +14,7 @@ import {
   PolicyDeniedError,
   SockgateError,
   UnauthenticatedError,
-} from '../../server/errors.js';
+} from '../../proto/errors.js';
 
 export const SOCKS_VERSION = 0x05;
 /** RFC 1929's sub-negotiation version. */

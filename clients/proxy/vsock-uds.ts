@@ -7,8 +7,8 @@
  * option listens there.)
  */
 import { connect as netConnect, type Socket } from 'node:net';
-import { ConnectRefusedError, ConnectTimeoutError, ProtocolError, fromSystemError } from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
+import { ConnectRefusedError, ConnectTimeoutError, ProtocolError, fromSystemError } from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
 
 const trace = tracer('vsock-uds');
 

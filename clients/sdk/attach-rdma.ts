@@ -37,10 +37,10 @@ import {
   SockgateError,
   fromSystemError,
   type SockgateErrorOptions,
-} from '../../server/errors.js';
-import { PumpHub, type RdmaEvent } from '../../server/pump-hub.js';
-import { SESSION_ID_RE } from '../../server/shm-wire.js';
-import { isTracerEnabled, tracer } from '../../server/trace.js';
+} from '../../proto/errors.js';
+import { PumpHub, type RdmaEvent } from '../../native/pump-hub.js';
+import { SESSION_ID_RE } from '../../proto/shm-wire.js';
+import { isTracerEnabled, tracer } from '../../native/trace.js';
 import { FdChannel } from './fd-channel.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 

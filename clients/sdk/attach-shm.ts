@@ -13,10 +13,10 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { dirname } from 'node:path';
-import type { ClientSession, LinkEnd, Pump, PumpLink, ShmRegion } from '../../native/index.js';
+import type { ClientSession, Pump, PumpLink, ShmRegion } from '../../native/index.js';
 import { shmDirProblem } from '../../native/shm-dir.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
-import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../server/errors.js';
+import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../proto/errors.js';
 import {
   CONTROL_SLOT,
   CtlParser,
@@ -28,8 +28,8 @@ import {
   encodeHello,
   readBootId,
   shmStatusName,
-} from '../../server/shm-wire.js';
-import { ShmChannel, endError, type ShmChannelSession } from './shm-channel.js';
+} from '../../proto/shm-wire.js';
+import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** How long an attach or a bind may take by default. */
@@ -90,12 +90,7 @@ function releasePumpIfIdle(): void {
 
 // ---- a session ------------------------------------------------------------------
 
-/** A slot pumped natively between its rings and a caller's descriptor (link.ts). */
-export interface ShmSlotLink {
-  readonly link: PumpLink;
-  /** Settles with the pump's end and, if the gateway or the session ended it, why. */
-  readonly ended: Promise<{ end: LinkEnd; error?: Error }>;
-}
+export type { ShmSlotLink } from './shm-channel.js';
 
 /** One attached session: region, doorbells, control stream, channels by slot. */
 class ClientShmSession implements ShmChannelSession {

@@ -4,7 +4,7 @@
  */
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { GatewayUnavailableError, NativeError, SockgateError, fromServiceError } from '../../server/errors.js';
+import { GatewayUnavailableError, NativeError, SockgateError, fromServiceError } from '../../proto/errors.js';
 import { FdChannel } from './fd-channel.js';
 
 /** Per-direction buffering of SDK-side channels (as gateway.ts's). */

@@ -16,7 +16,7 @@
  * an error (never a silent clean end), the system error stays as it was.
  */
 import { Socket } from 'node:net';
-import { GatewayUnavailableError, SockgateError } from '../../server/errors.js';
+import { GatewayUnavailableError, SockgateError } from '../../proto/errors.js';
 
 /** How long an EOF (or a reset) on the socketpair waits for the mover's account of how the stream ended. */
 export const FATE_WAIT_MS = 3_000;

@@ -25,6 +25,7 @@ import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, ty
 import { ShmClient, shmSupport } from './attach-shm.js';
 import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
 import { bridgeToFd } from './fd-bridge.js';
+import type { CallOpts, ConnectOptions } from './call-options.js';
 import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
@@ -34,9 +35,9 @@ import {
   NoTransportError,
   SockgateError,
   fromServiceError,
-} from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
-import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../server/wire.js';
+} from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
+import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../proto/wire.js';
 import {
   GatewayDatagramSocket,
   GatewaySocket,
@@ -52,7 +53,7 @@ import {
 /** SOCKGATE_TRACE=sdk: the SDK's connect steps on stderr. */
 const trace = tracer('sdk');
 
-/** The generated client, with the grpc plane's payload frames on the hand codec (server/wire.ts). */
+/** The generated client, with the grpc plane's payload frames on the hand codec (proto/wire.ts). */
 const FastSocketGatewayClient = makeGenericClientConstructor(
   withFastDataCodec(SocketGatewayServiceService) as unknown as ServiceDefinition,
   'sockgate.v1.SocketGatewayService',
@@ -127,21 +128,7 @@ export interface GatewayOptions {
   rdma?: RdmaClientOptions;
 }
 
-export interface CallOpts {
-  /** Abort the call (and the socket being opened). */
-  signal?: AbortSignal;
-  /** Deadline for this call in ms. */
-  deadlineMs?: number;
-}
-
-export interface ConnectOptions extends CallOpts {
-  /** Override the transport preference for this socket. */
-  transports?: readonly TransportName[];
-  /** Host-side connect timeout in ms. */
-  timeoutMs?: number;
-  noDelay?: boolean;
-  keepAliveMs?: number;
-}
+export type { CallOpts, ConnectOptions } from './call-options.js';
 
 export interface UdpOptions extends CallOpts {
   transports?: readonly TransportName[];

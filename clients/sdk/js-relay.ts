@@ -7,7 +7,7 @@
  * where no native link can be made.
  */
 import type { Duplex } from 'node:stream';
-import { ConnectionResetError } from '../../server/errors.js';
+import { ConnectionResetError } from '../../proto/errors.js';
 
 /** A joined pair. */
 export interface Session {

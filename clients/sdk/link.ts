@@ -20,10 +20,10 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { LinkEnd as PumpLinkEnd, Pump, SpliceEnd } from '../../native/index.js';
-import { ConnectionResetError, GatewayUnavailableError, RingCorruptError, SockgateError, fromSystemError } from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
+import { ConnectionResetError, GatewayUnavailableError, RingCorruptError, SockgateError, fromSystemError } from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
 import { takeFd, type TakenFd } from './fd-handover.js';
-import type { ConnectOptions } from './gateway.js';
+import type { ConnectOptions } from './call-options.js';
 import { closedCleanly, splice as jsSplice } from './js-relay.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 import { ShmChannel } from './shm-channel.js';

@@ -11,8 +11,7 @@
  * given back (ABORT, or RELEASE once both directions finished).
  */
 import { Duplex } from 'node:stream';
-import type { RingLoan, ShmRegion } from '../../native/index.js';
-import type { ShmSlotLink } from './attach-shm.js';
+import type { LinkEnd, PumpLink, RingLoan, ShmRegion } from '../../native/index.js';
 import {
   ConnectionResetError,
   ERROR_CLASSES,
@@ -23,7 +22,7 @@ import {
   SockgateError,
   WrongSocketKindError,
   fromSystemError,
-} from '../../server/errors.js';
+} from '../../proto/errors.js';
 
 /** Reads carve Buffers out of slabs this large (one allocation per many small reads). */
 const SLAB_BYTES = 256 * 1024;
@@ -33,6 +32,13 @@ const SLAB_MIN_ROOM = 16 * 1024;
 const READS_PER_TURN = 64;
 /** Writable-side buffering on top of the ring (the ring is the real buffer). */
 const WRITABLE_HIGH_WATERMARK = 64 * 1024;
+
+/** A slot pumped natively between its rings and a caller's descriptor (link.ts). */
+export interface ShmSlotLink {
+  readonly link: PumpLink;
+  /** Settles with the pump's end and, if the gateway or the session ended it, why. */
+  readonly ended: Promise<{ end: LinkEnd; error?: Error }>;
+}
 
 /** What a channel needs from its session. */
 export interface ShmChannelSession {

@@ -8,8 +8,8 @@ import { Duplex } from 'node:stream';
 import { EventEmitter } from 'node:events';
 import type { Fallback } from '../../proto/gen/sockgate/v1/transport.js';
 import { DeclineReason, TransportKind, declineReasonToJSON, transportKindToJSON } from '../../proto/gen/sockgate/v1/transport.js';
-import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketClosedError, SockgateError, WrongSocketKindError, fromSystemError } from '../../server/errors.js';
-import type { ChannelDatagram } from '../../server/transport.js';
+import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketClosedError, SockgateError, WrongSocketKindError, fromSystemError } from '../../proto/errors.js';
+import type { ChannelDatagram } from '../../proto/wire.js';
 import type { ShmReadLoan } from './shm-channel.js';
 
 export type TransportName = 'shm' | 'rdma' | 'tcp' | 'grpc';

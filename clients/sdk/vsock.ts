@@ -36,8 +36,8 @@ import {
   InvalidArgumentError,
   NativeError,
   SockgateError,
-} from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
+} from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 const trace = tracer('vsock');

@@ -5,11 +5,11 @@
  * connections finish for `shutdown.drain_timeout_ms`, close the rest, exit 0.
  * A second signal exits at once with status 1.
  *
- * Wire it into a commander program with `registerSidecarCommand(program)`.
+ * Wire it into a commander program with `registerSidecarCommand(program, createTelemetry)`.
  */
 import type { Command } from 'commander';
-import { SockgateError } from '../../server/errors.js';
-import { Sidecar } from './sidecar.js';
+import { SockgateError } from '../../proto/errors.js';
+import { Sidecar, type SidecarTelemetryFactory } from './sidecar.js';
 import { loadSidecarConfig } from './sidecar-config.js';
 
 /** Exit statuses, by error code (the same numbers `sockgate connect` uses); anything else exits 1. */
@@ -34,7 +34,7 @@ function fail(err: unknown): never {
 }
 
 /** The action of `sockgate sidecar`: start, then serve until a signal. */
-export async function runSidecar(opts: SidecarCommandOptions): Promise<void> {
+export async function runSidecar(opts: SidecarCommandOptions, createTelemetry: SidecarTelemetryFactory): Promise<void> {
   let sidecar: Sidecar;
   try {
     const config = loadSidecarConfig(opts.config);
@@ -43,7 +43,7 @@ export async function runSidecar(opts: SidecarCommandOptions): Promise<void> {
       return;
     }
     const token = process.env['SOCKGATE_TOKEN'];
-    sidecar = new Sidecar({ configPath: opts.config, config, watch: opts.watch, ...(token ? { gatewayToken: token } : {}) });
+    sidecar = new Sidecar({ configPath: opts.config, config, watch: opts.watch, createTelemetry, ...(token ? { gatewayToken: token } : {}) });
     await sidecar.start();
   } catch (err) {
     fail(err);
@@ -67,13 +67,13 @@ export async function runSidecar(opts: SidecarCommandOptions): Promise<void> {
   process.on('SIGINT', onStop);
 }
 
-/** Add `sidecar --config <file>` to a commander program. */
-export function registerSidecarCommand(program: Command): void {
+/** Add `sidecar --config <file>` to a commander program; the composition root supplies telemetry. */
+export function registerSidecarCommand(program: Command, createTelemetry: SidecarTelemetryFactory): void {
   program
     .command('sidecar')
     .description('run the L4 load-balancer sidecar: local listeners balanced over clusters of endpoints reached through the gateway')
     .requiredOption('-c, --config <file>', 'sidecar YAML configuration (reloaded on SIGHUP and when the file changes)')
     .option('--no-watch', 'do not reload when the config file changes (SIGHUP still does)')
     .option('--check', 'validate the configuration and exit')
-    .action((opts: SidecarCommandOptions) => runSidecar(opts));
+    .action((opts: SidecarCommandOptions) => runSidecar(opts, createTelemetry));
 }

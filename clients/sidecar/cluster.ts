@@ -13,7 +13,7 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../../server/log.js';
+import type { Logger } from '../../native/log.js';
 import {
   AbortedError,
   AttachFailedError,
@@ -28,8 +28,8 @@ import {
   PolicyDeniedError,
   ShuttingDownError,
   UnauthenticatedError,
-} from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
+} from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
 import { Endpoint, type ConnectFailureReason, type EndpointSnapshot } from './endpoint.js';
 import type { UpstreamDialer } from './gateway-link.js';
 import { HealthChecker } from './health-check.js';

@@ -5,7 +5,7 @@
  * health checker and the outlier detector change their state only through the
  * methods here, each of which reports availability changes to the cluster.
  */
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 
 const TRACER = 'sidecar_endpoint';
 const trace = tracer(TRACER);

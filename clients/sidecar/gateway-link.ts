@@ -8,7 +8,7 @@
 import type { Duplex } from 'node:stream';
 import { Gateway as SdkGateway, type GatewayOptions } from '../sdk/gateway.js';
 import type { TransportName } from '../sdk/socket.js';
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 import type { GatewayLinkConfig } from './sidecar-config.js';
 import { LinkableUpstream } from './linked-session.js';
 

@@ -7,7 +7,7 @@
  * endpoint needs a single pass (as in Envoy).
  */
 import type { Duplex } from 'node:stream';
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 import type { Endpoint } from './endpoint.js';
 import type { UpstreamDialer } from './gateway-link.js';
 import { payloadBytes, type HealthCheckConfig } from './sidecar-config.js';

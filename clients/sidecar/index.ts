@@ -4,12 +4,12 @@
  *
  * ```ts
  * import { Sidecar } from 'sockgate/sidecar';
- * const sidecar = new Sidecar({ configPath: '/etc/sockgate/sidecar.yaml' });
+ * const sidecar = new Sidecar({ configPath: '/etc/sockgate/sidecar.yaml', createTelemetry });
  * await sidecar.start();
  * // ... sidecar.reload() on SIGHUP, sidecar.close() on SIGTERM
  * ```
  */
-export { Sidecar, type SidecarOptions, type SidecarStatus, type ReloadEvent } from './sidecar.js';
+export { Sidecar, type SidecarOptions, type SidecarStatus, type ReloadEvent, type SidecarTelemetry, type SidecarTelemetryFactory } from './sidecar.js';
 export {
   sidecarConfigSchema,
   loadSidecarConfig,

@@ -8,7 +8,7 @@
  * backend's own keys.
  */
 import type { Endpoint } from './endpoint.js';
-import type { LoadBalancer, PickContext } from './lb.js';
+import type { LoadBalancer, PickContext } from './load-balancer.js';
 
 /** Seed of the hash that places a backend's permutation start. */
 const SEED_OFFSET = 0x9e3779b9;

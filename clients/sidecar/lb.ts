@@ -6,19 +6,9 @@
 import type { Endpoint } from './endpoint.js';
 import { MaglevLoadBalancer } from './lb-maglev.js';
 import type { LbPolicy } from './sidecar-config.js';
+import type { LoadBalancer, PickContext } from './load-balancer.js';
 
-export interface PickContext {
-  /** What consistent hashing hashes: the client's address (without port). */
-  hashKey: string;
-  /** Endpoints already tried for this connection; a retry goes elsewhere. */
-  exclude?: ReadonlySet<Endpoint>;
-}
-
-export interface LoadBalancer {
-  readonly policy: LbPolicy;
-  /** An endpoint from `candidates` not in `ctx.exclude`, or undefined if there is none. */
-  pick(candidates: readonly Endpoint[], ctx: PickContext): Endpoint | undefined;
-}
+export type { LoadBalancer, PickContext } from './load-balancer.js';
 
 /**
  * Round robin over the candidates in order: with a stable set, N connections

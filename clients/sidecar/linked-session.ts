@@ -8,7 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import { Duplex } from 'node:stream';
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 import type { LinkableSocket } from '../sdk/gateway.js';
 import type { GatewayLink } from '../sdk/link.js';
 import type { Endpoint } from './endpoint.js';
@@ -48,7 +48,7 @@ export class LinkedSession {
     readonly downstream: Socket,
     readonly upstream: LinkableUpstream,
     readonly endpoint: Endpoint,
-    private readonly options: SessionOptions,
+    private readonly options: SessionOptions<LinkedSession>,
   ) {
     // What the listener read while the upstream connected goes first (its FIN, if it came, is still at the descriptor).
     upstream.linked = true;

@@ -11,9 +11,9 @@
  */
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import type { Logger } from '../../server/log.js';
-import { AddressInUseError, fromSystemError } from '../../server/errors.js';
-import { tracer } from '../../server/trace.js';
+import type { Logger } from '../../native/log.js';
+import { AddressInUseError, fromSystemError } from '../../proto/errors.js';
+import { tracer } from '../../native/trace.js';
 import type { Cluster } from './cluster.js';
 import { CLOSE_REASONS, ProxySession, type CloseReason } from './proxy-session.js';
 import { LinkableUpstream, LinkedSession } from './linked-session.js';

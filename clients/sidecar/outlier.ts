@@ -8,7 +8,7 @@
  * ejected at once, but always at least one may be. A passing active health
  * check ends an ejection early (Envoy's `successful_active_health_check_uneject_host`).
  */
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 import type { Endpoint } from './endpoint.js';
 import type { OutlierConfig } from './sidecar-config.js';
 

@@ -11,7 +11,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { tracer } from '../../server/trace.js';
+import { tracer } from '../../native/trace.js';
 import { resetSocket } from '../sdk/reset-socket.js';
 import type { Endpoint } from './endpoint.js';
 
@@ -59,7 +59,8 @@ export const CLOSE_REASONS: readonly CloseReason[] = [
   'downstream_aborted',
 ];
 
-export interface SessionOptions {
+/** S: the session kind that reports its close (ProxySession, or LinkedSession in linked-session.ts; generic so this file needs no import of it). */
+export interface SessionOptions<S = ProxySession> {
   /** Close both sides after this long without a byte either way; 0 disables. */
   idleTimeoutMs: number;
   /** Bytes the listener read from the downstream while the upstream connected; sent first. */
@@ -67,7 +68,7 @@ export interface SessionOptions {
   /** The downstream's FIN arrived while the upstream connected. */
   earlyEnd?: boolean;
   /** Called once, after both sockets closed. */
-  onClose(session: ProxySession | import('./linked-session.js').LinkedSession, reason: CloseReason): void;
+  onClose(session: S, reason: CloseReason): void;
 }
 
 export class ProxySession {

@@ -25,8 +25,8 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
-import { InvalidArgumentError, SockgateError } from '../../server/errors.js';
-import { parseUri } from '../../server/uri.js';
+import { InvalidArgumentError, SockgateError } from '../../proto/errors.js';
+import { parseUri } from '../../proto/uri.js';
 
 /** Host a listener binds when its address is a bare port: loopback, so nothing is exposed by accident. */
 export const DEFAULT_LISTENER_HOST = '127.0.0.1';

@@ -15,10 +15,10 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
-import { InvalidArgumentError } from '../../server/errors.js';
-import type { Logger } from '../../server/log.js';
-import { createTelemetry, type Telemetry } from '../../server/telemetry.js';
-import { tracer } from '../../server/trace.js';
+import { InvalidArgumentError } from '../../proto/errors.js';
+import type { Logger } from '../../native/log.js';
+import type { Meter } from '@opentelemetry/api';
+import { tracer } from '../../native/trace.js';
 import { Cluster, type ClusterSnapshot, type Resolver } from './cluster.js';
 import type { EndpointSnapshot } from './endpoint.js';
 import { GatewayLink } from './gateway-link.js';
@@ -47,7 +47,26 @@ export interface SidecarOptions {
   resolver?: Resolver;
   /** Bearer token for the gateway when the config's `gateway` section has none (the CLI passes $SOCKGATE_TOKEN). */
   gatewayToken?: string;
+  /** Makes the logger and metrics endpoint; injected by the composition root (the CLI passes the gateway's createTelemetry). */
+  createTelemetry: SidecarTelemetryFactory;
 }
+
+/** What the sidecar needs of a telemetry bundle: declared here so clients/ does not import the gateway. */
+export interface SidecarTelemetry {
+  readonly logger: Logger;
+  readonly meter: Meter;
+  readonly metricsUrl: string | undefined;
+  start(): Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+/** Builds the sidecar's telemetry; server/telemetry.ts's createTelemetry fits. */
+export type SidecarTelemetryFactory = (options: {
+  logLevel: string;
+  traces: 'none';
+  metricsListen: string;
+  logDestination?: NodeJS.WritableStream;
+}) => SidecarTelemetry;
 
 /** Outcome of a reload, as emitted in 'reload' events. */
 export type ReloadEvent = { ok: true; trigger: string } | { ok: false; trigger: string; error: Error };
@@ -68,7 +87,7 @@ export class Sidecar extends EventEmitter implements SidecarMetricsSource {
   readonly reloads = { ok: 0, rejected: 0 };
   /** The config in force (the last one applied). */
   private config: SidecarConfig;
-  private telemetry: Telemetry | undefined;
+  private telemetry: SidecarTelemetry | undefined;
   private logger: Logger | undefined;
   private link: GatewayLink | undefined;
   /** Listeners by name: the ones accepting. */
@@ -120,7 +139,7 @@ export class Sidecar extends EventEmitter implements SidecarMetricsSource {
     if (this.started) throw new InvalidArgumentError('sidecar already started');
     this.started = true;
     const cfg = this.config;
-    const telemetry = createTelemetry({
+    const telemetry = this.options.createTelemetry({
       logLevel: cfg.telemetry.log_level,
       traces: 'none',
       metricsListen: cfg.telemetry.metrics,

@@ -28,7 +28,7 @@ const DEFAULT_WAIT_MS = 30_000;
 /** Check the clock once every this many writes in a write loop (a clock read per 64 B write would be measurable). */
 const CLOCK_EVERY_WRITES = 16;
 
-export const CLI_PATH = fileURLToPath(new URL('../../server/cli.js', import.meta.url));
+export const CLI_PATH = fileURLToPath(new URL('../../server/cli/index.js', import.meta.url));
 const RELAY_PATH = fileURLToPath(new URL('./node-relay.js', import.meta.url));
 
 // ---------------------------------------------------------------------------
@@ -536,7 +536,7 @@ export function isHttp2Server(port: number, ms = PROBE_TIMEOUT_MS): Promise<bool
 }
 
 /**
- * Start `node dist/server/cli.js serve --config <tmp>` with BENCH_CONFIG_YAML.
+ * Start `node dist/server/cli/index.js serve --config <tmp>` with BENCH_CONFIG_YAML.
  * With warn-level logs the child does not print its addresses, so the control
  * port is found from the child's listening sockets (/proc) and the one that
  * greets with HTTP/2; the SDK learns the data port from negotiation.

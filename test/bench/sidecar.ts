@@ -30,6 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { registerSidecarCommand } from '../../clients/sidecar/cli.js';
+import { createTelemetry } from '../../server/telemetry.js';
 import {
   closeSocket,
   dialDirect,
@@ -293,7 +294,7 @@ if (isMain()) {
   if (process.argv[2] === 'sidecar-child') {
     // Child mode: `node sidecar.js sidecar-child --config <file> [--no-watch]` runs the sidecar CLI.
     const program = new Command('sockgate');
-    registerSidecarCommand(program);
+    registerSidecarCommand(program, createTelemetry);
     await program.parseAsync([process.argv[0]!, process.argv[1]!, 'sidecar', ...process.argv.slice(3)]);
   } else {
     standalone(process.argv.slice(2)).then(

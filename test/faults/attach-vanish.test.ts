@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import { credentials, status } from '@grpc/grpc-js';
 import { SocketGatewayServiceClient, SocketState } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
-import { encodePreamble, REPLY_BYTES } from '../../server/wire.js';
+import { encodePreamble, REPLY_BYTES } from '../../proto/wire.js';
 import { echoServer, startChildGateway, within } from '../helpers/harness.js';
 import { dataConnect, rpc, rpcError } from '../helpers/rpc.js';
 import { fdCount, settle } from './helpers.js';

@@ -15,6 +15,7 @@ import type { Duplex, Readable } from 'node:stream';
 import { loadConfig, mergeConfig, type Config } from '../../server/config.js';
 import { Gateway } from '../../server/gateway.js';
 import { Gateway as SdkGateway, type GatewayOptions } from '../../clients/sdk/gateway.js';
+import type { PeerGatewayConnector } from '../../server/peers.js';
 
 /** Config overrides that put every port on loopback with a kernel-chosen port and quiet logs. */
 export const TEST_OVERRIDES = {
@@ -43,11 +44,14 @@ export interface TestGateway {
 }
 
 /** Start an in-process gateway with `overrides` merged over TEST_OVERRIDES. */
+/** The SDK as the gateway's peer connector, the way the CLI (composition root) injects it. */
+export const connectPeerGateway: PeerGatewayConnector = (via, credentials, opts) => SdkGateway.connect(via, credentials, opts);
+
 export async function startGateway(overrides: unknown = {}, sdkOptions: GatewayOptions = {}): Promise<TestGateway> {
   // Every gateway gets its own shm attach socket: several run side by side in one test process.
   const shmPath = join(mkdtempSync(join(tmpdir(), 'sockgate-shm-')), 'shm.sock');
   const config = loadConfig({ overrides: mergeConfig(mergeConfig(TEST_OVERRIDES, { transports: { shm: { path: shmPath } } }), overrides) });
-  const gateway = new Gateway(config);
+  const gateway = new Gateway(config, { peerGateways: connectPeerGateway });
   const addrs = await gateway.start();
   const sdk = await SdkGateway.connect(addrs.control, sdkOptions);
   return {
@@ -62,7 +66,7 @@ export async function startGateway(overrides: unknown = {}, sdkOptions: GatewayO
   };
 }
 
-export const CLI_PATH = fileURLToPath(new URL('../../server/cli.js', import.meta.url));
+export const CLI_PATH = fileURLToPath(new URL('../../server/cli/index.js', import.meta.url));
 
 export interface ChildGateway {
   child: ChildProcess;

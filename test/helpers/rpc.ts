@@ -19,8 +19,8 @@ import {
 } from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 import { AdminServiceService, SocketGatewayServiceService } from '../../proto/gen/sockgate/v1/sockgate.js';
-import { ERROR_CODE_METADATA_KEY, ERROR_RULE_METADATA_KEY } from '../../server/errors.js';
-import { REPLY_BYTES, AttachStatus } from '../../server/wire.js';
+import { ERROR_CODE_METADATA_KEY, ERROR_RULE_METADATA_KEY } from '../../proto/errors.js';
+import { REPLY_BYTES, AttachStatus } from '../../proto/wire.js';
 
 // ---------------------------------------------------------------------------
 // Seeded PRNG

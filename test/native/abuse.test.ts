@@ -1,7 +1,7 @@
 /** Abuse of the native boundary: wrong types, wrong `this`, use after close, double close, close while in use. */
 import test from 'ava';
 import { binding, Eventfd, nativeCode, Pump, ShmRegion, socketpair } from '../../native/index.js';
-import { NativeError as NativeErrorCheck } from '../../server/errors.js';
+import { NativeError as NativeErrorCheck } from '../../proto/errors.js';
 
 test('wrong argument types throw TypeError (or RangeError for bad numbers)', (t) => {
   const r = ShmRegion.create({ slots: 2, maxRingSize: 1 << 16 });

@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, mergeConfig } from '../../server/config.js';
 import { Gateway as ServerGateway } from '../../server/gateway.js';
-import { ConnectRefusedError, GatewayUnavailableError } from '../../server/errors.js';
+import { ConnectRefusedError, GatewayUnavailableError } from '../../proto/errors.js';
 import { Gateway } from '../../clients/sdk/gateway.js';
 import { dialVsock, forwardVsock, vsockSupport, type VsockForwarder } from '../../clients/sdk/vsock.js';
 
@@ -44,7 +44,7 @@ const SDK_BYTES = 16 << 20;
 const PROXY_BYTES = 4 << 20;
 /** Bound on every step; TCG is slow but nothing here needs minutes. */
 const STEP_MS = 90_000;
-const CLI = fileURLToPath(new URL('../../server/cli.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../server/cli/index.js', import.meta.url));
 
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;

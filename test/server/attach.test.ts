@@ -17,8 +17,8 @@ import {
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { TransportKind, type Accepted } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry, AttachTokenError, ATTACH_TOKEN_BYTES } from '../../server/attach.js';
-import { AttachFailedError } from '../../server/errors.js';
-import { AttachStatus, encodePreamble, PREAMBLE_MAGIC, REPLY_BYTES } from '../../server/wire.js';
+import { AttachFailedError } from '../../proto/errors.js';
+import { AttachStatus, encodePreamble, PREAMBLE_MAGIC, REPLY_BYTES } from '../../proto/wire.js';
 import { echoServer, startChildGateway, startGateway, within, type TestGateway } from '../helpers/harness.js';
 import { dataConnect, eventually, rpc, type DataConn } from '../helpers/rpc.js';
 

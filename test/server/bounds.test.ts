@@ -16,7 +16,7 @@ import { DeclineReason, TransportKind, type TransportOffer } from '../../proto/g
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { DatagramSocket, type GatewaySocket } from '../../server/socket-table.js';
 import { listSocketsPage, MAX_LIST_RESPONSE_BYTES } from '../../server/list-sockets.js';
-import { encodePreamble, AttachStatus } from '../../server/wire.js';
+import { encodePreamble, AttachStatus } from '../../proto/wire.js';
 import { echoServer, startGateway, within, type TestGateway } from '../helpers/harness.js';
 import { bearer, callRaw, dataConnect, eventually, metricSum, rawClient, rpc, rpcError, scrape } from '../helpers/rpc.js';
 import { datagram, flood, isIntact, portOf, recvFrom, stuckReceiver, tenantConfig, TCP_OFFER, TOKEN } from '../helpers/tenants.js';

@@ -1,5 +1,5 @@
 /**
- * The `sockgate` command as a user runs it: `node dist/server/cli.js ...` as a
+ * The `sockgate` command as a user runs it: `node dist/server/cli/index.js ...` as a
  * child process against a real gateway on loopback. connect pipes stdin to a
  * socket and the socket to stdout (SHA-256 checked) and exits with the
  * socket's status; status prints the smcss-like table; serve refuses a bad

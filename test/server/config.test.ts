@@ -11,7 +11,7 @@ import {
   validateConfig,
   type LoadConfigOptions,
 } from '../../server/config.js';
-import { InvalidArgumentError } from '../../server/errors.js';
+import { InvalidArgumentError } from '../../proto/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'sockgate-config-test-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));

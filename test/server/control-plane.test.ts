@@ -13,9 +13,9 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
-import { UnauthenticatedError } from '../../server/errors.js';
+import { UnauthenticatedError } from '../../proto/errors.js';
 import { admissionKeyOf, RefusalLog } from '../../server/control-admission.js';
-import type { Logger } from '../../server/log.js';
+import type { Logger } from '../../native/log.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../helpers/harness.js';
 import { eventually } from '../helpers/rpc.js';
 

@@ -32,7 +32,7 @@ import {
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { RdmaOffer, ShmOffer, TransportKind, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
-import { AttachStatus, encodePreamble, REPLY_BYTES } from '../../server/wire.js';
+import { AttachStatus, encodePreamble, REPLY_BYTES } from '../../proto/wire.js';
 import { ADMIN_IDENTITY, ADMIN_TOKEN, echoServer, hashUntilEnd, sendRandom, startChildGateway, startGateway, within } from '../helpers/harness.js';
 import {
   ALL_METHODS,

@@ -10,7 +10,7 @@ import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { connect as netConnect, type Socket } from 'node:net';
 import { status } from '@grpc/grpc-js';
-import { DatagramTooLargeError, SockgateError } from '../../server/errors.js';
+import { DatagramTooLargeError, SockgateError } from '../../proto/errors.js';
 import { SocketState } from '../../proto/gen/sockgate/v1/sockgate.js';
 import type { GatewaySocket } from '../../clients/sdk/socket.js';
 import { SDK_TRANSPORTS } from '../../clients/sdk/gateway.js';

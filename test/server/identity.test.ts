@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { loadConfig } from '../../server/config.js';
-import { PolicyDeniedError, SocketNotFoundError, UnauthenticatedError } from '../../server/errors.js';
+import { PolicyDeniedError, SocketNotFoundError, UnauthenticatedError } from '../../proto/errors.js';
 import { ADMIN_IDENTITY, ADMIN_TOKEN, echoServer, startGateway } from '../helpers/harness.js';
 
 const TOKEN_A = 'identity-test-token-a-0123456789';

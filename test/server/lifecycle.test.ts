@@ -17,7 +17,7 @@ import { SocketGatewayServiceClient } from '../../proto/gen/sockgate/v1/sockgate
 import { TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import type { GatewaySocket } from '../../clients/sdk/socket.js';
-import { GatewayUnavailableError, ShuttingDownError, SockgateError } from '../../server/errors.js';
+import { GatewayUnavailableError, ShuttingDownError, SockgateError } from '../../proto/errors.js';
 import { echoServer, startChildGateway, tcpServer, within, type ChildGateway } from '../helpers/harness.js';
 import {
   closedPort,

@@ -13,7 +13,7 @@ import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { loadConfig, mergeConfig } from '../../server/config.js';
 import { Gateway } from '../../server/gateway.js';
 import type { HostLookup } from '../../server/host-backend.js';
-import { echoServer, hashUntilEnd, sendRandom, TEST_OVERRIDES, within } from '../helpers/harness.js';
+import { connectPeerGateway, echoServer, hashUntilEnd, sendRandom, TEST_OVERRIDES, within } from '../helpers/harness.js';
 
 interface Coded {
   code?: string;
@@ -28,7 +28,7 @@ async function gatewayWithLookup(overrides: unknown, answers: Record<string, str
   };
   const shmPath = join(mkdtempSync(join(tmpdir(), 'sockgate-shm-')), 'shm.sock');
   const config = loadConfig({ overrides: mergeConfig(mergeConfig(TEST_OVERRIDES, { transports: { shm: { path: shmPath } } }), overrides) });
-  const gateway = new Gateway(config, { lookup });
+  const gateway = new Gateway(config, { lookup, peerGateways: connectPeerGateway });
   const addrs = await gateway.start();
   const sdk = await SdkGateway.connect(addrs.control);
   return {

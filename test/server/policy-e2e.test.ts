@@ -20,8 +20,8 @@ import {
   PolicyDeniedError,
   SockgateError,
   UnauthenticatedError,
-} from '../../server/errors.js';
-import { encodePreamble, REPLY_BYTES, AttachStatus } from '../../server/wire.js';
+} from '../../proto/errors.js';
+import { encodePreamble, REPLY_BYTES, AttachStatus } from '../../proto/wire.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within, type TestGateway } from '../helpers/harness.js';
 import { bearer, callRaw, closedPort, dataConnect, eventually, method, metricSum, rawClient, rpc, rpcError, scrape } from '../helpers/rpc.js';
 

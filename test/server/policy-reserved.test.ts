@@ -10,7 +10,7 @@ import { networkInterfaces } from 'node:os';
 import test, { type ExecutionContext } from 'ava';
 import { addressBytes, dialAddress, formatAddress, parseAddress } from '../../server/address.js';
 import { loadConfig } from '../../server/config.js';
-import { PolicyDeniedError } from '../../server/errors.js';
+import { PolicyDeniedError } from '../../proto/errors.js';
 import { Policy, type DestinationCheck, type Identity } from '../../server/policy.js';
 
 function policyWith(rules: unknown[], extra: Record<string, unknown> = {}): { p: Policy; anon: Identity } {

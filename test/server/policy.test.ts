@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { status } from '@grpc/grpc-js';
 import test, { type ExecutionContext } from 'ava';
 import { loadConfig, type Config } from '../../server/config.js';
-import { InvalidArgumentError, PolicyDeniedError, UnauthenticatedError } from '../../server/errors.js';
+import { InvalidArgumentError, PolicyDeniedError, UnauthenticatedError } from '../../proto/errors.js';
 import { Policy, type DestinationCheck, type Identity } from '../../server/policy.js';
 
 const TOKEN_ALICE = 'alice-token-0123456789abcdef';

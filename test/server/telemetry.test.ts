@@ -1,7 +1,7 @@
 import test from 'ava';
 import { PassThrough } from 'node:stream';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
-import { createLogger } from '../../server/log.js';
+import { createLogger } from '../../native/log.js';
 import { ATTR, createTelemetry, type ByteSample, type OpenSample, type TelemetryOptions } from '../../server/telemetry.js';
 
 /** A sink that collects what the logger writes, one parsed JSON object per line. */

@@ -22,7 +22,7 @@ import { AdminServiceClient, ShutdownHow, SocketGatewayServiceClient, SocketStat
 import { TransportKind, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import type { GatewaySocket } from '../../clients/sdk/socket.js';
-import { encodePreamble, REPLY_BYTES, AttachStatus } from '../../server/wire.js';
+import { encodePreamble, REPLY_BYTES, AttachStatus } from '../../proto/wire.js';
 import { ADMIN_IDENTITY, ADMIN_TOKEN, echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../helpers/harness.js';
 import { bearer, callRaw, dataConnect, method, rawClient, rpc, rpcError, type CallOutcome } from '../helpers/rpc.js';
 

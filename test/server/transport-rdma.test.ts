@@ -17,15 +17,15 @@ import { SocketGatewayServiceClient } from '../../proto/gen/sockgate/v1/sockgate
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachRegistry, AttachTokenError, SHORT_TOKEN_BYTES } from '../../server/attach.js';
 import { loadConfig } from '../../server/config.js';
-import { fromSystemError, RdmaDeviceRemovedError, RdmaProtocolError } from '../../server/errors.js';
-import type { Logger } from '../../server/log.js';
+import { fromSystemError, RdmaDeviceRemovedError, RdmaProtocolError } from '../../proto/errors.js';
+import type { Logger } from '../../native/log.js';
 import { Negotiator } from '../../server/negotiate.js';
 import { Policy, type Identity } from '../../server/policy.js';
 import type { GatewaySocket } from '../../server/socket-table.js';
 import type { GatewayMetrics } from '../../server/telemetry.js';
 import type { Transport } from '../../server/transport.js';
 import { RdmaSessions, RdmaTransport } from '../../server/transport-rdma.js';
-import { AttachStatus, encodePreamble, REPLY_BYTES } from '../../server/wire.js';
+import { AttachStatus, encodePreamble, REPLY_BYTES } from '../../proto/wire.js';
 import { echoServer, startGateway, within } from '../helpers/harness.js';
 import { dataConnect, metricSum, rpc, scrape } from '../helpers/rpc.js';
 

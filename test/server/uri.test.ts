@@ -1,6 +1,6 @@
 import test from 'ava';
-import { InvalidUriError } from '../../server/errors.js';
-import { formatUri, parseUri, type ParseUriOptions } from '../../server/uri.js';
+import { InvalidUriError } from '../../proto/errors.js';
+import { formatUri, parseUri, type ParseUriOptions } from '../../proto/uri.js';
 
 /** Expect `input` to be refused with an InvalidUriError whose message matches `message`. */
 function rejects(t: import('ava').ExecutionContext, input: unknown, message: RegExp, options?: ParseUriOptions): void {

@@ -16,7 +16,7 @@ import {
   parsePreamble,
   parseReply,
   withFastDataCodec,
-} from '../../server/wire.js';
+} from '../../proto/wire.js';
 import type { ChannelDatagram } from '../../server/transport.js';
 
 const fastService = withFastDataCodec(SocketGatewayServiceService);

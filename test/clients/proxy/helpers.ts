@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { connect as netConnect, type Socket } from 'node:net';
-import { createLogger } from '../../../server/log.js';
+import { createLogger } from '../../../native/log.js';
 import { resolveProxySettings, type ProxyFlags } from '../../../clients/proxy/config.js';
 import { GuestProxy } from '../../../clients/proxy/proxy.js';
 

@@ -27,7 +27,7 @@ import {
   HostUnreachableError,
   InvalidArgumentError,
   PolicyDeniedError,
-} from '../../../server/errors.js';
+} from '../../../proto/errors.js';
 import { loadConfig } from '../../../server/config.js';
 
 test('gateway targets, listen addresses and dial targets', (t) => {

@@ -13,7 +13,7 @@ import { DeclineReason } from '../../../proto/gen/sockgate/v1/transport.js';
 import { Gateway, SDK_TRANSPORTS, defaultTransports } from '../../../clients/sdk/gateway.js';
 import { declineReasonOfRdmaFailure, rdmaEndError, rdmaSupport } from '../../../clients/sdk/attach-rdma.js';
 import { FATE_WAIT_MS, FdChannel } from '../../../clients/sdk/fd-channel.js';
-import { ConnectionResetError, GatewayUnavailableError, RdmaTimeoutError } from '../../../server/errors.js';
+import { ConnectionResetError, GatewayUnavailableError, RdmaTimeoutError } from '../../../proto/errors.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../../helpers/harness.js';
 
 test('rdma offered where available: a remote gateway gets rdma, tcp, grpc; a local one never rdma', (t) => {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gateway } from '../../../clients/sdk/gateway.js';
 import type { GatewaySocket } from '../../../clients/sdk/socket.js';
-import { InvalidArgumentError, NativeError, WrongSocketKindError } from '../../../server/errors.js';
+import { InvalidArgumentError, NativeError, WrongSocketKindError } from '../../../proto/errors.js';
 import { echoServer, readAll, startChildGateway, startGateway, tcpServer, within } from '../../helpers/harness.js';
 import { eventually } from '../../helpers/rpc.js';
 

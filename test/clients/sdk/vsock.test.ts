@@ -23,7 +23,7 @@ import {
   HostUnreachableError,
   InvalidArgumentError,
   NativeError,
-} from '../../../server/errors.js';
+} from '../../../proto/errors.js';
 
 // Every test in this file: never reach this machine's real vsock.
 process.env['SOCKGATE_VSOCK'] = 'off';

@@ -3,7 +3,7 @@
  * its path (and the listener or cluster it is in).
  */
 import test from 'ava';
-import { InvalidArgumentError } from '../../../server/errors.js';
+import { InvalidArgumentError } from '../../../proto/errors.js';
 import { parseListenerAddress, parseSidecarConfig, validateSidecarConfig } from '../../../clients/sidecar/sidecar-config.js';
 
 const MINIMAL = `

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { stringify } from 'yaml';
 import { Sidecar, type SidecarOptions } from '../../../clients/sidecar/sidecar.js';
+import { createTelemetry } from '../../../server/telemetry.js';
 import { within } from '../../helpers/harness.js';
 
 /** Every client connection starts with this, so a backend can tell traffic from health checks. */
@@ -155,7 +156,7 @@ export async function startSidecar(config: object, options: Partial<SidecarOptio
   dest.on('data', (s: string) => {
     logs = (logs + s).slice(-1 << 20);
   });
-  const sidecar = new Sidecar({ configPath: file, watch: false, logDestination: dest, ...options });
+  const sidecar = new Sidecar({ configPath: file, watch: false, logDestination: dest, createTelemetry, ...options });
   await sidecar.start();
   return {
     sidecar,

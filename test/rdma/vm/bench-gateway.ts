@@ -246,7 +246,7 @@ export class EventCount {
 
 /** Count the rdma events every PumpHub of this process routes (the gateway's and the SDK's). */
 async function countHubEvents(): Promise<EventCount> {
-  const { PumpHub } = await import('../../../server/pump-hub.js');
+  const { PumpHub } = await import('../../../native/pump-hub.js');
   const count = new EventCount();
   const proto = PumpHub.prototype as unknown as { onRdma(id: number, fn: (e: { event: string }) => void): void; __counted?: boolean };
   if (!proto.__counted) {

@@ -1,20 +1,22 @@
 #!/usr/bin/env node
 /**
- * The `sockgate` command: serve, status, connect.
+ * The `sockgate` command: serve, status, connect (and proxy, sidecar). The
+ * composition root: the only file in server/ that imports clients/, and only
+ * their public entry points (index.ts).
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { loadConfig } from './config.js';
-import { Gateway } from './gateway.js';
-import { Gateway as SdkGateway } from '../clients/sdk/gateway.js';
-import type { TransportName } from '../clients/sdk/socket.js';
-import { registerProxyCommand } from '../clients/proxy/cli.js';
-import { registerSidecarCommand } from '../clients/sidecar/cli.js';
-import { SockgateError } from './errors.js';
-import { SocketKind, socketStateToJSON } from '../proto/gen/sockgate/v1/sockgate.js';
-import { reasonName, transportName } from './socket-table.js';
-import type { SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
+import { loadConfig } from '../config.js';
+import { Gateway } from '../gateway.js';
+import { createTelemetry } from '../telemetry.js';
+import { Gateway as SdkGateway, type TransportName } from '../../clients/sdk/index.js';
+import { registerProxyCommand } from '../../clients/proxy/index.js';
+import { registerSidecarCommand } from '../../clients/sidecar/index.js';
+import { SockgateError } from '../../proto/errors.js';
+import { SocketKind, socketStateToJSON } from '../../proto/gen/sockgate/v1/sockgate.js';
+import { reasonName, transportName } from '../socket-table.js';
+import type { SocketInfo } from '../../proto/gen/sockgate/v1/sockgate.js';
 
 const DEFAULT_TARGET = process.env['SOCKGATE_TARGET'] ?? '127.0.0.1:7070';
 
@@ -88,7 +90,8 @@ async function serve(opts: { config?: string; set: string[] }): Promise<void> {
   let gateway: Gateway;
   try {
     const config = loadConfig({ ...(opts.config ? { file: opts.config } : {}), env: process.env, sets: opts.set });
-    gateway = new Gateway(config);
+    // The composition root: the gateway reaches peer gateways through the SDK's public entry point.
+    gateway = new Gateway(config, { peerGateways: (via, credentials, o) => SdkGateway.connect(via, credentials, o) });
     await gateway.start();
   } catch (err) {
     fail(err);
@@ -171,7 +174,7 @@ export function buildProgram(): Command {
     .addHelpText('after', `\nExit status: 0 when the socket closed cleanly; otherwise ${Object.entries(EXIT_CODES).map(([k, v]) => `${v} ${k}`).join(', ')}; 1 for anything else.`)
     .action((uri, opts) => connect(uri, opts));
   registerProxyCommand(program);
-  registerSidecarCommand(program);
+  registerSidecarCommand(program, createTelemetry);
   return program;
 }
 

@@ -22,7 +22,12 @@
  */
 import { Duplex } from 'node:stream';
 import { ProtocolError } from './errors.js';
-import type { ChannelDatagram } from './transport.js';
+
+/** One datagram on a datagram channel. `uri` empty means the connected peer. */
+export interface ChannelDatagram {
+  uri: string;
+  payload: Buffer;
+}
 
 export const PREAMBLE_MAGIC = Buffer.from('SGA1', 'ascii');
 export const TCP_PLANE_VERSION = 1;

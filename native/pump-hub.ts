@@ -7,9 +7,9 @@
  * Ownership: the gateway creates the hub once the addon has loaded and closes
  * it last, after every component that linked through it has let go.
  */
-import type { Pump, PumpEvent, PumpOptions } from '../native/index.js';
+import type { Pump, PumpEvent, PumpOptions } from './index.js';
 
-type NativeModule = typeof import('../native/index.js');
+type NativeModule = typeof import('./index.js');
 
 /** Events addressed to one link (by `link` id). */
 export type LinkEvent = Extract<PumpEvent, { link: number }>;
