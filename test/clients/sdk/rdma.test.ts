@@ -15,6 +15,7 @@ import { declineReasonOfRdmaFailure, rdmaEndError, rdmaSupport } from '../../../
 import { FATE_WAIT_MS, FdChannel } from '../../../clients/sdk/fd-channel.js';
 import { ConnectionResetError, GatewayUnavailableError, RdmaTimeoutError } from '../../../proto/errors.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../../helpers/harness.js';
+import { eventually } from '../../helpers/rpc.js';
 
 test('rdma offered where available: a remote gateway gets rdma, tcp, grpc; a local one never rdma', (t) => {
   const remote = defaultTransports('10.20.30.40:7070');
@@ -119,7 +120,8 @@ test('FdChannel: an EOF waits for the mover; a clean settle releases it after ev
   ch.on('data', (c: Buffer) => chunks.push(c));
   ch.on('end', () => (ended = true));
   mover.end('hello, ');
-  await new Promise((r) => setTimeout(r, 200));
+  // Wait for the bytes (bounded; a loaded machine may take longer than a fixed sleep), then check the EOF is held.
+  await eventually(() => Buffer.concat(chunks).length >= 'hello, '.length, 2_000);
   t.is(Buffer.concat(chunks).toString(), 'hello, ', 'the bytes before the EOF arrive');
   t.false(ended, 'the EOF is held until the mover says how the stream ended');
   ch.settle();
