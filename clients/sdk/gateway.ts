@@ -26,6 +26,7 @@ import { ShmClient, shmSupport } from './attach-shm.js';
 import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
 import { bridgeToFd } from './fd-bridge.js';
 import type { CallOpts, ConnectOptions } from './call-options.js';
+import { ConnectGate } from './connect-gate.js';
 import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
@@ -110,6 +111,10 @@ const CHANNEL_HIGH_WATERMARK = 1 << 20;
 const MAX_DATAGRAM_BYTES = 65507;
 /** ListSockets pages followed at most (1,000 sockets a page by default: far beyond any table). */
 const MAX_LIST_PAGES = 1_000;
+/** Stream connects in flight per Gateway: below the gateway's default pending (256/identity) and waiting data-connection (128/peer) bounds. */
+const DEFAULT_CONCURRENT_CONNECTS = 128;
+/** Connects that may queue for a turn: a bound on the queue, far above any real burst. */
+const DEFAULT_WAITING_CONNECTS = 65_536;
 
 export interface GatewayOptions {
   /** Bearer token identifying the caller to the gateway's policy. */
@@ -126,6 +131,15 @@ export interface GatewayOptions {
   shm?: { hostId?: string };
   /** rdma: receive ring bytes per socket, credits and keepalive of this client's connections. */
   rdma?: RdmaClientOptions;
+  /**
+   * Stream connects (Connect call through attach) in flight at once; more wait
+   * their turn (connect-gate.ts). Default 128: under the gateway's default
+   * pending-socket (256 per identity) and waiting data-connection (128 per
+   * peer) bounds, so a burst is queued here rather than refused there.
+   */
+  maxConcurrentConnects?: number;
+  /** Connects that may wait for a turn; one more fails at once with LimitExceededError. Default 65536. */
+  maxWaitingConnects?: number;
 }
 
 export type { CallOpts, ConnectOptions } from './call-options.js';
@@ -185,6 +199,8 @@ export class Gateway {
   /** The rdma session side, created with the first rdma offer. */
   private rdmaClient: RdmaClient | undefined;
   private readonly rdmaOptions: RdmaClientOptions;
+  /** Bounds the stream connects in flight (GatewayOptions.maxConcurrentConnects). */
+  private readonly connectGate: ConnectGate;
 
   private constructor(
     readonly target: string,
@@ -213,6 +229,7 @@ export class Gateway {
     this.offersDefault = options.transports ?? defaultTransports(target);
     this.shmOptions = options.shm ?? {};
     this.rdmaOptions = options.rdma ?? {};
+    this.connectGate = new ConnectGate(options.maxConcurrentConnects ?? DEFAULT_CONCURRENT_CONNECTS, options.maxWaitingConnects ?? DEFAULT_WAITING_CONNECTS);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.control = {
       setOption: async (id, o) => {
@@ -413,6 +430,17 @@ export class Gateway {
     const sig = opts.signal && signal ? AbortSignal.any([opts.signal, signal]) : (opts.signal ?? signal);
     const callOpts: CallOpts = { ...(sig ? { signal: sig } : {}), ...(opts.deadlineMs ? { deadlineMs: opts.deadlineMs } : {}) };
     const req = { uri, offers, timeoutMs: opts.timeoutMs ?? 0, options };
+    return this.connectGate.run(() => this.connectAndAttach(uri, req, offers, local, callOpts), sig);
+  }
+
+  /** The Connect call and the attach of what it negotiated (one turn of the connect gate). */
+  private async connectAndAttach(
+    uri: string,
+    req: { uri: string; offers: TransportOffer[]; timeoutMs: number; options: SocketOption[] },
+    offers: TransportOffer[],
+    local: FallbackInfo[],
+    callOpts: CallOpts,
+  ): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     const started = Date.now();
     trace(`connect ${uri}: offering ${offers.map((o) => transportNameOf(o.kind)).join(',')}`);
     const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
