@@ -1008,6 +1008,7 @@ export interface ClientSession {
   slotCount: number;
   peerPid: number;
   peerUid: number;
+  /** Region, doorbells, then the connection. Idempotent; EBUSY while a pump still uses the region: retry once it let go. */
   close(): void;
 }
 
@@ -1060,11 +1061,12 @@ export async function attachClient(path: string, token: Uint8Array, timeoutMs = 
       peerUid: r.peerUid,
       close() {
         if (closed) return;
-        closed = true;
-        // Reverse order: the region references the doorbells.
+        // Reverse order: the region references the doorbells. Closed only once all
+        // let go: an EBUSY (a pump not yet done with the region) leaves it retryable.
         reg.close();
         gwb.close();
         clb.close();
+        closed = true;
         closeFd(r.conn);
       },
     };
