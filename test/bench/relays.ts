@@ -24,6 +24,7 @@ import { SDK_TRANSPORTS } from '../../clients/sdk/gateway.js';
 import type { TransportName } from '../../clients/sdk/socket.js';
 import { startProxyChild } from './proxy.js';
 import { median, round, within, type BenchContext, type BenchFamily, type BenchRow, type LoopbackServer } from './lib.js';
+import { logBalanced, startHaproxyRoundRobin, startSidecarRoundRobin } from './relays-balanced.js';
 
 /** Seconds per iperf3 / sockperf run (full, quick). */
 const RUN_S = { full: 3, quick: 1 };
@@ -39,6 +40,8 @@ const IDLE_LINKS = { full: 1000, quick: 200 };
 const IDLE_SETTLE_MS = 2_000;
 /** How long idle CPU is measured (a third with --quick). */
 const IDLE_MEASURE_MS = 3_000;
+/** iperf3 streams on the balanced rows (each a connection, so both backends carry one). */
+const BALANCED_STREAMS = 2;
 /** USER_HZ of /proc times. */
 const USER_HZ = 100;
 
@@ -123,6 +126,10 @@ interface RelayPath {
   iperf: number;
   sockperf: number;
   pids: number[];
+  /** iperf3 -P (balanced rows). */
+  streams?: number;
+  /** Only iperf3 rows (the balanced paths have no sockperf backend). */
+  iperfOnly?: boolean;
 }
 
 async function iperfRow(ctx: BenchContext, p: RelayPath, reverse: boolean, secs: number): Promise<BenchRow> {
@@ -133,7 +140,7 @@ async function iperfRow(ctx: BenchContext, p: RelayPath, reverse: boolean, secs:
     const c0 = cpuMs(p.pids);
     let out: string;
     try {
-      out = await run('iperf3', ['-c', '127.0.0.1', '-p', String(p.iperf), '-t', String(secs), '-J', ...(reverse ? ['-R'] : [])], secs * 1000 + TOOL_GRACE_MS);
+      out = await run('iperf3', ['-c', '127.0.0.1', '-p', String(p.iperf), '-t', String(secs), '-J', ...(reverse ? ['-R'] : []), ...(p.streams ? ['-P', String(p.streams)] : [])], secs * 1000 + TOOL_GRACE_MS);
     } catch (err) {
       out = JSON.stringify({ error: (err as Error).message });
     }
@@ -225,6 +232,7 @@ export const relaysFamily: BenchFamily = {
     const procs = new Procs();
     const dir = mkdtempSync(join(tmpdir(), 'sockgate-relays-'));
     const stops: (() => Promise<void>)[] = [];
+    const deps = { dir, freePort, listening, start: (cmd: string, args: string[]) => procs.start(cmd, args) };
     try {
       const iperfPort = await freePort();
       const sockperfPort = await freePort();
@@ -271,10 +279,22 @@ export const relaysFamily: BenchFamily = {
         const port = (uri: string) => Number(p.listenFor.get(uri)!.split(':').pop());
         paths.push({ name: `proxy-${plane}`, iperf: port(`tcp://127.0.0.1:${iperfPort}`), sockperf: port(`tcp://127.0.0.1:${sockperfPort}`), pids: [p.pid, gw.pid] });
       }
+      if (!tools.iperf3 || !tools.haproxy) ctx.log(`  sidecar-shm / haproxy-rr: skipped: ${tools.iperf3 ? 'haproxy' : 'iperf3'} is not installed`);
+      else {
+        // One iperf3 server on every address: the two backends are 127.0.0.1 and 127.0.0.2 (relays-balanced.ts says why).
+        const rrPort = await freePort();
+        procs.start('iperf3', ['-s', '-p', String(rrPort)]);
+        await listening(rrPort);
+        const h = await startHaproxyRoundRobin(deps, rrPort);
+        paths.push({ name: 'haproxy-rr', iperf: h.port, sockperf: 0, pids: [h.pid], streams: BALANCED_STREAMS, iperfOnly: true });
+        const sc = await startSidecarRoundRobin(deps, gw.target, rrPort);
+        stops.push(sc.stop);
+        paths.push({ name: 'sidecar-shm', iperf: sc.port, sockperf: 0, pids: [sc.pid, gw.pid], streams: BALANCED_STREAMS, iperfOnly: true });
+      }
       const rows: BenchRow[] = [];
       for (const p of paths) {
         if (tools.iperf3) rows.push(await iperfRow(ctx, p, false, secs), await iperfRow(ctx, p, true, secs));
-        if (tools.sockperf) rows.push(await sockperfRow(ctx, p, secs));
+        if (tools.sockperf && !p.iperfOnly) rows.push(await sockperfRow(ctx, p, secs));
       }
       if (tools.sockperf) {
         const n = ctx.quick ? IDLE_LINKS.quick : IDLE_LINKS.full;
@@ -284,6 +304,13 @@ export const relaysFamily: BenchFamily = {
         }
       }
       for (const r of rows) {
+        if (r.transport !== 'sidecar-shm') continue;
+        const h = rows.find((b) => b.transport === 'haproxy-rr' && b.name === r.name);
+        const v = logBalanced(ctx, r.name, r.throughput_MBps, h?.throughput_MBps ?? null);
+        if (v !== null) r['ratio_vs_haproxy_rr'] = v;
+      }
+      for (const r of rows) {
+        if (r.transport === 'sidecar-shm' || r.transport === 'haproxy-rr') continue;
         const h = rows.find((b) => b.transport === 'haproxy' && b.name === r.name);
         if (!h) continue;
         if (r.throughput_MBps !== null && h.throughput_MBps) r['ratio_vs_haproxy'] = round(r.throughput_MBps / h.throughput_MBps, 2);
