@@ -24,6 +24,7 @@ import { SDK_TRANSPORTS } from '../../clients/sdk/gateway.js';
 import type { TransportName } from '../../clients/sdk/socket.js';
 import { startProxyChild } from './proxy.js';
 import { median, round, within, type BenchContext, type BenchFamily, type BenchRow, type LoopbackServer } from './lib.js';
+import { logBalanced, startHaproxyRoundRobin, startSidecarRoundRobin } from './relays-balanced.js';
 
 /** Seconds per iperf3 / sockperf run (full, quick). */
 const RUN_S = { full: 3, quick: 1 };
@@ -35,10 +36,16 @@ const PLANES: readonly TransportName[] = ['shm', 'tcp', 'grpc'];
 const TOOL_GRACE_MS = 20_000;
 /** Idle connections for the idle-CPU rows (the issue's figure), fewer with --quick. */
 const IDLE_LINKS = { full: 1000, quick: 200 };
+/** Idle connections opened at once (under limits.max_pending_sockets_per_identity and the data port's per-peer limit). */
+const IDLE_BATCH = 100;
+/** How long one batch of idle links may take to echo. */
+const IDLE_BATCH_MS = 30_000;
 /** Let idle links settle (attach, first rounds) before measuring. */
 const IDLE_SETTLE_MS = 2_000;
 /** How long idle CPU is measured (a third with --quick). */
 const IDLE_MEASURE_MS = 3_000;
+/** iperf3 streams on the balanced rows (each a connection, so both backends carry one). */
+const BALANCED_STREAMS = 2;
 /** USER_HZ of /proc times. */
 const USER_HZ = 100;
 
@@ -123,6 +130,10 @@ interface RelayPath {
   iperf: number;
   sockperf: number;
   pids: number[];
+  /** iperf3 -P (balanced rows). */
+  streams?: number;
+  /** Only iperf3 rows (the balanced paths have no sockperf backend). */
+  iperfOnly?: boolean;
 }
 
 async function iperfRow(ctx: BenchContext, p: RelayPath, reverse: boolean, secs: number): Promise<BenchRow> {
@@ -133,7 +144,7 @@ async function iperfRow(ctx: BenchContext, p: RelayPath, reverse: boolean, secs:
     const c0 = cpuMs(p.pids);
     let out: string;
     try {
-      out = await run('iperf3', ['-c', '127.0.0.1', '-p', String(p.iperf), '-t', String(secs), '-J', ...(reverse ? ['-R'] : [])], secs * 1000 + TOOL_GRACE_MS);
+      out = await run('iperf3', ['-c', '127.0.0.1', '-p', String(p.iperf), '-t', String(secs), '-J', ...(reverse ? ['-R'] : []), ...(p.streams ? ['-P', String(p.streams)] : [])], secs * 1000 + TOOL_GRACE_MS);
     } catch (err) {
       out = JSON.stringify({ error: (err as Error).message });
     }
@@ -184,28 +195,39 @@ async function sockperfRow(ctx: BenchContext, p: RelayPath, secs: number): Promi
 
 /**
  * CPU of the processes in the middle with `n` idle connections open through
- * the path (to the sockperf server, which keeps them open): idle links should
- * cost nothing (no timers, no wake-ups). Reported per process, % of one core.
+ * the path to an echo server in this process: idle links should cost nothing
+ * (no timers, no wake-ups). Connections open in batches (under the gateway's
+ * pending-socket limits) and each batch waits for a one-byte echo, so every
+ * link is set up end to end before measuring; the sockperf server cannot hold
+ * 1,000 connections (connects time out), and links failing and retrying during
+ * the measurement were what cost CPU. Reported per process, % of one core.
  */
-async function idleRow(ctx: BenchContext, p: RelayPath, n: number, names: string[]): Promise<BenchRow> {
+async function idleRow(ctx: BenchContext, p: RelayPath, port: number, n: number, names: string[]): Promise<BenchRow> {
   const socks: Socket[] = [];
+  let closed = 0;
   try {
-    for (let i = 0; i < n; i++) {
-      const s = connect({ port: p.sockperf, host: '127.0.0.1' });
-      s.on('error', () => {});
-      socks.push(s);
-      if (i % 100 === 99) await Promise.all(socks.slice(-100).map((x) => (x.connecting ? once(x, 'connect') : undefined)));
+    for (let i = 0; i < n; i += IDLE_BATCH) {
+      const batch: Socket[] = [];
+      for (let j = i; j < Math.min(n, i + IDLE_BATCH); j++) {
+        const s = connect({ port, host: '127.0.0.1' });
+        s.on('error', () => {});
+        s.once('close', () => closed++);
+        s.write('x');
+        batch.push(s);
+      }
+      socks.push(...batch);
+      await within(Promise.all(batch.map((x) => Promise.race([once(x, 'data'), once(x, 'close')]))), IDLE_BATCH_MS, `${p.name}: idle links set up`);
     }
-    await Promise.all(socks.map((x) => (x.connecting ? once(x, 'connect') : undefined)));
     await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
     const t0 = performance.now();
     const c0 = p.pids.map((pid) => cpuMs([pid]));
     await new Promise((r) => setTimeout(r, ctx.quick ? IDLE_MEASURE_MS / 3 : IDLE_MEASURE_MS));
     const wall = performance.now() - t0;
     const pct = p.pids.map((pid, i) => round((100 * (cpuMs([pid]) - c0[i]!)) / wall, 2));
+    const open = n - closed;
     const fields = Object.fromEntries(names.map((nm, i) => [`${nm}_cpu_pct`, pct[i]]));
-    ctx.log(`  ${p.name}: ${n} idle connections: ${names.map((nm, i) => `${nm} ${pct[i]}% of a core`).join(', ')}`);
-    return { name: 'idle-links', transport: p.name, size_bytes: 0, throughput_MBps: null, p50_us: null, p99_us: null, connections: n, ...fields, family: 'relays' };
+    ctx.log(`  ${p.name}: ${open} of ${n} idle connections open: ${names.map((nm, i) => `${nm} ${pct[i]}% of a core`).join(', ')}`);
+    return { name: 'idle-links', transport: p.name, size_bytes: 0, throughput_MBps: null, p50_us: null, p99_us: null, connections: open, ...fields, family: 'relays', ...(open < n ? { error: `${n - open} of ${n} connections closed` } : {}) };
   } finally {
     for (const s of socks) s.destroy();
   }
@@ -225,20 +247,30 @@ export const relaysFamily: BenchFamily = {
     const procs = new Procs();
     const dir = mkdtempSync(join(tmpdir(), 'sockgate-relays-'));
     const stops: (() => Promise<void>)[] = [];
+    const deps = { dir, freePort, listening, start: (cmd: string, args: string[]) => procs.start(cmd, args) };
     try {
       const iperfPort = await freePort();
       const sockperfPort = await freePort();
       if (tools.iperf3) procs.start('iperf3', ['-s', '-p', String(iperfPort), '-B', '127.0.0.1']);
       if (tools.sockperf) procs.start('sockperf', ['server', '--tcp', '-i', '127.0.0.1', '-p', String(sockperfPort)]);
       if (tools.iperf3) await listening(iperfPort);
+      // The idle rows' backend: echoes (one byte per link proves it is set up) and holds any number of connections.
+      const idleSrv = createServer((c) => (c.on('error', () => {}), c.pipe(c)));
+      idleSrv.listen(0, '127.0.0.1');
+      await once(idleSrv, 'listening');
+      stops.push(() => new Promise<void>((r) => idleSrv.close(() => r())));
+      const idleBackend = (idleSrv.address() as { port: number }).port;
+      let haproxyIdle = 0;
       const paths: RelayPath[] = [{ name: 'direct', iperf: iperfPort, sockperf: sockperfPort, pids: [] }];
       if (tools.haproxy) {
         const [a, b] = [await freePort(), await freePort()];
+        haproxyIdle = await freePort();
         const cfg = join(dir, 'haproxy.cfg');
         writeFileSync(cfg, [
           'global', '  maxconn 1000', 'defaults', '  mode tcp', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s',
           `listen iperf`, `  bind 127.0.0.1:${a}`, `  server s1 127.0.0.1:${iperfPort}`,
-          `listen sockperf`, `  bind 127.0.0.1:${b}`, `  server s1 127.0.0.1:${sockperfPort}`, '',
+          `listen sockperf`, `  bind 127.0.0.1:${b}`, `  server s1 127.0.0.1:${sockperfPort}`,
+          'listen idle', `  bind 127.0.0.1:${haproxyIdle}`, `  server s1 127.0.0.1:${idleBackend}`, '',
         ].join('\n'));
         const h = procs.start('haproxy', ['-f', cfg, '-db']);
         await listening(a);
@@ -271,19 +303,45 @@ export const relaysFamily: BenchFamily = {
         const port = (uri: string) => Number(p.listenFor.get(uri)!.split(':').pop());
         paths.push({ name: `proxy-${plane}`, iperf: port(`tcp://127.0.0.1:${iperfPort}`), sockperf: port(`tcp://127.0.0.1:${sockperfPort}`), pids: [p.pid, gw.pid] });
       }
+      if (!tools.iperf3 || !tools.haproxy) ctx.log(`  sidecar-shm / haproxy-rr: skipped: ${tools.iperf3 ? 'haproxy' : 'iperf3'} is not installed`);
+      else {
+        // One iperf3 server on every address: the two backends are 127.0.0.1 and 127.0.0.2 (relays-balanced.ts says why).
+        const rrPort = await freePort();
+        procs.start('iperf3', ['-s', '-p', String(rrPort)]);
+        await listening(rrPort);
+        const h = await startHaproxyRoundRobin(deps, rrPort);
+        paths.push({ name: 'haproxy-rr', iperf: h.port, sockperf: 0, pids: [h.pid], streams: BALANCED_STREAMS, iperfOnly: true });
+        const sc = await startSidecarRoundRobin(deps, gw.target, rrPort);
+        stops.push(sc.stop);
+        paths.push({ name: 'sidecar-shm', iperf: sc.port, sockperf: 0, pids: [sc.pid, gw.pid], streams: BALANCED_STREAMS, iperfOnly: true });
+      }
       const rows: BenchRow[] = [];
       for (const p of paths) {
         if (tools.iperf3) rows.push(await iperfRow(ctx, p, false, secs), await iperfRow(ctx, p, true, secs));
-        if (tools.sockperf) rows.push(await sockperfRow(ctx, p, secs));
+        if (tools.sockperf && !p.iperfOnly) rows.push(await sockperfRow(ctx, p, secs));
       }
-      if (tools.sockperf) {
-        const n = ctx.quick ? IDLE_LINKS.quick : IDLE_LINKS.full;
-        for (const p of paths) {
-          if (p.name === 'haproxy') rows.push(await idleRow(ctx, p, n, ['haproxy']));
-          else if (p.name.startsWith('proxy-')) rows.push(await idleRow(ctx, p, n, ['proxy', 'gateway']));
+      const n = ctx.quick ? IDLE_LINKS.quick : IDLE_LINKS.full;
+      for (const p of paths) {
+        if (p.name === 'haproxy') rows.push(await idleRow(ctx, p, haproxyIdle, n, ['haproxy']));
+        else if (p.name.startsWith('proxy-')) {
+          // A fresh proxy with one forward to the idle backend; its CPU and the gateway's are measured.
+          const backend = { uri: `tcp://127.0.0.1:${idleBackend}` } as LoopbackServer;
+          const ip = await startProxyChild(p.name.slice('proxy-'.length) as TransportName, gw.target, backend, backend);
+          try {
+            rows.push(await idleRow(ctx, { ...p, pids: [ip.pid, gw.pid] }, Number(ip.listenFor.get(backend.uri)!.split(':').pop()), n, ['proxy', 'gateway']));
+          } finally {
+            await ip.stop();
+          }
         }
       }
       for (const r of rows) {
+        if (r.transport !== 'sidecar-shm') continue;
+        const h = rows.find((b) => b.transport === 'haproxy-rr' && b.name === r.name);
+        const v = logBalanced(ctx, r.name, r.throughput_MBps, h?.throughput_MBps ?? null);
+        if (v !== null) r['ratio_vs_haproxy_rr'] = v;
+      }
+      for (const r of rows) {
+        if (r.transport === 'sidecar-shm' || r.transport === 'haproxy-rr') continue;
         const h = rows.find((b) => b.transport === 'haproxy' && b.name === r.name);
         if (!h) continue;
         if (r.throughput_MBps !== null && h.throughput_MBps) r['ratio_vs_haproxy'] = round(r.throughput_MBps / h.throughput_MBps, 2);
