@@ -105,13 +105,6 @@ const DEFAULT_DEADLINE_MS = 15_000;
 const ATTACH_TIMEOUT_MS = 10_000;
 /** Per-direction buffering of SDK-side channels. */
 const CHANNEL_HIGH_WATERMARK = 1 << 20;
-/**
- * HTTP/2 receive window of the control channel (per stream and per connection):
- * the gateway's `grpc` plane sends up to this much before a WINDOW_UPDATE, so
- * 64 KiB writes do not stall a round trip each (Node's default is 64 KiB); the
- * channel pauses its call at CHANNEL_HIGH_WATERMARK, which bounds what is buffered.
- */
-const GRPC_FLOW_CONTROL_WINDOW = 2 << 20;
 /** Datagram limit the SDK checks before sending (the gateway checks again). */
 const MAX_DATAGRAM_BYTES = 65507;
 /** ListSockets pages followed at most (1,000 sockets a page by default: far beyond any table). */
@@ -221,8 +214,6 @@ export class Gateway {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 5_000,
-      // Receive window per stream and per connection (grpc-js's own option): see GRPC_FLOW_CONTROL_WINDOW.
-      'grpc-node.flow_control_window': GRPC_FLOW_CONTROL_WINDOW,
     };
     const grpcTarget = vsock ? `unix:${vsock.path}` : target;
     this.client = new FastSocketGatewayClient(grpcTarget, creds, channelOptions);
