@@ -294,7 +294,7 @@ export class MessageChannel<In, Out> extends Duplex {
       let size = 0;
       const flush = () => {
         if (!batch.length) return;
-        ok = this.call.write(this.codec.data(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size)));
+        ok = this.call.write(this.codec.data(framedPayload(batch, size)));
         batch = [];
         size = 0;
       };
@@ -369,6 +369,40 @@ function encodeDataFrame(payload: Uint8Array): Buffer {
   return out;
 }
 
+/**
+ * Payload views whose wire form (DATA_TAG, length, payload) is already built
+ * around them, by framedPayload: the fast codec sends that buffer as is.
+ * Weak: a view dropped without being sent leaves nothing behind.
+ */
+const FRAMED = new WeakMap<Uint8Array, Buffer>();
+
+/**
+ * `chunks` (`size` bytes in all) copied once into a message already in wire
+ * form; returns the payload view of it. One copy instead of two (a concat,
+ * then the encoder's) for a coalesced batch; the generated codec, which does
+ * not know the map, still reads a correct payload.
+ */
+export function framedPayload(chunks: readonly Buffer[], size: number): Buffer {
+  const head = 1 + varintLength(size);
+  const out = Buffer.allocUnsafe(head + size);
+  out[0] = DATA_TAG;
+  let n = size;
+  let i = 1;
+  while (n >= 0x80) {
+    out[i++] = (n & 0x7f) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  out[i] = n;
+  let off = head;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  const payload = out.subarray(head);
+  FRAMED.set(payload, out);
+  return payload;
+}
+
 /** The payload view of a message that is exactly one `data` field, else undefined. */
 function decodeDataFrame(buf: Buffer): Buffer | undefined {
   if (buf.length < 2 || buf[0] !== DATA_TAG) return undefined;
@@ -398,7 +432,7 @@ type DataFrameShape = { frame?: { $case: string; data?: Uint8Array } | undefined
 
 function fast<T extends DataFrameShape>(encode: (v: T) => Buffer, decode: (b: Buffer) => T): { ser: (v: T) => Buffer; de: (b: Buffer) => T } {
   return {
-    ser: (v) => (v.frame?.$case === 'data' && v.frame.data ? encodeDataFrame(v.frame.data) : encode(v)),
+    ser: (v) => (v.frame?.$case === 'data' && v.frame.data ? (FRAMED.get(v.frame.data) ?? encodeDataFrame(v.frame.data)) : encode(v)),
     de: (b) => {
       const data = decodeDataFrame(b);
       return data ? ({ frame: { $case: 'data', data } } as unknown as T) : decode(b);

@@ -32,6 +32,7 @@ import type { Logger } from '../native/log.js';
 import type { Transport } from './transport.js';
 import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
 import { withFastDataCodec } from '../proto/wire.js';
+import { widenGrpcWindows } from './grpc-windows.js';
 import { GrpcTransport } from './transport-grpc.js';
 import { PumpHub } from '../native/pump-hub.js';
 import { ShmTransport } from './transport-shm.js';
@@ -213,6 +214,7 @@ export class Gateway {
       // grpc-js closes (GOAWAY) a connection with no call in flight this long; absent = never.
       ...(limits.control_idle_timeout_ms > 0 ? { 'grpc.max_connection_idle_ms': limits.control_idle_timeout_ms } : {}),
     });
+    if (!widenGrpcWindows(this.server)) this.logger.warn('grpc-js exposes no HTTP/2 settings: the grpc data plane keeps the 64 KiB default windows');
     addGuardedService(this.server, withFastDataCodec(SocketGatewayServiceService), services.socket);
     addGuardedService(this.server, AdminServiceService, services.admin);
     this.health.addToServer(this.server);
