@@ -105,6 +105,9 @@ export async function startBackends(n: number): Promise<Backend[]> {
  * backlog 1 whose event loop is blocked (so it never accepts), and whose
  * accept queue we fill first. Connects to it hang until their timeout.
  */
+/** How long a filler connect may take before the black hole's queue counts as full. */
+const BLACK_HOLE_CONNECT_WAIT_MS = 1_500;
+
 export async function blackHole(): Promise<{ port: number; uri: string; close(): Promise<void> }> {
   const code = `const s=require('net').createServer();s.listen({port:0,host:'127.0.0.1',backlog:1},()=>{process.stdout.write(s.address().port+'\\n');Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),0,0)})`;
   const child: ChildProcess = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -114,12 +117,14 @@ export async function blackHole(): Promise<{ port: number; uri: string; close():
     'black hole start',
   );
   const fillers: Socket[] = [];
-  // Fill the accept queue (backlog 1 holds two); stop at the first connect that hangs.
+  // Fill the accept queue (backlog 1 holds two); stop at the first connect that hangs. A loaded
+  // machine can take well over 200 ms for a connect that succeeds: stopping early left room in the
+  // queue, and the "black hole" then answered (seen in CI with other work running).
   for (let i = 0; i < 4; i++) {
     const s = netConnect(port, '127.0.0.1');
     s.on('error', () => {});
     fillers.push(s);
-    const connected = await Promise.race([once(s, 'connect').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 200))]);
+    const connected = await Promise.race([once(s, 'connect').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), BLACK_HOLE_CONNECT_WAIT_MS))]);
     if (!connected) break;
   }
   return {
