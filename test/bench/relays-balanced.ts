@@ -14,11 +14,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { within, type BenchContext } from './lib.js';
+import { CLI_PATH as CLI, within, type BenchContext } from './lib.js';
 
-/** The sockgate CLI (dist/server/cli.js), as `sockgate sidecar --config` runs it. */
-const CLI = fileURLToPath(new URL('../../server/cli.js', import.meta.url));
 /** How long the sidecar may take to listen. */
 const SIDECAR_START_MS = 20_000;
 /** The two backend hosts (one iperf3 server listening on all addresses). */
