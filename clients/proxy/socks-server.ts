@@ -12,7 +12,7 @@ import { isIP, type Server, type Socket } from 'node:net';
 import { SockgateError } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
 import type { GatewayDatagramSocket, GatewaySocket } from '../sdk/socket.js';
-import type { LinkableSocket } from '../sdk/gateway.js';
+import type { ConnectOptions, LinkableSocket } from '../sdk/gateway.js';
 import { formatEndpoint, type LocalEndpoint } from './address.js';
 import { resetLocal, type ForwardOptions } from './forward.js';
 import type { ProxyGateway } from './link.js';
@@ -262,19 +262,10 @@ export class SocksServer {
     sock.once('close', onClose);
     let gsock: GatewaySocket;
     try {
-      gsock = await this.gw.connect(uri, {
-        signal: ac.signal,
-        noDelay: true,
-        ...(this.options.transports ? { transports: this.options.transports } : {}),
-        ...(this.options.connectTimeoutMs ? { timeoutMs: this.options.connectTimeoutMs } : {}),
-      });
+      gsock = await this.gw.connect(uri, this.connectOptions(ac.signal));
     } catch (err) {
       sock.removeListener('close', onClose);
-      reader.release();
-      const reply = replyForError(err);
-      const e = err as SockgateError;
-      this.options.logger.info({ peer: `${sock.remoteAddress}:${sock.remotePort}`, uri, code: e.code, reply: REPLY_NAMES[reply], err: e.message }, 'SOCKS5 CONNECT failed');
-      if (!sock.destroyed) this.fail(sock, reply);
+      this.connectFailed(sock, reader, uri, err);
       return;
     }
     sock.removeListener('close', onClose);
@@ -290,6 +281,25 @@ export class SocksServer {
     this.sessions.add(splice(sock, gsock));
   }
 
+  /** What a CONNECT asks of the gateway, linked or not. */
+  private connectOptions(signal: AbortSignal): ConnectOptions {
+    return {
+      signal,
+      noDelay: true,
+      ...(this.options.transports ? { transports: this.options.transports } : {}),
+      ...(this.options.connectTimeoutMs ? { timeoutMs: this.options.connectTimeoutMs } : {}),
+    };
+  }
+
+  /** A CONNECT the gateway refused or could not open: logged, and the SOCKS reply that says why. */
+  private connectFailed(sock: Socket, reader: HandshakeReader, uri: string, err: unknown): void {
+    reader.release();
+    const reply = replyForError(err);
+    const e = err as SockgateError;
+    this.options.logger.info({ peer: `${sock.remoteAddress}:${sock.remotePort}`, uri, code: e.code, reply: REPLY_NAMES[reply], err: e.message }, 'SOCKS5 CONNECT failed');
+    if (!sock.destroyed) this.fail(sock, reply);
+  }
+
   /** CONNECT through a link: the reply goes out, then the client's socket is joined natively where the SDK can. */
   private async connectLinked(sock: Socket, reader: HandshakeReader, address: SocksAddress): Promise<void> {
     const uri = destinationUri('tcp', address);
@@ -298,19 +308,10 @@ export class SocksServer {
     sock.once('close', onClose);
     let pending: LinkableSocket;
     try {
-      pending = await this.gw.openForLink!(uri, {
-        signal: ac.signal,
-        noDelay: true,
-        ...(this.options.transports ? { transports: this.options.transports } : {}),
-        ...(this.options.connectTimeoutMs ? { timeoutMs: this.options.connectTimeoutMs } : {}),
-      });
+      pending = await this.gw.openForLink!(uri, this.connectOptions(ac.signal));
     } catch (err) {
       sock.removeListener('close', onClose);
-      reader.release();
-      const reply = replyForError(err);
-      const e = err as SockgateError;
-      this.options.logger.info({ peer: `${sock.remoteAddress}:${sock.remotePort}`, uri, code: e.code, reply: REPLY_NAMES[reply], err: e.message }, 'SOCKS5 CONNECT failed');
-      if (!sock.destroyed) this.fail(sock, reply);
+      this.connectFailed(sock, reader, uri, err);
       return;
     }
     const rest = reader.release();
