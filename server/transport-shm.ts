@@ -48,6 +48,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { applyHostOption } from './host-option.js';
 import { ensureShmDir } from '../native/shm-dir.js';
+import { whenReleased } from '../native/when-released.js';
 import type { Counter, Meter } from '@opentelemetry/api';
 import ipaddr from 'ipaddr.js';
 import type { AttachListener, Eventfd, HostSockopt, PumpLink, ShmRegion } from '../native/index.js';
@@ -883,12 +884,16 @@ export class ShmTransport implements Transport {
         const id = s.region.id;
         this.#byRegion.delete(id);
         this.o.hub.offRegion(id);
-        try {
-          s.region.close();
-          s.gwBell?.close();
-          s.clBell?.close();
-        } catch (err) {
-          this.o.logger.warn({ session: s.id, err: (err as Error).message }, 'shm: releasing a session failed');
+        // The pump thread may still hold the region or a doorbell for a moment after the links and
+        // offRegion (EBUSY): each close is retried, bounded, so none is skipped (a leak of their fds).
+        const busy = (err: unknown) => this.o.native.nativeCode(err) === 'EBUSY';
+        const { region, gwBell, clBell } = s;
+        for (const close of [() => region.close(), () => gwBell?.close(), () => clBell?.close()]) {
+          try {
+            await whenReleased(close, busy);
+          } catch (err) {
+            this.o.logger.warn({ session: s.id, err: (err as Error).message }, 'shm: releasing a session failed');
+          }
         }
       }
     })();

@@ -15,6 +15,7 @@ import { Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { ClientSession, Pump, PumpLink, ShmRegion } from '../../native/index.js';
 import { shmDirProblem } from '../../native/shm-dir.js';
+import { whenReleased as whenReleasedNative } from '../../native/when-released.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../proto/errors.js';
 import {
@@ -34,8 +35,6 @@ import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** How long an attach or a bind may take by default. */
 const ATTACH_TIMEOUT_MS = 10_000;
-/** How long closing waits for the pump to let go of a region it watched. */
-const RELEASE_WAIT_MS = 2_000;
 
 /** Whether this process can attach with shm, and why not. */
 export const shmSupport: { readonly available: boolean; readonly reason: string } = {
@@ -67,18 +66,9 @@ function acquirePump(n: NativeModule): ClientPump {
   return clientPump;
 }
 
-/** Retry `fn` while it throws EBUSY (the pump thread has not yet let go), bounded. */
-async function whenReleased(fn: () => void): Promise<void> {
-  const deadline = Date.now() + RELEASE_WAIT_MS;
-  for (;;) {
-    try {
-      fn();
-      return;
-    } catch (err) {
-      if (Date.now() > deadline || native?.nativeCode(err) !== 'EBUSY') throw err;
-      await new Promise((r) => setTimeout(r, 2));
-    }
-  }
+/** Retry `fn` while it throws EBUSY (the pump thread has not yet let go), bounded (native/when-released.ts). */
+function whenReleased(fn: () => void): Promise<void> {
+  return whenReleasedNative(fn, (err) => native?.nativeCode(err) === 'EBUSY');
 }
 
 function releasePumpIfIdle(): void {
