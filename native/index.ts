@@ -85,51 +85,8 @@ export interface RawRegion {
   close(): void;
 }
 
-export type PumpEvent =
-  | { type: 'progress'; link: number; toFd: number; toRing: number; stalls: number }
-  | { type: 'resized'; link: number; dir: RingDir; ringSize: number; errno: number }
-  | { type: 'fdEof'; link: number }
-  | { type: 'ringEof'; link: number }
-  | {
-      type: 'end';
-      link: number;
-      reason: 'ok' | 'error' | 'corrupt' | 'aborted';
-      errno: number;
-      code?: string;
-      totalToFd: number;
-      totalToRing: number;
-    }
-  | { type: 'corrupt'; region: number; code: 'ERR_SOCKGATE_RING_CORRUPT' }
-  | { type: 'hints'; region: number; slots: number[] }
-  | { type: 'attach'; listener: number; conn: number; pid: number; uid: number; gid: number; version: number; flags: number; token: Buffer }
-  | { type: 'connClosed'; listener: number; conn: number; errno: number }
-  | RdmaEvent;
-
-export interface RawPump {
-  readonly activeLinks: number;
-  readonly closed: boolean;
-  ref(): void;
-  unref(): void;
-  watch(region: RawRegion): void;
-  unwatch(region: RawRegion): void;
-  close(): void;
-}
-
-export interface RawPumpLink {
-  readonly id: number;
-  resize(dir: RingDir, ringSize: number): void;
-  setHostSockopt(level: number, name: number, value: number): void;
-  getHostSockopt(level: number, name: number): number;
-  /** Stop reading the fd; the peer gets EOF after what the ring holds. */
-  shutdownRead(): void;
-  /** shutdown(2) of the fd in order with the rings (write: FIN after what the inbound ring holds; later bytes dropped). */
-  shutdownHost(read: boolean, write: boolean): void;
-  /** [bytes ring->fd, bytes fd->ring] as of the I/O thread's last round. */
-  totals(): [number, number];
-  /** No more progress events (totals() is read on demand instead). */
-  mute(): void;
-  close(reset?: boolean): void;
-}
+export type { PumpEvent, PumpStats, RawPump, RawPumpLink } from './pump-types.js';
+import type { PumpEvent, PumpStats, RawPump, RawPumpLink } from './pump-types.js';
 
 export interface RawSpliceLink {
   readonly id: number;
@@ -433,7 +390,7 @@ export interface NativeBinding {
   constants: NativeConstants;
   Region: { new (opts: { slots: number; maxRingSize: number; byteLimit?: number }): RawRegion; new (memfd: number): RawRegion };
   Eventfd: new (fd?: number) => RawEventfd;
-  Pump: new (onEvents: (events: PumpEvent[]) => void, options?: { spinUs?: number }) => RawPump;
+  Pump: new (onEvents: (events: PumpEvent[]) => void, options?: { spinUs?: number; shrinkIdleMs?: number }) => RawPump;
   PumpLink: new (pump: RawPump, region: RawRegion, slot: number, fd: number, prefix?: Uint8Array[]) => RawPumpLink;
   SpliceLink: new (
     pump: RawPump,
@@ -900,8 +857,10 @@ export class AttachListener {
 }
 
 export interface PumpOptions {
-  /** Spin this long (µs, adaptive) before sleeping; 0 (default) on shared machines. */
+  /** Spin at most this long (µs, 0..1000, adaptive: native/SHM.md) before sleeping; 0 (default): never. */
   spinUs?: number;
+  /** Gateway links: rings grown past their first size shrink back after this many ms without traffic; 0 (default): never. */
+  shrinkIdleMs?: number;
   /**
    * Keep the process alive only while links are open (ref'd with links,
    * unref'd when idle); by default the pump keeps it alive until closed.
@@ -935,7 +894,7 @@ export class Pump {
             }
           }
           onEvents(events);
-        }, { spinUs: opts.spinUs }),
+        }, { spinUs: opts.spinUs, shrinkIdleMs: opts.shrinkIdleMs }),
     );
     if (this.#unrefWhenIdle) this.raw.unref();
   }
@@ -981,6 +940,13 @@ export class Pump {
   }
   get activeLinks(): number {
     return call(() => this.raw.activeLinks);
+  }
+  /** The spin setting from now on (a client pump takes its gateway's). */
+  setSpin(us: number): void {
+    call(() => this.raw.setSpin(us));
+  }
+  stats(): PumpStats {
+    return call(() => this.raw.stats());
   }
   ref(): void {
     call(() => this.raw.ref());

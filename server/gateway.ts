@@ -321,7 +321,7 @@ export class Gateway {
   private hub(native: typeof import('../native/index.js')): PumpHub {
     const hub =
       this.pumpHub ??
-      new PumpHub(native, { spinUs: this.config.transports.shm.spin_us, unrefWhenIdle: true }, (err, event) =>
+      new PumpHub(native, { spinUs: this.config.transports.shm.spin_us, shrinkIdleMs: this.config.transports.shm.shrink_idle_ms, unrefWhenIdle: true }, (err, event) =>
         this.logger.error({ err, event: event.type }, 'native pump event handler failed'),
       );
     this.pumpHub = hub;

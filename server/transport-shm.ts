@@ -415,7 +415,7 @@ export class ShmTransport implements Transport {
       accepted: {
         kind: this.kind,
         version: this.version,
-        params: { $case: 'shm', shm: { path: this.#path, ringBytes: initial, sessionId: session.id, slot: slotNo, newSession: session.state === 'pending' } },
+        params: { $case: 'shm', shm: { path: this.#path, ringBytes: initial, sessionId: session.id, slot: slotNo, newSession: session.state === 'pending', spinUs: this.o.config.spin_us } },
       },
     };
   }
@@ -745,9 +745,11 @@ export class ShmTransport implements Transport {
         events.clientEnded?.();
         return;
       case 'resized': {
-        const delta = slot.growing[e.dir];
-        slot.growing[e.dir] = 0;
-        if (e.errno === 0) {
+        // An idle shrink (the pump's own grant, native/SHM.md) gives its bytes back to the caps.
+        const delta = e.idle ? slot.size[e.dir] - e.ringSize : slot.growing[e.dir];
+        if (!e.idle) slot.growing[e.dir] = 0;
+        if (e.idle) slot.size[e.dir] = e.ringSize;
+        if (e.errno === 0 && !e.idle) {
           slot.size[e.dir] = e.ringSize;
           this.#grows.add(1, { direction: e.dir === 0 ? 'c2g' : 'g2c' });
           trace(`session ${s.id}: slot ${slotNo} ${e.dir === 0 ? 'c2g' : 'g2c'} ring granted ${e.ringSize} bytes`);

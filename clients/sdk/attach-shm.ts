@@ -35,6 +35,8 @@ import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** How long an attach or a bind may take by default. */
 const ATTACH_TIMEOUT_MS = 10_000;
+/** The largest spin a gateway may ask of this process's pump (µs; the native pump's own limit). */
+const MAX_SPIN_US = 1000;
 
 /** Whether this process can attach with shm, and why not. */
 export const shmSupport: { readonly available: boolean; readonly reason: string } = {
@@ -51,6 +53,13 @@ interface ClientPump {
   regions: Map<number, (slots: number[]) => void>;
   /** Open data channels across sessions: the pump keeps the process alive only while there are some. */
   channels: number;
+  /** Each session's gateway spin setting (ShmAttach.spin_us), by region id: the pump spins the largest. */
+  spins: Map<number, number>;
+}
+
+/** The pump takes the spin its gateways advertise (one setting governs both ends; native/SHM.md). */
+function applySpin(p: ClientPump): void {
+  if (!p.pump.raw.closed) p.pump.setSpin(Math.max(0, ...p.spins.values()));
 }
 let clientPump: ClientPump | undefined;
 
@@ -61,7 +70,7 @@ function acquirePump(n: NativeModule): ClientPump {
       for (const e of events) if (e.type === 'hints') regions.get(e.region)?.(e.slots);
     });
     pump.unref();
-    clientPump = { pump, regions, channels: 0 };
+    clientPump = { pump, regions, channels: 0, spins: new Map() };
   }
   return clientPump;
 }
@@ -103,10 +112,13 @@ class ClientShmSession implements ShmChannelSession {
     readonly cs: ClientSession,
     private readonly onGone: (s: ClientShmSession) => void,
     n: NativeModule,
+    spinUs = 0,
   ) {
     this.region = cs.region;
     this.#pump = acquirePump(n);
     this.#pump.regions.set(this.region.id, (slots) => this.#hints(slots));
+    this.#pump.spins.set(this.region.id, spinUs);
+    applySpin(this.#pump);
     this.#control = new ShmChannel(this.region, CONTROL_SLOT, { release: () => {}, channelClosed: () => {} }, `shm session ${id} control`);
     this.#parser = new CtlParser(new Set([CtlType.BOUND, CtlType.END]), cs.slotCount);
     this.#control.on('data', (chunk: Buffer) => this.#onControl(chunk));
@@ -257,6 +269,8 @@ class ClientShmSession implements ShmChannelSession {
     this.#watcher.destroy();
     this.#pump.pump.unwatch(this.region);
     this.#pump.regions.delete(this.region.id);
+    this.#pump.spins.delete(this.region.id);
+    applySpin(this.#pump);
     try {
       await whenReleased(() => this.cs.close());
     } finally {
@@ -315,7 +329,7 @@ export class ShmClient {
         if (problem) throw new AttachFailedError(`shm attach: refusing the socket ${p.path}: ${problem}`);
         // This socket attaches the session; its slot is linked by then.
         const hello = encodeHello({ sessionId: p.sessionId, slot: p.slot, token: Buffer.from(token) });
-        attaching = this.#attachSession(n, p.path, p.sessionId, hello, timeoutMs);
+        attaching = this.#attachSession(n, p.path, p.sessionId, hello, timeoutMs, p.spinUs);
         this.#attaching.set(p.sessionId, attaching);
         try {
           s = await attaching;
@@ -334,7 +348,7 @@ export class ShmClient {
     return s.open(p.slot, label);
   }
 
-  async #attachSession(n: NativeModule, path: string, id: string, hello: Buffer, timeoutMs: number): Promise<ClientShmSession> {
+  async #attachSession(n: NativeModule, path: string, id: string, hello: Buffer, timeoutMs: number, spinUs: number): Promise<ClientShmSession> {
     let cs: ClientSession;
     try {
       cs = await n.attachClient(path, hello, timeoutMs);
@@ -350,7 +364,7 @@ export class ShmClient {
     try {
       s = new ClientShmSession(id, cs, (gone) => {
         if (this.#sessions.get(gone.id) === gone) this.#sessions.delete(gone.id);
-      }, n);
+      }, n, Math.min(Math.max(spinUs, 0), MAX_SPIN_US));
     } catch (err) {
       cs.close();
       throw new ProtocolError(`shm session setup failed: ${(err as Error).message}`, { cause: err });

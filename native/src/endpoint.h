@@ -26,6 +26,8 @@ class RingEndpoint {
   virtual int out_commit(uint64_t n) = 0;  // tells the peer if it waits for data
   virtual bool out_arm() = 0;              // ask for a doorbell; true if space came meanwhile
   virtual int out_eof() = 0;               // end of stream after the last byte
+  // Doorbells written to the peer so far (the rest were suppressed: it was awake).
+  uint64_t bells = 0;
 };
 
 // The gateway's end of one shm slot. Holds the region (mapping) alive; the
@@ -43,25 +45,31 @@ class ShmEndpoint final : public RingEndpoint {
   int64_t in_peek(struct iovec iov[2]) override { return cons_peek(*in_, iov); }
   int in_release(uint64_t n) override {
     cons_release(*in_, n);
-    return cons_should_notify(*in_) ? region_->notify_peer(slot_) : 0;
+    return cons_should_notify(*in_) ? notify() : 0;
   }
   int in_eof() override { return cons_check_eof(*in_); }
   bool in_arm() override { return cons_arm_data(*in_); }
   int64_t out_reserve(struct iovec iov[2]) override { return prod_reserve(*out_, iov); }
   int out_commit(uint64_t n) override {
     prod_commit(*out_, n);
-    return prod_should_notify(*out_) ? region_->notify_peer(slot_) : 0;
+    return prod_should_notify(*out_) ? notify() : 0;
   }
   bool out_arm() override { return prod_arm_space(*out_); }
   int out_eof() override {
     prod_set_eof(*out_);
     full_barrier();
     // The consumer may sleep waiting for data: EOF is news too.
-    if (exchange(&out_->ctl->need_data, 0u) != 0) return region_->notify_peer(slot_);
+    if (exchange(&out_->ctl->need_data, 0u) != 0) return notify();
     return 0;
   }
 
  private:
+  int notify() {
+    bool rang = false;
+    int err = region_->notify_peer(slot_, &rang);
+    if (rang) bells++;
+    return err;
+  }
   std::shared_ptr<Region> region_;
   uint32_t slot_;
   RingView* in_;

@@ -20,7 +20,8 @@ int Pump::create(const PumpOptions& o, EventSink sink, std::unique_ptr<Pump>* ou
   std::unique_ptr<Pump> p(new Pump());
   p->opt_ = o;
   p->sink_ = std::move(sink);
-  p->spin_now_us_ = o.spin_us;
+  p->spin_max_us_.store(o.spin_us);
+  p->spin_.set_max(o.spin_us);
   p->cmds_ = new std::vector<Cmd>();
   p->ep_ = epoll_create1(EPOLL_CLOEXEC);
   if (p->ep_ < 0) return -errno;
@@ -277,4 +278,18 @@ void Pump::close_conn(uint32_t listener, uint32_t conn) {
   c.conn = conn;
   push(std::move(c));
 }
+PumpStats Pump::stats() const {
+  PumpStats s;
+  s.wakeups = st_wakeups_.load(std::memory_order_relaxed);
+  s.spins = st_spins_.load(std::memory_order_relaxed);
+  s.spin_hits = st_spin_hits_.load(std::memory_order_relaxed);
+  s.doorbells = st_doorbells_.load(std::memory_order_relaxed);
+  s.fd_reads = st_fd_reads_.load(std::memory_order_relaxed);
+  s.fd_writes = st_fd_writes_.load(std::memory_order_relaxed);
+  s.shrinks = st_shrinks_.load(std::memory_order_relaxed);
+  s.spin_budget_us = st_budget_.load(std::memory_order_relaxed);
+  s.spin_max_us = spin_max_us_.load(std::memory_order_relaxed);
+  return s;
+}
+
 }  // namespace sg

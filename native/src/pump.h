@@ -8,6 +8,7 @@
 // holds references to regions and eventfds while it uses them.
 #pragma once
 
+#include <sys/epoll.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -23,6 +24,7 @@
 #include "attach.h"
 #include "endpoint.h"
 #include "region.h"
+#include "spin_policy.h"
 #include "splice.h"
 
 namespace sg {
@@ -107,13 +109,30 @@ class PumpSource {
   virtual void on_detach() = 0;
 };
 
+// What the I/O thread did, counted since the pump started (read on demand:
+// tests and diagnostics see batching and spinning at work).
+struct PumpStats {
+  uint64_t wakeups = 0;    // sleeps in epoll_wait that ended with news
+  uint64_t spins = 0;      // spins before sleeping
+  uint64_t spin_hits = 0;  // ... that found news (no sleep, no doorbell)
+  uint64_t doorbells = 0;  // doorbells this pump's ring links rang (the rest were suppressed)
+  uint64_t fd_reads = 0;   // readv calls of ring links that took bytes
+  uint64_t fd_writes = 0;  // writev calls of ring links that wrote bytes
+  uint64_t shrinks = 0;    // rings shrunk back after an idle spell
+  uint32_t spin_budget_us = 0;  // the adaptive budget now
+  uint32_t spin_max_us = 0;     // the setting
+};
+
 struct PumpOptions {
-  uint32_t spin_us = 0;            // adaptive spin before sleeping; 0 = off
+  uint32_t spin_us = 0;            // adaptive spin before sleeping, at most this (µs); 0 = off
   uint32_t hello_timeout_ms = 5000;
   uint64_t link_budget = 1 << 20;  // bytes per direction per link per round (fairness)
   // At most one progress event per link per this many ms (a busy link would
   // otherwise wake JS once per round, i.e. per message); 0 = every round.
   uint32_t progress_ms = 10;
+  // Gateway ring links: a ring grown past its first size goes back to it
+  // after this long without traffic (ms); 0 = never.
+  uint32_t shrink_idle_ms = 0;
 };
 
 class Pump {
@@ -168,10 +187,15 @@ class Pump {
   uint32_t live_sources() const { return live_sources_.load(); }
 
   uint32_t live_links() const { return live_links_.load(); }
+  // Any thread: the spin setting from now on (a client learns its gateway's).
+  void set_spin_us(uint32_t us) { spin_max_us_.store(us, std::memory_order_relaxed); }
+  PumpStats stats() const;
   uint32_t live_watches() const { return live_watches_.load(); }
 
+ public:
+  struct Link;  // pump_internal.h; named by file-local helpers of the pump's files
+
  private:
-  struct Link;
   struct Session;
   struct Conn;
   struct Listener;
@@ -199,6 +223,15 @@ class Pump {
   void drop_conn(Listener& ls, uint32_t conn, int err, bool report);
   void sweep_conns(int64_t now);
   void emit(PumpEvent&& e) { out_.push_back(std::move(e)); }
+  void flush_events();
+  // Spin before sleeping (spin_policy.h): polls the awake sessions' hints and
+  // the epoll set; returns how many epoll events it took into evs (or -1 when
+  // a hint came), 0 when the budget ran out.
+  int spin(struct epoll_event* evs, int max);
+  // Gateway ring links grown past their first size: shrink after an idle spell.
+  void shrink_idle(int64_t now);
+  int shrink_timeout(int64_t now) const;
+  void after_round(Link& l, bool moved);
 
   PumpOptions opt_;
   EventSink sink_;
@@ -220,7 +253,13 @@ class Pump {
   std::vector<uint32_t> runq_;
   std::vector<uint32_t> progress_due_;  // links whose progress waits for its interval
   std::vector<PumpEvent> out_;
-  uint32_t spin_now_us_ = 0;
+  std::vector<uint32_t> grown_;  // gateway ring links with a ring above its first size
+  SpinPolicy spin_;
+  std::atomic<uint32_t> spin_max_us_{0};
+  // Counters (PumpStats), written by the I/O thread only.
+  std::atomic<uint64_t> st_wakeups_{0}, st_spins_{0}, st_spin_hits_{0}, st_doorbells_{0}, st_fd_reads_{0},
+      st_fd_writes_{0}, st_shrinks_{0};
+  std::atomic<uint32_t> st_budget_{0};
 };
 
 }  // namespace sg

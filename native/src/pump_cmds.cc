@@ -75,6 +75,11 @@ void Pump::handle_cmds() {
           end_link(ln, -errno, "error");
           break;
         }
+        if (ln.region->role() == Role::Gateway) {
+          // The first sizes: an idle shrink goes back to them.
+          ln.base_log2[ln.region->consume_dir()] = ln.ep->inbound()->grant_log2;
+          ln.base_log2[ln.region->produce_dir()] = ln.ep->outbound()->grant_log2;
+        }
         ln.queued = true;
         runq_.push_back(id);
         break;

@@ -63,6 +63,12 @@ struct Pump::Link {
   uint32_t stalls = 0;
   int64_t progress_at = 0;            // ms of the last progress event
   bool progress_due = false;          // in progress_due_: counts wait for the interval
+  // Gateway ring links: idle shrink (PumpOptions::shrink_idle_ms).
+  uint32_t base_log2[2] = {0, 0};     // each ring's first size, by dir
+  int64_t active_ms = 0;              // last round that moved bytes
+  bool grown = false;                 // in grown_
+  bool trim[2] = {false, false};      // shrunk: punch the arena tail once the smaller size is in use
+  uint64_t bells_seen = 0;            // ep->bells already counted in the pump's stats
 };
 
 struct Pump::Session {

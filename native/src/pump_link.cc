@@ -167,6 +167,7 @@ void Pump::run_ring(Link& l) {
     auto it = sessions_.find(l.region->id());
     if (it != sessions_.end()) corrupt_session(*it->second);
   };
+  const uint64_t before = l.total_fd + l.total_ring;
   // Inbound ring -> fd.
   uint64_t moved = 0;
   while (!l.wr_shut && (l.writable || l.discard_in)) {
@@ -200,6 +201,7 @@ void Pump::run_ring(Link& l) {
       continue;
     }
     ssize_t w = writev(l.fd, iov, iov[1].iov_len ? 2 : 1);
+    if (w > 0) st_fd_writes_.fetch_add(1, std::memory_order_relaxed);
     if (w < 0) {
       if (errno == EAGAIN) { l.writable = false; break; }
       if (errno == EINTR) continue;
@@ -242,6 +244,7 @@ void Pump::run_ring(Link& l) {
     }
     if (!l.readable) break;
     ssize_t r = readv(l.fd, iov, iov[1].iov_len ? 2 : 1);
+    if (r > 0) st_fd_reads_.fetch_add(1, std::memory_order_relaxed);
     if (r < 0) {
       if (errno == EAGAIN) { l.readable = false; break; }
       if (errno == EINTR) continue;
@@ -270,11 +273,91 @@ void Pump::run_ring(Link& l) {
       break;
     }
   }
+  if (ep.bells != l.bells_seen) {
+    st_doorbells_.fetch_add(ep.bells - l.bells_seen, std::memory_order_relaxed);
+    l.bells_seen = ep.bells;
+  }
+  if (opt_.shrink_idle_ms && l.region->role() == Role::Gateway) after_round(l, l.total_fd + l.total_ring != before);
   if (l.rd_eof && l.wr_shut) return end_link(l, 0, "ok");
   if (more && !l.queued) {
     l.queued = true;
     runq_.push_back(l.id);
   }
+}
+
+// ---- idle shrink (gateway ring links) -----------------------------------------
+// Rings grow under load (TS grants, on the stall counters); after
+// shrink_idle_ms without traffic they go back to their first size, through
+// the same grant as a grow: the producer adopts it only on an empty ring, so
+// no byte is lost or reordered. Once the smaller size is in use the arena's
+// tail is punched out of the memfd (the memory goes back, not only the charge).
+
+static bool above_base(const Pump::Link& l) {
+  const RingView* v[2] = {l.ep->inbound(), l.ep->outbound()};
+  for (int i = 0; i < 2; i++) {
+    uint32_t dir = i == 0 ? l.region->consume_dir() : l.region->produce_dir();
+    if (v[i] && v[i]->grant_log2 > l.base_log2[dir]) return true;
+  }
+  return false;
+}
+
+void Pump::after_round(Link& l, bool moved) {
+  if (moved) l.active_ms = now_ms();
+  if (!l.grown && above_base(l)) {
+    l.grown = true;
+    l.active_ms = now_ms();  // the idle spell starts now
+    grown_.push_back(l.id);
+  }
+  for (uint32_t dir = 0; dir < 2; dir++) {
+    if (!l.trim[dir]) continue;
+    const RingView* v = dir == l.region->consume_dir() ? l.ep->inbound() : l.ep->outbound();
+    if (v->gen != v->grant_gen) continue;  // the smaller size is not in use yet
+    l.trim[dir] = false;
+    l.region->trim_ring(l.slot, dir);
+  }
+}
+
+int Pump::shrink_timeout(int64_t now) const {
+  int64_t next = INT64_MAX;
+  for (uint32_t id : grown_) {
+    auto it = links_.find(id);
+    if (it == links_.end()) return 0;  // gone: shrink_idle drops it now
+    int64_t due = it->second->active_ms + opt_.shrink_idle_ms;
+    if (due < next) next = due;
+  }
+  int64_t wait = next - now;
+  return wait < 0 ? 0 : wait > 60000 ? 60000 : int(wait);
+}
+
+void Pump::shrink_idle(int64_t now) {
+  std::vector<uint32_t> keep;
+  for (uint32_t id : grown_) {
+    auto it = links_.find(id);
+    if (it == links_.end()) continue;
+    Link& l = *it->second;
+    if (now - l.active_ms < int64_t(opt_.shrink_idle_ms)) {
+      keep.push_back(id);
+      continue;
+    }
+    l.grown = false;  // re-added by after_round if traffic grows it again
+    for (uint32_t dir = 0; dir < 2; dir++) {
+      RingView* v = dir == l.region->consume_dir() ? l.ep->inbound() : l.ep->outbound();
+      if (!v || v->grant_log2 <= l.base_log2[dir]) continue;
+      // A grant still pending (a grow the producer has not adopted): leave
+      // it; the next traffic adopts it and starts a new idle spell.
+      int err = l.region->request_resize(l.slot, dir, l.base_log2[dir]);
+      if (err) continue;
+      l.trim[dir] = true;
+      st_shrinks_.fetch_add(1, std::memory_order_relaxed);
+      PumpEvent e(PumpEvent::kProgress);
+      e.id = l.id;
+      e.code = "shrink";
+      e.a = dir;
+      e.b = l.base_log2[dir];
+      emit(std::move(e));
+    }
+  }
+  grown_.swap(keep);
 }
 
 }  // namespace sg

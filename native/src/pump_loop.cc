@@ -95,30 +95,56 @@ void Pump::corrupt_session(Session& s) {
   // end_link dropped the session when its last link went (unless watched).
 }
 
+void Pump::flush_events() {
+  if (out_.empty()) return;
+  std::vector<PumpEvent> batch;
+  batch.swap(out_);
+  sink_(std::move(batch));
+}
+
+int Pump::spin(struct epoll_event* evs, int max) {
+  // Sessions stay awake (flag clear) meanwhile: the peer leaves a hint and
+  // rings no doorbell. Bounded by the budget (at most the setting, <= 1 ms).
+  const int64_t until = now_us() + spin_.budget();
+  st_spins_.fetch_add(1, std::memory_order_relaxed);
+  for (;;) {
+    for (auto& kv : sessions_)
+      if (kv.second->awake && kv.second->region->has_hints()) return -1;
+    int n = epoll_wait(ep_, evs, max, 0);  // fds (host sockets, peers' doorbells, commands)
+    if (n > 0) return n;
+    if (stopping_.load(std::memory_order_relaxed) || now_us() >= until) return 0;
+    for (int i = 0; i < 16; i++) cpu_relax();
+  }
+}
+
 void Pump::run() {
   struct epoll_event evs[64];
-  int idle_rounds = 0;
   while (!stopping_.load()) {
+    spin_.set_max(spin_max_us_.load(std::memory_order_relaxed));
     int timeout = runq_.empty() ? -1 : 0;
+    bool pending_hello = false;
+    for (auto& kv : listeners_)
+      for (auto& c : kv.second->conns)
+        if (c.second->state == Conn::kHello) pending_hello = true;
+    int n = 0;
+    bool spun = false;  // the spin found news: no sleep
+    int64_t wait_from = 0;
     if (timeout < 0) {
-      // Optional spin: look for hints without sleeping, adaptively.
-      if (spin_now_us_ > 0) {
-        int64_t until = now_us() + spin_now_us_;
-        bool found = false;
-        while (!found && now_us() < until) {
-          for (auto& kv : sessions_)
-            if (kv.second->awake && kv.second->region->prepare_sleep()) found = true;
-          for (int i = 0; i < 32; i++) cpu_relax();
+      flush_events();  // JS hears what happened before we spin or sleep
+      wait_from = now_us();
+      if (spin_.budget() > 0) {
+        int r = spin(evs, 64);
+        if (r != 0) {
+          spun = true;
+          n = r > 0 ? r : 0;
+          st_spin_hits_.fetch_add(1, std::memory_order_relaxed);
+          spin_.hit();
         }
-        if (found) spin_now_us_ = opt_.spin_us;
-        else spin_now_us_ /= 2;
-      } else if (opt_.spin_us > 0 && ++idle_rounds % 64 == 0) {
-        spin_now_us_ = opt_.spin_us;
       }
       // Going to sleep: every awake session sets its flag and re-checks.
       for (auto& kv : sessions_) {
         Session& s = *kv.second;
-        if (!s.awake) continue;
+        if (spun || !s.awake) continue;
         if (s.region->prepare_sleep()) {
           s.region->clear_sleeping();
           timeout = 0;
@@ -127,18 +153,21 @@ void Pump::run() {
         }
       }
     }
-    bool pending_hello = false;
-    for (auto& kv : listeners_)
-      for (auto& c : kv.second->conns)
-        if (c.second->state == Conn::kHello) pending_hello = true;
+    st_budget_.store(spin_.budget(), std::memory_order_relaxed);
     if (pending_hello && timeout < 0) timeout = 250;
     if (!progress_due_.empty() && (timeout < 0 || timeout > int(opt_.progress_ms))) timeout = int(opt_.progress_ms);
-    if (!out_.empty()) {
-      std::vector<PumpEvent> batch;
-      batch.swap(out_);
-      sink_(std::move(batch));
+    if (!grown_.empty()) {
+      int st = shrink_timeout(now_ms());
+      if (timeout < 0 || timeout > st) timeout = st;
     }
-    int n = epoll_wait(ep_, evs, 64, timeout);
+    flush_events();
+    if (!spun) {
+      n = epoll_wait(ep_, evs, 64, timeout);
+      if (timeout != 0 && wait_from != 0) {
+        if (n > 0) st_wakeups_.fetch_add(1, std::memory_order_relaxed);
+        spin_.woke(uint64_t(now_us() - wait_from), n == 0);
+      }
+    }
     if (n < 0 && errno != EINTR) break;
     for (int i = 0; i < n; i++) {
       uint64_t t = evs[i].data.u64;
@@ -220,6 +249,7 @@ void Pump::run() {
         }
       }
     }
+    if (!grown_.empty()) shrink_idle(now_ms());
   }
   if (!out_.empty()) {
     std::vector<PumpEvent> batch;

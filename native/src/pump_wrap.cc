@@ -13,6 +13,9 @@ namespace addon {
 
 namespace {
 
+// The longest spin a pump may be asked for (µs): beyond it a sleep is cheaper.
+constexpr uint32_t MAX_SPIN_US = 1000;
+
 struct SinkState {
   std::mutex mu;
   std::vector<PumpEvent> pending;
@@ -55,8 +58,10 @@ Napi::Object EventToJs(Napi::Env env, const PumpEvent& e) {
       break;
     case PumpEvent::kProgress:
       o.Set("link", Napi::Number::New(env, e.id));
-      if (e.code == "resize") {
+      if (e.code == "resize" || e.code == "shrink") {
         o.Set("type", Napi::String::New(env, "resized"));
+        // An idle shrink is the pump's own grant (native/SHM.md), not an answer to resize().
+        if (e.code == "shrink") o.Set("idle", Napi::Boolean::New(env, true));
         o.Set("dir", Napi::Number::New(env, double(e.a)));
         o.Set("ringSize", Napi::Number::New(env, double(uint64_t(1) << e.b)));
         o.Set("errno", Napi::Number::New(env, e.err));
@@ -111,6 +116,18 @@ Napi::Object EventToJs(Napi::Env env, const PumpEvent& e) {
   return o;
 }
 
+// spinUs: a number of µs in [0, MAX_SPIN_US]; undefined keeps *out.
+bool SpinArg(Napi::Env env, Napi::Value v, uint32_t* out) {
+  if (v.IsUndefined()) return true;
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= 0 && d <= MAX_SPIN_US)) {
+    Napi::RangeError::New(env, "spinUs must be a number of µs in [0, " + std::to_string(MAX_SPIN_US) + "]").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = uint32_t(d);
+  return true;
+}
+
 }  // namespace
 
 Napi::Function PumpWrap::Init(Napi::Env env) {
@@ -118,6 +135,7 @@ Napi::Function PumpWrap::Init(Napi::Env env) {
                      {InstanceMethod<&PumpWrap::Ref>("ref"), InstanceMethod<&PumpWrap::Unref>("unref"),
                       InstanceMethod<&PumpWrap::Watch>("watch"), InstanceMethod<&PumpWrap::Unwatch>("unwatch"),
                       InstanceAccessor<&PumpWrap::Links>("activeLinks"), InstanceAccessor<&PumpWrap::Closed>("closed"),
+                      InstanceMethod<&PumpWrap::SetSpin>("setSpin"), InstanceMethod<&PumpWrap::Stats>("stats"),
                       InstanceMethod<&PumpWrap::Close>("close")});
 }
 
@@ -127,11 +145,15 @@ PumpWrap::PumpWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PumpWrap>(
   if (info.Length() < 1 || !info[0].IsFunction()) { ThrowType(env, "Pump(onEvents: function, options?)"); return; }
   PumpOptions o;
   if (info.Length() > 1 && info[1].IsObject()) {
-    Napi::Value s = info[1].As<Napi::Object>().Get("spinUs");
+    Napi::Object opts = info[1].As<Napi::Object>();
+    if (!SpinArg(env, opts.Get("spinUs"), &o.spin_us)) return;
+    Napi::Value s = opts.Get("shrinkIdleMs");
     if (!s.IsUndefined()) {
-      if (!s.IsNumber()) { ThrowType(env, "spinUs must be a number"); return; }
-      double d = s.As<Napi::Number>().DoubleValue();
-      o.spin_us = d > 0 && d < 1e6 ? uint32_t(d) : 0;
+      if (!s.IsNumber() || !(s.As<Napi::Number>().DoubleValue() >= 0 && s.As<Napi::Number>().DoubleValue() <= 3600000)) {
+        ThrowType(env, "shrinkIdleMs must be a number of ms in [0, 3600000]");
+        return;
+      }
+      o.shrink_idle_ms = uint32_t(s.As<Napi::Number>().DoubleValue());
     }
   }
   tsfn_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "sockgate-pump", 0, 1);
@@ -217,6 +239,34 @@ Napi::Value PumpWrap::Links(const Napi::CallbackInfo& info) {
 Napi::Value PumpWrap::Closed(const Napi::CallbackInfo& info) {
   if (!CheckThis(info, kPumpTag, "Pump")) return info.Env().Undefined();
   return Napi::Boolean::New(info.Env(), !core_);
+}
+
+// setSpin(us): the spin setting from now on (a client learns its gateway's).
+Napi::Value PumpWrap::SetSpin(const Napi::CallbackInfo& info) {
+  if (!Live(info)) return info.Env().Undefined();
+  uint32_t us = 0;
+  if (info.Length() < 1 || info[0].IsUndefined()) return ThrowType(info.Env(), "setSpin(us: number)");
+  if (!SpinArg(info.Env(), info[0], &us)) return info.Env().Undefined();
+  core_->set_spin_us(us);
+  return info.Env().Undefined();
+}
+
+// stats(): what the I/O thread did so far (PumpStats).
+Napi::Value PumpWrap::Stats(const Napi::CallbackInfo& info) {
+  if (!Live(info)) return info.Env().Undefined();
+  PumpStats s = core_->stats();
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("wakeups", Napi::Number::New(env, double(s.wakeups)));
+  o.Set("spins", Napi::Number::New(env, double(s.spins)));
+  o.Set("spinHits", Napi::Number::New(env, double(s.spin_hits)));
+  o.Set("doorbells", Napi::Number::New(env, double(s.doorbells)));
+  o.Set("fdReads", Napi::Number::New(env, double(s.fd_reads)));
+  o.Set("fdWrites", Napi::Number::New(env, double(s.fd_writes)));
+  o.Set("shrinks", Napi::Number::New(env, double(s.shrinks)));
+  o.Set("spinBudgetUs", Napi::Number::New(env, s.spin_budget_us));
+  o.Set("spinUs", Napi::Number::New(env, s.spin_max_us));
+  return o;
 }
 
 Napi::Value PumpWrap::Close(const Napi::CallbackInfo& info) {

@@ -29,6 +29,8 @@ class PumpWrap : public Napi::ObjectWrap<PumpWrap> {
   Napi::Value Unwatch(const Napi::CallbackInfo& info);
   Napi::Value Links(const Napi::CallbackInfo& info);
   Napi::Value Closed(const Napi::CallbackInfo& info);
+  Napi::Value SetSpin(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   std::shared_ptr<Pump> core_;
   Napi::ThreadSafeFunction tsfn_;

@@ -223,8 +223,9 @@ int Region::close_slot(uint32_t slot) {
   uint64_t bytes = 0;
   for (uint32_t dir = 0; dir < 2; dir++) {
     RingView& v = views_[size_t(slot) * 2 + dir];
-    uint32_t hi = v.size_log2 > v.grant_log2 ? v.size_log2 : v.grant_log2;
-    bytes += uint64_t(1) << hi;
+    // What is charged is the last grant (a grow charges at the request, a
+    // shrink gives back at the request), adopted or not.
+    bytes += uint64_t(1) << v.grant_log2;
     store_release(&v.ctl->slot_state, 0u);
     v = RingView{};
   }
@@ -261,6 +262,22 @@ int Region::request_resize(uint32_t slot, uint32_t dir, uint32_t log2) {
   return 0;
 }
 
+int Region::trim_ring(uint32_t slot, uint32_t dir) {
+  if (role_ != Role::Gateway) return -EPERM;
+  if (slot >= geo_.slot_count || dir > 1) return -ERANGE;
+  RingView& v = views_[size_t(slot) * 2 + dir];
+  if (!v.open || v.gen != v.grant_gen) return -EBUSY;  // the larger size may still be in use
+  uint64_t keep = uint64_t(1) << v.size_log2;
+  uint64_t len = (uint64_t(1) << geo_.max_ring_log2) - keep;
+  if (len == 0) return 0;
+  uint64_t off = geo_.ring_area_off + ((uint64_t(slot) * 2 + dir) << geo_.max_ring_log2) + keep;
+  if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off_t(off), off_t(len)) < 0) {
+    int e = errno;
+    if (madvise(base_ + off, len, MADV_REMOVE) < 0) return -e;
+  }
+  return 0;
+}
+
 uint64_t* Region::summary(int target) const {
   uint64_t part = shm::notify_part_bytes(geo_.summary_words) + shm::notify_part_bytes(geo_.hint_words);
   return reinterpret_cast<uint64_t*>(base_ + geo_.notify_off + part * uint64_t(target));
@@ -271,14 +288,15 @@ uint64_t* Region::words(int target) const {
                                      shm::notify_part_bytes(geo_.summary_words));
 }
 
-int Region::notify_peer(uint32_t slot) {
+int Region::notify_peer(uint32_t slot, bool* rang) {
   int target = role_ == Role::Gateway ? kToClient : kToGateway;
   uint32_t w = slot / 64;
   fetch_or(&words(target)[w], uint64_t(1) << (slot % 64));
   fetch_or(&summary(target)[w / 64], uint64_t(1) << (w % 64));  // also a full barrier
   uint32_t* peer_sleep = role_ == Role::Gateway ? &header()->cl_sleeping : &header()->gw_sleeping;
-  if (load_relaxed(peer_sleep) == 0) return 0;
-  return peer_ ? peer_->signal() : 0;
+  if (load_relaxed(peer_sleep) == 0 || !peer_) return 0;
+  if (rang) *rang = true;
+  return peer_->signal();
 }
 
 uint32_t Region::take_hints(const std::function<void(uint32_t)>& fn) {
@@ -315,6 +333,13 @@ bool Region::prepare_sleep() {
   full_barrier();  // flag before the bitmap re-check (pairs with notify_peer)
   int target = role_ == Role::Gateway ? kToGateway : kToClient;
   uint64_t* sum = summary(target);
+  for (uint64_t i = 0; i < geo_.summary_words; i++)
+    if (load_relaxed(&sum[i]) != 0) return true;
+  return false;
+}
+
+bool Region::has_hints() const {
+  uint64_t* sum = summary(role_ == Role::Gateway ? kToGateway : kToClient);
   for (uint64_t i = 0; i < geo_.summary_words; i++)
     if (load_relaxed(&sum[i]) != 0) return true;
   return false;

@@ -75,6 +75,9 @@ class Region {
   // Gateway: grant a new size for one ring; takes effect when it is empty.
   // -EBUSY while an earlier grant is pending.
   int request_resize(uint32_t slot, uint32_t dir, uint32_t log2);
+  // Gateway: once a ring runs at a smaller size than its arena, give the
+  // arena's unused tail back to the system (pages punched out of the memfd).
+  int trim_ring(uint32_t slot, uint32_t dir);
 
   // The ring this side produces into / consumes from, for a slot. The client
   // opens its views lazily from the shared slot state. nullptr if not open.
@@ -84,14 +87,18 @@ class Region {
   uint32_t consume_dir() const { return role_ == Role::Gateway ? shm::kDirC2G : shm::kDirG2C; }
 
   // Tell the peer something changed for `slot` (bitmap hint + doorbell if it
-  // sleeps). Returns -errno of the eventfd write, 0 otherwise.
-  int notify_peer(uint32_t slot);
+  // sleeps). Returns -errno of the eventfd write, 0 otherwise; *rang tells
+  // whether the doorbell was written (the peer slept) or suppressed.
+  int notify_peer(uint32_t slot, bool* rang = nullptr);
   // Take the hints the peer left for us; calls fn(slot) for each valid one.
   // Returns the number of hints (bits outside slot_count are ignored).
   uint32_t take_hints(const std::function<void(uint32_t)>& fn);
   // Before sleeping: set our sleep flag, barrier, and report whether hints
   // arrived meanwhile (then do not sleep). clear_sleeping() when awake.
   bool prepare_sleep();
+  // Hints waiting for us? Reads the summary words only (no flag, no barrier):
+  // the spinning side polls this while its sleep flag stays clear.
+  bool has_hints() const;
   void clear_sleeping();
 
   // Gateway: compare the immutable header with what we wrote.

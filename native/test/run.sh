@@ -20,5 +20,7 @@ g++ $flags -o "$out/splice_test" "$here/splice_test.cc" $pump "$here/../src/spli
 SOCKGATE_TEST_SCALE=$scale timeout 600 "$out/splice_test"
 g++ $flags -o "$out/ring_link_test" "$here/ring_link_test.cc" $pump "$here/../src/splice.cc" "$here/../src/region.cc" "$here/../src/attach.cc"
 SOCKGATE_TEST_SCALE=$scale timeout 600 "$out/ring_link_test"
+g++ $flags -o "$out/pump_adapt_test" "$here/pump_adapt_test.cc" $pump "$here/../src/splice.cc" "$here/../src/region.cc" "$here/../src/attach.cc"
+SOCKGATE_TEST_SCALE=$scale timeout 600 "$out/pump_adapt_test"
 g++ $flags -o "$out/ring_fuzz" "$here/ring_fuzz.cc"
 SOCKGATE_TEST_SCALE=$scale timeout 300 "$out/ring_fuzz"

@@ -290,7 +290,8 @@ export const relaysFamily: BenchFamily = {
         await listening(front[0]!);
         paths.push({ name: 'socat-uds', iperf: front[0]!, sockperf: front[1]!, pids });
       }
-      const gw = await ctx.startGateway({ label: 'gateway-relays' });
+      // BENCH_RELAYS_YAML: gateway config to compare settings (e.g. "transports: { shm: { spin_us: 50 } }").
+      const gw = await ctx.startGateway({ label: 'gateway-relays', extraYaml: process.env['BENCH_RELAYS_YAML'] ?? '' });
       ctx.log(`  ${gw.label}: pid ${gw.pid}, control ${gw.target}`);
       for (const plane of PLANES) {
         if (!SDK_TRANSPORTS.includes(plane)) {
@@ -316,6 +317,9 @@ export const relaysFamily: BenchFamily = {
         paths.push({ name: 'sidecar-shm', iperf: sc.port, sockperf: 0, pids: [sc.pid, gw.pid], streams: BALANCED_STREAMS, iperfOnly: true });
       }
       const rows: BenchRow[] = [];
+      // BENCH_RELAYS_PATHS=haproxy,proxy-shm: only these paths (a quicker run when comparing settings).
+      const only = process.env['BENCH_RELAYS_PATHS']?.split(',');
+      if (only) paths.splice(0, paths.length, ...paths.filter((p) => only.includes(p.name)));
       for (const p of paths) {
         if (tools.iperf3) rows.push(await iperfRow(ctx, p, false, secs), await iperfRow(ctx, p, true, secs));
         if (tools.sockperf && !p.iperfOnly) rows.push(await sockperfRow(ctx, p, secs));

@@ -235,6 +235,12 @@ export interface ShmAttach {
    * presents the token over the session it already holds.
    */
   newSession: boolean;
+  /**
+   * The gateway's spin setting (transports.shm.spin_us, µs, 0..1000): the
+   * client's pump spins as long at most before it sleeps (adaptive, see
+   * native/SHM.md), so one setting governs both ends. 0: never spin.
+   */
+  spinUs: number;
 }
 
 export interface RdmaAttach {
@@ -800,7 +806,7 @@ export const GrpcAttach: MessageFns<GrpcAttach> = {
 };
 
 function createBaseShmAttach(): ShmAttach {
-  return { path: "", ringBytes: 0, sessionId: "", slot: 0, newSession: false };
+  return { path: "", ringBytes: 0, sessionId: "", slot: 0, newSession: false, spinUs: 0 };
 }
 
 export const ShmAttach: MessageFns<ShmAttach> = {
@@ -819,6 +825,9 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     }
     if (message.newSession !== false) {
       writer.uint32(40).bool(message.newSession);
+    }
+    if (message.spinUs !== 0) {
+      writer.uint32(48).uint32(message.spinUs);
     }
     return writer;
   },
@@ -876,6 +885,14 @@ export const ShmAttach: MessageFns<ShmAttach> = {
             message.newSession = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.spinUs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -907,6 +924,11 @@ export const ShmAttach: MessageFns<ShmAttach> = {
         : isSet(object.new_session)
         ? globalThis.Boolean(object.new_session)
         : false,
+      spinUs: isSet(object.spinUs)
+        ? globalThis.Number(object.spinUs)
+        : isSet(object.spin_us)
+        ? globalThis.Number(object.spin_us)
+        : 0,
     };
   },
 
@@ -927,6 +949,9 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     if (message.newSession !== false) {
       obj.newSession = message.newSession;
     }
+    if (message.spinUs !== 0) {
+      obj.spinUs = Math.round(message.spinUs);
+    }
     return obj;
   },
 
@@ -940,6 +965,7 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     message.sessionId = object.sessionId ?? "";
     message.slot = object.slot ?? 0;
     message.newSession = object.newSession ?? false;
+    message.spinUs = object.spinUs ?? 0;
     return message;
   },
 };
