@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { dirname } from 'node:path';
-import type { ClientSession, Pump, PumpLink, ShmRegion } from '../../native/index.js';
+import type { ClientSession, Pump, PumpLink, PumpStats, ShmRegion } from '../../native/index.js';
 import { shmDirProblem } from '../../native/shm-dir.js';
 import { whenReleased as whenReleasedNative } from '../../native/when-released.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
@@ -73,6 +73,11 @@ function acquirePump(n: NativeModule): ClientPump {
     clientPump = { pump, regions, channels: 0, spins: new Map() };
   }
   return clientPump;
+}
+
+/** The process-wide client pump's counters and spin (tests, diagnostics); undefined while no session is attached. */
+export function clientPumpStats(): PumpStats | undefined {
+  return clientPump?.pump.stats();
 }
 
 /** Retry `fn` while it throws EBUSY (the pump thread has not yet let go), bounded (native/when-released.ts). */
