@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <sched.h>
+
 namespace sg {
 
 using namespace pump_detail;
@@ -113,7 +115,9 @@ int Pump::spin(struct epoll_event* evs, int max) {
     int n = epoll_wait(ep_, evs, max, 0);  // fds (host sockets, peers' doorbells, commands)
     if (n > 0) return n;
     if (stopping_.load(std::memory_order_relaxed) || now_us() >= until) return 0;
-    for (int i = 0; i < 16; i++) cpu_relax();
+    // Give the core to a runnable thread (the app, the peer pump) if there is
+    // one: on a small machine the spinner must not starve what it waits for.
+    sched_yield();
   }
 }
 
