@@ -234,6 +234,8 @@ export interface RdmaRegionOptions {
   credits?: number;
   /** Idle keepalive interval; 3 silent intervals fail the connection (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off; default 5000. */
   keepaliveMs?: number;
+  /** Print the flow state (credits, cursors) every keepalive tick: callers pass isTracerEnabled('rdma-flow'). */
+  trace?: boolean;
 }
 
 export interface RdmaListenOptions extends RdmaRegionOptions {

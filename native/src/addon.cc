@@ -1315,18 +1315,10 @@ Napi::Value GatewayRingBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), double(gateway_ring_bytes()));
 }
 
-#ifdef SG_WITH_RDMA
-// For the rdma layer: the Pump behind a JS Pump object (null if not one, or closed).
-std::shared_ptr<Pump> PumpOf(Napi::Value v) {
-  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kPumpTag)) return nullptr;
-  return PumpWrap::Unwrap(v.As<Napi::Object>())->core();
-}
-#endif
-
 // The verbs layer (rdma_addon.cc) when binding.gyp found the rdma-core headers.
 Napi::Object Rdma(Napi::Env env) {
 #ifdef SG_WITH_RDMA
-  return sg::rdma::Exports(env, PumpOf);
+  return sg::rdma::Exports(env);
 #else
   Napi::Object o = Napi::Object::New(env);
   o.Set("built", Napi::Boolean::New(env, false));
@@ -1382,5 +1374,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 }
 
 }  // namespace
+
+#ifdef SG_WITH_RDMA
+// rdma_addon.h: the Pump behind a JS Pump object (null if not one, or closed).
+std::shared_ptr<Pump> sg::PumpOf(Napi::Value v) {
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kPumpTag)) return nullptr;
+  return PumpWrap::Unwrap(v.As<Napi::Object>())->core();
+}
+#endif
 
 NODE_API_MODULE(sockgate_native, Init)

@@ -29,6 +29,9 @@ struct RegionOpts {
   uint32_t slots = 16;
   uint32_t credits = 64;
   uint32_t keepalive_ms = 5000;  // 0 = off
+  // SOCKGATE_TRACE=rdma-flow, decided in TS (native/trace.ts): the flow state
+  // on stderr at every keepalive tick.
+  bool trace = false;
 };
 
 struct ConnectOpts {
