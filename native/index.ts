@@ -78,8 +78,8 @@ export interface RawRegion {
   takeHints(): number[];
   prepareSleep(): boolean;
   clearSleeping(): void;
-  /** Test hook (hostile-peer tests): store 8 bytes at an aligned offset of our own mapping. */
-  unsafePoke64(offset: number, value: bigint): void;
+  /** Test build only (hostile-peer tests): store 8 bytes at an aligned offset of our own mapping. */
+  unsafePoke64?(offset: number, value: bigint): void;
   /** Test hook: load 8 bytes at an aligned offset of our own mapping. */
   unsafePeek64(offset: number): bigint;
   close(): void;
@@ -253,11 +253,8 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   /** Resolve/route/connect deadline (default 10000 ms). */
   timeoutMs?: number;
   /**
-   * Tests only: 1 = every burst claims it wrapped, which never fits (a hostile
-   * peer: the gateway ends the connection with ERR_SOCKGATE_RDMA_PROTOCOL);
-   * 2 = announce protocol version 1 (the listener refuses it: `failed` VERSION_MISMATCH);
-   * 3 = every BIND carries a token with its first byte flipped (the gateway refuses it with CLOSE);
-   * 4 = every RDMA write uses a wrong rkey (the peer's responder refuses it: QP errors on both ends).
+   * Test build only (the product addon refuses it; native/src/rdma_conn.h has the modes): 1 = bursts
+   * claim a wrap, 2 = protocol version 1, 3 = BIND tokens corrupted, 4 = RDMA writes with a wrong rkey.
    */
   hostile?: 0 | 1 | 2 | 3 | 4;
 }
@@ -392,7 +389,7 @@ export interface RdmaBinding {
     chunk?: number;
     credits?: number;
     timeoutMs?: number;
-    /** Validation tests: after some valid bursts the client writes 1 = an empty burst, 2 = an unknown immediate flag, 3 = a bad slot. */
+    /** Test build only: after some valid bursts the client writes 1 = an empty burst, 2 = an unknown immediate flag, 3 = a bad slot. */
     hostile?: 0 | 1 | 2 | 3;
   }): Promise<RdmaLoopbackResult>;
   /**
@@ -430,6 +427,8 @@ export interface RdmaBinding {
 
 export interface NativeBinding {
   abiVersion: number;
+  /** The test build (SOCKGATE_NATIVE_BUILD=test: binding.gyp sockgate_native_test), with the test hooks. */
+  testHooks: boolean;
   rdma: RdmaBinding;
   vsock: RawVsock;
   constants: NativeConstants;
@@ -459,11 +458,10 @@ export interface NativeBinding {
 
 function load(): NativeBinding {
   const here = dirname(fileURLToPath(import.meta.url));
+  // SOCKGATE_NATIVE_BUILD=test: the tests' build with the test hooks; never a fallback either way.
+  const file = process.env['SOCKGATE_NATIVE_BUILD'] === 'test' ? 'sockgate_native_test.node' : 'sockgate_native.node';
   // dist/native/index.js -> ../../native/build; native/index.ts (tsx) -> ./build
-  const candidates = [
-    resolve(here, '../../native/build/Release/sockgate_native.node'),
-    resolve(here, 'build/Release/sockgate_native.node'),
-  ];
+  const candidates = [resolve(here, `../../native/build/Release/${file}`), resolve(here, `build/Release/${file}`)];
   const path = candidates.find((p) => existsSync(p));
   if (!path) throw new NativeError(`sockgate native addon not built (looked in ${candidates.join(', ')}); run npm run build:native`);
   return createRequire(import.meta.url)(path) as NativeBinding;

@@ -223,9 +223,8 @@ class EventfdWrap : public Napi::ObjectWrap<EventfdWrap> {
 class RegionWrap : public Napi::ObjectWrap<RegionWrap> {
  public:
   static Napi::Function Init(Napi::Env env) {
-    return DefineClass(
-        env, "Region",
-        {InstanceAccessor<&RegionWrap::Id>("id"), InstanceAccessor<&RegionWrap::Fd>("fd"),
+    std::vector<PropertyDescriptor> props = {
+         InstanceAccessor<&RegionWrap::Id>("id"), InstanceAccessor<&RegionWrap::Fd>("fd"),
          InstanceAccessor<&RegionWrap::Size>("size"), InstanceAccessor<&RegionWrap::Slots>("slotCount"),
          InstanceAccessor<&RegionWrap::MaxRing>("maxRingSize"), InstanceAccessor<&RegionWrap::RoleName>("role"),
          InstanceAccessor<&RegionWrap::Closed>("closed"), InstanceAccessor<&RegionWrap::Corrupt>("corrupt"),
@@ -237,9 +236,13 @@ class RegionWrap : public Napi::ObjectWrap<RegionWrap> {
          InstanceMethod<&RegionWrap::ArmRead>("armRead"), InstanceMethod<&RegionWrap::ArmWrite>("armWrite"),
          InstanceMethod<&RegionWrap::Lend>("lend"), InstanceMethod<&RegionWrap::Release>("release"),
          InstanceMethod<&RegionWrap::TakeHints>("takeHints"), InstanceMethod<&RegionWrap::PrepareSleep>("prepareSleep"),
-         InstanceMethod<&RegionWrap::ClearSleeping>("clearSleeping"), InstanceMethod<&RegionWrap::Poke>("unsafePoke64"),
+         InstanceMethod<&RegionWrap::ClearSleeping>("clearSleeping"),
          InstanceMethod<&RegionWrap::Peek>("unsafePeek64"),
-         InstanceMethod<&RegionWrap::Close>("close")});
+         InstanceMethod<&RegionWrap::Close>("close")};
+#ifdef SOCKGATE_TEST_HOOKS
+    props.push_back(InstanceMethod<&RegionWrap::Poke>("unsafePoke64"));
+#endif
+    return DefineClass(env, "Region", props);
   }
 
   RegionWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RegionWrap>(info) {
@@ -545,8 +548,9 @@ class RegionWrap : public Napi::ObjectWrap<RegionWrap> {
     core_->clear_sleeping();
     return info.Env().Undefined();
   }
-  // Test hook for hostile-peer tests: write 8 bytes anywhere in our own
-  // mapping (bounds-checked). A client can do this with any pointer anyway.
+#ifdef SOCKGATE_TEST_HOOKS
+  // Test hook for hostile-peer tests (test build only): write 8 bytes anywhere
+  // in our own mapping (bounds-checked). A client can do this with any pointer anyway.
   Napi::Value Poke(const Napi::CallbackInfo& info) {
     if (!Live(info)) return info.Env().Undefined();
     int64_t off;
@@ -558,6 +562,7 @@ class RegionWrap : public Napi::ObjectWrap<RegionWrap> {
     store_relaxed(reinterpret_cast<uint64_t*>(core_->base() + off), v);
     return info.Env().Undefined();
   }
+#endif
   Napi::Value Peek(const Napi::CallbackInfo& info) {
     if (!Live(info)) return info.Env().Undefined();
     int64_t off;
@@ -1332,6 +1337,11 @@ Napi::Object Rdma(Napi::Env env) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, 2));
+#ifdef SOCKGATE_TEST_HOOKS
+  exports.Set("testHooks", Napi::Boolean::New(env, true));  // the test build (binding.gyp sockgate_native_test)
+#else
+  exports.Set("testHooks", Napi::Boolean::New(env, false));
+#endif
   exports.Set("Region", RegionWrap::Init(env));
   exports.Set("Eventfd", EventfdWrap::Init(env));
   exports.Set("Pump", PumpWrap::Init(env));

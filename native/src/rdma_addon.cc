@@ -119,7 +119,7 @@ Napi::Value Loopback(const Napi::CallbackInfo& info) {
   uint32_t port = 0;
   if (!GetUint(info, opts, "port", 0, 65535, &port) || !GetUint(info, opts, "ringLog2", kMinRingLog2, 26, &o.ring_log2) ||
       !GetUint(info, opts, "chunk", 1, 1u << 24, &o.chunk) || !GetUint(info, opts, "credits", 4, 1024, &o.credits) ||
-      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetUint(info, opts, "hostile", 0, 3, &o.hostile))
+      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !SG_GET_HOSTILE(info, opts, 3, &o.hostile))
     return env.Undefined();
   o.port = uint16_t(port);
   Napi::Value pv = opts.Get("pump");

@@ -139,7 +139,9 @@ void Conn::link(uint32_t slot, int fd, const uint8_t* token) {
     m.slot = uint16_t(slot);
     if (token) {
       memcpy(m.token, token, kTokenBytes);
+#ifdef SOCKGATE_TEST_HOOKS
       if (copts.hostile == 3) m.token[0] ^= 0xff;  // tests: a BIND the gateway cannot redeem
+#endif
     }
     s.bind = Slot::kQueued;  // then kAwaitBound (BIND) or kBound (BOUND) once posted
     ctrl_.push_back(m);
@@ -309,7 +311,9 @@ void Conn::teardown() {
 int Conn::setup() {
   ibv_context* ctx = cm_.verbs();
   if (!ctx) return fail_early("NO_DEVICE", -ENODEV, "no verbs device behind the address");
+#ifdef SOCKGATE_TEST_HOOKS
   if (client_ && copts.hostile == 2) local_.version = 1;  // tests: a client of protocol 1
+#endif
   local_.slots = uint16_t(o_.slots);
   local_.ring_log2 = o_.ring_log2;
   local_.credits = uint16_t(o_.credits);

@@ -63,10 +63,12 @@ int Conn::post_burst(uint32_t slot) {
   b.slot = uint16_t(slot);
   bool blocked = s.rd - s.peer_cons == size && !s.fd_eof();
   b.flags = blocked ? kImmBlocked : 0;
+#ifdef SOCKGATE_TEST_HOOKS
   // Tests: every burst claims it wrapped (more bytes than the free space, or a wrap from offset 0).
   if (client_ && copts.hostile == 1) b.flags |= kImmWrap;
   // Tests: writes with a key the peer never issued (its responder refuses them: a QP error on both ends).
   if (client_ && copts.hostile == 4) b.rkey = ~b.rkey;
+#endif
   b.max_inline = qp_.max_inline();
   b.wr_id_plain = kWrBurst;
   int k = post_burst_wrs(b);

@@ -82,6 +82,23 @@ inline bool GetRegion(const Napi::CallbackInfo& info, Napi::Value v, RegionOpts*
   return true;
 }
 
+// An option only the test build (SOCKGATE_TEST_HOOKS) has: the product
+// build refuses it loudly, so a test can never pass without its hook.
+inline bool RefuseTestHook(const Napi::CallbackInfo& info, Napi::Object o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || (v.IsNumber() && v.As<Napi::Number>().DoubleValue() == 0)) return true;
+  Napi::TypeError::New(info.Env(), std::string(key) + " is a test hook: only the test build of the addon has it (SOCKGATE_NATIVE_BUILD=test)")
+      .ThrowAsJavaScriptException();
+  return false;
+}
+
+// The hostile mode of a test build (0..hi); refused by the product build.
+#ifdef SOCKGATE_TEST_HOOKS
+#define SG_GET_HOSTILE(info, opts, hi, out) GetUint(info, opts, "hostile", 0, hi, out)
+#else
+#define SG_GET_HOSTILE(info, opts, hi, out) RefuseTestHook(info, opts, "hostile")
+#endif
+
 inline bool GetToken(const Napi::CallbackInfo& info, Napi::Value v, uint8_t out[kTokenBytes]) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
       v.As<Napi::Uint8Array>().ByteLength() != kTokenBytes) {
