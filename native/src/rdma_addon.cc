@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "pump.h"
+#include "pump_access.h"
 #include "rdma.h"
 #include "rdma_conn.h"
 #include "rdma_loopback.h"

@@ -8,18 +8,10 @@
 
 #include <napi.h>
 
-#include <memory>
-
 namespace sg {
-class Pump;
 namespace rdma {
 
 Napi::Object Exports(Napi::Env env);
 
 }  // namespace rdma
-
-// The Pump behind a JS Pump object (null when it is not one, or closed):
-// checked by its type tag. Defined in addon.cc, beside PumpWrap.
-std::shared_ptr<Pump> PumpOf(Napi::Value v);
-
 }  // namespace sg

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "pump.h"
+#include "pump_access.h"
 #include "rdma_addon.h"
 #include "rdma_conn.h"
 #include "rdma_napi.h"
