@@ -27,6 +27,7 @@
 import { isTracerEnabled, tracer } from '../../native/trace.js';
 import { DeclineReason, type RdmaAttach, type RdmaOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AbortedError, AttachFailedError, GatewayUnavailableError, SocketClosedError } from '../../proto/errors.js';
+import { ATTACH_TIMEOUT_MS, SHORT_TOKEN_BYTES } from '../../proto/attach-limits.js';
 import { SESSION_ID_RE } from '../../proto/shm-wire.js';
 import { native } from './native-optional.js';
 import { newSessionId, RdmaClientSession, RdmaSocket, type SessionState } from './rdma-client-session.js';
@@ -40,20 +41,12 @@ const trace = tracer('rdma');
 /** SOCKGATE_TRACE=rdma-flow: the native connection prints its flow state (credits, cursors) every keepalive tick. */
 const FLOW_TRACE = isTracerEnabled('rdma-flow');
 
-/** How long an attach (connect, or waiting for the session's connection) may take by default. */
-const ATTACH_TIMEOUT_MS = 10_000;
 /** Receive ring bytes per slot this client registers by default (as the gateway's transports.rdma.ring_bytes and the native default): about bandwidth x round trip. */
 const DEFAULT_RING_BYTES = 1 << 20;
 /** Ring sizes the native side accepts for a connection's receive rings. */
 const MIN_RING_LOG2 = 12;
 const MAX_RING_LOG2 = 26;
 const MAX_SLOTS = 4096;
-/**
- * What the rdma handshakes carry of an attach token: its first 16 bytes (the
- * gateway redeems this short form, server/attach.ts SHORT_TOKEN_BYTES; rdma_cm
- * private data and BIND have room for no more).
- */
-const RDMA_TOKEN_BYTES = 16;
 
 export interface RdmaClientOptions {
   /** Receive ring bytes per socket this client registers (power of two, 4 KiB..64 MiB; default 1 MiB). */
@@ -110,8 +103,8 @@ export class RdmaClient {
     if (!p.address || !(p.port >= 1 && p.port <= 65535)) throw new AttachFailedError(`rdma attach: the gateway gave no usable listener (${JSON.stringify(p.address.slice(0, 64))}:${p.port})`);
     if (!(p.slots >= 1 && p.slots <= MAX_SLOTS) || !(p.slot < p.slots)) throw new AttachFailedError(`rdma attach: slot ${p.slot} of ${p.slots} is out of range`);
     if (!SESSION_ID_RE.test(p.sessionId)) throw new AttachFailedError('rdma attach: malformed session id from the gateway');
-    if (token.length < RDMA_TOKEN_BYTES) throw new AttachFailedError(`rdma attach: the attach token is ${token.length} bytes, at least ${RDMA_TOKEN_BYTES} are needed`);
-    const shortToken = new Uint8Array(token.subarray(0, RDMA_TOKEN_BYTES));
+    if (token.length < SHORT_TOKEN_BYTES) throw new AttachFailedError(`rdma attach: the attach token is ${token.length} bytes, at least ${SHORT_TOKEN_BYTES} are needed`);
+    const shortToken = new Uint8Array(token.subarray(0, SHORT_TOKEN_BYTES));
     if (opts.signal?.aborted) throw new AbortedError('attach aborted');
     let s = this.#sessions.get(p.sessionId);
     if (p.newSession) {

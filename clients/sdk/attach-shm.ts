@@ -30,11 +30,9 @@ import {
   readBootId,
   shmStatusName,
 } from '../../proto/shm-wire.js';
+import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
-
-/** How long an attach or a bind may take by default. */
-const ATTACH_TIMEOUT_MS = 10_000;
 
 /** Whether this process can attach with shm, and why not. */
 export const shmSupport: { readonly available: boolean; readonly reason: string } = {

@@ -12,7 +12,8 @@ import { DeclineReason } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError, ConnectionResetError, SocketClosedError, SockgateError } from '../../proto/errors.js';
 import { FdChannel } from './fd-channel.js';
 import { native, type NativeModule } from './native-optional.js';
-import { declineReasonOfRdmaFailure, RdmaAttachError, rdmaEndError } from './rdma-support.js';
+import { RdmaAttachError } from '../../proto/errors.js';
+import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
 
 /** SOCKGATE_TRACE=rdma: the SDK's rdma sessions, slots and attach steps on stderr. */
 const trace = tracer('rdma');

@@ -94,9 +94,9 @@ void AsyncMonitor::run() {
         if (type == IBV_EVENT_PORT_ERR) port = uint8_t(ev.element.port_num);
         ibv_ack_async_event(&ev);
         const char* code = nullptr;
-        if (qp_num) code = "ERR_SOCKGATE_RDMA_QP_FATAL";
-        else if (type == IBV_EVENT_PORT_ERR) code = "ERR_SOCKGATE_RDMA_PORT_DOWN";
-        else if (type == IBV_EVENT_DEVICE_FATAL) code = "ERR_SOCKGATE_RDMA_DEVICE_REMOVED";
+        if (qp_num) code = fail::kErrQpFatal;
+        else if (type == IBV_EVENT_PORT_ERR) code = fail::kErrPortDown;
+        else if (type == IBV_EVENT_DEVICE_FATAL) code = fail::kErrDeviceRemoved;
         if (!code) continue;
         std::string detail = std::string("async event ") + ibv_event_type_str(type);
         for (auto& r : regs_) {

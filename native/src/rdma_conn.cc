@@ -21,23 +21,23 @@ int Conn::on_attach(Pump& p, uint32_t id) {
   p_ = &p;
   id_ = id;
   int err;
-  if ((err = ch_.open())) return fail_early("RESOURCE", err, "rdma_create_event_channel");
-  if ((err = p.source_watch(id, ch_.fd(), kKeyCm))) return fail_early("RESOURCE", err, "epoll_ctl");
+  if ((err = ch_.open())) return fail_early(fail::kResource, err, "rdma_create_event_channel");
+  if ((err = p.source_watch(id, ch_.fd(), kKeyCm))) return fail_early(fail::kResource, err, "epoll_ctl");
   timer_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (timer_ < 0) return fail_early("RESOURCE", -errno, "timerfd_create");
-  if ((err = p.source_watch(id, timer_, kKeyTimer))) return fail_early("RESOURCE", err, "epoll_ctl");
+  if (timer_ < 0) return fail_early(fail::kResource, -errno, "timerfd_create");
+  if ((err = p.source_watch(id, timer_, kKeyTimer))) return fail_early(fail::kResource, err, "epoll_ctl");
   progress_timer_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (progress_timer_ < 0) return fail_early("RESOURCE", -errno, "timerfd_create");
-  if ((err = p.source_watch(id, progress_timer_, kKeyProgress))) return fail_early("RESOURCE", err, "epoll_ctl");
+  if (progress_timer_ < 0) return fail_early(fail::kResource, -errno, "timerfd_create");
+  if ((err = p.source_watch(id, progress_timer_, kKeyProgress))) return fail_early(fail::kResource, err, "epoll_ctl");
   if (client_) {
     memcpy(token_, copts.token, kTokenBytes);
-    if ((err = arm_timer(timer_, copts.timeout_ms))) return fail_early("RESOURCE", err, "timerfd_settime");
+    if ((err = arm_timer(timer_, copts.timeout_ms))) return fail_early(fail::kResource, err, "timerfd_settime");
     deadline_ = now_ms() + copts.timeout_ms;
-    if ((err = cm_.create(ch_, nullptr))) return fail_early("RESOURCE", err, "rdma_create_id");
+    if ((err = cm_.create(ch_, nullptr))) return fail_early(fail::kResource, err, "rdma_create_id");
     sockaddr_storage sa;
-    if (parse_addr(copts.addr, copts.port, &sa)) return fail_early("ADDR_ERROR", -EINVAL, "address " + copts.addr);
+    if (parse_addr(copts.addr, copts.port, &sa)) return fail_early(fail::kAddrError, -EINVAL, "address " + copts.addr);
     if (rdma_resolve_addr(cm_.get(), nullptr, reinterpret_cast<sockaddr*>(&sa), int(copts.timeout_ms / 2)) != 0)
-      return fail_early("ADDR_ERROR", -errno, "rdma_resolve_addr " + copts.addr);
+      return fail_early(fail::kAddrError, -errno, "rdma_resolve_addr " + copts.addr);
     state_ = kResolving;
     return 0;
   }
@@ -48,11 +48,11 @@ int Conn::on_attach(Pump& p, uint32_t id) {
     int e = -errno;
     rdma_reject(cid, nullptr, 0);
     rdma_destroy_id(cid);
-    return fail_early("RESOURCE", e, "rdma_migrate_id");
+    return fail_early(fail::kResource, e, "rdma_migrate_id");
   }
   cm_.adopt(cid);
   memcpy(token_, peer.token, kTokenBytes);
-  if ((err = arm_timer(timer_, kPendingTimeoutMs))) return fail_early("RESOURCE", err, "timerfd_settime");
+  if ((err = arm_timer(timer_, kPendingTimeoutMs))) return fail_early(fail::kResource, err, "timerfd_settime");
   deadline_ = now_ms() + kPendingTimeoutMs;
   if ((err = setup())) {
     rdma_reject(cm_.get(), nullptr, 0);
@@ -72,7 +72,7 @@ int Conn::on_attach(Pump& p, uint32_t id) {
   cp.responder_resources = 1;
   cp.initiator_depth = 1;
   cp.rnr_retry_count = 7;
-  if (rdma_accept(cm_.get(), &cp) != 0) return fail_early("CONNECT_ERROR", -errno, "rdma_accept");
+  if (rdma_accept(cm_.get(), &cp) != 0) return fail_early(fail::kConnectError, -errno, "rdma_accept");
   state_ = kConnecting;
   return 0;
 }
@@ -310,7 +310,7 @@ void Conn::teardown() {
 // Our side's verbs resources, the receive region and the receive WRs.
 int Conn::setup() {
   ibv_context* ctx = cm_.verbs();
-  if (!ctx) return fail_early("NO_DEVICE", -ENODEV, "no verbs device behind the address");
+  if (!ctx) return fail_early(fail::kNoDevice, -ENODEV, "no verbs device behind the address");
 #ifdef SOCKGATE_TEST_HOOKS
   if (client_ && copts.hostile == 2) local_.version = 1;  // tests: a client of protocol 1
 #endif
@@ -322,25 +322,25 @@ int Conn::setup() {
   size_t bytes = local_.region_bytes() + size_t(o_.credits) * Msg::kMaxBytes;
   bytes = (bytes + 4095) & ~size_t(4095);
   int err;
-  if ((err = mem_.open(bytes))) return fail_early("RESOURCE", err, "mmap receive region");
-  if ((err = pd_.open(ctx))) return fail_early("RESOURCE", err, "ibv_alloc_pd");
-  if ((err = cc_.open(ctx))) return fail_early("RESOURCE", err, "ibv_create_comp_channel");
-  if ((err = cq_.open(ctx, cc_, int(kSendWr + o_.credits + 8)))) return fail_early("RESOURCE", err, "ibv_create_cq");
+  if ((err = mem_.open(bytes))) return fail_early(fail::kResource, err, "mmap receive region");
+  if ((err = pd_.open(ctx))) return fail_early(fail::kResource, err, "ibv_alloc_pd");
+  if ((err = cc_.open(ctx))) return fail_early(fail::kResource, err, "ibv_create_comp_channel");
+  if ((err = cq_.open(ctx, cc_, int(kSendWr + o_.credits + 8)))) return fail_early(fail::kResource, err, "ibv_create_cq");
   QueuePair::Caps caps;
   caps.send_wr = kSendWr;
   caps.recv_wr = o_.credits;
   caps.inline_bytes = 64;
-  if ((err = qp_.open(cm_, pd_, cq_, caps))) return fail_early("RESOURCE", err, "rdma_create_qp");
-  if (qp_.max_inline() < Msg::kMaxBytes) return fail_early("RESOURCE", -ENOTSUP, "inline data (the device offers too little)");
+  if ((err = qp_.open(cm_, pd_, cq_, caps))) return fail_early(fail::kResource, err, "rdma_create_qp");
+  if (qp_.max_inline() < Msg::kMaxBytes) return fail_early(fail::kResource, -ENOTSUP, "inline data (the device offers too little)");
   if ((err = mr_.open(pd_, mem_.data(), local_.region_bytes(), IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE)))
-    return fail_early("RESOURCE", err, "ibv_reg_mr");
+    return fail_early(fail::kResource, err, "ibv_reg_mr");
   if ((err = recv_mr_.open(pd_, recv_buf(0), size_t(o_.credits) * Msg::kMaxBytes, IBV_ACCESS_LOCAL_WRITE)))
-    return fail_early("RESOURCE", err, "ibv_reg_mr (receive buffers)");
+    return fail_early(fail::kResource, err, "ibv_reg_mr (receive buffers)");
   local_.addr = reinterpret_cast<uintptr_t>(mem_.data());
   local_.rkey = mr_.rkey();
   for (uint32_t i = 0; i < o_.credits; i++)
-    if ((err = post_recv(i))) return fail_early("RESOURCE", err, "ibv_post_recv");
-  if ((err = p_->source_watch(id_, cc_.fd(), kKeyCq))) return fail_early("RESOURCE", err, "epoll_ctl");
+    if ((err = post_recv(i))) return fail_early(fail::kResource, err, "ibv_post_recv");
+  if ((err = p_->source_watch(id_, cc_.fd(), kKeyCq))) return fail_early(fail::kResource, err, "epoll_ctl");
   AsyncMonitor::get().add(ctx, qp_.get()->qp_num, cm_.get()->port_num, p_, id_);
   monitored_ = true;
   return 0;
@@ -349,12 +349,12 @@ int Conn::setup() {
 // Staging for the peer's rings, once its parameters are known.
 int Conn::setup_peer() {
   if (peer.region_bytes() > kMaxPeerRegion)
-    return fail_early("RESOURCE", -E2BIG, "the peer's receive region is too large (" + std::to_string(peer.region_bytes()) + " bytes)");
+    return fail_early(fail::kResource, -E2BIG, "the peer's receive region is too large (" + std::to_string(peer.region_bytes()) + " bytes)");
   uint32_t n = std::min<uint32_t>(local_.slots, peer.slots);
   size_t bytes = size_t(n) << peer.ring_log2;
   int err;
-  if ((err = stage_.open(bytes))) return fail_early("RESOURCE", err, "mmap staging");
-  if ((err = stage_mr_.open(pd_, stage_.data(), bytes, IBV_ACCESS_LOCAL_WRITE))) return fail_early("RESOURCE", err, "ibv_reg_mr (staging)");
+  if ((err = stage_.open(bytes))) return fail_early(fail::kResource, err, "mmap staging");
+  if ((err = stage_mr_.open(pd_, stage_.data(), bytes, IBV_ACCESS_LOCAL_WRITE))) return fail_early(fail::kResource, err, "ibv_reg_mr (staging)");
   slots_.assign(n, Slot());
   {
     std::lock_guard<std::mutex> g(fd_mu_);
@@ -374,7 +374,7 @@ void Conn::on_cm() {
     rdma_cm_event* ev = nullptr;
     int err = ch_.next(&ev);
     if (err == -EAGAIN || err == -EWOULDBLOCK) return;
-    if (err) return die("RESOURCE", err, "rdma_get_cm_event");
+    if (err) return die(fail::kResource, err, "rdma_get_cm_event");
     rdma_cm_event_type type = ev->event;
     int status = ev->status;
     uint8_t pd[64] = {};
@@ -387,12 +387,12 @@ void Conn::on_cm() {
     std::string st = std::string("rdma_cm ") + rdma_event_str(type) + (status ? " (status " + std::to_string(status) + ")" : "");
     switch (type) {
       case RDMA_CM_EVENT_ADDR_RESOLVED:
-        if (!client_ || state_ != kResolving) return die("PROTOCOL", -EPROTO, "unexpected " + st);
-        if (setup()) return die("RESOURCE", -EIO, "setup");
-        if (rdma_resolve_route(cm_.get(), int(copts.timeout_ms / 2)) != 0) return die("ROUTE_ERROR", -errno, "rdma_resolve_route");
+        if (!client_ || state_ != kResolving) return die(fail::kProtocol, -EPROTO, "unexpected " + st);
+        if (setup()) return die(fail::kResource, -EIO, "setup");
+        if (rdma_resolve_route(cm_.get(), int(copts.timeout_ms / 2)) != 0) return die(fail::kRouteError, -errno, "rdma_resolve_route");
         break;
       case RDMA_CM_EVENT_ROUTE_RESOLVED: {
-        if (!client_ || state_ != kResolving) return die("PROTOCOL", -EPROTO, "unexpected " + st);
+        if (!client_ || state_ != kResolving) return die(fail::kProtocol, -EPROTO, "unexpected " + st);
         uint8_t b[ConnParams::kBytes];
         local_.encode(b);
         rdma_conn_param cp = {};
@@ -402,21 +402,21 @@ void Conn::on_cm() {
         cp.initiator_depth = 1;
         cp.retry_count = 7;
         cp.rnr_retry_count = 7;
-        if (rdma_connect(cm_.get(), &cp) != 0) return die("CONNECT_ERROR", -errno, "rdma_connect");
+        if (rdma_connect(cm_.get(), &cp) != 0) return die(fail::kConnectError, -errno, "rdma_connect");
         state_ = kConnecting;
         break;
       }
       case RDMA_CM_EVENT_ESTABLISHED: {
-        if (state_ != kConnecting) return die("PROTOCOL", -EPROTO, "unexpected " + st);
+        if (state_ != kConnecting) return die(fail::kProtocol, -EPROTO, "unexpected " + st);
         if (client_) {
           ConnParams pp;
           int derr = ConnParams::decode(pd, pd_len, &pp);
           if (!derr && !(pp.flags & ConnParams::kFlagAccept)) derr = -EBADMSG;
           if (!derr && memcmp(pp.token, token_, kTokenBytes) != 0) derr = -EACCES;
-          if (derr == -EPROTONOSUPPORT) return die("VERSION_MISMATCH", derr, "the gateway accepted with another rdma protocol version");
-          if (derr) return die("PROTOCOL", derr, "the gateway's accept private data");
+          if (derr == -EPROTONOSUPPORT) return die(fail::kVersionMismatch, derr, "the gateway accepted with another rdma protocol version");
+          if (derr) return die(fail::kProtocol, derr, "the gateway's accept private data");
           peer = pp;
-          if (setup_peer()) return die("RESOURCE", -EIO, "setup");
+          if (setup_peer()) return die(fail::kResource, -EIO, "setup");
         }
         state_ = kEstablished;
         connected_ = true;
@@ -434,25 +434,25 @@ void Conn::on_cm() {
       case RDMA_CM_EVENT_DISCONNECTED:
         connected_ = false;
         rdma_disconnect(cm_.get());  // answer the peer's
-        return die(closing_ ? "ok" : "ERR_SOCKGATE_RDMA_DISCONNECTED", closing_ ? 0 : -ECONNRESET, "the peer disconnected");
+        return die(closing_ ? "ok" : fail::kErrDisconnected, closing_ ? 0 : -ECONNRESET, "the peer disconnected");
       case RDMA_CM_EVENT_DEVICE_REMOVAL:
-        return die("ERR_SOCKGATE_RDMA_DEVICE_REMOVED", -ENODEV, st);
+        return die(fail::kErrDeviceRemoved, -ENODEV, st);
       case RDMA_CM_EVENT_ADDR_ERROR:
-        return die("ADDR_ERROR", status < 0 ? status : -EHOSTUNREACH, st);
+        return die(fail::kAddrError, status < 0 ? status : -EHOSTUNREACH, st);
       case RDMA_CM_EVENT_ROUTE_ERROR:
-        return die("ROUTE_ERROR", status < 0 ? status : -EHOSTUNREACH, st);
+        return die(fail::kRouteError, status < 0 ? status : -EHOSTUNREACH, st);
       case RDMA_CM_EVENT_UNREACHABLE:
-        return die("UNREACHABLE", status < 0 ? status : -EHOSTUNREACH, st);
+        return die(fail::kUnreachable, status < 0 ? status : -EHOSTUNREACH, st);
       case RDMA_CM_EVENT_REJECTED: {
         // A listener that refuses our version says which one it speaks.
         uint16_t v = decode_version_reject(pd, pd_len);
         if (v && v != local_.version)
-          return die("VERSION_MISMATCH", -EPROTONOSUPPORT,
+          return die(fail::kVersionMismatch, -EPROTONOSUPPORT,
                      "the gateway speaks rdma protocol version " + std::to_string(v) + ", this side " + std::to_string(local_.version));
-        return die("REJECTED", -ECONNREFUSED, st);
+        return die(fail::kRejected, -ECONNREFUSED, st);
       }
       case RDMA_CM_EVENT_CONNECT_ERROR:
-        return die(state_ == kEstablished ? "ERR_SOCKGATE_RDMA_DISCONNECTED" : "CONNECT_ERROR", status < 0 ? status : -ECONNRESET, st);
+        return die(state_ == kEstablished ? fail::kErrDisconnected : fail::kConnectError, status < 0 ? status : -ECONNRESET, st);
       case RDMA_CM_EVENT_TIMEWAIT_EXIT:
       default:
         break;

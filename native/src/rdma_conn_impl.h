@@ -43,6 +43,30 @@ constexpr uint32_t kPendingTimeoutMs = 10000;
 // each slotEnd): an event per burst would wake the JS thread per message.
 constexpr uint32_t kProgressMs = 250;
 
+// How a connection fails: the one vocabulary, mapped in TS in one place
+// (proto/rdma-failures.ts; test/native/rdma-vocabulary.test.ts keeps the
+// two lists equal). Before established, a `failed` event carries a setup code;
+// after, `closed` and `slotEnd` carry an ERR_SOCKGATE_RDMA_* code (an error
+// class of proto/errors.ts), or "ok".
+namespace fail {
+constexpr const char* kAddrError = "ADDR_ERROR";
+constexpr const char* kRouteError = "ROUTE_ERROR";
+constexpr const char* kUnreachable = "UNREACHABLE";
+constexpr const char* kRejected = "REJECTED";
+constexpr const char* kConnectError = "CONNECT_ERROR";
+constexpr const char* kTimeout = "TIMEOUT";
+constexpr const char* kProtocol = "PROTOCOL";
+constexpr const char* kNoDevice = "NO_DEVICE";
+constexpr const char* kResource = "RESOURCE";
+constexpr const char* kVersionMismatch = "VERSION_MISMATCH";
+constexpr const char* kErrProtocol = "ERR_SOCKGATE_RDMA_PROTOCOL";
+constexpr const char* kErrTimeout = "ERR_SOCKGATE_RDMA_TIMEOUT";
+constexpr const char* kErrDeviceRemoved = "ERR_SOCKGATE_RDMA_DEVICE_REMOVED";
+constexpr const char* kErrPortDown = "ERR_SOCKGATE_RDMA_PORT_DOWN";
+constexpr const char* kErrQpFatal = "ERR_SOCKGATE_RDMA_QP_FATAL";
+constexpr const char* kErrDisconnected = "ERR_SOCKGATE_RDMA_DISCONNECTED";
+}  // namespace fail
+
 // One socket's place on the connection. Its state is four small machines
 // (phase, each direction, binding); the bools left are epoll readiness and
 // bookkeeping, not state.

@@ -18,13 +18,13 @@ void Conn::on_timer() {
   drain_timer(timer_);
   int64_t now = now_ms();
   if (state_ != kEstablished) {
-    if (now >= deadline_) die("TIMEOUT", -ETIMEDOUT, client_ ? "rdma connect" : "rdma accept");
+    if (now >= deadline_) die(fail::kTimeout, -ETIMEDOUT, client_ ? "rdma connect" : "rdma accept");
     return;
   }
   if (o_.trace) trace_state();
   if (!keepalive_ms_) return;
   if (now - last_rx_ > int64_t(keepalive_ms_) * 3) {
-    die("ERR_SOCKGATE_RDMA_TIMEOUT", -ETIMEDOUT, "nothing heard from the peer for " + std::to_string(now - last_rx_) + " ms");
+    die(fail::kErrTimeout, -ETIMEDOUT, "nothing heard from the peer for " + std::to_string(now - last_rx_) + " ms");
     return;
   }
   if (now - last_tx_ >= int64_t(keepalive_ms_)) {

@@ -29,7 +29,7 @@ void Conn::on_cq() {
   // One arm, one event: take it (a second read would only say EAGAIN).
   const char* failed = nullptr;
   int rc = cq_.drain(1, &failed, [this](const ibv_wc& wc) { return on_wc(wc); });
-  if (failed) return die("ERR_SOCKGATE_RDMA_QP_FATAL", rc, failed);
+  if (failed) return die(fail::kErrQpFatal, rc, failed);
   if (rc) return;  // on_wc ended the connection
   // Credits and space may have come back: let every open slot move.
   for (uint32_t i = 0; i < slots_.size() && state_ == kEstablished; i++)
@@ -42,7 +42,7 @@ int Conn::on_wc(const ibv_wc& wc) {
   if (state_ == kDead) return 1;
   if (wc.status != IBV_WC_SUCCESS) {
     if (wc.status == IBV_WC_WR_FLUSH_ERR && closing_) return 0;
-    return die("ERR_SOCKGATE_RDMA_QP_FATAL", -EIO, std::string("work completion: ") + ibv_wc_status_str(wc.status)), 1;
+    return die(fail::kErrQpFatal, -EIO, std::string("work completion: ") + ibv_wc_status_str(wc.status)), 1;
   }
   uint64_t kind = wc.wr_id & kWrKind;
   uint32_t low = uint32_t(wc.wr_id & 0xFFFFFFFF);
@@ -50,22 +50,22 @@ int Conn::on_wc(const ibv_wc& wc) {
     sq_used_ -= std::min(sq_used_, low);
     return 0;
   }
-  if (kind != kWrRecv || low >= o_.credits) return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "bad wr_id"), 1;
+  if (kind != kWrRecv || low >= o_.credits) return die(fail::kErrProtocol, -EPROTO, "bad wr_id"), 1;
   last_rx_ = now_ms();
   if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
     if (on_imm(ntohl(wc.imm_data), wc.byte_len)) return 1;
   } else if (wc.opcode == IBV_WC_RECV) {
     if (on_msg(recv_buf(low), wc.byte_len)) return 1;
   } else {
-    return die("ERR_SOCKGATE_RDMA_PROTOCOL", -EPROTO, "unexpected receive opcode"), 1;
+    return die(fail::kErrProtocol, -EPROTO, "unexpected receive opcode"), 1;
   }
-  if (int err = post_recv(low)) return die("ERR_SOCKGATE_RDMA_QP_FATAL", err, "ibv_post_recv"), 1;
+  if (int err = post_recv(low)) return die(fail::kErrQpFatal, err, "ibv_post_recv"), 1;
   to_return_++;
   return 0;
 }
 
 int Conn::protocol(const std::string& what) {
-  die("ERR_SOCKGATE_RDMA_PROTOCOL", -EBADMSG, "the peer broke the protocol: " + what);
+  die(fail::kErrProtocol, -EBADMSG, "the peer broke the protocol: " + what);
   return -EBADMSG;
 }
 

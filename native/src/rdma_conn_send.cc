@@ -32,7 +32,7 @@ int Conn::post_msg(Msg& m) {
   wr.num_sge = 1;
   int rc = ibv_post_send(qp_.get(), &wr, &bad);
   if (rc) {
-    die("ERR_SOCKGATE_RDMA_QP_FATAL", -rc, "ibv_post_send (message)");
+    die(fail::kErrQpFatal, -rc, "ibv_post_send (message)");
     return -rc;
   }
   sq_used_++;
@@ -73,7 +73,7 @@ int Conn::post_burst(uint32_t slot) {
   b.wr_id_plain = kWrBurst;
   int k = post_burst_wrs(b);
   if (k < 0) {
-    die("ERR_SOCKGATE_RDMA_QP_FATAL", k, "ibv_post_send (RDMA write)");
+    die(fail::kErrQpFatal, k, "ibv_post_send (RDMA write)");
     return k;
   }
   peer_credits_--;

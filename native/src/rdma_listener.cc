@@ -107,7 +107,7 @@ void Listener::accept(Pump& p, uint32_t conn, std::shared_ptr<Conn> c) {
     PumpEvent e(PumpEvent::kRdma);
     e.id = conn;
     e.name = "failed";
-    e.code = "TIMEOUT";
+    e.code = fail::kTimeout;
     e.err = -ETIMEDOUT;
     e.detail = "no pending rdma connection request " + std::to_string(conn);
     p.source_emit(std::move(e));
