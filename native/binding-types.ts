@@ -61,8 +61,8 @@ export interface RawRegion {
   takeHints(): number[];
   prepareSleep(): boolean;
   clearSleeping(): void;
-  /** Test hook (hostile-peer tests): store 8 bytes at an aligned offset of our own mapping. */
-  unsafePoke64(offset: number, value: bigint): void;
+  /** Test build only (hostile-peer tests): store 8 bytes at an aligned offset of our own mapping. */
+  unsafePoke64?(offset: number, value: bigint): void;
   /** Test hook: load 8 bytes at an aligned offset of our own mapping. */
   unsafePeek64(offset: number): bigint;
   close(): void;
@@ -240,6 +240,8 @@ export interface RdmaRegionOptions {
   credits?: number;
   /** Idle keepalive interval; 3 silent intervals fail the connection (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off; default 5000. */
   keepaliveMs?: number;
+  /** Print the flow state (credits, cursors) every keepalive tick: callers pass isTracerEnabled('rdma-flow'). */
+  trace?: boolean;
 }
 
 export interface RdmaListenOptions extends RdmaRegionOptions {
@@ -257,11 +259,8 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   /** Resolve/route/connect deadline (default 10000 ms). */
   timeoutMs?: number;
   /**
-   * Tests only: 1 = every burst claims it wrapped, which never fits (a hostile
-   * peer: the gateway ends the connection with ERR_SOCKGATE_RDMA_PROTOCOL);
-   * 2 = announce protocol version 1 (the listener refuses it: `failed` VERSION_MISMATCH);
-   * 3 = every BIND carries a token with its first byte flipped (the gateway refuses it with CLOSE);
-   * 4 = every RDMA write uses a wrong rkey (the peer's responder refuses it: QP errors on both ends).
+   * Test build only (the product addon refuses it; native/src/rdma_conn.h has the modes): 1 = bursts
+   * claim a wrap, 2 = protocol version 1, 3 = BIND tokens corrupted, 4 = RDMA writes with a wrong rkey.
    */
   hostile?: 0 | 1 | 2 | 3 | 4;
 }
@@ -396,7 +395,7 @@ export interface RdmaBinding {
     chunk?: number;
     credits?: number;
     timeoutMs?: number;
-    /** Validation tests: after some valid bursts the client writes 1 = an empty burst, 2 = an unknown immediate flag, 3 = a bad slot. */
+    /** Test build only: after some valid bursts the client writes 1 = an empty burst, 2 = an unknown immediate flag, 3 = a bad slot. */
     hostile?: 0 | 1 | 2 | 3;
   }): Promise<RdmaLoopbackResult>;
   /**
@@ -434,6 +433,8 @@ export interface RdmaBinding {
 
 export interface NativeBinding {
   abiVersion: number;
+  /** The test build (SOCKGATE_NATIVE_BUILD=test: binding.gyp sockgate_native_test), with the test hooks. */
+  testHooks: boolean;
   rdma: RdmaBinding;
   vsock: RawVsock;
   constants: NativeConstants;

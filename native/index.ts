@@ -23,11 +23,10 @@ import type { NativeBinding, PumpEvent, PumpStats, RawAttachResult, RawPump, Raw
 
 function load(): NativeBinding {
   const here = dirname(fileURLToPath(import.meta.url));
+  // SOCKGATE_NATIVE_BUILD=test: the tests' build with the test hooks; never a fallback either way.
+  const file = process.env['SOCKGATE_NATIVE_BUILD'] === 'test' ? 'sockgate_native_test.node' : 'sockgate_native.node';
   // dist/native/index.js -> ../../native/build; native/index.ts (tsx) -> ./build
-  const candidates = [
-    resolve(here, '../../native/build/Release/sockgate_native.node'),
-    resolve(here, 'build/Release/sockgate_native.node'),
-  ];
+  const candidates = [resolve(here, `../../native/build/Release/${file}`), resolve(here, `build/Release/${file}`)];
   const path = candidates.find((p) => existsSync(p));
   if (!path) throw new NativeError(`sockgate native addon not built (looked in ${candidates.join(', ')}); run npm run build:native`);
   return createRequire(import.meta.url)(path) as NativeBinding;

@@ -4,6 +4,7 @@
  * into the same classes in the SDK.
  */
 import { Metadata, status, type ServiceError, type StatusObject } from '@grpc/grpc-js';
+import type { DeclineReason } from './gen/sockgate/v1/transport.js';
 
 /** Trailer key carrying the stable error code next to the gRPC status. */
 export const ERROR_CODE_METADATA_KEY = 'sockgate-error-code';
@@ -78,6 +79,40 @@ export class RdmaQpFatalError extends define('ERR_SOCKGATE_RDMA_QP_FATAL', statu
 /** The RDMA peer disconnected. */
 export class RdmaDisconnectedError extends define('ERR_SOCKGATE_RDMA_DISCONNECTED', status.UNAVAILABLE, 'RDMA peer disconnected') {}
 export class NativeError extends define('ERR_SOCKGATE_NATIVE', status.INTERNAL, 'native addon error') {}
+/** A SOCKS client broke the protocol (clients/proxy); answered with `reply` (a SOCKS5 reply code) once the request stage was reached. */
+export class SocksProtocolError extends define('ERR_SOCKGATE_SOCKS_PROTOCOL', status.INVALID_ARGUMENT, 'SOCKS protocol violation') {
+  readonly reply?: number;
+  constructor(message?: string, options?: SockgateErrorOptions & { reply?: number | undefined }) {
+    super(message, options);
+    if (options?.reply !== undefined) this.reply = options.reply;
+  }
+}
+
+// Refinements: more detail under a table code (they travel as their parent's code).
+
+/** Why the gateway refused an attach token (server/attach.ts AttachRegistry). */
+export type RedeemFailure = 'wrong_token' | 'replayed' | 'expired' | 'wrong_transport';
+
+/** An attach token the gateway refused; on the wire ERR_SOCKGATE_ATTACH_FAILED. */
+export class AttachTokenError extends AttachFailedError {
+  constructor(readonly failure: RedeemFailure) {
+    super(`attach token rejected: ${failure.replace('_', ' ')}`);
+  }
+}
+
+/**
+ * An rdma attach that failed for a reason the gateway should record (the SDK's
+ * retry reports `declineReason` in its Negotiate, instead of CONNECT_FAILED).
+ */
+export class RdmaAttachError extends AttachFailedError {
+  constructor(
+    message: string,
+    readonly declineReason: DeclineReason,
+    options?: SockgateErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
 
 type ErrorClass = (new (message?: string, options?: SockgateErrorOptions) => SockgateError) & { code: string };
 
@@ -91,6 +126,7 @@ export const ERROR_CLASSES: ReadonlyMap<string, ErrorClass> = new Map(
       NoTransportError, AttachFailedError, ProtocolError, RingCorruptError, GatewayUnavailableError,
       ShuttingDownError, AbortedError, RdmaUnavailableError, RdmaProtocolError, RdmaTimeoutError,
       RdmaDeviceRemovedError, RdmaPortDownError, RdmaQpFatalError, RdmaDisconnectedError, NativeError,
+      SocksProtocolError,
     ] as ErrorClass[]
   ).map((c) => [c.code, c]),
 );

@@ -5,21 +5,15 @@
  * only their SHA-256 is kept, so a heap dump does not leak live tokens.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { AttachFailedError } from '../proto/errors.js';
+import { AttachTokenError } from '../proto/errors.js';
 import type { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
 import { tracer } from '../native/trace.js';
 
 const trace = tracer('attach');
 
-/** Token length in bytes: 256 bits, beyond guessing. */
-export const ATTACH_TOKEN_BYTES = 32;
-/**
- * A token's short form: its first 16 bytes (still 128 random bits), for a data
- * plane whose handshake has no room for more (rdma_cm private data carries 16
- * bytes). Redeemed only with redeemShort(), and only for the transport the token
- * was issued for; redeem() never takes it.
- */
-export const SHORT_TOKEN_BYTES = 16;
+// Token sizes are the contract's (redeem() never takes a short form).
+import { ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES } from '../proto/attach-limits.js';
+export { ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES };
 /** Redeemed and expired tokens are remembered this long so a replay is told apart from garbage. */
 const SPENT_MEMORY_MS = 60_000;
 /** Upper bound on remembered spent tokens, so replays cannot grow memory. */
@@ -28,19 +22,14 @@ const MAX_SPENT = 65_536;
 /** Spent short forms are remembered under this prefix, so redeem() never matches one. */
 const SHORT_SPENT = 's:';
 
-export type RedeemFailure = 'wrong_token' | 'replayed' | 'expired' | 'wrong_transport';
+// The error classes live in the one table; re-exported for the transports that import them from here.
+export { AttachTokenError, type RedeemFailure } from '../proto/errors.js';
 
 /** A pending attach: what the token unlocks. */
 export interface PendingAttach<T> {
   readonly target: T;
   readonly transport: TransportKind;
   readonly expiresAtMs: number;
-}
-
-export class AttachTokenError extends AttachFailedError {
-  constructor(readonly failure: RedeemFailure) {
-    super(`attach token rejected: ${failure.replace('_', ' ')}`);
-  }
 }
 
 function digest(token: Uint8Array): string {

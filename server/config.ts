@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../proto/errors.js';
+import { TRANSPORT_NAMES } from '../proto/transports.js';
 
 /** The embedded default: loopback only, loopback destinations only. */
 export const DEFAULT_CONFIG_YAML = `# sockgate embedded default configuration
@@ -105,7 +106,7 @@ const listenAddress = z.string().refine(isListenAddress, {
   message: 'expected host:port (port 0-65535), [ipv6]:port or unix:/path (or "" to disable)',
 });
 
-const transportName = z.enum(['shm', 'rdma', 'tcp', 'grpc']);
+const transportName = z.enum(TRANSPORT_NAMES);
 const protocolName = z.enum(['tcp', 'udp']);
 const directionName = z.enum(['connect', 'listen', 'bind']);
 const portSpec = z.union([

@@ -5,7 +5,7 @@
  */
 import { DeclineReason, TransportKind, type Accepted, type Fallback, type NegotiationResult, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { AttachRegistry } from './attach.js';
-import type { TransportName } from './config.js';
+import { transportNameOfKind, type TransportName } from '../proto/transports.js';
 import type { Policy } from './policy.js';
 import { reasonName, transportName, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
@@ -21,13 +21,6 @@ const DEFAULT_OFFERS: readonly TransportOffer[] = [
   { kind: TransportKind.TRANSPORT_KIND_TCP, version: 1, params: undefined },
   { kind: TransportKind.TRANSPORT_KIND_GRPC, version: 1, params: undefined },
 ];
-
-const NAMES: ReadonlyMap<TransportKind, TransportName> = new Map([
-  [TransportKind.TRANSPORT_KIND_SHM, 'shm'],
-  [TransportKind.TRANSPORT_KIND_RDMA, 'rdma'],
-  [TransportKind.TRANSPORT_KIND_TCP, 'tcp'],
-  [TransportKind.TRANSPORT_KIND_GRPC, 'grpc'],
-]);
 
 export interface Decision {
   /** The chosen transport's attach parameters, without token. */
@@ -61,7 +54,7 @@ export class Negotiator {
         this.metrics.recordFallback(transportName(offer.kind), reasonName(reason));
         trace(`${ctx.identity.name}: pass over ${transportName(offer.kind)}: ${reasonName(reason)} (${detail})`);
       };
-      const name = NAMES.get(offer.kind);
+      const name = transportNameOfKind(offer.kind);
       if (!name) {
         decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, `unknown transport ${offer.kind}`);
         continue;

@@ -44,6 +44,7 @@ import {
   PolicyDeniedError,
   SockgateError,
 } from '../proto/errors.js';
+import { transportKindOfName } from '../proto/transports.js';
 import type { SocketUri } from '../proto/uri.js';
 import type { Logger } from '../native/log.js';
 
@@ -103,13 +104,6 @@ const DESTINATION_ERRORS: readonly (abstract new (...args: never[]) => SockgateE
   ConnectionResetError,
   AddressInUseError,
 ];
-
-const KINDS: Readonly<Record<string, TransportKind>> = {
-  shm: TransportKind.TRANSPORT_KIND_SHM,
-  rdma: TransportKind.TRANSPORT_KIND_RDMA,
-  tcp: TransportKind.TRANSPORT_KIND_TCP,
-  grpc: TransportKind.TRANSPORT_KIND_GRPC,
-};
 
 interface CompiledPeer {
   /** `peers[i]`, for logs and errors. */
@@ -286,12 +280,12 @@ export class PeerRouter {
       throw e;
     }
     const fallbacks: Fallback[] = opened.fallbacks.map((f) => ({
-      kind: KINDS[f.transport] ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED,
+      kind: transportKindOfName(f.transport) ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED,
       reason: f.reason ? declineReasonFromJSON(`DECLINE_REASON_${f.reason}`) : DeclineReason.DECLINE_REASON_UNSPECIFIED,
       detail: f.detail,
     }));
     const stream: PeerStream = {
-      hop: { via: peer.via, socketId: opened.socketId, transport: KINDS[opened.transport] ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED, fallbacks },
+      hop: { via: peer.via, socketId: opened.socketId, transport: transportKindOfName(opened.transport) ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED, fallbacks },
       localUri: opened.localUri,
       remoteUri: opened.remoteUri,
       failure: opened.failure,

@@ -2,41 +2,10 @@
  * The `rdma` data plane: clients on other hosts with an RDMA device move
  * payload over one reliable-connected queue pair per client session; the
  * native connection pumps each socket's slot to and from its host socket on
- * the I/O thread, so no payload byte enters the gateway's JS heap
- * (native/RDMA.md has the protocol).
- *
- * Sessions. The client picks a session id and offers it with every socket
- * (RdmaOffer.session_id); negotiation reserves a slot of that session and
- * answers RdmaAttach{address, port, session_id, slot, new_session, slots}:
- *
- * - new_session: the session has no connection and no socket is opening one.
- *   The client connects to the listener with the socket's attach token in the
- *   connect private data (its first SHORT_TOKEN_BYTES: rdma_cm has room for
- *   no more). The gateway redeems it, finds the socket's reservation on a
- *   pending session, accepts the connection, and links the slot once the
- *   connection is established.
- * - otherwise: the connection exists (or an earlier socket is opening it); the
- *   client links its slot with the token, which reaches the gateway as a
- *   `bind` event; the gateway redeems it, checks that the socket reserved that
- *   very slot of that session, and links the slot (the native side answers
- *   BOUND, which completes the client's attach) or closes it (CLOSE: the
- *   client's attach fails with PEER_DECLINED and it negotiates tcp).
- *
- * A session belongs to the identity that created it: another identity naming
- * the same id gets a session of its own under a fresh id. Which reservation a
- * socket holds is learnt when the negotiator issues the socket's token
- * (Transport.issued), because the connect request carries nothing but the token.
- *
- * Slot lifecycle: reserved (negotiated; expires with the token plus a grace)
- * -> linking (the first socket, waiting for `established`) -> open (linked)
- * -> slotEnd (free again). A slot the gateway refuses is closed (CLOSE to the
- * client) and stays taken until its slotEnd.
- *
- * A connection that fails (keepalive timeout, device removal, port down, QP
- * error, protocol violation, disconnect) ends every socket on it with the
- * event's code (ERR_SOCKGATE_RDMA_*), logged and counted by code.
+ * the I/O thread, so no payload byte enters the gateway's JS heap. Sessions,
+ * slots and their lifecycle: native/RDMA.md "Gateway sessions"; the session
+ * and reservation book: server/rdma-sessions.ts.
  */
-import { randomBytes } from 'node:crypto';
 import type { Counter, Meter } from '@opentelemetry/api';
 import type { HostSockopt, RawRdmaConn, RawRdmaListener, RdmaRegionOptions } from '../native/index.js';
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
@@ -45,16 +14,17 @@ import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachReg
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from '../proto/errors.js';
 import { applyHostOption } from './host-option.js';
+import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
 import { RateLimitedWarn, type Logger } from '../native/log.js';
-import type { Identity } from './policy.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
-import { SESSION_ID_RE } from '../proto/shm-wire.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
-import { tracer } from '../native/trace.js';
+import { isTracerEnabled, tracer } from '../native/trace.js';
 
 const trace = tracer('rdma');
+/** SOCKGATE_TRACE=rdma-flow: the native connections print their flow state (credits, cursors) every keepalive tick. */
+const FLOW_TRACE = isTracerEnabled('rdma-flow');
 
 type NativeModule = typeof import('../native/index.js');
 export type RdmaConfig = Config['transports']['rdma'];
@@ -65,8 +35,6 @@ const DISCONNECTED = 'ERR_SOCKGATE_RDMA_DISCONNECTED';
 const RESERVATION_GRACE_MS = 2_000;
 /** How long teardown waits for a slot's or a connection's end event before giving up on it. */
 const END_WAIT_MS = 5_000;
-/** Client input echoed in a decline detail is cut to this length. */
-const MAX_ECHO = 64;
 
 /** The rdma plane's own metrics, declared once (served with the gateway's). */
 export const RDMA_METRICS = {
@@ -76,279 +44,6 @@ export const RDMA_METRICS = {
 } as const;
 
 export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down';
-
-function echo(s: string): string {
-  return s.length > MAX_ECHO ? `${JSON.stringify(s.slice(0, MAX_ECHO))}...` : JSON.stringify(s);
-}
-
-// ---- sessions and reservations (no native state: unit-tested on any host) ----
-
-/** What a running slot link reports to, and how its end is settled. */
-interface SlotLink {
-  readonly events: NativeLinkEvents;
-  readonly ended: Promise<NativeLinkEnd>;
-  settled: boolean;
-  /** closeSlot() was asked for. */
-  closing: boolean;
-  settle(end: NativeLinkEnd): void;
-}
-
-/** One socket slot of a session. */
-export class RdmaSlot {
-  /**
-   * reserved: negotiated, waiting for its connect request or bind;
-   * linking: the session's first socket, waiting for `established`;
-   * open: linked natively; closing: closeSlot() sent, waiting for slotEnd.
-   */
-  state: 'reserved' | 'linking' | 'open' | 'closing' = 'reserved';
-  /** Expiry of a reservation. */
-  timer: NodeJS.Timeout | undefined;
-  /** The socket the reservation was issued to (Transport.issued). */
-  socket: GatewaySocket | undefined;
-  /** The socket riding (or about to ride) the slot. */
-  target: StreamSocket | undefined;
-  link: SlotLink | undefined;
-  constructor(
-    readonly session: RdmaSession,
-    readonly no: number,
-  ) {}
-}
-
-/** A client session: at most one RC connection, and its slots. */
-export class RdmaSession {
-  /** pending: no connection yet; connecting: accepted, not established; live: established; closed: forgotten. */
-  state: 'pending' | 'connecting' | 'live' | 'closed' = 'pending';
-  /** Slots by number (0..slots-1); absent = free. */
-  readonly slots = new Map<number, RdmaSlot>();
-  /** The reservation whose client was told new_session (it opens the connection). */
-  connector: RdmaSlot | undefined;
-  conn: RawRdmaConn | undefined;
-  /** The connecting peer, as rdma_cm reports it. */
-  peer = '';
-  /** Establishment deadline. */
-  timer: NodeJS.Timeout | undefined;
-  /** Where the next free-slot search starts. */
-  nextSlot = 0;
-  /** BINDs that arrived before `established` (a receive completion can beat the cm event), handled after it. */
-  early: Array<{ slot: number; token: Buffer }> = [];
-  /** A socket's slot was ended by the peer's disconnect (rather than having ended before it). */
-  cutOff = false;
-  /** Where offers naming this session go once all its slots are busy: a further session (connection) of the same client. */
-  overflow: RdmaSession | undefined;
-  /** Settles once the session is forgotten. */
-  readonly ended: Promise<void>;
-  #resolveEnded!: () => void;
-  constructor(
-    readonly id: string,
-    readonly identity: Identity,
-  ) {
-    this.ended = new Promise((r) => (this.#resolveEnded = r));
-  }
-  /** @internal */
-  markEnded(): void {
-    this.#resolveEnded();
-  }
-}
-
-export interface RdmaSessionLimits {
-  /** Slots per connection. */
-  slots: number;
-  maxSessions: number;
-  maxSessionsPerIdentity: number;
-  /** How long a reservation waits for its connect request or bind. */
-  reservationMs: number;
-}
-
-export type Reservation =
-  | { ok: true; session: RdmaSession; slot: RdmaSlot; newSession: boolean }
-  | { ok: false; reason: DeclineReason; detail: string };
-
-/**
- * The session table: ids, owners, slot reservations and their expiry, and the
- * limits. Pure bookkeeping; the transport owns connections and links.
- */
-export class RdmaSessions {
-  /** Every session (pending, connecting, live) by id; ids are unique across identities. */
-  readonly byId = new Map<string, RdmaSession>();
-  readonly #perIdentity = new Map<string, number>();
-  /** The reservation each issued socket holds. */
-  readonly #bySocket = new WeakMap<GatewaySocket, RdmaSlot>();
-
-  constructor(private readonly limits: RdmaSessionLimits) {}
-
-  get size(): number {
-    return this.byId.size;
-  }
-
-  /** Sessions `identity` holds. */
-  countOf(identity: string): number {
-    return this.#perIdentity.get(identity) ?? 0;
-  }
-
-  /**
-   * Reserve a slot of session `offered` for `identity` (creating the session
-   * if it has none by that id). When every slot of it is busy, the slot comes
-   * from its overflow session: a further session of the same identity under a
-   * fresh id (new_session, so the client opens a second connection), created
-   * while max_sessions and max_sessions_per_identity allow.
-   */
-  reserve(identity: Identity, offered: string): Reservation {
-    const decline = (reason: DeclineReason, detail: string): Reservation => ({ ok: false, reason, detail });
-    if (offered === '') return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, 'the rdma offer names no session (RdmaOffer.session_id: 8..64 of [A-Za-z0-9_-], picked by the client)');
-    if (!SESSION_ID_RE.test(offered)) return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, `session id ${echo(offered)} is malformed (8..64 of [A-Za-z0-9_-])`);
-    const who = identity.name;
-    let session = this.byId.get(offered);
-    let id = offered;
-    if (session && session.identity.name !== who) {
-      // Someone else's session: never share it; this identity gets one of its own.
-      session = undefined;
-      do id = randomBytes(12).toString('base64url');
-      while (this.byId.has(id));
-    }
-    let created = false;
-    if (!session) {
-      const full = this.#noRoom(who);
-      if (full) return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, full);
-      session = new RdmaSession(id, identity);
-      created = true;
-    } else if (session.slots.size >= this.limits.slots) {
-      // Busy: the first of its overflow chain with a free slot, else a new session at the chain's end.
-      const named = session;
-      let last = session;
-      while (last.overflow && last.overflow.state !== 'closed' && last.slots.size >= this.limits.slots) last = last.overflow;
-      if (last.slots.size < this.limits.slots) {
-        session = last;
-      } else {
-        const full = this.#noRoom(who);
-        if (full) return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `every one of the ${this.limits.slots} slots of rdma session ${named.id}${named !== last ? ' and of its overflow sessions' : ''} is busy (transports.rdma.slots), and ${full}`);
-        do id = randomBytes(12).toString('base64url');
-        while (this.byId.has(id));
-        session = new RdmaSession(id, identity);
-        last.overflow = session;
-        created = true;
-      }
-    }
-    const no = this.#freeSlot(session);
-    if (no < 0) return decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `every one of the ${this.limits.slots} slots of rdma session ${session.id} is busy (transports.rdma.slots)`);
-    if (created) {
-      this.byId.set(session.id, session);
-      this.#perIdentity.set(who, this.countOf(who) + 1);
-      trace(`${who}: new pending session ${session.id}${id !== offered ? ` (for ${echo(offered)}: another identity's, or all its slots busy)` : ''}`);
-    }
-    const slot = new RdmaSlot(session, no);
-    session.slots.set(no, slot);
-    const newSession = session.state === 'pending' && session.connector === undefined;
-    if (newSession) session.connector = slot;
-    slot.timer = setTimeout(() => {
-      if (slot.state !== 'reserved') return;
-      trace(`session ${session.id}: reservation of slot ${no} expired`);
-      this.free(slot);
-    }, this.limits.reservationMs);
-    slot.timer.unref();
-    return { ok: true, session, slot, newSession };
-  }
-
-  /** Why `who` may not have another session (max_sessions, max_sessions_per_identity), or '' if it may. */
-  #noRoom(who: string): string {
-    const { maxSessions, maxSessionsPerIdentity } = this.limits;
-    if (this.byId.size >= maxSessions) return `the gateway holds ${this.byId.size} of ${maxSessions} rdma sessions (transports.rdma.max_sessions)`;
-    if (this.countOf(who) >= maxSessionsPerIdentity) {
-      return `identity "${who}" holds ${this.countOf(who)} of ${maxSessionsPerIdentity} rdma sessions (transports.rdma.max_sessions_per_identity)`;
-    }
-    return '';
-  }
-
-  /** Tie the reservation (session id, slot) to the socket its token was issued to. False if there is none. */
-  issued(socket: GatewaySocket, sessionId: string, slotNo: number): boolean {
-    const slot = this.byId.get(sessionId)?.slots.get(slotNo);
-    if (!slot || slot.state !== 'reserved' || slot.socket !== undefined || slot.session.identity.name !== socket.identity.name) return false;
-    // A socket that negotiates rdma again (its earlier attach failed) gives up its earlier reservation.
-    const earlier = this.#bySocket.get(socket);
-    if (earlier && earlier.state === 'reserved') this.free(earlier);
-    else if (earlier) this.untie(earlier);
-    slot.socket = socket;
-    this.#bySocket.set(socket, slot);
-    return true;
-  }
-
-  /** Release a reservation no socket was issued for (its host connect failed), so the session's connector is free at once. */
-  abandon(sessionId: string, slotNo: number): void {
-    const slot = this.byId.get(sessionId)?.slots.get(slotNo);
-    if (slot && slot.state === 'reserved' && slot.socket === undefined) this.free(slot);
-  }
-
-  /** The reservation `socket` holds, if any. */
-  reservationOf(socket: GatewaySocket): RdmaSlot | undefined {
-    const slot = this.#bySocket.get(socket);
-    return slot && slot.session.slots.get(slot.no) === slot && slot.session.state !== 'closed' ? slot : undefined;
-  }
-
-  /** Take a slot number that is not reserved but must not be reused until its slotEnd (a refused bind). */
-  hold(session: RdmaSession, no: number): RdmaSlot | undefined {
-    if (no < 0 || no >= this.limits.slots || session.slots.has(no)) return session.slots.get(no);
-    const slot = new RdmaSlot(session, no);
-    slot.state = 'closing';
-    session.slots.set(no, slot);
-    return slot;
-  }
-
-  /** Free a slot. A pending session left without reservations is forgotten. */
-  free(slot: RdmaSlot): void {
-    const s = slot.session;
-    clearTimeout(slot.timer);
-    slot.timer = undefined;
-    this.untie(slot);
-    if (s.slots.get(slot.no) !== slot) return;
-    s.slots.delete(slot.no);
-    if (s.connector === slot) s.connector = undefined;
-    if (s.state === 'pending' && s.slots.size === 0) this.remove(s);
-  }
-
-  /** Forget a session and its slots. Idempotent. */
-  remove(s: RdmaSession): void {
-    if (s.state === 'closed') return;
-    s.state = 'closed';
-    clearTimeout(s.timer);
-    for (const slot of s.slots.values()) {
-      clearTimeout(slot.timer);
-      this.untie(slot);
-    }
-    s.slots.clear();
-    s.connector = undefined;
-    s.overflow = undefined;
-    if (this.byId.get(s.id) === s) {
-      this.byId.delete(s.id);
-      const left = this.countOf(s.identity.name) - 1;
-      if (left > 0) this.#perIdentity.set(s.identity.name, left);
-      else this.#perIdentity.delete(s.identity.name);
-    }
-    s.markEnded();
-  }
-
-  /** Cut the tie between a slot and the socket its reservation was issued to. */
-  untie(slot: RdmaSlot): void {
-    const socket = slot.socket;
-    if (!socket) return;
-    slot.socket = undefined;
-    if (this.#bySocket.get(socket) === slot) this.#bySocket.delete(socket);
-  }
-
-  /** A free slot number, or -1 when every slot is taken. */
-  #freeSlot(s: RdmaSession): number {
-    const n = this.limits.slots;
-    if (s.slots.size >= n) return -1;
-    for (let i = 0; i < n; i++) {
-      const no = (s.nextSlot + i) % n;
-      if (!s.slots.has(no)) {
-        s.nextSlot = (no + 1) % n;
-        return no;
-      }
-    }
-    return -1;
-  }
-}
-
-// ---- the transport ----------------------------------------------------------------
 
 export interface RdmaTransportOptions {
   config: RdmaConfig;
@@ -420,7 +115,7 @@ export class RdmaTransport implements Transport {
   /** The receive region this side registers per connection. */
   get #region(): RdmaRegionOptions {
     const c = this.o.config;
-    return { ringLog2: Math.log2(c.ring_bytes), slots: c.slots, credits: c.credits, keepaliveMs: c.keepalive_ms };
+    return { ringLog2: Math.log2(c.ring_bytes), slots: c.slots, credits: c.credits, keepaliveMs: c.keepalive_ms, trace: FLOW_TRACE };
   }
 
   async start(): Promise<void> {

@@ -4,9 +4,9 @@
  * sockets and — dial only — a guest's vsock port through the VMM's Unix socket.
  */
 import { once } from 'node:events';
-import { lstatSync, unlinkSync } from 'node:fs';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { ConnectTimeoutError, InvalidArgumentError, fromSystemError } from '../../proto/errors.js';
+import { removeStaleSocket } from '../../native/unix-socket-file.js';
 import { formatEndpoint, joinHostPort, type LocalEndpoint } from './address.js';
 import { dialVsockUds } from './vsock-uds.js';
 
@@ -21,13 +21,7 @@ export const LOCAL_HIGH_WATERMARK = 1 << 20;
 export async function listenLocal(ep: LocalEndpoint, onConnection: (sock: Socket) => void, what: string): Promise<Server> {
   if (ep.kind === 'vsock-uds') throw new InvalidArgumentError(`${what}: cannot listen on ${formatEndpoint(ep)}: only host:port or unix:/path`);
   const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, highWaterMark: LOCAL_HIGH_WATERMARK } as Parameters<typeof createServer>[0], onConnection);
-  if (ep.kind === 'unix') {
-    try {
-      if (lstatSync(ep.path).isSocket()) unlinkSync(ep.path);
-    } catch {
-      // Absent: the usual case.
-    }
-  }
+  if (ep.kind === 'unix') removeStaleSocket(ep.path);
   try {
     server.listen(ep.kind === 'unix' ? { path: ep.path } : { host: ep.host, port: ep.port });
     await once(server, 'listening');

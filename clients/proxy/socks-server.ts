@@ -9,7 +9,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { isIP, type Server, type Socket } from 'node:net';
-import { SockgateError } from '../../proto/errors.js';
+import { SockgateError, SocksProtocolError } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
 import type { GatewayDatagramSocket, GatewaySocket } from '../sdk/socket.js';
 import type { ConnectOptions, LinkableSocket } from '../sdk/gateway.js';
@@ -69,15 +69,6 @@ export interface SocksStats {
   replies: Record<number, number>;
 }
 
-/** A SOCKS protocol failure, answered with `reply` if the request stage was reached. */
-class SocksProtocolError extends Error {
-  constructor(
-    message: string,
-    readonly reply?: Reply,
-  ) {
-    super(message);
-  }
-}
 
 /** SHA-256 of a credential, so comparisons are constant-time whatever the lengths. */
 function digest(b: Buffer | string): Buffer {
@@ -133,7 +124,7 @@ class HandshakeReader {
         this.sock.pause();
         return r.value;
       }
-      if ('error' in r) throw new SocksProtocolError(r.error, r.reply);
+      if ('error' in r) throw new SocksProtocolError(r.error, { reply: r.reply });
       if (this.ended) throw this.ended;
       await new Promise<void>((resolve) => {
         this.wake = resolve;

@@ -30,11 +30,10 @@ import {
   readBootId,
   shmStatusName,
 } from '../../proto/shm-wire.js';
+import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
-/** How long an attach or a bind may take by default. */
-const ATTACH_TIMEOUT_MS = 10_000;
 /** The largest spin a gateway may ask of this process's pump (µs; the native pump's own limit). */
 const MAX_SPIN_US = 1000;
 

@@ -6,10 +6,12 @@
 #include <string>
 #include <vector>
 
-#include "addon_util.h"
+#include "js_util.h"
+#include "pump_access.h"
+#include "wrap_region.h"
 
 namespace sg {
-namespace addon {
+namespace js {
 
 namespace {
 
@@ -215,7 +217,7 @@ Napi::Value PumpWrap::Watch(const Napi::CallbackInfo& info) {
   if (!Live(info)) return info.Env().Undefined();
   if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kRegionTag))
     return ThrowType(info.Env(), "watch(region: Region)");
-  auto r = RegionOf(info[0].As<Napi::Object>());
+  auto r = RegionWrap::Unwrap(info[0].As<Napi::Object>())->core();
   if (!r) return ThrowErrno(info.Env(), EBADF, "region is closed");
   int err = core_->watch(r);
   if (err) return ThrowErrno(info.Env(), err, "watch (set the region's doorbells first)");
@@ -226,7 +228,7 @@ Napi::Value PumpWrap::Unwatch(const Napi::CallbackInfo& info) {
   if (!Live(info)) return info.Env().Undefined();
   if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kRegionTag))
     return ThrowType(info.Env(), "unwatch(region: Region)");
-  auto r = RegionOf(info[0].As<Napi::Object>());
+  auto r = RegionWrap::Unwrap(info[0].As<Napi::Object>())->core();
   if (r) core_->unwatch(r->id());
   return info.Env().Undefined();
 }
@@ -310,7 +312,7 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
     std::string prefix;
     if (!GetPrefix(info, 4, "prefix", &prefix)) return;
     PumpWrap* pw = PumpWrap::Unwrap(info[0].As<Napi::Object>());
-    auto region = RegionOf(info[1].As<Napi::Object>());
+    auto region = RegionWrap::Unwrap(info[1].As<Napi::Object>())->core();
     if (pw->closed()) { ThrowErrno(env, EBADF, "pump is closed"); return; }
     if (!region) { ThrowErrno(env, EBADF, "region is closed"); return; }
     pump_ = pw->core();
@@ -413,5 +415,18 @@ class LinkWrap : public Napi::ObjectWrap<LinkWrap> {
 
 Napi::Function InitPumpLink(Napi::Env env) { return LinkWrap::Init(env); }
 
-}  // namespace addon
+}  // namespace js
 }  // namespace sg
+
+// pump_access.h: the Pump behind a JS Pump object (null if not one, or closed).
+std::shared_ptr<sg::Pump> sg::PumpOf(Napi::Value v) {
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&js::kPumpTag)) return nullptr;
+  return js::PumpWrap::Unwrap(v.As<Napi::Object>())->core();
+}
+
+// pump_access.h: a Listener opened or closed on this Pump.
+void sg::AdjustPumpListeners(Napi::Object pump, int delta) {
+  if (!pump.CheckTypeTag(&js::kPumpTag)) return;
+  js::PumpWrap* pw = js::PumpWrap::Unwrap(pump);
+  if (pw) pw->listeners_ += delta;
+}

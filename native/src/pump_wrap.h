@@ -9,7 +9,7 @@
 #include "pump.h"
 
 namespace sg {
-namespace addon {
+namespace js {
 
 class PumpWrap : public Napi::ObjectWrap<PumpWrap> {
  public:
@@ -39,5 +39,5 @@ class PumpWrap : public Napi::ObjectWrap<PumpWrap> {
 // The PumpLink class (a slot's rings <-> an fd on a pump).
 Napi::Function InitPumpLink(Napi::Env env);
 
-}  // namespace addon
+}  // namespace js
 }  // namespace sg

@@ -7,32 +7,17 @@
 #include <vector>
 
 #include "pump.h"
+#include "pump_access.h"
 #include "rdma.h"
 #include "rdma_conn.h"
 #include "rdma_loopback.h"
+#include "rdma_napi.h"
+#include "rdma_wraps.h"
 
 namespace sg {
 namespace rdma {
 
 namespace {
-
-Napi::Value Throw(Napi::Env env, int err, const std::string& msg) {
-  int e = err < 0 ? -err : err;
-  const char* name = strerrorname_np(e);
-  Napi::Error x = Napi::Error::New(env, msg);
-  x.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  x.Set("errno", Napi::Number::New(env, -e));
-  x.ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-std::shared_ptr<Pump> (*g_pump_of)(Napi::Value) = nullptr;
-
-Napi::Array Strings(Napi::Env env, const std::vector<std::string>& v) {
-  Napi::Array a = Napi::Array::New(env, v.size());
-  for (size_t i = 0; i < v.size(); i++) a.Set(uint32_t(i), Napi::String::New(env, v[i]));
-  return a;
-}
 
 Napi::Value Devices(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -60,29 +45,6 @@ Napi::Value Devices(const Napi::CallbackInfo& info) {
     out.Set(uint32_t(i), d);
   }
   return out;
-}
-
-bool GetString(const Napi::CallbackInfo& info, Napi::Value v, const char* what, std::string* out) {
-  if (!v.IsString()) {
-    Napi::TypeError::New(info.Env(), std::string(what) + " must be a string").ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = v.As<Napi::String>().Utf8Value();
-  return true;
-}
-
-bool GetUint(const Napi::CallbackInfo& info, Napi::Object o, const char* key, uint32_t lo, uint32_t hi, uint32_t* out) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) return true;
-  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
-  if (!(d >= lo && d <= hi) || d != double(uint64_t(d))) {
-    Napi::RangeError::New(info.Env(), std::string(key) + " must be an integer in [" + std::to_string(lo) + ", " +
-                                          std::to_string(hi) + "]")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = uint32_t(d);
-  return true;
 }
 
 // lifecycle(addr): creates one of each resource on addr's device, tears them
@@ -158,13 +120,13 @@ Napi::Value Loopback(const Napi::CallbackInfo& info) {
   uint32_t port = 0;
   if (!GetUint(info, opts, "port", 0, 65535, &port) || !GetUint(info, opts, "ringLog2", kMinRingLog2, 26, &o.ring_log2) ||
       !GetUint(info, opts, "chunk", 1, 1u << 24, &o.chunk) || !GetUint(info, opts, "credits", 4, 1024, &o.credits) ||
-      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetUint(info, opts, "hostile", 0, 3, &o.hostile))
+      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !SG_GET_HOSTILE(info, opts, 3, &o.hostile))
     return env.Undefined();
   o.port = uint16_t(port);
   Napi::Value pv = opts.Get("pump");
   if (!pv.IsUndefined()) {
     // On the pump's I/O thread: the result comes back through a TSFN.
-    std::shared_ptr<Pump> pump = g_pump_of ? g_pump_of(pv) : nullptr;
+    std::shared_ptr<Pump> pump = PumpOf(pv);
     if (!pump) {
       Napi::TypeError::New(env, "pump must be an open Pump").ThrowAsJavaScriptException();
       return env.Undefined();
@@ -285,180 +247,9 @@ Napi::Value BurstAdvance(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, double(adv));
 }
 
-// ---- connections -----------------------------------------------------------------
-
-bool GetRegion(const Napi::CallbackInfo& info, Napi::Value v, RegionOpts* o) {
-  if (v.IsUndefined()) return true;
-  if (!v.IsObject()) {
-    Napi::TypeError::New(info.Env(), "options must be an object").ThrowAsJavaScriptException();
-    return false;
-  }
-  Napi::Object opts = v.As<Napi::Object>();
-  if (!GetUint(info, opts, "ringLog2", kMinRingLog2, 26, &o->ring_log2) || !GetUint(info, opts, "slots", 1, kMaxSlots, &o->slots) ||
-      !GetUint(info, opts, "credits", 4, 1024, &o->credits) || !GetUint(info, opts, "keepaliveMs", 0, 3600000, &o->keepalive_ms))
-    return false;
-  std::string why;
-  if (check_region(*o, &why)) {
-    Napi::RangeError::New(info.Env(), why).ThrowAsJavaScriptException();
-    return false;
-  }
-  return true;
-}
-
-bool GetToken(const Napi::CallbackInfo& info, Napi::Value v, uint8_t out[kTokenBytes]) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-      v.As<Napi::Uint8Array>().ByteLength() != kTokenBytes) {
-    Napi::TypeError::New(info.Env(), "token must be a Uint8Array of 16 bytes").ThrowAsJavaScriptException();
-    return false;
-  }
-  memcpy(out, v.As<Napi::Uint8Array>().Data(), kTokenBytes);
-  return true;
-}
-
-bool GetSlot(const Napi::CallbackInfo& info, uint32_t* slot) {
-  if (!info[0].IsNumber()) {
-    Napi::TypeError::New(info.Env(), "slot must be a number").ThrowAsJavaScriptException();
-    return false;
-  }
-  double d = info[0].As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d < kMaxSlots) || d != double(uint32_t(d))) {
-    Napi::RangeError::New(info.Env(), "slot out of range").ThrowAsJavaScriptException();
-    return false;
-  }
-  *slot = uint32_t(d);
-  return true;
-}
-
-// The JS face of a connection: methods post commands to the pump's I/O thread.
-Napi::Object ConnObject(Napi::Env env, std::shared_ptr<Pump> pump, std::shared_ptr<PumpSource> conn, uint32_t id) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("id", Napi::Number::New(env, id));
-  o.Set("link", Napi::Function::New(env, [pump, id](const Napi::CallbackInfo& info) -> Napi::Value {
-    Napi::Env e = info.Env();
-    uint32_t slot;
-    if (!GetSlot(info, &slot)) return e.Undefined();
-    if (!info[1].IsNumber()) return Napi::TypeError::New(e, "fd must be a number").ThrowAsJavaScriptException(), e.Undefined();
-    int fd = info[1].As<Napi::Number>().Int32Value();
-    if (fd < 0) return Napi::RangeError::New(e, "bad fd").ThrowAsJavaScriptException(), e.Undefined();
-    bool with_token = info.Length() > 2 && !info[2].IsUndefined();
-    std::array<uint8_t, kTokenBytes> tok{};
-    if (with_token && !GetToken(info, info[2], tok.data())) return e.Undefined();
-    pump->run_on_source(id, [slot, fd, with_token, tok](PumpSource* s) { conn_link(s, slot, fd, with_token ? tok.data() : nullptr); });
-    return e.Undefined();
-  }, "link"));
-  o.Set("closeSlot", Napi::Function::New(env, [pump, id](const Napi::CallbackInfo& info) -> Napi::Value {
-    uint32_t slot;
-    if (!GetSlot(info, &slot)) return info.Env().Undefined();
-    bool reset = info.Length() > 1 && info[1].ToBoolean().Value();
-    pump->run_on_source(id, [slot, reset](PumpSource* s) { conn_close_slot(s, slot, reset); });
-    return info.Env().Undefined();
-  }, "closeSlot"));
-  o.Set("shutdownSlot", Napi::Function::New(env, [pump, id](const Napi::CallbackInfo& info) -> Napi::Value {
-    uint32_t slot;
-    if (!GetSlot(info, &slot)) return info.Env().Undefined();
-    bool rd = info[1].ToBoolean().Value(), wr = info[2].ToBoolean().Value();
-    pump->run_on_source(id, [slot, rd, wr](PumpSource* s) { conn_shutdown_slot(s, slot, rd, wr); });
-    return info.Env().Undefined();
-  }, "shutdownSlot"));
-  o.Set("setSlotSockopt", Napi::Function::New(env, [conn](const Napi::CallbackInfo& info) -> Napi::Value {
-    uint32_t slot;
-    if (!GetSlot(info, &slot)) return info.Env().Undefined();
-    int level = info[1].ToNumber().Int32Value(), name = info[2].ToNumber().Int32Value(), value = info[3].ToNumber().Int32Value();
-    return Napi::Boolean::New(info.Env(), conn_set_sockopt(conn, slot, level, name, value));
-  }, "setSlotSockopt"));
-  o.Set("close", Napi::Function::New(env, [pump, id](const Napi::CallbackInfo& info) -> Napi::Value {
-    pump->run_on_source(id, [](PumpSource* s) { conn_close(s); });
-    return info.Env().Undefined();
-  }, "close"));
-  return o;
-}
-
-std::shared_ptr<Pump> PumpArg(const Napi::CallbackInfo& info) {
-  std::shared_ptr<Pump> pump = g_pump_of ? g_pump_of(info[0]) : nullptr;
-  if (!pump) Napi::TypeError::New(info.Env(), "pump must be an open Pump").ThrowAsJavaScriptException();
-  return pump;
-}
-
-// connect(pump, { addr, port, token, ringLog2?, slots?, credits?, keepaliveMs?, timeoutMs? }): RawRdmaConn
-Napi::Value Connect(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::shared_ptr<Pump> pump = PumpArg(info);
-  if (!pump) return env.Undefined();
-  if (!info[1].IsObject()) return Napi::TypeError::New(env, "options must be an object").ThrowAsJavaScriptException(), env.Undefined();
-  Napi::Object opts = info[1].As<Napi::Object>();
-  ConnectOpts o;
-  uint32_t port = 0;
-  if (!GetString(info, opts.Get("addr"), "addr", &o.addr) || !GetUint(info, opts, "port", 1, 65535, &port) ||
-      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !GetUint(info, opts, "hostile", 0, 4, &o.hostile) ||
-      !GetToken(info, opts.Get("token"), o.token) ||
-      !GetRegion(info, opts, &o.region))
-    return env.Undefined();
-  if (opts.Get("port").IsUndefined()) return Napi::TypeError::New(env, "port is required").ThrowAsJavaScriptException(), env.Undefined();
-  o.port = uint16_t(port);
-  std::shared_ptr<PumpSource> conn = make_client(o);
-  uint32_t id = 0;
-  int err = pump->add_source(conn, &id);
-  if (err) return Throw(env, err, "rdma connect: " + err_str(err));
-  return ConnObject(env, pump, conn, id);
-}
-
-// listen(pump, { addr, port?, backlog?, ringLog2?, slots?, credits?, keepaliveMs? }): RawRdmaListener
-Napi::Value Listen(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::shared_ptr<Pump> pump = PumpArg(info);
-  if (!pump) return env.Undefined();
-  if (!info[1].IsObject()) return Napi::TypeError::New(env, "options must be an object").ThrowAsJavaScriptException(), env.Undefined();
-  Napi::Object opts = info[1].As<Napi::Object>();
-  ListenOpts o;
-  uint32_t port = 0, backlog = 64;
-  if (!GetString(info, opts.Get("addr"), "addr", &o.addr) || !GetUint(info, opts, "port", 0, 65535, &port) ||
-      !GetUint(info, opts, "backlog", 1, 4096, &backlog) || !GetRegion(info, opts, &o.region))
-    return env.Undefined();
-  o.port = uint16_t(port);
-  o.backlog = int(backlog);
-  std::shared_ptr<PumpSource> l;
-  uint16_t bound = 0;
-  std::string why;
-  int err = make_listener(o, &l, &bound, &why);
-  if (err) return Throw(env, err, "rdma listen: " + why);
-  uint32_t id = 0;
-  err = pump->add_source(l, &id);
-  if (err) return Throw(env, err, "rdma listen: " + err_str(err));
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("id", Napi::Number::New(env, id));
-  out.Set("port", Napi::Number::New(env, bound));
-  RegionOpts defaults = o.region;
-  out.Set("accept", Napi::Function::New(env, [pump, id, defaults](const Napi::CallbackInfo& info) -> Napi::Value {
-    Napi::Env e = info.Env();
-    if (!info[0].IsNumber()) return Napi::TypeError::New(e, "conn must be a number").ThrowAsJavaScriptException(), e.Undefined();
-    uint32_t conn = info[0].As<Napi::Number>().Uint32Value();
-    RegionOpts ro = defaults;
-    if (info.Length() > 1 && !GetRegion(info, info[1], &ro)) return e.Undefined();
-    std::shared_ptr<PumpSource> c = make_server_conn(ro);
-    pump->run_on_source(id, [pump, conn, c](PumpSource* s) {
-      if (s) listener_accept(*pump, s, conn, c);
-    });
-    return ConnObject(e, pump, c, conn);
-  }, "accept"));
-  out.Set("reject", Napi::Function::New(env, [pump, id](const Napi::CallbackInfo& info) -> Napi::Value {
-    if (!info[0].IsNumber()) return Napi::TypeError::New(info.Env(), "conn must be a number").ThrowAsJavaScriptException(), info.Env().Undefined();
-    uint32_t conn = info[0].As<Napi::Number>().Uint32Value();
-    pump->run_on_source(id, [conn](PumpSource* s) {
-      if (s) listener_reject(s, conn);
-    });
-    return info.Env().Undefined();
-  }, "reject"));
-  out.Set("close", Napi::Function::New(env, [pump, id](const Napi::CallbackInfo& info) -> Napi::Value {
-    pump->remove_source(id);
-    return info.Env().Undefined();
-  }, "close"));
-  return out;
-}
-
 }  // namespace
 
-Napi::Object Exports(Napi::Env env, std::shared_ptr<Pump> (*pump_of)(Napi::Value)) {
-  g_pump_of = pump_of;
+Napi::Object Exports(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("built", Napi::Boolean::New(env, true));
   std::vector<DeviceInfo> list;
@@ -482,8 +273,7 @@ Napi::Object Exports(Napi::Env env, std::shared_ptr<Pump> (*pump_of)(Napi::Value
   o.Set("encodeConnParams", Napi::Function::New(env, EncodeConnParams, "encodeConnParams"));
   o.Set("decodeConnParams", Napi::Function::New(env, DecodeConnParams, "decodeConnParams"));
   o.Set("burstAdvance", Napi::Function::New(env, BurstAdvance, "burstAdvance"));
-  o.Set("listen", Napi::Function::New(env, Listen, "listen"));
-  o.Set("connect", Napi::Function::New(env, Connect, "connect"));
+  ExportWraps(env, o);
   Napi::Object c = Napi::Object::New(env);
   c.Set("VERSION", Napi::Number::New(env, kVersion));
   c.Set("CONN_PARAMS_BYTES", Napi::Number::New(env, double(ConnParams::kBytes)));

@@ -29,6 +29,9 @@ struct RegionOpts {
   uint32_t slots = 16;
   uint32_t credits = 64;
   uint32_t keepalive_ms = 5000;  // 0 = off
+  // SOCKGATE_TRACE=rdma-flow, decided in TS (native/trace.ts): the flow state
+  // on stderr at every keepalive tick.
+  bool trace = false;
 };
 
 struct ConnectOpts {
@@ -37,12 +40,14 @@ struct ConnectOpts {
   uint16_t port = 0;
   uint8_t token[kTokenBytes] = {};
   uint32_t timeout_ms = 10000;
-  // Tests only: 1 = every burst claims it wrapped, which never fits (a
-  // hostile peer for the gateway's validation); 2 = announce protocol version
-  // 1 (the listener refuses it; we report VERSION_MISMATCH); 3 = every BIND
-  // carries a token with its first byte flipped (the gateway refuses it);
+#ifdef SOCKGATE_TEST_HOOKS
+  // The test build only: 1 = every burst claims it wrapped, which never fits
+  // (a hostile peer for the gateway's validation); 2 = announce protocol
+  // version 1 (the listener refuses it; we report VERSION_MISMATCH); 3 = every
+  // BIND carries a token with its first byte flipped (the gateway refuses it);
   // 4 = every RDMA write uses a wrong rkey (remote access error: QP errors).
   uint32_t hostile = 0;
+#endif
 };
 
 struct ListenOpts {

@@ -199,11 +199,13 @@ struct Loop {
       b.rkey = e.peer.rkey;
       bool blocked = next - e.peer_cons == size && next < total;
       b.flags = blocked ? kImmBlocked : 0;
+#ifdef SOCKGATE_TEST_HOOKS
       if (o.hostile && e.peer_cons > 0) {  // the receiver has seen valid bursts first
         if (o.hostile == 1) b.n = first = 0;      // an empty burst
         if (o.hostile == 2) b.flags |= 0x8000;    // an unknown flag
         if (o.hostile == 3) b.slot = 7;
       }
+#endif
       b.max_inline = e.qp.max_inline();
       b.wr_id_plain = kWrChunk;
       int k = b.n > first ? 2 : 1;
@@ -506,7 +508,11 @@ struct Loop {
 };
 
 int check_options(const LoopbackOptions& o, LoopbackResult* r) {
-  if (o.ring_log2 < kMinRingLog2 || o.ring_log2 > 26 || o.chunk == 0 || o.credits < 4 || o.credits > 1024 || o.hostile > 3) {
+  if (o.ring_log2 < kMinRingLog2 || o.ring_log2 > 26 || o.chunk == 0 || o.credits < 4 || o.credits > 1024
+#ifdef SOCKGATE_TEST_HOOKS
+      || o.hostile > 3
+#endif
+  ) {
     r->err = -EINVAL;
     r->error = "bad loopback options";
     return r->err;

@@ -31,7 +31,9 @@ struct LoopbackOptions {
   // Tests of the receiver's validation: once the server has returned a cursor,
   // the client misbehaves. 1: a producer cursor beyond the ring; 2: a cursor
   // that goes backwards; 3: an immediate naming a slot that does not exist.
-  uint32_t hostile = 0;
+#ifdef SOCKGATE_TEST_HOOKS
+  uint32_t hostile = 0;  // the test build only (rdma_loopback.cc)
+#endif
 };
 
 struct LoopbackResult {

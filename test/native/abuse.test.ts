@@ -1,4 +1,6 @@
 /** Abuse of the native boundary: wrong types, wrong `this`, use after close, double close, close while in use. */
+// The test build of the addon: this file uses its test hooks (hostile modes, unsafePoke64).
+import '../helpers/test-addon.js';
 import test from 'ava';
 import { binding, Eventfd, nativeCode, Pump, ShmRegion, socketpair } from '../../native/index.js';
 import { NativeError as NativeErrorCheck } from '../../proto/errors.js';

@@ -5,6 +5,8 @@
  * values into the shared header and cursors while data flows (bounded).
  * argv: socketPath token slot bytes seed mode
  */
+// The test build of the addon: this file uses its test hooks (hostile modes, unsafePoke64).
+import '../helpers/test-addon.js';
 import { attachClient, Pump } from '../../native/index.js';
 import { ClientDriver, prng, sha256, sleep } from './helpers.js';
 
@@ -35,7 +37,7 @@ async function main(): Promise<void> {
     await sleep(50); // let some data flow first
     for (let i = 0; i < 2000 && Date.now() < deadline; i++) {
       const off = targets[Number(rnd() % BigInt(targets.length))]!;
-      s.region.raw.unsafePoke64(off, rnd());
+      s.region.raw.unsafePoke64!(off, rnd());
       s.gatewayDoorbell.signal(); // make the gateway look now
       if (i % 20 === 0) await sleep(1);
     }

@@ -20,6 +20,8 @@
  * the port going down with its netdev (ERR_SOCKGATE_RDMA_PORT_DOWN; on an rxe
  * device of its own, made on a veth pair).
  */
+// The test build of the addon: this file uses its test hooks (hostile modes, unsafePoke64).
+import '../helpers/test-addon.js';
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';

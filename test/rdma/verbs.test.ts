@@ -12,6 +12,8 @@
  * with the cm event channel and completion channels serviced by the shared
  * pump's I/O thread (a PumpSource), and once on a standalone worker loop.
  */
+// The test build of the addon: this file uses its test hooks (hostile modes, unsafePoke64).
+import '../helpers/test-addon.js';
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { Pump, rdma } from '../../native/index.js';

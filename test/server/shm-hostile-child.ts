@@ -6,6 +6,8 @@
  * socket ended on this side.
  * argv: gatewayTarget echoUri sockets
  */
+// The test build of the addon: this file uses its test hooks (hostile modes, unsafePoke64).
+import '../helpers/test-addon.js';
 import { once } from 'node:events';
 import { Gateway } from '../../clients/sdk/gateway.js';
 import type { ShmClient } from '../../clients/sdk/attach-shm.js';
@@ -55,7 +57,7 @@ async function main(): Promise<void> {
   for (let i = 0; i < SCRIBBLES && Date.now() < deadline; i++) {
     const off = targets[Number(rnd() % BigInt(targets.length))]!;
     try {
-      region.raw.unsafePoke64(off, rnd());
+      region.raw.unsafePoke64!(off, rnd());
     } catch {
       break; // the session is gone (the region was closed under us)
     }

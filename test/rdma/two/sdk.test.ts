@@ -16,6 +16,8 @@
  * child processes: this worker holds an rdma context, which would block the
  * delete). suite.ts tells VM a "done" after ava (done.ts).
  */
+// The test build of the addon: this file uses its test hooks (hostile modes, unsafePoke64).
+import '../../helpers/test-addon.js';
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { Socket } from 'node:net';

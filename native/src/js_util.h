@@ -1,20 +1,19 @@
-// Helpers shared by the addon's ObjectWraps (argument checks, errno errors,
-// the type tags that tell the wraps apart). Header-only: each wrap file
-// includes it.
+// Shared by the addon's JS classes and functions (addon.cc and the wrap_*.cc,
+// js_*.cc files): the type tags of every class (checked on `this` and on
+// arguments), errno errors, and argument checking.
 #pragma once
 
 #include <napi.h>
+
 #include <string.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <memory>
 #include <string>
 
 namespace sg {
-class Region;
-namespace addon {
+namespace js {
 
 inline constexpr napi_type_tag kRegionTag = {0x73676b7265676e31ull, 0x1a2b3c4d5e6f7081ull};
 inline constexpr napi_type_tag kEventfdTag = {0x73676b6576656e74ull, 0x1a2b3c4d5e6f7082ull};
@@ -135,9 +134,5 @@ inline bool SizeToLog2(Napi::Env env, uint32_t size, uint32_t* log2) {
   return true;
 }
 
-// The Region behind a JS Region object (checked with kRegionTag by the
-// caller); nullptr once closed. Defined next to RegionWrap.
-std::shared_ptr<Region> RegionOf(const Napi::Object& o);
-
-}  // namespace addon
+}  // namespace js
 }  // namespace sg

@@ -1,0 +1,347 @@
+/**
+ * One rdma client session of the SDK (clients/sdk/attach-rdma.ts has the
+ * protocol): its RC connection, its sockets by slot, their BIND/BOUND, and the
+ * process-wide native pump every session shares (ref'd only while a
+ * connection is being opened).
+ */
+import { randomBytes } from 'node:crypto';
+import type { RawRdmaConn, RdmaConnectOptions } from '../../native/index.js';
+import { PumpHub, type RdmaEvent } from '../../native/pump-hub.js';
+import { isTracerEnabled, tracer } from '../../native/trace.js';
+import { DeclineReason } from '../../proto/gen/sockgate/v1/transport.js';
+import { AttachFailedError, ConnectionResetError, SocketClosedError, SockgateError } from '../../proto/errors.js';
+import { FdChannel } from './fd-channel.js';
+import { native, type NativeModule } from './native-optional.js';
+import { RdmaAttachError } from '../../proto/errors.js';
+import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
+
+/** SOCKGATE_TRACE=rdma: the SDK's rdma sessions, slots and attach steps on stderr. */
+const trace = tracer('rdma');
+const tracing = isTracerEnabled('rdma');
+
+/** How long closing waits for the pump to let go of the connections it serviced. */
+const RELEASE_WAIT_MS = 2_000;
+/** Per-direction buffering of the JS side of a socket's socketpair. */
+const CHANNEL_HIGH_WATERMARK = 1 << 20;
+
+interface ClientHub {
+  hub: PumpHub;
+  /** Connections started and not yet ended (failed/closed): the pump closes when none remain. */
+  conns: number;
+  /** Connections being opened: the pump keeps the process alive while there are some. */
+  opening: number;
+}
+let clientHub: ClientHub | undefined;
+
+function acquireHub(n: NativeModule): ClientHub {
+  if (!clientHub) {
+    // unrefWhenIdle: the pump never holds the process by itself (rdma connections are not links it tracks).
+    const hub = new PumpHub(n, { unrefWhenIdle: true });
+    clientHub = { hub, conns: 0, opening: 0 };
+  }
+  return clientHub;
+}
+
+function opening(h: ClientHub, delta: 1 | -1): void {
+  const before = h.opening;
+  h.opening += delta;
+  if (h.hub.closed) return;
+  if (before === 0 && h.opening > 0) h.hub.pump.ref();
+  else if (before > 0 && h.opening === 0) h.hub.pump.unref();
+}
+
+function releaseHubIfIdle(): void {
+  const h = clientHub;
+  if (!h || h.conns > 0) return;
+  clientHub = undefined;
+  const deadline = Date.now() + RELEASE_WAIT_MS;
+  const attempt = () => {
+    try {
+      h.hub.close();
+    } catch (err) {
+      // EBUSY: the I/O thread has not let go of the last connection yet.
+      if (Date.now() < deadline && native?.nativeCode(err) === 'EBUSY') setTimeout(attempt, 5).unref();
+    }
+  };
+  // Never from inside the pump's own event callback (closing joins its thread): on the next turn.
+  setImmediate(attempt).unref();
+}
+
+export function newSessionId(): string {
+  return randomBytes(16).toString('base64url');
+}
+
+/**
+ * A socket's data channel: a net.Socket over our end of the slot's socketpair.
+ * An abort (`resetAndDestroy`, which the SDK socket uses on errors) closes the
+ * slot both ways (CLOSE to the gateway, RST-like) instead of sending EOF.
+ */
+export class RdmaSocket extends FdChannel {
+  /** Settles when the slot ended: undefined for a clean end, else why it failed. */
+  readonly ended: Promise<SockgateError | undefined>;
+  #resolveEnded!: (err: SockgateError | undefined) => void;
+  #done = false;
+
+  constructor(
+    fd: number,
+    readonly slot: number,
+    readonly sessionId: string,
+    private readonly abortSlot: () => void,
+    label: string,
+  ) {
+    super({ fd, highWaterMark: CHANNEL_HIGH_WATERMARK, label });
+    this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
+  }
+
+  /** @internal The gateway half-closed (its EOF came after its last byte): our EOF is genuine. */
+  peerEnded(): void {
+    this.settle();
+  }
+
+  /** @internal The slot ended (clean when `err` is undefined). */
+  slotEnded(err: SockgateError | undefined): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.settle(err);
+    this.#resolveEnded(err);
+  }
+
+  /** Abort: the slot is closed both ways (the gateway resets the host socket). */
+  override resetAndDestroy(): this {
+    if (!this.destroyed && !this.#done) {
+      try {
+        this.abortSlot();
+      } catch {
+        // the slot or connection is already gone
+      }
+    }
+    this.destroy();
+    return this;
+  }
+}
+
+export type SessionState = 'waiting' | 'connecting' | 'established' | 'closed';
+
+/** One session: its RC connection (once opened) and its sockets by slot. */
+export class RdmaClientSession {
+  state: SessionState = 'waiting';
+  conn: RawRdmaConn | undefined;
+  /** Sockets by slot, until their slot ended. */
+  readonly slots = new Map<number, RdmaSocket>();
+  /** Resolves once the connection is established; rejects if it failed, or never started in time. */
+  readonly ready: Promise<RawRdmaConn>;
+  #resolveReady!: (c: RawRdmaConn) => void;
+  #rejectReady!: (err: Error) => void;
+  /** Why the connection ended, once it did. */
+  closedError: SockgateError | undefined;
+  #hub: ClientHub | undefined;
+  #waitTimer: NodeJS.Timeout | undefined;
+  /** Slots linked with BIND whose BOUND (or refusal) has not come yet. */
+  readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+
+  constructor(
+    readonly id: string,
+    private readonly onGone: (s: RdmaClientSession) => void,
+    waitMs: number,
+  ) {
+    this.ready = new Promise((resolve, reject) => {
+      this.#resolveReady = resolve;
+      this.#rejectReady = reject;
+    });
+    // Nobody awaits it when no socket does; a rejection is then nobody's to report.
+    this.ready.catch(() => {});
+    // A session a later socket named but whose first socket never opened it.
+    this.#waitTimer = setTimeout(() => {
+      if (this.state === 'waiting') this.#end(new RdmaAttachError(`rdma session ${this.id}: the connection was not opened within ${waitMs} ms`, DeclineReason.DECLINE_REASON_CONNECT_FAILED));
+    }, waitMs);
+    this.#waitTimer.unref();
+  }
+
+  /** Open the connection (the session's first socket). */
+  start(n: NativeModule, opts: RdmaConnectOptions): void {
+    if (this.state !== 'waiting') throw new AttachFailedError(`rdma session ${this.id} is already ${this.state}`);
+    clearTimeout(this.#waitTimer);
+    const h = acquireHub(n);
+    let conn: RawRdmaConn;
+    try {
+      conn = n.rdma.connect!(h.hub.pump.raw, opts);
+    } catch (err) {
+      releaseHubIfIdle();
+      const e = n.translateError(err) as Error;
+      const reason = n.nativeCode(e) === 'ENODEV' ? DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE : DeclineReason.DECLINE_REASON_CONNECT_FAILED;
+      const failure = new RdmaAttachError(`rdma connect to ${opts.addr}:${opts.port} failed: ${e.message}`, reason, { cause: e });
+      this.#end(failure);
+      throw failure;
+    }
+    this.#hub = h;
+    this.conn = conn;
+    h.conns++;
+    opening(h, 1);
+    this.state = 'connecting';
+    h.hub.onRdma(conn.id, (e) => this.#onEvent(e, opts.addr, opts.port));
+  }
+
+  #onEvent(e: RdmaEvent, addr: string, port: number): void {
+    if (tracing && e.event !== 'progress') trace(`session ${this.id}: ${e.event} ${JSON.stringify(e)}`);
+    switch (e.event) {
+      case 'established':
+        if (this.state !== 'connecting') return;
+        this.state = 'established';
+        if (this.#hub) opening(this.#hub, -1);
+        this.#resolveReady(this.conn!);
+        return;
+      case 'failed': {
+        const reason = declineReasonOfRdmaFailure(e.code, e.errno);
+        this.#end(new RdmaAttachError(`rdma connect to ${addr}:${port} failed: ${e.code}${e.message ? ` (${e.message})` : ''}`, reason));
+        return;
+      }
+      case 'closed':
+        this.#end(e.code === 'ok' ? new SocketClosedError(`rdma session ${this.id} closed`) : rdmaEndError(e.code, e.errno, `rdma session ${this.id} with ${addr}:${port} ended${e.message ? ` (${e.message})` : ''}`));
+        return;
+      case 'peerEof':
+        this.slots.get(e.slot)?.peerEnded();
+        return;
+      case 'bound': {
+        const b = this.#binds.get(e.slot);
+        this.#binds.delete(e.slot);
+        b?.resolve();
+        return;
+      }
+      case 'slotEnd': {
+        const b = this.#binds.get(e.slot);
+        if (b) {
+          this.#binds.delete(e.slot);
+          // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
+          b.reject(
+            e.reason === 'reset'
+              ? new RdmaAttachError(`rdma slot ${e.slot} of session ${this.id}: the gateway refused the bind`, DeclineReason.DECLINE_REASON_PEER_DECLINED)
+              : new RdmaAttachError(`rdma slot ${e.slot} of session ${this.id} ended before the gateway answered its bind (${e.reason}${e.code ? ` ${e.code}` : ''})`, DeclineReason.DECLINE_REASON_CONNECT_FAILED),
+          );
+          // Nobody holds that socket yet (the attach that waits destroys it): no error to emit.
+          const unbound = this.slots.get(e.slot);
+          this.slots.delete(e.slot);
+          unbound?.slotEnded(undefined);
+          return;
+        }
+        const sock = this.slots.get(e.slot);
+        if (!sock) return;
+        this.slots.delete(e.slot);
+        const what = `${sock.label} (rdma slot ${e.slot})`;
+        if (e.reason === 'ok') return sock.slotEnded(undefined);
+        if (e.reason === 'aborted') return sock.slotEnded(new SocketClosedError(`${what} was closed`));
+        if (e.code.startsWith('ERR_SOCKGATE_')) return sock.slotEnded(rdmaEndError(e.code, e.errno, what));
+        // A plain errno (ECONNABORTED when the connection goes down): if the connection's own end
+        // comes in the same batch of events, its code says more. Decide once the batch is through.
+        queueMicrotask(() => {
+          if (this.closedError) return sock.slotEnded(this.closedError);
+          sock.slotEnded(e.reason === 'reset' && (!e.code || e.code === 'ECONNRESET') ? new ConnectionResetError(`${what} was reset by the gateway`) : rdmaEndError(e.code, e.errno, what));
+        });
+        return;
+      }
+      default:
+        // progress, fdEof: nothing to do here; request/bind are the gateway's.
+        return;
+    }
+  }
+
+  /** Wait until slot `slot` is free here (the gateway may reuse a slot whose end event we have not yet seen). */
+  async slotFree(slot: number, timeoutMs: number): Promise<void> {
+    const prior = this.slots.get(slot);
+    if (!prior) return;
+    trace(`session ${this.id}: slot ${slot} still held here, waiting for its end`);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([prior.ended, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+    if (this.slots.get(slot) === prior) throw new AttachFailedError(`rdma slot ${slot} of session ${this.id} is still in use here`);
+  }
+
+  /**
+   * Link a slot to a new socketpair; with `token`, BIND it (later sockets:
+   * `bound` then settles with the gateway's answer, BOUND or its CLOSE, which
+   * rejects with PEER_DECLINED). The connection owns our end from here on.
+   */
+  link(n: NativeModule, slot: number, token: Uint8Array | undefined, label: string): { sock: RdmaSocket; bound: Promise<void> } {
+    const conn = this.conn;
+    if (this.state !== 'established' || !conn) throw new AttachFailedError(`rdma session ${this.id} is ${this.state}`);
+    if (this.slots.has(slot)) throw new AttachFailedError(`rdma slot ${slot} of session ${this.id} is already in use here`);
+    const [a, b] = n.socketpair();
+    let sock: RdmaSocket;
+    try {
+      sock = new RdmaSocket(b, slot, this.id, () => conn.closeSlot(slot, true), label);
+    } catch (err) {
+      n.closeFd(a);
+      n.closeFd(b);
+      throw err;
+    }
+    try {
+      if (token) conn.link(slot, a, token);
+      else conn.link(slot, a);
+    } catch (err) {
+      n.closeFd(a);
+      sock.destroy();
+      throw new AttachFailedError(`rdma link of slot ${slot} failed: ${(n.translateError(err) as Error).message}`, { cause: err });
+    }
+    this.slots.set(slot, sock);
+    if (!token) return { sock, bound: Promise.resolve() };
+    const bound = new Promise<void>((resolve, reject) => this.#binds.set(slot, { resolve, reject }));
+    // A refusal after the attach gave up waiting is nobody's to report.
+    bound.catch(() => {});
+    return { sock, bound };
+  }
+
+  /** Release a slot the gateway linked for a socket that will not use it (an aborted first attach). */
+  abandon(slot: number): void {
+    void this.ready.then(
+      (conn) => {
+        try {
+          conn.closeSlot(slot, true);
+        } catch {
+          // gone already
+        }
+      },
+      () => {},
+    );
+  }
+
+  /** Disconnect (every slot ends, then `closed`). */
+  close(err: SockgateError): void {
+    if (this.state === 'closed') return;
+    if (this.conn && (this.state === 'established' || this.state === 'connecting')) {
+      try {
+        this.conn.close();
+        // The `closed` event finishes the job; say why meanwhile.
+        this.closedError ??= err;
+        return;
+      } catch {
+        // the native side is gone already: finish here
+      }
+    }
+    this.#end(err);
+  }
+
+  /** The connection ended (or never came up): fail what waits and every socket, let go of the pump. */
+  #end(err: SockgateError): void {
+    if (this.state === 'closed') return;
+    const wasOpening = this.state === 'connecting';
+    this.state = 'closed';
+    this.closedError = this.closedError && !(err instanceof SocketClosedError) ? err : (this.closedError ?? err);
+    clearTimeout(this.#waitTimer);
+    this.#rejectReady(err);
+    const binds = new Map(this.#binds);
+    this.#binds.clear();
+    for (const b of binds.values()) b.reject(err);
+    this.onGone(this);
+    const socks = [...this.slots.values()];
+    this.slots.clear();
+    // A socket still waiting for BOUND was never handed out: its attach fails instead (no error event nobody listens to).
+    for (const s of socks) s.slotEnded(binds.has(s.slot) ? undefined : this.closedError);
+    const h = this.#hub;
+    if (h && this.conn) {
+      this.#hub = undefined;
+      h.hub.offRdma(this.conn.id);
+      if (wasOpening) opening(h, -1);
+      h.conns--;
+      releaseHubIfIdle();
+    }
+  }
+}
