@@ -26,7 +26,7 @@ transports:
     max_ring_bytes: 4194304
     max_ring_bytes_per_identity: 268435456
     max_ring_bytes_total: 1073741824
-    spin_us: 0
+    spin_us: 100
     shrink_idle_ms: 5000
   rdma:
     address: ""
@@ -153,10 +153,10 @@ const shmSchema = z
     /** Cap on granted ring bytes across the gateway. */
     max_ring_bytes_total: positiveInt.default(1 << 30),
     /**
-     * Native pump spin before sleeping, at most this many µs (adaptive: it backs off to 0 while idle).
-     * Advertised in the shm attach: clients' pumps spin the same. 0 = never spin.
+     * Native pump spin before sleeping, at most this many µs (adaptive: it backs off to 0 while idle;
+     * native/SHM.md says why 100). Advertised in the shm attach: clients' pumps spin the same. 0 = never spin.
      */
-    spin_us: z.number().int().min(0).max(1000).default(0),
+    spin_us: z.number().int().min(0).max(1000).default(100),
     /** A ring grown under load shrinks back to initial_ring_bytes after this many ms without traffic; 0 = never. */
     shrink_idle_ms: z.number().int().min(0).max(3_600_000).default(5000),
   })

@@ -745,10 +745,8 @@ export class ShmTransport implements Transport {
         events.clientEnded?.();
         return;
       case 'resized': {
-        // An idle shrink (the pump's own grant, native/SHM.md) gives its bytes back to the caps.
-        const delta = e.idle ? slot.size[e.dir] - e.ringSize : slot.growing[e.dir];
-        if (!e.idle) slot.growing[e.dir] = 0;
-        if (e.idle) slot.size[e.dir] = e.ringSize;
+        const delta = e.idle ? slot.size[e.dir] - e.ringSize : slot.growing[e.dir]; // idle: the pump's own shrink (native/SHM.md) gives bytes back
+        if (e.idle) slot.size[e.dir] = e.ringSize; else slot.growing[e.dir] = 0;
         if (e.errno === 0 && !e.idle) {
           slot.size[e.dir] = e.ringSize;
           this.#grows.add(1, { direction: e.dir === 0 ? 'c2g' : 'g2c' });
