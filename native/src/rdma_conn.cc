@@ -368,6 +368,17 @@ int Conn::setup_peer() {
   return 0;
 }
 
+// Keepalive ticks from now on, and JS is told; the caller moves the slots' bytes.
+void Conn::become_established() {
+  state_ = kEstablished;
+  connected_ = true;
+  last_rx_ = last_tx_ = now_ms();
+  // Ticks at half the interval: a keepalive goes out between 1 and
+  // 1.5 intervals after our last message, well inside the peer's 3.
+  arm_timer(timer_, keepalive_ms_ ? std::max<uint32_t>(keepalive_ms_ / 2, 1) : 0);
+  emit("established");
+}
+
 void Conn::on_cm() {
   for (;;) {
     if (state_ == kDead) return;
@@ -407,6 +418,10 @@ void Conn::on_cm() {
         break;
       }
       case RDMA_CM_EVENT_ESTABLISHED: {
+        if (early_established_) {  // a receive completion said so first (on_wc)
+          early_established_ = false;
+          break;
+        }
         if (state_ != kConnecting) return die(fail::kProtocol, -EPROTO, "unexpected " + st);
         if (client_) {
           ConnParams pp;
@@ -418,13 +433,7 @@ void Conn::on_cm() {
           peer = pp;
           if (setup_peer()) return die(fail::kResource, -EIO, "setup");
         }
-        state_ = kEstablished;
-        connected_ = true;
-        last_rx_ = last_tx_ = now_ms();
-        // Ticks at half the interval: a keepalive goes out between 1 and
-        // 1.5 intervals after our last message, well inside the peer's 3.
-        arm_timer(timer_, keepalive_ms_ ? std::max<uint32_t>(keepalive_ms_ / 2, 1) : 0);
-        emit("established");
+        become_established();
         for (uint32_t i = 0; i < slots_.size(); i++)
           if (slots_[i].fd >= 0) run_slot(i);
         flush();

@@ -155,6 +155,7 @@ class Conn final : public PumpSource {
   uint32_t keepalive_ms_ = 0;  // agreed with the peer (setup_peer)
   bool closing_ = false;
   bool connected_ = false;  // ESTABLISHED and the peer has not disconnected: teardown disconnects
+  bool early_established_ = false;  // gateway: established by a receive before the cm event (ignored when it comes)
   uint8_t token_[kTokenBytes] = {};
 
   // Resources in creation order; teardown() releases them in reverse.
@@ -201,6 +202,7 @@ class Conn final : public PumpSource {
   void teardown();
   int setup();
   int setup_peer();
+  void become_established();
   void on_cm();
 
   // Keepalive, progress batches, tracing (rdma_conn_keepalive.cc).

@@ -51,6 +51,13 @@ int Conn::on_wc(const ibv_wc& wc) {
     return 0;
   }
   if (kind != kWrRecv || low >= o_.credits) return die(fail::kErrProtocol, -EPROTO, "bad wr_id"), 1;
+  // The gateway's first receive can overtake its ESTABLISHED event (the
+  // client sends once it has its own; the accepted QP is ready): that is
+  // establishment, and the late cm event is then ignored.
+  if (state_ == kConnecting && !client_) {
+    early_established_ = true;
+    become_established();
+  }
   last_rx_ = now_ms();
   if (wc.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
     if (on_imm(ntohl(wc.imm_data), wc.byte_len)) return 1;

@@ -118,10 +118,10 @@ export function mbps(bytes: number, ms: number): number {
 }
 
 export function round(n: number | null, digits = 1): number | null {
-  if (n === null || !Number.isFinite(n)) return null;
-  const f = 10 ** digits;
-  return Math.round(n * f) / f;
+  return n === null || !Number.isFinite(n) ? null : roundTo(n, digits);
 }
+/** `n` rounded to `digits` decimals, NaN as it is (figures computed further, e.g. the VM benchmarks'). */
+export const roundTo = (n: number, digits = 1): number => Math.round(n * 10 ** digits) / 10 ** digits;
 
 /** Reject after `ms` with a message naming what did not finish. */
 export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

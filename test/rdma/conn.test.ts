@@ -1,5 +1,5 @@
 /**
- * The rdma transport's native connections (native/src/rdma_conn.cc) on a real
+ * The rdma transport's native connections (native/src/rdma_conn*.cc) on a real
  * kernel RDMA stack, both ends in one process on rxe0 (topology (a)): a
  * listener and a client connection on the pump's I/O thread, slots linked to
  * kernel stream sockets (socketpairs), bytes moved by RDMA writes without JS

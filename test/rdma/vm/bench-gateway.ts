@@ -31,13 +31,11 @@
  * from a sink's first byte to its end, an echo's first byte to its close) and
  * writes `perf report` text to $SOCKGATE_VM_OUT (run.js --out).
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, Socket, type Server } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Duplex } from 'node:stream';
-import type { BenchRow as Row } from '../../bench/lib.js';
+import { percentile, pingPong as echoRounds, roundTo, within, writeLoop, type BenchRow as Row } from '../../bench/lib.js';
+import { countHubEvents, cpuMark, cpuSpan, diffCounts, EventCount, perfRecord, perUnit, type CpuMark, type CpuSpan } from './bench-measure.js';
 
 export const BW_SIZE = 65536;
 export const LAT_SIZE = 64;
@@ -61,212 +59,8 @@ function log(msg: string): void {
   process.stdout.write(`bench-gateway: ${msg}\n`);
 }
 
-const round = (v: number, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
-
-/** `p`, or a rejection naming `what` after `ms`. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms))),
-  ]);
-}
-
 /** How long a stalled stream (no drain) or a missing sink answer may take. */
 const STALL_MS = 60_000;
-
-function percentile(sorted: number[], p: number): number {
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i]!;
-}
-
-// ---- CPU accounting ----------------------------------------------------------------
-
-/** The aggregate `cpu` line of /proc/stat (USER_HZ ticks) and this process's CPU time. */
-export interface CpuMark {
-  stat: number[];
-  proc: NodeJS.CpuUsage;
-  /** This process's threads: tid -> [comm, utime + stime ticks]. */
-  threads: Map<number, [string, number]>;
-  /** Machine-wide: context switches, interrupts (/proc/stat), eth0 packets (rxe and TCP both ride it). */
-  ctxt: number;
-  intr: number;
-  txPackets: number;
-  rxPackets: number;
-  t: number;
-}
-
-function netStat(name: string): number {
-  try {
-    return Number(readFileSync(`/sys/class/net/eth0/statistics/${name}`, 'utf8'));
-  } catch {
-    return 0;
-  }
-}
-
-function threadTicks(): Map<number, [string, number]> {
-  const out = new Map<number, [string, number]>();
-  try {
-    for (const tid of readdirSync('/proc/self/task')) {
-      const st = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-      const close = st.lastIndexOf(')');
-      const comm = st.slice(st.indexOf('(') + 1, close);
-      const f = st.slice(close + 2).split(' ');
-      // fields after the comm: state(3) ... utime(14) stime(15), 1-based in proc(5)
-      out.set(Number(tid), [comm, Number(f[11]) + Number(f[12])]);
-    }
-  } catch {
-    // not Linux
-  }
-  return out;
-}
-
-export function cpuMark(): CpuMark {
-  let stat: number[] = [];
-  let ctxt = 0;
-  let intr = 0;
-  try {
-    const lines = readFileSync('/proc/stat', 'utf8').split('\n');
-    stat = (lines[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
-    for (const l of lines) {
-      if (l.startsWith('ctxt ')) ctxt = Number(l.slice(5));
-      else if (l.startsWith('intr ')) intr = Number(l.split(' ')[1]);
-    }
-  } catch {
-    // not Linux: no machine-wide figures
-  }
-  return { stat, proc: process.cpuUsage(), threads: threadTicks(), ctxt, intr, txPackets: netStat('tx_packets'), rxPackets: netStat('rx_packets'), t: performance.now() };
-}
-
-/** Shares of the machine's CPU time over [a, b] (all vCPUs), and this process's CPU seconds. */
-export interface CpuSpan {
-  seconds: number;
-  /** user+nice, system, softirq+irq (rxe and virtio-net run there), idle+iowait, steal: fractions of all vCPU time. */
-  user: number;
-  system: number;
-  softirq: number;
-  idle: number;
-  steal: number;
-  /** This process (JS, native I/O thread, libuv): CPU seconds. */
-  proc_user_s: number;
-  proc_sys_s: number;
-  /** The process's busiest threads: "comm/tid" (main = the JS thread) -> CPU seconds (USER_HZ resolution). */
-  threads_s: Record<string, number>;
-  /** Machine-wide counts over the span. */
-  context_switches: number;
-  interrupts: number;
-  eth0_tx_packets: number;
-  eth0_rx_packets: number;
-}
-
-export function cpuSpan(a: CpuMark, b: CpuMark): CpuSpan {
-  const d = b.stat.map((v, i) => v - (a.stat[i] ?? 0));
-  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = d;
-  const total = d.slice(0, 8).reduce((x, y) => x + y, 0) || 1;
-  const f = (v: number) => round(v / total, 3);
-  return {
-    seconds: round((b.t - a.t) / 1000, 3),
-    user: f(user + nice),
-    system: f(system),
-    softirq: f(softirq + irq),
-    idle: f(idle + iowait),
-    steal: f(steal),
-    proc_user_s: round((b.proc.user - a.proc.user) / 1e6, 3),
-    proc_sys_s: round((b.proc.system - a.proc.system) / 1e6, 3),
-    threads_s: Object.fromEntries(
-      [...b.threads]
-        .map(([tid, [comm, ticks]]) => [tid === process.pid ? `${comm}/main` : `${comm}/${tid}`, (ticks - (a.threads.get(tid)?.[1] ?? 0)) / 100] as const)
-        .filter(([, v]) => v >= 0.05)
-        .sort((x, y) => y[1] - x[1])
-        .slice(0, 6),
-    ),
-    context_switches: b.ctxt - a.ctxt,
-    interrupts: b.intr - a.intr,
-    eth0_tx_packets: b.txPackets - a.txPackets,
-    eth0_rx_packets: b.rxPackets - a.rxPackets,
-  };
-}
-
-/** Machine-wide counts of a span divided by `n` (round trips, iterations, MB). */
-export function perUnit(c: Pick<CpuSpan, 'context_switches' | 'interrupts' | 'eth0_tx_packets' | 'eth0_rx_packets'>, n: number): Record<string, number> {
-  return {
-    context_switches: round(c.context_switches / n, 2),
-    interrupts: round(c.interrupts / n, 2),
-    eth0_tx_packets: round(c.eth0_tx_packets / n, 2),
-    eth0_rx_packets: round(c.eth0_rx_packets / n, 2),
-  };
-}
-
-// ---- optional system-wide profiles (debugging) -------------------------------------------
-
-/**
- * With SOCKGATE_BENCH_PERF=1 (debugging only): `perf record -a -g` (cpu-clock,
- * 200 Hz) around a measurement; stop() writes `perf report` text to
- * $SOCKGATE_VM_OUT/<vm>-<name>.txt. A no-op otherwise.
- */
-export function perfRecord(name: string): { stop(): Promise<void> } {
-  const out = process.env['SOCKGATE_VM_OUT'];
-  if (process.env['SOCKGATE_BENCH_PERF'] !== '1' || !out) return { stop: async () => {} };
-  const data = `/tmp/perf-${name}.data`;
-  const child = spawn('perf', ['record', '-a', '-g', '-F', '200', '-e', 'cpu-clock', '-o', data], { stdio: ['ignore', 'ignore', 'inherit'] });
-  return {
-    async stop() {
-      child.kill('SIGINT');
-      await once(child, 'close');
-      const file = `${out}/${process.env['SOCKGATE_VM_NAME'] ?? 'vm'}-${name}.txt`;
-      for (const args of [
-        ['--sort', 'comm,dso', '--no-children', '-g', 'none'],
-        ['--sort', 'sym', '--no-children', '-g', 'none'],
-        ['--sort', 'comm,sym', '--no-children', '-g', 'caller,0.5,callee', '--percent-limit', '2'],
-      ]) {
-        await new Promise<void>((resolve) => {
-          const r = spawn('sh', ['-c', `perf report -i ${data} --stdio ${args.join(' ')} 2>&1 | head -400 >> ${file}`], { stdio: 'ignore' });
-          r.on('close', () => resolve());
-        });
-      }
-      log(`perf report of ${name} in ${file}`);
-    },
-  };
-}
-
-// ---- counting the rdma pump events that reach JS ---------------------------------------
-
-/** rdma events by kind, and the JS callbacks (batches) that delivered them. */
-export class EventCount {
-  readonly byKind: Record<string, number> = {};
-  progressBytes = 0;
-  add(e: { event: string; toFd?: number; toPeer?: number }): void {
-    this.byKind[e.event] = (this.byKind[e.event] ?? 0) + 1;
-    if (e.event === 'progress') this.progressBytes += (e.toFd ?? 0) + (e.toPeer ?? 0);
-  }
-  snapshot(): Record<string, number> {
-    return { ...this.byKind };
-  }
-}
-
-/** Count the rdma events every PumpHub of this process routes (the gateway's and the SDK's). */
-async function countHubEvents(): Promise<EventCount> {
-  const { PumpHub } = await import('../../../native/pump-hub.js');
-  const count = new EventCount();
-  const proto = PumpHub.prototype as unknown as { onRdma(id: number, fn: (e: { event: string }) => void): void; __counted?: boolean };
-  if (!proto.__counted) {
-    proto.__counted = true;
-    const orig = proto.onRdma;
-    proto.onRdma = function (this: unknown, id: number, fn: (e: { event: string }) => void) {
-      orig.call(this, id, (e) => {
-        count.add(e);
-        fn(e);
-      });
-    };
-  }
-  return count;
-}
-
-function diffCounts(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(b)) if (v - (a[k] ?? 0)) out[k] = v - (a[k] ?? 0);
-  return out;
-}
 
 // ---- destinations: sink and echo ----------------------------------------------------------
 
@@ -463,11 +257,7 @@ async function streamInto(s: Duplex, seconds: number, events?: EventCount): Prom
   const elu0 = performance.eventLoopUtilization();
   const mark0 = cpuMark();
   const stopAt = mark0.t + seconds * 1000;
-  let sent = 0;
-  while (performance.now() < stopAt) {
-    sent += chunk.length;
-    if (!s.write(chunk)) await within(Promise.race([once(s, 'drain'), failed]), STALL_MS, `stream stalled after ${sent} bytes`);
-  }
+  const sent = await within(writeLoop(s, chunk, Number.MAX_SAFE_INTEGER, stopAt), seconds * 1000 + STALL_MS, `stream of ${seconds} s stalled`);
   s.end();
   await within(Promise.race([gotReply, failed]), STALL_MS, `the sink's count after ${sent} bytes`);
   const mark1 = cpuMark();
@@ -482,7 +272,7 @@ async function streamInto(s: Duplex, seconds: number, events?: EventCount): Prom
     sink_MBps: report.seconds > 0 ? report.bytes / report.seconds / 1e6 : 0,
     client_cpu: cpuSpan(mark0, mark1),
     server_cpu: report.cpu,
-    client_elu: round(elu.utilization, 3),
+    client_elu: roundTo(elu.utilization, 3),
     ...(events ? { client_events: diffCounts(ev0, events.snapshot()) } : {}),
     ...(report.events ? { server_events: report.events } : {}),
   };
@@ -495,49 +285,22 @@ export interface PingResult {
   client_events?: Record<string, number>;
 }
 
-/** 64 B ping-pongs: `warmup` first, then `iters` measured (bounded by `deadlineMs`). */
+/** 64 B ping-pongs (test/bench/lib.ts pingPong): `warmup` first, then `iters` measured (bounded by `deadlineMs`). */
 export async function pingPong(s: Duplex, warmup: number, iters: number, deadlineMs: number, events?: EventCount): Promise<PingResult> {
   const msg = Buffer.alloc(LAT_SIZE, 0x61);
-  const rtts: number[] = [];
-  let have = 0;
-  let wake: (() => void) | null = null;
-  s.on('data', (d: Buffer) => {
-    have += d.length;
-    if (have >= LAT_SIZE && wake) {
-      const w = wake;
-      wake = null;
-      w();
-    }
-  });
-  let watchdog: NodeJS.Timeout | undefined;
-  let at = -1;
-  const failed = new Promise<never>((_, reject) => {
-    s.once('error', reject);
-    s.once('close', () => reject(new Error('the echo stream closed')));
-    // One timer for the whole loop (refreshed per ping: no timer per round trip to measure).
-    watchdog = setTimeout(() => reject(new Error(`echo of ping ${at}: nothing within ${STALL_MS} ms`)), STALL_MS);
-  });
-  failed.catch(() => {});
   const deadline = performance.now() + deadlineMs;
-  let mark0 = cpuMark();
-  let ev0 = events?.snapshot() ?? {};
-  for (let i = 0; i < warmup + iters && performance.now() < deadline; i++) {
-    if (i === warmup) {
-      mark0 = cpuMark();
-      ev0 = events?.snapshot() ?? {};
-    }
-    const t0 = performance.now();
-    const got = new Promise<void>((res) => (wake = res));
-    at = i;
-    watchdog?.refresh();
-    s.write(msg);
-    await Promise.race([got, failed]);
-    have -= LAT_SIZE;
-    if (i >= warmup) rtts.push((performance.now() - t0) * 1000);
-  }
+  // A missing echo: the whole loop fails STALL_MS after its deadline.
+  const bounded = <T>(p: Promise<T>) => within(p, deadlineMs + STALL_MS, `ping-pong (${warmup} + ${iters} round trips)`);
+  if (warmup > 0) await bounded(echoRounds(s, msg, 0, warmup, deadline));
+  const mark0 = cpuMark();
+  const ev0 = events?.snapshot() ?? {};
+  const rtts = await bounded(echoRounds(s, msg, 0, iters, deadline));
   const mark1 = cpuMark();
-  clearTimeout(watchdog);
-  return { rtts: rtts.sort((a, b) => a - b), client_cpu: cpuSpan(mark0, mark1), ...(events ? { client_events: diffCounts(ev0, events.snapshot()) } : {}) };
+  return {
+    rtts: Array.from(rtts).sort((a, b) => a - b),
+    client_cpu: cpuSpan(mark0, mark1),
+    ...(events ? { client_events: diffCounts(ev0, events.snapshot()) } : {}),
+  };
 }
 
 export interface ClientParams {
@@ -703,18 +466,18 @@ export interface Baselines {
 function streamProfile(r: StreamResult): Record<string, unknown> {
   const mb = r.bytes / 1e6;
   const per = (ev: Record<string, number> | undefined) =>
-    ev ? Object.fromEntries(Object.entries(ev).map(([k, v]) => [k, round(v / mb, 2)])) : undefined;
+    ev ? Object.fromEntries(Object.entries(ev).map(([k, v]) => [k, roundTo(v / mb, 2)])) : undefined;
   return {
     bytes: r.bytes,
-    seconds: round(r.seconds, 2),
-    sink_side_MBps: round(r.sink_MBps),
+    seconds: roundTo(r.seconds, 2),
+    sink_side_MBps: roundTo(r.sink_MBps),
     client_vm_cpu: r.client_cpu,
     server_vm_cpu: r.server_cpu,
     client_js_event_loop_utilization: r.client_elu,
     client_vm_per_MB: perUnit(r.client_cpu, mb),
     server_vm_per_MB: perUnit(r.server_cpu, mb),
-    client_process_cpu_ms_per_MB: round(((r.client_cpu.proc_user_s + r.client_cpu.proc_sys_s) * 1000) / mb, 2),
-    server_process_cpu_ms_per_MB: round(((r.server_cpu.proc_user_s + r.server_cpu.proc_sys_s) * 1000) / mb, 2),
+    client_process_cpu_ms_per_MB: roundTo(((r.client_cpu.proc_user_s + r.client_cpu.proc_sys_s) * 1000) / mb, 2),
+    server_process_cpu_ms_per_MB: roundTo(((r.server_cpu.proc_user_s + r.server_cpu.proc_sys_s) * 1000) / mb, 2),
     ...(r.client_events ? { client_rdma_events_per_MB: per(r.client_events) } : {}),
     ...(r.server_events ? { server_rdma_events_per_MB: per(r.server_events) } : {}),
   };
@@ -727,12 +490,12 @@ function streamRow(name: string, r: StreamResult, b: Baselines, note: string, ex
     name,
     transport: 'rdma',
     size_bytes: BW_SIZE,
-    throughput_MBps: round(r.MBps),
+    throughput_MBps: roundTo(r.MBps),
     p50_us: null,
     p99_us: null,
-    vs_ib_write_bw: round(vsBw, 3),
-    vs_tcp: round(vsTcp, 3),
-    ...(b.ibSendBwMBps ? { vs_ib_send_bw_e: round(r.MBps / b.ibSendBwMBps, 3) } : {}),
+    vs_ib_write_bw: roundTo(vsBw, 3),
+    vs_tcp: roundTo(vsTcp, 3),
+    ...(b.ibSendBwMBps ? { vs_ib_send_bw_e: roundTo(r.MBps / b.ibSendBwMBps, 3) } : {}),
     goal: '>= 0.8 x ib_write_bw -R (64 KiB) and faster than TCP over the same link',
     goal_met: vsBw >= 0.8 && vsTcp > 1,
     goal_met_vs_ib_write_bw: vsBw >= 0.8,
@@ -754,26 +517,26 @@ function pingRow(name: string, r: PingResult, b: Baselines, note: string, extra:
     transport: 'rdma',
     size_bytes: LAT_SIZE,
     throughput_MBps: null,
-    p50_us: round(p50, 2),
-    p99_us: round(p99, 2),
-    vs_ib_write_lat: round(vsLat, 3),
-    vs_ib_write_lat_p99: round(p99 / b.ibWriteLatP99us, 3),
-    vs_tcp: round(vsTcp, 3),
-    vs_tcp_p99: round(p99 / b.tcpP99us, 3),
-    ...(b.ibSendLatP50us ? { vs_ib_send_lat_e: round(p50 / b.ibSendLatP50us, 3) } : {}),
+    p50_us: roundTo(p50, 2),
+    p99_us: roundTo(p99, 2),
+    vs_ib_write_lat: roundTo(vsLat, 3),
+    vs_ib_write_lat_p99: roundTo(p99 / b.ibWriteLatP99us, 3),
+    vs_tcp: roundTo(vsTcp, 3),
+    vs_tcp_p99: roundTo(p99 / b.tcpP99us, 3),
+    ...(b.ibSendLatP50us ? { vs_ib_send_lat_e: roundTo(p50 / b.ibSendLatP50us, 3) } : {}),
     goal: '<= 1.5 x ib_write_lat -R round trip (p50) and faster than TCP over the same link',
     goal_met: vsLat <= 1.5 && vsTcp < 1,
     goal_met_vs_ib_write_lat: vsLat <= 1.5,
     goal_met_vs_tcp: vsTcp < 1,
     note,
     iterations: n,
-    min_us: round(r.rtts[0] ?? 0, 2),
+    min_us: roundTo(r.rtts[0] ?? 0, 2),
     ...extra,
     profile: {
       client_vm_cpu: r.client_cpu,
       client_vm_per_round_trip: perUnit(r.client_cpu, n),
-      client_process_cpu_ms_per_round_trip: round(((r.client_cpu.proc_user_s + r.client_cpu.proc_sys_s) * 1000) / n, 3),
-      ...(r.client_events ? { client_rdma_events_per_round_trip: Object.fromEntries(Object.entries(r.client_events).map(([k, v]) => [k, round(v / n, 2)])) } : {}),
+      client_process_cpu_ms_per_round_trip: roundTo(((r.client_cpu.proc_user_s + r.client_cpu.proc_sys_s) * 1000) / n, 3),
+      ...(r.client_events ? { client_rdma_events_per_round_trip: Object.fromEntries(Object.entries(r.client_events).map(([k, v]) => [k, roundTo(v / n, 2)])) } : {}),
     },
   };
 }

@@ -33,8 +33,9 @@ import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import type { BenchRow as Row } from '../../bench/lib.js';
-import { cpuMark, cpuSpan, perUnit, pingPong } from './bench-gateway.js';
+import { percentile, roundTo, writeLoop, type BenchRow as Row } from '../../bench/lib.js';
+import { pingPong } from './bench-gateway.js';
+import { cpuMark, cpuSpan, perUnit } from './bench-measure.js';
 
 /** Seconds of ib_write_bw (-D) and of the TCP stream: long enough to settle under TCG. */
 const STREAM_SECONDS = Number(process.env['SOCKGATE_BENCH_SECONDS'] || 8);
@@ -188,13 +189,6 @@ const CASES: PerftestCase[] = [
     note: 'context: SEND ping-pong with completion events (-e). p50/p99 are round trips: twice what ib_send_lat reports',
   },
 ];
-
-const round = (v: number, digits = 1) => Math.round(v * 10 ** digits) / 10 ** digits;
-
-function percentile(sorted: number[], p: number): number {
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i]!;
-}
 
 // ---------------------------------------------------------------------------
 // server (VM a)
@@ -353,12 +347,7 @@ async function tcpStream(): Promise<{ MBps: number; bytes: number; seconds: numb
   s.on('data', (d: Buffer) => (reply += d.toString()));
   const closed = once(s, 'close');
   const start = performance.now();
-  const stopAt = start + STREAM_SECONDS * 1000;
-  let sent = 0;
-  while (performance.now() < stopAt) {
-    sent += chunk.length;
-    if (!s.write(chunk)) await once(s, 'drain');
-  }
+  const sent = await writeLoop(s, chunk, Number.MAX_SAFE_INTEGER, start + STREAM_SECONDS * 1000);
   s.end();
   await closed;
   const seconds = (performance.now() - start) / 1000;
@@ -393,7 +382,7 @@ async function runCase(c: PerftestCase): Promise<Row> {
       name: c.name,
       transport: 'rdma',
       size_bytes: BW_SIZE,
-      throughput_MBps: round(gbps * 125),
+      throughput_MBps: roundTo(gbps * 125),
       p50_us: null,
       p99_us: null,
       note: c.note,
@@ -412,8 +401,8 @@ async function runCase(c: PerftestCase): Promise<Row> {
     transport: 'rdma',
     size_bytes: LAT_SIZE,
     throughput_MBps: null,
-    p50_us: round(tTypical * 2, 2),
-    p99_us: round(p99 * 2, 2),
+    p50_us: roundTo(tTypical * 2, 2),
+    p99_us: roundTo(p99 * 2, 2),
     note: c.note,
     tool,
     iterations: Number(m[1]),
@@ -490,12 +479,12 @@ async function client(): Promise<void> {
       name: 'tcp over rxe link (node)',
       transport: 'tcp',
       size_bytes: BW_SIZE,
-      throughput_MBps: round(stream.MBps),
+      throughput_MBps: roundTo(stream.MBps),
       p50_us: null,
       p99_us: null,
       note: 'node net.Socket writes of 64 KiB into a sink on the other VM, over the same virtio link as rxe0 (TCP does not use rxe)',
       bytes: stream.bytes,
-      seconds: round(stream.seconds, 2),
+      seconds: roundTo(stream.seconds, 2),
       profile: { client_vm_cpu: streamVm, client_vm_per_MB: perUnit(streamVm, stream.bytes / 1e6) },
     },
     {
@@ -503,8 +492,8 @@ async function client(): Promise<void> {
       transport: 'tcp',
       size_bytes: LAT_SIZE,
       throughput_MBps: null,
-      p50_us: round(percentile(rtts, 50), 2),
-      p99_us: round(percentile(rtts, 99), 2),
+      p50_us: roundTo(percentile(rtts, 50), 2),
+      p99_us: roundTo(percentile(rtts, 99), 2),
       note: 'round trip of a 64 B message echoed by node on the other VM (TCP_NODELAY)',
       iterations: rtts.length,
       // warmup included in the counts
