@@ -20,6 +20,7 @@ import { Policy } from './policy.js';
 import { createServices } from './service.js';
 import { ControlAdmission } from './control-admission.js';
 import { ControlListeners } from './control-listeners.js';
+import { VmmListeners, vsockUdsPath, type ServedVm } from './vmm-listeners.js';
 import { PeerRegistry } from './control-peer.js';
 import { addGuardedService } from './decode-guard.js';
 import { CountBudget } from './count-budget.js';
@@ -30,7 +31,7 @@ import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
 import type { Logger } from '../native/log.js';
 import type { Transport } from './transport.js';
-import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
+import { TcpTransport } from './transport-tcp.js';
 import { withFastDataCodec } from '../proto/wire.js';
 import { widenGrpcWindows } from './grpc-windows.js';
 import { GrpcTransport } from './transport-grpc.js';
@@ -66,10 +67,6 @@ export interface GatewayAddresses {
   vsock?: { control: string; data: string };
 }
 
-/** The VMM's Unix socket for guest connections to host vsock port `port` (Firecracker / Cloud Hypervisor). */
-function vsockUdsPath(path: string, port: number): string {
-  return `${path}_${port}`;
-}
 
 export class Gateway {
   readonly telemetry: Telemetry;
@@ -94,6 +91,8 @@ export class Gateway {
   readonly controlAdmission: ControlAdmission;
   /** The control listeners, created in start() once the native addon (SO_PEERCRED) is known. */
   private controlListeners: ControlListeners | undefined;
+  /** `vsock_uds`: the VMs served through their VMMs' Unix sockets. */
+  private vmm: VmmListeners | undefined;
 
   constructor(
     readonly config: Config,
@@ -132,7 +131,8 @@ export class Gateway {
       maxUnauthenticated: lim.max_unauthenticated_data_connections,
       maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
       refusalLog,
-      ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
+      // VM guests are told the vsock data port; their listeners are vmm-listeners.ts's and vsock-listeners.ts's.
+      ...(config.vsock_uds || config.vsock ? { vsockPort: (config.vsock_uds ?? config.vsock)!.data_port } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
     this.peers = new PeerRouter(config.peers, this.logger, options.peerGateways);
@@ -223,6 +223,16 @@ export class Gateway {
     metrics.observeOpenSockets(() => this.table.openCounts());
   }
 
+  /** The VMs served through `vsock_uds` now (configured and watched). */
+  get vms(): ServedVm[] {
+    return this.vmm?.list() ?? [];
+  }
+
+  /** Resolves once the watched VM directory's changes so far are applied (tests). */
+  async vmsSettled(): Promise<void> {
+    await this.vmm?.settled();
+  }
+
   get addresses(): GatewayAddresses {
     if (!this.addressesValue) throw new Error('gateway not started');
     return this.addressesValue;
@@ -281,12 +291,6 @@ export class Gateway {
     });
     this.controlListeners = listeners;
     const bound = await listeners.listen(control, 'control');
-    const vsock = this.config.vsock_uds;
-    if (vsock) {
-      const path = vsockUdsPath(vsock.path, vsock.control_port);
-      removeStaleSocket(path);
-      await listeners.listen(`unix:${path}`, 'vmm');
-    }
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
     if (this.native && this.config.transports.enabled.includes('rdma')) await this.startRdma(this.native);
@@ -295,13 +299,19 @@ export class Gateway {
     for (const t of this.transports.values()) {
       if (t !== this.shm && t !== this.rdma) await t.start();
     }
+    const vsock = this.config.vsock_uds;
+    if (vsock) {
+      this.vmm = new VmmListeners({ config: vsock, control: listeners, tcp: this.tcp, identityOf: (p) => this.policy.vmIdentityName({ vmmPath: p }), logger: this.logger });
+      await this.vmm.start();
+    }
     await this.telemetry.start();
     const c = splitListenAddress(control);
     const controlTarget = 'path' in c ? control : `${c.host.includes(':') ? `[${c.host}]` : c.host}:${bound}`;
     this.addressesValue = { control: controlTarget, data: `127.0.0.1:${this.tcp.port}`, metrics: this.telemetry.metricsUrl };
     const d = splitListenAddress(this.config.listen.data);
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
-    if (vsock) this.addressesValue.vsock = { control: vsockUdsPath(vsock.path, vsock.control_port), data: vsockUdsPath(vsock.path, vsock.data_port) };
+    const first = vsock?.path ?? vsock?.vms[0]?.path;
+    if (vsock && first) this.addressesValue.vsock = { control: vsockUdsPath(first, vsock.control_port), data: vsockUdsPath(first, vsock.data_port) };
     // Guests never reach the gateway through itself: policy learns the ports it really bound.
     const metricsUrl = this.telemetry.metricsUrl ? new URL(this.telemetry.metricsUrl) : undefined;
     this.policy.setGatewayEndpoints([
@@ -429,6 +439,7 @@ export class Gateway {
     await this.peers.close();
     this.registry.close();
     await this.closeNative();
+    this.vmm?.close();
     this.controlListeners?.stopAccepting();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
@@ -450,6 +461,7 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
+    this.vmm?.close();
     this.controlListeners?.close();
     await this.peers.close();
     for (const t of this.transports.values()) await t.close();
