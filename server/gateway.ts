@@ -21,6 +21,7 @@ import { createServices } from './service.js';
 import { ControlAdmission } from './control-admission.js';
 import { ControlListeners } from './control-listeners.js';
 import { VmmListeners, vsockUdsPath, type ServedVm } from './vmm-listeners.js';
+import { VsockListeners } from './vsock-listeners.js';
 import { PeerRegistry } from './control-peer.js';
 import { addGuardedService } from './decode-guard.js';
 import { CountBudget } from './count-budget.js';
@@ -65,6 +66,8 @@ export interface GatewayAddresses {
   metrics: string | undefined;
   /** With `vsock_uds`: the Unix sockets VM guests reach the control and data planes through. */
   vsock?: { control: string; data: string };
+  /** With `vsock`: the AF_VSOCK ports listened on. */
+  vsockPorts?: { control: number; data: number };
 }
 
 
@@ -93,6 +96,8 @@ export class Gateway {
   private controlListeners: ControlListeners | undefined;
   /** `vsock_uds`: the VMs served through their VMMs' Unix sockets. */
   private vmm: VmmListeners | undefined;
+  /** `vsock`: native AF_VSOCK control and data listeners (vhost-vsock guests). */
+  private vsockListeners: VsockListeners | undefined;
 
   constructor(
     readonly config: Config,
@@ -228,6 +233,11 @@ export class Gateway {
     return this.vmm?.list() ?? [];
   }
 
+  /** Connections the native AF_VSOCK listeners accepted, per port (`vsock`; tests, status). */
+  get vsockAccepted(): { control: number; data: number } {
+    return { ...(this.vsockListeners?.accepted ?? { control: 0, data: 0 }) };
+  }
+
   /** Resolves once the watched VM directory's changes so far are applied (tests). */
   async vmsSettled(): Promise<void> {
     await this.vmm?.settled();
@@ -304,6 +314,7 @@ export class Gateway {
       this.vmm = new VmmListeners({ config: vsock, control: listeners, tcp: this.tcp, identityOf: (p) => this.policy.vmIdentityName({ vmmPath: p }), logger: this.logger });
       await this.vmm.start();
     }
+    const vsockPorts = this.config.vsock ? this.startVsock(listeners) : undefined;
     await this.telemetry.start();
     const c = splitListenAddress(control);
     const controlTarget = 'path' in c ? control : `${c.host.includes(':') ? `[${c.host}]` : c.host}:${bound}`;
@@ -311,6 +322,7 @@ export class Gateway {
     const d = splitListenAddress(this.config.listen.data);
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
     const first = vsock?.path ?? vsock?.vms[0]?.path;
+    if (vsockPorts) this.addressesValue.vsockPorts = vsockPorts;
     if (vsock && first) this.addressesValue.vsock = { control: vsockUdsPath(first, vsock.control_port), data: vsockUdsPath(first, vsock.data_port) };
     // Guests never reach the gateway through itself: policy learns the ports it really bound.
     const metricsUrl = this.telemetry.metricsUrl ? new URL(this.telemetry.metricsUrl) : undefined;
@@ -325,6 +337,22 @@ export class Gateway {
     const ready = this.logger.level === 'silent' ? this.logger : this.logger.child({}, { level: 'info' });
     ready.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
     return this.addressesValue;
+  }
+
+  /** Native AF_VSOCK listeners (`vsock`); configured but impossible (no addon, no AF_VSOCK) is an error. */
+  private startVsock(control: ControlListeners): { control: number; data: number } {
+    const native = this.native;
+    if (!native) throw new NativeError(`vsock: AF_VSOCK listeners need the native addon, which did not load: ${this.nativeError}`);
+    this.vsockListeners = new VsockListeners({
+      config: this.config.vsock!,
+      native,
+      pump: this.hub(native).pump,
+      control,
+      tcp: this.tcp,
+      identityOf: (cid) => this.policy.vmIdentityName({ cid }),
+      logger: this.logger,
+    });
+    return this.vsockListeners.start();
   }
 
   /** The shared pump, created on first use; it keeps the process alive only while it has links. */
@@ -423,6 +451,7 @@ export class Gateway {
     this.logger.info({ open: this.table.size }, 'shutting down: draining');
     const hadSockets = this.table.size > 0;
     for (const t of this.transports.values()) await t.close();
+    this.vsockListeners?.close();
     for (const s of this.table.list()) {
       if (s instanceof ListenerSocket || (s instanceof StreamSocket && s.state === SocketState.SOCKET_STATE_PENDING_ATTACH)) {
         void s.destroy(new ShuttingDownError());
@@ -461,6 +490,7 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
+    this.vsockListeners?.close();
     this.vmm?.close();
     this.controlListeners?.close();
     await this.peers.close();
