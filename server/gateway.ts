@@ -451,7 +451,7 @@ export class Gateway {
     this.logger.info({ open: this.table.size }, 'shutting down: draining');
     const hadSockets = this.table.size > 0;
     for (const t of this.transports.values()) await t.close();
-    this.vsockListeners?.close();
+    this.vsockListeners?.stopAccepting();
     for (const s of this.table.list()) {
       if (s instanceof ListenerSocket || (s instanceof StreamSocket && s.state === SocketState.SOCKET_STATE_PENDING_ATTACH)) {
         void s.destroy(new ShuttingDownError());
@@ -467,6 +467,8 @@ export class Gateway {
     if (hadSockets && drained) await new Promise((r) => setTimeout(r, END_CONFIRM_LINGER_MS));
     await this.peers.close();
     this.registry.close();
+    // Bridged AF_VSOCK connections are links on the pump: they end before it closes.
+    await this.vsockListeners?.close();
     await this.closeNative();
     this.vmm?.close();
     this.controlListeners?.stopAccepting();
@@ -490,7 +492,7 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
-    this.vsockListeners?.close();
+    await this.vsockListeners?.close();
     this.vmm?.close();
     this.controlListeners?.close();
     await this.peers.close();

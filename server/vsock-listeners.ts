@@ -16,7 +16,7 @@
 import { Socket } from 'node:net';
 import { NativeError } from '../proto/errors.js';
 import type { Logger } from '../native/log.js';
-import type { Pump, RawVsockListener } from '../native/index.js';
+import type { Pump, RawVsockListener, SpliceLink } from '../native/index.js';
 import type { Config } from './config.js';
 import type { ControlListeners } from './control-listeners.js';
 import type { GatewaySocket } from './socket-table.js';
@@ -40,6 +40,8 @@ export interface VsockListenersOptions {
 
 export class VsockListeners {
   private readonly listeners: RawVsockListener[] = [];
+  /** Live bridges (each a splice link on the pump): ended before the pump closes. */
+  private readonly bridges = new Set<SpliceLink>();
   /** Connections accepted so far, per port role (tests, status). */
   readonly accepted = { control: 0, data: 0 };
 
@@ -106,9 +108,14 @@ export class VsockListeners {
     }
     const [mine, theirs] = pair;
     try {
-      pump.splice(theirs, fd, { pipeBytes: BRIDGE_PIPE_BYTES }).ended.then(
-        (e) => e.reason === 'error' && this.o.logger.debug({ what, code: e.code }, 'vsock bridge ended with an error'),
-        () => {},
+      const link = pump.splice(theirs, fd, { pipeBytes: BRIDGE_PIPE_BYTES });
+      this.bridges.add(link);
+      link.ended.then(
+        (e) => {
+          this.bridges.delete(link);
+          if (e.reason === 'error') this.o.logger.debug({ what, code: e.code }, 'vsock bridge ended with an error');
+        },
+        () => this.bridges.delete(link),
       );
     } catch (err) {
       native.closeFd(mine);
@@ -119,8 +126,15 @@ export class VsockListeners {
     return new Socket({ fd: mine, readable: true, writable: true, allowHalfOpen: true });
   }
 
-  close(): void {
+  /** Stop accepting; connections already bridged go on. */
+  stopAccepting(): void {
     for (const l of this.listeners) l.close();
     this.listeners.length = 0;
+  }
+
+  /** Stop accepting and abort every bridged connection; resolves once their links ended (the pump may then close). */
+  async close(): Promise<void> {
+    this.stopAccepting();
+    await Promise.all([...this.bridges].map((l) => l.close().catch(() => undefined)));
   }
 }
