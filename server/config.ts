@@ -84,6 +84,8 @@ rules:
     directions: [listen, bind]
     destinations: [127.0.0.0/8]
     ports: [1024-65535]
+# VM guests: vsock_uds (Firecracker / Cloud Hypervisor VMM sockets) and vsock
+# (native AF_VSOCK, vhost-vsock) are off unless configured (README "VM guests").
 shutdown:
   drain_timeout_ms: 10000
 telemetry:
@@ -115,6 +117,10 @@ const portSpec = z.union([
 ]);
 const positiveInt = z.number().int().positive();
 
+const absolutePath = z.string().min(1).refine((p) => p.startsWith('/'), { message: 'expected an absolute path' });
+/** A vsock port a guest connects to on the host (0xFFFFFFFF is VMADDR_PORT_ANY). */
+const vsockPort = z.number().int().min(1).max(0xffffffff - 1);
+
 const identitySchema = z.strictObject({
   name: z.string().min(1).regex(/^[A-Za-z0-9_.@:-]+$/, 'letters, digits and _.@:- only'),
   /** Bearer tokens, in clear. Prefer token_sha256. */
@@ -125,6 +131,10 @@ const identitySchema = z.strictObject({
   mtls_cn: z.string().optional(),
   /** Same-host clients (Unix control socket, shm attach) whose SO_PEERCRED uid maps to this identity. */
   uids: z.array(z.number().int().min(0)).default([]),
+  /** VM guests on native AF_VSOCK (`vsock:`) whose peer CID maps to this identity (1 = vsock_loopback, 3+ = guests). */
+  vsock_cids: z.array(z.number().int().min(1).max(0xfffffffe)).default([]),
+  /** VM guests behind these VMM vsock sockets (Firecracker `uds_path`, `vsock_uds`) map to this identity. */
+  vmm_paths: z.array(absolutePath).default([]),
   admin: z.boolean().default(false),
   max_sockets: positiveInt.optional(),
   /** Transports this identity may use; all enabled ones if unset. */
@@ -371,16 +381,44 @@ export const configSchema = z.strictObject({
   shutdown: z.strictObject({ drain_timeout_ms: positiveInt }),
   /**
    * Accept VM guests through the Firecracker / Cloud Hypervisor Unix-socket form
-   * of vsock: a guest's connection to host port P arrives on `<path>_P`. The
-   * control plane also serves on `<path>_<control_port>`, the tcp data plane
-   * also accepts on `<path>_<data_port>`, and negotiation tells clients the vsock data port.
+   * of vsock: a guest's connection to host port P arrives on `<uds_path>_P`. For
+   * every VM (`path`, each of `vms`, each VMM socket in `watch.dir`) the control
+   * plane serves on `<uds_path>_<control_port>`, the tcp data plane accepts on
+   * `<uds_path>_<data_port>`, and negotiation tells clients the vsock data port.
+   * A guest is the identity its VM maps to (vms[].identity or identities[].vmm_paths).
    */
   vsock_uds: z
     .strictObject({
-      /** The VMM's vsock `uds_path` (Firecracker `vsock.uds_path`, Cloud Hypervisor `--vsock socket=`). */
-      path: z.string().min(1).refine((p) => p.startsWith('/'), { message: 'expected an absolute path' }),
-      control_port: z.number().int().min(1).max(0xffffffff - 1),
-      data_port: z.number().int().min(1).max(0xffffffff - 1),
+      /** One VM's vsock `uds_path` (Firecracker `vsock.uds_path`, Cloud Hypervisor `--vsock socket=`); same as vms: [{ path }]. */
+      path: absolutePath.optional(),
+      /** VMs known at start: each VMM's `uds_path` and the identity its guests are (else identities[].vmm_paths decides). */
+      vms: z.array(z.strictObject({ path: absolutePath, identity: z.string().min(1).optional() })).default([]),
+      /**
+       * A directory VMMs put their `uds_path` sockets in: a socket whose name ends
+       * in `suffix` appearing adds that VM, its disappearing removes it (no restart).
+       */
+      watch: z.strictObject({ dir: absolutePath, suffix: z.string().min(1).regex(/^[^/]+$/, 'a file name suffix, no "/"').default('.sock') }).optional(),
+      /** VMs served at once (each holds two listening sockets); more in `watch.dir` are refused and logged. */
+      max_vms: positiveInt.default(1024),
+      control_port: vsockPort,
+      data_port: vsockPort,
+    })
+    .refine((v) => v.control_port !== v.data_port, { message: 'control_port and data_port must differ', path: ['data_port'] })
+    .refine((v) => v.path !== undefined || v.vms.length > 0 || v.watch !== undefined, { message: 'give path, vms or watch' })
+    .optional(),
+  /**
+   * Native AF_VSOCK listeners (vhost-vsock hosts: QEMU/KVM, libvirt, Kata,
+   * crosvm): guests connect to host CID 2, `control_port` and `data_port`; a
+   * guest is the identity its peer CID maps to (identities[].vsock_cids).
+   */
+  vsock: z
+    .strictObject({
+      /** The CID to bind: "any" (VMADDR_CID_ANY, the usual), 2 (host), or 1 (local, vsock_loopback tests). */
+      cid: z.union([z.literal('any'), z.number().int().min(1).max(0xfffffffe)]).default('any'),
+      control_port: vsockPort,
+      data_port: vsockPort,
+      /** Listen backlog of each vsock listener. */
+      backlog: z.number().int().min(1).max(4096).default(128),
     })
     .refine((v) => v.control_port !== v.data_port, { message: 'control_port and data_port must differ', path: ['data_port'] })
     .optional(),
@@ -388,6 +426,10 @@ export const configSchema = z.strictObject({
     log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
     traces: z.enum(['none', 'console', 'memory']),
   }),
+}).refine((c) => !c.vsock || !c.vsock_uds || c.vsock.data_port === c.vsock_uds.data_port, {
+  // A guest is told one vsock data port (TcpAttach.vsock_port), whichever form carries it.
+  message: 'must equal vsock_uds.data_port (guests are told one vsock data port)',
+  path: ['vsock', 'data_port'],
 });
 
 /**
@@ -398,8 +440,9 @@ export const configSchema = z.strictObject({
  */
 function withAnonymousDefault<T extends { identities: readonly unknown[]; anonymous: { enabled?: boolean | undefined; admin: boolean } }>(
   c: T,
-): Omit<T, 'anonymous'> & { anonymous: { enabled: boolean; admin: boolean } } {
-  return { ...c, anonymous: { ...c.anonymous, enabled: c.anonymous.enabled ?? c.identities.length === 0 } };
+): Omit<T, 'anonymous'> & { anonymous: { enabled: boolean; admin: boolean; explicit?: boolean } } {
+  // `explicit`: written out as true. VM guests mapped to no identity are anonymous only then (README "VM identities").
+  return { ...c, anonymous: { ...c.anonymous, enabled: c.anonymous.enabled ?? c.identities.length === 0, explicit: c.anonymous.enabled === true } };
 }
 
 export type Config = ReturnType<typeof withAnonymousDefault<z.infer<typeof configSchema>>>;

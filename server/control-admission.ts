@@ -32,6 +32,8 @@ export function admissionKeyOf(creds: PeerCredentials): string {
       return 'unix';
     case 'vmm':
       return `vmm:${creds.path}`;
+    case 'vsock':
+      return `vsock:${creds.cid}`;
   }
 }
 

@@ -12,8 +12,14 @@ import type { ControlAdmission } from './control-admission.js';
 import type { PeerCredentials, PeerRegistry } from './control-peer.js';
 import type { Logger } from '../native/log.js';
 
-/** What a control listener serves: the gateway's own control address, or a VMM's vsock Unix socket (guests behind it). */
-export type ControlRole = 'control' | 'vmm';
+/** What a control listener serves: the gateway's own control address, a VMM's vsock Unix socket, or native AF_VSOCK (guests behind both). */
+export type ControlRole = 'control' | 'vmm' | 'vsock';
+
+/** One listener, closed on its own (a VM removed while the gateway runs). */
+export interface ControlListenerHandle {
+  /** Stop accepting and close the connections it accepted. */
+  close(): void;
+}
 
 export interface ControlListenersOptions {
   grpc: GrpcServer;
@@ -41,13 +47,45 @@ export class ControlListeners {
 
   /** Listen on `address` (host:port or unix:/path); resolves with the bound TCP port (0 for Unix). */
   async listen(address: string, role: ControlRole): Promise<number> {
+    return (await this.open(address, role)).port;
+  }
+
+  /** Listen on a VMM's `<uds_path>_<port>`: its guests are the VM `vmmPath`, whatever path the socket has. */
+  async listenVmm(socketPath: string, vmmPath: string): Promise<ControlListenerHandle> {
+    return (await this.open(`unix:${socketPath}`, 'vmm', vmmPath)).handle;
+  }
+
+  /**
+   * Take a connection accepted elsewhere (a native AF_VSOCK connection bridged
+   * to a Unix socketpair end) with the credentials the kernel gave for it.
+   */
+  inject(sock: Socket, creds: PeerCredentials, role: ControlRole): void {
+    this.onConnection(sock, this.sharedInjector(), creds, role);
+  }
+
+  private shared: Injector | undefined;
+
+  private sharedInjector(): Injector {
+    if (!this.shared) {
+      this.shared = this.o.grpc.createConnectionInjector(this.o.credentials);
+      this.injectors.push(this.shared);
+    }
+    return this.shared;
+  }
+
+  private async open(address: string, role: ControlRole, vmmPath?: string): Promise<{ port: number; handle: ControlListenerHandle }> {
     const where = splitListenAddress(address);
     const injector = this.o.grpc.createConnectionInjector(this.o.credentials);
     this.injectors.push(injector);
     const unix = 'path' in where;
     // A VMM's socket carries guests: its peer (the VMM) is no identity of theirs.
-    const kind: PeerKind = !unix ? 'tcp' : role === 'vmm' ? { vmm: where.path } : 'unix';
-    const server = createServer((sock) => this.onConnection(sock, injector, kind, role));
+    const kind: PeerKind = !unix ? 'tcp' : role === 'vmm' ? { vmm: vmmPath ?? where.path } : 'unix';
+    const mine = new Set<Socket>();
+    const server = createServer((sock) => {
+      mine.add(sock);
+      sock.once('close', () => mine.delete(sock));
+      this.onConnection(sock, injector, this.credentialsOf(sock, kind), role);
+    });
     this.servers.push(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -60,7 +98,15 @@ export class ControlListeners {
     });
     server.on('error', (err) => this.o.logger.error({ err: err.message, address }, 'control listener error'));
     const bound = server.address();
-    return typeof bound === 'object' && bound ? bound.port : 0;
+    const handle: ControlListenerHandle = {
+      close: () => {
+        server.close();
+        const i = this.servers.indexOf(server);
+        if (i >= 0) this.servers.splice(i, 1);
+        for (const s of mine) s.destroy();
+      },
+    };
+    return { port: typeof bound === 'object' && bound ? bound.port : 0, handle };
   }
 
   private credentialsOf(sock: Socket, kind: PeerKind): PeerCredentials {
@@ -76,11 +122,10 @@ export class ControlListeners {
     }
   }
 
-  private onConnection(sock: Socket, injector: Injector, kind: PeerKind, name: string): void {
+  private onConnection(sock: Socket, injector: Injector, creds: PeerCredentials, name: string): void {
     sock.on('error', () => {}); // a peer that resets before grpc-js takes the socket must not crash the gateway
-    const creds = this.credentialsOf(sock, kind);
     // Over TLS grpc-js reports a Unix peer as "unknown": its calls are never matched, so no first-call timer (the TLS handshake timeout and the idle timeout still apply).
-    const matchable = kind === 'tcp' || !this.o.tls;
+    const matchable = creds.kind === 'tcp' || !this.o.tls;
     const admitted = this.o.admission.admit(sock, creds, matchable);
     if (!admitted.admitted) return;
     this.sockets.add(sock);

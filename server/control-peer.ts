@@ -11,7 +11,8 @@
  * connection. A TCP connection is already unique by `address:port`; a Unix
  * connection has no address, so it is given a synthetic, unique one
  * (`unix:<listener>#<n>`), which no TCP peer can produce.
- * Another kind of peer (a VM's vsock CID) is one more `PeerCredentials` variant.
+ * VM guests (`vmm`, `vsock`) get `vm:<listener>#<n>`: not `unix:`, so the
+ * shm plane, which takes `unix:` peers as same-host, does not count them as such.
  */
 import type { Socket } from 'node:net';
 
@@ -27,11 +28,15 @@ export type PeerCredentials =
    * never maps to a uid identity.
    */
   | { readonly kind: 'vmm'; readonly path: string }
+  /** A VM guest on a native AF_VSOCK listener (vhost-vsock): the kernel's peer CID is the VM. */
+  | { readonly kind: 'vsock'; readonly cid: number; readonly port: number }
   /** A TCP peer. */
   | { readonly kind: 'tcp'; readonly address: string; readonly port: number };
 
 /** Prefix of the synthetic remote address of Unix control connections (transport-shm's isLocalPeer takes `unix:` as same-host). */
 const UNIX_PEER_PREFIX = 'unix:';
+/** Prefix of the synthetic remote address of VM guests' control connections. */
+const VM_PEER_PREFIX = 'vm:';
 
 /** The string grpc-js's getPeer() reports for a connection (server-interceptors.js getPeer). */
 function grpcPeerString(sock: Socket): string {
@@ -62,7 +67,8 @@ export class PeerRegistry {
    */
   register(sock: Socket, credentials: PeerCredentials, listenerName: string): PeerEntry | undefined {
     if (credentials.kind !== 'tcp') {
-      const synthetic = `${UNIX_PEER_PREFIX}${listenerName}#${this.nextUnix++}`;
+      const prefix = credentials.kind === 'vmm' || credentials.kind === 'vsock' ? VM_PEER_PREFIX : UNIX_PEER_PREFIX;
+      const synthetic = `${prefix}${listenerName}#${this.nextUnix++}`;
       // Shadow the (empty) address of a Unix socket: grpc-js reads it through the session's socket proxy.
       Object.defineProperty(sock, 'remoteAddress', { value: synthetic, configurable: true });
       Object.defineProperty(sock, 'remotePort', { value: undefined, configurable: true });

@@ -20,6 +20,8 @@ import { Policy } from './policy.js';
 import { createServices } from './service.js';
 import { ControlAdmission } from './control-admission.js';
 import { ControlListeners } from './control-listeners.js';
+import { VmmListeners, vsockUdsPath, type ServedVm } from './vmm-listeners.js';
+import { VsockListeners } from './vsock-listeners.js';
 import { PeerRegistry } from './control-peer.js';
 import { addGuardedService } from './decode-guard.js';
 import { CountBudget } from './count-budget.js';
@@ -30,7 +32,7 @@ import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { createTelemetry, type Telemetry } from './telemetry.js';
 import type { Logger } from '../native/log.js';
 import type { Transport } from './transport.js';
-import { removeStaleSocket, TcpTransport } from './transport-tcp.js';
+import { TcpTransport } from './transport-tcp.js';
 import { withFastDataCodec } from '../proto/wire.js';
 import { widenGrpcWindows } from './grpc-windows.js';
 import { GrpcTransport } from './transport-grpc.js';
@@ -64,12 +66,10 @@ export interface GatewayAddresses {
   metrics: string | undefined;
   /** With `vsock_uds`: the Unix sockets VM guests reach the control and data planes through. */
   vsock?: { control: string; data: string };
+  /** With `vsock`: the AF_VSOCK ports listened on. */
+  vsockPorts?: { control: number; data: number };
 }
 
-/** The VMM's Unix socket for guest connections to host vsock port `port` (Firecracker / Cloud Hypervisor). */
-function vsockUdsPath(path: string, port: number): string {
-  return `${path}_${port}`;
-}
 
 export class Gateway {
   readonly telemetry: Telemetry;
@@ -94,6 +94,10 @@ export class Gateway {
   readonly controlAdmission: ControlAdmission;
   /** The control listeners, created in start() once the native addon (SO_PEERCRED) is known. */
   private controlListeners: ControlListeners | undefined;
+  /** `vsock_uds`: the VMs served through their VMMs' Unix sockets. */
+  private vmm: VmmListeners | undefined;
+  /** `vsock`: native AF_VSOCK control and data listeners (vhost-vsock guests). */
+  private vsockListeners: VsockListeners | undefined;
 
   constructor(
     readonly config: Config,
@@ -132,7 +136,8 @@ export class Gateway {
       maxUnauthenticated: lim.max_unauthenticated_data_connections,
       maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
       refusalLog,
-      ...(config.vsock_uds ? { vsockUds: { path: vsockUdsPath(config.vsock_uds.path, config.vsock_uds.data_port), port: config.vsock_uds.data_port } } : {}),
+      // VM guests are told the vsock data port; their listeners are vmm-listeners.ts's and vsock-listeners.ts's.
+      ...(config.vsock_uds || config.vsock ? { vsockPort: (config.vsock_uds ?? config.vsock)!.data_port } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
     this.peers = new PeerRouter(config.peers, this.logger, options.peerGateways);
@@ -223,6 +228,21 @@ export class Gateway {
     metrics.observeOpenSockets(() => this.table.openCounts());
   }
 
+  /** The VMs served through `vsock_uds` now (configured and watched). */
+  get vms(): ServedVm[] {
+    return this.vmm?.list() ?? [];
+  }
+
+  /** Connections the native AF_VSOCK listeners accepted, per port (`vsock`; tests, status). */
+  get vsockAccepted(): { control: number; data: number } {
+    return { ...(this.vsockListeners?.accepted ?? { control: 0, data: 0 }) };
+  }
+
+  /** Resolves once the watched VM directory's changes so far are applied (tests). */
+  async vmsSettled(): Promise<void> {
+    await this.vmm?.settled();
+  }
+
   get addresses(): GatewayAddresses {
     if (!this.addressesValue) throw new Error('gateway not started');
     return this.addressesValue;
@@ -281,12 +301,6 @@ export class Gateway {
     });
     this.controlListeners = listeners;
     const bound = await listeners.listen(control, 'control');
-    const vsock = this.config.vsock_uds;
-    if (vsock) {
-      const path = vsockUdsPath(vsock.path, vsock.control_port);
-      removeStaleSocket(path);
-      await listeners.listen(`unix:${path}`, 'vmm');
-    }
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
     if (this.native && this.config.transports.enabled.includes('rdma')) await this.startRdma(this.native);
@@ -295,13 +309,21 @@ export class Gateway {
     for (const t of this.transports.values()) {
       if (t !== this.shm && t !== this.rdma) await t.start();
     }
+    const vsock = this.config.vsock_uds;
+    if (vsock) {
+      this.vmm = new VmmListeners({ config: vsock, control: listeners, tcp: this.tcp, identityOf: (p) => this.policy.vmIdentityName({ vmmPath: p }), logger: this.logger });
+      await this.vmm.start();
+    }
+    const vsockPorts = this.config.vsock ? this.startVsock(listeners) : undefined;
     await this.telemetry.start();
     const c = splitListenAddress(control);
     const controlTarget = 'path' in c ? control : `${c.host.includes(':') ? `[${c.host}]` : c.host}:${bound}`;
     this.addressesValue = { control: controlTarget, data: `127.0.0.1:${this.tcp.port}`, metrics: this.telemetry.metricsUrl };
     const d = splitListenAddress(this.config.listen.data);
     if (!('path' in d)) this.addressesValue.data = `${d.host.includes(':') ? `[${d.host}]` : d.host}:${this.tcp.port}`;
-    if (vsock) this.addressesValue.vsock = { control: vsockUdsPath(vsock.path, vsock.control_port), data: vsockUdsPath(vsock.path, vsock.data_port) };
+    const first = vsock?.path ?? vsock?.vms[0]?.path;
+    if (vsockPorts) this.addressesValue.vsockPorts = vsockPorts;
+    if (vsock && first) this.addressesValue.vsock = { control: vsockUdsPath(first, vsock.control_port), data: vsockUdsPath(first, vsock.data_port) };
     // Guests never reach the gateway through itself: policy learns the ports it really bound.
     const metricsUrl = this.telemetry.metricsUrl ? new URL(this.telemetry.metricsUrl) : undefined;
     this.policy.setGatewayEndpoints([
@@ -315,6 +337,22 @@ export class Gateway {
     const ready = this.logger.level === 'silent' ? this.logger : this.logger.child({}, { level: 'info' });
     ready.info({ control: controlTarget, data: this.addressesValue.data, metrics: this.addressesValue.metrics, transports: this.config.transports.enabled }, 'sockgate gateway serving');
     return this.addressesValue;
+  }
+
+  /** Native AF_VSOCK listeners (`vsock`); configured but impossible (no addon, no AF_VSOCK) is an error. */
+  private startVsock(control: ControlListeners): { control: number; data: number } {
+    const native = this.native;
+    if (!native) throw new NativeError(`vsock: AF_VSOCK listeners need the native addon, which did not load: ${this.nativeError}`);
+    this.vsockListeners = new VsockListeners({
+      config: this.config.vsock!,
+      native,
+      pump: this.hub(native).pump,
+      control,
+      tcp: this.tcp,
+      identityOf: (cid) => this.policy.vmIdentityName({ cid }),
+      logger: this.logger,
+    });
+    return this.vsockListeners.start();
   }
 
   /** The shared pump, created on first use; it keeps the process alive only while it has links. */
@@ -413,6 +451,7 @@ export class Gateway {
     this.logger.info({ open: this.table.size }, 'shutting down: draining');
     const hadSockets = this.table.size > 0;
     for (const t of this.transports.values()) await t.close();
+    this.vsockListeners?.stopAccepting();
     for (const s of this.table.list()) {
       if (s instanceof ListenerSocket || (s instanceof StreamSocket && s.state === SocketState.SOCKET_STATE_PENDING_ATTACH)) {
         void s.destroy(new ShuttingDownError());
@@ -428,7 +467,10 @@ export class Gateway {
     if (hadSockets && drained) await new Promise((r) => setTimeout(r, END_CONFIRM_LINGER_MS));
     await this.peers.close();
     this.registry.close();
+    // Bridged AF_VSOCK connections are links on the pump: they end before it closes.
+    await this.vsockListeners?.close();
     await this.closeNative();
+    this.vmm?.close();
     this.controlListeners?.stopAccepting();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
@@ -450,6 +492,8 @@ export class Gateway {
     this.shuttingDown = true;
     await this.table.destroyAll(new ShuttingDownError());
     this.server.forceShutdown();
+    await this.vsockListeners?.close();
+    this.vmm?.close();
     this.controlListeners?.close();
     await this.peers.close();
     for (const t of this.transports.values()) await t.close();

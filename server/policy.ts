@@ -16,6 +16,7 @@ import { splitListenAddress, type Config, type RuleConfig, type TransportName } 
 import { InvalidArgumentError, PolicyDeniedError, UnauthenticatedError } from '../proto/errors.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
 import { formatUri, type L4Protocol } from '../proto/uri.js';
+import { VmIdentities, type VmOrigin } from './vm-identity.js';
 
 /** Tracer name: SOCKGATE_TRACE=policy logs every decision. */
 const TRACER = 'policy';
@@ -57,7 +58,7 @@ const SHA256_HEX = /^[0-9a-f]{64}$/i;
 const trace = tracer(TRACER);
 const tracing = isTracerEnabled(TRACER);
 
-export type IdentitySource = 'token' | 'mtls' | 'anonymous' | 'peercred';
+export type IdentitySource = 'token' | 'mtls' | 'anonymous' | 'peercred' | 'vm';
 
 export interface Identity {
   readonly name: string;
@@ -77,6 +78,8 @@ export interface CallerCredentials {
   tlsCommonName?: string;
   /** SO_PEERCRED uid of a same-host Unix-socket client. */
   peerUid?: number;
+  /** The VM a guest's connection came from (vsock CID or VMM socket), as the hypervisor tells it. */
+  vm?: VmOrigin;
 }
 
 export type Direction = 'connect' | 'listen' | 'bind';
@@ -346,6 +349,8 @@ export class Policy {
   readonly #byUid: ReadonlyMap<number, Identity>;
   /** The anonymous identity, or undefined when anonymous access is disabled. */
   readonly #anonymous: Identity | undefined;
+  /** VM guests by vsock CID or VMM socket (vm-identity.ts). */
+  readonly #vms: VmIdentities<Identity>;
   /** Rules in configuration order; the first match decides. */
   readonly #rules: readonly CompiledRule[];
   /** The gateway's own listening endpoints: a connect to one matches only a rule listing that exact address and port. */
@@ -428,6 +433,7 @@ export class Policy {
     this.#tokens = tokens;
     this.#byCommonName = byCommonName;
     this.#byUid = byUid;
+    this.#vms = new VmIdentities(config, new Set(names.keys()), (id) => make(id.name, id.admin, id.max_sockets ?? defaultMax, 'vm', id.transports ?? config.transports.enabled));
     this.#anonymous = config.anonymous.enabled
       ? make(ANONYMOUS_NAME, config.anonymous.admin, defaultMax, 'anonymous', config.transports.enabled)
       : undefined;
@@ -454,6 +460,17 @@ export class Policy {
    * also for a client certificate whose CN maps to no identity.
    */
   identify(creds: CallerCredentials): Identity {
+    if (!creds.vm) return this.identifyCaller(creds);
+    const sent = creds.authorization !== undefined || creds.tlsCommonName !== undefined;
+    return this.#vms.identify(creds.vm, sent ? this.identifyCaller(creds) : undefined, this.#anonymous);
+  }
+
+  /** The identity a VM's guests are, if its CID or VMM socket maps to one. */
+  vmIdentityName(o: VmOrigin): string | undefined {
+    return this.#vms.nameOf(o);
+  }
+
+  private identifyCaller(creds: CallerCredentials): Identity {
     if (creds.authorization !== undefined) {
       const m = creds.authorization.length <= MAX_TOKEN_LENGTH + 16 ? BEARER.exec(creds.authorization) : null;
       if (!m || m[1]!.length > MAX_TOKEN_LENGTH) {

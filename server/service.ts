@@ -135,6 +135,8 @@ function credentialsOf(call: CallLike, peers: PeerLookup | undefined): CallerCre
   }
   const peer = peers?.lookup(call.getPeer())?.credentials;
   if (peer?.kind === 'unix') creds.peerUid = peer.uid;
+  else if (peer?.kind === 'vmm') creds.vm = { vmmPath: peer.path };
+  else if (peer?.kind === 'vsock') creds.vm = { cid: peer.cid };
   return creds;
 }
 

@@ -66,6 +66,16 @@ export interface TcpTransportOptions {
    * TcpAttach.vsock_port.
    */
   vsockUds?: { path: string; port: number };
+  /** The vsock data port guests are told (TcpAttach.vsock_port) when their listeners are run elsewhere (vmm-listeners.ts, vsock-listeners.ts). */
+  vsockPort?: number;
+}
+
+/** A data connection handed in by another listener (a VM's): who it is for the bounds, and whose sockets it may attach. */
+export interface HandedConnection {
+  /** The key its unauthenticated-connection bound is counted under (one per VM). */
+  peerKey: string;
+  /** Why this connection may not attach `target` (another identity's socket), or undefined if it may. */
+  mayAttach?: (target: GatewaySocket) => string | undefined;
 }
 
 /** The native relay: the addon and the gateway's shared pump. */
@@ -157,14 +167,21 @@ export class TcpTransport implements Transport {
       accepted: {
         kind: TransportKind.TRANSPORT_KIND_TCP,
         version: this.version,
-        params: { $case: 'tcp', tcp: { host: this.options.advertiseHost, port: this.boundPort, vsockPort: this.options.vsockUds?.port ?? 0 } },
+        params: { $case: 'tcp', tcp: { host: this.options.advertiseHost, port: this.boundPort, vsockPort: this.options.vsockUds?.port ?? this.options.vsockPort ?? 0 } },
       },
     };
   }
 
-  private onConnection(sock: Socket): void {
-    // Unix (vsock) connections have no address: they share one key.
-    const peer = sock.remoteAddress ?? 'local';
+  /** A stream connection accepted by another listener (a VM's Unix socket, a bridged AF_VSOCK one): served as the data port's own. */
+  handleConnection(sock: Socket, from: HandedConnection): void {
+    // A Unix stream has no reset (net throws for one): an abort closes it; the guest's SDK confirms every end over the control plane.
+    sock.resetAndDestroy = () => sock.destroy();
+    this.onConnection(sock, from);
+  }
+
+  private onConnection(sock: Socket, from?: HandedConnection): void {
+    // Unix (vsock) connections have no address: they share one key, unless their listener named one.
+    const peer = from?.peerKey ?? sock.remoteAddress ?? 'local';
     const fromPeer = this.handshakingPerPeer.get(peer) ?? 0;
     const maxTotal = this.options.maxUnauthenticated ?? MAX_UNAUTHENTICATED;
     const maxPerPeer = this.options.maxUnauthenticatedPerPeer ?? MAX_UNAUTHENTICATED_PER_PEER;
@@ -227,6 +244,8 @@ export class TcpTransport implements Transport {
         if (err instanceof AttachTokenError) return reject(FAILURE_STATUS[err.failure], err.message);
         return reject(AttachStatus.INTERNAL, (err as Error).message);
       }
+      const refused = from?.mayAttach?.(target);
+      if (refused) return reject(AttachStatus.WRONG_TOKEN, refused);
       cleanup();
       sock.pause();
       if (p.rest.length) sock.unshift(p.rest);

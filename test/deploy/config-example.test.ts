@@ -36,7 +36,7 @@ test('config.example.yaml validates against the schema', (t) => {
   t.true(config.identities.length >= 2);
   for (const id of config.identities) {
     t.deepEqual(id.tokens, [], `identity ${id.name} has clear tokens`);
-    t.true(id.tokens_sha256.length > 0 || id.uids.length > 0);
+    t.true(id.tokens_sha256.length > 0 || id.uids.length > 0 || id.vsock_cids.length > 0 || id.vmm_paths.length > 0);
   }
   // First match decides: the example shows a deny before the allows.
   t.is(config.rules[0]!.action, 'deny');

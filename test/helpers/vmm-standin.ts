@@ -38,10 +38,10 @@ export interface VmmStandin {
   close(): Promise<void>;
 }
 
-/** Start a stand-in with its `uds_path` in a fresh temporary directory. */
-export async function startVmmStandin(): Promise<VmmStandin> {
+/** Start a stand-in with its `uds_path` in a fresh temporary directory, or at `opts.udsPath` (several VMMs in one directory). */
+export async function startVmmStandin(opts: { udsPath?: string } = {}): Promise<VmmStandin> {
   const dir = mkdtempSync(join(tmpdir(), 'sockgate-vmm-'));
-  const udsPath = join(dir, 'v.sock');
+  const udsPath = opts.udsPath ?? join(dir, 'v.sock');
   const listeners = new Map<number, (sock: Socket) => void>();
   const sockets = new Set<Socket>();
   const servers: Server[] = [];

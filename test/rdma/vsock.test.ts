@@ -110,7 +110,8 @@ if (!IN_VM) {
           telemetry: { log_level: 'silent', traces: 'none' },
           shutdown: { drain_timeout_ms: 2000 },
         },
-        { vsock_uds: { path: udsPath, control_port: CONTROL_PORT, data_port: DATA_PORT } },
+        // The guest is the identity its VM (the VMM socket) maps to; an unmapped VM is refused (issue 17).
+        { vsock_uds: { path: udsPath, control_port: CONTROL_PORT, data_port: DATA_PORT }, identities: [{ name: 'vm-uds', vmm_paths: [udsPath] }] },
       ),
     });
     const gateway = new ServerGateway(config);

@@ -110,6 +110,8 @@ test('gateway config: vsock_uds is optional and its errors name the key', (t) =>
   t.is(loadConfig().vsock_uds, undefined);
   t.deepEqual(loadConfig({ overrides: { vsock_uds: { path: '/run/vm1/v.sock', control_port: 7070, data_port: 7071 } } }).vsock_uds, {
     path: '/run/vm1/v.sock',
+    vms: [],
+    max_vms: 1024,
     control_port: 7070,
     data_port: 7071,
   });

@@ -34,7 +34,8 @@ const DATA_PORT = 7071;
 
 test('guest → host over the VMM convention: SDK through <uds>_7070, data through <uds>_7071, SHA-256 both ways', async (t) => {
   const vmm = await startVmmStandin();
-  const gw = await startGateway({ vsock_uds: { path: vmm.udsPath, control_port: CONTROL_PORT, data_port: DATA_PORT } });
+  // The guest is the identity its VM (the VMM socket) maps to: no token (issue 17; unmapped VMs are refused).
+  const gw = await startGateway({ vsock_uds: { path: vmm.udsPath, control_port: CONTROL_PORT, data_port: DATA_PORT }, identities: [{ name: 'vm1', vmm_paths: [vmm.udsPath] }] });
   const echo = await echoServer();
   t.teardown(async () => {
     await echo.close();
