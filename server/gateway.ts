@@ -166,6 +166,7 @@ export class Gateway {
         maxNegotiateRounds: lim.max_negotiate_rounds,
         maxPendingAttachMs: lim.max_pending_attach_ms,
         listSocketsPageSize: lim.list_sockets_page_size,
+        maxConfirmBatch: lim.max_confirm_batch,
         pending: new CountBudget({
           what: 'sockets waiting for their data channel',
           maxTotal: lim.max_pending_sockets,
