@@ -129,6 +129,7 @@ export class Gateway {
       metrics,
       logger: this.logger,
       preambleTimeoutMs: lim.data_preamble_timeout_ms,
+      parallelOpenWaitMs: lim.data_parallel_open_wait_ms,
       maxUnauthenticated: lim.max_unauthenticated_data_connections,
       maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
       refusalLog,

@@ -26,6 +26,7 @@ import { bridgeToFd } from './fd-bridge.js';
 import type { CallOpts, ConnectOptions } from './call-options.js';
 import { ConnectGate } from './connect-gate.js';
 import { EndConfirmer } from './end-confirm.js';
+import { ParallelOpen } from './tcp-parallel.js';
 import { attachGrpc, attachTcp } from './attach-plane.js';
 import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
@@ -134,6 +135,8 @@ export interface GatewayOptions {
   maxConcurrentConnects?: number;
   /** Connects that may wait for a turn; one more fails at once with LimitExceededError. Default 65536. */
   maxWaitingConnects?: number;
+  /** tcp plane: open the data connection alongside the Connect once the data port is known (tcp-parallel.ts). Default true. */
+  parallelOpen?: boolean;
 }
 
 export type { CallOpts, ConnectOptions } from './call-options.js';
@@ -195,6 +198,8 @@ export class Gateway {
   private readonly connectGate: ConnectGate;
   /** The tcp plane's end-of-stream confirmations, batched. */
   private readonly endConfirmer: EndConfirmer;
+  /** The tcp plane's data connection opened alongside the Connect. */
+  private readonly parallel: ParallelOpen;
 
   private constructor(
     readonly target: string,
@@ -225,6 +230,7 @@ export class Gateway {
     this.rdmaOptions = options.rdma ?? {};
     this.connectGate = new ConnectGate(options.maxConcurrentConnects ?? DEFAULT_CONCURRENT_CONNECTS, options.maxWaitingConnects ?? DEFAULT_WAITING_CONNECTS);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false);
     // No wait-for-ready: a gateway that is gone must not be waited for, nor its successor asked.
     this.endConfirmer = new EndConfirmer(
       async (socketIds) => (await this.unary(this.client.confirmEnds, { socketIds }, { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false })).states,
@@ -423,7 +429,11 @@ export class Gateway {
   ): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     const started = Date.now();
     trace(`connect ${uri}: offering ${offers.map((o) => transportNameOf(o.kind)).join(',')}`);
-    const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
+    // tcp first and the data port known: its data connection opens alongside the Connect (tcp-parallel.ts).
+    let par = this.parallel.begin(req.offers, callOpts.signal);
+    const res = await this.unary(this.client.connect, { ...req, offers: par.offers }, callOpts).catch((err: unknown) => {
+      this.parallel.drop(par.early);
+      par = { offers: req.offers };
       // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
       // retried once on the next connection; a gateway that did get the first call reaps its socket
       // when the unused attach token expires.
@@ -433,7 +443,7 @@ export class Gateway {
       throw err;
     });
     trace(`connect ${uri}: socket ${res.socketId}, gateway accepted ${res.negotiation?.accepted ? transportNameOf(res.negotiation.accepted.kind) : 'none'}`);
-    return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
+    return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts, this.parallel.take(par.early, res.negotiation?.accepted));
   }
 
   /**
@@ -502,9 +512,10 @@ export class Gateway {
     offers: TransportOffer[],
     local: FallbackInfo[],
     opts: CallOpts,
+    early?: Promise<Duplex>,
   ): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     try {
-      const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'stream', opts);
+      const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'stream', opts, early);
       return {
         inner: channel,
         meta: { socketId, transport: transportNameOf(accepted.kind) as TransportName, fallbacks: [...local, ...fallbacks], localUri, remoteUri },
@@ -533,13 +544,16 @@ export class Gateway {
     offers: TransportOffer[],
     mode: 'stream' | 'datagram',
     opts: CallOpts,
+    /** The first round's channel, already being attached (a parallel open the gateway took). */
+    early?: Promise<Duplex>,
   ): Promise<{ channel: Duplex; accepted: Accepted; fallbacks: FallbackInfo[] }> {
     let result = negotiation;
     for (let round = 0; round <= offers.length; round++) {
       const accepted = result?.accepted;
       if (!accepted) throw new NoTransportError(`gateway accepted none of the offered transports: ${(result?.fallbacks ?? []).map((f) => `${transportNameOf(f.kind)}: ${f.detail}`).join('; ')}`);
       try {
-        const channel = await this.attachWith(accepted, mode, opts, socketId);
+        // A parallel open that failed (refused before its token was issued, say) leaves the token unredeemed: attach with it as usual.
+        const channel = await (round === 0 && early ? early.catch(() => this.attachWith(accepted, mode, opts, socketId)) : this.attachWith(accepted, mode, opts, socketId));
         return { channel, accepted, fallbacks: (result?.fallbacks ?? []).map(fallbackInfo) };
       } catch (err) {
         if (err instanceof AbortedError) throw err;
@@ -587,6 +601,7 @@ export class Gateway {
   private attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts, vsockPort = 0): Promise<Duplex> {
     // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
     const viaVsock = this.vsock && vsockPort ? { cid: this.vsock.vsock.cid, port: vsockPort } : undefined;
+    if (!viaVsock && mode === 'stream') this.parallel.learn(host, port);
     return attachTcp(viaVsock ? { vsock: viaVsock } : { host, port }, token, mode, opts.signal);
   }
 
