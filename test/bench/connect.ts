@@ -19,7 +19,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, realpathSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,6 +97,26 @@ async function serverChild(): Promise<void> {
 interface Path {
   transport: string;
   open(): Duplex;
+  /** Processes in the middle (HAProxy; the proxy and the gateway), for CPU per connection. */
+  pids: number[];
+}
+
+/** USER_HZ of /proc times. */
+const USER_HZ = 100;
+
+/** CPU ms (user + system) of `pids` so far. */
+function cpuMs(pids: readonly number[]): number {
+  let ms = 0;
+  for (const pid of pids) {
+    try {
+      const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const v = f.slice(f.lastIndexOf(')') + 2).split(' ').map(Number);
+      ms += ((v[11]! + v[12]!) * 1000) / USER_HZ;
+    } catch {
+      // gone
+    }
+  }
+  return ms;
 }
 
 /** One request on a fresh connection: ms from open() to the first response byte; rejects on a wrong answer. */
@@ -126,6 +146,9 @@ function request(path: Path): Promise<number> {
 }
 
 interface Run {
+  /** CPU ms per connection: the processes in the middle, and this (client) process. */
+  middleCpu: number;
+  clientCpu: number;
   conns: number;
   ms: number;
   lat: number[];
@@ -138,6 +161,8 @@ async function runFor(path: Path, clients: number, ms: number): Promise<Run> {
   const lat: number[] = [];
   let errors = 0;
   let firstError: string | undefined;
+  const c0 = cpuMs(path.pids);
+  const u0 = process.cpuUsage();
   const start = performance.now();
   const end = start + ms;
   const worker = async () => {
@@ -152,7 +177,9 @@ async function runFor(path: Path, clients: number, ms: number): Promise<Run> {
     }
   };
   await Promise.all(Array.from({ length: clients }, worker));
-  return { conns: lat.length, ms: performance.now() - start, lat, errors, ...(firstError ? { firstError } : {}) };
+  const u = process.cpuUsage(u0);
+  const n = Math.max(1, lat.length);
+  return { middleCpu: (cpuMs(path.pids) - c0) / n, clientCpu: (u.user + u.system) / 1000 / n, conns: lat.length, ms: performance.now() - start, lat, errors, ...(firstError ? { firstError } : {}) };
 }
 
 function haveTool(tool: string): boolean {
@@ -168,7 +195,7 @@ async function freePort(): Promise<number> {
   return p;
 }
 
-async function startHaproxy(backend: number): Promise<{ port: number; stop(): Promise<void> }> {
+async function startHaproxy(backend: number): Promise<{ port: number; pid: number; stop(): Promise<void> }> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'sockgate-connect-'));
   const cfg = join(dir, 'haproxy.cfg');
@@ -191,6 +218,7 @@ async function startHaproxy(backend: number): Promise<{ port: number; stop(): Pr
   }
   return {
     port,
+    pid: h.pid!,
     async stop() {
       h.kill('SIGTERM');
       await within(once(h, 'exit'), 5_000, 'haproxy exit').catch(() => h.kill('SIGKILL'));
@@ -198,11 +226,11 @@ async function startHaproxy(backend: number): Promise<{ port: number; stop(): Pr
   };
 }
 
-const tcpPath = (transport: string, port: number): Path => ({ transport, open: () => netConnect({ host: '127.0.0.1', port, noDelay: true }) });
+const tcpPath = (transport: string, port: number, pids: number[] = []): Path => ({ transport, pids, open: () => netConnect({ host: '127.0.0.1', port, noDelay: true }) });
 
 /** The SDK's connect() (createConnection: a socket at once, like net.connect). */
-function sdkPath(sdk: SdkGateway, plane: TransportName, uri: string): Path {
-  return { transport: `sdk-${plane}`, open: () => sdk.createConnection(uri, undefined, { transports: [plane], noDelay: true }) };
+function sdkPath(sdk: SdkGateway, plane: TransportName, uri: string, gatewayPid: number): Path {
+  return { transport: `sdk-${plane}`, pids: [gatewayPid], open: () => sdk.createConnection(uri, undefined, { transports: [plane], noDelay: true }) };
 }
 
 function rowOf(transport: string, clients: number, runs: Run[]): BenchRow {
@@ -221,6 +249,8 @@ function rowOf(transport: string, clients: number, runs: Run[]): BenchRow {
     conn_per_s: round(median(rates), 0),
     runs_conn_per_s: rates.map((r) => round(r, 0)),
     runs_p50_us: p50.map((v) => round(v)),
+    middle_cpu_ms_per_conn: round(median(runs.map((r) => r.middleCpu)), 3),
+    client_cpu_ms_per_conn: round(median(runs.map((r) => r.clientCpu)), 3),
     errors,
     ...(firstError ? { first_error: firstError } : {}),
     family: 'connect',
@@ -257,7 +287,7 @@ export const connectFamily: BenchFamily = {
       if (haveTool('haproxy')) {
         const h = await startHaproxy(server.port);
         stops.push(h.stop);
-        paths.push(tcpPath('haproxy', h.port));
+        paths.push(tcpPath('haproxy', h.port, [h.pid]));
       } else ctx.log('  haproxy: skipped: haproxy is not installed (no ratios)');
       const gw = await ctx.startGateway({ label: 'gateway-connect' });
       ctx.log(`  ${gw.label}: pid ${gw.pid}, control ${gw.target}`);
@@ -272,13 +302,13 @@ export const connectFamily: BenchFamily = {
         const p = await startProxyChild(plane, gw.target, target, target);
         stops.push(p.stop);
         ctx.log(`  proxy-${plane}: pid ${p.pid}`);
-        paths.push(tcpPath(`proxy-${plane}`, Number(p.listenFor.get(uri)!.split(':').pop())));
+        paths.push(tcpPath(`proxy-${plane}`, Number(p.listenFor.get(uri)!.split(':').pop()), [p.pid, gw.pid]));
       }
       for (const plane of SDK_PLANES) {
         if (!want(`sdk-${plane}`) || !SDK_TRANSPORTS.includes(plane)) continue;
         const sdk = await SdkGateway.connect(gw.target, { transports: [plane] }, { deadlineMs: 15_000 });
         sdks.push(sdk);
-        paths.push(sdkPath(sdk, plane, uri));
+        paths.push(sdkPath(sdk, plane, uri, gw.pid));
       }
       const runs = new Map<string, Run[]>();
       for (const p of paths) await runFor(p, 1, WARM_MS);
@@ -291,7 +321,7 @@ export const connectFamily: BenchFamily = {
             runs.set(key, [...(runs.get(key) ?? []), res]);
             const sorted = Float64Array.from(res.lat).sort();
             ctx.log(
-              `  connect c${clients} ${p.transport.padEnd(10)} run ${r + 1}/${ctx.reps}: ${((res.conns * 1000) / res.ms).toFixed(0)} conn/s, p50 ${(percentile(sorted, 50) * 1000).toFixed(0)} µs, p99 ${(percentile(sorted, 99) * 1000).toFixed(0)} µs${res.errors ? `, ${res.errors} errors (${res.firstError})` : ''}`,
+              `  connect c${clients} ${p.transport.padEnd(10)} run ${r + 1}/${ctx.reps}: ${((res.conns * 1000) / res.ms).toFixed(0)} conn/s, p50 ${(percentile(sorted, 50) * 1000).toFixed(0)} µs, p99 ${(percentile(sorted, 99) * 1000).toFixed(0)} µs; cpu/conn middle ${res.middleCpu.toFixed(2)} ms, client ${res.clientCpu.toFixed(2)} ms${res.errors ? `, ${res.errors} errors (${res.firstError})` : ''}`,
             );
           }
         }
@@ -300,7 +330,7 @@ export const connectFamily: BenchFamily = {
       for (const clients of CONCURRENCY) for (const p of paths) rows.push(rowOf(p.transport, clients, runs.get(`${p.transport}/${clients}`)!));
       addHaproxyRatios(rows);
       for (const r of rows) {
-        ctx.log(`  ${r.name} ${r.transport.padEnd(10)} ${String(r['conn_per_s']).padStart(6)} conn/s (${r['ratio_vs_haproxy'] ?? '-'}x haproxy), p50 ${r.p50_us} µs (${r['p50_ratio_vs_haproxy'] ?? '-'}x), p99 ${r.p99_us} µs`);
+        ctx.log(`  ${r.name} ${r.transport.padEnd(10)} ${String(r['conn_per_s']).padStart(6)} conn/s (${r['ratio_vs_haproxy'] ?? '-'}x haproxy), p50 ${r.p50_us} µs (${r['p50_ratio_vs_haproxy'] ?? '-'}x), p99 ${r.p99_us} µs; cpu/conn middle ${r['middle_cpu_ms_per_conn']} ms, client ${r['client_cpu_ms_per_conn']} ms; runs ${JSON.stringify(r['runs_conn_per_s'])} conn/s`);
       }
       return rows;
     } finally {
