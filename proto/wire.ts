@@ -12,7 +12,12 @@
  *  10  token    tok_len bytes
  *
  * The gateway answers with 8 bytes: "SGA1", status u8 (AttachStatus), 3 reserved
- * zero bytes; on anything but OK it closes the connection. After OK, a stream
+ * zero bytes; on anything but OK it closes the connection. Parallel open: the
+ * token may be a 32-byte nonce the client also put in its Connect's tcp offer
+ * (TcpOffer.open_nonce), sent before the Connect is answered; the gateway holds
+ * such a connection until it issues that token (limits.data_parallel_open_wait_ms),
+ * then answers as above. A clean end of stream (FIN) is confirmed over the
+ * control plane (ConfirmEnds): the raw plane cannot tell it from the gateway's death. After OK, a stream
  * socket's raw bytes flow; a datagram socket's datagrams flow as frames:
  *
  *   0  frame_len u32   (bytes after this field: 2 + uri_len + payload)

@@ -45,6 +45,12 @@ export class AttachRegistry<T> {
   private readonly spent = new Map<string, { why: 'replayed' | 'expired'; at: number }>();
   /** Live token digests per target, so revoke() is proportional to the target's tokens. */
   private readonly byTarget = new Map<T, Set<string>>();
+  /**
+   * Data connections that came before their token (parallel open), by the
+   * digest they wait for; woken when it is issued. Bounded by the transport's
+   * unauthenticated-connection limits and preamble timeout (each is one).
+   */
+  private readonly early = new Map<string, () => void>();
 
   constructor(
     private readonly ttlMs: number,
@@ -56,10 +62,20 @@ export class AttachRegistry<T> {
    * Issue a token for `target` on `transport`. `onExpire` runs if it is not
    * redeemed in time (the socket table uses it to reap unattached sockets).
    * The token expires after the registry's TTL, or at `notAfterMs` if sooner.
+   * `chosen` (the client's parallel-open nonce) becomes the token if it has the
+   * token's length and was never issued nor spent; else a fresh one is made.
    */
-  issue(target: T, transport: TransportKind, onExpire: () => void, notAfterMs = Number.POSITIVE_INFINITY): { token: Buffer; expiresAtMs: number } {
-    const token = randomBytes(ATTACH_TOKEN_BYTES);
-    const key = digest(token);
+  issue(target: T, transport: TransportKind, onExpire: () => void, notAfterMs = Number.POSITIVE_INFINITY, chosen?: Uint8Array): { token: Buffer; expiresAtMs: number } {
+    let token = randomBytes(ATTACH_TOKEN_BYTES);
+    let key = digest(token);
+    if (chosen?.length === ATTACH_TOKEN_BYTES) {
+      const k = digest(chosen);
+      const s = digest(chosen.subarray(0, SHORT_TOKEN_BYTES));
+      if (!this.pending.has(k) && !this.spent.has(k) && !this.shortKeys.has(s) && !this.spent.has(SHORT_SPENT + s)) {
+        token = Buffer.from(chosen);
+        key = k;
+      }
+    }
     const short = digest(token.subarray(0, SHORT_TOKEN_BYTES));
     // Never past notAfterMs: renewing a token must not extend its target's life forever.
     const ttlMs = Math.max(0, Math.min(this.ttlMs, notAfterMs - Date.now()));
@@ -78,7 +94,34 @@ export class AttachRegistry<T> {
     let keys = this.byTarget.get(target);
     if (!keys) this.byTarget.set(target, (keys = new Set()));
     keys.add(key);
+    const waiting = this.early.get(key);
+    if (waiting) {
+      this.early.delete(key);
+      // After the caller has recorded the negotiation, still before its answer goes out.
+      queueMicrotask(waiting);
+    }
     return { token, expiresAtMs };
+  }
+
+  /**
+   * A data connection presented `token` before it was issued (parallel open):
+   * `ready` runs once it is; redeem then. Returns a cancel function, or
+   * undefined if the token cannot be waited for (wrong length, spent, or
+   * another connection waits for it already).
+   */
+  park(token: Uint8Array, ready: () => void): (() => void) | undefined {
+    if (token.length !== ATTACH_TOKEN_BYTES) return undefined;
+    const key = digest(token);
+    if (this.pending.has(key) || this.spent.has(key) || this.early.has(key)) return undefined;
+    this.early.set(key, ready);
+    return () => {
+      if (this.early.get(key) === ready) this.early.delete(key);
+    };
+  }
+
+  /** Data connections waiting for their token (tests, diagnostics). */
+  get parked(): number {
+    return this.early.size;
   }
 
   /** Redeem a token once; throws AttachTokenError saying why it was refused. */
@@ -149,6 +192,7 @@ export class AttachRegistry<T> {
     this.shortKeys.clear();
     this.spent.clear();
     this.byTarget.clear();
+    this.early.clear();
   }
 
   /** Remember a spent token (and its short form, so a replay of that is told apart too). */

@@ -62,7 +62,9 @@ limits:
   udp_queue_bytes_total: 268435456
   max_recv_subscribers: 4
   list_sockets_page_size: 1000
+  max_confirm_batch: 1024
   data_preamble_timeout_ms: 5000
+  data_parallel_open_wait_ms: 1000
   max_unauthenticated_data_connections: 1024
   max_unauthenticated_data_connections_per_peer: 128
   refusal_log_interval_ms: 10000
@@ -355,8 +357,12 @@ export const configSchema = z.strictObject({
     max_recv_subscribers: positiveInt.default(4),
     /** Most sockets one ListSockets answer carries (the rest via next_page_token); a byte budget under the gRPC message limit applies too. */
     list_sockets_page_size: z.number().int().min(1).max(10_000).default(1000),
+    // Sockets one ConfirmEnds call may name (the SDK batches end-of-stream confirmations).
+    max_confirm_batch: z.number().int().min(1).max(65_536).default(1024),
     /** A tcp data-port connection that sends no complete preamble within this time is closed. */
     data_preamble_timeout_ms: z.number().int().min(100).max(120_000).default(5000),
+    // How long a data connection whose token is not issued yet waits for its Connect (parallel open).
+    data_parallel_open_wait_ms: z.number().int().min(0).max(120_000).default(1000),
     /** Data-port connections still in their preamble (unauthenticated), gateway-wide and per peer address. */
     max_unauthenticated_data_connections: positiveInt.default(1024),
     max_unauthenticated_data_connections_per_peer: positiveInt.default(128),

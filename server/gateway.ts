@@ -133,6 +133,7 @@ export class Gateway {
       metrics,
       logger: this.logger,
       preambleTimeoutMs: lim.data_preamble_timeout_ms,
+      parallelOpenWaitMs: lim.data_parallel_open_wait_ms,
       maxUnauthenticated: lim.max_unauthenticated_data_connections,
       maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
       refusalLog,
@@ -171,6 +172,7 @@ export class Gateway {
         maxNegotiateRounds: lim.max_negotiate_rounds,
         maxPendingAttachMs: lim.max_pending_attach_ms,
         listSocketsPageSize: lim.list_sockets_page_size,
+        maxConfirmBatch: lim.max_confirm_batch,
         pending: new CountBudget({
           what: 'sockets waiting for their data channel',
           maxTotal: lim.max_pending_sockets,

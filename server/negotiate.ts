@@ -26,6 +26,8 @@ export interface Decision {
   /** The chosen transport's attach parameters, without token. */
   accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'> | undefined;
   fallbacks: Fallback[];
+  /** tcp accepted with a parallel-open nonce in its offer: issued as the token (TcpOffer.open_nonce). */
+  nonce?: Uint8Array;
 }
 
 export class Negotiator {
@@ -88,7 +90,8 @@ export class Negotiator {
         decline(outcome.reason, outcome.detail);
         continue;
       }
-      return { accepted: outcome.accepted, fallbacks };
+      const nonce = offer.kind === TransportKind.TRANSPORT_KIND_TCP && offer.params?.$case === 'tcp' ? offer.params.tcp.openNonce : undefined;
+      return { accepted: outcome.accepted, fallbacks, ...(nonce?.length ? { nonce } : {}) };
     }
     return { accepted: undefined, fallbacks };
   }
@@ -106,7 +109,7 @@ export class Negotiator {
   issue(socket: GatewaySocket, decision: Decision, onExpire: () => void, notAfterMs?: number): NegotiationResult {
     socket.setFallbacks(decision.fallbacks);
     if (!decision.accepted) return { accepted: undefined, fallbacks: socket.fallbacks };
-    const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire, notAfterMs);
+    const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire, notAfterMs, decision.nonce);
     this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted);
     return { accepted: { ...decision.accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: socket.fallbacks };
   }

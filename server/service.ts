@@ -23,7 +23,6 @@ import type {
   RecvFromRequest,
   RecvFromResponse,
   SocketGatewayServiceServer,
-  SocketOption,
 } from '../proto/gen/sockgate/v1/sockgate.js';
 import { ShutdownHow, SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
@@ -36,11 +35,9 @@ import {
   ShuttingDownError,
   SockgateError,
   WrongSocketKindError,
-  fromSystemError,
   toStatus,
 } from '../proto/errors.js';
 import type { HostBackend } from './host-backend.js';
-import type { NativeLink } from './transport.js';
 import type { Negotiator, Decision } from './negotiate.js';
 import type { CallerCredentials, Identity, Policy } from './policy.js';
 import type { PeerRegistry } from './control-peer.js';
@@ -62,6 +59,8 @@ import { formatUri } from '../proto/uri.js';
 import type { CountBudget } from './count-budget.js';
 import type { LogLimiter } from './log-limiter.js';
 import { listSocketsPage } from './list-sockets.js';
+import { applyOption } from './socket-option.js';
+import { confirmEnds } from './confirm-ends.js';
 
 export interface ServiceDeps {
   policy: Policy;
@@ -94,6 +93,8 @@ export interface ServiceBounds {
   maxNegotiateRounds: number;
   /** limits.max_pending_attach_ms: a stream socket's tokens never outlive its creation by more. */
   maxPendingAttachMs: number;
+  /** limits.max_confirm_batch */
+  maxConfirmBatch: number;
   /** limits.list_sockets_page_size */
   listSocketsPageSize: number;
   /** Stream sockets in PENDING_ATTACH (limits.max_pending_sockets*). */
@@ -213,57 +214,6 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
     if (deps.isShuttingDown()) throw new ShuttingDownError('gateway is shutting down: no new sockets');
   }
 
-  function applyOption(sock: GatewaySocket, option: SocketOption | undefined): void {
-    const o = option?.option;
-    if (!o) throw new InvalidArgumentError('option is required');
-    if (sock instanceof StreamSocket) {
-      // A native link owns the host descriptor (the JS socket gave its own up): options go through the link.
-      const link = sock.nativeLink;
-      const viaLink = (l: NativeLink): void => {
-        if (!l.setHostOption) throw new WrongSocketKindError(`socket ${sock.id} rides a native link that takes no socket options`);
-        l.setHostOption(o);
-      };
-      switch (o.$case) {
-        case 'noDelay':
-          if (link) return viaLink(link);
-          sock.host.setNoDelay(o.noDelay);
-          return;
-        case 'keepAliveMs':
-          if (link) return viaLink(link);
-          sock.host.setKeepAlive(o.keepAliveMs > 0, o.keepAliveMs);
-          return;
-        case 'sendBufferBytes':
-        case 'recvBufferBytes': {
-          const bytes = o.$case === 'sendBufferBytes' ? o.sendBufferBytes : o.recvBufferBytes;
-          if (bytes < 1024 || bytes > 64 << 20) throw new InvalidArgumentError(`${o.$case === 'sendBufferBytes' ? 'send_buffer_bytes' : 'recv_buffer_bytes'} must be 1024..67108864, got ${bytes}`);
-          if (link) return viaLink(link);
-          if (!deps.setTcpBuffer) throw new WrongSocketKindError('TCP buffer sizes need the native addon, which is not loaded');
-          deps.setTcpBuffer(sock.host, o.$case === 'sendBufferBytes' ? 'send' : 'recv', bytes);
-          return;
-        }
-      }
-    } else if (sock instanceof DatagramSocket) {
-      switch (o.$case) {
-        case 'sendBufferBytes':
-        case 'recvBufferBytes': {
-          const send = o.$case === 'sendBufferBytes';
-          const bytes = send ? o.sendBufferBytes : o.recvBufferBytes;
-          if (bytes < 1024 || bytes > 64 << 20) throw new InvalidArgumentError(`${send ? 'send_buffer_bytes' : 'recv_buffer_bytes'} must be 1024..67108864, got ${bytes}`);
-          try {
-            if (send) sock.host.setSendBufferSize(bytes);
-            else sock.host.setRecvBufferSize(bytes);
-          } catch (err) {
-            throw fromSystemError(err, `setsockopt ${send ? 'SO_SNDBUF' : 'SO_RCVBUF'} on ${sock.id}`);
-          }
-          return;
-        }
-        default:
-          throw new WrongSocketKindError(`option ${o.$case} does not apply to a datagram socket`);
-      }
-    }
-    throw new WrongSocketKindError(`option ${o.$case} does not apply to a ${sock.kind}`);
-  }
-
   /** Reap a stream socket that was never attached. */
   function onAttachExpired(sock: GatewaySocket): () => void {
     return () => {
@@ -368,7 +318,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         }
         table.add(sock);
         try {
-          for (const option of req.options) applyOption(sock, option);
+          for (const option of req.options) applyOption(sock, option, deps.setTcpBuffer);
         } catch (err) {
           void sock.destroy();
           abandon(err);
@@ -588,13 +538,15 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
 
     setOption: unary('SetOption', async (req, identity) => {
       const sock = table.get(requireId(req.socketId), identity, 'owner');
-      applyOption(sock, req.option);
+      applyOption(sock, req.option, deps.setTcpBuffer);
       return {};
     }),
 
     getInfo: unary('GetInfo', async (req, identity) => {
       return { info: table.info(requireId(req.socketId), identity) };
     }),
+
+    confirmEnds: unary('ConfirmEnds', async (req, identity) => ({ states: await confirmEnds(table, identity, req.socketIds, deps.bounds.maxConfirmBatch) })),
 
     data: ((call: ServerDuplexStream<DataRequest, DataResponse>) => {
       let identity: Identity;

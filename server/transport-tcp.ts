@@ -32,6 +32,10 @@ const PREAMBLE_TIMEOUT_MS = 5_000;
 /** Defaults for the unauthenticated-connection bounds (limits.max_unauthenticated_data_connections*). */
 const MAX_UNAUTHENTICATED = 256;
 const MAX_UNAUTHENTICATED_PER_PEER = 16;
+/** Default for options.parallelOpenWaitMs (limits.data_parallel_open_wait_ms). */
+const PARALLEL_OPEN_WAIT_MS = 1_000;
+/** Bytes a parallel-open connection may send while its token is not issued yet (the SDK sends none but the preamble). */
+const MAX_PARKED_BYTES = 65_536;
 /** Refusal lines without a configured limiter: at most one per key per this interval. */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
@@ -54,6 +58,8 @@ export interface TcpTransportOptions {
   logger: Logger;
   /** A connection that sends no complete preamble within this time is closed. */
   preambleTimeoutMs?: number;
+  /** A preamble whose token is not issued yet waits this long for its Connect (parallel open); 0: refused at once. */
+  parallelOpenWaitMs?: number;
   /** Connections still in their preamble (unauthenticated), in total and per peer address; more are closed at once. */
   maxUnauthenticated?: number;
   maxUnauthenticatedPerPeer?: number;
@@ -197,10 +203,15 @@ export class TcpTransport implements Transport {
     this.handshaking.add(sock);
     this.handshakingPerPeer.set(peer, fromPeer + 1);
     let received: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => reject(AttachStatus.BAD_PREAMBLE, 'no preamble in time'), this.options.preambleTimeoutMs ?? PREAMBLE_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => (parked ? reject(AttachStatus.WRONG_TOKEN, 'its token was not issued within the preamble timeout (parallel open)') : reject(AttachStatus.BAD_PREAMBLE, 'no preamble in time')),
+      this.options.preambleTimeoutMs ?? PREAMBLE_TIMEOUT_MS,
+    );
     let cleaned = false;
     const cleanup = () => {
       clearTimeout(timer);
+      parked?.();
+      parked = undefined;
       sock.removeListener('data', onData);
       sock.removeListener('error', onError);
       sock.removeListener('end', onEnd);
@@ -232,8 +243,11 @@ export class TcpTransport implements Transport {
     const onEnd = () => reject(AttachStatus.BAD_PREAMBLE, 'connection ended inside the preamble');
     // A peer that resets without an error event (or is destroyed at shutdown) must not keep its count.
     const onClose = () => cleanup();
-    const onData = (chunk: Buffer) => {
-      received = received.length ? Buffer.concat([received, chunk]) : chunk;
+    // Parallel open: a preamble whose token is not issued yet waits for it (its Connect is in flight),
+    // still counted as unauthenticated and still under the preamble timeout.
+    let parked: (() => void) | undefined;
+    let waited = false;
+    const tryAttach = (): void => {
       const p = parsePreamble(received);
       if (p.state === 'need-more') return;
       if (p.state === 'bad') return reject(p.status, p.detail);
@@ -241,6 +255,24 @@ export class TcpTransport implements Transport {
       try {
         target = this.options.registry.redeem(p.token, TransportKind.TRANSPORT_KIND_TCP);
       } catch (err) {
+        const waitMs = this.options.parallelOpenWaitMs ?? PARALLEL_OPEN_WAIT_MS;
+        if (err instanceof AttachTokenError && err.failure === 'wrong_token' && !waited && waitMs > 0) {
+          waited = true;
+          const cancel = this.options.registry.park(p.token, () => {
+            clearTimeout(parkTimer);
+            parked = undefined;
+            if (!cleaned) tryAttach();
+          });
+          const parkTimer = setTimeout(() => reject(AttachStatus.WRONG_TOKEN, `its token was not issued within ${waitMs} ms (limits.data_parallel_open_wait_ms)`), waitMs);
+          parked = cancel
+            ? () => {
+                clearTimeout(parkTimer);
+                cancel();
+              }
+            : undefined;
+          if (parked) return;
+          clearTimeout(parkTimer);
+        }
         if (err instanceof AttachTokenError) return reject(FAILURE_STATUS[err.failure], err.message);
         return reject(AttachStatus.INTERNAL, (err as Error).message);
       }
@@ -251,6 +283,11 @@ export class TcpTransport implements Transport {
       if (p.rest.length) sock.unshift(p.rest);
       this.options.metrics.recordAttach('tcp', 'ok');
       this.attach(target, sock);
+    };
+    const onData = (chunk: Buffer) => {
+      received = received.length ? Buffer.concat([received, chunk]) : chunk;
+      if (!parked) return tryAttach();
+      if (received.length > MAX_PARKED_BYTES) reject(AttachStatus.BAD_PREAMBLE, `more than ${MAX_PARKED_BYTES} bytes before the token was issued`);
     };
     sock.on('data', onData);
     sock.on('error', onError);

@@ -5,9 +5,9 @@
  * datagram socket.
  */
 import { EventEmitter } from 'node:events';
-import { connect as netConnect, isIP, Socket } from 'node:net';
+import { isIP, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { credentials as grpcCredentials, makeGenericClientConstructor, Metadata, status, type CallOptions, type ChannelCredentials, type ClientDuplexStream, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
+import { credentials as grpcCredentials, makeGenericClientConstructor, Metadata, status, type CallOptions, type ChannelCredentials, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import {
   AdminServiceClient,
   ShutdownHow,
@@ -15,8 +15,6 @@ import {
   SocketGatewayServiceService,
   SocketState,
   type AcceptResponse,
-  type DataRequest,
-  type DataResponse,
   type ListSocketsResponse,
   type SocketInfo,
   type SocketOption,
@@ -27,8 +25,11 @@ import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './a
 import { bridgeToFd } from './fd-bridge.js';
 import type { CallOpts, ConnectOptions } from './call-options.js';
 import { ConnectGate } from './connect-gate.js';
+import { EndConfirmer } from './end-confirm.js';
+import { ParallelOpen } from './tcp-parallel.js';
+import { attachGrpc, attachTcp } from './attach-plane.js';
 import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
-import { dialVsock, openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
+import { openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
   AbortedError,
   AttachFailedError,
@@ -38,7 +39,7 @@ import {
   fromServiceError,
 } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
-import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, withFastDataCodec, type FrameCodec } from '../../proto/wire.js';
+import { withFastDataCodec } from '../../proto/wire.js';
 import {
   GatewayDatagramSocket,
   GatewaySocket,
@@ -99,14 +100,8 @@ export function isLocalTarget(target: string): boolean {
 const CONNECTION_DROPPED_RETRY_MS = 1_000;
 /** How long the gateway has to confirm that a tcp-plane stream really ended. */
 const CONFIRM_DEADLINE_MS = 3_000;
-/** Pause before asking again when the gateway still reports the socket OPEN (its record lags its native link). */
-const CONFIRM_RETRY_MS = 20;
 /** Default deadline of a control call. */
 const DEFAULT_DEADLINE_MS = 15_000;
-/** How long an attach (data connection + preamble reply) may take. */
-const ATTACH_TIMEOUT_MS = 10_000;
-/** Per-direction buffering of SDK-side channels. */
-const CHANNEL_HIGH_WATERMARK = 1 << 20;
 /** Datagram limit the SDK checks before sending (the gateway checks again). */
 const MAX_DATAGRAM_BYTES = 65507;
 /** ListSockets pages followed at most (1,000 sockets a page by default: far beyond any table). */
@@ -140,6 +135,8 @@ export interface GatewayOptions {
   maxConcurrentConnects?: number;
   /** Connects that may wait for a turn; one more fails at once with LimitExceededError. Default 65536. */
   maxWaitingConnects?: number;
+  /** tcp plane: open the data connection alongside the Connect once the data port is known (tcp-parallel.ts). Default true. */
+  parallelOpen?: boolean;
 }
 
 export type { CallOpts, ConnectOptions } from './call-options.js';
@@ -152,8 +149,6 @@ export interface UdpOptions extends CallOpts {
 
 type Unary<Req, Res> = (req: Req, md: Metadata, opts: Partial<CallOptions>, cb: (err: ServiceError | null, res: Res) => void) => { cancel(): void };
 
-/** Client-side frame mapping of the grpc data plane. */
-const CLIENT_CODEC: FrameCodec<DataResponse, DataRequest> = payloadCodec<DataResponse, DataRequest>();
 
 /** A listener on the gateway's host; emits 'connection' with GatewaySocket. */
 export class GatewayServer extends EventEmitter {
@@ -201,6 +196,10 @@ export class Gateway {
   private readonly rdmaOptions: RdmaClientOptions;
   /** Bounds the stream connects in flight (GatewayOptions.maxConcurrentConnects). */
   private readonly connectGate: ConnectGate;
+  /** The tcp plane's end-of-stream confirmations, batched. */
+  private readonly endConfirmer: EndConfirmer;
+  /** The tcp plane's data connection opened alongside the Connect. */
+  private readonly parallel: ParallelOpen;
 
   private constructor(
     readonly target: string,
@@ -231,6 +230,12 @@ export class Gateway {
     this.rdmaOptions = options.rdma ?? {};
     this.connectGate = new ConnectGate(options.maxConcurrentConnects ?? DEFAULT_CONCURRENT_CONNECTS, options.maxWaitingConnects ?? DEFAULT_WAITING_CONNECTS);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false);
+    // No wait-for-ready: a gateway that is gone must not be waited for, nor its successor asked.
+    this.endConfirmer = new EndConfirmer(
+      async (socketIds) => (await this.unary(this.client.confirmEnds, { socketIds }, { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false })).states,
+      target,
+    );
     this.control = {
       setOption: async (id, o) => {
         const option: SocketOption = {
@@ -252,28 +257,9 @@ export class Gateway {
       close: async (id) => {
         await this.unary(this.client.closeSocket, { socketId: id });
       },
-      confirmEnd: async (id) => {
-        // Positive confirmation only, from the gateway process that owns the socket
-        // (ids carry a per-process suffix; closed sockets are kept on record for a
-        // minute): it must say the socket is half-closed or closed. No wait-for-ready:
-        // a gateway that is gone must not be waited for, nor its successor asked.
-        // A native link forwards the host's FIN on the gateway's I/O thread before
-        // its JS side records the half-close: an OPEN answer is asked again, bounded.
-        const deadline = Date.now() + CONFIRM_DEADLINE_MS;
-        for (;;) {
-          let info: SocketInfo | undefined;
-          try {
-            info = (await this.unary(this.client.getInfo, { socketId: id }, { deadlineMs: Math.max(1, deadline - Date.now()), waitForReady: false })).info;
-          } catch (err) {
-            throw new GatewayUnavailableError(`gateway ${this.target} could not confirm the end of stream of ${id}: ${(err as Error).message}`, { cause: err });
-          }
-          if (info?.state === SocketState.SOCKET_STATE_HALF_CLOSED || info?.state === SocketState.SOCKET_STATE_CLOSED) return;
-          if (info?.state !== SocketState.SOCKET_STATE_OPEN || Date.now() + CONFIRM_RETRY_MS >= deadline) {
-            throw new GatewayUnavailableError(`the data stream of ${id} ended but the gateway reports it ${info ? `in state ${info.state}` : 'unknown'}`);
-          }
-          await new Promise((r) => setTimeout(r, CONFIRM_RETRY_MS));
-        }
-      },
+      // Positive confirmation only, from the gateway process that owns the socket (ids carry a
+      // per-process suffix; closed sockets stay on record a minute), batched (end-confirm.ts).
+      confirmEnd: (id) => this.endConfirmer.confirm(id),
     };
   }
 
@@ -443,7 +429,11 @@ export class Gateway {
   ): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     const started = Date.now();
     trace(`connect ${uri}: offering ${offers.map((o) => transportNameOf(o.kind)).join(',')}`);
-    const res = await this.unary(this.client.connect, req, callOpts).catch((err: unknown) => {
+    // tcp first and the data port known: its data connection opens alongside the Connect (tcp-parallel.ts).
+    let par = this.parallel.begin(req.offers, callOpts.signal);
+    const res = await this.unary(this.client.connect, { ...req, offers: par.offers }, callOpts).catch((err: unknown) => {
+      this.parallel.drop(par.early);
+      par = { offers: req.offers };
       // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
       // retried once on the next connection; a gateway that did get the first call reaps its socket
       // when the unused attach token expires.
@@ -453,7 +443,7 @@ export class Gateway {
       throw err;
     });
     trace(`connect ${uri}: socket ${res.socketId}, gateway accepted ${res.negotiation?.accepted ? transportNameOf(res.negotiation.accepted.kind) : 'none'}`);
-    return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts);
+    return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts, this.parallel.take(par.early, res.negotiation?.accepted));
   }
 
   /**
@@ -522,9 +512,10 @@ export class Gateway {
     offers: TransportOffer[],
     local: FallbackInfo[],
     opts: CallOpts,
+    early?: Promise<Duplex>,
   ): Promise<{ inner: Duplex; meta: SocketMeta; confirmEof: boolean }> {
     try {
-      const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'stream', opts);
+      const { channel, accepted, fallbacks } = await this.attach(socketId, negotiation, offers, 'stream', opts, early);
       return {
         inner: channel,
         meta: { socketId, transport: transportNameOf(accepted.kind) as TransportName, fallbacks: [...local, ...fallbacks], localUri, remoteUri },
@@ -553,13 +544,16 @@ export class Gateway {
     offers: TransportOffer[],
     mode: 'stream' | 'datagram',
     opts: CallOpts,
+    /** The first round's channel, already being attached (a parallel open the gateway took). */
+    early?: Promise<Duplex>,
   ): Promise<{ channel: Duplex; accepted: Accepted; fallbacks: FallbackInfo[] }> {
     let result = negotiation;
     for (let round = 0; round <= offers.length; round++) {
       const accepted = result?.accepted;
       if (!accepted) throw new NoTransportError(`gateway accepted none of the offered transports: ${(result?.fallbacks ?? []).map((f) => `${transportNameOf(f.kind)}: ${f.detail}`).join('; ')}`);
       try {
-        const channel = await this.attachWith(accepted, mode, opts, socketId);
+        // A parallel open that failed (refused before its token was issued, say) leaves the token unredeemed: attach with it as usual.
+        const channel = await (round === 0 && early ? early.catch(() => this.attachWith(accepted, mode, opts, socketId)) : this.attachWith(accepted, mode, opts, socketId));
         return { channel, accepted, fallbacks: (result?.fallbacks ?? []).map(fallbackInfo) };
       } catch (err) {
         if (err instanceof AbortedError) throw err;
@@ -605,77 +599,14 @@ export class Gateway {
   }
 
   private attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts, vsockPort = 0): Promise<Duplex> {
-    return new Promise((resolve, reject) => {
-      // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
-      const viaVsock = this.vsock && vsockPort ? { cid: this.vsock.vsock.cid, port: vsockPort } : undefined;
-      if (viaVsock) [host, port] = [`vsock:${viaVsock.cid}`, vsockPort];
-      const sock: Socket = viaVsock
-        ? dialVsock(viaVsock, { timeoutMs: ATTACH_TIMEOUT_MS })
-        : netConnect({ host, port, allowHalfOpen: true, noDelay: true, highWaterMark: CHANNEL_HIGH_WATERMARK } as unknown as Parameters<typeof netConnect>[0]);
-      let got: Buffer = Buffer.alloc(0);
-      const fail = (err: Error) => {
-        cleanup();
-        sock.destroy();
-        reject(err instanceof SockgateError ? err : new AttachFailedError(`tcp attach to ${host}:${port} failed: ${err.message}`, { cause: err }));
-      };
-      const onAbort = () => fail(new AbortedError('attach aborted'));
-      const timer = setTimeout(() => fail(new AttachFailedError(`tcp attach to ${host}:${port}: no reply within ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
-      const cleanup = () => {
-        clearTimeout(timer);
-        opts.signal?.removeEventListener('abort', onAbort);
-        sock.removeListener('data', onData);
-        sock.removeListener('error', fail);
-        sock.removeListener('end', onEnd);
-      };
-      const onEnd = () => fail(new AttachFailedError(`tcp attach to ${host}:${port}: gateway closed the connection`));
-      const onData = (chunk: Buffer) => {
-        got = got.length ? Buffer.concat([got, chunk]) : chunk;
-        if (got.length < REPLY_BYTES) return;
-        const st = parseReply(got);
-        if (st === undefined) return fail(new AttachFailedError('tcp attach: malformed reply from the gateway'));
-        if (st !== AttachStatus.OK) return fail(new AttachFailedError(`tcp attach rejected by the gateway: ${AttachStatus[st] ?? st}`));
-        cleanup();
-        sock.pause();
-        if (got.length > REPLY_BYTES) sock.unshift(got.subarray(REPLY_BYTES));
-        resolve(mode === 'stream' ? sock : new DatagramFramer(sock));
-      };
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
-      sock.on('data', onData);
-      sock.on('error', fail);
-      sock.on('end', onEnd);
-      sock.write(encodePreamble(token));
-    });
+    // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
+    const viaVsock = this.vsock && vsockPort ? { cid: this.vsock.vsock.cid, port: vsockPort } : undefined;
+    if (!viaVsock && mode === 'stream') this.parallel.learn(host, port);
+    return attachTcp(viaVsock ? { vsock: viaVsock } : { host, port }, token, mode, opts.signal);
   }
 
   private attachGrpc(token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
-    return new Promise((resolve, reject) => {
-      const call: ClientDuplexStream<DataRequest, DataResponse> = this.client.data(this.metadata);
-      const fail = (err: Error) => {
-        cleanup();
-        call.cancel();
-        reject(err instanceof SockgateError ? err : fromServiceError(err));
-      };
-      const onAbort = () => fail(new AbortedError('attach aborted'));
-      const timer = setTimeout(() => fail(new AttachFailedError(`grpc attach: no reply within ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
-      const cleanup = () => {
-        clearTimeout(timer);
-        opts.signal?.removeEventListener('abort', onAbort);
-        call.removeListener('data', onFirst);
-        call.removeListener('error', fail);
-      };
-      const onFirst = (msg: DataResponse) => {
-        if (msg.frame?.$case !== 'attached') return fail(new AttachFailedError('grpc attach: unexpected first frame from the gateway'));
-        cleanup();
-        call.pause();
-        // Keep an error listener: the channel re-emits through its own stream.
-        call.on('error', () => {});
-        resolve(new MessageChannel(call as unknown as Duplex, CLIENT_CODEC, mode, CHANNEL_HIGH_WATERMARK, () => call.cancel()));
-      };
-      opts.signal?.addEventListener('abort', onAbort, { once: true });
-      call.on('data', onFirst);
-      call.on('error', fail);
-      call.write({ frame: { $case: 'attachToken', attachToken: Buffer.from(token) } });
-    });
+    return attachGrpc(() => this.client.data(this.metadata), token, mode, opts.signal);
   }
 
   /** Listen on a host address through the gateway; inbound connections arrive as 'connection' events. */

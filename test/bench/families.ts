@@ -13,5 +13,6 @@ import { ringFamily, shmFamily } from './shm.js';
 import { relaysFamily } from './relays.js';
 import { capacityFamily } from './capacity.js';
 import { soakFamily } from './soak.js';
+import { connectFamily } from './connect.js';
 
-export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily, relaysFamily, capacityFamily, soakFamily];
+export const FAMILIES: readonly BenchFamily[] = [gatewayPlanes, sidecarFamily, proxyFamily, shmFamily, ringFamily, relaysFamily, connectFamily, capacityFamily, soakFamily];

@@ -346,6 +346,19 @@ export interface GetInfoResponse {
   info: SocketInfo | undefined;
 }
 
+export interface ConfirmEndsRequest {
+  /** At most limits.max_confirm_batch ids; each must be the caller's own. */
+  socketIds: string[];
+}
+
+export interface ConfirmEndsResponse {
+  /**
+   * One per requested id, in order: HALF_CLOSED or CLOSED confirm the end;
+   * UNSPECIFIED: unknown here or not the caller's; OPEN: still open after the wait.
+   */
+  states: SocketState[];
+}
+
 export interface SocketInfo {
   socketId: string;
   identity: string;
@@ -2603,6 +2616,162 @@ export const GetInfoResponse: MessageFns<GetInfoResponse> = {
   },
 };
 
+function createBaseConfirmEndsRequest(): ConfirmEndsRequest {
+  return { socketIds: [] };
+}
+
+export const ConfirmEndsRequest: MessageFns<ConfirmEndsRequest> = {
+  encode(message: ConfirmEndsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.socketIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmEndsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmEndsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.socketIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfirmEndsRequest {
+    return {
+      socketIds: globalThis.Array.isArray(object?.socketIds)
+        ? object.socketIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.socket_ids)
+        ? object.socket_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ConfirmEndsRequest): unknown {
+    const obj: any = {};
+    if (message.socketIds?.length) {
+      obj.socketIds = message.socketIds;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfirmEndsRequest>): ConfirmEndsRequest {
+    return ConfirmEndsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmEndsRequest>): ConfirmEndsRequest {
+    const message = createBaseConfirmEndsRequest();
+    message.socketIds = object.socketIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseConfirmEndsResponse(): ConfirmEndsResponse {
+  return { states: [] };
+}
+
+export const ConfirmEndsResponse: MessageFns<ConfirmEndsResponse> = {
+  encode(message: ConfirmEndsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.states.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.states) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfirmEndsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfirmEndsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.states.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.states.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfirmEndsResponse {
+    return {
+      states: globalThis.Array.isArray(object?.states) ? object.states.map((e: any) => socketStateFromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ConfirmEndsResponse): unknown {
+    const obj: any = {};
+    if (message.states?.length) {
+      obj.states = message.states.map((e) => socketStateToJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfirmEndsResponse>): ConfirmEndsResponse {
+    return ConfirmEndsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfirmEndsResponse>): ConfirmEndsResponse {
+    const message = createBaseConfirmEndsResponse();
+    message.states = object.states?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseSocketInfo(): SocketInfo {
   return {
     socketId: "",
@@ -3696,6 +3865,20 @@ export const SocketGatewayServiceService = {
     responseDeserialize: (value: Buffer): GetInfoResponse => GetInfoResponse.decode(value),
   },
   /**
+   * Confirm, for many stream sockets at once, that their data streams really
+   * ended (the tcp plane's FIN looks the same whether the destination ended or
+   * the gateway died). A socket still OPEN is waited for, briefly, server-side.
+   */
+  confirmEnds: {
+    path: "/sockgate.v1.SocketGatewayService/ConfirmEnds" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConfirmEndsRequest): Buffer => Buffer.from(ConfirmEndsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConfirmEndsRequest => ConfirmEndsRequest.decode(value),
+    responseSerialize: (value: ConfirmEndsResponse): Buffer => Buffer.from(ConfirmEndsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConfirmEndsResponse => ConfirmEndsResponse.decode(value),
+  },
+  /**
    * The `grpc` data plane: the first frame carries the attach token, then
    * payload frames flow both ways.
    */
@@ -3740,6 +3923,12 @@ export interface SocketGatewayServiceServer extends UntypedServiceImplementation
   closeSocket: handleUnaryCall<CloseSocketRequest, CloseSocketResponse>;
   setOption: handleUnaryCall<SetOptionRequest, SetOptionResponse>;
   getInfo: handleUnaryCall<GetInfoRequest, GetInfoResponse>;
+  /**
+   * Confirm, for many stream sockets at once, that their data streams really
+   * ended (the tcp plane's FIN looks the same whether the destination ended or
+   * the gateway died). A socket still OPEN is waited for, briefly, server-side.
+   */
+  confirmEnds: handleUnaryCall<ConfirmEndsRequest, ConfirmEndsResponse>;
   /**
    * The `grpc` data plane: the first frame carries the attach token, then
    * payload frames flow both ways.
@@ -3909,6 +4098,26 @@ export interface SocketGatewayServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetInfoResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Confirm, for many stream sockets at once, that their data streams really
+   * ended (the tcp plane's FIN looks the same whether the destination ended or
+   * the gateway died). A socket still OPEN is waited for, briefly, server-side.
+   */
+  confirmEnds(
+    request: ConfirmEndsRequest,
+    callback: (error: ServiceError | null, response: ConfirmEndsResponse) => void,
+  ): ClientUnaryCall;
+  confirmEnds(
+    request: ConfirmEndsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConfirmEndsResponse) => void,
+  ): ClientUnaryCall;
+  confirmEnds(
+    request: ConfirmEndsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConfirmEndsResponse) => void,
   ): ClientUnaryCall;
   /**
    * The `grpc` data plane: the first frame carries the attach token, then

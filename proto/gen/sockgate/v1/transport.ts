@@ -170,7 +170,23 @@ export interface TransportOffer {
   kind: TransportKind;
   /** Highest protocol version of this transport the client speaks. */
   version: number;
-  params: { $case: "shm"; shm: ShmOffer } | { $case: "rdma"; rdma: RdmaOffer } | undefined;
+  params:
+    | { $case: "shm"; shm: ShmOffer }
+    | { $case: "rdma"; rdma: RdmaOffer }
+    | { $case: "tcp"; tcp: TcpOffer }
+    | undefined;
+}
+
+export interface TcpOffer {
+  /**
+   * Parallel open: 32 random bytes the client also sends, as the attach token,
+   * in the preamble of a tcp-plane data connection it opens at the same time
+   * as this call. If tcp is accepted the gateway issues this value as the
+   * token (a value already issued or spent gets a fresh one instead), so the
+   * data connection is linked as soon as both have arrived: no attach round
+   * trip after the Connect. Unset: the client attaches after the answer.
+   */
+  openNonce: Buffer;
 }
 
 export interface ShmOffer {
@@ -312,6 +328,9 @@ export const TransportOffer: MessageFns<TransportOffer> = {
       case "rdma":
         RdmaOffer.encode(message.params.rdma, writer.uint32(90).fork()).join();
         break;
+      case "tcp":
+        TcpOffer.encode(message.params.tcp, writer.uint32(98).fork()).join();
+        break;
     }
     return writer;
   },
@@ -361,6 +380,14 @@ export const TransportOffer: MessageFns<TransportOffer> = {
             message.params = { $case: "rdma", rdma: RdmaOffer.decode(reader, reader.uint32()) };
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.params = { $case: "tcp", tcp: TcpOffer.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -381,6 +408,8 @@ export const TransportOffer: MessageFns<TransportOffer> = {
         ? { $case: "shm", shm: ShmOffer.fromJSON(object.shm) }
         : isSet(object.rdma)
         ? { $case: "rdma", rdma: RdmaOffer.fromJSON(object.rdma) }
+        : isSet(object.tcp)
+        ? { $case: "tcp", tcp: TcpOffer.fromJSON(object.tcp) }
         : undefined,
     };
   },
@@ -397,6 +426,8 @@ export const TransportOffer: MessageFns<TransportOffer> = {
       obj.shm = ShmOffer.toJSON(message.params.shm);
     } else if (message.params?.$case === "rdma") {
       obj.rdma = RdmaOffer.toJSON(message.params.rdma);
+    } else if (message.params?.$case === "tcp") {
+      obj.tcp = TcpOffer.toJSON(message.params.tcp);
     }
     return obj;
   },
@@ -421,7 +452,86 @@ export const TransportOffer: MessageFns<TransportOffer> = {
         }
         break;
       }
+      case "tcp": {
+        if (object.params?.tcp !== undefined && object.params?.tcp !== null) {
+          message.params = { $case: "tcp", tcp: TcpOffer.fromPartial(object.params.tcp) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseTcpOffer(): TcpOffer {
+  return { openNonce: Buffer.alloc(0) };
+}
+
+export const TcpOffer: MessageFns<TcpOffer> = {
+  encode(message: TcpOffer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.openNonce.length !== 0) {
+      writer.uint32(10).bytes(message.openNonce);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TcpOffer {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTcpOffer();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.openNonce = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TcpOffer {
+    return {
+      openNonce: isSet(object.openNonce)
+        ? Buffer.from(bytesFromBase64(object.openNonce))
+        : isSet(object.open_nonce)
+        ? Buffer.from(bytesFromBase64(object.open_nonce))
+        : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: TcpOffer): unknown {
+    const obj: any = {};
+    if (message.openNonce.length !== 0) {
+      obj.openNonce = base64FromBytes(message.openNonce);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TcpOffer>): TcpOffer {
+    return TcpOffer.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TcpOffer>): TcpOffer {
+    const message = createBaseTcpOffer();
+    message.openNonce = object.openNonce ?? Buffer.alloc(0);
     return message;
   },
 };
