@@ -172,28 +172,6 @@ if (!IN_VM) {
     t.is(await within(exited, STEP_MS, 'proxy exit'), 0, stderr);
   });
 
-  test.serial('vsock-native: an SDK link over vsock is native (spliced in the addon, no payload in JS): 8 MiB each way, SHA-256', async (t) => {
-    const gw = await within(Gateway.connect(`vsock:1:${PORTS.control}`), STEP_MS, 'Gateway.connect over vsock');
-    t.teardown(() => gw.close());
-    // The caller's socket: the accepted end of a local TCP connection; the test talks through the other end.
-    const front = createServer({ allowHalfOpen: true, pauseOnConnect: true });
-    front.listen(0, '127.0.0.1');
-    await once(front, 'listening');
-    t.teardown(() => front.close());
-    const far = netConnect({ host: '127.0.0.1', port: (front.address() as { port: number }).port, allowHalfOpen: true });
-    const [near] = (await once(front, 'connection')) as [Socket];
-    const link = await within(gw.link(near, `tcp://127.0.0.1:${echoPort}`, { transports: ['tcp'] }), STEP_MS, 'link over vsock');
-    t.true(link.native, `the link is native (${link.relayReason})`);
-    t.is(link.transport, 'tcp');
-    const received = hashUntilEnd(far);
-    const sent = await within(sendRandom(far, SDK_BYTES), STEP_MS, 'send through the link');
-    const got = await within(received, STEP_MS, 'echo through the link');
-    t.is(got.bytes, SDK_BYTES);
-    t.is(got.sha256, sent);
-    t.is((await within(link.ended, STEP_MS, 'link end')).reason, 'ok');
-    t.is(link.bytes.toTarget, SDK_BYTES, 'the addon counted every byte (JS saw none)');
-  });
-
   test.serial('vsock-native: a gateway that maps another CID (3) refuses CID 1', async (t) => {
     const other = new ServerGateway(gatewayConfig(OTHER_PORTS, [3]));
     await other.start();

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** Bytes per transfer: long enough that connection setup is noise, short enough for TCG. */
-const BYTES = 64 << 20;
+const BYTES = 32 << 20;
 /** Write size of the client. */
 const CHUNK = 256 << 10;
 /** Rounds per path (alternating); the row keeps the median. */
