@@ -195,7 +195,7 @@ function randUri(rng: Rng, w: World): string {
 function randOffer(rng: Rng): TransportOffer {
   const kind = randEnum(rng, 5) as TransportKind;
   const version = rng.bool(0.7) ? rng.pick([0, 1, 1, 2]) : randU32(rng);
-  const p = rng.int(0, 3);
+  const p = rng.int(0, 4);
   return {
     kind,
     version,
@@ -204,7 +204,9 @@ function randOffer(rng: Rng): TransportOffer {
         ? { $case: 'shm', shm: ShmOffer.fromPartial({ ringBytes: randU32(rng), hostId: randString(rng, 0.005) }) }
         : p === 1
           ? { $case: 'rdma', rdma: RdmaOffer.fromPartial({ address: randString(rng, 0.005), ringBytes: randU32(rng) }) }
-          : undefined,
+          : p === 2
+            ? { $case: 'tcp', tcp: { openNonce: rng.bytes(rng.pick([0, 1, 16, 32, 32, 33, 64])) } }
+            : undefined,
   };
 }
 
@@ -278,6 +280,8 @@ function randRequest(rng: Rng, m: MethodSpec, w: World): unknown {
       return { socketId: randId(rng, w), option: rng.bool(0.1) ? undefined : randOption(rng) };
     case 'GetInfo':
       return { socketId: randId(rng, w) };
+    case 'ConfirmEnds':
+      return { socketIds: Array.from({ length: rng.bool(0.9) ? rng.int(0, 8) : rng.int(1000, 1100) }, () => randId(rng, w)) };
     case 'ListSockets':
       return { identity: rng.bool(0.5) ? '' : randString(rng), pageSize: rng.pick([0, 1, 10, 0xffffffff]), pageToken: rng.bool(0.8) ? '' : randString(rng) };
     default:
