@@ -232,10 +232,16 @@ export class Gateway {
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false);
     // No wait-for-ready: a gateway that is gone must not be waited for, nor its successor asked.
-    this.endConfirmer = new EndConfirmer(
-      async (socketIds) => (await this.unary(this.client.confirmEnds, { socketIds }, { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false })).states,
-      target,
-    );
+    const noWait = { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false };
+    this.endConfirmer = new EndConfirmer(async (socketIds) => {
+      try {
+        return (await this.unary(this.client.confirmEnds, { socketIds }, noWait)).states;
+      } catch (err) {
+        // A gateway from before ConfirmEnds: one GetInfo each.
+        if ((err as { cause?: { code?: unknown } }).cause?.code !== status.UNIMPLEMENTED) throw err;
+        return Promise.all(socketIds.map(async (socketId) => (await this.unary(this.client.getInfo, { socketId }, noWait)).info?.state ?? SocketState.SOCKET_STATE_UNSPECIFIED));
+      }
+    }, target);
     this.control = {
       setOption: async (id, o) => {
         const option: SocketOption = {
