@@ -349,6 +349,9 @@ function verdict(m: Pick<MethodSpec, 'name' | 'kind'>, o: CallOutcome, cancelled
   if (o.code === status.UNKNOWN) return 'UNKNOWN: an exception escaped a handler';
   if (o.code === status.INTERNAL) return `INTERNAL from the gateway (${o.errorCode ?? 'no sockgate code'}: ${o.details.slice(0, 80)})`;
   if (o.code === status.CANCELLED && cancelledByUs && m.kind !== 'unary') return undefined;
+  // grpc-js enforcing the gateway's own message bound (grpc.max_receive_message_length) before any
+  // handler runs: a clear refusal, not a dropped call (mutations that duplicate a long request reach it).
+  if (o.code === status.RESOURCE_EXHAUSTED && /^Received message larger than max \(\d+ vs \d+\)$/.test(o.details)) return undefined;
   if (o.errorCode === undefined) return `${status[o.code]} without a sockgate error code (a dropped connection or a call that hung?)`;
   return undefined;
 }
