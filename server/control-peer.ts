@@ -33,6 +33,13 @@ export type PeerCredentials =
   /** A TCP peer. */
   | { readonly kind: 'tcp'; readonly address: string; readonly port: number };
 
+/** The VM a connection's guest is in (policy's VmOrigin, vm-identity.ts), from its credentials; {} for other peers. */
+export function vmCredentialsOf(peer: PeerCredentials | undefined): { vm?: { readonly cid: number } | { readonly vmmPath: string } } {
+  if (peer?.kind === 'vmm') return { vm: { vmmPath: peer.path } };
+  if (peer?.kind === 'vsock') return { vm: { cid: peer.cid } };
+  return {};
+}
+
 /** Prefix of the synthetic remote address of Unix control connections (transport-shm's isLocalPeer takes `unix:` as same-host). */
 const UNIX_PEER_PREFIX = 'unix:';
 /** Prefix of the synthetic remote address of VM guests' control connections. */

@@ -40,7 +40,7 @@ import {
 import type { HostBackend } from './host-backend.js';
 import type { Negotiator, Decision } from './negotiate.js';
 import type { CallerCredentials, Identity, Policy } from './policy.js';
-import type { PeerRegistry } from './control-peer.js';
+import { vmCredentialsOf, type PeerRegistry } from './control-peer.js';
 import {
   DatagramSocket,
   ListenerSocket,
@@ -136,9 +136,7 @@ function credentialsOf(call: CallLike, peers: PeerLookup | undefined): CallerCre
   }
   const peer = peers?.lookup(call.getPeer())?.credentials;
   if (peer?.kind === 'unix') creds.peerUid = peer.uid;
-  else if (peer?.kind === 'vmm') creds.vm = { vmmPath: peer.path };
-  else if (peer?.kind === 'vsock') creds.vm = { cid: peer.cid };
-  return creds;
+  return Object.assign(creds, vmCredentialsOf(peer));
 }
 
 function connectResultOf(err: unknown): ConnectResult {

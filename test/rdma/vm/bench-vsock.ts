@@ -35,6 +35,8 @@ const SOCAT_PORT = 19170;
 /** Bound on one transfer and on each start-up step. */
 const STEP_MS = 180_000;
 const ROWS_PREFIX = 'SOCKGATE_BENCH_ROWS=';
+/** socat's wait after a half-close, in seconds: the digest comes back after the client's EOF, slowly under TCG. */
+const SOCAT_HALF_CLOSE_S = '60';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const REPO = join(here, '..', '..', '..', '..');
@@ -175,10 +177,11 @@ async function guest(): Promise<void> {
       'sockgate proxy',
     );
     children.push(proxy.child);
-    const host = spawn('socat', [`VSOCK-LISTEN:${SOCAT_PORT},fork,reuseaddr`, `TCP:127.0.0.1:${sink.port}`], { stdio: 'ignore' });
+    // -t: after one direction's EOF socat waits this long for the other (the sink's digest) instead of 0.5 s.
+    const host = spawn('socat', ['-t', SOCAT_HALF_CLOSE_S, `VSOCK-LISTEN:${SOCAT_PORT},fork,reuseaddr`, `TCP:127.0.0.1:${sink.port}`], { stdio: 'ignore' });
     children.push(host);
     const socatPort = await freePort();
-    const guestSide = spawn('socat', [`TCP-LISTEN:${socatPort},bind=127.0.0.1,fork,reuseaddr`, `VSOCK-CONNECT:1:${SOCAT_PORT}`], { stdio: 'ignore' });
+    const guestSide = spawn('socat', ['-t', SOCAT_HALF_CLOSE_S, `TCP-LISTEN:${socatPort},bind=127.0.0.1,fork,reuseaddr`, `VSOCK-CONNECT:1:${SOCAT_PORT}`], { stdio: 'ignore' });
     children.push(guestSide);
     await waitListening(socatPort);
     const paths = { direct: sink.port, sockgate: proxy.value, socat: socatPort };
