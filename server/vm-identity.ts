@@ -70,8 +70,8 @@ export class VmIdentityMap {
 /**
  * Identify VM guests: a guest is its VM's identity, without a token; a token
  * (or certificate), if sent, must name the same identity. A VM mapped to no
- * identity is the token's identity if one was sent, else anonymous only when
- * `anonymous.enabled: true` is written out, else refused.
+ * identity is refused unless `anonymous.enabled: true` is written out; then it
+ * is the token's identity if it sent one, else anonymous.
  */
 export class VmIdentities<Identity extends Named> {
   readonly #map: VmIdentityMap;
@@ -97,8 +97,8 @@ export class VmIdentities<Identity extends Named> {
       throw new UnauthenticatedError(`the credentials sent name identity ${JSON.stringify(sent.name)}, but the ${describeVm(o)} is identity ${JSON.stringify(vm.name)}`);
     }
     if (vm) return vm;
-    if (sent) return sent;
-    if (anonymous && this.#anonymousForVms) return anonymous;
+    if (this.#anonymousForVms && sent) return sent;
+    if (this.#anonymousForVms && anonymous) return anonymous;
     throw new UnauthenticatedError(`the ${describeVm(o)} maps to no identity (identities[].vsock_cids, identities[].vmm_paths or vsock_uds.vms[].identity) and anonymous.enabled is not set to true`);
   }
 }

@@ -41,12 +41,14 @@ test('a CID or a VMM socket path is an identity without a token', (t) => {
   t.is(p.vmIdentityName({ cid: 4 }), undefined);
 });
 
-test('a token sent by a VM must name the VM\'s identity; an unmapped VM is the token\'s identity', (t) => {
+test('a token sent by a VM must name the VM\'s identity; an unmapped VM is refused even with a valid token', (t) => {
   const p = policy();
   t.is(p.identify({ vm: { cid: 3 }, authorization: `Bearer ${TOKEN_A}` }).name, 'vm-a');
   t.throws(() => p.identify({ vm: { cid: 3 }, authorization: `Bearer ${TOKEN_H}` }), { instanceOf: UnauthenticatedError, message: /name identity "host-user", but the vsock CID 3 is identity "vm-a"/ });
   t.throws(() => p.identify({ vm: { vmmPath: '/run/fc/b.sock' }, authorization: `Bearer ${TOKEN_A}` }), { instanceOf: UnauthenticatedError });
-  t.is(p.identify({ vm: { cid: 9 }, authorization: `Bearer ${TOKEN_H}` }).name, 'host-user');
+  t.throws(() => p.identify({ vm: { cid: 9 }, authorization: `Bearer ${TOKEN_H}` }), { instanceOf: UnauthenticatedError, message: /vsock CID 9 maps to no identity/ });
+  // Anonymous written out: an unmapped VM may then name itself with a token.
+  t.is(policy({ anonymous: { enabled: true } }).identify({ vm: { cid: 9 }, authorization: `Bearer ${TOKEN_H}` }).name, 'host-user');
 });
 
 test('an unmapped VM is refused unless anonymous.enabled is written out as true; the embedded default never lets it in', (t) => {
