@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { SockgateError } from '../proto/errors.js';
 import type { Identity } from './policy.js';
-import { DeclineReason, TransportKind, transportKindToJSON, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
+import { DeclineReason, TransportKind, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
 import { SocketKind, SocketState, socketStateToJSON, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { tracer } from '../native/trace.js';
 import type { IdentityByteBudgets } from './datagram-queue.js';
@@ -27,10 +27,8 @@ export type SocketAccess = 'owner' | 'admin-read' | 'admin-close';
 /** Rule name carried by the denial an admin gets for 'owner' access to another identity's socket. */
 export const OWNERSHIP_RULE = 'ownership';
 
-/** Lower-case transport name for metrics and tables ("tcp", "grpc", "none"). */
-export function transportName(kind: TransportKind): string {
-  return kind === TransportKind.TRANSPORT_KIND_UNSPECIFIED ? 'none' : transportKindToJSON(kind).replace('TRANSPORT_KIND_', '').toLowerCase();
-}
+/** Lower-case transport name for metrics and tables ("tcp", "grpc", "none"); defined in proto/transports.ts. */
+export { transportLabel as transportName } from '../proto/transports.js';
 
 /** Stable reason name ("NOT_COLOCATED"), or "" for none. */
 export function reasonName(reason: DeclineReason): string {
