@@ -114,6 +114,15 @@ export class RdmaAttachError extends AttachFailedError {
   }
 }
 
+/** The gateway refused a client's shm attach (native/attach-client.ts); `status` is its reply's. Travels as ERR_SOCKGATE_NATIVE. */
+export class AttachRefusedError extends NativeError {
+  readonly status: number;
+  constructor(status: number) {
+    super(`attach refused by the gateway (status ${status})`);
+    this.status = status;
+  }
+}
+
 type ErrorClass = (new (message?: string, options?: SockgateErrorOptions) => SockgateError) & { code: string };
 
 /** Every error class, by stable code: the one table. */

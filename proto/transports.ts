@@ -2,7 +2,7 @@
  * Transport names, defined once: the lower-case names that configs, policies,
  * the SDK's options and metrics use, and the wire kind (TransportKind) of each.
  */
-import { TransportKind } from './gen/sockgate/v1/transport.js';
+import { TransportKind, transportKindToJSON } from './gen/sockgate/v1/transport.js';
 
 export const TRANSPORT_NAMES = ['shm', 'rdma', 'tcp', 'grpc'] as const;
 export type TransportName = (typeof TRANSPORT_NAMES)[number];
@@ -24,4 +24,13 @@ export function transportNameOfKind(kind: TransportKind): TransportName | undefi
 /** The wire kind of a name; undefined for a name that is none of ours. */
 export function transportKindOfName(name: string): TransportKind | undefined {
   return (TRANSPORT_NAMES as readonly string[]).includes(name) ? TRANSPORT_KINDS[name as TransportName] : undefined;
+}
+
+/**
+ * The name of a wire kind as metrics, tables and reports print it: "none" for
+ * UNSPECIFIED; a kind this build does not know keeps its lower-cased wire name.
+ */
+export function transportLabel(kind: TransportKind): TransportName | 'none' {
+  if (kind === TransportKind.TRANSPORT_KIND_UNSPECIFIED) return 'none';
+  return NAMES.get(kind) ?? (transportKindToJSON(kind).replace('TRANSPORT_KIND_', '').toLowerCase() as TransportName);
 }

@@ -2,98 +2,58 @@
  * The `shm` data plane: clients on this host move payload through shared-memory
  * rings that the native pump drains into (and fills from) the host sockets, so
  * no payload byte enters the gateway's JS heap (native/SHM.md has the layout).
- *
- * Sessions. A client keeps one session per gateway: one sealed memfd region,
- * attached once over the Unix attach socket (memfd and doorbells passed with
- * SCM_RIGHTS; the client's pid/uid/gid read with SO_PEERCRED). Every socket of
- * that client rides a slot of the same region. The client picks the session id
- * and offers it with every socket (ShmOffer.session_id); negotiation reserves a
- * slot and answers ShmAttach{session_id, slot, new_session}:
- *
- * - new_session: the session is not attached yet. The client attaches it; the
- *   hello carries the session id, the slot and that socket's attach token
- *   (shm-wire.ts). The gateway redeems the token, checks the peer's identity,
- *   creates the region, opens the control slot and the socket's slot, and
- *   passes the fds.
- * - otherwise: the client presents the socket's token over the session it
- *   holds, as a BIND message on the session's control slot (slot 0, pumped
- *   into a socketpair this file reads). No new connection, mapping or fd.
- *
- * Tokens stay single-use and bound to an identity: a slot is reserved for the
- * identity that negotiated it, in a session of that identity, and the token
- * redeemed for it must belong to a socket of that identity. A session whose
- * attaching uid maps (policy `uids`) to another identity is refused.
- * A session that is full spills into an overflow session the gateway opens
- * for the same client (chained, so concurrent offers share it).
- *
- * Slot lifecycle: reserved (negotiated) -> open (bound, linked) -> the link
- * ends -> the client releases the slot (RELEASE after it read everything, or
- * ABORT when it drops the socket) -> closed (its pages punched out). A link
- * that ends abnormally is reported to the client (END, with the error code).
- *
- * Limits: ring bytes are charged in TS per identity and gateway-wide before
- * anything is opened or grown (over the cap: decline RESOURCE_LIMIT, the
- * client falls back); the native byte caps enforce the same numbers.
- * Autotuning starts every ring small and grows a direction that moves many
- * ring-fulls per window, like TCP buffer autotuning; idle sockets stay small.
+ * This file negotiates slots, attaches sessions, binds later sockets over a
+ * session's control slot and ends sessions; the session model is in
+ * shm-session.ts, ring accounting and autotuning in shm-ring-budget.ts.
  *
  * A client that corrupts its shared memory ends its own session only
  * (ERR_SOCKGATE_RING_CORRUPT on its sockets, logged and counted).
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
-import { connect as netConnect, Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
-import { applyHostOption } from './host-option.js';
-import { ensureShmDir } from '../native/shm-dir.js';
+import { readFileSync } from 'node:fs';
 import { whenReleased } from '../native/when-released.js';
 import type { Counter, Meter } from '@opentelemetry/api';
-import ipaddr from 'ipaddr.js';
-import type { AttachListener, Eventfd, HostSockopt, PumpLink, ShmRegion } from '../native/index.js';
+import type { AttachListener, Eventfd, ShmRegion } from '../native/index.js';
 import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, type AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
 import { RateLimitedWarn, type Logger } from '../native/log.js';
 import type { Identity, Policy } from './policy.js';
-import type { LinkEvent, ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
+import type { ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
-import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
+import type { OfferContext, OfferOutcome, Transport } from './transport.js';
+import { isLocalPeer } from './local-peer.js';
+import { removeStaleSocket } from '../native/unix-socket-file.js';
+import { listenAttachSocket } from './shm-attach-socket.js';
+import { RingBudget } from './shm-ring-budget.js';
+import { Session, Slot, sessionKey } from './shm-session.js';
+import { slotChannel, type SlotChannelHost } from './shm-slot-channel.js';
+import { sendCtl, startControl, type ControlHost } from './shm-control.js';
 import {
   CONTROL_RING_BYTES,
   CONTROL_SLOT,
-  CtlParser,
-  CtlType,
   SESSION_ID_RE,
   ShmStatus,
   decodeHello,
   encodeBound,
-  encodeCtl,
   readBootId,
   shmStatusName,
 } from '../proto/shm-wire.js';
 import { tracer } from '../native/trace.js';
+
+export { isLocalPeer };
 
 const trace = tracer('shm');
 
 type NativeModule = typeof import('../native/index.js');
 export type ShmConfig = Config['transports']['shm'];
 
-/** Autotuning judges a ring by the traffic of windows this long. */
-const AUTOTUNE_WINDOW_MS = 50;
-/** A direction grows (x2) when it moved this many ring-fulls in one window: the ring, not the peer, is the limit. */
-const AUTOTUNE_TURNS = 4;
-/** ...and grows x4 when it moved this many (ramp up in a few windows, as TCP slow start does). */
-const AUTOTUNE_FAST_TURNS = 16;
 /** A reserved slot outlives its token by this much (an attach may be in flight when the token expires). */
 const RESERVATION_GRACE_MS = 2_000;
 /** A session refused at attach is remembered this long, so further offers naming it are declined at once. */
 const REFUSED_MEMORY_MS = 60_000;
-/** A client that leaves this much of its control stream unread is not reading it: its session ends. */
-const CONTROL_BACKLOG_LIMIT = 64 * 1024;
 /** How long ending a session waits for its last control messages to reach the client's ring. */
 const CONTROL_FLUSH_MS = 500;
 /** How long teardown waits for a link's end event before giving up on it. */
@@ -125,132 +85,10 @@ export interface ShmTransportOptions {
   logger: Logger;
 }
 
-/** One socket slot of a session. */
-class Slot {
-  /** 'reserved' by negotiation until bound; 'open' once its rings are open in the region. */
-  state: 'reserved' | 'open' = 'reserved';
-  /** Expiry of a reservation; cleared once bound. */
-  timer: NodeJS.Timeout | undefined;
-  /** The ring <-> host-fd link; set while open. */
-  link: PumpLink | undefined;
-  linkEnded = false;
-  /** The client let go of the slot (RELEASE or ABORT). */
-  released = false;
-  /** Ring bytes per direction charged for this slot (c2g, g2c). */
-  readonly size: [number, number];
-  /** A growth grant per direction awaiting its ack, and the bytes it charged. */
-  readonly growing: [number, number] = [0, 0];
-  /** Autotune window: start (ms) and traffic so far. */
-  winStart = 0;
-  winToFd = 0;
-  winToRing = 0;
-  winStalls = 0;
-  /** The gateway socket riding the slot, once bound. */
-  target: StreamSocket | undefined;
-  constructor(ringBytes: number) {
-    this.size = [ringBytes, ringBytes];
-  }
-}
-
-/** A client session: one region, its doorbells and control stream, and its slots. */
-class Session {
-  state: 'pending' | 'live' | 'refused' | 'closed' = 'pending';
-  /** Slots by number (1..slot_count-1); absent = free. */
-  readonly slots = new Map<number, Slot>();
-  /** Where the next free-slot search starts. */
-  nextSlot = 1;
-  /** The session this client spills into when this one is full. */
-  overflow: Session | undefined;
-  /** TS-charged ring bytes of this session (slots and control slot). */
-  charged = 0;
-  /** Refused: why (offers naming the session are declined with it). */
-  refusal = '';
-  /** Expiry of a refused session's memory. */
-  timer: NodeJS.Timeout | undefined;
-  region: ShmRegion | undefined;
-  gwBell: Eventfd | undefined;
-  clBell: Eventfd | undefined;
-  /** Attach connection (listener conn id); undefined once closed. */
-  conn: number | undefined;
-  peer = { pid: 0, uid: 0, gid: 0 };
-  ctlLink: PumpLink | undefined;
-  ctlSock: Socket | undefined;
-  /** Control bytes written to the socketpair, and delivered by the pump into the client's ring. */
-  ctlWritten = 0;
-  ctlDelivered = 0;
-  /** Settles when the teardown is complete. */
-  ended: Promise<void> | undefined;
-  constructor(
-    readonly key: string,
-    readonly id: string,
-    readonly identity: Identity,
-  ) {}
-
-  /** A free slot number, or 0 when full. */
-  freeSlot(count: number): number {
-    if (this.slots.size >= count - 1) return 0;
-    for (let i = 0; i < count - 1; i++) {
-      const n = ((this.nextSlot - 1 + i) % (count - 1)) + 1;
-      if (!this.slots.has(n)) {
-        this.nextSlot = (n % (count - 1)) + 1;
-        return n;
-      }
-    }
-    return 0;
-  }
-}
-
-function sessionKey(identity: string, id: string): string {
-  return `${identity}\0${id}`;
-}
 
 function echo(s: string): string {
   return s.length > MAX_ECHO ? `${JSON.stringify(s.slice(0, MAX_ECHO))}...` : JSON.stringify(s);
 }
-
-/** Whether a control call's peer (as grpc-js reports it) is on this host: a Unix socket or loopback. */
-export function isLocalPeer(peer: string): boolean {
-  // grpc-js reports "unknown" for a Unix-socket peer (no remote address).
-  if (peer === 'unknown' || peer.startsWith('unix:')) return true;
-  // "<address>:<port>" (grpc-js appends the port unbracketed, even to IPv6), or a bare address.
-  const i = peer.lastIndexOf(':');
-  let host = i > 0 ? peer.slice(0, i).replace(/^\[|\]$/g, '') : '';
-  if (!ipaddr.isValid(host)) host = peer;
-  if (!ipaddr.isValid(host)) return false;
-  return ipaddr.process(host).range() === 'loopback';
-}
-
-/** Whether a Unix socket at `path` has a live listener (connect succeeds). */
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = netConnect({ path });
-    const done = (live: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(live);
-    };
-    const timer = setTimeout(() => done(true), 1_000);
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
-}
-
-/**
- * Where the attach socket goes without transports.shm.path: the systemd
- * RuntimeDirectory ($RUNTIME_DIRECTORY, /run/sockgate under
- * deploy/sockgate.service, whose PrivateTmp hides the tmpdir from clients),
- * /run/sockgate for root, else a directory of our own under the tmpdir, which
- * must be private (0700, ours): the tmpdir is shared, and another user may
- * have made it first.
- */
-function defaultPath(): { path: string; private: boolean } {
-  const runtime = process.env['RUNTIME_DIRECTORY']?.split(':')[0];
-  if (runtime?.startsWith('/')) return { path: join(runtime, 'shm.sock'), private: false };
-  const uid = process.getuid?.() ?? -1;
-  return uid === 0 ? { path: '/run/sockgate/shm.sock', private: false } : { path: join(tmpdir(), `sockgate-${uid}`, 'shm.sock'), private: true };
-}
-
-let uniquePaths = 0;
 
 export class ShmTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_SHM;
@@ -261,8 +99,10 @@ export class ShmTransport implements Transport {
   readonly #byRegion = new Map<number, Session>();
   readonly #byConn = new Map<number, Session>();
   /** TS-charged ring bytes per identity name, and in total. */
-  readonly #identityBytes = new Map<string, number>();
-  #totalBytes = 0;
+  readonly #budget: RingBudget;
+  /** What the control slot and a slot's data channel need of this transport. */
+  readonly #controlHost: ControlHost;
+  readonly #channelHost: SlotChannelHost;
   #listener: AttachListener | undefined;
   #path = '';
   /** Inode of the socket file we bound, so stop() never removes a successor's file. */
@@ -275,19 +115,37 @@ export class ShmTransport implements Transport {
   /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
   readonly #refusalLog: RateLimitedWarn;
   readonly #corrupt: Counter;
-  readonly #grows: Counter;
 
   constructor(private readonly o: ShmTransportOptions) {
     const m = o.meter;
+    this.#budget = new RingBudget(o.config);
     this.#refusals = m.createCounter(SHM_METRICS.refused.name, { description: SHM_METRICS.refused.description, unit: SHM_METRICS.refused.unit });
     this.#refusalLog = new RateLimitedWarn(o.logger);
     this.#corrupt = m.createCounter(SHM_METRICS.corrupt.name, { description: SHM_METRICS.corrupt.description, unit: SHM_METRICS.corrupt.unit });
-    this.#grows = m.createCounter(SHM_METRICS.grows.name, { description: SHM_METRICS.grows.description, unit: SHM_METRICS.grows.unit });
+    this.#controlHost = {
+      native: o.native,
+      hub: o.hub,
+      config: o.config,
+      refuse: (reason, detail, extra) => this.#refuse(reason, detail, extra),
+      endSession: (s, why, level) => this.#endSession(s, why, level),
+      bind: (s, slotNo, token) => this.#bind(s, slotNo, token),
+      release: (s, slotNo, abort) => this.#release(s, slotNo, abort),
+    };
+    this.#channelHost = {
+      kind: this.kind,
+      native: o.native,
+      hub: o.hub,
+      config: o.config,
+      budget: this.#budget,
+      grows: m.createCounter(SHM_METRICS.grows.name, { description: SHM_METRICS.grows.description, unit: SHM_METRICS.grows.unit }),
+      send: (s, msg) => sendCtl(this.#controlHost, s, msg),
+      closeSlot: (s, slotNo, slot) => this.#closeSlot(s, slotNo, slot),
+    };
     m.createObservableGauge(SHM_METRICS.sessions.name, { description: SHM_METRICS.sessions.description, unit: SHM_METRICS.sessions.unit }).addCallback((r) =>
       r.observe(this.#byRegion.size),
     );
     m.createObservableGauge(SHM_METRICS.ringBytes.name, { description: SHM_METRICS.ringBytes.description, unit: SHM_METRICS.ringBytes.unit }).addCallback((r) =>
-      r.observe(this.#totalBytes),
+      r.observe(this.#budget.bytes()),
     );
   }
 
@@ -298,7 +156,7 @@ export class ShmTransport implements Transport {
 
   /** Ring bytes charged (TS accounting): in total, or for one identity. */
   ringBytes(identity?: string): number {
-    return identity === undefined ? this.#totalBytes : (this.#identityBytes.get(identity) ?? 0);
+    return this.#budget.bytes(identity);
   }
 
   /** Attached sessions right now. */
@@ -309,44 +167,12 @@ export class ShmTransport implements Transport {
   async start(): Promise<void> {
     this.#bootId = readBootId((p) => readFileSync(p, 'utf8'));
     this.o.native.setGatewayRingLimit(this.o.config.max_ring_bytes_total);
-    const explicit = this.o.config.path !== '';
-    const chosen = explicit ? { path: this.o.config.path, private: false } : defaultPath();
-    let path = chosen.path;
-    // Whoever can write the directory can swap the socket and read clients' hellos (attach tokens): verify it first.
-    ensureShmDir(dirname(path), { private: chosen.private });
-    let listener: AttachListener | undefined;
-    for (let attempt = 0; !listener; attempt++) {
-      try {
-        listener = this.o.hub.pump.listen(path);
-      } catch (err) {
-        if (this.o.native.nativeCode(err) !== 'EADDRINUSE' || attempt >= 3) throw err;
-        if (!(await socketIsLive(path))) {
-          this.#unlinkSocket(path);
-        } else if (explicit) {
-          throw new Error(`transports.shm.path ${path} is in use by another gateway`, { cause: err });
-        } else {
-          path = join(dirname(path), `shm-${process.pid}-${++uniquePaths}.sock`);
-          this.#unlinkSocket(path);
-        }
-      }
-    }
-    // Authentication is the attach token and SO_PEERCRED, not file modes: local clients of any uid may connect.
-    chmodSync(path, 0o666);
-    this.#pathIno = lstatSync(path).ino;
+    const { listener, path, ino } = await listenAttachSocket(this.o.config.path, this.o.hub, this.o.native);
+    this.#pathIno = ino;
     this.#listener = listener;
     this.#path = path;
     this.o.hub.onListener(listener.id, (e) => this.#onListenerEvent(e));
     this.o.logger.info({ path, bootId: this.#bootId }, 'shm attach socket listening');
-  }
-
-  /** Remove a socket file (only the one with inode `ino`, if given). */
-  #unlinkSocket(path: string, ino?: number): void {
-    try {
-      const st = lstatSync(path);
-      if (st.isSocket() && (ino === undefined || st.ino === ino)) unlinkSync(path);
-    } catch {
-      // absent
-    }
   }
 
   // ---- negotiation ----------------------------------------------------------
@@ -391,10 +217,10 @@ export class ShmTransport implements Transport {
       slotNo = created.freeSlot(cfg.slots_per_session);
       cost += 2 * CONTROL_RING_BYTES;
     }
-    if (!this.#charge(who, cost)) {
+    if (!this.#budget.charge(who, cost)) {
       return decline(
         DeclineReason.DECLINE_REASON_RESOURCE_LIMIT,
-        `ring memory cap reached: identity "${who}" holds ${this.ringBytes(who)} of ${cfg.max_ring_bytes_per_identity} bytes, the gateway ${this.#totalBytes} of ${cfg.max_ring_bytes_total}; a socket needs ${cost}`,
+        `ring memory cap reached: identity "${who}" holds ${this.ringBytes(who)} of ${cfg.max_ring_bytes_per_identity} bytes, the gateway ${this.#budget.bytes()} of ${cfg.max_ring_bytes_total}; a socket needs ${cost}`,
       );
     }
     if (created) {
@@ -420,22 +246,6 @@ export class ShmTransport implements Transport {
     };
   }
 
-  #charge(identity: string, bytes: number): boolean {
-    const cfg = this.o.config;
-    const cur = this.#identityBytes.get(identity) ?? 0;
-    if (cur + bytes > cfg.max_ring_bytes_per_identity || this.#totalBytes + bytes > cfg.max_ring_bytes_total) return false;
-    this.#identityBytes.set(identity, cur + bytes);
-    this.#totalBytes += bytes;
-    return true;
-  }
-
-  #uncharge(identity: string, bytes: number): void {
-    if (bytes <= 0) return;
-    const left = (this.#identityBytes.get(identity) ?? 0) - bytes;
-    if (left <= 0) this.#identityBytes.delete(identity);
-    else this.#identityBytes.set(identity, left);
-    this.#totalBytes -= bytes;
-  }
 
   /** Free a slot's bookkeeping and charge (its rings are closed already, or were never opened). */
   #freeSlot(s: Session, slotNo: number, slot: Slot): void {
@@ -444,7 +254,7 @@ export class ShmTransport implements Transport {
     s.slots.delete(slotNo);
     const bytes = slot.size[0] + slot.size[1] + slot.growing[0] + slot.growing[1];
     s.charged -= bytes;
-    this.#uncharge(s.identity.name, bytes);
+    this.#budget.uncharge(s.identity.name, bytes);
     this.#maybeDropPending(s);
   }
 
@@ -459,7 +269,7 @@ export class ShmTransport implements Transport {
     if (s.state !== 'pending' || s.slots.size > 0) return;
     s.state = 'closed';
     this.#sessions.delete(s.key);
-    this.#uncharge(s.identity.name, s.charged);
+    this.#budget.uncharge(s.identity.name, s.charged);
     s.charged = 0;
   }
 
@@ -544,7 +354,7 @@ export class ShmTransport implements Transport {
       s.region = region;
       s.gwBell = gwBell;
       s.clBell = clBell;
-      this.#startControl(s);
+      startControl(this.#controlHost, s);
     } catch (err) {
       // Reverse order of creation; the control link (if any) holds the region until it ends.
       s.region = undefined;
@@ -581,65 +391,13 @@ export class ShmTransport implements Transport {
     for (const [n, slot] of [...s.slots]) this.#freeSlot(s, n, slot);
     s.state = 'refused';
     s.refusal = why;
-    this.#uncharge(s.identity.name, s.charged);
+    this.#budget.uncharge(s.identity.name, s.charged);
     s.charged = 0;
     this.#sessions.set(s.key, s);
     s.timer = setTimeout(() => {
       if (this.#sessions.get(s.key) === s) this.#sessions.delete(s.key);
     }, REFUSED_MEMORY_MS);
     s.timer.unref();
-  }
-
-  // ---- the control slot -------------------------------------------------------
-
-  /** Pump the control slot into a socketpair read here. */
-  #startControl(s: Session): void {
-    const native = this.o.native;
-    const [a, b] = native.socketpair();
-    let link: PumpLink;
-    try {
-      link = this.o.hub.pump.link(s.region!, CONTROL_SLOT, a);
-    } catch (err) {
-      native.closeFd(a);
-      native.closeFd(b);
-      throw err;
-    }
-    s.ctlLink = link;
-    this.o.hub.onLink(link.id, (ev) => {
-      if (ev.type === 'progress') s.ctlDelivered += ev.toRing;
-      if (ev.type === 'end' && s.state === 'live') void this.#endSession(s, `its control stream ended (${ev.reason}${ev.code ? `, ${ev.code}` : ''})`, ev.reason === 'corrupt' ? 'error' : 'warn');
-    });
-    const sock = new Socket({ fd: b, readable: true, writable: true, allowHalfOpen: true });
-    s.ctlSock = sock;
-    const parser = new CtlParser(new Set([CtlType.BIND, CtlType.RELEASE, CtlType.ABORT]), this.o.config.slots_per_session);
-    sock.on('data', (chunk: Buffer) => {
-      if (s.state !== 'live') return;
-      let msgs;
-      try {
-        msgs = parser.push(chunk);
-      } catch (err) {
-        this.#refuse('protocol', (err as Error).message, { session: s.id, peerPid: s.peer.pid });
-        void this.#endSession(s, (err as Error).message, 'warn');
-        return;
-      }
-      for (const m of msgs) {
-        if (s.state !== 'live') return;
-        if (m.type === CtlType.BIND) this.#bind(s, m.slot, m.payload);
-        else this.#release(s, m.slot, m.type === CtlType.ABORT);
-      }
-    });
-    sock.on('error', () => {});
-  }
-
-  #send(s: Session, msg: Buffer): void {
-    const sock = s.ctlSock;
-    if (!sock || sock.destroyed || s.state !== 'live') return;
-    if (sock.writableLength > CONTROL_BACKLOG_LIMIT) {
-      void this.#endSession(s, 'the client does not read its control slot', 'warn');
-      return;
-    }
-    s.ctlWritten += msg.length;
-    sock.write(msg);
   }
 
   /** BIND: a later socket presents its token over the session. */
@@ -649,7 +407,7 @@ export class ShmTransport implements Transport {
         this.o.metrics.recordAttach('shm', 'error');
         this.#refuse(reason, detail, { session: s.id, slot: slotNo });
       }
-      this.#send(s, encodeBound(slotNo, status, detail));
+      sendCtl(this.#controlHost, s, encodeBound(slotNo, status, detail));
     };
     const slot = s.slots.get(slotNo);
     if (this.#closing) return reply(ShmStatus.SHUTTING_DOWN, 'shutting_down', 'the gateway is stopping');
@@ -666,7 +424,7 @@ export class ShmTransport implements Transport {
       this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
       this.#refuse('token', (err as Error).message, { session: s.id, slot: slotNo });
       this.#freeSlot(s, slotNo, slot);
-      return this.#send(s, encodeBound(slotNo, ShmStatus.TOKEN, (err as Error).message));
+      return sendCtl(this.#controlHost, s, encodeBound(slotNo, ShmStatus.TOKEN, (err as Error).message));
     }
     if (target.identity.name !== s.identity.name) {
       return failSlot(ShmStatus.POLICY, 'identity', `socket ${target.id} belongs to identity "${target.identity.name}", the session to "${s.identity.name}"`);
@@ -690,7 +448,7 @@ export class ShmTransport implements Transport {
     slot.state = 'open';
     slot.target = target;
     try {
-      target.attach(this.#channel(s, slotNo, slot));
+      target.attach(slotChannel(this.#channelHost, s, slotNo, slot));
     } catch (err) {
       trace(`session ${s.id}: socket ${target.id} refused slot ${slotNo}: ${(err as Error).message}`);
       this.#closeSlot(s, slotNo, slot);
@@ -699,112 +457,6 @@ export class ShmTransport implements Transport {
     this.o.metrics.recordAttach('shm', 'ok');
     trace(`session ${s.id}: slot ${slotNo} carries socket ${target.id}`);
     return true;
-  }
-
-  #channel(s: Session, slotNo: number, slot: Slot): NativeDataChannel {
-    return {
-      transport: this.kind,
-      mode: 'native',
-      start: (hostFd: number, prefix: Buffer[], events: NativeLinkEvents): NativeLink => {
-        const native = this.o.native;
-        const fd = native.dupFd(hostFd);
-        let link: PumpLink;
-        try {
-          link = this.o.hub.pump.link(s.region!, slotNo, fd, prefix);
-        } catch (err) {
-          native.closeFd(fd);
-          throw err;
-        }
-        slot.link = link;
-        this.o.hub.onLink(link.id, (e) => this.#onLinkEvent(s, slotNo, slot, e, events));
-        const toEnd = (e: { reason: NativeLinkEnd['reason']; errno: number; code?: string }): NativeLinkEnd =>
-          e.code === undefined ? { reason: e.reason, errno: e.errno } : { reason: e.reason, errno: e.errno, code: e.code };
-        return {
-          ended: link.ended.then(toEnd),
-          close: () => link.close().then(toEnd),
-          // The Shutdown RPC: shutdown(2) of the host socket in order with the rings.
-          shutdownHost: (read: boolean, write: boolean) => link.shutdownHost(read, write),
-          setHostOption: (o: HostOption) => applyHostOption(link, o, (err) => /link has ended/.test(String(err.message))),
-          // Not in the seam: lets tests (and debugging) read what SetOption did to the descriptor.
-          getHostSockopt: (name: HostSockopt) => link.getHostSockopt(name),
-        } as NativeLink;
-      },
-    };
-  }
-
-  #onLinkEvent(s: Session, slotNo: number, slot: Slot, e: LinkEvent, events: NativeLinkEvents): void {
-    switch (e.type) {
-      case 'progress':
-        if (e.toFd || e.toRing) events.progress(e.toFd, e.toRing);
-        this.#autotune(s, slot, e.toFd, e.toRing, e.stalls);
-        return;
-      case 'fdEof':
-        events.hostEnded?.();
-        return;
-      case 'ringEof':
-        events.clientEnded?.();
-        return;
-      case 'resized': {
-        const delta = e.idle ? slot.size[e.dir] - e.ringSize : slot.growing[e.dir]; // idle: the pump's own shrink (native/SHM.md) gives bytes back
-        if (e.idle) slot.size[e.dir] = e.ringSize; else slot.growing[e.dir] = 0;
-        if (e.errno === 0 && !e.idle) {
-          slot.size[e.dir] = e.ringSize;
-          this.#grows.add(1, { direction: e.dir === 0 ? 'c2g' : 'g2c' });
-          trace(`session ${s.id}: slot ${slotNo} ${e.dir === 0 ? 'c2g' : 'g2c'} ring granted ${e.ringSize} bytes`);
-        } else {
-          s.charged -= delta;
-          this.#uncharge(s.identity.name, delta);
-        }
-        return;
-      }
-      case 'end': {
-        slot.linkEnded = true;
-        slot.link = undefined;
-        if (e.reason !== 'ok' && s.state === 'live' && !slot.released) {
-          const code = slot.target?.error?.code ?? e.code ?? (e.reason === 'aborted' ? 'ERR_SOCKGATE_ABORTED' : e.reason);
-          this.#send(s, encodeCtl(CtlType.END, slotNo, Buffer.from(code, 'utf8')));
-        }
-        if (e.reason === 'error' || e.reason === 'corrupt') trace(`session ${s.id}: slot ${slotNo} link ended ${e.reason} ${e.code ?? ''}`);
-        slot.target = undefined;
-        if (slot.released) this.#closeSlot(s, slotNo, slot);
-        return;
-      }
-      default:
-        return;
-    }
-  }
-
-  /** Grow a direction that moved many ring-fulls in the last window (and, toward the client, had to wait). */
-  #autotune(s: Session, slot: Slot, toFd: number, toRing: number, stalls: number): void {
-    const now = performance.now();
-    if (slot.winStart === 0) slot.winStart = now;
-    slot.winToFd += toFd;
-    slot.winToRing += toRing;
-    slot.winStalls += stalls;
-    if (now - slot.winStart < AUTOTUNE_WINDOW_MS) return;
-    const max = this.o.config.max_ring_bytes;
-    for (const dir of [0, 1] as const) {
-      const moved = dir === 0 ? slot.winToFd : slot.winToRing;
-      const size = slot.size[dir];
-      if (slot.growing[dir] || size >= max || moved < AUTOTUNE_TURNS * size) continue;
-      if (dir === 1 && slot.winStalls === 0) continue;
-      const want = Math.min(max, size * (moved >= AUTOTUNE_FAST_TURNS * size ? 4 : 2));
-      const delta = want - size;
-      if (!slot.link || !this.#charge(s.identity.name, delta)) continue; // at the cap: the ring stays as it is
-      s.charged += delta;
-      slot.growing[dir] = delta;
-      try {
-        slot.link.resize(dir, want);
-      } catch {
-        slot.growing[dir] = 0;
-        s.charged -= delta;
-        this.#uncharge(s.identity.name, delta);
-      }
-    }
-    slot.winStart = now;
-    slot.winToFd = 0;
-    slot.winToRing = 0;
-    slot.winStalls = 0;
   }
 
   /** RELEASE / ABORT from the client. */
@@ -878,7 +530,7 @@ export class ShmTransport implements Transport {
         s.conn = undefined;
       }
       for (const [n, slot] of [...s.slots]) this.#freeSlot(s, n, slot);
-      this.#uncharge(s.identity.name, s.charged);
+      this.#budget.uncharge(s.identity.name, s.charged);
       s.charged = 0;
       if (s.region) {
         const id = s.region.id;
@@ -920,7 +572,7 @@ export class ShmTransport implements Transport {
         this.o.logger.warn({ err: (err as Error).message }, 'shm: closing the attach listener failed');
       }
       this.#listener = undefined;
-      this.#unlinkSocket(this.#path, this.#pathIno);
+      removeStaleSocket(this.#path, this.#pathIno);
     }
   }
 }

@@ -9,7 +9,7 @@
  * `transports.tcp_native: false`, or if the link cannot start) JS relays them.
  * Datagram sockets always use the JS framing.
  */
-import { lstatSync, unlinkSync } from 'node:fs';
+import { removeStaleSocket } from '../native/unix-socket-file.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import { applyHostOption } from './host-option.js';
@@ -90,17 +90,8 @@ export interface NativeRelay {
   pump: Pump;
 }
 
-/**
- * Remove a Unix socket file left by an earlier run, so listen() does not fail
- * with EADDRINUSE. Only a socket is removed; any other file is left for listen() to report.
- */
-export function removeStaleSocket(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // Absent (the usual case) or not ours to remove: listen() reports what matters.
-  }
-}
+// vmm-listeners.ts imports removeStaleSocket from here; it lives in native/unix-socket-file.ts.
+export { removeStaleSocket };
 
 export class TcpTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_TCP;

@@ -12,9 +12,9 @@ import type { DataRequest, DataResponse } from '../../proto/gen/sockgate/v1/sock
 import { AbortedError, AttachFailedError, SockgateError, fromServiceError } from '../../proto/errors.js';
 import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, type FrameCodec } from '../../proto/wire.js';
 import { dialVsock } from './vsock.js';
+// How long an attach (data connection + preamble reply) may take: the one default both ends know.
+import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 
-/** How long an attach (data connection + preamble reply) may take. */
-export const ATTACH_TIMEOUT_MS = 10_000;
 /** Per-direction buffering of SDK-side channels. */
 export const CHANNEL_HIGH_WATERMARK = 1 << 20;
 

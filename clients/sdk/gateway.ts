@@ -4,8 +4,7 @@
  * gives a Duplex; `gw.listen()` a server of incoming sockets; `gw.udp()` a
  * datagram socket.
  */
-import { EventEmitter } from 'node:events';
-import { isIP, Socket } from 'node:net';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { credentials as grpcCredentials, makeGenericClientConstructor, Metadata, status, type CallOptions, type ChannelCredentials, type ServiceDefinition, type ServiceError } from '@grpc/grpc-js';
 import {
@@ -20,25 +19,27 @@ import {
   type SocketOption,
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
-import { ShmClient, shmSupport } from './attach-shm.js';
-import { RdmaClient, RdmaSocket, rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
+import { shmSupport, type ShmClient } from './attach-shm.js';
+import { RdmaSocket, rdmaSupport } from './attach-rdma.js';
 import { bridgeToFd } from './fd-bridge.js';
 import type { CallOpts, ConnectOptions } from './call-options.js';
 import { ConnectGate } from './connect-gate.js';
 import { EndConfirmer } from './end-confirm.js';
 import { ParallelOpen } from './tcp-parallel.js';
-import { attachGrpc, attachTcp } from './attach-plane.js';
+import { TransportAttacher } from './transport-attach.js';
 import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
 import {
   AbortedError,
-  AttachFailedError,
   GatewayUnavailableError,
   NoTransportError,
   SockgateError,
   fromServiceError,
 } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
+import { SDK_TRANSPORTS, defaultTransports, type GatewayOptions, type UdpOptions } from './gateway-options.js';
+import { GatewayServer } from './gateway-server.js';
+import type { LinkableSocket, OpenedStream } from './opened-socket.js';
 import { withFastDataCodec } from '../../proto/wire.js';
 import {
   GatewayDatagramSocket,
@@ -61,41 +62,6 @@ const FastSocketGatewayClient = makeGenericClientConstructor(
   'sockgate.v1.SocketGatewayService',
 ) as unknown as typeof SocketGatewayServiceClient;
 
-/**
- * Transports this SDK can attach with here, in default preference order: shm
- * where the native addon loaded, rdma where it also found an active verbs
- * device (`rdmaSupport`), then tcp and grpc.
- */
-export const SDK_TRANSPORTS: readonly TransportName[] = [
-  ...(shmSupport.available ? (['shm'] as const) : []),
-  ...(rdmaSupport.available ? (['rdma'] as const) : []),
-  'tcp',
-  'grpc',
-];
-
-/**
- * The default offers for a gateway at `target`: shm only for one on this host
- * (a Unix socket or loopback), rdma only for one elsewhere (like SMC-D vs SMC-R),
- * each only where this SDK can attach with it.
- */
-export function defaultTransports(target: string): TransportName[] {
-  const local = isLocalTarget(target);
-  return SDK_TRANSPORTS.filter((t) => (local ? t !== 'rdma' : t !== 'shm'));
-}
-
-/** Whether a gRPC target is on this host (a Unix socket or loopback): only then is shm offered by default. */
-export function isLocalTarget(target: string): boolean {
-  if (target.startsWith('unix:') || target.startsWith('unix-abstract:')) return true;
-  let rest = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/, '');
-  const bracket = /^\[([^\]]+)\]/.exec(rest);
-  if (bracket) rest = bracket[1]!;
-  else if (isIP(rest) !== 6) rest = rest.replace(/:[0-9]+$/, '');
-  const host = rest.toLowerCase();
-  if (host === 'localhost' || host.endsWith('.localhost')) return true;
-  if (isIP(host) === 4) return host.startsWith('127.');
-  if (isIP(host) === 6) return host === '::1' || /^::ffff:127\./.test(host) || host === '0:0:0:0:0:0:0:1';
-  return false;
-}
 /** A Connect that failed this soon with "Connection dropped" went out on a dying connection: it is retried once. */
 const CONNECTION_DROPPED_RETRY_MS = 1_000;
 /** How long the gateway has to confirm that a tcp-plane stream really ended. */
@@ -111,70 +77,8 @@ const DEFAULT_CONCURRENT_CONNECTS = 128;
 /** Connects that may queue for a turn: a bound on the queue, far above any real burst. */
 const DEFAULT_WAITING_CONNECTS = 65_536;
 
-export interface GatewayOptions {
-  /** Bearer token identifying the caller to the gateway's policy. */
-  token?: string;
-  /** The caller's identity: a bearer token (same as `token`). With `tls.cert`/`tls.key`, the certificate identifies the caller. */
-  identity?: { token?: string };
-  /** TLS to the control port (and mTLS with cert + key). */
-  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
-  /** Transports to offer, most preferred first. Default: every one this SDK supports. */
-  transports?: readonly TransportName[];
-  /** Default deadline of control calls in ms. */
-  deadlineMs?: number;
-  /** shm: the host id to offer instead of this host's boot id (tests, unusual setups). */
-  shm?: { hostId?: string };
-  /** rdma: receive ring bytes per socket, credits and keepalive of this client's connections. */
-  rdma?: RdmaClientOptions;
-  /**
-   * Stream connects (Connect call through attach) in flight at once; more wait
-   * their turn (connect-gate.ts). Default 128: under the gateway's default
-   * pending-socket (256 per identity) and waiting data-connection (128 per
-   * peer) bounds, so a burst is queued here rather than refused there.
-   */
-  maxConcurrentConnects?: number;
-  /** Connects that may wait for a turn; one more fails at once with LimitExceededError. Default 65536. */
-  maxWaitingConnects?: number;
-  /** tcp plane: open the data connection alongside the Connect once the data port is known (tcp-parallel.ts). Default true. */
-  parallelOpen?: boolean;
-}
-
-export type { CallOpts, ConnectOptions } from './call-options.js';
-
-export interface UdpOptions extends CallOpts {
-  transports?: readonly TransportName[];
-  /** `connect` opens a connected socket to the URI; `bind` (default) binds it locally. */
-  mode?: 'bind' | 'connect';
-}
-
 type Unary<Req, Res> = (req: Req, md: Metadata, opts: Partial<CallOptions>, cb: (err: ServiceError | null, res: Res) => void) => { cancel(): void };
 
-
-/** A listener on the gateway's host; emits 'connection' with GatewaySocket. */
-export class GatewayServer extends EventEmitter {
-  private closed = false;
-  constructor(
-    readonly listenerId: string,
-    /** The host address listened on, with the real port. */
-    readonly localUri: string,
-    private readonly stop: () => Promise<void>,
-  ) {
-    super();
-  }
-
-  address(): { address: string; port: number } {
-    const m = /^[a-z0-9]+:\/\/(\[([^\]]+)\]|([^:]+)):([0-9]+)$/.exec(this.localUri);
-    return { address: m?.[2] ?? m?.[3] ?? '', port: Number(m?.[4] ?? 0) };
-  }
-
-  /** Stop listening (open sockets stay). Idempotent. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.stop();
-    this.emit('close');
-  }
-}
 
 export class Gateway {
   private readonly client: SocketGatewayServiceClient;
@@ -188,12 +92,8 @@ export class Gateway {
   /** Everything open through this gateway object, closed by close(). */
   private readonly open = new Set<{ destroy(err?: Error): unknown }>();
   private readonly control: SocketControl;
-  /** The shm session side, created with the first shm offer. */
-  private shmClient: ShmClient | undefined;
-  private readonly shmOptions: { hostId?: string };
-  /** The rdma session side, created with the first rdma offer. */
-  private rdmaClient: RdmaClient | undefined;
-  private readonly rdmaOptions: RdmaClientOptions;
+  /** Attaches accepted offers by transport (shm and rdma sessions, tcp and grpc planes). */
+  private readonly attacher: TransportAttacher;
   /** Bounds the stream connects in flight (GatewayOptions.maxConcurrentConnects). */
   private readonly connectGate: ConnectGate;
   /** The tcp plane's end-of-stream confirmations, batched. */
@@ -226,11 +126,10 @@ export class Gateway {
       this.metadataNoWait.set('authorization', `Bearer ${token}`);
     }
     this.offersDefault = options.transports ?? defaultTransports(target);
-    this.shmOptions = options.shm ?? {};
-    this.rdmaOptions = options.rdma ?? {};
     this.connectGate = new ConnectGate(options.maxConcurrentConnects ?? DEFAULT_CONCURRENT_CONNECTS, options.maxWaitingConnects ?? DEFAULT_WAITING_CONNECTS);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false);
+    this.attacher = new TransportAttacher({ shm: options.shm ?? {}, rdma: options.rdma ?? {}, vsock, parallel: this.parallel, grpcData: () => this.client.data(this.metadata) });
     // No wait-for-ready: a gateway that is gone must not be waited for, nor its successor asked.
     const noWait = { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false };
     this.endConfirmer = new EndConfirmer(async (socketIds) => {
@@ -325,7 +224,7 @@ export class Gateway {
         continue;
       }
       const params: TransportOffer['params'] =
-        name === 'shm' ? { $case: 'shm', shm: this.shm().offer() } : name === 'rdma' ? { $case: 'rdma', rdma: this.rdma().offer() } : undefined;
+        name === 'shm' ? { $case: 'shm', shm: this.attacher.shm().offer() } : name === 'rdma' ? { $case: 'rdma', rdma: this.attacher.rdma().offer() } : undefined;
       offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params });
     }
     if (!offers.length) throw new NoTransportError(`none of the requested transports (${(names ?? []).join(', ')}) is supported by this SDK`);
@@ -574,45 +473,14 @@ export class Gateway {
     throw new NoTransportError('negotiation did not converge');
   }
 
-  /** The shm client of this gateway object (one session for all its shm sockets). */
-  private shm(): ShmClient {
-    this.shmClient ??= new ShmClient(this.shmOptions);
-    return this.shmClient;
-  }
-
-  /** The rdma client of this gateway object (one session, one RDMA connection, for all its rdma sockets). */
-  private rdma(): RdmaClient {
-    this.rdmaClient ??= new RdmaClient(this.rdmaOptions);
-    return this.rdmaClient;
-  }
-
+  /** The transport attach of one accepted offer (kept a method: tests wrap it). */
   private attachWith(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts, socketId = ''): Promise<Duplex> {
-    switch (accepted.params?.$case) {
-      case 'shm':
-        if (mode !== 'stream') return Promise.reject(new AttachFailedError('shm carries stream sockets only'));
-        return this.shm().attach(accepted.params.shm, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
-      case 'rdma':
-        // The gateway declines datagram sockets on rdma too; if one was accepted anyway, the next offer is used.
-        if (mode !== 'stream') return Promise.reject(new AttachFailedError('rdma carries stream sockets only'));
-        return this.rdma().attach(accepted.params.rdma, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
-      case 'tcp':
-        return this.attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts, accepted.params.tcp.vsockPort);
-      case 'grpc':
-        return this.attachGrpc(accepted.attachToken, mode, opts);
-      default:
-        return Promise.reject(new AttachFailedError(`gateway accepted a transport this SDK cannot attach with (${transportNameOf(accepted.kind)})`));
-    }
+    return this.attacher.attach(accepted, mode, opts, socketId);
   }
 
-  private attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts, vsockPort = 0): Promise<Duplex> {
-    // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
-    const viaVsock = this.vsock && vsockPort ? { cid: this.vsock.vsock.cid, port: vsockPort } : undefined;
-    if (!viaVsock && mode === 'stream') this.parallel.learn(host, port);
-    return attachTcp(viaVsock ? { vsock: viaVsock } : { host, port }, token, mode, opts.signal);
-  }
-
-  private attachGrpc(token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
-    return attachGrpc(() => this.client.data(this.metadata), token, mode, opts.signal);
+  /** @internal The shm client, once the first shm offer created it (tests read its sessions). */
+  get shmClient(): ShmClient | undefined {
+    return this.attacher.shmClient;
   }
 
   /** Listen on a host address through the gateway; inbound connections arrive as 'connection' events. */
@@ -716,35 +584,15 @@ export class Gateway {
   close(): void {
     for (const s of [...this.open]) s.destroy();
     this.open.clear();
-    void this.shmClient?.close();
-    this.rdmaClient?.close();
+    this.attacher.close();
     this.client.close();
     this.adminClient.close();
     this.vsock?.close();
   }
 }
 
-/** A gateway socket opened (openForLink) or accepted (listen with `channels: true`), not yet linked: link it to a local socket, or destroy it. */
-export interface LinkableSocket {
-  meta: SocketMeta;
-  link(target: Socket | number, opts?: Pick<LinkOptions, 'relay' | 'prefix'>): GatewayLink;
-  destroy(): void;
-}
-
-/** What Gateway#openStream hands back: the attached channel as a descriptor-backed socket. */
-export interface OpenedStream {
-  /** Paused, half-open allowed; its descriptor may be dup()ed. */
-  socket: Socket;
-  /** The socket's id on the gateway. */
-  socketId: string;
-  transport: TransportName;
-  fallbacks: FallbackInfo[];
-  localUri: string;
-  remoteUri: string;
-  /** Settles when the data plane says how the stream ended: undefined when cleanly (or unknown: tcp), else the error. */
-  failure: Promise<SockgateError | undefined>;
-  /** Destroy the local channel and close the socket on the gateway. */
-  close(): Promise<void>;
-}
-
 export { SocketState };
+export type { CallOpts, ConnectOptions } from './call-options.js';
+export { SDK_TRANSPORTS, defaultTransports, isLocalTarget, type GatewayOptions, type UdpOptions } from './gateway-options.js';
+export { GatewayServer } from './gateway-server.js';
+export type { LinkableSocket, OpenedStream } from './opened-socket.js';

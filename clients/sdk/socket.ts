@@ -7,24 +7,14 @@
 import { Duplex } from 'node:stream';
 import { EventEmitter } from 'node:events';
 import type { Fallback } from '../../proto/gen/sockgate/v1/transport.js';
-import { DeclineReason, TransportKind, declineReasonToJSON, transportKindToJSON } from '../../proto/gen/sockgate/v1/transport.js';
+import { DeclineReason, declineReasonToJSON } from '../../proto/gen/sockgate/v1/transport.js';
 import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketClosedError, SockgateError, WrongSocketKindError, fromSystemError } from '../../proto/errors.js';
 import type { ChannelDatagram } from '../../proto/wire.js';
 import type { ShmReadLoan } from './shm-channel.js';
+import { transportLabel, type TransportName } from '../../proto/transports.js';
 
-export type TransportName = 'shm' | 'rdma' | 'tcp' | 'grpc';
-
-export const TRANSPORT_KINDS: Readonly<Record<TransportName, TransportKind>> = {
-  shm: TransportKind.TRANSPORT_KIND_SHM,
-  rdma: TransportKind.TRANSPORT_KIND_RDMA,
-  tcp: TransportKind.TRANSPORT_KIND_TCP,
-  grpc: TransportKind.TRANSPORT_KIND_GRPC,
-};
-
-export function transportNameOf(kind: TransportKind): TransportName | 'none' {
-  if (kind === TransportKind.TRANSPORT_KIND_UNSPECIFIED) return 'none';
-  return transportKindToJSON(kind).replace('TRANSPORT_KIND_', '').toLowerCase() as TransportName;
-}
+// Transport names live in proto/transports.ts; these are the SDK's names for them.
+export { TRANSPORT_KINDS, transportLabel as transportNameOf, type TransportName } from '../../proto/transports.js';
 
 /** A passed-over transport and why, as the SDK reports it. */
 export interface FallbackInfo {
@@ -36,7 +26,7 @@ export interface FallbackInfo {
 
 export function fallbackInfo(f: Fallback): FallbackInfo {
   return {
-    transport: transportNameOf(f.kind),
+    transport: transportLabel(f.kind),
     reason: f.reason === DeclineReason.DECLINE_REASON_UNSPECIFIED ? '' : declineReasonToJSON(f.reason).replace('DECLINE_REASON_', ''),
     detail: f.detail,
   };
