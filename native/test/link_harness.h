@@ -1,4 +1,4 @@
-// Shared by the pump's native tests: loopback TCP pairs, a patterned
+// Shared by the pump's and the splice relay's native tests: loopback TCP pairs, a patterned
 // writer/reader (every byte checked), a gateway/client region pair on one
 // memfd, and an event collector for a pump's sink. Every wait is bounded.
 #pragma once
@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "../src/pump.h"
@@ -47,6 +48,14 @@ struct Events {
         if (e.type == PumpEvent::kEnd && e.id == id) return *out = e, true;
       return false;
     });
+  }
+  // Bytes the progress events of link `id` reported, toward the host or the client.
+  uint64_t progress(uint32_t id, bool to_host) {
+    std::lock_guard<std::mutex> g(mu);
+    uint64_t n = 0;
+    for (auto& e : all)
+      if (e.type == PumpEvent::kProgress && e.id == id) n += to_host ? e.a : e.b;
+    return n;
   }
   int count(uint32_t id, PumpEvent::Type t) {
     std::lock_guard<std::mutex> g(mu);
@@ -88,8 +97,9 @@ inline void writer(int fd, uint64_t n, uint32_t seed) {
   CHECK(shutdown(fd, SHUT_WR) == 0);
 }
 
-// Read to EOF checking the pattern; bytes read, or -errno / -EBADMSG.
-inline int64_t reader(int fd, uint32_t seed) {
+// Read to EOF checking `prefix`, then the pattern; bytes read (prefix
+// included), or -errno / -EBADMSG.
+inline int64_t reader(int fd, uint32_t seed, const std::string& prefix = std::string()) {
   std::vector<uint8_t> buf(1 << 16);
   uint64_t got = 0;
   for (;;) {
@@ -98,8 +108,10 @@ inline int64_t reader(int fd, uint32_t seed) {
     ssize_t r = recv(fd, buf.data(), buf.size(), 0);
     if (r < 0) return -errno;
     if (r == 0) return int64_t(got);
-    for (ssize_t i = 0; i < r; i++, got++)
-      if (buf[i] != pattern(got, seed)) return -EBADMSG;
+    for (ssize_t i = 0; i < r; i++, got++) {
+      uint8_t want = got < prefix.size() ? uint8_t(prefix[got]) : pattern(got - prefix.size(), seed);
+      if (buf[i] != want) return -EBADMSG;
+    }
   }
 }
 

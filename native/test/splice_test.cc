@@ -20,103 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "../src/pump.h"
-
-using namespace sg;
-
-#define CHECK(c)                                                             \
-  do {                                                                       \
-    if (!(c)) {                                                              \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c); \
-      abort();                                                               \
-    }                                                                        \
-  } while (0)
-
-static int g_scale = 1;
-
-// Events collected from the pump's sink (its I/O thread).
-struct Events {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::vector<PumpEvent> all;
-  void add(std::vector<PumpEvent>&& b) {
-    std::lock_guard<std::mutex> g(mu);
-    for (auto& e : b) all.push_back(std::move(e));
-    cv.notify_all();
-  }
-  // The end event of link `id`, waiting up to `ms`.
-  bool end_of(uint32_t id, PumpEvent* out, int ms) {
-    std::unique_lock<std::mutex> g(mu);
-    return cv.wait_for(g, std::chrono::milliseconds(ms), [&] {
-      for (auto& e : all)
-        if (e.type == PumpEvent::kEnd && e.id == id) {
-          *out = e;
-          return true;
-        }
-      return false;
-    });
-  }
-  uint64_t progress(uint32_t id, bool to_host) {
-    std::lock_guard<std::mutex> g(mu);
-    uint64_t n = 0;
-    for (auto& e : all)
-      if (e.type == PumpEvent::kProgress && e.id == id) n += to_host ? e.a : e.b;
-    return n;
-  }
-};
-
-// A connected TCP loopback pair (blocking fds).
-static void tcp_pair(int* a, int* b) {
-  int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  CHECK(ls >= 0);
-  struct sockaddr_in sa = {};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  CHECK(bind(ls, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-  CHECK(listen(ls, 1) == 0);
-  socklen_t l = sizeof sa;
-  CHECK(getsockname(ls, reinterpret_cast<sockaddr*>(&sa), &l) == 0);
-  *a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  CHECK(*a >= 0);
-  CHECK(connect(*a, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
-  *b = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
-  CHECK(*b >= 0);
-  close(ls);
-}
-
-static uint8_t pattern(uint64_t i, uint32_t seed) { return uint8_t((i * 2654435761u + seed) >> 7); }
-
-// Write `n` pattern bytes (after `prefix_len` already-counted positions), then SHUT_WR.
-static void writer(int fd, uint64_t n, uint32_t seed) {
-  std::vector<uint8_t> buf(1 << 16);
-  uint64_t off = 0;
-  while (off < n) {
-    size_t k = size_t(n - off < buf.size() ? n - off : buf.size());
-    for (size_t i = 0; i < k; i++) buf[i] = pattern(off + i, seed);
-    ssize_t w = send(fd, buf.data(), k, MSG_NOSIGNAL);
-    CHECK(w > 0);
-    off += uint64_t(w);
-  }
-  CHECK(shutdown(fd, SHUT_WR) == 0);
-}
-
-// Read until EOF; check `prefix` then `n` pattern bytes. Returns bytes read or -errno.
-static int64_t reader(int fd, const std::string& prefix, uint64_t n, uint32_t seed) {
-  std::vector<uint8_t> buf(1 << 16);
-  uint64_t got = 0;
-  for (;;) {
-    struct pollfd p = {fd, POLLIN, 0};
-    if (poll(&p, 1, 20000) != 1) return -ETIMEDOUT;
-    ssize_t r = recv(fd, buf.data(), buf.size(), 0);
-    if (r < 0) return -errno;
-    if (r == 0) return int64_t(got);
-    for (ssize_t i = 0; i < r; i++, got++) {
-      uint8_t want = got < prefix.size() ? uint8_t(prefix[got]) : pattern(got - prefix.size(), seed);
-      if (buf[i] != want) return -EBADMSG;
-    }
-  }
-  (void)n;
-}
+#include "link_harness.h"
 
 struct Rig {
   int client_peer = -1, host_peer = -1;  // the test's ends
@@ -139,8 +43,8 @@ static void test_bulk(Pump& p, Events& ev, bool copy) {
   Rig r = make(p, hp, cp, 1 << 18, copy);
   int64_t up = 0, down = 0;
   std::thread w1(writer, r.client_peer, n, 1u), w2(writer, r.host_peer, n, 2u);
-  std::thread r1([&] { up = reader(r.host_peer, hp, n, 1u); });
-  std::thread r2([&] { down = reader(r.client_peer, cp, n, 2u); });
+  std::thread r1([&] { up = reader(r.host_peer, 1u, hp); });
+  std::thread r2([&] { down = reader(r.client_peer, 2u, cp); });
   w1.join();
   w2.join();
   r1.join();
