@@ -123,6 +123,13 @@ export class AttachRefusedError extends NativeError {
   }
 }
 
+/** AF_VSOCK cannot be used in this process (no addon, no kernel support, or built without it). Travels as ERR_SOCKGATE_NATIVE. */
+export class VsockUnavailableError extends NativeError {
+  constructor(what: string, reason: string) {
+    super(`${what}: AF_VSOCK is not available in this process: ${reason}`);
+  }
+}
+
 type ErrorClass = (new (message?: string, options?: SockgateErrorOptions) => SockgateError) & { code: string };
 
 /** Every error class, by stable code: the one table. */

@@ -22,7 +22,8 @@ export {
   type LocalForwardSpec,
   type RemoteForwardSpec,
 } from './address.js';
-export { connectGateway, VsockUnsupportedError, type ProxyGateway } from './link.js';
+export { connectGateway, type ProxyGateway } from './link.js';
+export { VsockUnavailableError } from '../../proto/errors.js';
 export { LocalForward, RemoteForward, type ForwardOptions, type ForwardStats } from './forward.js';
 export { SocksServer, DEFAULT_UDP_BIND, type SocksServerOptions, type SocksStats, type SocksUser } from './socks-server.js';
 export { dialVsockUds, connectLine, parseAck } from './vsock-uds.js';

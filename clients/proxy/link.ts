@@ -8,32 +8,26 @@
  * natively and relays it to a private Unix socket grpc-js dials; tcp-plane
  * data connections go to the port the gateway advertises as
  * TcpAttach.vsock_port through the same bridge. Where the addon or the kernel
- * lacks AF_VSOCK, a vsock target fails with VsockUnsupportedError and the reason.
+ * lacks AF_VSOCK, a vsock target fails with VsockUnavailableError and the reason.
  */
 import { Gateway, type GatewayOptions } from '../sdk/gateway.js';
 import { vsockSupport } from '../sdk/vsock.js';
-import { NativeError } from '../../proto/errors.js';
+import { VsockUnavailableError } from '../../proto/errors.js';
 import { grpcTarget, parseGatewayTarget, type GatewayTarget } from './address.js';
 
 /** What the proxy needs of a gateway connection (the SDK's Gateway has it). */
 export type ProxyGateway = Pick<Gateway, 'connect' | 'listen' | 'udp' | 'close'> & Partial<Pick<Gateway, 'link' | 'openForLink'>>;
 
-/** The error for a vsock target where this process cannot use AF_VSOCK (no addon, no kernel support, or built without it). */
-export class VsockUnsupportedError extends NativeError {
-  constructor(target: Extract<GatewayTarget, { kind: 'vsock' }>, reason = vsockSupport.reason) {
-    super(
-      `gateway vsock:${target.cid}:${target.port}: AF_VSOCK is not available to the proxy: ${reason} ` +
-        '(the native addon connects AF_VSOCK and hands the stream to Node as a Unix socket, since libuv cannot wrap an AF_VSOCK fd ' +
-        'and grpc-js cannot dial one); reach the gateway with --gateway unix:/path or host:port instead',
-    );
-  }
-}
+/** Why a vsock target needs the addon: said in the error so the operator knows the way around it. */
+const VSOCK_HINT =
+  '(the native addon connects AF_VSOCK and hands the stream to Node as a Unix socket, since libuv cannot wrap an AF_VSOCK fd ' +
+  'and grpc-js cannot dial one); reach the gateway with --gateway unix:/path or host:port instead';
 
 /** Connect to the gateway at `target` (a string as --gateway takes it, or parsed). */
 export async function connectGateway(target: string | GatewayTarget, options: GatewayOptions = {}): Promise<Gateway> {
   const t = typeof target === 'string' ? parseGatewayTarget(target) : target;
   if (t.kind === 'vsock') {
-    if (!vsockSupport.available) throw new VsockUnsupportedError(t);
+    if (!vsockSupport.available) throw new VsockUnavailableError(`gateway vsock:${t.cid}:${t.port}`, `${vsockSupport.reason} ${VSOCK_HINT}`);
     return Gateway.connect(`vsock:${t.cid}:${t.port}`, options);
   }
   return Gateway.connect(grpcTarget(t), options);

@@ -36,6 +36,7 @@ import {
   InvalidArgumentError,
   NativeError,
   SockgateError,
+  VsockUnavailableError,
 } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
@@ -69,12 +70,7 @@ export const vsockSupport: { readonly available: boolean; readonly reason: strin
   },
 };
 
-/** AF_VSOCK cannot be used here (no addon, no kernel support, or built without it). */
-export class VsockUnavailableError extends NativeError {
-  constructor(what: string, reason = vsockSupport.reason) {
-    super(`${what}: AF_VSOCK is not available in this process: ${reason}`);
-  }
-}
+export { VsockUnavailableError };
 
 /** A vsock address. */
 export interface VsockAddress {
@@ -107,7 +103,7 @@ export function formatVsock(a: VsockAddress): string {
 }
 
 function requireNative(what: string): NativeModule {
-  if (!native || !vsockSupport.available) throw new VsockUnavailableError(what);
+  if (!native || !vsockSupport.available) throw new VsockUnavailableError(what, vsockSupport.reason);
   return native;
 }
 

@@ -18,7 +18,8 @@ import { credentials, Metadata } from '@grpc/grpc-js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { Gateway as SdkGateway } from '../../../clients/sdk/gateway.js';
-import { connectGateway, VsockUnsupportedError } from '../../../clients/proxy/link.js';
+import { connectGateway } from '../../../clients/proxy/link.js';
+import { VsockUnavailableError } from '../../../proto/errors.js';
 import { dialVsockUds } from '../../../clients/proxy/vsock-uds.js';
 import { parseGatewayTarget } from '../../../clients/proxy/address.js';
 import { ConnectRefusedError } from '../../../proto/errors.js';
@@ -132,8 +133,8 @@ test('--gateway vsock:2:7070 parses, and fails clearly where AF_VSOCK is unavail
   // Never dial this machine's real vsock: in a VM, CID 2 is whatever runs the VM.
   process.env['SOCKGATE_VSOCK'] = 'off';
   const err = await t.throwsAsync(connectGateway('vsock:2:7070'));
-  t.true(err instanceof VsockUnsupportedError);
-  t.is((err as VsockUnsupportedError).code, 'ERR_SOCKGATE_NATIVE');
-  t.regex(err!.message, /AF_VSOCK is not available to the proxy: turned off by SOCKGATE_VSOCK=off/);
+  t.true(err instanceof VsockUnavailableError);
+  t.is((err as VsockUnavailableError).code, 'ERR_SOCKGATE_NATIVE');
+  t.regex(err!.message, /AF_VSOCK is not available in this process: turned off by SOCKGATE_VSOCK=off/);
   t.regex(err!.message, /unix:\/path or host:port/);
 });
