@@ -187,11 +187,13 @@ PumpWrap::PumpWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PumpWrap>(
     return;
   }
   core_ = std::shared_ptr<Pump>(std::move(p));
+  teardown_.Arm(env, [this] { Shut(); });
   info.This().As<Napi::Object>().TypeTag(&kPumpTag);
 }
 
 void PumpWrap::Shut() {
   if (!core_) return;
+  teardown_.Disarm();
   core_->stop();  // joins the thread: no sink call after this
   core_.reset();
   tsfn_.Release();

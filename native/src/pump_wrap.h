@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "env_teardown.h"
 #include "pump.h"
 
 namespace sg {
@@ -34,6 +35,7 @@ class PumpWrap : public Napi::ObjectWrap<PumpWrap> {
   Napi::Value Close(const Napi::CallbackInfo& info);
   std::shared_ptr<Pump> core_;
   Napi::ThreadSafeFunction tsfn_;
+  EnvTeardownHook teardown_;  // stops the thread at exit if nobody closed the pump
 };
 
 // The PumpLink class (a slot's rings <-> an fd on a pump).

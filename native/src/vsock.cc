@@ -5,6 +5,8 @@
 // connect is a promise-returning function run on a libuv worker.
 #include "vsock.h"
 
+#include "env_teardown.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
@@ -266,6 +268,7 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
     }
     tsfn_ = Napi::ThreadSafeFunction::New(env, info[3].As<Napi::Function>(), "sockgate-vsock-accept", 0, 1);
     thread_ = std::thread([this] { run(); });
+    teardown_.Arm(env, [this] { shutdown(); });
     info.This().As<Napi::Object>().TypeTag(&kVsockListenerTag);
   }
   ~ListenerWrap() override { shutdown(); }  // safety net; close() is the rule
@@ -302,6 +305,7 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
   // The one cleanup path, in reverse order of creation: thread, fds, TSFN.
   void shutdown() {
     if (fd_ < 0) return;
+    teardown_.Disarm();
     stop_.store(true);
     uint64_t one = 1;
     ssize_t n = write(wake_, &one, sizeof one);
@@ -369,6 +373,7 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
   std::atomic<bool> stop_{false};
   std::thread thread_;
   Napi::ThreadSafeFunction tsfn_;
+  js::EnvTeardownHook teardown_;  // stops the thread at exit if nobody closed the listener
 };
 
 }  // namespace
