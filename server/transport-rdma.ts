@@ -9,7 +9,6 @@
 import type { Counter, Meter } from '@opentelemetry/api';
 import type { HostSockopt, RawRdmaConn, RawRdmaListener, RdmaRegionOptions } from '../native/index.js';
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
-import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from '../proto/errors.js';
@@ -17,7 +16,7 @@ import { applyHostOption } from './host-option.js';
 import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
 import { RateLimitedWarn, type Logger } from '../native/log.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
-import { StreamSocket, type GatewaySocket } from './socket-table.js';
+import type { GatewaySocket, StreamSocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
@@ -180,8 +179,7 @@ export class RdmaTransport implements Transport {
 
   /** A socket left the table: a reservation it still holds (it never attached) is freed at once. */
   socketRemoved(socket: GatewaySocket): void {
-    const slot = this.sessions.reservationOf(socket);
-    if (slot?.state === 'reserved') this.sessions.free(slot);
+    this.sessions.socketRemoved(socket);
   }
 
   abandoned(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
@@ -237,16 +235,19 @@ export class RdmaTransport implements Transport {
       this.#tokenFailure(err);
       return reject('token', (err as Error).message);
     }
-    const slot = this.sessions.reservationOf(target);
-    const s = slot?.session;
+    const claim = this.sessions.claim(target);
+    if (!claim.ok) {
+      this.o.metrics.recordAttach('rdma', 'error');
+      return reject(claim.reason, claim.detail);
+    }
+    const { slot } = claim;
+    const s = slot.session;
     const fail = (reason: RefusalReason, detail: string) => {
       this.o.metrics.recordAttach('rdma', 'error');
-      if (slot?.state === 'reserved') this.sessions.free(slot);
+      if (slot.state === 'reserved') this.sessions.free(slot);
       reject(reason, `${detail} (socket ${target.id})`);
     };
-    if (!slot || !s || slot.state !== 'reserved') return fail('no_session', 'the socket holds no rdma reservation (it expired, or the socket attached already)');
     if (s.state !== 'pending' || s.conn) return fail('no_session', `rdma session ${s.id} has a connection already (the client binds further sockets over it)`);
-    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return fail('not_waiting', 'the socket is not waiting for an attach');
     let conn: RawRdmaConn;
     try {
       conn = listener.accept(e.conn, this.#region);
@@ -256,7 +257,7 @@ export class RdmaTransport implements Transport {
     clearTimeout(slot.timer);
     slot.timer = undefined;
     slot.state = 'linking';
-    slot.target = target;
+    slot.target = claim.target;
     s.state = 'connecting';
     s.conn = conn;
     s.peer = e.peer;
@@ -352,9 +353,9 @@ export class RdmaTransport implements Transport {
       return refuse('token', (err as Error).message);
     }
     if (!slot) return refuse('no_session', `slot ${no} is not reserved in session ${s.id} (socket ${target.id})`);
-    if (this.sessions.reservationOf(target) !== slot) return refuse('no_session', `socket ${target.id} did not reserve slot ${no} of session ${s.id}`);
-    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return refuse('not_waiting', `socket ${target.id} is not waiting for an attach`);
-    if (!this.#link(s, slot, target)) this.#closeUnlinked(s, slot);
+    const claim = this.sessions.claim(target, { session: s, no });
+    if (!claim.ok) return refuse(claim.reason, claim.detail);
+    if (!this.#link(s, slot, claim.target)) this.#closeUnlinked(s, slot);
   }
 
   /** Hand the slot to the socket as its native data channel; false if the socket would not take it. */
