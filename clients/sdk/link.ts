@@ -19,22 +19,19 @@
  */
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { LinkEnd as PumpLinkEnd, Pump, SpliceEnd } from '../../native/index.js';
-import { ConnectionResetError, GatewayUnavailableError, RingCorruptError, SockgateError, fromSystemError } from '../../proto/errors.js';
+import { ConnectionResetError, SockgateError, fromSystemError } from '../../proto/errors.js';
+import { clientTransportEntry } from './client-transport.js';
 import { tracer } from '../../native/trace.js';
 import { takeFd, type TakenFd } from './fd-handover.js';
 import type { ConnectOptions } from './call-options.js';
 import { closedCleanly, splice as jsSplice } from './js-relay.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
-import { ShmChannel } from './shm-channel.js';
 import type { FallbackInfo, GatewaySocket, SocketMeta, TransportName } from './socket.js';
 
 const trace = tracer('sdk');
 
 /** SOCKGATE_LINK_RELAY=js: every link of this process takes the JS relay (to compare, or to work around a native problem). */
 const RELAY_ENV = 'SOCKGATE_LINK_RELAY';
-/** Splice pipe per direction: about bandwidth x round trip on a host, like the gateway's relay. */
-const SPLICE_PIPE_BYTES = 1 << 20;
 
 export interface LinkOptions extends ConnectOptions {
   /** 'auto' (default): native where the addon and the transport allow; 'js': the JS relay. */
@@ -89,41 +86,35 @@ export interface OpenedChannel {
   confirmEof: boolean;
 }
 
-let splicePump: Pump | undefined;
 let warnedNoAddon = false;
 
-function pumpFor(n: NativeModule): Pump {
-  splicePump ??= new n.Pump(() => {}, { unrefWhenIdle: true });
-  return splicePump;
-}
-
 /** The caller's descriptor: taken from its socket, or the raw fd (the link's from the call on). */
-function takeCaller(n: NativeModule, caller: Socket | number): TakenFd | undefined {
+export function takeCaller(n: NativeModule, caller: Socket | number): TakenFd | undefined {
   if (typeof caller === 'number') return { fd: caller, prefix: [], give: () => {}, undo: () => {} };
   return takeFd(n, caller);
 }
 
-/** What kept a channel off the native path, or '' if it can be linked. */
-function blocker(inner: Duplex, meta: SocketMeta): string {
-  if (meta.transport === 'shm') return inner instanceof ShmChannel ? (inner.touched ? 'the shm channel was read from JS already' : '') : 'the shm channel is not a ring channel';
-  if (meta.transport === 'tcp') return inner instanceof Socket ? '' : 'the tcp data connection has no descriptor';
-  return `the ${meta.transport} plane has no native client link`;
+/** What keeps a channel off the native path ('' if its transport can link it). */
+function blocker(opened: OpenedChannel): string {
+  const entry = clientTransportEntry(opened.meta.transport);
+  if (!entry?.linkNative || !entry.nativeBlocker) return `the ${opened.meta.transport} plane has no native client link`;
+  return entry.nativeBlocker(opened);
 }
 
-function systemError(code: string | undefined, errno: number, what: string): SockgateError {
+export function systemError(code: string | undefined, errno: number, what: string): SockgateError {
   const c = code ?? `errno ${errno}`;
   return fromSystemError(Object.assign(new Error(`${what}: ${c}`), { code: c }), what);
 }
 
 /** Join `caller` to an attached channel; natively where possible (see the file comment). */
 export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, opts: LinkOptions = {}): GatewayLink {
-  const { inner, meta } = opened;
+  const { meta } = opened;
   const relay = opts.relay ?? (process.env[RELAY_ENV] === 'js' ? 'js' : 'auto');
-  let why = relay === 'js' ? `the JS relay was asked for${opts.relay ? '' : ` (${RELAY_ENV}=js)`}` : native ? blocker(inner, meta) : `the native addon did not load: ${nativeError}`;
-  if (!why && native) {
+  let why = relay === 'js' ? `the JS relay was asked for${opts.relay ? '' : ` (${RELAY_ENV}=js)`}` : native ? blocker(opened) : `the native addon did not load: ${nativeError}`;
+  const linkNative = clientTransportEntry(meta.transport)?.linkNative;
+  if (!why && native && linkNative) {
     try {
-      const pre = opts.prefix ?? [];
-      const l = meta.transport === 'shm' ? linkShm(deps, native, caller, inner as ShmChannel, meta, pre) : linkTcp(deps, native, caller, inner as Socket, opened, pre);
+      const l = linkNative(deps, native, caller, opened, opts.prefix ?? []);
       trace(`link ${meta.socketId}: native ${meta.transport} link`);
       return l;
     } catch (err) {
@@ -138,132 +129,8 @@ export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: Ope
   return linkJs(deps, caller, opened, why, opts.prefix ?? []);
 }
 
-function base(meta: SocketMeta): Pick<GatewayLink, 'socketId' | 'transport' | 'fallbacks' | 'localUri' | 'remoteUri'> {
+export function base(meta: SocketMeta): Pick<GatewayLink, 'socketId' | 'transport' | 'fallbacks' | 'localUri' | 'remoteUri'> {
   return { socketId: meta.socketId, transport: meta.transport, fallbacks: meta.fallbacks, localUri: meta.localUri, remoteUri: meta.remoteUri };
-}
-
-function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, ch: ShmChannel, meta: SocketMeta, pre: readonly Buffer[]): GatewayLink {
-  const take = takeCaller(n, caller);
-  if (!take) throw new ConnectionResetError('the caller socket has no usable descriptor');
-  let sl;
-  try {
-    sl = ch.linkNative(take.fd, [...pre, ...take.prefix]);
-  } catch (err) {
-    take.undo();
-    throw err;
-  }
-  take.give();
-  const link = sl.link;
-  let final: PumpLinkEnd | undefined;
-  let aborted = false;
-  const what = `link ${meta.socketId} (shm)`;
-  const ended = sl.ended.then(({ end, error }): LinkEnded => {
-    final = end;
-    if (end.reason === 'ok' && !error) return { reason: 'ok' };
-    // No CloseSocket here: the ABORT the session sends resets the gateway's host socket, and a
-    // CloseSocket racing ahead of it would close that socket with a FIN instead.
-    if (aborted) return { reason: 'aborted', ...(error ? { error } : {}) };
-    const e = error ?? (end.reason === 'corrupt' ? new RingCorruptError(`${what}: the ring was corrupted`) : end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`));
-    return { reason: 'error', error: e };
-  });
-  deps.track({ destroy: () => handle.destroy() }, ended);
-  const handle: GatewayLink = {
-    ...base(meta),
-    native: true,
-    relayReason: '',
-    bytes: {
-      get toTarget() {
-        return final ? final.totalToRing : link.raw.totals()[1];
-      },
-      get fromTarget() {
-        return final ? final.totalToFd : link.raw.totals()[0];
-      },
-    },
-    ended,
-    close() {
-      try {
-        link.shutdownRead();
-      } catch {
-        // ended already
-      }
-    },
-    destroy() {
-      if (final) return;
-      aborted = true;
-      void link.close({ reset: true });
-    },
-  };
-  return handle;
-}
-
-function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, data: Socket, opened: OpenedChannel, pre: readonly Buffer[]): GatewayLink {
-  const { meta } = opened;
-  const takeData = takeFd(n, data);
-  if (!takeData) throw new ConnectionResetError('the data connection has no usable descriptor');
-  const take = takeCaller(n, caller);
-  if (!take) {
-    takeData.undo();
-    throw new ConnectionResetError('the caller socket has no usable descriptor');
-  }
-  let link;
-  try {
-    // "client" = the data connection, "host" = the caller: its prefix is what the gateway sent that JS had read.
-    link = pumpFor(n).splice(takeData.fd, take.fd, { toHostPrefix: takeData.prefix, toClientPrefix: [...pre, ...take.prefix], pipeBytes: SPLICE_PIPE_BYTES });
-  } catch (err) {
-    takeData.undo();
-    take.undo();
-    throw err;
-  }
-  link.raw.mute();
-  takeData.give();
-  take.give();
-  let final: SpliceEnd | undefined;
-  let aborted = false;
-  const what = `link ${meta.socketId} (tcp)`;
-  const ended = link.ended.then(async (end): Promise<LinkEnded> => {
-    final = end;
-    if (end.reason === 'ok') {
-      if (!opened.confirmEof) return { reason: 'ok' };
-      // A FIN on the raw tcp plane looks the same whether the target ended or the gateway died: ask.
-      try {
-        await deps.confirmEnd(meta.socketId);
-        return { reason: 'ok' };
-      } catch (err) {
-        return { reason: 'error', error: err instanceof SockgateError ? err : new GatewayUnavailableError((err as Error).message) };
-      }
-    }
-    void deps.closeRemote(meta.socketId);
-    if (aborted) return { reason: 'aborted' };
-    return { reason: 'error', error: end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`) };
-  });
-  deps.track({ destroy: () => handle.destroy() }, ended);
-  const handle: GatewayLink = {
-    ...base(meta),
-    native: true,
-    relayReason: '',
-    bytes: {
-      get toTarget() {
-        return final ? final.totalToClient : link.raw.totals()[1];
-      },
-      get fromTarget() {
-        return final ? final.totalToHost : link.raw.totals()[0];
-      },
-    },
-    ended,
-    close() {
-      try {
-        link.shutdownHost(true, false);
-      } catch {
-        // ended already
-      }
-    },
-    destroy() {
-      if (final) return;
-      aborted = true;
-      void link.close({ reset: true });
-    },
-  };
-  return handle;
 }
 
 function linkJs(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, why: string, pre: readonly Buffer[]): GatewayLink {
