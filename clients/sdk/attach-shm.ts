@@ -32,6 +32,7 @@ import {
 } from '../../proto/shm-wire.js';
 import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
+import { SlotBinds, within } from './client-slot-session.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** The largest spin a gateway may ask of this process's pump (µs; the native pump's own limit). */
@@ -99,7 +100,7 @@ export type { ShmSlotLink } from './shm-channel.js';
 class ClientShmSession implements ShmChannelSession {
   readonly channels = new Map<number, ShmChannel>();
   /** BINDs waiting for their BOUND, by slot. */
-  readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  readonly #binds = new SlotBinds();
   /** Slots pumped natively (link.ts), by slot: an END or the session's loss resets them. */
   readonly #links = new Map<number, { link: PumpLink; error?: Error }>();
   readonly #control: ShmChannel;
@@ -147,16 +148,13 @@ class ClientShmSession implements ShmChannelSession {
     }
     for (const m of msgs) {
       if (m.type === CtlType.BOUND) {
-        const b = this.#binds.get(m.slot);
-        this.#binds.delete(m.slot);
         let st;
         try {
           st = decodeBound(m.payload);
         } catch (err) {
           return this.lost(err as Error);
         }
-        if (st.status === ShmStatus.OK) b?.resolve();
-        else b?.reject(new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
+        this.#binds.settle(m.slot, st.status === ShmStatus.OK ? undefined : new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
       } else {
         const code = m.payload.toString('utf8');
         const l = this.#links.get(m.slot);
@@ -192,21 +190,9 @@ class ClientShmSession implements ShmChannelSession {
     if (this.#closed) return Promise.reject(new AttachFailedError(`shm session ${this.id} is closed`));
     if (this.#binds.has(slot) || this.channels.has(slot)) return Promise.reject(new AttachFailedError(`shm slot ${slot} of session ${this.id} is already in use here`));
     if (token.length > 1024) return Promise.reject(new AttachFailedError('attach token too long'));
-    return new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        if (this.#binds.get(slot)?.reject === fail) this.#binds.delete(slot);
-        if (err) reject(err);
-        else resolve();
-      };
-      const fail = (err: Error) => done(err);
-      const onAbort = () => done(new AbortedError('attach aborted'));
-      const timer = setTimeout(() => done(new AttachFailedError(`shm bind of slot ${slot}: no answer within ${timeoutMs} ms`)), timeoutMs);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.#binds.set(slot, { resolve: () => done(), reject: fail });
-      this.#control.write(encodeCtl(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength)));
-    });
+    const answer = this.#binds.expect(slot);
+    this.#control.write(encodeCtl(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength)));
+    return within(answer, timeoutMs, signal, `shm bind of slot ${slot}: no answer within ${timeoutMs} ms`, () => this.#binds.forget(slot));
   }
 
   /**
@@ -262,8 +248,7 @@ class ClientShmSession implements ShmChannelSession {
     this.#closed = true;
     this.onGone(this);
     const why = err ?? new SocketClosedError(`shm session ${this.id} closed`);
-    for (const b of this.#binds.values()) b.reject(new AttachFailedError(`shm session ${this.id} ended before the bind was answered`, { cause: why }));
-    this.#binds.clear();
+    this.#binds.failAll(() => new AttachFailedError(`shm session ${this.id} ended before the bind was answered`, { cause: why }));
     for (const ch of [...this.channels.values()]) ch.lost(why);
     for (const l of this.#links.values()) {
       l.error ??= why;

@@ -15,7 +15,7 @@ import type { NativeModule } from './native-optional.js';
 import type { CallOpts } from './call-options.js';
 import type { GatewayOptions } from './gateway-options.js';
 import type { FallbackInfo, TransportName } from './socket.js';
-import type { GatewayLink, LinkDeps, OpenedChannel } from './link.js';
+import type { GatewayLink, LinkDeps, OpenedChannel } from './link-types.js';
 import type { ParallelOpen } from './tcp-parallel.js';
 import type { VsockBridge } from './vsock.js';
 
