@@ -11,6 +11,7 @@ import type { Socket } from 'node:net';
 import type { ClientDuplexStream } from '@grpc/grpc-js';
 import type { DataRequest, DataResponse } from '../../proto/gen/sockgate/v1/sockgate.js';
 import type { Accepted, TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { AttachFailedError } from '../../proto/errors.js';
 import type { NativeModule } from './native-optional.js';
 import type { CallOpts } from './call-options.js';
 import type { GatewayOptions } from './gateway-options.js';
@@ -54,6 +55,51 @@ export interface ClientTransportEntry {
   /** What keeps `opened` off the native link ('' if it can be linked); absent: the transport has no native client link. */
   nativeBlocker?(opened: OpenedChannel): string;
   linkNative?: NativeLinker;
+}
+
+/** The client of a session transport (ShmClient, RdmaClient): one session (or chain) per Gateway object. */
+export interface SessionClient<P, O> {
+  offer(): O;
+  attach(params: P, token: Uint8Array, label: string, opts: { signal?: AbortSignal }): Promise<Duplex>;
+  close(): unknown;
+}
+
+/** A transport whose sockets ride one client session (shm, rdma): its client made on first use; stream sockets only. */
+export class SessionClientTransport<P, O, C extends SessionClient<P, O>> implements ClientTransport {
+  #client: C | undefined;
+  constructor(
+    private readonly name: TransportName,
+    private readonly make: () => C,
+    /** The accepted offer's parameters for this transport, if it carries them. */
+    private readonly paramsOf: (accepted: Accepted) => P | undefined,
+    private readonly wrap: (offer: O) => TransportOffer['params'],
+  ) {}
+
+  /** The client, if made yet (tests read its sessions). */
+  get client(): C | undefined {
+    return this.#client;
+  }
+
+  #get(): C {
+    this.#client ??= this.make();
+    return this.#client;
+  }
+
+  offer(): TransportOffer['params'] {
+    return this.wrap(this.#get().offer());
+  }
+
+  attach(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts, label: string): Promise<Duplex> {
+    // The gateway declines datagram sockets here too; if one was accepted anyway, the next offer is used.
+    if (mode !== 'stream') return Promise.reject(new AttachFailedError(`${this.name} carries stream sockets only`));
+    const params = this.paramsOf(accepted);
+    if (!params) return Promise.reject(new AttachFailedError(`${this.name} attach: the gateway sent no ${this.name} parameters`));
+    return this.#get().attach(params, accepted.attachToken, label, opts.signal ? { signal: opts.signal } : {});
+  }
+
+  close(): void {
+    void this.#client?.close();
+  }
 }
 
 const registry = new Map<TransportName, ClientTransportEntry>();

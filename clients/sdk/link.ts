@@ -86,6 +86,41 @@ export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: Ope
   return linkJs(deps, caller, opened, why, opts.prefix ?? []);
 }
 
+/** The handle of a native link: counters read on demand, close() drains, destroy() aborts (the transport's own calls). */
+export function nativeLinkHandle(
+  deps: LinkDeps,
+  meta: SocketMeta,
+  ended: Promise<LinkEnded>,
+  ops: { toTarget(): number; fromTarget(): number; drain(): void; abort(): void },
+): GatewayLink {
+  const handle: GatewayLink = {
+    ...base(meta),
+    native: true,
+    relayReason: '',
+    bytes: {
+      get toTarget() {
+        return ops.toTarget();
+      },
+      get fromTarget() {
+        return ops.fromTarget();
+      },
+    },
+    ended,
+    close() {
+      try {
+        ops.drain();
+      } catch {
+        // ended already
+      }
+    },
+    destroy() {
+      ops.abort();
+    },
+  };
+  deps.track({ destroy: () => handle.destroy() }, ended);
+  return handle;
+}
+
 export function base(meta: SocketMeta): Pick<GatewayLink, 'socketId' | 'transport' | 'fallbacks' | 'localUri' | 'remoteUri'> {
   return { socketId: meta.socketId, transport: meta.transport, fallbacks: meta.fallbacks, localUri: meta.localUri, remoteUri: meta.remoteUri };
 }

@@ -4,32 +4,19 @@
  * descriptor the connection pumps, so a caller's fd is relayed to it in JS
  * (link.ts); openStream() hands the descriptor itself to a peer gateway.
  */
-import { AttachFailedError } from '../../proto/errors.js';
-import { registerClientTransport, type ClientTransport, type ClientTransportContext } from './client-transport.js';
+import type { RdmaAttach, RdmaOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { SessionClientTransport, registerClientTransport, type ClientTransportContext } from './client-transport.js';
 import { RdmaClient, rdmaSupport } from './attach-rdma.js';
 
-export class RdmaTransport implements ClientTransport {
-  #client: RdmaClient | undefined;
-  constructor(private readonly ctx: ClientTransportContext) {}
-
-  #rdma(): RdmaClient {
-    this.#client ??= new RdmaClient(this.ctx.options.rdma ?? {});
-    return this.#client;
-  }
-
-  offer(): ReturnType<ClientTransport['offer']> {
-    return { $case: 'rdma', rdma: this.#rdma().offer() };
-  }
-
-  attach(...[accepted, mode, opts, label]: Parameters<ClientTransport['attach']>): ReturnType<ClientTransport['attach']> {
-    // The gateway declines datagram sockets on rdma too; if one was accepted anyway, the next offer is used.
-    if (mode !== 'stream') return Promise.reject(new AttachFailedError('rdma carries stream sockets only'));
-    if (accepted.params?.$case !== 'rdma') return Promise.reject(new AttachFailedError('rdma attach: the gateway sent no rdma parameters'));
-    return this.#rdma().attach(accepted.params.rdma, accepted.attachToken, label, opts.signal ? { signal: opts.signal } : {});
-  }
-
-  close(): void {
-    this.#client?.close();
+/** The rdma transport of one Gateway object. */
+export class RdmaTransport extends SessionClientTransport<RdmaAttach, RdmaOffer, RdmaClient> {
+  constructor(ctx: ClientTransportContext) {
+    super(
+      'rdma',
+      () => new RdmaClient(ctx.options.rdma ?? {}),
+      (a) => (a.params?.$case === 'rdma' ? a.params.rdma : undefined),
+      (rdma) => ({ $case: 'rdma', rdma }),
+    );
   }
 }
 

@@ -5,39 +5,23 @@
  */
 import type { Socket } from 'node:net';
 import type { LinkEnd as PumpLinkEnd } from '../../native/index.js';
-import { AttachFailedError, ConnectionResetError, RingCorruptError } from '../../proto/errors.js';
-import { registerClientTransport, type ClientTransport, type ClientTransportContext } from './client-transport.js';
+import { ConnectionResetError, RingCorruptError } from '../../proto/errors.js';
+import { SessionClientTransport, registerClientTransport, type ClientTransportContext } from './client-transport.js';
+import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { ShmClient, shmSupport } from './attach-shm.js';
-import { base, systemError, takeCaller, type GatewayLink, type LinkDeps, type LinkEnded, type OpenedChannel } from './link.js';
+import { nativeLinkHandle, systemError, takeCaller, type GatewayLink, type LinkDeps, type LinkEnded, type OpenedChannel } from './link.js';
 import type { NativeModule } from './native-optional.js';
 import { ShmChannel } from './shm-channel.js';
 
-export class ShmTransport implements ClientTransport {
-  #client: ShmClient | undefined;
-  constructor(private readonly ctx: ClientTransportContext) {}
-
-  /** The shm client, if created yet (tests read its sessions). */
-  get client(): ShmClient | undefined {
-    return this.#client;
-  }
-
-  #shm(): ShmClient {
-    this.#client ??= new ShmClient(this.ctx.options.shm ?? {});
-    return this.#client;
-  }
-
-  offer(): ReturnType<ClientTransport['offer']> {
-    return { $case: 'shm', shm: this.#shm().offer() };
-  }
-
-  attach(...[accepted, mode, opts, label]: Parameters<ClientTransport['attach']>): ReturnType<ClientTransport['attach']> {
-    if (mode !== 'stream') return Promise.reject(new AttachFailedError('shm carries stream sockets only'));
-    if (accepted.params?.$case !== 'shm') return Promise.reject(new AttachFailedError('shm attach: the gateway sent no shm parameters'));
-    return this.#shm().attach(accepted.params.shm, accepted.attachToken, label, opts.signal ? { signal: opts.signal } : {});
-  }
-
-  close(): void {
-    void this.#client?.close();
+/** The shm transport of one Gateway object. */
+export class ShmTransport extends SessionClientTransport<ShmAttach, ShmOffer, ShmClient> {
+  constructor(ctx: ClientTransportContext) {
+    super(
+      'shm',
+      () => new ShmClient(ctx.options.shm ?? {}),
+      (a) => (a.params?.$case === 'shm' ? a.params.shm : undefined),
+      (shm) => ({ $case: 'shm', shm }),
+    );
   }
 }
 
@@ -67,34 +51,16 @@ function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, opene
     const e = error ?? (end.reason === 'corrupt' ? new RingCorruptError(`${what}: the ring was corrupted`) : end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`));
     return { reason: 'error', error: e };
   });
-  deps.track({ destroy: () => handle.destroy() }, ended);
-  const handle: GatewayLink = {
-    ...base(meta),
-    native: true,
-    relayReason: '',
-    bytes: {
-      get toTarget() {
-        return final ? final.totalToRing : link.raw.totals()[1];
-      },
-      get fromTarget() {
-        return final ? final.totalToFd : link.raw.totals()[0];
-      },
-    },
-    ended,
-    close() {
-      try {
-        link.shutdownRead();
-      } catch {
-        // ended already
-      }
-    },
-    destroy() {
+  return nativeLinkHandle(deps, meta, ended, {
+    toTarget: () => (final ? final.totalToRing : link.raw.totals()[1]),
+    fromTarget: () => (final ? final.totalToFd : link.raw.totals()[0]),
+    drain: () => link.shutdownRead(),
+    abort: () => {
       if (final) return;
       aborted = true;
       void link.close({ reset: true });
     },
-  };
-  return handle;
+  });
 }
 
 

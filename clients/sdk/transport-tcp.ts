@@ -10,7 +10,7 @@ import { AttachFailedError, ConnectionResetError, GatewayUnavailableError, Sockg
 import { attachTcp } from './attach-plane.js';
 import { registerClientTransport, type ClientTransport, type ClientTransportContext } from './client-transport.js';
 import { takeFd } from './fd-handover.js';
-import { base, systemError, takeCaller, type GatewayLink, type LinkDeps, type LinkEnded, type OpenedChannel } from './link.js';
+import { nativeLinkHandle, systemError, takeCaller, type GatewayLink, type LinkDeps, type LinkEnded, type OpenedChannel } from './link.js';
 import type { NativeModule } from './native-optional.js';
 
 /** Splice pipe per direction: about bandwidth x round trip on a host, like the gateway's relay. */
@@ -83,34 +83,16 @@ function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, opene
     if (aborted) return { reason: 'aborted' };
     return { reason: 'error', error: end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`) };
   });
-  deps.track({ destroy: () => handle.destroy() }, ended);
-  const handle: GatewayLink = {
-    ...base(meta),
-    native: true,
-    relayReason: '',
-    bytes: {
-      get toTarget() {
-        return final ? final.totalToClient : link.raw.totals()[1];
-      },
-      get fromTarget() {
-        return final ? final.totalToHost : link.raw.totals()[0];
-      },
-    },
-    ended,
-    close() {
-      try {
-        link.shutdownHost(true, false);
-      } catch {
-        // ended already
-      }
-    },
-    destroy() {
+  return nativeLinkHandle(deps, meta, ended, {
+    toTarget: () => (final ? final.totalToClient : link.raw.totals()[1]),
+    fromTarget: () => (final ? final.totalToHost : link.raw.totals()[0]),
+    drain: () => link.shutdownHost(true, false),
+    abort: () => {
       if (final) return;
       aborted = true;
       void link.close({ reset: true });
     },
-  };
-  return handle;
+  });
 }
 
 
