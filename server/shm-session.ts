@@ -19,8 +19,9 @@
  *   into a socketpair transport-shm.ts reads). No new connection, mapping or fd.
  *
  * Tokens stay single-use and bound to an identity: a slot is reserved for the
- * identity that negotiated it, in a session of that identity, and the token
- * redeemed for it must belong to a socket of that identity. A session whose
+ * identity that negotiated it, in a session of that identity, tied to the
+ * socket its token was issued to, and only that socket's token claims it
+ * (server/slot-session.ts keeps the book, for rdma too). A session whose
  * attaching uid maps (policy `uids`) to another identity is refused.
  * A session that is full spills into an overflow session the gateway opens
  * for the same client (chained, so concurrent offers share it).
