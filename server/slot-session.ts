@@ -11,6 +11,9 @@
  * native/SHM.md and native/RDMA.md describe the protocol.
  */
 import { randomBytes } from 'node:crypto';
+import type { Counter, Meter } from '@opentelemetry/api';
+import { RateLimitedWarn, type Logger } from '../native/log.js';
+import { AttachTokenError, type RedeemFailure } from '../proto/errors.js';
 import { tracer } from '../native/trace.js';
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason } from '../proto/gen/sockgate/v1/transport.js';
@@ -19,6 +22,11 @@ import type { Identity } from './policy.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
 
 const trace = tracer('attach');
+
+/** A reserved slot outlives its token by this much (an attach or bind may be in flight when the token expires). */
+export const RESERVATION_GRACE_MS = 2_000;
+/** How long teardown waits for a slot's or a session's end event before giving up on it. */
+export const END_WAIT_MS = 5_000;
 
 /** Client input echoed in a decline detail is cut to this length. */
 const MAX_ECHO = 64;
@@ -370,6 +378,32 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
     }
     return -1;
   }
+}
+
+/** Refused attaches and binds: every one counted by reason, logged at most 20 times per 10 s (a hostile client must not flood the log). */
+export class SlotRefusals {
+  readonly #counter: Counter;
+  readonly #log: RateLimitedWarn;
+  constructor(
+    meter: Meter,
+    metric: { name: string; description: string; unit: string },
+    logger: Logger,
+    private readonly label: string,
+  ) {
+    this.#counter = meter.createCounter(metric.name, { description: metric.description, unit: metric.unit });
+    this.#log = new RateLimitedWarn(logger);
+  }
+
+  refuse(reason: string, detail: string, extra: Record<string, unknown> = {}): void {
+    this.#counter.add(1, { reason });
+    this.#log.warn({ reason, ...extra }, `${this.label} attach refused: ${detail}`);
+  }
+}
+
+/** How a refused token is counted in sockgate_attach (a token for another transport is an error, not a token failure). */
+export function tokenOutcome(err: unknown): Exclude<RedeemFailure, 'wrong_transport'> | 'error' {
+  const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
+  return failure === 'wrong_transport' ? 'error' : failure;
 }
 
 /** A session new reservations may still land in. */

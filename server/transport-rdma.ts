@@ -13,8 +13,9 @@ import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachReg
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from '../proto/errors.js';
 import { applyHostOption } from './host-option.js';
+import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotRefusals, tokenOutcome } from './slot-session.js';
 import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
-import { RateLimitedWarn, type Logger } from '../native/log.js';
+import type { Logger } from '../native/log.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
 import type { GatewaySocket, StreamSocket } from './socket-table.js';
 import type { GatewayMetrics } from './telemetry.js';
@@ -30,10 +31,6 @@ export type RdmaConfig = Config['transports']['rdma'];
 
 /** The end code of a connection (and of the slots it cut off) whose peer went away. */
 const DISCONNECTED = 'ERR_SOCKGATE_RDMA_DISCONNECTED';
-/** A reserved slot outlives its token by this much (a connect or bind may be in flight when the token expires). */
-const RESERVATION_GRACE_MS = 2_000;
-/** How long teardown waits for a slot's or a connection's end event before giving up on it. */
-const END_WAIT_MS = 5_000;
 
 /** The rdma plane's own metrics, declared once (served with the gateway's). */
 export const RDMA_METRICS = {
@@ -69,9 +66,7 @@ export class RdmaTransport implements Transport {
   #closing = false;
   /** Connected (or connecting) sessions by connection id. */
   readonly #byConn = new Map<number, RdmaSession>();
-  readonly #refusals: Counter;
-  /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
-  readonly #refusalLog: RateLimitedWarn;
+  readonly #refusals: SlotRefusals;
   readonly #failures: Counter;
 
   constructor(private readonly o: RdmaTransportOptions) {
@@ -83,8 +78,7 @@ export class RdmaTransport implements Transport {
       reservationMs: o.tokenTtlMs + RESERVATION_GRACE_MS,
     });
     const m = o.meter;
-    this.#refusals = m.createCounter(RDMA_METRICS.refused.name, { description: RDMA_METRICS.refused.description, unit: RDMA_METRICS.refused.unit });
-    this.#refusalLog = new RateLimitedWarn(o.logger);
+    this.#refusals = new SlotRefusals(m, RDMA_METRICS.refused, o.logger, 'rdma');
     this.#failures = m.createCounter(RDMA_METRICS.failures.name, { description: RDMA_METRICS.failures.description, unit: RDMA_METRICS.failures.unit });
     m.createObservableGauge(RDMA_METRICS.sessions.name, { description: RDMA_METRICS.sessions.description, unit: RDMA_METRICS.sessions.unit }).addCallback((r) =>
       r.observe(this.sessionCount),
@@ -196,13 +190,11 @@ export class RdmaTransport implements Transport {
   }
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
-    this.#refusals.add(1, { reason });
-    this.#refusalLog.warn({ reason, ...extra }, `rdma attach refused: ${detail}`);
+    this.#refusals.refuse(reason, detail, extra);
   }
 
   #tokenFailure(err: unknown): void {
-    const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
-    this.o.metrics.recordAttach('rdma', failure === 'wrong_transport' ? 'error' : failure);
+    this.o.metrics.recordAttach('rdma', tokenOutcome(err));
   }
 
   // ---- the listener: connection requests ----------------------------------------

@@ -14,9 +14,9 @@ import { whenReleased } from '../native/when-released.js';
 import type { Counter, Meter } from '@opentelemetry/api';
 import type { AttachListener, Eventfd, ShmRegion } from '../native/index.js';
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
-import { AttachTokenError, type AttachRegistry } from './attach.js';
+import type { AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
-import { RateLimitedWarn, type Logger } from '../native/log.js';
+import type { Logger } from '../native/log.js';
 import type { Identity, Policy } from './policy.js';
 import type { ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
 import type { GatewaySocket } from './socket-table.js';
@@ -27,7 +27,7 @@ import { removeStaleSocket } from '../native/unix-socket-file.js';
 import { listenAttachSocket } from './shm-attach-socket.js';
 import { RingBudget } from './shm-ring-budget.js';
 import { Session, Slot } from './shm-session.js';
-import { SlotBook, echo } from './slot-session.js';
+import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotBook, SlotRefusals, echo, tokenOutcome } from './slot-session.js';
 import { slotChannel, type SlotChannelHost } from './shm-slot-channel.js';
 import { sendCtl, startControl, type ControlHost } from './shm-control.js';
 import {
@@ -48,14 +48,10 @@ const trace = tracer('shm');
 type NativeModule = typeof import('../native/index.js');
 export type ShmConfig = Config['transports']['shm'];
 
-/** A reserved slot outlives its token by this much (an attach may be in flight when the token expires). */
-const RESERVATION_GRACE_MS = 2_000;
 /** A session refused at attach is remembered this long, so further offers naming it are declined at once. */
 const REFUSED_MEMORY_MS = 60_000;
 /** How long ending a session waits for its last control messages to reach the client's ring. */
 const CONTROL_FLUSH_MS = 500;
-/** How long teardown waits for a link's end event before giving up on it. */
-const LINK_END_WAIT_MS = 5_000;
 
 /** The shm plane's own metrics, declared once (served with the gateway's). */
 export const SHM_METRICS = {
@@ -102,9 +98,7 @@ export class ShmTransport implements Transport {
   /** Set by close(): no new sessions, slots or attaches. */
   #closing = false;
   /** Refusal log rate limit: the current window, lines logged in it, and refusals not logged since the last line. */
-  readonly #refusals: Counter;
-  /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
-  readonly #refusalLog: RateLimitedWarn;
+  readonly #refusals: SlotRefusals;
   readonly #corrupt: Counter;
 
   constructor(private readonly o: ShmTransportOptions) {
@@ -140,8 +134,7 @@ export class ShmTransport implements Transport {
         s.charged = 0;
       },
     });
-    this.#refusals = m.createCounter(SHM_METRICS.refused.name, { description: SHM_METRICS.refused.description, unit: SHM_METRICS.refused.unit });
-    this.#refusalLog = new RateLimitedWarn(o.logger);
+    this.#refusals = new SlotRefusals(m, SHM_METRICS.refused, o.logger, 'shm');
     this.#corrupt = m.createCounter(SHM_METRICS.corrupt.name, { description: SHM_METRICS.corrupt.description, unit: SHM_METRICS.corrupt.unit });
     this.#controlHost = {
       native: o.native,
@@ -253,8 +246,7 @@ export class ShmTransport implements Transport {
   }
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
-    this.#refusals.add(1, { reason });
-    this.#refusalLog.warn({ reason, ...extra }, `shm attach refused: ${detail}`);
+    this.#refusals.refuse(reason, detail, extra);
   }
 
   #onAttach(e: Extract<ListenerEvent, { type: 'attach' }>): void {
@@ -275,8 +267,7 @@ export class ShmTransport implements Transport {
     try {
       target = this.o.registry.redeem(hello.token, this.kind);
     } catch (err) {
-      const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
-      this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
+      this.o.metrics.recordAttach('shm', tokenOutcome(err));
       return reject(ShmStatus.TOKEN, 'token', (err as Error).message);
     }
     const named = this.#book.byId.get(hello.sessionId);
@@ -372,8 +363,7 @@ export class ShmTransport implements Transport {
     try {
       target = this.o.registry.redeem(token, this.kind);
     } catch (err) {
-      const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
-      this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
+      this.o.metrics.recordAttach('shm', tokenOutcome(err));
       this.#refuse('token', (err as Error).message, { session: s.id, slot: slotNo });
       this.#book.free(slot);
       return sendCtl(this.#controlHost, s, encodeBound(slotNo, ShmStatus.TOKEN, (err as Error).message));
@@ -463,7 +453,7 @@ export class ShmTransport implements Transport {
         links.map((l) =>
           Promise.race([
             l.close().catch(() => undefined),
-            new Promise((r) => setTimeout(r, LINK_END_WAIT_MS).unref()),
+            new Promise((r) => setTimeout(r, END_WAIT_MS).unref()),
           ]),
         ),
       );
