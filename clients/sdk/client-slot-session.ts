@@ -3,8 +3,12 @@
  * server/slot-session.ts): what every session transport (shm, rdma) shares
  * once a session exists — the BINDs of later sockets waiting for the
  * gateway's BOUND (or refusal), answered by slot, with a deadline and an
- * AbortSignal; the transports supply the messages (control slot, verbs).
+ * AbortSignal; the process-wide pump every session of the transport shares,
+ * made on first use, holding the process only while something needs it, and
+ * closed after its last session. The transports supply the messages (control
+ * slot, verbs) and their pump.
  */
+import { whenReleased } from '../../native/when-released.js';
 import { AbortedError, AttachFailedError } from '../../proto/errors.js';
 
 interface Waiter {
@@ -72,4 +76,51 @@ export function within<T>(p: Promise<T>, ms: number, signal: AbortSignal | undef
       (err: Error) => done(err),
     );
   });
+}
+
+/** A pump every session of this process shares: made on first acquire, closed when the last session released it. */
+export class SharedPump<T> {
+  #value: T | undefined;
+  #users = 0;
+  constructor(
+    private readonly closePump: (v: T) => void,
+    /** EBUSY: the I/O thread has not let go yet (closing is retried, bounded: native/when-released.ts). */
+    private readonly isBusy: (err: unknown) => boolean,
+  ) {}
+
+  /** The pump while some session holds it. */
+  get current(): T | undefined {
+    return this.#value;
+  }
+
+  acquire(make: () => T): T {
+    this.#value ??= make();
+    this.#users++;
+    return this.#value;
+  }
+
+  release(): void {
+    const v = this.#value;
+    if (v === undefined || --this.#users > 0) return;
+    this.#value = undefined;
+    // Never from inside the pump's own event callback (closing joins its thread): on the next turn.
+    setImmediate(() => void whenReleased(() => this.closePump(v), this.isBusy).catch(() => {})).unref();
+  }
+}
+
+/** What keeps the process alive on a pump (open channels, connections being opened): ref() on the first, unref() after the last. */
+export class Holds {
+  #n = 0;
+  constructor(
+    private readonly pump: { ref(): void; unref(): void },
+    private readonly closed: () => boolean = () => false,
+  ) {}
+
+  add(): void {
+    if (this.#n++ === 0 && !this.closed()) this.pump.ref();
+  }
+
+  drop(): void {
+    if (--this.#n === 0 && !this.closed()) this.pump.unref();
+  }
 }

@@ -7,12 +7,11 @@
 import { randomBytes } from 'node:crypto';
 import type { RawRdmaConn, RdmaConnectOptions } from '../../native/index.js';
 import { PumpHub, type RdmaEvent } from '../../native/pump-hub.js';
-import { whenReleased } from '../../native/when-released.js';
 import { isTracerEnabled, tracer } from '../../native/trace.js';
 import { DeclineReason } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError, ConnectionResetError, SocketClosedError, SockgateError } from '../../proto/errors.js';
 import { FdChannel } from './fd-channel.js';
-import { SlotBinds } from './client-slot-session.js';
+import { Holds, SharedPump, SlotBinds } from './client-slot-session.js';
 import { native, type NativeModule } from './native-optional.js';
 import { RdmaAttachError } from '../../proto/errors.js';
 import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
@@ -26,37 +25,20 @@ const CHANNEL_HIGH_WATERMARK = 1 << 20;
 
 interface ClientHub {
   hub: PumpHub;
-  /** Connections started and not yet ended (failed/closed): the pump closes when none remain. */
-  conns: number;
   /** Connections being opened: the pump keeps the process alive while there are some. */
-  opening: number;
-}
-let clientHub: ClientHub | undefined;
-
-function acquireHub(n: NativeModule): ClientHub {
-  if (!clientHub) {
-    // unrefWhenIdle: the pump never holds the process by itself (rdma connections are not links it tracks).
-    const hub = new PumpHub(n, { unrefWhenIdle: true });
-    clientHub = { hub, conns: 0, opening: 0 };
-  }
-  return clientHub;
+  opening: Holds;
 }
 
-function opening(h: ClientHub, delta: 1 | -1): void {
-  const before = h.opening;
-  h.opening += delta;
-  if (h.hub.closed) return;
-  if (before === 0 && h.opening > 0) h.hub.pump.ref();
-  else if (before > 0 && h.opening === 0) h.hub.pump.unref();
-}
+/** The pump every rdma connection of this process shares; closed once no connection is left. */
+const clientHub = new SharedPump<ClientHub>(
+  (h) => h.hub.close(),
+  (err) => native?.nativeCode(err) === 'EBUSY',
+);
 
-function releaseHubIfIdle(): void {
-  const h = clientHub;
-  if (!h || h.conns > 0) return;
-  clientHub = undefined;
-  // EBUSY while the I/O thread has not let go of the last connection: the one bounded retry both sides use.
-  // Never from inside the pump's own event callback (closing joins its thread): on the next turn.
-  setImmediate(() => void whenReleased(() => h.hub.close(), (err) => native?.nativeCode(err) === 'EBUSY').catch(() => {})).unref();
+function makeHub(n: NativeModule): ClientHub {
+  // unrefWhenIdle: the pump never holds the process by itself (rdma connections are not links it tracks).
+  const hub = new PumpHub(n, { unrefWhenIdle: true });
+  return { hub, opening: new Holds(hub.pump, () => hub.closed) };
 }
 
 export function newSessionId(): string {
@@ -153,12 +135,12 @@ export class RdmaClientSession {
   start(n: NativeModule, opts: RdmaConnectOptions): void {
     if (this.state !== 'waiting') throw new AttachFailedError(`rdma session ${this.id} is already ${this.state}`);
     clearTimeout(this.#waitTimer);
-    const h = acquireHub(n);
+    const h = clientHub.acquire(() => makeHub(n));
     let conn: RawRdmaConn;
     try {
       conn = n.rdma.connect!(h.hub.pump.raw, opts);
     } catch (err) {
-      releaseHubIfIdle();
+      clientHub.release();
       const e = n.translateError(err) as Error;
       const reason = n.nativeCode(e) === 'ENODEV' ? DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE : DeclineReason.DECLINE_REASON_CONNECT_FAILED;
       const failure = new RdmaAttachError(`rdma connect to ${opts.addr}:${opts.port} failed: ${e.message}`, reason, { cause: e });
@@ -167,8 +149,7 @@ export class RdmaClientSession {
     }
     this.#hub = h;
     this.conn = conn;
-    h.conns++;
-    opening(h, 1);
+    h.opening.add();
     this.state = 'connecting';
     h.hub.onRdma(conn.id, (e) => this.#onEvent(e, opts.addr, opts.port));
   }
@@ -179,7 +160,7 @@ export class RdmaClientSession {
       case 'established':
         if (this.state !== 'connecting') return;
         this.state = 'established';
-        if (this.#hub) opening(this.#hub, -1);
+        this.#hub?.opening.drop();
         this.#resolveReady(this.conn!);
         return;
       case 'failed': {
@@ -325,9 +306,8 @@ export class RdmaClientSession {
     if (h && this.conn) {
       this.#hub = undefined;
       h.hub.offRdma(this.conn.id);
-      if (wasOpening) opening(h, -1);
-      h.conns--;
-      releaseHubIfIdle();
+      if (wasOpening) h.opening.drop();
+      clientHub.release();
     }
   }
 }
