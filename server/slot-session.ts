@@ -20,6 +20,8 @@ import { DeclineReason } from '../proto/gen/sockgate/v1/transport.js';
 import { SESSION_ID_RE } from '../proto/shm-wire.js';
 import type { Identity } from './policy.js';
 import { StreamSocket, type GatewaySocket } from './socket-table.js';
+import type { AttachRegistry } from './attach.js';
+import type { GatewayMetrics } from './telemetry.js';
 
 const trace = tracer('attach');
 
@@ -94,6 +96,17 @@ export class SlotSession<Sl extends SessionSlot<any> = SessionSlot<any>> {
   markEnded(): void {
     this.#resolveEnded();
   }
+}
+
+/** What every session transport (shm, rdma) is built with, besides its own config and pump. */
+export interface SessionTransportOptions {
+  /** Attach token lifetime (a reservation lives as long, plus a grace). */
+  tokenTtlMs: number;
+  native: typeof import('../native/index.js');
+  registry: AttachRegistry<GatewaySocket>;
+  metrics: GatewayMetrics;
+  meter: Meter;
+  logger: Logger;
 }
 
 /** What a transport supplies: its slot numbering, limits and charges. */

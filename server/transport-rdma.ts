@@ -6,19 +6,17 @@
  * slots and their lifecycle: native/RDMA.md "Gateway sessions"; the session
  * and reservation book: server/rdma-sessions.ts.
  */
-import type { Counter, Meter } from '@opentelemetry/api';
+import type { Counter } from '@opentelemetry/api';
 import type { HostSockopt, RawRdmaConn, RawRdmaListener, RdmaRegionOptions } from '../native/index.js';
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
-import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachRegistry } from './attach.js';
+import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES } from './attach.js';
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from '../proto/errors.js';
 import { applyHostOption } from './host-option.js';
-import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotRefusals, tokenOutcome } from './slot-session.js';
+import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotRefusals, tokenOutcome, type SessionTransportOptions } from './slot-session.js';
 import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
-import type { Logger } from '../native/log.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
 import type { GatewaySocket, StreamSocket } from './socket-table.js';
-import type { GatewayMetrics } from './telemetry.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
 
@@ -26,7 +24,6 @@ const trace = tracer('rdma');
 /** SOCKGATE_TRACE=rdma-flow: the native connections print their flow state (credits, cursors) every keepalive tick. */
 const FLOW_TRACE = isTracerEnabled('rdma-flow');
 
-type NativeModule = typeof import('../native/index.js');
 export type RdmaConfig = Config['transports']['rdma'];
 
 /** The end code of a connection (and of the slots it cut off) whose peer went away. */
@@ -41,17 +38,10 @@ export const RDMA_METRICS = {
 
 export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down';
 
-export interface RdmaTransportOptions {
+export interface RdmaTransportOptions extends SessionTransportOptions {
   config: RdmaConfig;
-  /** Attach token lifetime (a reservation lives as long, plus a grace). */
-  tokenTtlMs: number;
-  native: NativeModule;
   /** The gateway's shared pump, created on first use (only when rdma listens). */
   hub: () => PumpHub;
-  registry: AttachRegistry<GatewaySocket>;
-  metrics: GatewayMetrics;
-  meter: Meter;
-  logger: Logger;
 }
 
 export class RdmaTransport implements Transport {

@@ -11,23 +11,20 @@
  */
 import { readFileSync } from 'node:fs';
 import { whenReleased } from '../native/when-released.js';
-import type { Counter, Meter } from '@opentelemetry/api';
+import type { Counter } from '@opentelemetry/api';
 import type { AttachListener, Eventfd, ShmRegion } from '../native/index.js';
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
-import type { AttachRegistry } from './attach.js';
 import type { Config } from './config.js';
-import type { Logger } from '../native/log.js';
 import type { Identity, Policy } from './policy.js';
 import type { ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
 import type { GatewaySocket } from './socket-table.js';
-import type { GatewayMetrics } from './telemetry.js';
 import type { OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isLocalPeer } from './local-peer.js';
 import { removeStaleSocket } from '../native/unix-socket-file.js';
 import { listenAttachSocket } from './shm-attach-socket.js';
 import { RingBudget } from './shm-ring-budget.js';
 import { Session, Slot } from './shm-session.js';
-import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotBook, SlotRefusals, echo, tokenOutcome } from './slot-session.js';
+import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotBook, SlotRefusals, echo, tokenOutcome, type SessionTransportOptions } from './slot-session.js';
 import { slotChannel, type SlotChannelHost } from './shm-slot-channel.js';
 import { sendCtl, startControl, type ControlHost } from './shm-control.js';
 import {
@@ -45,7 +42,6 @@ export { isLocalPeer };
 
 const trace = tracer('shm');
 
-type NativeModule = typeof import('../native/index.js');
 export type ShmConfig = Config['transports']['shm'];
 
 /** A session refused at attach is remembered this long, so further offers naming it are declined at once. */
@@ -64,17 +60,10 @@ export const SHM_METRICS = {
 
 export type RefusalReason = 'token' | 'identity' | 'no_session' | 'resource' | 'not_waiting' | 'malformed' | 'protocol' | 'shutting_down';
 
-export interface ShmTransportOptions {
+export interface ShmTransportOptions extends SessionTransportOptions {
   config: ShmConfig;
-  /** Attach token lifetime (a reservation lives as long, plus a grace). */
-  tokenTtlMs: number;
-  native: NativeModule;
   hub: PumpHub;
-  registry: AttachRegistry<GatewaySocket>;
   policy: Policy;
-  metrics: GatewayMetrics;
-  meter: Meter;
-  logger: Logger;
 }
 
 export class ShmTransport implements Transport {
