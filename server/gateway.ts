@@ -114,7 +114,7 @@ export class Gateway {
     this.registry = new AttachRegistry<GatewaySocket>(config.transports.attach_token_ttl_ms, (s) => s.acceptsAttach());
     this.table.onRemoved((s) => {
       this.registry.revoke(s);
-      this.rdma?.socketRemoved(s);
+      for (const t of this.transports.values()) t.socketRemoved?.(s);
     });
     const metrics = this.telemetry.metrics;
     const hwm = config.socket.high_watermark_bytes;
@@ -429,7 +429,7 @@ export class Gateway {
     const rdma = this.rdma;
     this.rdma = undefined;
     this.transports.delete(TransportKind.TRANSPORT_KIND_RDMA);
-    await Promise.all([shm?.shutdown(), rdma?.shutdown()]);
+    await Promise.all([shm, rdma].map((t) => t?.shutdown?.()));
     try {
       this.pumpHub?.close();
     } catch (err) {

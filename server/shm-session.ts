@@ -19,8 +19,9 @@
  *   into a socketpair transport-shm.ts reads). No new connection, mapping or fd.
  *
  * Tokens stay single-use and bound to an identity: a slot is reserved for the
- * identity that negotiated it, in a session of that identity, and the token
- * redeemed for it must belong to a socket of that identity. A session whose
+ * identity that negotiated it, in a session of that identity, tied to the
+ * socket its token was issued to, and only that socket's token claims it
+ * (server/slot-session.ts keeps the book, for rdma too). A session whose
  * attaching uid maps (policy `uids`) to another identity is refused.
  * A session that is full spills into an overflow session the gateway opens
  * for the same client (chained, so concurrent offers share it).
@@ -32,15 +33,10 @@
  */
 import type { Socket } from 'node:net';
 import type { Eventfd, PumpLink, ShmRegion } from '../native/index.js';
-import type { Identity } from './policy.js';
-import type { StreamSocket } from './socket-table.js';
+import { SessionSlot, SlotSession } from './slot-session.js';
 
-/** One socket slot of a session. */
-export class Slot {
-  /** 'reserved' by negotiation until bound; 'open' once its rings are open in the region. */
-  state: 'reserved' | 'open' = 'reserved';
-  /** Expiry of a reservation; cleared once bound. */
-  timer: NodeJS.Timeout | undefined;
+/** One socket slot of a session ('reserved' by negotiation until bound; 'open' once its rings are open in the region). */
+export class Slot extends SessionSlot<Session> {
   /** The ring <-> host-fd link; set while open. */
   link: PumpLink | undefined;
   linkEnded = false;
@@ -55,28 +51,16 @@ export class Slot {
   winToFd = 0;
   winToRing = 0;
   winStalls = 0;
-  /** The gateway socket riding the slot, once bound. */
-  target: StreamSocket | undefined;
-  constructor(ringBytes: number) {
+  constructor(session: Session, no: number, ringBytes: number) {
+    super(session, no);
     this.size = [ringBytes, ringBytes];
   }
 }
 
-/** A client session: one region, its doorbells and control stream, and its slots. */
-export class Session {
-  state: 'pending' | 'live' | 'refused' | 'closed' = 'pending';
-  /** Slots by number (1..slot_count-1); absent = free. */
-  readonly slots = new Map<number, Slot>();
-  /** Where the next free-slot search starts. */
-  nextSlot = 1;
-  /** The session this client spills into when this one is full. */
-  overflow: Session | undefined;
+/** A client session: one region, its doorbells and control stream, and its slots (the book is server/slot-session.ts). */
+export class Session extends SlotSession<Slot> {
   /** TS-charged ring bytes of this session (slots and control slot). */
   charged = 0;
-  /** Refused: why (offers naming the session are declined with it). */
-  refusal = '';
-  /** Expiry of a refused session's memory. */
-  timer: NodeJS.Timeout | undefined;
   region: ShmRegion | undefined;
   gwBell: Eventfd | undefined;
   clBell: Eventfd | undefined;
@@ -89,27 +73,5 @@ export class Session {
   ctlWritten = 0;
   ctlDelivered = 0;
   /** Settles when the teardown is complete. */
-  ended: Promise<void> | undefined;
-  constructor(
-    readonly key: string,
-    readonly id: string,
-    readonly identity: Identity,
-  ) {}
-
-  /** A free slot number, or 0 when full. */
-  freeSlot(count: number): number {
-    if (this.slots.size >= count - 1) return 0;
-    for (let i = 0; i < count - 1; i++) {
-      const n = ((this.nextSlot - 1 + i) % (count - 1)) + 1;
-      if (!this.slots.has(n)) {
-        this.nextSlot = (n % (count - 1)) + 1;
-        return n;
-      }
-    }
-    return 0;
-  }
-}
-
-export function sessionKey(identity: string, id: string): string {
-  return `${identity}\0${id}`;
+  teardown: Promise<void> | undefined;
 }

@@ -6,19 +6,17 @@
  * slots and their lifecycle: native/RDMA.md "Gateway sessions"; the session
  * and reservation book: server/rdma-sessions.ts.
  */
-import type { Counter, Meter } from '@opentelemetry/api';
+import type { Counter } from '@opentelemetry/api';
 import type { HostSockopt, RawRdmaConn, RawRdmaListener, RdmaRegionOptions } from '../native/index.js';
 import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
-import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
-import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES, type AttachRegistry } from './attach.js';
+import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES } from './attach.js';
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from '../proto/errors.js';
 import { applyHostOption } from './host-option.js';
+import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotRefusals, tokenOutcome, type SessionTransportOptions } from './slot-session.js';
 import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
-import { RateLimitedWarn, type Logger } from '../native/log.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
-import { StreamSocket, type GatewaySocket } from './socket-table.js';
-import type { GatewayMetrics } from './telemetry.js';
+import type { GatewaySocket, StreamSocket } from './socket-table.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
 
@@ -26,15 +24,10 @@ const trace = tracer('rdma');
 /** SOCKGATE_TRACE=rdma-flow: the native connections print their flow state (credits, cursors) every keepalive tick. */
 const FLOW_TRACE = isTracerEnabled('rdma-flow');
 
-type NativeModule = typeof import('../native/index.js');
 export type RdmaConfig = Config['transports']['rdma'];
 
 /** The end code of a connection (and of the slots it cut off) whose peer went away. */
 const DISCONNECTED = 'ERR_SOCKGATE_RDMA_DISCONNECTED';
-/** A reserved slot outlives its token by this much (a connect or bind may be in flight when the token expires). */
-const RESERVATION_GRACE_MS = 2_000;
-/** How long teardown waits for a slot's or a connection's end event before giving up on it. */
-const END_WAIT_MS = 5_000;
 
 /** The rdma plane's own metrics, declared once (served with the gateway's). */
 export const RDMA_METRICS = {
@@ -45,17 +38,10 @@ export const RDMA_METRICS = {
 
 export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down';
 
-export interface RdmaTransportOptions {
+export interface RdmaTransportOptions extends SessionTransportOptions {
   config: RdmaConfig;
-  /** Attach token lifetime (a reservation lives as long, plus a grace). */
-  tokenTtlMs: number;
-  native: NativeModule;
   /** The gateway's shared pump, created on first use (only when rdma listens). */
   hub: () => PumpHub;
-  registry: AttachRegistry<GatewaySocket>;
-  metrics: GatewayMetrics;
-  meter: Meter;
-  logger: Logger;
 }
 
 export class RdmaTransport implements Transport {
@@ -70,9 +56,7 @@ export class RdmaTransport implements Transport {
   #closing = false;
   /** Connected (or connecting) sessions by connection id. */
   readonly #byConn = new Map<number, RdmaSession>();
-  readonly #refusals: Counter;
-  /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
-  readonly #refusalLog: RateLimitedWarn;
+  readonly #refusals: SlotRefusals;
   readonly #failures: Counter;
 
   constructor(private readonly o: RdmaTransportOptions) {
@@ -84,8 +68,7 @@ export class RdmaTransport implements Transport {
       reservationMs: o.tokenTtlMs + RESERVATION_GRACE_MS,
     });
     const m = o.meter;
-    this.#refusals = m.createCounter(RDMA_METRICS.refused.name, { description: RDMA_METRICS.refused.description, unit: RDMA_METRICS.refused.unit });
-    this.#refusalLog = new RateLimitedWarn(o.logger);
+    this.#refusals = new SlotRefusals(m, RDMA_METRICS.refused, o.logger, 'rdma');
     this.#failures = m.createCounter(RDMA_METRICS.failures.name, { description: RDMA_METRICS.failures.description, unit: RDMA_METRICS.failures.unit });
     m.createObservableGauge(RDMA_METRICS.sessions.name, { description: RDMA_METRICS.sessions.description, unit: RDMA_METRICS.sessions.unit }).addCallback((r) =>
       r.observe(this.sessionCount),
@@ -180,8 +163,7 @@ export class RdmaTransport implements Transport {
 
   /** A socket left the table: a reservation it still holds (it never attached) is freed at once. */
   socketRemoved(socket: GatewaySocket): void {
-    const slot = this.sessions.reservationOf(socket);
-    if (slot?.state === 'reserved') this.sessions.free(slot);
+    this.sessions.socketRemoved(socket);
   }
 
   abandoned(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
@@ -198,13 +180,11 @@ export class RdmaTransport implements Transport {
   }
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
-    this.#refusals.add(1, { reason });
-    this.#refusalLog.warn({ reason, ...extra }, `rdma attach refused: ${detail}`);
+    this.#refusals.refuse(reason, detail, extra);
   }
 
   #tokenFailure(err: unknown): void {
-    const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
-    this.o.metrics.recordAttach('rdma', failure === 'wrong_transport' ? 'error' : failure);
+    this.o.metrics.recordAttach('rdma', tokenOutcome(err));
   }
 
   // ---- the listener: connection requests ----------------------------------------
@@ -237,16 +217,19 @@ export class RdmaTransport implements Transport {
       this.#tokenFailure(err);
       return reject('token', (err as Error).message);
     }
-    const slot = this.sessions.reservationOf(target);
-    const s = slot?.session;
+    const claim = this.sessions.claim(target);
+    if (!claim.ok) {
+      this.o.metrics.recordAttach('rdma', 'error');
+      return reject(claim.reason, claim.detail);
+    }
+    const { slot } = claim;
+    const s = slot.session;
     const fail = (reason: RefusalReason, detail: string) => {
       this.o.metrics.recordAttach('rdma', 'error');
-      if (slot?.state === 'reserved') this.sessions.free(slot);
+      if (slot.state === 'reserved') this.sessions.free(slot);
       reject(reason, `${detail} (socket ${target.id})`);
     };
-    if (!slot || !s || slot.state !== 'reserved') return fail('no_session', 'the socket holds no rdma reservation (it expired, or the socket attached already)');
     if (s.state !== 'pending' || s.conn) return fail('no_session', `rdma session ${s.id} has a connection already (the client binds further sockets over it)`);
-    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return fail('not_waiting', 'the socket is not waiting for an attach');
     let conn: RawRdmaConn;
     try {
       conn = listener.accept(e.conn, this.#region);
@@ -256,7 +239,7 @@ export class RdmaTransport implements Transport {
     clearTimeout(slot.timer);
     slot.timer = undefined;
     slot.state = 'linking';
-    slot.target = target;
+    slot.target = claim.target;
     s.state = 'connecting';
     s.conn = conn;
     s.peer = e.peer;
@@ -352,9 +335,9 @@ export class RdmaTransport implements Transport {
       return refuse('token', (err as Error).message);
     }
     if (!slot) return refuse('no_session', `slot ${no} is not reserved in session ${s.id} (socket ${target.id})`);
-    if (this.sessions.reservationOf(target) !== slot) return refuse('no_session', `socket ${target.id} did not reserve slot ${no} of session ${s.id}`);
-    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) return refuse('not_waiting', `socket ${target.id} is not waiting for an attach`);
-    if (!this.#link(s, slot, target)) this.#closeUnlinked(s, slot);
+    const claim = this.sessions.claim(target, { session: s, no });
+    if (!claim.ok) return refuse(claim.reason, claim.detail);
+    if (!this.#link(s, slot, claim.target)) this.#closeUnlinked(s, slot);
   }
 
   /** Hand the slot to the socket as its native data channel; false if the socket would not take it. */

@@ -9,32 +9,27 @@
  * A client that corrupts its shared memory ends its own session only
  * (ERR_SOCKGATE_RING_CORRUPT on its sockets, logged and counted).
  */
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { whenReleased } from '../native/when-released.js';
-import type { Counter, Meter } from '@opentelemetry/api';
+import type { Counter } from '@opentelemetry/api';
 import type { AttachListener, Eventfd, ShmRegion } from '../native/index.js';
-import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
-import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
-import { AttachTokenError, type AttachRegistry } from './attach.js';
+import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { Config } from './config.js';
-import { RateLimitedWarn, type Logger } from '../native/log.js';
 import type { Identity, Policy } from './policy.js';
 import type { ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
-import { StreamSocket, type GatewaySocket } from './socket-table.js';
-import type { GatewayMetrics } from './telemetry.js';
+import type { GatewaySocket } from './socket-table.js';
 import type { OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isLocalPeer } from './local-peer.js';
 import { removeStaleSocket } from '../native/unix-socket-file.js';
 import { listenAttachSocket } from './shm-attach-socket.js';
 import { RingBudget } from './shm-ring-budget.js';
-import { Session, Slot, sessionKey } from './shm-session.js';
+import { Session, Slot } from './shm-session.js';
+import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotBook, SlotRefusals, echo, tokenOutcome, type SessionTransportOptions } from './slot-session.js';
 import { slotChannel, type SlotChannelHost } from './shm-slot-channel.js';
 import { sendCtl, startControl, type ControlHost } from './shm-control.js';
 import {
   CONTROL_RING_BYTES,
   CONTROL_SLOT,
-  SESSION_ID_RE,
   ShmStatus,
   decodeHello,
   encodeBound,
@@ -47,19 +42,12 @@ export { isLocalPeer };
 
 const trace = tracer('shm');
 
-type NativeModule = typeof import('../native/index.js');
 export type ShmConfig = Config['transports']['shm'];
 
-/** A reserved slot outlives its token by this much (an attach may be in flight when the token expires). */
-const RESERVATION_GRACE_MS = 2_000;
 /** A session refused at attach is remembered this long, so further offers naming it are declined at once. */
 const REFUSED_MEMORY_MS = 60_000;
 /** How long ending a session waits for its last control messages to reach the client's ring. */
 const CONTROL_FLUSH_MS = 500;
-/** How long teardown waits for a link's end event before giving up on it. */
-const LINK_END_WAIT_MS = 5_000;
-/** Client input echoed in a decline detail is cut to this length. */
-const MAX_ECHO = 64;
 
 /** The shm plane's own metrics, declared once (served with the gateway's). */
 export const SHM_METRICS = {
@@ -72,29 +60,17 @@ export const SHM_METRICS = {
 
 export type RefusalReason = 'token' | 'identity' | 'no_session' | 'resource' | 'not_waiting' | 'malformed' | 'protocol' | 'shutting_down';
 
-export interface ShmTransportOptions {
+export interface ShmTransportOptions extends SessionTransportOptions {
   config: ShmConfig;
-  /** Attach token lifetime (a reservation lives as long, plus a grace). */
-  tokenTtlMs: number;
-  native: NativeModule;
   hub: PumpHub;
-  registry: AttachRegistry<GatewaySocket>;
   policy: Policy;
-  metrics: GatewayMetrics;
-  meter: Meter;
-  logger: Logger;
-}
-
-
-function echo(s: string): string {
-  return s.length > MAX_ECHO ? `${JSON.stringify(s.slice(0, MAX_ECHO))}...` : JSON.stringify(s);
 }
 
 export class ShmTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_SHM;
   readonly version = 1;
-  /** Sessions by identity + id (pending, live and refused ones). */
-  readonly #sessions = new Map<string, Session>();
+  /** Sessions by id (pending, live and refused ones) and their slots: the one slot-session book. */
+  readonly #book: SlotBook<Session, Slot>;
   /** Live sessions by region id and by attach connection. */
   readonly #byRegion = new Map<number, Session>();
   readonly #byConn = new Map<number, Session>();
@@ -111,16 +87,43 @@ export class ShmTransport implements Transport {
   /** Set by close(): no new sessions, slots or attaches. */
   #closing = false;
   /** Refusal log rate limit: the current window, lines logged in it, and refusals not logged since the last line. */
-  readonly #refusals: Counter;
-  /** Refusals are all counted, but logged at most 20 times per 10 s: a hostile client must not flood the log. */
-  readonly #refusalLog: RateLimitedWarn;
+  readonly #refusals: SlotRefusals;
   readonly #corrupt: Counter;
 
   constructor(private readonly o: ShmTransportOptions) {
     const m = o.meter;
     this.#budget = new RingBudget(o.config);
-    this.#refusals = m.createCounter(SHM_METRICS.refused.name, { description: SHM_METRICS.refused.description, unit: SHM_METRICS.refused.unit });
-    this.#refusalLog = new RateLimitedWarn(o.logger);
+    const cfg = o.config;
+    this.#book = new SlotBook<Session, Slot>({
+      label: 'shm',
+      firstSlot: 1, // slot 0 is the session's control slot
+      slots: cfg.slots_per_session - 1,
+      slotsKey: 'transports.shm.slots_per_session',
+      // A session's cost is its ring memory, charged per reservation (charge below): no count limit.
+      maxSessions: Number.POSITIVE_INFINITY,
+      maxSessionsPerIdentity: Number.POSITIVE_INFINITY,
+      reservationMs: o.tokenTtlMs + RESERVATION_GRACE_MS,
+      newSession: (id, identity) => new Session(id, identity),
+      newSlot: (s, no) => new Slot(s, no, cfg.initial_ring_bytes),
+      charge: (who, s, created) => {
+        const cost = 2 * cfg.initial_ring_bytes + (created ? 2 * CONTROL_RING_BYTES : 0);
+        if (!this.#budget.charge(who, cost)) {
+          return `ring memory cap reached: identity "${who}" holds ${this.ringBytes(who)} of ${cfg.max_ring_bytes_per_identity} bytes, the gateway ${this.#budget.bytes()} of ${cfg.max_ring_bytes_total}; a socket needs ${cost}`;
+        }
+        s.charged += cost;
+        return '';
+      },
+      slotFreed: (slot) => {
+        const bytes = slot.size[0] + slot.size[1] + slot.growing[0] + slot.growing[1];
+        slot.session.charged -= bytes;
+        this.#budget.uncharge(slot.session.identity.name, bytes);
+      },
+      sessionReleased: (s) => {
+        this.#budget.uncharge(s.identity.name, s.charged);
+        s.charged = 0;
+      },
+    });
+    this.#refusals = new SlotRefusals(m, SHM_METRICS.refused, o.logger, 'shm');
     this.#corrupt = m.createCounter(SHM_METRICS.corrupt.name, { description: SHM_METRICS.corrupt.description, unit: SHM_METRICS.corrupt.unit });
     this.#controlHost = {
       native: o.native,
@@ -190,87 +193,32 @@ export class ShmTransport implements Transport {
     if (this.#bootId === '' || shm.hostId !== this.#bootId) {
       return decline(DeclineReason.DECLINE_REASON_NOT_COLOCATED, `client host ${echo(shm.hostId)} is not this gateway's host (boot id ${this.#bootId || 'unknown'})`);
     }
-    const offered = shm.sessionId;
-    if (offered !== '' && !SESSION_ID_RE.test(offered)) {
-      return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, `session id ${echo(offered)} is malformed (8..64 of [A-Za-z0-9_-])`);
-    }
-    const who = ctx.identity.name;
-    let head = offered === '' ? undefined : this.#sessions.get(sessionKey(who, offered));
-    if (head?.state === 'refused') return decline(DeclineReason.DECLINE_REASON_POLICY, head.refusal);
-    // The first session in the client's chain with a free slot; a new one at the end otherwise.
-    let session: Session | undefined;
-    let slotNo = 0;
-    let last: Session | undefined;
-    for (let s = head; s && slotNo === 0; s = s.overflow) {
-      if (s.state !== 'pending' && s.state !== 'live') continue;
-      last = s;
-      slotNo = s.freeSlot(cfg.slots_per_session);
-      if (slotNo) session = s;
-    }
-    const initial = cfg.initial_ring_bytes;
-    let cost = 2 * initial;
-    let created: Session | undefined;
-    if (!session) {
-      const id = head ? randomBytes(12).toString('base64url') : offered || randomBytes(12).toString('base64url');
-      created = new Session(sessionKey(who, id), id, ctx.identity);
-      session = created;
-      slotNo = created.freeSlot(cfg.slots_per_session);
-      cost += 2 * CONTROL_RING_BYTES;
-    }
-    if (!this.#budget.charge(who, cost)) {
-      return decline(
-        DeclineReason.DECLINE_REASON_RESOURCE_LIMIT,
-        `ring memory cap reached: identity "${who}" holds ${this.ringBytes(who)} of ${cfg.max_ring_bytes_per_identity} bytes, the gateway ${this.#budget.bytes()} of ${cfg.max_ring_bytes_total}; a socket needs ${cost}`,
-      );
-    }
-    if (created) {
-      created.charged += 2 * CONTROL_RING_BYTES;
-      this.#sessions.set(created.key, created);
-      if (last) last.overflow = created;
-      else if (head) head.overflow = created;
-      trace(`${who}: new pending session ${created.id}${head ? ` (overflow of ${head.id})` : ''}`);
-    }
-    const slot = new Slot(initial);
-    session.charged += 2 * initial;
-    session.slots.set(slotNo, slot);
-    const s = session;
-    slot.timer = setTimeout(() => this.#expireReservation(s, slotNo, slot), this.o.tokenTtlMs + RESERVATION_GRACE_MS);
-    slot.timer.unref();
+    const r = this.#book.reserve(ctx.identity, shm.sessionId);
+    if (!r.ok) return decline(r.reason, r.detail);
     return {
       ok: true,
       accepted: {
         kind: this.kind,
         version: this.version,
-        params: { $case: 'shm', shm: { path: this.#path, ringBytes: initial, sessionId: session.id, slot: slotNo, newSession: session.state === 'pending', spinUs: this.o.config.spin_us } },
+        // Any socket of a pending session may attach it (the client attaches once and binds the rest), hence not r.newSession.
+        params: { $case: 'shm', shm: { path: this.#path, ringBytes: cfg.initial_ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.session.state === 'pending', spinUs: cfg.spin_us } },
       },
     };
   }
 
-
-  /** Free a slot's bookkeeping and charge (its rings are closed already, or were never opened). */
-  #freeSlot(s: Session, slotNo: number, slot: Slot): void {
-    if (s.slots.get(slotNo) !== slot) return;
-    clearTimeout(slot.timer);
-    s.slots.delete(slotNo);
-    const bytes = slot.size[0] + slot.size[1] + slot.growing[0] + slot.growing[1];
-    s.charged -= bytes;
-    this.#budget.uncharge(s.identity.name, bytes);
-    this.#maybeDropPending(s);
+  issued(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
+    if (accepted.params?.$case !== 'shm') return;
+    const { sessionId, slot } = accepted.params.shm;
+    if (!this.#book.issued(socket, sessionId, slot)) trace(`socket ${socket.id}: no reservation of slot ${slot} in session ${sessionId} to tie it to`);
   }
 
-  #expireReservation(s: Session, slotNo: number, slot: Slot): void {
-    if (slot.state !== 'reserved') return;
-    trace(`session ${s.id}: reservation of slot ${slotNo} expired`);
-    this.#freeSlot(s, slotNo, slot);
+  abandoned(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
+    if (accepted.params?.$case === 'shm') this.#book.abandon(accepted.params.shm.sessionId, accepted.params.shm.slot);
   }
 
-  /** A pending session without reservations is forgotten. */
-  #maybeDropPending(s: Session): void {
-    if (s.state !== 'pending' || s.slots.size > 0) return;
-    s.state = 'closed';
-    this.#sessions.delete(s.key);
-    this.#budget.uncharge(s.identity.name, s.charged);
-    s.charged = 0;
+  /** A socket left the table: a reservation it still holds (it never attached) is freed at once. */
+  socketRemoved(socket: GatewaySocket): void {
+    this.#book.socketRemoved(socket);
   }
 
   // ---- attach (new sessions) --------------------------------------------------
@@ -287,8 +235,7 @@ export class ShmTransport implements Transport {
   }
 
   #refuse(reason: RefusalReason, detail: string, extra: Record<string, unknown> = {}): void {
-    this.#refusals.add(1, { reason });
-    this.#refusalLog.warn({ reason, ...extra }, `shm attach refused: ${detail}`);
+    this.#refusals.refuse(reason, detail, extra);
   }
 
   #onAttach(e: Extract<ListenerEvent, { type: 'attach' }>): void {
@@ -309,22 +256,21 @@ export class ShmTransport implements Transport {
     try {
       target = this.o.registry.redeem(hello.token, this.kind);
     } catch (err) {
-      const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
-      this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
+      this.o.metrics.recordAttach('shm', tokenOutcome(err));
       return reject(ShmStatus.TOKEN, 'token', (err as Error).message);
     }
-    const s = this.#sessions.get(sessionKey(target.identity.name, hello.sessionId));
+    const named = this.#book.byId.get(hello.sessionId);
+    const s = named?.identity.name === target.identity.name ? named : undefined;
+    const claim = this.#book.claim(target, { session: s, no: hello.slot });
     const slot = s?.slots.get(hello.slot);
     const fail = (status: number, reason: RefusalReason, detail: string) => {
       this.o.metrics.recordAttach('shm', 'error');
-      if (s && slot && slot.state === 'reserved') this.#freeSlot(s, hello.slot, slot);
+      if (slot && slot.state === 'reserved') this.#book.free(slot);
       reject(status, reason, detail);
     };
-    if (!s || s.state !== 'pending' || !slot || slot.state !== 'reserved') {
+    if (!claim.ok) return fail(claim.reason === 'not_waiting' ? ShmStatus.NOT_WAITING : ShmStatus.NO_SESSION, claim.reason, claim.detail);
+    if (!s || s.state !== 'pending' || !slot) {
       return fail(ShmStatus.NO_SESSION, 'no_session', `no pending session ${hello.sessionId} with slot ${hello.slot} reserved for identity "${target.identity.name}"`);
-    }
-    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) {
-      return fail(ShmStatus.NOT_WAITING, 'not_waiting', `socket ${target.id} is not waiting for an attach`);
     }
     // SO_PEERCRED: a uid that maps to an identity must map to the socket's.
     let byUid: Identity | undefined;
@@ -336,7 +282,7 @@ export class ShmTransport implements Transport {
     if (byUid && byUid.source === 'peercred' && byUid.name !== target.identity.name) {
       const detail = `peer uid ${e.uid} (pid ${e.pid}) is identity "${byUid.name}", the socket belongs to "${target.identity.name}"`;
       this.o.metrics.recordAttach('shm', 'error');
-      this.#refuseSession(s, `shm attach refused: ${detail}`);
+      this.#book.refuse(s, `shm attach refused: ${detail}`, REFUSED_MEMORY_MS);
       return reject(ShmStatus.POLICY, 'identity', detail);
     }
     const cfg = this.o.config;
@@ -383,21 +329,7 @@ export class ShmTransport implements Transport {
     this.o.hub.onRegion(region.id, (ev) => this.#onRegionEvent(s, ev));
     listener.accept(e.conn, region, gwBell, clBell);
     this.o.logger.info({ session: s.id, identity: s.identity.name, peerPid: e.pid, peerUid: e.uid, peerGid: e.gid, socket: target.id }, 'shm session attached');
-    this.#link(s, hello.slot, slot, target);
-  }
-
-  /** Remember a refused session for a while: offers naming it are declined at once. */
-  #refuseSession(s: Session, why: string): void {
-    for (const [n, slot] of [...s.slots]) this.#freeSlot(s, n, slot);
-    s.state = 'refused';
-    s.refusal = why;
-    this.#budget.uncharge(s.identity.name, s.charged);
-    s.charged = 0;
-    this.#sessions.set(s.key, s);
-    s.timer = setTimeout(() => {
-      if (this.#sessions.get(s.key) === s) this.#sessions.delete(s.key);
-    }, REFUSED_MEMORY_MS);
-    s.timer.unref();
+    this.#link(s, hello.slot, slot, claim.target);
   }
 
   /** BIND: a later socket presents its token over the session. */
@@ -413,36 +345,34 @@ export class ShmTransport implements Transport {
     if (this.#closing) return reply(ShmStatus.SHUTTING_DOWN, 'shutting_down', 'the gateway is stopping');
     if (!slot || slot.state !== 'reserved') return reply(ShmStatus.NO_SESSION, 'no_session', `slot ${slotNo} is not reserved in session ${s.id}`);
     const failSlot = (status: number, reason: RefusalReason, detail: string) => {
-      this.#freeSlot(s, slotNo, slot);
+      this.#book.free(slot);
       reply(status, reason, detail);
     };
     let target: GatewaySocket;
     try {
       target = this.o.registry.redeem(token, this.kind);
     } catch (err) {
-      const failure = err instanceof AttachTokenError ? err.failure : 'wrong_token';
-      this.o.metrics.recordAttach('shm', failure === 'wrong_transport' ? 'error' : failure);
+      this.o.metrics.recordAttach('shm', tokenOutcome(err));
       this.#refuse('token', (err as Error).message, { session: s.id, slot: slotNo });
-      this.#freeSlot(s, slotNo, slot);
+      this.#book.free(slot);
       return sendCtl(this.#controlHost, s, encodeBound(slotNo, ShmStatus.TOKEN, (err as Error).message));
     }
-    if (target.identity.name !== s.identity.name) {
-      return failSlot(ShmStatus.POLICY, 'identity', `socket ${target.id} belongs to identity "${target.identity.name}", the session to "${s.identity.name}"`);
-    }
-    if (!(target instanceof StreamSocket) || target.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) {
-      return failSlot(ShmStatus.NOT_WAITING, 'not_waiting', `socket ${target.id} is not waiting for an attach`);
+    const claim = this.#book.claim(target, { session: s, no: slotNo });
+    if (!claim.ok) {
+      const status = claim.reason === 'not_waiting' ? ShmStatus.NOT_WAITING : target.identity.name !== s.identity.name ? ShmStatus.POLICY : ShmStatus.NO_SESSION;
+      return failSlot(status, status === ShmStatus.POLICY ? 'identity' : claim.reason, claim.detail);
     }
     try {
       s.region!.openSlot(slotNo, slot.size[0]);
     } catch (err) {
       return failSlot(ShmStatus.RESOURCE, 'resource', `cannot open slot ${slotNo}: ${(err as Error).message}`);
     }
-    if (this.#link(s, slotNo, slot, target)) reply(ShmStatus.OK, undefined, '');
+    if (this.#link(s, slotNo, slot, claim.target)) reply(ShmStatus.OK, undefined, '');
     else reply(ShmStatus.NOT_WAITING, 'not_waiting', `socket ${target.id} could not be linked`);
   }
 
   /** Hand the slot to the socket as its native data channel; false (slot freed) if the socket would not take it. */
-  #link(s: Session, slotNo: number, slot: Slot, target: StreamSocket): boolean {
+  #link(s: Session, slotNo: number, slot: Slot, target: NonNullable<Slot['target']>): boolean {
     clearTimeout(slot.timer);
     slot.timer = undefined;
     slot.state = 'open';
@@ -464,7 +394,7 @@ export class ShmTransport implements Transport {
     const slot = s.slots.get(slotNo);
     if (!slot) return; // already closed (e.g. a RELEASE after an END): nothing to do
     slot.released = true;
-    if (slot.state === 'reserved') return this.#freeSlot(s, slotNo, slot);
+    if (slot.state === 'reserved') return this.#book.free(slot);
     if (slot.linkEnded) return this.#closeSlot(s, slotNo, slot);
     // A graceful release waits for the link to flush what the client sent; an abort closes it now.
     // An abort is a reset for the host peer too (the client's side was reset or dropped).
@@ -480,7 +410,7 @@ export class ShmTransport implements Transport {
         this.o.logger.warn({ session: s.id, slot: slotNo, err: (err as Error).message }, 'shm: closing a slot failed');
       }
     }
-    this.#freeSlot(s, slotNo, slot);
+    this.#book.free(slot);
   }
 
   // ---- session end --------------------------------------------------------------
@@ -498,13 +428,10 @@ export class ShmTransport implements Transport {
 
   /** End a session: abort its links, close its slots, control stream, connection, region and doorbells. Idempotent. */
   #endSession(s: Session, why: string, level: 'debug' | 'warn' | 'error'): Promise<void> {
-    if (s.ended) return s.ended;
+    if (s.teardown) return s.teardown;
     const wasLive = s.state === 'live';
-    s.state = 'closed';
-    if (this.#sessions.get(s.key) === s) this.#sessions.delete(s.key);
-    clearTimeout(s.timer);
-    for (const slot of s.slots.values()) clearTimeout(slot.timer);
-    s.ended = (async () => {
+    this.#book.retire(s);
+    s.teardown = (async () => {
       if (wasLive) this.o.logger[level]({ session: s.id, identity: s.identity.name, peerPid: s.peer.pid }, `shm session ended: ${why}`);
       // Let the last control messages (END with the reason) reach the client's ring before the session goes.
       const flushBy = Date.now() + CONTROL_FLUSH_MS;
@@ -515,7 +442,7 @@ export class ShmTransport implements Transport {
         links.map((l) =>
           Promise.race([
             l.close().catch(() => undefined),
-            new Promise((r) => setTimeout(r, LINK_END_WAIT_MS).unref()),
+            new Promise((r) => setTimeout(r, END_WAIT_MS).unref()),
           ]),
         ),
       );
@@ -529,9 +456,7 @@ export class ShmTransport implements Transport {
         }
         s.conn = undefined;
       }
-      for (const [n, slot] of [...s.slots]) this.#freeSlot(s, n, slot);
-      this.#budget.uncharge(s.identity.name, s.charged);
-      s.charged = 0;
+      this.#book.remove(s);
       if (s.region) {
         const id = s.region.id;
         this.#byRegion.delete(id);
@@ -549,7 +474,7 @@ export class ShmTransport implements Transport {
         }
       }
     })();
-    return s.ended;
+    return s.teardown;
   }
 
   /** Stop taking new sessions, slots and attaches; running sockets keep their links (the socket table drains them). */
@@ -563,7 +488,7 @@ export class ShmTransport implements Transport {
    */
   async shutdown(): Promise<void> {
     this.#closing = true;
-    await Promise.all([...new Set([...this.#sessions.values(), ...this.#byRegion.values()])].map((s) => this.#endSession(s, 'the gateway stopped', 'debug')));
+    await Promise.all([...new Set([...this.#book.byId.values(), ...this.#byRegion.values()])].map((s) => this.#endSession(s, 'the gateway stopped', 'debug')));
     if (this.#listener) {
       this.o.hub.offListener(this.#listener.id);
       try {

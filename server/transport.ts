@@ -9,7 +9,10 @@
  * parameters; the gateway adds a single-use attach token. When the client
  * attaches (opens the data connection, the gRPC stream, the ring, the QP) and
  * presents the token, the transport redeems it through the AttachRegistry and
- * hands the socket a DataChannel.
+ * hands the socket a DataChannel. Transports that carry many sockets over one
+ * client session (shm, rdma) keep their reservations in the one slot-session
+ * book (slot-session.ts): issued() ties one to its socket, abandoned() and
+ * socketRemoved() release it.
  */
 import type { Accepted, DeclineReason, TransportKind, TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { Identity } from './policy.js';
@@ -50,8 +53,14 @@ export interface Transport {
   issued?(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
   /** An offer this transport accepted will never be issued (the socket's host connect failed): release its reservation now. */
   abandoned?(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
+  /** A socket left the table: what it still holds here (a reservation it never attached with) is released at once. */
+  socketRemoved?(socket: GatewaySocket): void;
+  /** Why offers are declined as unavailable ('' while serving); the negotiator names it. */
+  readonly unavailableReason?: string;
   /** Start serving attaches (open ports and the like). */
   start(): Promise<void>;
   /** Stop taking new attaches; established channels keep running (the socket table drains them). */
   close(): Promise<void>;
+  /** After the socket table drained (or was destroyed): end sessions, close listeners. Idempotent. */
+  shutdown?(): Promise<void>;
 }

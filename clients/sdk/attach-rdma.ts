@@ -30,6 +30,7 @@ import { AbortedError, AttachFailedError, GatewayUnavailableError, SocketClosedE
 import { ATTACH_TIMEOUT_MS, SHORT_TOKEN_BYTES } from '../../proto/attach-limits.js';
 import { SESSION_ID_RE } from '../../proto/shm-wire.js';
 import { native } from './native-optional.js';
+import { within } from './client-slot-session.js';
 import { newSessionId, RdmaClientSession, RdmaSocket, type SessionState } from './rdma-client-session.js';
 import { RdmaAttachError, rdmaSupport } from './rdma-support.js';
 
@@ -174,23 +175,4 @@ export class RdmaClient {
     this.#closed = true;
     for (const s of [...this.#sessions.values()]) s.close(new SocketClosedError('the gateway connection was closed'));
   }
-}
-
-/** `p` with a deadline and an AbortSignal. */
-function within<T>(p: Promise<T>, ms: number, signal: AbortSignal | undefined, message: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => done(new AttachFailedError(message)), ms);
-    const onAbort = () => done(new AbortedError('attach aborted'));
-    const done = (err?: Error, v?: T) => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
-      if (err) reject(err);
-      else resolve(v as T);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => done(undefined, v),
-      (err: Error) => done(err),
-    );
-  });
 }

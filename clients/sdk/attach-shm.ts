@@ -32,6 +32,7 @@ import {
 } from '../../proto/shm-wire.js';
 import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
+import { Holds, SharedPump, SlotBinds, within } from './client-slot-session.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** The largest spin a gateway may ask of this process's pump (µs; the native pump's own limit). */
@@ -51,7 +52,7 @@ interface ClientPump {
   /** Hint handlers by region id. */
   regions: Map<number, (slots: number[]) => void>;
   /** Open data channels across sessions: the pump keeps the process alive only while there are some. */
-  channels: number;
+  channels: Holds;
   /** Each session's gateway spin setting (ShmAttach.spin_us), by region id: the pump spins the largest. */
   spins: Map<number, number>;
 }
@@ -60,35 +61,28 @@ interface ClientPump {
 function applySpin(p: ClientPump): void {
   if (!p.pump.raw.closed) p.pump.setSpin(Math.max(0, ...p.spins.values()));
 }
-let clientPump: ClientPump | undefined;
-
-function acquirePump(n: NativeModule): ClientPump {
-  if (!clientPump) {
-    const regions = new Map<number, (slots: number[]) => void>();
-    const pump = new n.Pump((events) => {
-      for (const e of events) if (e.type === 'hints') regions.get(e.region)?.(e.slots);
-    });
-    pump.unref();
-    clientPump = { pump, regions, channels: 0, spins: new Map() };
-  }
-  return clientPump;
-}
-
-/** The process-wide client pump's counters and spin (tests, diagnostics); undefined while no session is attached. */
-export function clientPumpStats(): PumpStats | undefined {
-  return clientPump?.pump.stats();
-}
-
 /** Retry `fn` while it throws EBUSY (the pump thread has not yet let go), bounded (native/when-released.ts). */
 function whenReleased(fn: () => void): Promise<void> {
   return whenReleasedNative(fn, (err) => native?.nativeCode(err) === 'EBUSY');
 }
 
-function releasePumpIfIdle(): void {
-  const p = clientPump;
-  if (!p || p.regions.size > 0) return;
-  clientPump = undefined;
-  void whenReleased(() => p.pump.close()).catch(() => {});
+const clientPump = new SharedPump<ClientPump>(
+  (p) => p.pump.close(),
+  (err) => native?.nativeCode(err) === 'EBUSY',
+);
+
+function makePump(n: NativeModule): ClientPump {
+  const regions = new Map<number, (slots: number[]) => void>();
+  const pump = new n.Pump((events) => {
+    for (const e of events) if (e.type === 'hints') regions.get(e.region)?.(e.slots);
+  });
+  pump.unref();
+  return { pump, regions, channels: new Holds(pump), spins: new Map() };
+}
+
+/** The process-wide client pump's counters and spin (tests, diagnostics); undefined while no session is attached. */
+export function clientPumpStats(): PumpStats | undefined {
+  return clientPump.current?.pump.stats();
 }
 
 // ---- a session ------------------------------------------------------------------
@@ -99,7 +93,7 @@ export type { ShmSlotLink } from './shm-channel.js';
 class ClientShmSession implements ShmChannelSession {
   readonly channels = new Map<number, ShmChannel>();
   /** BINDs waiting for their BOUND, by slot. */
-  readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  readonly #binds = new SlotBinds();
   /** Slots pumped natively (link.ts), by slot: an END or the session's loss resets them. */
   readonly #links = new Map<number, { link: PumpLink; error?: Error }>();
   readonly #control: ShmChannel;
@@ -119,7 +113,7 @@ class ClientShmSession implements ShmChannelSession {
     spinUs = 0,
   ) {
     this.region = cs.region;
-    this.#pump = acquirePump(n);
+    this.#pump = clientPump.acquire(() => makePump(n));
     this.#pump.regions.set(this.region.id, (slots) => this.#hints(slots));
     this.#pump.spins.set(this.region.id, spinUs);
     applySpin(this.#pump);
@@ -147,16 +141,13 @@ class ClientShmSession implements ShmChannelSession {
     }
     for (const m of msgs) {
       if (m.type === CtlType.BOUND) {
-        const b = this.#binds.get(m.slot);
-        this.#binds.delete(m.slot);
         let st;
         try {
           st = decodeBound(m.payload);
         } catch (err) {
           return this.lost(err as Error);
         }
-        if (st.status === ShmStatus.OK) b?.resolve();
-        else b?.reject(new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
+        this.#binds.settle(m.slot, st.status === ShmStatus.OK ? undefined : new AttachFailedError(`shm bind of slot ${m.slot} refused: ${shmStatusName(st.status)}${st.detail ? `: ${st.detail}` : ''}`));
       } else {
         const code = m.payload.toString('utf8');
         const l = this.#links.get(m.slot);
@@ -181,7 +172,7 @@ class ClientShmSession implements ShmChannelSession {
     if (this.#closed) throw new SocketClosedError(`shm session ${this.id} is closed`);
     const ch = new ShmChannel(this.region, slot, this, label);
     this.channels.set(slot, ch);
-    if (this.#pump.channels++ === 0) this.#pump.pump.ref();
+    this.#pump.channels.add();
     // Data may already be there (the gateway links before it answers).
     queueMicrotask(() => ch.poke());
     return ch;
@@ -192,21 +183,9 @@ class ClientShmSession implements ShmChannelSession {
     if (this.#closed) return Promise.reject(new AttachFailedError(`shm session ${this.id} is closed`));
     if (this.#binds.has(slot) || this.channels.has(slot)) return Promise.reject(new AttachFailedError(`shm slot ${slot} of session ${this.id} is already in use here`));
     if (token.length > 1024) return Promise.reject(new AttachFailedError('attach token too long'));
-    return new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        if (this.#binds.get(slot)?.reject === fail) this.#binds.delete(slot);
-        if (err) reject(err);
-        else resolve();
-      };
-      const fail = (err: Error) => done(err);
-      const onAbort = () => done(new AbortedError('attach aborted'));
-      const timer = setTimeout(() => done(new AttachFailedError(`shm bind of slot ${slot}: no answer within ${timeoutMs} ms`)), timeoutMs);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.#binds.set(slot, { resolve: () => done(), reject: fail });
-      this.#control.write(encodeCtl(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength)));
-    });
+    const answer = this.#binds.expect(slot);
+    this.#control.write(encodeCtl(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength)));
+    return within(answer, timeoutMs, signal, `shm bind of slot ${slot}: no answer within ${timeoutMs} ms`, () => this.#binds.forget(slot));
   }
 
   /**
@@ -224,11 +203,11 @@ class ClientShmSession implements ShmChannelSession {
     const entry: { link: PumpLink; error?: Error } = { link };
     const slot = ch.slot;
     this.#links.set(slot, entry);
-    if (this.#pump.channels++ === 0) this.#pump.pump.ref();
+    this.#pump.channels.add();
     ch.retire();
     const ended = link.ended.then((end) => {
       this.#links.delete(slot);
-      if (--this.#pump.channels === 0) this.#pump.pump.unref();
+      this.#pump.channels.drop();
       this.release(slot, end.reason !== 'ok' || entry.error !== undefined);
       return entry.error ? { end, error: entry.error } : { end };
     });
@@ -243,7 +222,7 @@ class ClientShmSession implements ShmChannelSession {
   channelClosed(slot: number, ch: ShmChannel): void {
     if (this.channels.get(slot) !== ch) return;
     this.channels.delete(slot);
-    if (--this.#pump.channels === 0) this.#pump.pump.unref();
+    this.#pump.channels.drop();
   }
 
   /** The session died under us: every channel and bind fails with `err`. */
@@ -262,8 +241,7 @@ class ClientShmSession implements ShmChannelSession {
     this.#closed = true;
     this.onGone(this);
     const why = err ?? new SocketClosedError(`shm session ${this.id} closed`);
-    for (const b of this.#binds.values()) b.reject(new AttachFailedError(`shm session ${this.id} ended before the bind was answered`, { cause: why }));
-    this.#binds.clear();
+    this.#binds.failAll(() => new AttachFailedError(`shm session ${this.id} ended before the bind was answered`, { cause: why }));
     for (const ch of [...this.channels.values()]) ch.lost(why);
     for (const l of this.#links.values()) {
       l.error ??= why;
@@ -278,7 +256,7 @@ class ClientShmSession implements ShmChannelSession {
     try {
       await whenReleased(() => this.cs.close());
     } finally {
-      releasePumpIfIdle();
+      clientPump.release();
     }
   }
 }

@@ -19,8 +19,8 @@ import {
   type SocketOption,
 } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { DeclineReason, TransportKind, type Accepted, type NegotiationResult, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
-import { shmSupport, type ShmClient } from './attach-shm.js';
-import { RdmaSocket, rdmaSupport } from './attach-rdma.js';
+import type { ShmClient } from './attach-shm.js';
+import { RdmaSocket } from './attach-rdma.js';
 import { bridgeToFd } from './fd-bridge.js';
 import type { CallOpts, ConnectOptions } from './call-options.js';
 import { ConnectGate } from './connect-gate.js';
@@ -37,14 +37,13 @@ import {
   fromServiceError,
 } from '../../proto/errors.js';
 import { tracer } from '../../native/trace.js';
-import { SDK_TRANSPORTS, defaultTransports, type GatewayOptions, type UdpOptions } from './gateway-options.js';
+import { defaultTransports, type GatewayOptions, type UdpOptions } from './gateway-options.js';
 import { GatewayServer } from './gateway-server.js';
 import type { LinkableSocket, OpenedStream } from './opened-socket.js';
 import { withFastDataCodec } from '../../proto/wire.js';
 import {
   GatewayDatagramSocket,
   GatewaySocket,
-  TRANSPORT_KINDS,
   fallbackInfo,
   transportNameOf,
   type FallbackInfo,
@@ -129,7 +128,7 @@ export class Gateway {
     this.connectGate = new ConnectGate(options.maxConcurrentConnects ?? DEFAULT_CONCURRENT_CONNECTS, options.maxWaitingConnects ?? DEFAULT_WAITING_CONNECTS);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
     this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false);
-    this.attacher = new TransportAttacher({ shm: options.shm ?? {}, rdma: options.rdma ?? {}, vsock, parallel: this.parallel, grpcData: () => this.client.data(this.metadata) });
+    this.attacher = new TransportAttacher({ options, vsock, parallel: this.parallel, grpcData: () => this.client.data(this.metadata) });
     // No wait-for-ready: a gateway that is gone must not be waited for, nor its successor asked.
     const noWait = { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false };
     this.endConfirmer = new EndConfirmer(async (socketIds) => {
@@ -213,19 +212,9 @@ export class Gateway {
     const offers: TransportOffer[] = [];
     const local: FallbackInfo[] = [];
     for (const name of names ?? this.offersDefault) {
-      if (name === 'rdma' && !rdmaSupport.available && rdmaSupport.addonLoaded) {
-        // Like the gateway would say: this host has no usable verbs device (or the addon was built without rdma-core).
-        local.push({ transport: 'rdma', reason: 'NO_RDMA_DEVICE', detail: `this host cannot attach with rdma: ${rdmaSupport.reason}` });
-        continue;
-      }
-      if (!(SDK_TRANSPORTS as readonly string[]).includes(name)) {
-        const why = name === 'shm' ? `this SDK cannot attach with shm: ${shmSupport.reason}` : name === 'rdma' ? `this SDK cannot attach with rdma: ${rdmaSupport.reason}` : `this SDK build cannot attach with ${name}`;
-        local.push({ transport: name, reason: 'UNSUPPORTED', detail: why });
-        continue;
-      }
-      const params: TransportOffer['params'] =
-        name === 'shm' ? { $case: 'shm', shm: this.attacher.shm().offer() } : name === 'rdma' ? { $case: 'rdma', rdma: this.attacher.rdma().offer() } : undefined;
-      offers.push({ kind: TRANSPORT_KINDS[name], version: 1, params });
+      const o = this.attacher.offer(name);
+      if ('local' in o) local.push(o.local);
+      else offers.push(o.offer);
     }
     if (!offers.length) throw new NoTransportError(`none of the requested transports (${(names ?? []).join(', ')}) is supported by this SDK`);
     return { offers, local };

@@ -18,23 +18,22 @@
  * the other direction runs to its end), `destroy()` aborts.
  */
 import { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
-import type { LinkEnd as PumpLinkEnd, Pump, SpliceEnd } from '../../native/index.js';
-import { ConnectionResetError, GatewayUnavailableError, RingCorruptError, SockgateError, fromSystemError } from '../../proto/errors.js';
+import { ConnectionResetError, SockgateError, fromSystemError } from '../../proto/errors.js';
+import { clientTransportEntry } from './client-transport.js';
+import type { GatewayLink, LinkDeps, LinkEnded, OpenedChannel } from './link-types.js';
+
+export type { GatewayLink, LinkDeps, LinkEnded, OpenedChannel } from './link-types.js';
 import { tracer } from '../../native/trace.js';
 import { takeFd, type TakenFd } from './fd-handover.js';
 import type { ConnectOptions } from './call-options.js';
 import { closedCleanly, splice as jsSplice } from './js-relay.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
-import { ShmChannel } from './shm-channel.js';
-import type { FallbackInfo, GatewaySocket, SocketMeta, TransportName } from './socket.js';
+import type { SocketMeta } from './socket.js';
 
 const trace = tracer('sdk');
 
 /** SOCKGATE_LINK_RELAY=js: every link of this process takes the JS relay (to compare, or to work around a native problem). */
 const RELAY_ENV = 'SOCKGATE_LINK_RELAY';
-/** Splice pipe per direction: about bandwidth x round trip on a host, like the gateway's relay. */
-const SPLICE_PIPE_BYTES = 1 << 20;
 
 export interface LinkOptions extends ConnectOptions {
   /** 'auto' (default): native where the addon and the transport allow; 'js': the JS relay. */
@@ -43,87 +42,36 @@ export interface LinkOptions extends ConnectOptions {
   prefix?: readonly Buffer[];
 }
 
-/** How a link ended. */
-export interface LinkEnded {
-  /** ok: both directions ended cleanly; error: a side failed (reset, gateway gone); aborted: destroy(). */
-  reason: 'ok' | 'error' | 'aborted';
-  error?: Error;
-}
 
-/** A linked socket. */
-export interface GatewayLink {
-  readonly socketId: string;
-  readonly transport: TransportName;
-  /** Transports passed over before this one, with reasons. */
-  readonly fallbacks: FallbackInfo[];
-  readonly localUri: string;
-  readonly remoteUri: string;
-  /** true: the payload moves on the native I/O thread and never reaches JS; false: the JS relay. */
-  readonly native: boolean;
-  /** Why the JS relay carries this link ('' when native). */
-  readonly relayReason: string;
-  /** Bytes so far, read on demand (no event per chunk). */
-  readonly bytes: { readonly toTarget: number; readonly fromTarget: number };
-  readonly ended: Promise<LinkEnded>;
-  /** Graceful: no more bytes from the caller (the target gets FIN after those already read); the other direction drains to its end. */
-  close(): void;
-  /** Abort: the caller and the target see a reset, the gateway socket is closed. */
-  destroy(err?: Error): void;
-}
-
-/** What a link needs of its Gateway (handed in by Gateway#link and the listeners). */
-export interface LinkDeps {
-  /** Wrap a channel into a GatewaySocket (the JS relay's side). */
-  wrap(inner: Duplex, meta: SocketMeta, confirmEof: boolean): GatewaySocket;
-  closeRemote(socketId: string): Promise<void>;
-  /** The tcp plane: confirm over the control plane that a FIN was the target's. */
-  confirmEnd(socketId: string): Promise<void>;
-  /** Gateway#close destroys what is tracked. */
-  track(s: { destroy(): void }, ended: Promise<unknown>): void;
-}
-
-/** An attached channel, not yet linked. */
-export interface OpenedChannel {
-  inner: Duplex;
-  meta: SocketMeta;
-  confirmEof: boolean;
-}
-
-let splicePump: Pump | undefined;
 let warnedNoAddon = false;
 
-function pumpFor(n: NativeModule): Pump {
-  splicePump ??= new n.Pump(() => {}, { unrefWhenIdle: true });
-  return splicePump;
-}
-
 /** The caller's descriptor: taken from its socket, or the raw fd (the link's from the call on). */
-function takeCaller(n: NativeModule, caller: Socket | number): TakenFd | undefined {
+export function takeCaller(n: NativeModule, caller: Socket | number): TakenFd | undefined {
   if (typeof caller === 'number') return { fd: caller, prefix: [], give: () => {}, undo: () => {} };
   return takeFd(n, caller);
 }
 
-/** What kept a channel off the native path, or '' if it can be linked. */
-function blocker(inner: Duplex, meta: SocketMeta): string {
-  if (meta.transport === 'shm') return inner instanceof ShmChannel ? (inner.touched ? 'the shm channel was read from JS already' : '') : 'the shm channel is not a ring channel';
-  if (meta.transport === 'tcp') return inner instanceof Socket ? '' : 'the tcp data connection has no descriptor';
-  return `the ${meta.transport} plane has no native client link`;
+/** What keeps a channel off the native path ('' if its transport can link it). */
+function blocker(opened: OpenedChannel): string {
+  const entry = clientTransportEntry(opened.meta.transport);
+  if (!entry?.linkNative || !entry.nativeBlocker) return `the ${opened.meta.transport} plane has no native client link`;
+  return entry.nativeBlocker(opened);
 }
 
-function systemError(code: string | undefined, errno: number, what: string): SockgateError {
+export function systemError(code: string | undefined, errno: number, what: string): SockgateError {
   const c = code ?? `errno ${errno}`;
   return fromSystemError(Object.assign(new Error(`${what}: ${c}`), { code: c }), what);
 }
 
 /** Join `caller` to an attached channel; natively where possible (see the file comment). */
 export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, opts: LinkOptions = {}): GatewayLink {
-  const { inner, meta } = opened;
+  const { meta } = opened;
   const relay = opts.relay ?? (process.env[RELAY_ENV] === 'js' ? 'js' : 'auto');
-  let why = relay === 'js' ? `the JS relay was asked for${opts.relay ? '' : ` (${RELAY_ENV}=js)`}` : native ? blocker(inner, meta) : `the native addon did not load: ${nativeError}`;
-  if (!why && native) {
+  let why = relay === 'js' ? `the JS relay was asked for${opts.relay ? '' : ` (${RELAY_ENV}=js)`}` : native ? blocker(opened) : `the native addon did not load: ${nativeError}`;
+  const linkNative = clientTransportEntry(meta.transport)?.linkNative;
+  if (!why && native && linkNative) {
     try {
-      const pre = opts.prefix ?? [];
-      const l = meta.transport === 'shm' ? linkShm(deps, native, caller, inner as ShmChannel, meta, pre) : linkTcp(deps, native, caller, inner as Socket, opened, pre);
+      const l = linkNative(deps, native, caller, opened, opts.prefix ?? []);
       trace(`link ${meta.socketId}: native ${meta.transport} link`);
       return l;
     } catch (err) {
@@ -138,132 +86,43 @@ export function linkChannel(deps: LinkDeps, caller: Socket | number, opened: Ope
   return linkJs(deps, caller, opened, why, opts.prefix ?? []);
 }
 
-function base(meta: SocketMeta): Pick<GatewayLink, 'socketId' | 'transport' | 'fallbacks' | 'localUri' | 'remoteUri'> {
+/** The handle of a native link: counters read on demand, close() drains, destroy() aborts (the transport's own calls). */
+export function nativeLinkHandle(
+  deps: LinkDeps,
+  meta: SocketMeta,
+  ended: Promise<LinkEnded>,
+  ops: { toTarget(): number; fromTarget(): number; drain(): void; abort(): void },
+): GatewayLink {
+  const handle: GatewayLink = {
+    ...base(meta),
+    native: true,
+    relayReason: '',
+    bytes: {
+      get toTarget() {
+        return ops.toTarget();
+      },
+      get fromTarget() {
+        return ops.fromTarget();
+      },
+    },
+    ended,
+    close() {
+      try {
+        ops.drain();
+      } catch {
+        // ended already
+      }
+    },
+    destroy() {
+      ops.abort();
+    },
+  };
+  deps.track({ destroy: () => handle.destroy() }, ended);
+  return handle;
+}
+
+export function base(meta: SocketMeta): Pick<GatewayLink, 'socketId' | 'transport' | 'fallbacks' | 'localUri' | 'remoteUri'> {
   return { socketId: meta.socketId, transport: meta.transport, fallbacks: meta.fallbacks, localUri: meta.localUri, remoteUri: meta.remoteUri };
-}
-
-function linkShm(deps: LinkDeps, n: NativeModule, caller: Socket | number, ch: ShmChannel, meta: SocketMeta, pre: readonly Buffer[]): GatewayLink {
-  const take = takeCaller(n, caller);
-  if (!take) throw new ConnectionResetError('the caller socket has no usable descriptor');
-  let sl;
-  try {
-    sl = ch.linkNative(take.fd, [...pre, ...take.prefix]);
-  } catch (err) {
-    take.undo();
-    throw err;
-  }
-  take.give();
-  const link = sl.link;
-  let final: PumpLinkEnd | undefined;
-  let aborted = false;
-  const what = `link ${meta.socketId} (shm)`;
-  const ended = sl.ended.then(({ end, error }): LinkEnded => {
-    final = end;
-    if (end.reason === 'ok' && !error) return { reason: 'ok' };
-    // No CloseSocket here: the ABORT the session sends resets the gateway's host socket, and a
-    // CloseSocket racing ahead of it would close that socket with a FIN instead.
-    if (aborted) return { reason: 'aborted', ...(error ? { error } : {}) };
-    const e = error ?? (end.reason === 'corrupt' ? new RingCorruptError(`${what}: the ring was corrupted`) : end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`));
-    return { reason: 'error', error: e };
-  });
-  deps.track({ destroy: () => handle.destroy() }, ended);
-  const handle: GatewayLink = {
-    ...base(meta),
-    native: true,
-    relayReason: '',
-    bytes: {
-      get toTarget() {
-        return final ? final.totalToRing : link.raw.totals()[1];
-      },
-      get fromTarget() {
-        return final ? final.totalToFd : link.raw.totals()[0];
-      },
-    },
-    ended,
-    close() {
-      try {
-        link.shutdownRead();
-      } catch {
-        // ended already
-      }
-    },
-    destroy() {
-      if (final) return;
-      aborted = true;
-      void link.close({ reset: true });
-    },
-  };
-  return handle;
-}
-
-function linkTcp(deps: LinkDeps, n: NativeModule, caller: Socket | number, data: Socket, opened: OpenedChannel, pre: readonly Buffer[]): GatewayLink {
-  const { meta } = opened;
-  const takeData = takeFd(n, data);
-  if (!takeData) throw new ConnectionResetError('the data connection has no usable descriptor');
-  const take = takeCaller(n, caller);
-  if (!take) {
-    takeData.undo();
-    throw new ConnectionResetError('the caller socket has no usable descriptor');
-  }
-  let link;
-  try {
-    // "client" = the data connection, "host" = the caller: its prefix is what the gateway sent that JS had read.
-    link = pumpFor(n).splice(takeData.fd, take.fd, { toHostPrefix: takeData.prefix, toClientPrefix: [...pre, ...take.prefix], pipeBytes: SPLICE_PIPE_BYTES });
-  } catch (err) {
-    takeData.undo();
-    take.undo();
-    throw err;
-  }
-  link.raw.mute();
-  takeData.give();
-  take.give();
-  let final: SpliceEnd | undefined;
-  let aborted = false;
-  const what = `link ${meta.socketId} (tcp)`;
-  const ended = link.ended.then(async (end): Promise<LinkEnded> => {
-    final = end;
-    if (end.reason === 'ok') {
-      if (!opened.confirmEof) return { reason: 'ok' };
-      // A FIN on the raw tcp plane looks the same whether the target ended or the gateway died: ask.
-      try {
-        await deps.confirmEnd(meta.socketId);
-        return { reason: 'ok' };
-      } catch (err) {
-        return { reason: 'error', error: err instanceof SockgateError ? err : new GatewayUnavailableError((err as Error).message) };
-      }
-    }
-    void deps.closeRemote(meta.socketId);
-    if (aborted) return { reason: 'aborted' };
-    return { reason: 'error', error: end.reason === 'error' ? systemError(end.code, end.errno, what) : new ConnectionResetError(`${what}: aborted`) };
-  });
-  deps.track({ destroy: () => handle.destroy() }, ended);
-  const handle: GatewayLink = {
-    ...base(meta),
-    native: true,
-    relayReason: '',
-    bytes: {
-      get toTarget() {
-        return final ? final.totalToClient : link.raw.totals()[1];
-      },
-      get fromTarget() {
-        return final ? final.totalToHost : link.raw.totals()[0];
-      },
-    },
-    ended,
-    close() {
-      try {
-        link.shutdownHost(true, false);
-      } catch {
-        // ended already
-      }
-    },
-    destroy() {
-      if (final) return;
-      aborted = true;
-      void link.close({ reset: true });
-    },
-  };
-  return handle;
 }
 
 function linkJs(deps: LinkDeps, caller: Socket | number, opened: OpenedChannel, why: string, pre: readonly Buffer[]): GatewayLink {

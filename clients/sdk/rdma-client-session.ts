@@ -11,6 +11,7 @@ import { isTracerEnabled, tracer } from '../../native/trace.js';
 import { DeclineReason } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError, ConnectionResetError, SocketClosedError, SockgateError } from '../../proto/errors.js';
 import { FdChannel } from './fd-channel.js';
+import { Holds, SharedPump, SlotBinds } from './client-slot-session.js';
 import { native, type NativeModule } from './native-optional.js';
 import { RdmaAttachError } from '../../proto/errors.js';
 import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
@@ -19,52 +20,25 @@ import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failu
 const trace = tracer('rdma');
 const tracing = isTracerEnabled('rdma');
 
-/** How long closing waits for the pump to let go of the connections it serviced. */
-const RELEASE_WAIT_MS = 2_000;
 /** Per-direction buffering of the JS side of a socket's socketpair. */
 const CHANNEL_HIGH_WATERMARK = 1 << 20;
 
 interface ClientHub {
   hub: PumpHub;
-  /** Connections started and not yet ended (failed/closed): the pump closes when none remain. */
-  conns: number;
   /** Connections being opened: the pump keeps the process alive while there are some. */
-  opening: number;
-}
-let clientHub: ClientHub | undefined;
-
-function acquireHub(n: NativeModule): ClientHub {
-  if (!clientHub) {
-    // unrefWhenIdle: the pump never holds the process by itself (rdma connections are not links it tracks).
-    const hub = new PumpHub(n, { unrefWhenIdle: true });
-    clientHub = { hub, conns: 0, opening: 0 };
-  }
-  return clientHub;
+  opening: Holds;
 }
 
-function opening(h: ClientHub, delta: 1 | -1): void {
-  const before = h.opening;
-  h.opening += delta;
-  if (h.hub.closed) return;
-  if (before === 0 && h.opening > 0) h.hub.pump.ref();
-  else if (before > 0 && h.opening === 0) h.hub.pump.unref();
-}
+/** The pump every rdma connection of this process shares; closed once no connection is left. */
+const clientHub = new SharedPump<ClientHub>(
+  (h) => h.hub.close(),
+  (err) => native?.nativeCode(err) === 'EBUSY',
+);
 
-function releaseHubIfIdle(): void {
-  const h = clientHub;
-  if (!h || h.conns > 0) return;
-  clientHub = undefined;
-  const deadline = Date.now() + RELEASE_WAIT_MS;
-  const attempt = () => {
-    try {
-      h.hub.close();
-    } catch (err) {
-      // EBUSY: the I/O thread has not let go of the last connection yet.
-      if (Date.now() < deadline && native?.nativeCode(err) === 'EBUSY') setTimeout(attempt, 5).unref();
-    }
-  };
-  // Never from inside the pump's own event callback (closing joins its thread): on the next turn.
-  setImmediate(attempt).unref();
+function makeHub(n: NativeModule): ClientHub {
+  // unrefWhenIdle: the pump never holds the process by itself (rdma connections are not links it tracks).
+  const hub = new PumpHub(n, { unrefWhenIdle: true });
+  return { hub, opening: new Holds(hub.pump, () => hub.closed) };
 }
 
 export function newSessionId(): string {
@@ -137,7 +111,7 @@ export class RdmaClientSession {
   #hub: ClientHub | undefined;
   #waitTimer: NodeJS.Timeout | undefined;
   /** Slots linked with BIND whose BOUND (or refusal) has not come yet. */
-  readonly #binds = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  readonly #binds = new SlotBinds();
 
   constructor(
     readonly id: string,
@@ -161,12 +135,12 @@ export class RdmaClientSession {
   start(n: NativeModule, opts: RdmaConnectOptions): void {
     if (this.state !== 'waiting') throw new AttachFailedError(`rdma session ${this.id} is already ${this.state}`);
     clearTimeout(this.#waitTimer);
-    const h = acquireHub(n);
+    const h = clientHub.acquire(() => makeHub(n));
     let conn: RawRdmaConn;
     try {
       conn = n.rdma.connect!(h.hub.pump.raw, opts);
     } catch (err) {
-      releaseHubIfIdle();
+      clientHub.release();
       const e = n.translateError(err) as Error;
       const reason = n.nativeCode(e) === 'ENODEV' ? DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE : DeclineReason.DECLINE_REASON_CONNECT_FAILED;
       const failure = new RdmaAttachError(`rdma connect to ${opts.addr}:${opts.port} failed: ${e.message}`, reason, { cause: e });
@@ -175,8 +149,7 @@ export class RdmaClientSession {
     }
     this.#hub = h;
     this.conn = conn;
-    h.conns++;
-    opening(h, 1);
+    h.opening.add();
     this.state = 'connecting';
     h.hub.onRdma(conn.id, (e) => this.#onEvent(e, opts.addr, opts.port));
   }
@@ -187,7 +160,7 @@ export class RdmaClientSession {
       case 'established':
         if (this.state !== 'connecting') return;
         this.state = 'established';
-        if (this.#hub) opening(this.#hub, -1);
+        this.#hub?.opening.drop();
         this.#resolveReady(this.conn!);
         return;
       case 'failed': {
@@ -201,22 +174,19 @@ export class RdmaClientSession {
       case 'peerEof':
         this.slots.get(e.slot)?.peerEnded();
         return;
-      case 'bound': {
-        const b = this.#binds.get(e.slot);
-        this.#binds.delete(e.slot);
-        b?.resolve();
+      case 'bound':
+        this.#binds.settle(e.slot);
         return;
-      }
       case 'slotEnd': {
-        const b = this.#binds.get(e.slot);
-        if (b) {
-          this.#binds.delete(e.slot);
-          // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
-          b.reject(
+        // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
+        if (
+          this.#binds.settle(
+            e.slot,
             e.reason === 'reset'
               ? new RdmaAttachError(`rdma slot ${e.slot} of session ${this.id}: the gateway refused the bind`, DeclineReason.DECLINE_REASON_PEER_DECLINED)
               : new RdmaAttachError(`rdma slot ${e.slot} of session ${this.id} ended before the gateway answered its bind (${e.reason}${e.code ? ` ${e.code}` : ''})`, DeclineReason.DECLINE_REASON_CONNECT_FAILED),
-          );
+          )
+        ) {
           // Nobody holds that socket yet (the attach that waits destroys it): no error to emit.
           const unbound = this.slots.get(e.slot);
           this.slots.delete(e.slot);
@@ -283,10 +253,8 @@ export class RdmaClientSession {
     }
     this.slots.set(slot, sock);
     if (!token) return { sock, bound: Promise.resolve() };
-    const bound = new Promise<void>((resolve, reject) => this.#binds.set(slot, { resolve, reject }));
-    // A refusal after the attach gave up waiting is nobody's to report.
-    bound.catch(() => {});
-    return { sock, bound };
+    // A refusal after the attach gave up waiting is nobody's to report (expect() catches it).
+    return { sock, bound: this.#binds.expect(slot) };
   }
 
   /** Release a slot the gateway linked for a socket that will not use it (an aborted first attach). */
@@ -327,21 +295,19 @@ export class RdmaClientSession {
     this.closedError = this.closedError && !(err instanceof SocketClosedError) ? err : (this.closedError ?? err);
     clearTimeout(this.#waitTimer);
     this.#rejectReady(err);
-    const binds = new Map(this.#binds);
-    this.#binds.clear();
-    for (const b of binds.values()) b.reject(err);
+    const unbound = new Set<number>();
+    this.#binds.failAll((slot) => (unbound.add(slot), err));
     this.onGone(this);
     const socks = [...this.slots.values()];
     this.slots.clear();
     // A socket still waiting for BOUND was never handed out: its attach fails instead (no error event nobody listens to).
-    for (const s of socks) s.slotEnded(binds.has(s.slot) ? undefined : this.closedError);
+    for (const s of socks) s.slotEnded(unbound.has(s.slot) ? undefined : this.closedError);
     const h = this.#hub;
     if (h && this.conn) {
       this.#hub = undefined;
       h.hub.offRdma(this.conn.id);
-      if (wasOpening) opening(h, -1);
-      h.conns--;
-      releaseHubIfIdle();
+      if (wasOpening) h.opening.drop();
+      clientHub.release();
     }
   }
 }

@@ -1,88 +1,46 @@
 /**
- * The SDK's data-plane attach by accepted transport: the shm and rdma clients
- * (one session each per Gateway object, created with the first offer), and
- * the tcp and grpc planes.
+ * A Gateway object's transports (client-transport.ts), with every transport
+ * of the SDK registered: offers by name, the attach of an accepted offer
+ * through its transport, and close. Nothing here switches on a name.
  */
 import type { Duplex } from 'node:stream';
-import type { ClientDuplexStream } from '@grpc/grpc-js';
-import type { DataRequest, DataResponse } from '../../proto/gen/sockgate/v1/sockgate.js';
-import type { Accepted } from '../../proto/gen/sockgate/v1/transport.js';
+import type { Accepted, TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError } from '../../proto/errors.js';
-import { ShmClient } from './attach-shm.js';
-import { RdmaClient, type RdmaClientOptions } from './attach-rdma.js';
-import { attachGrpc, attachTcp } from './attach-plane.js';
+import { ClientTransports, clientTransportEntry } from './client-transport.js';
 import type { CallOpts } from './call-options.js';
-import type { ParallelOpen } from './tcp-parallel.js';
-import { transportNameOf } from './socket.js';
-import type { VsockBridge } from './vsock.js';
+import { SDK_TRANSPORTS } from './gateway-options.js';
+import { TRANSPORT_KINDS, transportNameOf, type FallbackInfo, type TransportName } from './socket.js';
+import type { ShmClient } from './attach-shm.js';
+import { ShmTransport } from './transport-shm.js';
+import './transport-tcp.js';
+import './transport-grpc.js';
+import './transport-rdma.js';
 
-export interface TransportAttacherOptions {
-  shm: { hostId?: string };
-  rdma: RdmaClientOptions;
-  /** With a `vsock:` target: tcp-plane data connections dial vsock. */
-  vsock: VsockBridge | undefined;
-  /** The tcp plane's parallel open, told each data address seen. */
-  parallel: ParallelOpen;
-  /** Opens a grpc-plane Data stream on the Gateway's channel. */
-  grpcData: () => ClientDuplexStream<DataRequest, DataResponse>;
-}
+export type { ClientTransportContext as TransportAttacherOptions } from './client-transport.js';
 
-export class TransportAttacher {
-  #shm: ShmClient | undefined;
-  #rdma: RdmaClient | undefined;
-
-  constructor(private readonly o: TransportAttacherOptions) {}
-
-  /** The shm client, if created yet. */
+export class TransportAttacher extends ClientTransports {
+  /** The shm client, if created yet (tests read its sessions). */
   get shmClient(): ShmClient | undefined {
-    return this.#shm;
+    const t = this.peek('shm');
+    return t instanceof ShmTransport ? t.client : undefined;
   }
 
-  /** The shm client of this gateway object (one session for all its shm sockets). */
-  shm(): ShmClient {
-    this.#shm ??= new ShmClient(this.o.shm);
-    return this.#shm;
-  }
-
-  /** The rdma client of this gateway object (one session, one RDMA connection, for all its rdma sockets). */
-  rdma(): RdmaClient {
-    this.#rdma ??= new RdmaClient(this.o.rdma);
-    return this.#rdma;
+  /** The offer for transport `name`, or why this SDK reports it declined here (a local fallback). */
+  offer(name: TransportName): { offer: TransportOffer } | { local: FallbackInfo } {
+    const entry = clientTransportEntry(name);
+    const declined = entry?.localDecline?.();
+    if (declined) return { local: declined };
+    if (!entry || !(SDK_TRANSPORTS as readonly string[]).includes(name)) {
+      const why = entry?.unsupported();
+      return { local: { transport: name, reason: 'UNSUPPORTED', detail: why ? `this SDK cannot attach with ${name}: ${why}` : `this SDK build cannot attach with ${name}` } };
+    }
+    return { offer: { kind: TRANSPORT_KINDS[name], version: 1, params: this.get(name).offer() } };
   }
 
   /** Attach with the accepted transport. */
   attach(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts, socketId = ''): Promise<Duplex> {
-    switch (accepted.params?.$case) {
-      case 'shm':
-        if (mode !== 'stream') return Promise.reject(new AttachFailedError('shm carries stream sockets only'));
-        return this.shm().attach(accepted.params.shm, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
-      case 'rdma':
-        // The gateway declines datagram sockets on rdma too; if one was accepted anyway, the next offer is used.
-        if (mode !== 'stream') return Promise.reject(new AttachFailedError('rdma carries stream sockets only'));
-        return this.rdma().attach(accepted.params.rdma, accepted.attachToken, `socket ${socketId}`, opts.signal ? { signal: opts.signal } : {});
-      case 'tcp':
-        return this.#attachTcp(accepted.params.tcp.host, accepted.params.tcp.port, accepted.attachToken, mode, opts, accepted.params.tcp.vsockPort);
-      case 'grpc':
-        return this.#attachGrpc(accepted.attachToken, mode, opts);
-      default:
-        return Promise.reject(new AttachFailedError(`gateway accepted a transport this SDK cannot attach with (${transportNameOf(accepted.kind)})`));
-    }
-  }
-
-  #attachTcp(host: string, port: number, token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts, vsockPort = 0): Promise<Duplex> {
-    // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
-    const viaVsock = this.o.vsock && vsockPort ? { cid: this.o.vsock.vsock.cid, port: vsockPort } : undefined;
-    if (!viaVsock && mode === 'stream') this.o.parallel.learn(host, port);
-    return attachTcp(viaVsock ? { vsock: viaVsock } : { host, port }, token, mode, opts.signal);
-  }
-
-  #attachGrpc(token: Uint8Array, mode: 'stream' | 'datagram', opts: CallOpts): Promise<Duplex> {
-    return attachGrpc(this.o.grpcData, token, mode, opts.signal);
-  }
-
-  /** Close the shm and rdma sessions. */
-  close(): void {
-    void this.#shm?.close();
-    this.#rdma?.close();
+    const name = transportNameOf(accepted.kind) as TransportName;
+    if (!clientTransportEntry(name)) return Promise.reject(new AttachFailedError(`gateway accepted a transport this SDK cannot attach with (${name})`));
+    return this.get(name).attach(accepted, mode, opts, `socket ${socketId}`);
   }
 }

@@ -1,0 +1,126 @@
+/**
+ * The one slot-session protocol, SDK side (the gateway's is
+ * server/slot-session.ts): what every session transport (shm, rdma) shares
+ * once a session exists — the BINDs of later sockets waiting for the
+ * gateway's BOUND (or refusal), answered by slot, with a deadline and an
+ * AbortSignal; the process-wide pump every session of the transport shares,
+ * made on first use, holding the process only while something needs it, and
+ * closed after its last session. The transports supply the messages (control
+ * slot, verbs) and their pump.
+ */
+import { whenReleased } from '../../native/when-released.js';
+import { AbortedError, AttachFailedError } from '../../proto/errors.js';
+
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+/** BINDs waiting for the gateway's answer, by slot. */
+export class SlotBinds {
+  readonly #waiting = new Map<number, Waiter>();
+
+  /** Whether a BIND of `slot` waits for its answer. */
+  has(slot: number): boolean {
+    return this.#waiting.has(slot);
+  }
+
+  /** Wait for the answer to a BIND of `slot` (sent by the caller); a rejection nobody awaits is not reported. */
+  expect(slot: number): Promise<void> {
+    const answer = new Promise<void>((resolve, reject) => this.#waiting.set(slot, { resolve, reject }));
+    answer.catch(() => {});
+    return answer;
+  }
+
+  /** The gateway answered for `slot`: bound (no `err`) or refused. False if no BIND of it waited. */
+  settle(slot: number, err?: Error): boolean {
+    const w = this.#waiting.get(slot);
+    if (!w) return false;
+    this.#waiting.delete(slot);
+    if (err) w.reject(err);
+    else w.resolve();
+    return true;
+  }
+
+  /** The attach gave up on `slot`: a late answer is ignored. */
+  forget(slot: number): void {
+    this.#waiting.delete(slot);
+  }
+
+  /** The session ended: every waiting BIND fails with `err(slot)`. */
+  failAll(err: (slot: number) => Error): void {
+    const all = [...this.#waiting];
+    this.#waiting.clear();
+    for (const [slot, w] of all) w.reject(err(slot));
+  }
+}
+
+/** `p` with a deadline (AttachFailedError `message`) and an AbortSignal (AbortedError); `onGiveUp` runs if either wins. */
+export function within<T>(p: Promise<T>, ms: number, signal: AbortSignal | undefined, message: string, onGiveUp?: () => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => giveUp(new AttachFailedError(message)), ms);
+    const onAbort = () => giveUp(new AbortedError('attach aborted'));
+    const done = (err?: Error, v?: T) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      if (err) reject(err);
+      else resolve(v as T);
+    };
+    const giveUp = (err: Error) => {
+      onGiveUp?.();
+      done(err);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => done(undefined, v),
+      (err: Error) => done(err),
+    );
+  });
+}
+
+/** A pump every session of this process shares: made on first acquire, closed when the last session released it. */
+export class SharedPump<T> {
+  #value: T | undefined;
+  #users = 0;
+  constructor(
+    private readonly closePump: (v: T) => void,
+    /** EBUSY: the I/O thread has not let go yet (closing is retried, bounded: native/when-released.ts). */
+    private readonly isBusy: (err: unknown) => boolean,
+  ) {}
+
+  /** The pump while some session holds it. */
+  get current(): T | undefined {
+    return this.#value;
+  }
+
+  acquire(make: () => T): T {
+    this.#value ??= make();
+    this.#users++;
+    return this.#value;
+  }
+
+  release(): void {
+    const v = this.#value;
+    if (v === undefined || --this.#users > 0) return;
+    this.#value = undefined;
+    // Never from inside the pump's own event callback (closing joins its thread): on the next turn.
+    setImmediate(() => void whenReleased(() => this.closePump(v), this.isBusy).catch(() => {})).unref();
+  }
+}
+
+/** What keeps the process alive on a pump (open channels, connections being opened): ref() on the first, unref() after the last. */
+export class Holds {
+  #n = 0;
+  constructor(
+    private readonly pump: { ref(): void; unref(): void },
+    private readonly closed: () => boolean = () => false,
+  ) {}
+
+  add(): void {
+    if (this.#n++ === 0 && !this.closed()) this.pump.ref();
+  }
+
+  drop(): void {
+    if (--this.#n === 0 && !this.closed()) this.pump.unref();
+  }
+}
