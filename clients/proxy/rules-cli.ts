@@ -4,6 +4,7 @@
  * (`--remove`) with nft and ip. Needs CAP_NET_ADMIN for --install/--remove.
  */
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, KernelRulesError } from '../../proto/errors.js';
 import { parseGatewayTarget } from './address.js';
@@ -11,6 +12,17 @@ import { DEFAULT_MARK, DEFAULT_PROXY_PORT, DEFAULT_ROUTE_TABLE, DEFAULT_TABLE_NA
 
 /** Bound on each nft/ip invocation: they are local netlink calls. */
 const TOOL_TIMEOUT_MS = 10_000;
+/**
+ * Where nft and ip are looked for, never $PATH: under npm/npx, node_modules/.bin
+ * comes first and holds an unrelated `nft` (@vercel/nft, node file trace) that
+ * exits 0 without touching the kernel.
+ */
+const SYSTEM_TOOL_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
+
+/** The absolute path of the system's `nft` or `ip`, or undefined if not installed. */
+export function systemTool(name: 'nft' | 'ip'): string | undefined {
+  return SYSTEM_TOOL_DIRS.map((d) => `${d}/${name}`).find((p) => existsSync(p));
+}
 
 export interface RulesFlags {
   to: string[];
@@ -65,7 +77,9 @@ export function rulesSpecFromFlags(f: RulesFlags): RulesSpec {
   };
 }
 
-function tool(cmd: string, args: string[], input?: string): { ok: boolean; err: string } {
+function tool(name: 'nft' | 'ip', args: string[], input?: string): { ok: boolean; err: string } {
+  const cmd = systemTool(name);
+  if (!cmd) return { ok: false, err: `${name} is not installed (in ${SYSTEM_TOOL_DIRS.join(', ')}): apt-get install -y ${name === 'nft' ? 'nftables' : 'iproute2'}` };
   const r = spawnSync(cmd, args, { input: input ?? '', encoding: 'utf8', timeout: TOOL_TIMEOUT_MS });
   if (r.error) return { ok: false, err: `${cmd}: ${r.error.message}` };
   return { ok: r.status === 0, err: (r.stderr || r.stdout || '').trim() };
