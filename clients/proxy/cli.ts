@@ -72,7 +72,7 @@ export function registerProxyCommand(program: Command): void {
     .option('--no-transparent-udp', 'transparent mode without the UDP (tproxy) socket')
     .option('--transport <list>', 'data transports to offer, in order, e.g. tcp,grpc')
     .option('--connect-timeout <ms>', 'gateway-side connect timeout')
-    .option('-c, --config <file>', 'YAML config (gateway, token, transports, local_forwards, remote_forwards, socks, drain_timeout_ms, log_level)')
+    .option('-c, --config <file>', 'YAML config (gateway, token, transports, local_forwards, remote_forwards, socks, transparent, drain_timeout_ms, log_level)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
     .addHelpText('after', '\nPrints {"event":"ready",...} with the real listening addresses once every listener is open. SIGTERM drains, a second signal exits at once.')
     .action((opts: ProxyFlags) => runProxy(opts));

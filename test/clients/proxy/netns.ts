@@ -17,6 +17,8 @@ import { CLI_PATH, startGateway, type TestGateway } from '../../helpers/harness.
 
 /** Bound on each `ip`/`nft`/CLI invocation of the setup. */
 const SETUP_TIMEOUT_MS = 20_000;
+/** veth MTU (the largest veth takes; see startLab). */
+const VETH_MTU = 65535;
 
 /** Why these tests cannot run here ('' if they can): root, nft and ip are needed. */
 export function netnsSkipReason(): string {
@@ -84,6 +86,10 @@ export async function startLab(tag: number, rules: unknown[], proxyArgs: string[
     sh('ip', ['link', 'add', vh, 'type', 'veth', 'peer', 'name', vc, 'netns', ns]);
     sh('ip', ['addr', 'add', `${lab.host4}/24`, 'dev', vh]);
     sh('ip', ['-6', 'addr', 'add', `${lab.host6}/64`, 'dev', vh, 'nodad']);
+    // The veth's MTU is what a redirected connection's MSS is chosen by (its route before the
+    // redirect), though its packets then run on lo: as large as lo's, so -L and redirect compare alike.
+    sh('ip', ['link', 'set', vh, 'mtu', String(VETH_MTU)]);
+    sh('ip', ['-n', ns, 'link', 'set', vc, 'mtu', String(VETH_MTU)]);
     sh('ip', ['link', 'set', vh, 'up']);
     sh('ip', ['-n', ns, 'addr', 'add', `${lab.client4}/24`, 'dev', vc]);
     sh('ip', ['-n', ns, '-6', 'addr', 'add', `${lab.client6}/64`, 'dev', vc, 'nodad']);
