@@ -230,6 +230,32 @@ export interface RawVsock {
   PORT_ANY: number;
 }
 
+/** An IP socket address as the transparent primitives report it. */
+export interface SockAddr {
+  address: string;
+  port: number;
+  family: 4 | 6;
+}
+
+/** A transparent UDP socket read on the JS loop (native/src/wrap_transparent.cc). */
+export interface RawTransparentUdp {
+  readonly port: number;
+  readonly fd: number;
+  ref(): void;
+  unref(): void;
+  /** Stop reading and close the socket. Idempotent. */
+  close(): void;
+}
+
+/** Transparent-proxy primitives (native/src/wrap_transparent.cc; wrapped by native/transparent.ts). */
+export interface RawTransparent {
+  originalDst(fd: number): SockAddr & { source: 'conntrack' | 'local' };
+  setTransparent(fd: number): void;
+  udpReplySocket(address: string, port: number): number;
+  udpSendTo(fd: number, data: Uint8Array, address: string, port: number): number;
+  TransparentUdp: new (address: string, port: number, onMessage: (data: Buffer, from: SockAddr, to: SockAddr) => void) => RawTransparentUdp;
+}
+
 /** Sizes of this side's receive region (native/RDMA.md "Connection parameters"). */
 export interface RdmaRegionOptions {
   /** Each slot's receive ring is 1 << ringLog2 bytes (12..26; default 20 = 1 MiB). */
@@ -437,6 +463,7 @@ export interface NativeBinding {
   testHooks: boolean;
   rdma: RdmaBinding;
   vsock: RawVsock;
+  transparent: RawTransparent;
   constants: NativeConstants;
   Region: { new (opts: { slots: number; maxRingSize: number; byteLimit?: number }): RawRegion; new (memfd: number): RawRegion };
   Eventfd: new (fd?: number) => RawEventfd;

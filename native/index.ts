@@ -20,5 +20,6 @@ export * from './eventfd.js';
 export * from './shm-region.js';
 export * from './pump.js';
 export * from './attach-client.js';
+export * from './transparent.js';
 // Raised by attachClient; defined with the other error classes.
 export { AttachRefusedError } from '../proto/errors.js';

@@ -79,6 +79,7 @@ export class RdmaQpFatalError extends define('ERR_SOCKGATE_RDMA_QP_FATAL', statu
 /** The RDMA peer disconnected. */
 export class RdmaDisconnectedError extends define('ERR_SOCKGATE_RDMA_DISCONNECTED', status.UNAVAILABLE, 'RDMA peer disconnected') {}
 export class NativeError extends define('ERR_SOCKGATE_NATIVE', status.INTERNAL, 'native addon error') {}
+export class KernelRulesError extends define('ERR_SOCKGATE_KERNEL_RULES', status.FAILED_PRECONDITION, 'nft or ip could not apply the transparent-mode rules') {}
 /** A SOCKS client broke the protocol (clients/proxy); answered with `reply` (a SOCKS5 reply code) once the request stage was reached. */
 export class SocksProtocolError extends define('ERR_SOCKGATE_SOCKS_PROTOCOL', status.INVALID_ARGUMENT, 'SOCKS protocol violation') {
   readonly reply?: number;

@@ -11,6 +11,7 @@ import { Option, type Command } from 'commander';
 import { SockgateError } from '../../proto/errors.js';
 import { loadProxyConfig, resolveProxySettings, type ProxyFlags } from './config.js';
 import { GuestProxy } from './proxy.js';
+import { registerRulesCommand } from './rules-cli.js';
 
 /** Exit status for bad flags or config (as `sockgate connect` uses for invalid arguments). */
 const EXIT_USAGE = 2;
@@ -56,9 +57,9 @@ async function runProxy(flags: ProxyFlags): Promise<void> {
 
 /** Add `proxy` to `program`. */
 export function registerProxyCommand(program: Command): void {
-  program
+  const proxy = program
     .command('proxy')
-    .description('guest-side agent: local forwards (-L), reverse forwards (-R) and a SOCKS5 server (--socks) through the gateway')
+    .description('guest-side agent: local forwards (-L), reverse forwards (-R), a SOCKS5 server (--socks) and transparent mode (--transparent) through the gateway')
     .addOption(new Option('-g, --gateway <target>', 'the gateway: host:port, unix:/path, or vsock:2:<port> from a VM (AF_VSOCK through the native addon)').env('SOCKGATE_TARGET'))
     .addOption(new Option('--token <token>', 'bearer token').env('SOCKGATE_TOKEN'))
     .option('-L, --local <listen=uri>', 'local forward, e.g. 127.0.0.1:5432=tcp://db:5432 (repeatable)', collect, [])
@@ -67,10 +68,13 @@ export function registerProxyCommand(program: Command): void {
     .option('--socks-user <name>', 'require RFC 1929 username/password: the username')
     .addOption(new Option('--socks-pass <password>', 'the password for --socks-user').env('SOCKGATE_SOCKS_PASS'))
     .option('--socks-udp-bind <uri>', 'gateway address UDP ASSOCIATE binds to (default udp://0.0.0.0:0)')
+    .option('--transparent <address>', 'transparent mode: accept connections the kernel redirects here (nftables redirect/tproxy; see `proxy rules`) and open each to its original destination, e.g. [::]:15001')
+    .option('--no-transparent-udp', 'transparent mode without the UDP (tproxy) socket')
     .option('--transport <list>', 'data transports to offer, in order, e.g. tcp,grpc')
     .option('--connect-timeout <ms>', 'gateway-side connect timeout')
-    .option('-c, --config <file>', 'YAML config (gateway, token, transports, local_forwards, remote_forwards, socks, drain_timeout_ms, log_level)')
+    .option('-c, --config <file>', 'YAML config (gateway, token, transports, local_forwards, remote_forwards, socks, transparent, drain_timeout_ms, log_level)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']))
     .addHelpText('after', '\nPrints {"event":"ready",...} with the real listening addresses once every listener is open. SIGTERM drains, a second signal exits at once.')
     .action((opts: ProxyFlags) => runProxy(opts));
+  registerRulesCommand(proxy);
 }

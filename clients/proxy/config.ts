@@ -13,6 +13,11 @@
  *   listen: 127.0.0.1:1080
  *   users: [{ username: app, password: "..." }]
  *   udp_bind: udp://0.0.0.0:0
+ * transparent:                                 # sockgate proxy --transparent (README "Transparent mode")
+ *   listen: "[::]:15001"
+ *   udp: true
+ *   udp_max_flows: 1024
+ *   udp_idle_timeout_ms: 60000
  * ```
  */
 import { readFileSync } from 'node:fs';
@@ -37,6 +42,11 @@ import { DEFAULT_UDP_BIND, type SocksUser } from './socks-server.js';
 export const DEFAULT_SOCKS_LISTEN = '127.0.0.1:1080';
 /** How long open connections may take to finish after SIGTERM before they are aborted. */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 5_000;
+
+/** UDP flows the transparent proxy keeps open at once (each: a gateway socket and a reply socket). */
+export const DEFAULT_TRANSPARENT_UDP_MAX_FLOWS = 1024;
+/** A transparent UDP flow without traffic for this long is closed (conntrack's own UDP stream timeout is 120 s). */
+export const DEFAULT_TRANSPARENT_UDP_IDLE_MS = 60_000;
 
 /** A zod check that runs one of address.ts's parsers and reports its message at the key. */
 function parsedBy(parse: (s: string) => unknown) {
@@ -66,6 +76,15 @@ export const proxyConfigSchema = z.strictObject({
       udp_bind: parsedBy((s) => parseUri(s, { protocol: 'udp', allowPortZero: true })).default(DEFAULT_UDP_BIND),
     })
     .optional(),
+  transparent: z
+    .strictObject({
+      listen: parsedBy((s) => parseTransparentListen(s, 'transparent.listen')),
+      /** Also relay UDP (tproxy only; needs CAP_NET_ADMIN). */
+      udp: z.boolean().default(true),
+      udp_max_flows: z.number().int().min(1).max(1_000_000).default(DEFAULT_TRANSPARENT_UDP_MAX_FLOWS),
+      udp_idle_timeout_ms: z.number().int().min(100).default(DEFAULT_TRANSPARENT_UDP_IDLE_MS),
+    })
+    .optional(),
   drain_timeout_ms: z.number().int().min(0).default(DEFAULT_DRAIN_TIMEOUT_MS),
   log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
 });
@@ -82,10 +101,28 @@ export interface ProxyFlags {
   socksUser?: string;
   socksPass?: string;
   socksUdpBind?: string;
+  transparent?: string;
+  /** commander's --no-transparent-udp: false. */
+  transparentUdp?: boolean;
   transport?: string;
   connectTimeout?: string;
   config?: string;
   logLevel?: string;
+}
+
+/** Transparent mode (README "Transparent mode"). */
+export interface TransparentSettings {
+  listen: Extract<LocalEndpoint, { kind: 'tcp' }>;
+  udp: boolean;
+  udpMaxFlows: number;
+  udpIdleMs: number;
+}
+
+/** `--transparent`: host:port or a port (TCP only: the kernel redirects IP traffic here). */
+export function parseTransparentListen(s: string, what: string): Extract<LocalEndpoint, { kind: 'tcp' }> {
+  const ep = parseListenAddress(s, what);
+  if (ep.kind !== 'tcp') throw new InvalidArgumentError(`${what}: ${JSON.stringify(s)}: transparent mode listens on an IP address (host:port, [::]:port or a port), not a Unix socket`);
+  return ep;
 }
 
 /** Everything the proxy needs, validated. */
@@ -97,6 +134,7 @@ export interface ProxySettings {
   localForwards: LocalForwardSpec[];
   remoteForwards: RemoteForwardSpec[];
   socks?: { listen: LocalEndpoint; users: SocksUser[]; udpBind: string };
+  transparent?: TransparentSettings;
   drainTimeoutMs: number;
   logLevel: string;
 }
@@ -178,8 +216,18 @@ export function resolveProxySettings(flags: ProxyFlags, fileConfig?: ProxyConfig
   if (transports) settings.transports = transports as TransportName[];
   if (connectTimeoutMs !== undefined) settings.connectTimeoutMs = connectTimeoutMs;
   if (socks) settings.socks = socks;
-  if (!settings.localForwards.length && !settings.remoteForwards.length && !settings.socks) {
-    throw new InvalidArgumentError('nothing to do: give at least one of -L, -R or --socks (or local_forwards, remote_forwards, socks in --config)');
+  const transparentListen = flags.transparent ?? cfg.transparent?.listen;
+  if (transparentListen !== undefined) {
+    settings.transparent = {
+      listen: parseTransparentListen(transparentListen, '--transparent'),
+      // commander sets transparentUdp true unless --no-transparent-udp: only false is a choice.
+      udp: flags.transparentUdp === false ? false : (cfg.transparent?.udp ?? true),
+      udpMaxFlows: cfg.transparent?.udp_max_flows ?? DEFAULT_TRANSPARENT_UDP_MAX_FLOWS,
+      udpIdleMs: cfg.transparent?.udp_idle_timeout_ms ?? DEFAULT_TRANSPARENT_UDP_IDLE_MS,
+    };
+  }
+  if (!settings.localForwards.length && !settings.remoteForwards.length && !settings.socks && !settings.transparent) {
+    throw new InvalidArgumentError('nothing to do: give at least one of -L, -R, --socks or --transparent (or local_forwards, remote_forwards, socks, transparent in --config)');
   }
   return settings;
 }

@@ -11,6 +11,8 @@ import type { ProxySettings } from './config.js';
 import { LocalForward, RemoteForward, type ForwardOptions } from './forward.js';
 import { connectGateway, type ProxyGateway } from './link.js';
 import { SocksServer } from './socks-server.js';
+import { TransparentListener } from './transparent.js';
+import { TransparentUdpRelay } from './transparent-udp.js';
 
 export interface GuestProxyOptions {
   /** Logger for operational events; a logger at settings.logLevel on stderr if unset. */
@@ -24,12 +26,16 @@ export interface ProxyAddresses {
   local: { listen: string; connect: string }[];
   remote: { listen: string; target: string }[];
   socks?: string;
+  /** Transparent mode's TCP listener and, if on, its UDP (tproxy) socket. */
+  transparent?: { tcp: string; udp?: string };
 }
 
 export class GuestProxy {
   readonly localForwards: LocalForward[] = [];
   readonly remoteForwards: RemoteForward[] = [];
   socks: SocksServer | undefined;
+  transparent: TransparentListener | undefined;
+  transparentUdp: TransparentUdpRelay | undefined;
   /** Set by the first close() or destroy(); later calls return it. */
   private stopping: Promise<void> | undefined;
 
@@ -81,6 +87,20 @@ export class GuestProxy {
       this.socks = new SocksServer(this.gw, { ...fo, listen: this.settings.socks.listen, users: this.settings.socks.users, udpBind: this.settings.socks.udpBind });
       await this.socks.start();
     }
+    const tp = this.settings.transparent;
+    if (tp) {
+      this.transparent = new TransparentListener(tp.listen, this.gw, fo);
+      await this.transparent.start();
+      if (tp.udp) {
+        this.transparentUdp = new TransparentUdpRelay(tp.listen.host, this.transparent.port, this.gw, {
+          logger: this.logger,
+          maxFlows: tp.udpMaxFlows,
+          idleMs: tp.udpIdleMs,
+          ...(this.settings.transports ? { transports: this.settings.transports } : {}),
+        });
+        this.transparentUdp.start();
+      }
+    }
   }
 
   get addresses(): ProxyAddresses {
@@ -89,6 +109,7 @@ export class GuestProxy {
       remote: this.remoteForwards.map((f) => ({ listen: f.address, target: formatEndpoint(f.spec.target) })),
     };
     if (this.socks) a.socks = this.socks.address;
+    if (this.transparent) a.transparent = { tcp: this.transparent.address, ...(this.transparentUdp ? { udp: this.transparentUdp.address } : {}) };
     return a;
   }
 
@@ -109,7 +130,9 @@ export class GuestProxy {
       ...this.localForwards.map((f) => f.close(drainMs)),
       ...this.remoteForwards.map((f) => f.close(drainMs)),
       this.socks?.close(drainMs),
+      this.transparent?.close(drainMs),
     ]);
+    this.transparentUdp?.close();
     if (this.ownsGateway) this.gw.close();
     this.logger.info('proxy stopped');
   }

@@ -40,6 +40,7 @@
 #include "wrap_listener.h"
 #include "wrap_region.h"
 #include "wrap_splice.h"
+#include "wrap_transparent.h"
 #ifdef SG_WITH_RDMA
 #include "rdma_addon.h"
 #endif
@@ -88,6 +89,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gatewayRingBytes", Napi::Function::New(env, GatewayRingBytes, "gatewayRingBytes"));
   exports.Set("rdma", Rdma(env));
   exports.Set("vsock", vsock::Exports(env));
+  exports.Set("transparent", TransparentExports(env));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, SOL_SOCKET));
   c.Set("SO_SNDBUF", Napi::Number::New(env, SO_SNDBUF));

@@ -25,6 +25,7 @@ import type { TransportName } from '../../clients/sdk/socket.js';
 import { startProxyChild } from './proxy.js';
 import { median, round, within, type BenchContext, type BenchFamily, type BenchRow, type LoopbackServer } from './lib.js';
 import { logBalanced, startHaproxyRoundRobin, startSidecarRoundRobin } from './relays-balanced.js';
+import { transparentRows } from './relays-transparent.js';
 
 /** Seconds per iperf3 / sockperf run (full, quick). */
 const RUN_S = { full: 3, quick: 1 };
@@ -235,7 +236,7 @@ async function idleRow(ctx: BenchContext, p: RelayPath, port: number, n: number,
 
 export const relaysFamily: BenchFamily = {
   name: 'relays',
-  description: 'iperf3 both ways and sockperf ping-pong: direct, HAProxy, socat->UDS->socat, sockgate proxy -L over shm/tcp/grpc (ratios vs HAProxy)',
+  description: 'iperf3 both ways and sockperf ping-pong: direct, HAProxy, socat->UDS->socat, sockgate proxy -L over shm/tcp/grpc (ratios vs HAProxy), transparent mode vs -L in a netns',
   skip() {
     const missing = ['iperf3', 'sockperf'].filter((t) => !have(t));
     return missing.length === 2 ? 'neither iperf3 nor sockperf is installed (apt-get install iperf3 sockperf)' : undefined;
@@ -324,6 +325,8 @@ export const relaysFamily: BenchFamily = {
         if (tools.iperf3) rows.push(await iperfRow(ctx, p, false, secs), await iperfRow(ctx, p, true, secs));
         if (tools.sockperf && !p.iperfOnly) rows.push(await sockperfRow(ctx, p, secs));
       }
+      // Transparent mode vs -L from one network namespace (relays-transparent.ts); BENCH_RELAYS_PATHS may name `transparent`.
+      if (tools.iperf3 && (!only || only.includes('transparent'))) rows.push(...(await transparentRows(ctx, secs)));
       const n = ctx.quick ? IDLE_LINKS.quick : IDLE_LINKS.full;
       for (const p of paths) {
         if (p.name === 'haproxy') rows.push(await idleRow(ctx, p, haproxyIdle, n, ['haproxy']));
