@@ -142,7 +142,7 @@ export const ERROR_CLASSES: ReadonlyMap<string, ErrorClass> = new Map(
       HostUnreachableError, ConnectTimeoutError, DnsError, AddressInUseError, ConnectionResetError, HostSocketError,
       NoTransportError, AttachFailedError, ProtocolError, RingCorruptError, GatewayUnavailableError,
       ShuttingDownError, AbortedError, RdmaUnavailableError, RdmaProtocolError, RdmaTimeoutError,
-      RdmaDeviceRemovedError, RdmaPortDownError, RdmaQpFatalError, RdmaDisconnectedError, NativeError,
+      RdmaDeviceRemovedError, RdmaPortDownError, RdmaQpFatalError, RdmaDisconnectedError, NativeError, KernelRulesError,
       SocksProtocolError,
     ] as ErrorClass[]
   ).map((c) => [c.code, c]),

@@ -28,3 +28,6 @@ export { LocalForward, RemoteForward, type ForwardOptions, type ForwardStats } f
 export { SocksServer, DEFAULT_UDP_BIND, type SocksServerOptions, type SocksStats, type SocksUser } from './socks-server.js';
 export { dialVsockUds, connectLine, parseAck } from './vsock-uds.js';
 export { splice, SessionSet, type Session } from './splice.js';
+export { TransparentListener, type TransparentStats } from './transparent.js';
+export { TransparentUdpRelay, type TransparentUdpOptions, type TransparentUdpStats } from './transparent-udp.js';
+export { nftScript, policyRoutes, rulesScript, type RulesSpec } from './rules.js';

@@ -74,9 +74,12 @@ export async function startLab(tag: number, rules: unknown[], proxyArgs: string[
     client6: `fd53:${octet.toString(16)}::2`,
   };
   const cleanups: (() => Promise<void> | void)[] = [];
-  const destroy = async () => {
-    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
-  };
+  let destroyed: Promise<void> | undefined;
+  // Idempotent: a test may end its lab early and the after hook ends it again.
+  const destroy = () =>
+    (destroyed ??= (async () => {
+      for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => {});
+    })());
   try {
     sh('ip', ['netns', 'add', ns]);
     cleanups.push(() => {

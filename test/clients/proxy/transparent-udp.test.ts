@@ -9,6 +9,9 @@
 import test from 'ava';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { once } from 'node:events';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { run } from './helpers.js';
 import { netnsSkipReason, startLab, type NetnsLab } from './netns.js';
 
@@ -21,7 +24,7 @@ const DATAGRAMS = 64;
 const CLIENT_TIMEOUT_MS = 30_000;
 
 let lab: NetnsLab;
-const echo: Record<'4' | '6', { sock: UdpSocket; port: number; peers: Set<string> }> = {} as never;
+const echo: Record<'4' | '6', { sock: UdpSocket; port: number; peers: Set<string>; ports: Set<number> }> = {} as never;
 let denied: { sock: UdpSocket; port: number; got: number };
 
 async function bindUdp(type: 'udp4' | 'udp6', host: string, onMessage: (s: UdpSocket, m: Buffer, r: { address: string; port: number }) => void): Promise<{ sock: UdpSocket; port: number }> {
@@ -38,11 +41,13 @@ test.before(async () => {
   lab = await startLab(2, []);
   for (const fam of ['4', '6'] as const) {
     const peers = new Set<string>();
+    const ports = new Set<number>();
     const s = await bindUdp(fam === '4' ? 'udp4' : 'udp6', fam === '4' ? lab.host4 : lab.host6, (sock, m, r) => {
       peers.add(r.address);
+      ports.add(r.port);
       sock.send(m, r.port, r.address);
     });
-    echo[fam] = { ...s, peers };
+    echo[fam] = { ...s, peers, ports };
   }
   const d = await bindUdp('udp4', lab.host4, () => denied.got++);
   denied = { ...d, got: 0 };
@@ -52,7 +57,10 @@ test.before(async () => {
   lab.rules(['--to', `${lab.host4}/32,${lab.host6}/128`, '--udp-ports', `${echo['4'].port},${echo['6'].port},${denied.port}`, '--install']);
 });
 
+let limited: NetnsLab | undefined;
+
 test.after.always(async () => {
+  await limited?.destroy();
   await lab?.destroy();
   for (const e of Object.values(echo)) e.sock.close();
   denied?.sock.close();
@@ -96,4 +104,50 @@ serial('tproxy UDP to a port the gateway denies: nothing reaches the server, not
   t.is(r.lost, 3);
   t.deepEqual(r.from, []);
   t.is(denied.got, 0);
+});
+
+/**
+ * Clients in `ns` (each its own socket) send stop-and-wait rounds to the echo
+ * server, pausing `pauseMs` between rounds; prints how many echoes were right.
+ */
+async function rounds(l: NetnsLab, clients: number, count: number, pauseMs: number): Promise<{ ok: number; lost: number }> {
+  const script = `
+    const dgram = require('dgram'), crypto = require('crypto');
+    const socks = Array.from({ length: ${clients} }, () => dgram.createSocket('udp4'));
+    let ok = 0, lost = 0;
+    const one = (s) => new Promise((res) => {
+      const d = crypto.randomBytes(200);
+      const t = setTimeout(() => { lost++; s.removeAllListeners('message'); res(); }, 1000);
+      s.once('message', (m) => { clearTimeout(t); if (m.equals(d)) ok++; res(); });
+      s.send(d, ${echo['4'].port}, '${l.host4}');
+    });
+    (async () => {
+      for (let i = 0; i < ${count}; i++) for (const s of socks) { await one(s); await new Promise((r) => setTimeout(r, ${pauseMs})); }
+      console.log(JSON.stringify({ ok, lost })); process.exit(0);
+    })();`;
+  const argv = l.exec(process.execPath, ['-e', script]);
+  const r = await run(argv[0]!, argv.slice(1), { timeoutMs: CLIENT_TIMEOUT_MS });
+  if (r.code !== 0) throw new Error(`udp client: ${r.code} ${r.stderr}`);
+  return JSON.parse(r.stdout.toString()) as { ok: number; lost: number };
+}
+
+serial('UDP flows are bounded: one flow per client while under the limits; evicted past udp_max_flows; closed after udp_idle_timeout_ms', async (t) => {
+  // Default limits (the first lab): two clients, four rounds each, are two flows: two gateway ports.
+  echo['4'].ports.clear();
+  t.deepEqual(await rounds(lab, 2, 4, 0), { ok: 8, lost: 0 });
+  t.is(echo['4'].ports.size, 2);
+  // A proxy allowing one flow, idle for at most 300 ms: each alternation evicts the other client's flow.
+  await lab.destroy();
+  const dir = mkdtempSync(join(tmpdir(), 'sockgate-tpudp-'));
+  const cfg = join(dir, 'proxy.yaml');
+  writeFileSync(cfg, 'transparent:\n  listen: "[::]:1"\n  udp_max_flows: 1\n  udp_idle_timeout_ms: 300\n');
+  limited = await startLab(2, [{ name: 'echo', action: 'allow', protocols: ['udp'], directions: ['connect'], destinations: ['10.213.0.0/16'] }], ['--config', cfg]);
+  limited.rules(['--to', `${limited.host4}/32`, '--udp-ports', String(echo['4'].port), '--install']);
+  echo['4'].ports.clear();
+  t.deepEqual(await rounds(limited, 2, 3, 0), { ok: 6, lost: 0 });
+  t.is(echo['4'].ports.size, 6, 'every datagram opened a new flow: the other client\'s was evicted');
+  // One client, pausing past the idle limit: every round is a new flow.
+  echo['4'].ports.clear();
+  t.deepEqual(await rounds(limited, 1, 3, 800), { ok: 3, lost: 0 });
+  t.is(echo['4'].ports.size, 3, 'each flow was closed while idle');
 });
