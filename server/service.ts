@@ -293,6 +293,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
             pendingFor = takePending(identity);
             const host = await backend.connectTcp(target, timeout, undefined, req.options);
             const stream = new StreamSocket(table.newId('stream'), identity, host);
+            stream.hostSocket = () => backend.describeHostSocket(host);
             pendingFor(stream);
             pendingFor = undefined;
             const via = backend.peerStreamOf(host);
@@ -429,6 +430,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
           return;
         }
         const sock = new StreamSocket(table.newId('stream'), identity, host);
+        sock.hostSocket = () => backend.describeHostSocket(host);
         pendingFor(sock);
         table.add(sock);
         const decision = await negotiator.decide(offers, { identity, socketKind: 'stream', peer: call.getPeer() });
