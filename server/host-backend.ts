@@ -79,7 +79,7 @@ export class HostBackend {
     if (uri.port === 0) return { uri, address, family, rule: '', identity };
     const { rule, smc } = this.policy.check(identity, { direction, protocol: uri.protocol, host: uri.host, address, port: uri.port });
     trace(`${identity.name} ${direction} ${input} -> ${address} allowed by ${rule}${smc ? ' (smc: prefer)' : ''}`);
-    return { uri, address, family, rule, identity, smc };
+    return { uri, address, family, rule, identity, smc: smc === true };
   }
 
   /** Policy check of a listen/bind on port 0, with the port the kernel chose. Throws PolicyDeniedError. */

@@ -58,7 +58,7 @@ test('policy says which rule prefers smc', (t) => {
   );
   const anon = policy.identify({});
   t.deepEqual(policy.check(anon, { direction: 'connect', protocol: 'tcp', host: '127.0.0.1', address: '127.0.0.1', port: 5432 }), { rule: 'smc-db', smc: true });
-  t.deepEqual(policy.check(anon, { direction: 'connect', protocol: 'tcp', host: '10.1.2.3', address: '10.1.2.3', port: 5432 }), { rule: 'plain', smc: false });
+  t.deepEqual(policy.check(anon, { direction: 'connect', protocol: 'tcp', host: '10.1.2.3', address: '10.1.2.3', port: 5432 }), { rule: 'plain' });
 });
 
 test('the addon reports SMC availability with a reason', (t) => {
