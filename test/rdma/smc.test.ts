@@ -111,29 +111,36 @@ if (!IN_VM) {
     // A guest listens through the gateway: the host listener is SMC; a guest connects to it: the host socket is SMC.
     const server = await sdk.listen('tcp://127.0.0.1:0', { transports: ['tcp'] });
     t.teardown(() => server.close());
+    const acceptedOnce = new Promise<void>((resolve) => server.once('connection', () => resolve()));
     server.on('connection', hashServer());
     const viaGw = await sdk.connect(server.localUri, { transports: ['tcp'] });
-    const payload = randomBytes(PAYLOAD_BYTES);
-    t.is(await sendAndHash(viaGw as unknown as Socket, payload), sha(payload));
-
+    await acceptedOnce;
     // And to a host TCP service without SMC.
     const plain = createServer({ allowHalfOpen: true }, hashServer());
     await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
     t.teardown(() => plain.close());
     const toPlain = await sdk.connect(`tcp://127.0.0.1:${(plain.address() as AddressInfo).port}`, { transports: ['tcp'] });
+
+    // While all are open: GetInfo, ListSockets and the status table.
     const info = await sdk.getInfo(toPlain.socketId);
     t.like(info.hostSocket, { proto: 'smc', smcMode: 'fallback', smcFallbackReason: PEER_NO_SMC });
     t.regex(info.hostSocket!.detail, /0x03010000 peer did not indicate SMC/);
-    const payload2 = randomBytes(PAYLOAD_BYTES);
-    t.is(await sendAndHash(toPlain as unknown as Socket, payload2), sha(payload2));
-
     const mine = await sdk.listSockets();
     const connected = mine.find((s) => s.socketId === viaGw.socketId);
     const accepted = mine.find((s) => s.kind === 1 && s.socketId !== viaGw.socketId && s.socketId !== toPlain.socketId);
-    t.like(connected?.hostSocket, { proto: 'smc', smcMode: 'fallback', smcFallbackReason: NO_SMC_DEVICE }, JSON.stringify(connected));
+    const listener = mine.find((s) => s.kind === 3);
+    t.like(connected?.hostSocket, { proto: 'smc', smcMode: 'fallback', smcFallbackReason: NO_SMC_DEVICE }, JSON.stringify(mine));
     t.like(accepted?.hostSocket, { proto: 'smc', smcMode: 'fallback', smcFallbackReason: PEER_DECLINED, smcPeerDiagnosis: NO_SMC_DEVICE }, JSON.stringify(mine));
+    t.is(listener?.hostSocket?.proto, 'tcp'); // listeners show their plain kind; the sockets they accept show the kernel's view
     const table = formatStatusTable(mine);
     t.regex(table, new RegExp(`^${toPlain.socketId} .*smc:fallback:0x03010000`, 'm'), table);
     t.regex(table, new RegExp(`^${viaGw.socketId} .*smc:fallback:0x03030000`, 'm'), table);
+    t.regex(table, new RegExp(`^${accepted!.socketId} .*smc:fallback:0x05000000`, 'm'), table);
+
+    // Every byte through both SMC host sockets (fallen back inside the kernel) and the gateway.
+    const payload = randomBytes(PAYLOAD_BYTES);
+    t.is(await sendAndHash(viaGw as unknown as Socket, payload), sha(payload));
+    const payload2 = randomBytes(PAYLOAD_BYTES);
+    t.is(await sendAndHash(toPlain as unknown as Socket, payload2), sha(payload2));
   });
 }
