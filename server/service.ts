@@ -385,6 +385,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         const server = await backend.listenTcp(identity, target, backlog);
         const addr = server.address() as { address: string; port: number };
         listener = new ListenerSocket(table.newId('listener'), identity, server, formatUri('tcp', addr.address, addr.port), backlog);
+        listener.hostSocket = () => backend.describeHostSocket(server);
       } catch (err) {
         table.release(identity);
         deps.bounds.listenBacklog.give(identity.name, backlog);
