@@ -109,7 +109,8 @@ if (!IN_VM) {
     t.teardown(() => sdk.close());
 
     // A guest listens through the gateway: the host listener is SMC; a guest connects to it: the host socket is SMC.
-    const server = await sdk.listen('tcp://127.0.0.1:0', { transports: ['tcp'] });
+    // A fixed port: a port-0 listen is judged by policy only once bound, so its rule's smc cannot apply to it.
+    const server = await sdk.listen('tcp://127.0.0.1:7692', { transports: ['tcp'] });
     t.teardown(() => server.close());
     const acceptedOnce = new Promise<void>((resolve) => server.once('connection', () => resolve()));
     server.on('connection', hashServer());

@@ -42,7 +42,8 @@ function gatewayConfig() {
       {
         listen: { control: '127.0.0.1:7470', data: '127.0.0.1:7471', metrics: '' },
         telemetry: { log_level: 'warn' },
-        transports: { enabled: ['tcp', 'grpc'] },
+        // SOCKGATE_SMC_TCP_NATIVE=0: the JS relay instead of splice(2) (isolates splice on SMC sockets).
+        transports: { enabled: ['tcp', 'grpc'], tcp_native: process.env['SOCKGATE_SMC_TCP_NATIVE'] !== '0' },
         smc: { ueids: ['SOCKGATE-LAB'], pnets: [{ id: 'SGNET', eth: 'eth0', ib: 'rxe0', ib_port: 1 }] },
       },
       {
@@ -89,7 +90,7 @@ async function stream(sdk: SdkGateway, port: number): Promise<void> {
   sock.end(payload);
   await ended;
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  say({ port, hostSocket: info.hostSocket, bytes: payload.length, ok: answer === want, seconds, MBps: payload.length / seconds / 1e6 });
+  say({ port, hostSocket: info.hostSocket, bytes: payload.length, answer: answer.slice(0, 80), ok: answer === want, seconds, MBps: payload.length / seconds / 1e6 });
   if (answer !== want) throw new Error(`port ${port}: SHA-256 mismatch`);
 }
 
