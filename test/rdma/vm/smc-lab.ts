@@ -42,6 +42,10 @@ function median(xs: number[]): number {
 
 async function main(): Promise<number> {
   process.env['SOCKGATE_VM_KERNEL_PKG'] = KERNEL_PKG;
+  // Known failure: with the native splice(2) relay on an SMC-R host socket the
+  // stream ends early (SHA-256 mismatch, 6.12, 2026-12-05); the JS relay carries
+  // every byte. Until that is fixed the lab runs the JS relay (set 1 to see it).
+  process.env['SOCKGATE_SMC_TCP_NATIVE'] ??= '0';
   const prepared = await prepare();
   if (prepared.kind === 'skip') {
     console.log(`SKIP: ${prepared.reason}`);
