@@ -457,6 +457,19 @@ export interface RdmaBinding {
   };
 }
 
+/** Kernel SMC primitives (native/src/smc.h); descriptors returned are the caller's. */
+export interface RawSmc {
+  available: boolean;
+  reason: string;
+  /** Connect off the JS thread (TCP, then the kernel's CLC handshake or its fallback). */
+  connect(family: 4 | 6, address: string, port: number, timeoutMs: number): Promise<{ fd: number; kind: 'af_smc' | 'ipproto_smc' }>;
+  listen(family: 4 | 6, address: string, port: number, backlog: number, v6only: boolean): { fd: number; port: number; kind: 'af_smc' | 'ipproto_smc' };
+  /** Raw SMC_DIAG dump (native/smc-diag.ts parses it). */
+  diagDump(): Buffer;
+  addUeid(ueid: string): void;
+  addPnet(pnetid: string, eth: string, ib: string, ibPort: number): void;
+}
+
 export interface NativeBinding {
   abiVersion: number;
   /** The test build (SOCKGATE_NATIVE_BUILD=test: binding.gyp sockgate_native_test), with the test hooks. */
@@ -464,6 +477,7 @@ export interface NativeBinding {
   rdma: RdmaBinding;
   vsock: RawVsock;
   transparent: RawTransparent;
+  smc: RawSmc;
   constants: NativeConstants;
   Region: { new (opts: { slots: number; maxRingSize: number; byteLimit?: number }): RawRegion; new (memfd: number): RawRegion };
   Eventfd: new (fd?: number) => RawEventfd;

@@ -7,7 +7,8 @@
   # Both targets build the same sources; they differ only in the test hooks.
   "target_defaults": {
     "sources": ["src/addon.cc", "src/pump_wrap.cc", "src/pump_loop.cc", "src/pump_cmds.cc", "src/pump_link.cc", "src/pump_attach.cc", "src/wrap_eventfd.cc", "src/wrap_region.cc", "src/wrap_splice.cc", "src/wrap_listener.cc",
-                "src/js_attach.cc", "src/js_fd.cc", "src/region.cc", "src/pump.cc", "src/attach.cc", "src/splice.cc", "src/vsock.cc", "src/wrap_transparent.cc"],
+                "src/js_attach.cc", "src/js_fd.cc", "src/region.cc", "src/pump.cc", "src/attach.cc", "src/splice.cc", "src/vsock.cc", "src/wrap_transparent.cc",
+                "src/smc.cc", "src/smc_netlink.cc"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "_GNU_SOURCE"],
     "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-O2", "-pthread"],

@@ -9,6 +9,7 @@ import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../proto/errors.js';
 import { TRANSPORT_NAMES } from '../proto/transports.js';
+import { ruleSmcSchema, smcSchema } from './config-smc.js';
 
 /** The embedded default: loopback only, loopback destinations only. */
 export const DEFAULT_CONFIG_YAML = `# sockgate embedded default configuration
@@ -86,6 +87,7 @@ rules:
     directions: [listen, bind]
     destinations: [127.0.0.0/8]
     ports: [1024-65535]
+# Kernel SMC is off: no rule says smc: prefer, smc.data_port is false (README "Kernel SMC").
 # VM guests: vsock_uds (Firecracker / Cloud Hypervisor VMM sockets) and vsock
 # (native AF_VSOCK, vhost-vsock) are off unless configured (README "VM guests").
 shutdown:
@@ -236,6 +238,8 @@ const ruleSchema = z.strictObject({
   /** CIDRs (10.0.0.0/8), addresses, host names (db.internal) or wildcards (*.internal). */
   destinations: z.array(z.string().min(1)).min(1),
   ports: z.array(portSpec).default(['1-65535']),
+  /** `prefer`: open host stream sockets this rule allows as kernel SMC (server/config-smc.ts). */
+  smc: ruleSmcSchema,
 });
 
 /** `addr/bits` with a real address and a prefix length its family allows. */
@@ -382,6 +386,8 @@ export const configSchema = z.strictObject({
     })
     .prefault({}),
   rules: z.array(ruleSchema),
+  /** Kernel SMC: host sockets and the data port as SMC, UEID/PNET at start (server/config-smc.ts). */
+  smc: smcSchema,
   /** Peer gateway routes (first match wins); none by default. */
   peers: z.array(peerSchema).default([]),
   shutdown: z.strictObject({ drain_timeout_ms: positiveInt }),

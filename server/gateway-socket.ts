@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { SockgateError } from '../proto/errors.js';
 import type { Identity } from './policy.js';
 import { DeclineReason, TransportKind, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
-import { SocketKind, SocketState, socketStateToJSON, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
+import { SocketKind, SocketState, socketStateToJSON, type HostSocket, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { tracer } from '../native/trace.js';
 import type { IdentityByteBudgets } from './datagram-queue.js';
 
@@ -133,7 +133,13 @@ export abstract class GatewaySocket extends EventEmitter {
     return this.fallbacks[0]?.reason ?? DeclineReason.DECLINE_REASON_UNSPECIFIED;
   }
 
+  /** The kernel's view of the host socket (tcp/smc and SMC mode or fallback reason); set by the service for stream sockets. */
+  hostSocket: (() => HostSocket | undefined) | undefined;
+
   info(): SocketInfo {
+    const hostSocket = this.hostSocket
+      ? this.hostSocket()
+      : { proto: this.kind === 'datagram' ? 'udp' : 'tcp', smcMode: '', smcFallbackReason: 0, smcPeerDiagnosis: 0, detail: '' };
     return {
       socketId: this.id,
       identity: this.identity.name,
@@ -155,6 +161,7 @@ export abstract class GatewaySocket extends EventEmitter {
       bufferedBytes: this.bufferedBytes(),
       createdAtMs: this.createdAtMs,
       peer: this.peer,
+      hostSocket,
     };
   }
 }

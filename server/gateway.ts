@@ -14,6 +14,7 @@ import { AttachRegistry } from './attach.js';
 import { splitListenAddress, type Config } from './config.js';
 import { NativeError, ShuttingDownError, SocketClosedError } from '../proto/errors.js';
 import { HostBackend, type HostLookup } from './host-backend.js';
+import { HostSmc } from './host-smc.js';
 import { PeerRouter, type PeerGatewayConnector } from './peers.js';
 import { Negotiator } from './negotiate.js';
 import { Policy } from './policy.js';
@@ -98,6 +99,8 @@ export class Gateway {
   private vmm: VmmListeners | undefined;
   /** `vsock`: native AF_VSOCK control and data listeners (vhost-vsock guests). */
   private vsockListeners: VsockListeners | undefined;
+  /** Kernel SMC host sockets and data port (server/host-smc.ts). */
+  private readonly smc: HostSmc;
 
   constructor(
     readonly config: Config,
@@ -123,6 +126,7 @@ export class Gateway {
     const refusalLog = new LogLimiter(this.logger, lim.refusal_log_interval_ms);
     const data = splitListenAddress(config.listen.data);
     if ('path' in data) throw new Error('listen.data must be host:port');
+    this.smc = new HostSmc(config.smc, this.logger, this.telemetry.meter);
     this.tcp = new TcpTransport({
       host: data.host,
       port: data.port,
@@ -137,6 +141,7 @@ export class Gateway {
       maxUnauthenticated: lim.max_unauthenticated_data_connections,
       maxUnauthenticatedPerPeer: lim.max_unauthenticated_data_connections_per_peer,
       refusalLog,
+      ...(config.smc.data_port ? { smc: this.smc } : {}),
       // VM guests are told the vsock data port; their listeners are vmm-listeners.ts's and vsock-listeners.ts's.
       ...(config.vsock_uds || config.vsock ? { vsockPort: (config.vsock_uds ?? config.vsock)!.data_port } : {}),
     });
@@ -151,7 +156,7 @@ export class Gateway {
     );
     const services = createServices({
       policy: this.policy,
-      backend: new HostBackend(this.policy, hwm, this.peers, options.lookup),
+      backend: new HostBackend(this.policy, hwm, this.peers, options.lookup, this.smc),
       table: this.table,
       negotiator,
       registry: this.registry,
@@ -303,6 +308,8 @@ export class Gateway {
     });
     this.controlListeners = listeners;
     const bound = await listeners.listen(control, 'control');
+    await this.smc.start();
+    if (this.config.smc.data_port && !this.smc.available) throw new Error(`config smc.data_port: kernel SMC is unavailable: ${this.smc.reason}`);
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
     if (this.native && this.config.transports.enabled.includes('rdma')) await this.startRdma(this.native);

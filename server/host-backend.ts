@@ -17,6 +17,7 @@ import type { PeerRouter, PeerStream } from './peers.js';
 import type { SocketOption } from '../proto/gen/sockgate/v1/sockgate.js';
 import { parseUri, type L4Protocol, type SocketUri } from '../proto/uri.js';
 import { tracer } from '../native/trace.js';
+import type { HostSmc } from './host-smc.js';
 
 const trace = tracer('host');
 /** Rule named when a peer gateway does not say which address it dialled: this gateway cannot judge it, so it refuses. */
@@ -31,6 +32,8 @@ export interface ResolvedTarget {
   rule: string;
   /** Who asked: a socket opened through a peer is judged again, for this identity, with the address the peer dialled. */
   identity: Identity;
+  /** The allowing rule says `smc: prefer`: a stream socket is opened as kernel SMC where the kernel has it. */
+  smc?: boolean;
 }
 
 /** One name resolution: the first address for `family` (0: either), in the resolver's order. */
@@ -46,6 +49,8 @@ export class HostBackend {
     private readonly peers?: PeerRouter,
     /** The resolver (tests give their own, e.g. to make two gateways disagree). */
     private readonly lookupHost: HostLookup = systemLookup,
+    /** Kernel SMC for rules that say `smc: prefer`; without it those open plain TCP. */
+    private readonly smc?: HostSmc,
   ) {}
 
   /** Resolve a URI's host and check policy for `direction`. Throws InvalidUriError, DnsError, PolicyDeniedError. */
@@ -72,9 +77,9 @@ export class HostBackend {
     }
     // Port 0 (listen/bind): the kernel picks the port, so policy is asked once it is known (checkBound).
     if (uri.port === 0) return { uri, address, family, rule: '', identity };
-    const { rule } = this.policy.check(identity, { direction, protocol: uri.protocol, host: uri.host, address, port: uri.port });
-    trace(`${identity.name} ${direction} ${input} -> ${address} allowed by ${rule}`);
-    return { uri, address, family, rule, identity };
+    const { rule, smc } = this.policy.check(identity, { direction, protocol: uri.protocol, host: uri.host, address, port: uri.port });
+    trace(`${identity.name} ${direction} ${input} -> ${address} allowed by ${rule}${smc ? ' (smc: prefer)' : ''}`);
+    return { uri, address, family, rule, identity, smc: smc === true };
   }
 
   /** Policy check of a listen/bind on port 0, with the port the kernel chose. Throws PolicyDeniedError. */
@@ -95,6 +100,7 @@ export class HostBackend {
       trace(`connect ${target.uri.host}:${target.uri.port} through peer gateway ${peer.via} (${peer.key})`);
       return this.peers!.connect(peer, target, timeoutMs, options, signal).then((sock) => this.#judgePeerDial(target, sock));
     }
+    if (target.smc && this.smc?.available) return this.#connectSmc(target, timeoutMs, signal);
     return new Promise((resolve, reject) => {
       const sock = new NetSocket({ allowHalfOpen: true, highWaterMark: this.highWatermark } as ConstructorParameters<typeof NetSocket>[0]);
       let done = false;
@@ -119,6 +125,38 @@ export class HostBackend {
       sock.pause();
       sock.connect({ host: target.address, port: target.uri.port, family: target.family }, () => finish());
     });
+  }
+
+  /** connectTcp as kernel SMC: the addon connects (TCP, then the CLC handshake or the kernel's fallback) off the JS thread. */
+  #connectSmc(target: ResolvedTarget, timeoutMs: number, signal?: AbortSignal): Promise<NetSocket> {
+    const what = `connect ${target.uri.scheme}://${target.uri.host}:${target.uri.port} (${target.address}) as smc`;
+    if (signal?.aborted) return Promise.reject(new ConnectTimeoutError(`${what}: cancelled by the caller`));
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const onAbort = () => {
+        done = true;
+        reject(new ConnectTimeoutError(`${what}: cancelled by the caller`));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.smc!.connect(target.family, target.address, target.uri.port, timeoutMs, this.highWatermark).then(
+        (sock) => {
+          signal?.removeEventListener('abort', onAbort);
+          if (done) sock.destroy(); // cancelled while the kernel connected
+          else resolve(sock);
+        },
+        (err: NodeJS.ErrnoException) => {
+          signal?.removeEventListener('abort', onAbort);
+          if (done) return;
+          reject(err.code === 'ETIMEDOUT' ? new ConnectTimeoutError(`${what}: no answer within ${timeoutMs} ms`) : fromSystemError(err, what));
+        },
+      );
+    });
+  }
+
+  /** The kernel's view of a host socket (tcp, or smc with its mode / fallback reason); undefined for a socket through a peer gateway. */
+  describeHostSocket(sock: object): ReturnType<HostSmc['describe']> | undefined {
+    if (this.smc?.isSmc(sock)) return this.smc.describe(sock);
+    return this.peers?.hopOf(sock as NetSocket) ? undefined : { proto: 'tcp', smcMode: '', smcFallbackReason: 0, smcPeerDiagnosis: 0, detail: '' };
   }
 
   /**
@@ -164,10 +202,26 @@ export class HostBackend {
       const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, highWaterMark: this.highWatermark } as Parameters<typeof createServer>[0]);
       server.once('error', (err) => reject(fromSystemError(err, `listen ${target.uri.scheme}://${target.uri.host}:${target.uri.port}`)));
       // An IPv6 address binds IPv6 only: policy judged exactly this address, not the IPv4 side of a dual-stack socket.
-      server.listen({ host: target.address, port: target.uri.port, backlog: backlog || 511, ipv6Only: target.family === 6 }, () => {
+      const done = () => {
         server.removeAllListeners('error');
         resolve(server);
-      });
+      };
+      if (target.smc && this.smc?.available && target.uri.port !== 0) {
+        // `smc: prefer` on a listen: the kernel accepts SMC peers as SMC, and plain TCP ones with a fallback.
+        let fd: number;
+        try {
+          fd = this.smc.listenFd(target.address, target.uri.port, backlog || 511);
+        } catch (err) {
+          reject(fromSystemError(err, `listen ${target.uri.scheme}://${target.uri.host}:${target.uri.port} as smc`));
+          return;
+        }
+        this.smc.track(server, fd);
+        // Registered before the listener socket's own handler: the accepted socket is marked before it is wrapped.
+        server.on('connection', (sock: NetSocket) => this.smc!.track(sock, (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1, 'accept'));
+        server.listen({ fd, backlog: backlog || 511 }, done);
+      } else {
+        server.listen({ host: target.address, port: target.uri.port, backlog: backlog || 511, ipv6Only: target.family === 6 }, done);
+      }
     });
     try {
       this.checkBound(identity, target, 'listen', (server.address() as { port: number }).port);

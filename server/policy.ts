@@ -131,6 +131,7 @@ interface CompiledRule {
   readonly hosts: ReadonlySet<string>;
   /** From `*.example.com` entries: ".example.com", lowercased. */
   readonly suffixes: readonly string[];
+  readonly smc: boolean;
 }
 
 /** A bearer token known to the policy, by digest only. */
@@ -336,6 +337,7 @@ function compileRule(rule: RuleConfig, index: number, knownIdentities: { has(nam
     networks,
     hosts,
     suffixes,
+    smc: rule.smc === 'prefer',
   };
 }
 
@@ -507,7 +509,7 @@ export class Policy {
    * May `identity` open this socket? The first matching rule decides; returns
    * the allowing rule's name, or throws PolicyDeniedError carrying `.rule`.
    */
-  check(identity: Identity, dest: DestinationCheck): { rule: string } {
+  check(identity: Identity, dest: DestinationCheck): { rule: string; smc?: true } {
     let addr = parseAddress(dest.address);
     if (!addr) throw new InvalidArgumentError(`policy check: ${JSON.stringify(dest.address)} is not an IP address`);
     const local = dest.direction !== 'connect';
@@ -530,7 +532,7 @@ export class Policy {
       if (m !== 'match') continue;
       if (rule.allow) {
         if (tracing) trace(`${what} (${dest.address}) allowed for "${identity.name}" by rule "${rule.name}"`);
-        return { rule: rule.name };
+        return rule.smc ? { rule: rule.name, smc: true } : { rule: rule.name };
       }
       if (tracing) trace(`${what} (${dest.address}) denied for "${identity.name}" by rule "${rule.name}"`);
       throw new PolicyDeniedError(`${what} denied for identity "${identity.name}" by rule "${rule.name}"`, { rule: rule.name });

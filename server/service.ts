@@ -293,6 +293,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
             pendingFor = takePending(identity);
             const host = await backend.connectTcp(target, timeout, undefined, req.options);
             const stream = new StreamSocket(table.newId('stream'), identity, host);
+            stream.hostSocket = () => backend.describeHostSocket(host);
             pendingFor(stream);
             pendingFor = undefined;
             const via = backend.peerStreamOf(host);
@@ -384,6 +385,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
         const server = await backend.listenTcp(identity, target, backlog);
         const addr = server.address() as { address: string; port: number };
         listener = new ListenerSocket(table.newId('listener'), identity, server, formatUri('tcp', addr.address, addr.port), backlog);
+        listener.hostSocket = () => backend.describeHostSocket(server);
       } catch (err) {
         table.release(identity);
         deps.bounds.listenBacklog.give(identity.name, backlog);
@@ -429,6 +431,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
           return;
         }
         const sock = new StreamSocket(table.newId('stream'), identity, host);
+        sock.hostSocket = () => backend.describeHostSocket(host);
         pendingFor(sock);
         table.add(sock);
         const decision = await negotiator.decide(offers, { identity, socketKind: 'stream', peer: call.getPeer() });

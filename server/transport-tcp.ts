@@ -34,6 +34,8 @@ const MAX_UNAUTHENTICATED = 256;
 const MAX_UNAUTHENTICATED_PER_PEER = 16;
 /** Default for options.parallelOpenWaitMs (limits.data_parallel_open_wait_ms). */
 const PARALLEL_OPEN_WAIT_MS = 1_000;
+/** Listen backlog of an SMC data port (a plain one takes Node's default, 511). */
+const DATA_PORT_BACKLOG = 511;
 /** Bytes a parallel-open connection may send while its token is not issued yet (the SDK sends none but the preamble). */
 const MAX_PARKED_BYTES = 65_536;
 /** Refusal lines without a configured limiter: at most one per key per this interval. */
@@ -72,6 +74,8 @@ export interface TcpTransportOptions {
    * TcpAttach.vsock_port.
    */
   vsockUds?: { path: string; port: number };
+  /** The data port as an SMC listener (config smc.data_port): a listening descriptor, and marking of each accepted socket. */
+  smc?: { listenFd(host: string, port: number, backlog: number): number; track(sock: object, fd: number, side: string): void };
   /** The vsock data port guests are told (TcpAttach.vsock_port) when their listeners are run elsewhere (vmm-listeners.ts, vsock-listeners.ts). */
   vsockPort?: number;
 }
@@ -124,10 +128,15 @@ export class TcpTransport implements Transport {
 
   async start(): Promise<void> {
     const server = createServer({ allowHalfOpen: true, highWaterMark: this.options.highWatermark, noDelay: true } as Parameters<typeof createServer>[0]);
-    server.on('connection', (sock) => this.onConnection(sock));
+    const smc = this.options.smc;
+    server.on('connection', (sock) => {
+      if (smc) smc.track(sock, (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1, 'data-port');
+      this.onConnection(sock);
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen({ host: this.options.host, port: this.options.port }, () => {
+      const where = smc ? { fd: smc.listenFd(this.options.host, this.options.port, DATA_PORT_BACKLOG) } : { host: this.options.host, port: this.options.port };
+      server.listen(where, () => {
         server.removeListener('error', reject);
         resolve();
       });

@@ -35,6 +35,7 @@
 #include "pump_wrap.h"
 #include "region.h"
 #include "ring.h"
+#include "smc.h"
 #include "vsock.h"
 #include "wrap_eventfd.h"
 #include "wrap_listener.h"
@@ -90,6 +91,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rdma", Rdma(env));
   exports.Set("vsock", vsock::Exports(env));
   exports.Set("transparent", TransparentExports(env));
+  exports.Set("smc", smc::Exports(env));
   Napi::Object c = Napi::Object::New(env);
   c.Set("SOL_SOCKET", Napi::Number::New(env, SOL_SOCKET));
   c.Set("SO_SNDBUF", Napi::Number::New(env, SO_SNDBUF));

@@ -65,9 +65,20 @@ function humanAge(ms: number): string {
   return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
 }
 
+/**
+ * The host socket as the kernel carries it, like smcss: tcp, udp, smc:SMC-R,
+ * smc:SMC-D or smc:fallback:<reason code> (the code's meaning is in --json's detail).
+ */
+function kernelColumn(h: SocketInfo['hostSocket']): string {
+  if (!h?.proto) return '-';
+  if (h.proto !== 'smc') return h.proto;
+  if (h.smcMode === 'fallback') return `smc:fallback:0x${h.smcFallbackReason.toString(16).padStart(8, '0')}`;
+  return `smc:${h.smcMode || 'unknown'}`;
+}
+
 /** The `sockgate status` table, one socket a row, like smcss. */
 export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now()): string {
-  const header = ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'IN', 'OUT', 'AGE'];
+  const header = ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'IN', 'OUT', 'AGE'];
   const kinds: Record<number, string> = { [SocketKind.SOCKET_KIND_STREAM]: 'stream', [SocketKind.SOCKET_KIND_DATAGRAM]: 'dgram', [SocketKind.SOCKET_KIND_LISTENER]: 'listen' };
   const rows = sockets.map((s) => [
     s.socketId,
@@ -78,6 +89,7 @@ export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now
     s.remoteUri || '-',
     transportName(s.transport),
     reasonName(s.fallbackReason) || '-',
+    kernelColumn(s.hostSocket),
     humanBytes(s.bytesIn),
     humanBytes(s.bytesOut),
     humanAge(now - s.createdAtMs),

@@ -130,6 +130,12 @@ if [ ! -e "$KDIR/vmlinux" ]; then
     if command -v xz >/dev/null 2>&1; then
       tail -c +$((POS + 1)) "$KDIR/vmlinuz" | xz -dc >"$KDIR/vmlinux.tmp" 2>/dev/null || true
     fi
+  else
+    # Debian's 6.12 kernels are zstd-compressed (CONFIG_KERNEL_ZSTD): same idea, zstd's frame magic.
+    POS=$(LC_ALL=C grep -obUaP '\x28\xb5\x2f\xfd' "$KDIR/vmlinuz" 2>/dev/null | head -1 | cut -d: -f1 || true)
+    if [ -n "$POS" ] && command -v zstd >/dev/null 2>&1; then
+      tail -c +$((POS + 1)) "$KDIR/vmlinuz" | zstd -dcq >"$KDIR/vmlinux.tmp" 2>/dev/null || true
+    fi
   fi
   if [ -s "$KDIR/vmlinux.tmp" ] && [ "$(head -c 4 "$KDIR/vmlinux.tmp" | od -An -c | tr -d ' ')" = '177ELF' ] &&
     grep -q '^CONFIG_PVH=y' "$KDIR/root/boot/config-$KVER"; then
@@ -168,14 +174,20 @@ if [ ! -s "$INITRD" ]; then
   done
   cp "$HERE/init.sh" "$STAGE/init"
   chmod 755 "$STAGE/init"
+  : >"$STAGE/etc/sockgate-modules"
   while read -r ko; do
     mkdir -p "$STAGE/$(dirname "$ko")"
-    cp "$KDIR/root/$ko" "$STAGE/$ko"
+    # 6.12 ships modules compressed (CONFIG_MODULE_COMPRESS_XZ); busybox insmod wants them plain.
+    case "$ko" in
+      *.ko.xz) xz -dc "$KDIR/root/$ko" >"$STAGE/${ko%.xz}"; ko=${ko%.xz} ;;
+      *.ko.zst) zstd -dcq "$KDIR/root/$ko" >"$STAGE/${ko%.zst}"; ko=${ko%.zst} ;;
+      *) cp "$KDIR/root/$ko" "$STAGE/$ko" ;;
+    esac
+    echo "$ko" >>"$STAGE/etc/sockgate-modules"
     # Without the appended signature a module loads much faster under TCG (no RSA
     # check); the guest kernel does not enforce signatures and is thrown away.
     if command -v strip >/dev/null 2>&1; then strip --strip-debug "$STAGE/$ko"; fi
   done <"$ORDER"
-  cp "$ORDER" "$STAGE/etc/sockgate-modules"
   echo "$KPKG $KVERSION" >"$STAGE/etc/sockgate-kernel"
   # The kernel opens /dev/console for /init before anything is mounted.
   if [ "$(id -u)" = 0 ]; then mknod -m 600 "$STAGE/dev/console" c 5 1; fi

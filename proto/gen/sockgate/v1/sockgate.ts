@@ -389,6 +389,30 @@ export interface SocketInfo {
    * limits.max_fallbacks_per_socket and counts the rest here).
    */
   fallbacksOmitted: number;
+  /**
+   * How the kernel carries the gateway's host socket (like smcss): tcp, udp or
+   * smc, and for smc the mode the kernel chose or its fallback reason.
+   */
+  hostSocket: HostSocket | undefined;
+}
+
+/** The gateway's host socket as the kernel sees it. */
+export interface HostSocket {
+  /** "tcp", "udp" or "smc" (a socket the gateway opened as kernel SMC). */
+  proto: string;
+  /**
+   * For smc: "SMC-R", "SMC-D", "fallback", "listening", "connecting" or
+   * "unknown" (no longer in SMC_DIAG, or smc_diag is not loaded).
+   */
+  smcMode: string;
+  /**
+   * For an smc fallback: the kernel's reason (SMC_CLC_DECL_*, e.g. 0x03030000
+   * no SMC device) and, when the peer declined, the peer's own code.
+   */
+  smcFallbackReason: number;
+  smcPeerDiagnosis: number;
+  /** e.g. "SMC-R rxe0", "fallback 0x03030000 no SMC device found". */
+  detail: string;
 }
 
 /** The hop from this gateway to the peer gateway that holds the real host socket. */
@@ -2789,6 +2813,7 @@ function createBaseSocketInfo(): SocketInfo {
     createdAtMs: 0,
     peer: undefined,
     fallbacksOmitted: 0,
+    hostSocket: undefined,
   };
 }
 
@@ -2838,6 +2863,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     }
     if (message.fallbacksOmitted !== 0) {
       writer.uint32(120).uint32(message.fallbacksOmitted);
+    }
+    if (message.hostSocket !== undefined) {
+      HostSocket.encode(message.hostSocket, writer.uint32(130).fork()).join();
     }
     return writer;
   },
@@ -2975,6 +3003,14 @@ export const SocketInfo: MessageFns<SocketInfo> = {
             message.fallbacksOmitted = reader.uint32();
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.hostSocket = HostSocket.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3042,6 +3078,11 @@ export const SocketInfo: MessageFns<SocketInfo> = {
         : isSet(object.fallbacks_omitted)
         ? globalThis.Number(object.fallbacks_omitted)
         : 0,
+      hostSocket: isSet(object.hostSocket)
+        ? HostSocket.fromJSON(object.hostSocket)
+        : isSet(object.host_socket)
+        ? HostSocket.fromJSON(object.host_socket)
+        : undefined,
     };
   },
 
@@ -3092,6 +3133,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     if (message.fallbacksOmitted !== 0) {
       obj.fallbacksOmitted = Math.round(message.fallbacksOmitted);
     }
+    if (message.hostSocket !== undefined) {
+      obj.hostSocket = HostSocket.toJSON(message.hostSocket);
+    }
     return obj;
   },
 
@@ -3115,6 +3159,154 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     message.createdAtMs = object.createdAtMs ?? 0;
     message.peer = (object.peer !== undefined && object.peer !== null) ? PeerHop.fromPartial(object.peer) : undefined;
     message.fallbacksOmitted = object.fallbacksOmitted ?? 0;
+    message.hostSocket = (object.hostSocket !== undefined && object.hostSocket !== null)
+      ? HostSocket.fromPartial(object.hostSocket)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseHostSocket(): HostSocket {
+  return { proto: "", smcMode: "", smcFallbackReason: 0, smcPeerDiagnosis: 0, detail: "" };
+}
+
+export const HostSocket: MessageFns<HostSocket> = {
+  encode(message: HostSocket, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.proto !== "") {
+      writer.uint32(10).string(message.proto);
+    }
+    if (message.smcMode !== "") {
+      writer.uint32(18).string(message.smcMode);
+    }
+    if (message.smcFallbackReason !== 0) {
+      writer.uint32(24).uint32(message.smcFallbackReason);
+    }
+    if (message.smcPeerDiagnosis !== 0) {
+      writer.uint32(32).uint32(message.smcPeerDiagnosis);
+    }
+    if (message.detail !== "") {
+      writer.uint32(42).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostSocket {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostSocket();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.proto = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.smcMode = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.smcFallbackReason = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.smcPeerDiagnosis = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostSocket {
+    return {
+      proto: isSet(object.proto) ? globalThis.String(object.proto) : "",
+      smcMode: isSet(object.smcMode)
+        ? globalThis.String(object.smcMode)
+        : isSet(object.smc_mode)
+        ? globalThis.String(object.smc_mode)
+        : "",
+      smcFallbackReason: isSet(object.smcFallbackReason)
+        ? globalThis.Number(object.smcFallbackReason)
+        : isSet(object.smc_fallback_reason)
+        ? globalThis.Number(object.smc_fallback_reason)
+        : 0,
+      smcPeerDiagnosis: isSet(object.smcPeerDiagnosis)
+        ? globalThis.Number(object.smcPeerDiagnosis)
+        : isSet(object.smc_peer_diagnosis)
+        ? globalThis.Number(object.smc_peer_diagnosis)
+        : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: HostSocket): unknown {
+    const obj: any = {};
+    if (message.proto !== "") {
+      obj.proto = message.proto;
+    }
+    if (message.smcMode !== "") {
+      obj.smcMode = message.smcMode;
+    }
+    if (message.smcFallbackReason !== 0) {
+      obj.smcFallbackReason = Math.round(message.smcFallbackReason);
+    }
+    if (message.smcPeerDiagnosis !== 0) {
+      obj.smcPeerDiagnosis = Math.round(message.smcPeerDiagnosis);
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HostSocket>): HostSocket {
+    return HostSocket.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HostSocket>): HostSocket {
+    const message = createBaseHostSocket();
+    message.proto = object.proto ?? "";
+    message.smcMode = object.smcMode ?? "";
+    message.smcFallbackReason = object.smcFallbackReason ?? 0;
+    message.smcPeerDiagnosis = object.smcPeerDiagnosis ?? 0;
+    message.detail = object.detail ?? "";
     return message;
   },
 };

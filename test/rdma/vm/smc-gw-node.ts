@@ -1,0 +1,130 @@
+/**
+ * One VM of the SMC-R lab (smc-lab.ts; topology b on Debian's 6.12 kernel):
+ * a sockgate gateway whose config sets a UEID and a PNET entry (eth0 <-> rxe0,
+ * applied by the gateway over generic netlink at start) and two rules for the
+ * peer VM's address: port SMC_PORT with `smc: prefer`, TCP_PORT plain.
+ *
+ * - `b`: an SDK client listens through its gateway on both ports; each
+ *   accepted stream answers the SHA-256 of what it got; reports GetInfo of
+ *   the accepted socket while it is open.
+ * - `a`: an SDK client connects through its gateway to b's two ports, ROUNDS
+ *   times each, sending MIB MiB; reports GetInfo of its socket, the hash check
+ *   and the throughput. Prints one `SMC_GW {json}` line per stream.
+ * Gateway-to-gateway: a's host socket and b's accepted host socket are the two
+ * ends of one kernel SMC connection.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { connect as netConnect, createServer, type Socket } from 'node:net';
+import { loadConfig, mergeConfig } from '../../../server/config.js';
+import { Gateway } from '../../../server/gateway.js';
+import { Gateway as SdkGateway } from '../../../clients/sdk/index.js';
+
+export const SMC_PORT = 7480;
+export const TCP_PORT = 7481;
+/** a tells b it is finished with one plain connection here. */
+const DONE_PORT = 7482;
+const ROUNDS = Number(process.env['SOCKGATE_SMC_ROUNDS'] ?? '3');
+const MIB = Number(process.env['SOCKGATE_SMC_MIB'] ?? '4');
+/** Connect attempts while b's gateway comes up, RETRY_MS apart. */
+const ATTEMPTS = 120;
+const RETRY_MS = 500;
+/** b gives up waiting for a's "done" after this long (a's rounds take well under it). */
+const B_LIFETIME_MS = 240_000;
+
+const role = process.argv[2];
+const self = process.env['SOCKGATE_VM_ADDR'] ?? '10.99.0.1';
+const peer = process.env['SOCKGATE_VM_PEER_ADDR'] ?? '10.99.0.2';
+const say = (o: Record<string, unknown>) => process.stdout.write(`SMC_GW ${JSON.stringify({ role, ...o })}\n`);
+
+function gatewayConfig() {
+  return loadConfig({
+    overrides: mergeConfig(
+      {
+        listen: { control: '127.0.0.1:7470', data: '127.0.0.1:7471', metrics: '' },
+        telemetry: { log_level: 'warn' },
+        // SOCKGATE_SMC_TCP_NATIVE=0: the JS relay instead of splice(2) (isolates splice on SMC sockets).
+        transports: { enabled: ['tcp', 'grpc'], tcp_native: process.env['SOCKGATE_SMC_TCP_NATIVE'] !== '0' },
+        smc: { ueids: ['SOCKGATE-LAB'], pnets: [{ id: 'SGNET', eth: 'eth0', ib: 'rxe0', ib_port: 1 }] },
+      },
+      {
+        rules: [
+          { name: 'smc-peer', action: 'allow', destinations: ['10.99.0.0/24'], ports: [SMC_PORT], smc: 'prefer' },
+          { name: 'tcp-peer', action: 'allow', destinations: ['10.99.0.0/24'], ports: [TCP_PORT] },
+        ],
+      },
+    ),
+  });
+}
+
+async function serve(sdk: SdkGateway, port: number): Promise<void> {
+  const server = await sdk.listen(`tcp://${self}:${port}`, { transports: ['tcp'] });
+  server.on('connection', (s: Socket & { socketId: string }) => {
+    void sdk.getInfo(s.socketId).then((info) => say({ port, hostSocket: info.hostSocket }), () => {});
+    const h = createHash('sha256');
+    s.on('data', (d: Buffer) => h.update(d));
+    s.on('end', () => s.end(h.digest('hex')));
+    s.on('error', () => {});
+  });
+}
+
+async function stream(sdk: SdkGateway, port: number): Promise<void> {
+  let sock: (Socket & { socketId: string }) | undefined;
+  for (let i = 0; i < ATTEMPTS && !sock; i++) {
+    try {
+      sock = (await sdk.connect(`tcp://${peer}:${port}`, { transports: ['tcp'] })) as unknown as Socket & { socketId: string };
+    } catch {
+      await new Promise((r) => setTimeout(r, RETRY_MS));
+    }
+  }
+  if (!sock) throw new Error(`tcp://${peer}:${port} never answered`);
+  const info = await sdk.getInfo(sock.socketId);
+  const payload = randomBytes(MIB << 20);
+  const want = createHash('sha256').update(payload).digest('hex');
+  let answer = '';
+  sock.on('data', (d: Buffer) => (answer += d.toString()));
+  const ended = new Promise<void>((resolve, reject) => {
+    sock!.on('end', () => resolve());
+    sock!.on('error', reject);
+  });
+  const t0 = process.hrtime.bigint();
+  sock.end(payload);
+  await ended;
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  say({ port, hostSocket: info.hostSocket, bytes: payload.length, answer: answer.slice(0, 80), ok: answer === want, seconds, MBps: payload.length / seconds / 1e6 });
+  if (answer !== want) throw new Error(`port ${port}: SHA-256 mismatch`);
+}
+
+async function main(): Promise<void> {
+  const gw = new Gateway(gatewayConfig());
+  const addrs = await gw.start();
+  const sdk = await SdkGateway.connect(addrs.control);
+  if (role === 'b') {
+    await serve(sdk, SMC_PORT);
+    await serve(sdk, TCP_PORT);
+    const done = new Promise<void>((resolve) => {
+      const d = createServer((c) => {
+        c.destroy();
+        d.close();
+        resolve();
+      }).listen(DONE_PORT, self);
+    });
+    say({ listening: true });
+    await Promise.race([done, new Promise((r) => setTimeout(r, B_LIFETIME_MS).unref())]);
+  } else {
+    for (let i = 0; i < ROUNDS; i++) {
+      await stream(sdk, SMC_PORT);
+      await stream(sdk, TCP_PORT);
+    }
+    await new Promise<void>((resolve) => netConnect(DONE_PORT, peer, () => resolve()).on('error', () => resolve()));
+  }
+  sdk.close();
+  await gw.stop();
+}
+
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    say({ error: err.stack ?? err.message });
+    process.exit(1);
+  },
+);
