@@ -65,6 +65,13 @@ export interface NativeDataChannel {
   readonly transport: TransportKind;
   readonly mode: 'native';
   /**
+   * The link moves bytes with splice(2). Such a link refuses an SMC host
+   * socket (the socket then takes the JS relay): in the two-VM lab a stream
+   * spliced through an SMC-R socket on 6.12 arrived corrupted, while the same
+   * stream through read/write was intact (test/rdma/vm/smc-lab.ts).
+   */
+  readonly splices?: boolean;
+  /**
    * Start moving bytes between the client side and the host socket. `hostFd`
    * is the JS socket's descriptor: start() must dup() it for the link before
    * it returns (the socket then closes its own copy, which sends nothing).

@@ -24,6 +24,11 @@ type DiagMap = ReturnType<SmcModule['smcDiagByInode']>;
 /** Each SMC socket's inode, taken while its descriptor is open (the diag dump names sockets by inode). */
 const smcInodes = new WeakMap<object, number>();
 
+/** Whether `sock` is a host socket this gateway opened or accepted as kernel SMC. */
+export function isSmcSocket(sock: object): boolean {
+  return smcInodes.has(sock);
+}
+
 export class HostSmc {
   #mod: SmcModule | undefined;
   #reason = 'not started';
@@ -110,7 +115,7 @@ export class HostSmc {
 
   /** Whether `sock` was opened as SMC by this module. */
   isSmc(sock: object): boolean {
-    return smcInodes.has(sock);
+    return isSmcSocket(sock);
   }
 
   /** The kernel's view of one socket: tcp, or smc with its mode or fallback reason (one dump per diag_cache_ms). */

@@ -14,6 +14,7 @@ import type { DataChannel, JsDataChannel, NativeDataChannel, NativeLink, NativeL
 import { SocketState } from '../proto/gen/sockgate/v1/sockgate.js';
 import { formatUri } from '../proto/uri.js';
 import { GatewaySocket, transportName } from './gateway-socket.js';
+import { isSmcSocket } from './host-smc.js';
 
 function streamBuffered(s: Duplex | undefined): number {
   if (!s) return 0;
@@ -116,6 +117,7 @@ export class StreamSocket extends GatewaySocket {
     if (typeof fd !== 'number' || fd < 0 || this.state !== SocketState.SOCKET_STATE_PENDING_ATTACH) {
       throw new SocketClosedError(`socket ${this.id} is not waiting for an attach`);
     }
+    if (channel.splices && isSmcSocket(this.host)) throw new WrongSocketKindError(`socket ${this.id}: an SMC host socket is not spliced`);
     const prefix: Buffer[] = [];
     this.host.pause();
     for (let chunk = this.host.read() as Buffer | null; chunk !== null; chunk = this.host.read() as Buffer | null) prefix.push(chunk);

@@ -22,6 +22,7 @@ import type { Logger } from '../native/log.js';
 import { LogLimiter } from './log-limiter.js';
 import type { DataChannel, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import type { Pump } from '../native/index.js';
+import { isSmcSocket } from './host-smc.js';
 import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from '../proto/wire.js';
 import { tracer } from '../native/trace.js';
 
@@ -325,6 +326,8 @@ export class TcpTransport implements Transport {
   private attachNative(target: StreamSocket, sock: Socket, relay: NativeRelay): boolean {
     const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) return false;
+    // An SMC data connection is not spliced either (see NativeDataChannel.splices).
+    if (isSmcSocket(sock)) return false;
     // Already read from the client (the bytes after the preamble, at least): for the host first.
     const early: Buffer[] = [];
     for (let b = sock.read() as Buffer | null; b !== null; b = sock.read() as Buffer | null) early.push(b);
@@ -332,6 +335,7 @@ export class TcpTransport implements Transport {
     const channel: NativeDataChannel = {
       transport: this.kind,
       mode: 'native',
+      splices: true,
       start: (hostFd, hostPrefix, events) => {
         const link = this.startSplice(relay, fd, hostFd, early, [encodeReply(AttachStatus.OK), ...hostPrefix], events);
         started = true;

@@ -42,10 +42,12 @@ function median(xs: number[]): number {
 
 async function main(): Promise<number> {
   process.env['SOCKGATE_VM_KERNEL_PKG'] = KERNEL_PKG;
-  // Known failure: with the native splice(2) relay on an SMC-R host socket the
-  // stream ends early (SHA-256 mismatch, 6.12, 2026-12-05); the JS relay carries
-  // every byte. Until that is fixed the lab runs the JS relay (set 1 to see it).
-  process.env['SOCKGATE_SMC_TCP_NATIVE'] ??= '0';
+  // The gateways run their production config (native relay on). A stream
+  // spliced through an SMC-R socket arrived corrupted here (6.12, 2026-12-05),
+  // so the gateway never splices an SMC socket (server/data-channel.ts
+  // NativeDataChannel.splices); this run checks that guard end to end.
+  // SOCKGATE_SMC_TCP_NATIVE=0 turns the native relay off altogether.
+  process.env['SOCKGATE_SMC_TCP_NATIVE'] ??= '1';
   const prepared = await prepare();
   if (prepared.kind === 'skip') {
     console.log(`SKIP: ${prepared.reason}`);
