@@ -266,6 +266,8 @@ export interface RdmaRegionOptions {
   credits?: number;
   /** Idle keepalive interval; 3 silent intervals fail the connection (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off; default 5000. */
   keepaliveMs?: number;
+  /** Busy-poll the completion queue up to this many µs (adaptive) before arming it and sleeping (0..1000; default 0 = off). */
+  pollUs?: number;
   /** Print the flow state (credits, cursors) every keepalive tick: callers pass isTracerEnabled('rdma-flow'). */
   trace?: boolean;
 }

@@ -36,6 +36,7 @@ transports:
     slots: 16
     credits: 64
     keepalive_ms: 5000
+    poll_us: 0
     max_sessions: 256
     max_sessions_per_identity: 16
 socket:
@@ -221,6 +222,14 @@ const rdmaSchema = z
       .max(3_600_000)
       .refine((v) => v === 0 || v >= 100, { message: 'expected 0 (off) or at least 100' })
       .default(5000),
+    /**
+     * Busy-poll each connection's completion queue up to this long (µs) before
+     * arming its completion channel and sleeping; adaptive (halves while idle,
+     * so idle connections cost no CPU). 0 = off (default): a spinning thread
+     * takes the core the peer's work needs on small or emulated hosts
+     * (native/RDMA.md "Polling").
+     */
+    poll_us: z.number().int().min(0).max(1000).default(0),
     /** Client sessions (one RC connection each, pending ones included) across the gateway; 0 declines every rdma offer. */
     max_sessions: z.number().int().min(0).default(256),
     /** Client sessions one identity may hold. */

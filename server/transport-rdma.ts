@@ -98,7 +98,7 @@ export class RdmaTransport implements Transport {
   /** The receive region this side registers per connection. */
   get #region(): RdmaRegionOptions {
     const c = this.o.config;
-    return { ringLog2: Math.log2(c.ring_bytes), slots: c.slots, credits: c.credits, keepaliveMs: c.keepalive_ms, trace: FLOW_TRACE };
+    return { ringLog2: Math.log2(c.ring_bytes), slots: c.slots, credits: c.credits, keepaliveMs: c.keepalive_ms, pollUs: c.poll_us, trace: FLOW_TRACE };
   }
 
   async start(): Promise<void> {

@@ -56,6 +56,8 @@ export interface RdmaClientOptions {
   credits?: number;
   /** Idle keepalive interval in ms (0 = off; native default 5000). */
   keepaliveMs?: number;
+  /** Busy-poll the connection's completion queue up to this many µs (adaptive) before sleeping (0..1000; default 0 = off; native/RDMA.md "Polling"). */
+  pollUs?: number;
   /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
   hostile?: 3;
 }
@@ -124,6 +126,7 @@ export class RdmaClient {
         timeoutMs,
         ...(this.#opts.credits !== undefined ? { credits: this.#opts.credits } : {}),
         ...(this.#opts.keepaliveMs !== undefined ? { keepaliveMs: this.#opts.keepaliveMs } : {}),
+        ...(this.#opts.pollUs !== undefined ? { pollUs: this.#opts.pollUs } : {}),
         ...(this.#opts.hostile !== undefined ? { hostile: this.#opts.hostile } : {}),
         trace: FLOW_TRACE,
       });

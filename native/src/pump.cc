@@ -2,6 +2,8 @@
 // queues a command for the I/O thread, see pump_cmds.cc).
 #include "pump_internal.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -125,11 +127,59 @@ int Pump::source_watch(uint32_t id, int fd, uint32_t key) {
 
 void Pump::source_unwatch(int fd) { epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr); }
 
+void Pump::source_poll(uint32_t id, bool on) {
+  auto it = std::find(pollers_.begin(), pollers_.end(), id);
+  if (on && it == pollers_.end()) pollers_.push_back(id);
+  if (!on && it != pollers_.end()) pollers_.erase(it);
+}
+
+uint32_t Pump::poll_budget() const {
+  uint32_t b = 0;
+  for (uint32_t id : pollers_) {
+    auto it = sources_.find(id);
+    if (it != sources_.end()) b = std::max(b, it->second->poll_budget_us());
+  }
+  return b;
+}
+
+// Each poller once; true when one found work. Copies: a poller may detach itself.
+bool Pump::poll_sources() {
+  bool hit = false;
+  std::vector<uint32_t> ids(pollers_);
+  for (uint32_t id : ids) {
+    auto it = sources_.find(id);
+    if (it == sources_.end()) continue;
+    std::shared_ptr<PumpSource> src = it->second;
+    if (src->poll(*this)) hit = true;
+  }
+  return hit;
+}
+
+bool Pump::arm_sources() {
+  bool news = false;
+  std::vector<uint32_t> ids(pollers_);
+  for (uint32_t id : ids) {
+    auto it = sources_.find(id);
+    if (it == sources_.end()) continue;
+    std::shared_ptr<PumpSource> src = it->second;
+    if (src->before_sleep(*this)) news = true;
+  }
+  return news;
+}
+
+void Pump::sources_woke(uint64_t waited_us, bool timed_out) {
+  for (uint32_t id : pollers_) {
+    auto it = sources_.find(id);
+    if (it != sources_.end()) it->second->woke(waited_us, timed_out);
+  }
+}
+
 void Pump::detach_source(uint32_t id) {
   auto it = sources_.find(id);
   if (it == sources_.end()) return;
   std::shared_ptr<PumpSource> s = std::move(it->second);  // alive through on_detach
   sources_.erase(it);
+  source_poll(id, false);
   live_sources_.fetch_sub(1);
   s->on_detach();
 }

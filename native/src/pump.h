@@ -107,6 +107,17 @@ class PumpSource {
   // Once, on the I/O thread (or the stopping thread when the pump stops):
   // removed by Pump::detach_source, remove_source or stop. Release the fds here.
   virtual void on_detach() = 0;
+  // Optional busy polling (native/RDMA.md "Polling"), for a source that
+  // called Pump::source_poll: before the I/O thread sleeps it spins for the
+  // largest poll_budget_us() of its sources (and its own spin), calling poll()
+  // (non-blocking; true = found work and handled it). before_sleep() comes
+  // when the spin found nothing and the thread is about to block: re-enable
+  // wake-ups (arm), true = news came meanwhile, do not sleep. woke() tells how
+  // long the sleep lasted (µs, spin included) and whether a timeout ended it.
+  virtual uint32_t poll_budget_us() const { return 0; }
+  virtual bool poll(Pump&) { return false; }
+  virtual bool before_sleep(Pump&) { return false; }
+  virtual void woke(uint64_t, bool) {}
 };
 
 // What the I/O thread did, counted since the pump started (read on demand:
@@ -173,6 +184,8 @@ class Pump {
   void detach_source(uint32_t id);
   // I/O thread only: watch with explicit epoll events (EPOLLIN|EPOLLOUT|EPOLLET...).
   int source_watch_events(uint32_t id, int fd, uint32_t key, uint32_t events);
+  // I/O thread only: take part in the spin before sleeping (PumpSource::poll).
+  void source_poll(uint32_t id, bool on);
   // I/O thread only: hand an event to JS (batched like the pump's own).
   void source_emit(PumpEvent&& e) { emit(std::move(e)); }
   // I/O thread only: attach a source under an id from alloc_id() (a
@@ -227,7 +240,12 @@ class Pump {
   // Spin before sleeping (spin_policy.h): polls the awake sessions' hints and
   // the epoll set; returns how many epoll events it took into evs (or -1 when
   // a hint came), 0 when the budget ran out.
-  int spin(struct epoll_event* evs, int max);
+  int spin(struct epoll_event* evs, int max, uint32_t budget_us);
+  // Sources in the spin (source_poll): polled, armed before sleeping, told how long the sleep lasted.
+  uint32_t poll_budget() const;
+  bool poll_sources();
+  bool arm_sources();
+  void sources_woke(uint64_t waited_us, bool timed_out);
   // Gateway ring links grown past their first size: shrink after an idle spell.
   void shrink_idle(int64_t now);
   int shrink_timeout(int64_t now) const;
@@ -250,6 +268,7 @@ class Pump {
   std::unordered_map<uint32_t, std::unique_ptr<Session>> sessions_;  // by region id
   std::unordered_map<uint32_t, std::unique_ptr<Listener>> listeners_;
   std::unordered_map<uint32_t, std::shared_ptr<PumpSource>> sources_;
+  std::vector<uint32_t> pollers_;  // ids of sources in the spin (few: one per rdma connection that polls)
   std::vector<uint32_t> runq_;
   std::vector<uint32_t> progress_due_;  // links whose progress waits for its interval
   std::vector<PumpEvent> out_;

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -104,14 +105,16 @@ void Pump::flush_events() {
   sink_(std::move(batch));
 }
 
-int Pump::spin(struct epoll_event* evs, int max) {
+int Pump::spin(struct epoll_event* evs, int max, uint32_t budget_us) {
   // Sessions stay awake (flag clear) meanwhile: the peer leaves a hint and
-  // rings no doorbell. Bounded by the budget (at most the setting, <= 1 ms).
-  const int64_t until = now_us() + spin_.budget();
+  // rings no doorbell; polling sources keep their notifications unarmed.
+  // Bounded by the budget (at most the largest setting, <= 1 ms).
+  const int64_t until = now_us() + budget_us;
   st_spins_.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
     for (auto& kv : sessions_)
       if (kv.second->awake && kv.second->region->has_hints()) return -1;
+    if (!pollers_.empty() && poll_sources()) return -1;
     int n = epoll_wait(ep_, evs, max, 0);  // fds (host sockets, peers' doorbells, commands)
     if (n > 0) return n;
     if (stopping_.load(std::memory_order_relaxed) || now_us() >= until) return 0;
@@ -136,8 +139,9 @@ void Pump::run() {
     if (timeout < 0) {
       flush_events();  // JS hears what happened before we spin or sleep
       wait_from = now_us();
-      if (spin_.budget() > 0) {
-        int r = spin(evs, 64);
+      const uint32_t budget = std::max(spin_.budget(), pollers_.empty() ? 0u : poll_budget());
+      if (budget > 0) {
+        int r = spin(evs, 64, budget);
         if (r != 0) {
           spun = true;
           n = r > 0 ? r : 0;
@@ -157,6 +161,8 @@ void Pump::run() {
         }
       }
     }
+    // Polling sources re-arm their notifications (a completion may come meanwhile: then no sleep).
+    if (timeout < 0 && !spun && !pollers_.empty() && arm_sources()) timeout = 0;
     st_budget_.store(spin_.budget(), std::memory_order_relaxed);
     if (pending_hello && timeout < 0) timeout = 250;
     if (!progress_due_.empty() && (timeout < 0 || timeout > int(opt_.progress_ms))) timeout = int(opt_.progress_ms);
@@ -170,6 +176,7 @@ void Pump::run() {
       if (timeout != 0 && wait_from != 0) {
         if (n > 0) st_wakeups_.fetch_add(1, std::memory_order_relaxed);
         spin_.woke(uint64_t(now_us() - wait_from), n == 0);
+        if (!pollers_.empty()) sources_woke(uint64_t(now_us() - wait_from), n == 0);
       }
     }
     if (n < 0 && errno != EINTR) break;

@@ -20,6 +20,8 @@ namespace rdma {
 int Conn::on_attach(Pump& p, uint32_t id) {
   p_ = &p;
   id_ = id;
+  // In the spin before sleeping from the start: a completion can come before ESTABLISHED.
+  if (o_.poll_us > 0) p.source_poll(id, true);
   int err;
   if ((err = ch_.open())) return fail_early(fail::kResource, err, "rdma_create_event_channel");
   if ((err = p.source_watch(id, ch_.fd(), kKeyCm))) return fail_early(fail::kResource, err, "epoll_ctl");
@@ -477,6 +479,7 @@ int check_region(const RegionOpts& o, std::string* why) {
   if (o.ring_log2 < kMinRingLog2 || o.ring_log2 > 26) return *why = "ringLog2 must be in [12, 26]", -EINVAL;
   if (o.slots < 1 || o.slots > kMaxSlots) return *why = "slots must be in [1, 4096]", -EINVAL;
   if (o.credits < 4 || o.credits > 1024) return *why = "credits must be in [4, 1024]", -EINVAL;
+  if (o.poll_us > kMaxPollUs) return *why = "pollUs must be in [0, " + std::to_string(kMaxPollUs) + "]", -EINVAL;
   if ((uint64_t(o.slots) << o.ring_log2) > kMaxPeerRegion)
     return *why = "slots x ring size must stay within " + std::to_string(kMaxPeerRegion >> 20) + " MiB", -EINVAL;
   return 0;

@@ -29,6 +29,9 @@ struct RegionOpts {
   uint32_t slots = 16;
   uint32_t credits = 64;
   uint32_t keepalive_ms = 5000;  // 0 = off
+  // Busy-poll the CQ up to this long (µs, adaptive) before arming the
+  // completion channel and sleeping (native/RDMA.md "Polling"); 0 = off.
+  uint32_t poll_us = 0;
   // SOCKGATE_TRACE=rdma-flow, decided in TS (native/trace.ts): the flow state
   // on stderr at every keepalive tick.
   bool trace = false;
@@ -59,6 +62,8 @@ struct ListenOpts {
 
 // -EINVAL with *why when out of range.
 int check_region(const RegionOpts& o, std::string* why);
+// The largest poll_us: a spin longer than a millisecond only burns the core.
+constexpr uint32_t kMaxPollUs = 1000;
 
 // The client side: a source that resolves, routes and connects. Add it with
 // Pump::add_source; its events carry the id add_source returned.

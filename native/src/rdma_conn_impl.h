@@ -18,6 +18,7 @@
 #include "pump.h"
 #include "rdma.h"
 #include "rdma_conn.h"
+#include "spin_policy.h"
 
 namespace sg {
 namespace rdma {
@@ -122,7 +123,7 @@ struct Slot {
 
 class Conn final : public PumpSource {
  public:
-  Conn(bool client, const RegionOpts& o) : client_(client), o_(o) {}
+  Conn(bool client, const RegionOpts& o) : client_(client), o_(o), poll_(o.poll_us) {}
   ~Conn() override { teardown(); }
 
   ConnectOpts copts;                  // client
@@ -134,6 +135,11 @@ class Conn final : public PumpSource {
   int on_attach(Pump& p, uint32_t id) override;
   void on_ready(Pump&, uint32_t, uint32_t key, uint32_t events) override;
   void on_detach() override;
+  // The spin before sleeping, when o_.poll_us > 0 (rdma_conn_recv.cc).
+  uint32_t poll_budget_us() const override { return state_ == kEstablished ? poll_.budget() : 0; }
+  bool poll(Pump&) override;
+  bool before_sleep(Pump&) override;
+  void woke(uint64_t waited_us, bool timed_out) override { poll_.woke(waited_us, timed_out); }
 
   // Commands from JS, on the I/O thread (rdma_conn.cc).
   void link(uint32_t slot, int fd, const uint8_t* token);
@@ -173,6 +179,8 @@ class Conn final : public PumpSource {
   Mapping stage_;         // outbound staging, one ring per slot, mirroring the peer's rings
   MemoryRegion stage_mr_;
   bool monitored_ = false;
+  SpinPolicy poll_;        // adaptive CQ poll budget (o_.poll_us; 0 = never poll)
+  bool cq_unarmed_ = false;  // polling: completions taken without arming; before_sleep arms
 
   ConnParams local_;
   std::vector<Slot> slots_;
@@ -230,6 +238,8 @@ class Conn final : public PumpSource {
   // Receiving (rdma_conn_recv.cc).
   int post_recv(uint32_t i);
   void on_cq();
+  int poll_cq(bool* any);
+  void after_completions();
   int on_wc(const ibv_wc& wc);
   int protocol(const std::string& what);
   int on_imm(uint32_t imm, uint32_t byte_len);

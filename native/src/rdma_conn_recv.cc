@@ -26,15 +26,68 @@ int Conn::post_recv(uint32_t i) {
 }
 
 void Conn::on_cq() {
-  // One arm, one event: take it (a second read would only say EAGAIN).
   const char* failed = nullptr;
+  if (o_.poll_us > 0) {
+    // Polling: take the event and the completions, but leave the CQ unarmed;
+    // the pump's spin polls it and before_sleep() arms it (native/RDMA.md "Polling").
+    int n = cq_.take_events(1);
+    if (n < 0) return die(fail::kErrQpFatal, n, "ibv_get_cq_event");
+    cq_unarmed_ = true;
+    bool any = false;
+    if (poll_cq(&any)) return;
+    return after_completions();
+  }
+  // One arm, one event: take it (a second read would only say EAGAIN).
   int rc = cq_.drain(1, &failed, [this](const ibv_wc& wc) { return on_wc(wc); });
   if (failed) return die(fail::kErrQpFatal, rc, failed);
   if (rc) return;  // on_wc ended the connection
+  after_completions();
+}
+
+void Conn::after_completions() {
   // Credits and space may have come back: let every open slot move.
   for (uint32_t i = 0; i < slots_.size() && state_ == kEstablished; i++)
     if (slots_[i].st == Slot::kOpen && slots_[i].fd >= 0) run_slot(i);
   flush();
+}
+
+// Poll the CQ until empty (no arming); non-zero once the connection ended.
+int Conn::poll_cq(bool* any) {
+  ibv_wc wc[32];
+  for (;;) {
+    int got = cq_.poll(wc, 32);
+    if (got < 0) return die(fail::kErrQpFatal, -EIO, "ibv_poll_cq"), -EIO;
+    if (got == 0) return 0;
+    *any = true;
+    for (int i = 0; i < got; i++)
+      if (int rc = on_wc(wc[i])) return rc;
+  }
+}
+
+// The pump's spin: completions without an event (the CQ stays unarmed).
+bool Conn::poll(Pump&) {
+  if (state_ != kEstablished || !cq_.get()) return false;
+  bool any = false;
+  if (poll_cq(&any)) return true;  // ended: the loop looks again
+  if (!any) return false;
+  cq_unarmed_ = true;
+  after_completions();
+  after();
+  return true;
+}
+
+// About to sleep: arm, then poll once more (a completion between the last
+// poll and the arm raises no event). true = work found: no sleep.
+bool Conn::before_sleep(Pump&) {
+  if (!cq_unarmed_ || state_ == kDead || !cq_.get()) return false;
+  cq_unarmed_ = false;
+  if (int err = cq_.arm()) return die(fail::kErrQpFatal, err, "ibv_req_notify_cq"), true;
+  bool any = false;
+  if (poll_cq(&any)) return true;
+  if (!any) return false;
+  after_completions();
+  after();
+  return true;
 }
 
 // One work completion; non-zero once the connection has ended.

@@ -70,7 +70,8 @@ inline bool GetRegion(const Napi::CallbackInfo& info, Napi::Value v, RegionOpts*
   }
   Napi::Object opts = v.As<Napi::Object>();
   if (!GetUint(info, opts, "ringLog2", kMinRingLog2, 26, &o->ring_log2) || !GetUint(info, opts, "slots", 1, kMaxSlots, &o->slots) ||
-      !GetUint(info, opts, "credits", 4, 1024, &o->credits) || !GetUint(info, opts, "keepaliveMs", 0, 3600000, &o->keepalive_ms))
+      !GetUint(info, opts, "credits", 4, 1024, &o->credits) || !GetUint(info, opts, "keepaliveMs", 0, 3600000, &o->keepalive_ms) ||
+      !GetUint(info, opts, "pollUs", 0, kMaxPollUs, &o->poll_us))
     return false;
   Napi::Value trace = opts.Get("trace");
   if (!trace.IsUndefined()) o->trace = trace.ToBoolean().Value();

@@ -186,10 +186,12 @@ test('config: transports.rdma defaults (address "" = not served) and every bad v
     slots: 16,
     credits: 64,
     keepalive_ms: 5000,
+    poll_us: 0,
     max_sessions: 256,
     max_sessions_per_identity: 16,
   });
-  const ok = loadConfig({ overrides: { transports: { rdma: { address: 'fd00::5', port: 7471, ring_bytes: 4096, slots: 4096, credits: 4, keepalive_ms: 0, max_sessions: 0 } } } });
+  const ok = loadConfig({ overrides: { transports: { rdma: { address: 'fd00::5', port: 7471, ring_bytes: 4096, slots: 4096, credits: 4, keepalive_ms: 0, poll_us: 1000, max_sessions: 0 } } } });
+  t.is(ok.transports.rdma.poll_us, 1000);
   t.is(ok.transports.rdma.address, 'fd00::5');
   t.is(ok.transports.rdma.max_sessions, 0);
   t.is(loadConfig({ env: { SOCKGATE_TRANSPORTS__RDMA__ADDRESS: '10.1.2.3' } }).transports.rdma.address, '10.1.2.3');
@@ -208,6 +210,8 @@ test('config: transports.rdma defaults (address "" = not served) and every bad v
     [{ credits: 1025 }, 'transports.rdma.credits'],
     [{ keepalive_ms: 10 }, 'transports.rdma.keepalive_ms'],
     [{ keepalive_ms: -1 }, 'transports.rdma.keepalive_ms'],
+    [{ poll_us: 1001 }, 'transports.rdma.poll_us'],
+    [{ poll_us: -1 }, 'transports.rdma.poll_us'],
     [{ max_sessions: -1 }, 'transports.rdma.max_sessions'],
     [{ max_sessions_per_identity: 0 }, 'transports.rdma.max_sessions_per_identity'],
     [{ ring_byte: 4096 }, 'transports.rdma.ring_byte: unknown key'],

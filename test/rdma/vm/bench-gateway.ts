@@ -29,7 +29,8 @@
  * SOCKGATE_BENCH_PHASES picks some of PHASES; SOCKGATE_BENCH_PERF=1 records
  * `perf record -a -g` around each measurement (on the client; on the server
  * from a sink's first byte to its end, an echo's first byte to its close) and
- * writes `perf report` text to $SOCKGATE_VM_OUT (run.js --out).
+ * writes `perf report` text to $SOCKGATE_VM_OUT (run.js --out). SOCKGATE_BENCH_RDMA_POLL_US
+ * sets every connection's CQ poll budget (rows named "... (poll N us)").
  */
 import { createServer, Socket, type Server } from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -51,13 +52,13 @@ export const PORT_RAW = 18620;
 export const BIG_RING_BYTES = 4 << 20;
 /** Slots of the big-ring gateway (its region is slots x ring, registered on both sides). */
 const BIG_SLOTS = 8;
+/** SOCKGATE_BENCH_RDMA_POLL_US: the CQ poll budget of every connection, both ends (transports.rdma.poll_us, rdma.pollUs); 0 = off. */
+const POLL_US = Number(process.env['SOCKGATE_BENCH_RDMA_POLL_US'] || 0);
 /** First token byte of a raw connection: which JS end its slot gets on the server. */
 const RAW_SINK = 1;
 const RAW_ECHO = 2;
 
-function log(msg: string): void {
-  process.stdout.write(`bench-gateway: ${msg}\n`);
-}
+const log = (msg: string): void => void process.stdout.write(`bench-gateway: ${msg}\n`);
 
 /** How long a stalled stream (no drain) or a missing sink answer may take. */
 const STALL_MS = 60_000;
@@ -110,8 +111,7 @@ function echoOn(s: Socket): void {
   s.on('error', () => {});
 }
 
-/** Destinations served so far (names their perf reports). */
-let destinations = 0;
+let destinations = 0; // destinations served so far (names their perf reports)
 
 async function listenOn(server: Server, host: string, port: number): Promise<void> {
   await new Promise<void>((resolve, reject) => {
@@ -144,7 +144,7 @@ export async function startServers(addr: string): Promise<GatewayServers> {
     loadConfig({
       overrides: {
         listen: { control: `${addr}:${controlPort}`, data: '127.0.0.1:0', metrics: '' },
-        transports: { enabled: ['rdma', 'tcp'], rdma: { address: addr, ...rdma } },
+        transports: { enabled: ['rdma', 'tcp'], rdma: { address: addr, poll_us: POLL_US, ...rdma } },
         rules: [{ name: 'bench-destinations', action: 'allow', protocols: ['tcp'], directions: ['connect'], destinations: [`${addr}/32`], ports: [`${PORT_GW_SINK}-${PORT_GW_ECHO}`] }],
         telemetry: { log_level: 'warn', traces: 'none' },
         shutdown: { drain_timeout_ms: 2000 },
@@ -202,7 +202,7 @@ async function rawListener(addr: string): Promise<{ close(): void }> {
       }
     }
   });
-  listener = n.rdma.listen(pump.raw, { addr, port: PORT_RAW });
+  listener = n.rdma.listen(pump.raw, { addr, port: PORT_RAW, pollUs: POLL_US });
   log(`bare rdma listener on ${addr}:${listener.port}`);
   return {
     close() {
@@ -340,7 +340,7 @@ export async function runClient(p: ClientParams & { phases?: readonly Phase[] })
   f.defaults = { gatewayRingBytes: gwDefaults.ring_bytes, slots: gwDefaults.slots, credits: gwDefaults.credits, sdkRingBytes: new RdmaClient().offer().ringBytes };
 
   const open = async (controlPort: number, rdma: { ringBytes?: number } = {}) =>
-    Gateway.connect(`${p.addr}:${controlPort}`, { transports: ['rdma'], rdma });
+    Gateway.connect(`${p.addr}:${controlPort}`, { transports: ['rdma'], rdma: { pollUs: POLL_US, ...rdma } });
   const socket = async (gw: Awaited<ReturnType<typeof open>>, destPort: number) => {
     const s = await gw.connect(`tcp://${p.addr}:${destPort}`, { noDelay: true });
     if (s.transport !== 'rdma') throw new Error(`the socket rides ${s.transport}, not rdma (fallbacks: ${JSON.stringify(s.fallbacks)})`);
@@ -408,7 +408,7 @@ async function rawClient(p: ClientParams, doStream: boolean, doPing: boolean, f:
   const open = async (mode: number) => {
     const token = Buffer.alloc(16, 0);
     token[0] = mode;
-    const conn = n.rdma.connect!(pump.raw, { addr: p.addr, port: PORT_RAW, token });
+    const conn = n.rdma.connect!(pump.raw, { addr: p.addr, port: PORT_RAW, token, pollUs: POLL_US });
     const e = await new Promise<{ event: string; code?: string; message?: string }>((resolve) => waiters.push({ id: conn.id, resolve }));
     if (e.event !== 'established') throw new Error(`rdma connect to ${p.addr}:${PORT_RAW}: ${e.code} ${e.message ?? ''}`);
     const [a, b] = n.binding.socketpair();
@@ -593,5 +593,6 @@ export function figuresToRows(f: ChannelFigures, b: Baselines): Row[] {
   if (f.rawError) {
     rows.push({ name: 'native rdma connection (no gateway/SDK)', transport: 'rdma', size_bytes: BW_SIZE, throughput_MBps: null, p50_us: null, p99_us: null, error: f.rawError });
   }
-  return rows;
+  // Rows with CQ polling on are rows of their own (the lab's default, 0, keeps the plain names).
+  return rows.map((r) => (POLL_US ? { ...r, name: `${r.name} (poll ${POLL_US} us)`, rdma_poll_us: POLL_US } : { ...r, rdma_poll_us: 0 }));
 }

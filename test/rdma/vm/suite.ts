@@ -28,6 +28,8 @@ const TESTS_TIMEOUT_MS = 20 * 60_000;
 const BENCH_TIMEOUT_MS = 15 * 60_000;
 /** ava's per-test timeout inside the VM (everything is slower under TCG). */
 const AVA_TIMEOUT = '10m';
+/** ava's configuration in the guest: no cache in the read-only checkout (the file says why). */
+const AVA_GUEST_CONFIG = 'test/rdma/vm/ava-guest.config.mjs';
 
 const RESULTS = join(REPO_ROOT, 'test', 'bench', 'results-rdma.json');
 /** Guest kernel arguments of the benchmark VMs (recorded in each row). */
@@ -57,6 +59,7 @@ async function testsStage(prepared: Extract<Prepared, { kind: 'ready' }>, match:
   if (files.length === 0) return { name: 'tests (one VM)', ok: false, seconds: 0, detail: `no compiled tests in ${dir} (run tsc first)` };
   const cmd = [
     'node node_modules/ava/entrypoints/cli.mjs',
+    `--config=${AVA_GUEST_CONFIG}`,
     `--timeout=${AVA_TIMEOUT}`,
     // one test file at a time: each ava worker is a node start-up, slow under TCG
     '--concurrency=1',
@@ -80,6 +83,7 @@ async function twoVmTestsStage(prepared: Extract<Prepared, { kind: 'ready' }>, m
   if (files.length === 0) return { name: 'tests (two VMs)', ok: false, seconds: 0, detail: `no compiled tests in ${dir} (run tsc first)` };
   const cmd = [
     'node node_modules/ava/entrypoints/cli.mjs',
+    `--config=${AVA_GUEST_CONFIG}`,
     `--timeout=${AVA_TIMEOUT}`,
     '--concurrency=1',
     '--serial',
