@@ -6,7 +6,7 @@
  */
 import { createServer, connect, type Socket } from 'node:net';
 import { once } from 'node:events';
-import { Pump, vsock } from '../../native/index.js';
+import { dupFd, Pump, vsock } from '../../native/index.js';
 
 const how = process.argv[2] ?? 'natural';
 const left: string[] = [];
@@ -32,7 +32,8 @@ await Promise.all([once(a, 'connect'), once(b, 'connect')]);
 for (const s of [a, b]) s.on('error', () => {});
 const busy = new Pump(() => {}, { unrefWhenIdle: true });
 const fdOf = (s: Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
-busy.splice(fdOf(a), fdOf(b));
+// The link owns what it is given: dups, as the gateway hands it (Node keeps its own fds).
+busy.splice(dupFd(fdOf(a)), dupFd(fdOf(b)));
 left.push('busy pump with a splice link');
 
 // A vsock listener, where this kernel lets us bind one.

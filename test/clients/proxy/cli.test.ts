@@ -148,7 +148,7 @@ test('sockgate proxy: clear errors and exit status (vsock target, bad -L, bad co
   const vsock = spawnProxy(['--gateway', 'vsock:2:7070', '--socks', '127.0.0.1:0']);
   const v = await within(vsock.exit, 20_000, 'vsock exit');
   t.is(v.code, 1);
-  t.regex(v.stderr, /ERR_SOCKGATE_NATIVE: gateway vsock:2:7070: AF_VSOCK is not available to the proxy: turned off by SOCKGATE_VSOCK=off/);
+  t.regex(v.stderr, /ERR_SOCKGATE_NATIVE: gateway vsock:2:7070: AF_VSOCK is not available in this process: turned off by SOCKGATE_VSOCK=off/);
 
   const badL = spawnProxy(['--gateway', '127.0.0.1:1', '-L', '127.0.0.1:5432']);
   const b = await within(badL.exit, 20_000, 'bad -L exit');
