@@ -16,7 +16,7 @@
     "cflags_cc!": ["-fno-exceptions"],
     "conditions": [
       ["sockgate_rdma==1", {
-        "sources": ["src/rdma.cc", "src/rdma_loopback.cc", "src/rdma_async_monitor.cc", "src/rdma_conn.cc", "src/rdma_conn_send.cc",
+        "sources": ["src/rdma.cc", "src/rdma_loopback.cc", "src/rdma_lifecycle.cc", "src/rdma_async_monitor.cc", "src/rdma_conn.cc", "src/rdma_conn_send.cc",
                     "src/rdma_conn_recv.cc", "src/rdma_conn_keepalive.cc", "src/rdma_listener.cc", "src/rdma_addon.cc", "src/rdma_wraps.cc"],
         "defines": ["SG_WITH_RDMA=1"],
         "libraries": ["-libverbs", "-lrdmacm"]

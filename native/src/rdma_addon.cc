@@ -10,6 +10,7 @@
 #include "pump_access.h"
 #include "rdma.h"
 #include "rdma_conn.h"
+#include "rdma_lifecycle.h"
 #include "rdma_loopback.h"
 #include "rdma_napi.h"
 #include "rdma_wraps.h"

@@ -56,10 +56,5 @@ void run_loopback(const LoopbackOptions& o, LoopbackResult* r);
 int check_loopback_options(const LoopbackOptions& o, LoopbackResult* r);
 std::shared_ptr<PumpSource> make_loopback_source(LoopbackOptions o, std::function<void(LoopbackResult&&)> done);
 
-// Creates and destroys, on the device that owns `addr`, one of each resource
-// (event channel, cm id, PD, completion channel, CQ, QP, memory, MR) and
-// records the order. -errno on failure (the trace shows how far it got).
-int run_lifecycle(const std::string& addr, std::vector<std::string>* trace, std::string* error);
-
 }  // namespace rdma
 }  // namespace sg
