@@ -1,5 +1,6 @@
 // Kernel SMC sockets and the N-API surface of smc.h.
 #include "smc.h"
+#include "connect_wait.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -70,29 +71,9 @@ int connect_to(int family, const std::string& address, uint16_t port, int timeou
   int fd = -1;
   err = make_socket(family, &fd, kind);
   if (err) return err;
-  if (connect(fd, reinterpret_cast<struct sockaddr*>(&ss), len) < 0) {
-    err = -errno;
-    if (err == -EINPROGRESS || err == -EINTR) {
-      // SMC connects in two steps (TCP, then the CLC handshake in a kernel
-      // worker); POLLOUT comes when both are done or the socket fell back.
-      err = 0;
-      auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-      for (;;) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-        if (left <= 0) { err = -ETIMEDOUT; break; }
-        struct pollfd p = {fd, POLLOUT, 0};
-        int n = poll(&p, 1, int(left));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { err = -errno; break; }
-        if (n == 0) { err = -ETIMEDOUT; break; }
-        int so = 0;
-        socklen_t l = sizeof so;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &l) < 0) { err = -errno; break; }
-        if (so) { err = -so; break; }
-        break;
-      }
-    }
-  }
+  // SMC connects in two steps (TCP, then the CLC handshake in a kernel
+  // worker); POLLOUT comes when both are done or the socket fell back.
+  err = connect_wait(fd, reinterpret_cast<struct sockaddr*>(&ss), len, timeout_ms);
   if (err) {
     close(fd);
     return err;

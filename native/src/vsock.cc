@@ -5,6 +5,7 @@
 // connect is a promise-returning function run on a libuv worker.
 #include "vsock.h"
 
+#include "connect_wait.h"
 #include "env_teardown.h"
 
 #include <fcntl.h>
@@ -76,29 +77,7 @@ int connect_to(uint32_t cid, uint32_t port, int timeout_ms, int* out_fd) {
   sa.svm_family = AF_VSOCK;
   sa.svm_cid = cid;
   sa.svm_port = port;
-  int err = 0;
-  if (connect(fd, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa) < 0) {
-    err = -errno;
-    if (err == -EINPROGRESS || err == -EINTR) {
-      err = 0;
-      auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-      for (;;) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-        if (left <= 0) { err = -ETIMEDOUT; break; }
-        struct pollfd p = {fd, POLLOUT, 0};
-        int n = poll(&p, 1, int(left));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { err = -errno; break; }
-        if (n == 0) { err = -ETIMEDOUT; break; }
-        int so = 0;
-        socklen_t l = sizeof so;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &l) < 0) { err = -errno; break; }
-        if (so) { err = -so; break; }
-        // POLLOUT without an error: connected (vsock reports POLLHUP for a reset, with SO_ERROR set).
-        break;
-      }
-    }
-  }
+  int err = connect_wait(fd, reinterpret_cast<struct sockaddr*>(&sa), sizeof sa, timeout_ms);
   if (err) {
     close(fd);
     return err;
