@@ -23,13 +23,26 @@ inline constexpr napi_type_tag kListenerTag = {0x73676b6c69737431ull, 0x1a2b3c4d
 inline constexpr napi_type_tag kSpliceTag = {0x73676b73706c6331ull, 0x1a2b3c4d5e6f7086ull};
 
 
-inline Napi::Value ThrowErrno(Napi::Env env, int err, const std::string& what) {
+// A JS Error for a -errno: the errno's name as `code`, -errno as `errno`, `what` as `syscall`.
+inline Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what) {
   int e = err < 0 ? -err : err;
   const char* name = strerrorname_np(e);
-  std::string code = e == EBADMSG ? "ERR_SOCKGATE_RING_CORRUPT" : (name ? name : "EUNKNOWN");
-  std::string msg = e == EBADMSG ? what + ": shared ring failed validation (peer corrupted it)" : what + ": " + strerror(e);
-  Napi::Error x = Napi::Error::New(env, msg);
-  x.Set("code", Napi::String::New(env, code));
+  Napi::Error x = Napi::Error::New(env, what + ": " + strerror(e));
+  x.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
+  x.Set("errno", Napi::Number::New(env, -e));
+  x.Set("syscall", Napi::String::New(env, what));
+  return x;
+}
+
+// Throws ErrnoError; EBADMSG from a ring check is ERR_SOCKGATE_RING_CORRUPT.
+inline Napi::Value ThrowErrno(Napi::Env env, int err, const std::string& what) {
+  int e = err < 0 ? -err : err;
+  if (e != EBADMSG) {
+    ErrnoError(env, err, what).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Error x = Napi::Error::New(env, what + ": shared ring failed validation (peer corrupted it)");
+  x.Set("code", Napi::String::New(env, "ERR_SOCKGATE_RING_CORRUPT"));
   x.Set("errno", Napi::Number::New(env, -e));
   x.Set("syscall", Napi::String::New(env, what));
   x.ThrowAsJavaScriptException();

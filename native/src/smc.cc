@@ -1,6 +1,7 @@
 // Kernel SMC sockets and the N-API surface of smc.h.
 #include "smc.h"
 #include "connect_wait.h"
+#include "js_util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -18,6 +19,8 @@
 #endif
 
 namespace sg::smc {
+
+using js::ErrnoError;
 
 namespace {
 
@@ -120,16 +123,6 @@ std::string unavailable_reason() {
 }
 
 namespace {
-
-Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what) {
-  int e = err < 0 ? -err : err;
-  const char* name = strerrorname_np(e);
-  Napi::Error x = Napi::Error::New(env, what + ": " + strerror(e));
-  x.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  x.Set("errno", Napi::Number::New(env, -e));
-  x.Set("syscall", Napi::String::New(env, what));
-  return x;
-}
 
 const char* KindName(Kind k) { return k == Kind::kIpprotoSmc ? "ipproto_smc" : "af_smc"; }
 

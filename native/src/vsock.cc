@@ -7,6 +7,7 @@
 
 #include "connect_wait.h"
 #include "env_teardown.h"
+#include "js_util.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -29,27 +30,15 @@
 
 namespace sg::vsock {
 
+using js::ErrnoError;
+using js::ThrowType;
+
 namespace {
 
 constexpr napi_type_tag kVsockListenerTag = {0x73676b76736f636bull, 0x1a2b3c4d5e6f7090ull};
 // After an accept error that is not about the one connection (EMFILE, ENOBUFS):
 // wait this long before accepting again, so the thread does not spin.
 constexpr int kAcceptBackoffMs = 100;
-
-Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what) {
-  int e = err < 0 ? -err : err;
-  const char* name = strerrorname_np(e);
-  Napi::Error x = Napi::Error::New(env, what + ": " + strerror(e));
-  x.Set("code", Napi::String::New(env, name ? name : "EUNKNOWN"));
-  x.Set("errno", Napi::Number::New(env, -e));
-  x.Set("syscall", Napi::String::New(env, what));
-  return x;
-}
-
-Napi::Value ThrowType(Napi::Env env, const std::string& msg) {
-  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
 
 bool GetU32(const Napi::CallbackInfo& info, size_t i, const char* name, uint32_t* out) {
   if (info.Length() <= i || !info[i].IsNumber()) {
