@@ -82,9 +82,7 @@ export class HostSmc {
   async connect(family: 4 | 6, address: string, port: number, timeoutMs: number, highWaterMark: number): Promise<NetSocket> {
     const mod = this.#mod!;
     const sock = await mod.smcConnect(family, address, port, timeoutMs, highWaterMark);
-    const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-    if (fd >= 0) smcInodes.set(sock, mod.inodeOfFd(fd));
-    this.#count(this.describe(sock, true), 'connect');
+    this.track(sock, (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1, 'connect');
     return sock;
   }
 
