@@ -110,8 +110,10 @@ async function killAndCheck(t: ExecutionContext, g: ChildGateway, relays: { cli:
   t.is(endings.length, relays.length * CONNECTIONS);
   // The clients keep writing: a cut shows as a reset or a broken pipe, never as a quiet end.
   t.true(endings.every((e) => e.error !== undefined), 'every client connection saw an error');
-  const after = await settle(() => fdCount(g.child.pid!), (n) => n === baseline, FREE_WITHIN_MS);
-  t.is(after, baseline, `the gateway's descriptors return to the baseline after the kill (${during} during the transfers)`);
+  // At most the baseline: under load a warm-up socket may still have been closing when the baseline
+  // was read, so the count can end below it; above it means the kill leaked something.
+  const after = await settle(() => fdCount(g.child.pid!), (n) => n <= baseline, FREE_WITHIN_MS);
+  t.true(after <= baseline, `the gateway's descriptors return to the baseline ${baseline} after the kill: ${after} (${during} during the transfers)`);
   t.is(g.child.exitCode, null, 'the gateway is still running');
 }
 

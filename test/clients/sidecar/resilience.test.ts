@@ -166,6 +166,8 @@ test.serial('connect timeout: an endpoint that never answers is given up after c
   t.false(res.gotBytes);
   t.true(res.ms >= 300 && res.ms < 3_000, `closed after ${res.ms} ms`);
   t.is(sc.sidecar.listener('hole')!.stats.closes.connect_failed, 1);
+  const holeFailures = sc.sidecar.cluster('hole')!.endpoint(hole.uri)!.stats.connectFailures;
+  t.is(holeFailures.timeout, 1, `the hole endpoint's connect failures by reason: ${JSON.stringify(holeFailures)}`);
   const text = await scrape(sc.sidecar.metricsUrl!);
   t.is(metricValue(text, 'sockgate_sidecar_endpoint_connect_failures_total', { cluster: 'hole', reason: 'timeout' }), 1);
 });
