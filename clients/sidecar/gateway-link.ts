@@ -17,12 +17,22 @@ const trace = tracer(TRACER);
 
 /** How long start or reload waits for the gateway's control channel. */
 const GATEWAY_READY_TIMEOUT_MS = 15_000;
+/**
+ * The Connect call's gRPC deadline runs this long past the connect timeout: the cluster's own timer
+ * (cluster.ts attempt) decides a timeout; a deadline expiring with it raced that timer under load and
+ * miscounted an endpoint's timeout as the gateway's.
+ */
+const CONNECT_DEADLINE_MARGIN_MS = 1_000;
 
 export interface DialOptions {
-  /** Host-side connect timeout the gateway applies, and the control-call deadline. */
+  /** Host-side connect timeout the gateway applies (the control-call deadline runs CONNECT_DEADLINE_MARGIN_MS longer). */
   timeoutMs: number;
   /** Aborts the whole dial (control call and data-plane attach). */
   signal: AbortSignal;
+}
+
+function connectOptions(opts: DialOptions) {
+  return { timeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs + CONNECT_DEADLINE_MARGIN_MS, signal: opts.signal, noDelay: true };
 }
 
 /** Opens upstream byte streams. The gateway link is the real one; tests may substitute. */
@@ -94,7 +104,7 @@ export class GatewayLink implements UpstreamDialer {
     link.open++;
     let sock: Duplex;
     try {
-      sock = await link.gw.connect(uri, { timeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs, signal: opts.signal, noDelay: true });
+      sock = await link.gw.connect(uri, connectOptions(opts));
     } catch (err) {
       this.release(link, 1);
       throw err;
@@ -108,7 +118,7 @@ export class GatewayLink implements UpstreamDialer {
     link.open++;
     let sock: LinkableUpstream;
     try {
-      sock = new LinkableUpstream(await link.gw.openForLink(uri, { timeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs, signal: opts.signal, noDelay: true }));
+      sock = new LinkableUpstream(await link.gw.openForLink(uri, connectOptions(opts)));
     } catch (err) {
       this.release(link, 1);
       throw err;
