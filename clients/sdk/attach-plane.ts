@@ -80,6 +80,8 @@ export function startTcpAttach(addr: DataAddress, token: Uint8Array, mode: 'stre
       s.on('data', onData);
       s.on('error', fail);
       s.on('end', onEnd);
+      // An SMC socket comes paused (native/smc.ts); nothing arrives before the preamble is answered.
+      s.resume();
       s.write(encodePreamble(token));
     };
     if (signal?.aborted) return onAbort();

@@ -14,9 +14,11 @@
 import { lookup } from 'node:dns/promises';
 import { isIP, type Socket } from 'node:net';
 import { InvalidArgumentError } from '../../proto/errors.js';
-import { tracer } from '../../native/trace.js';
+import { isTracerEnabled, tracer } from '../../native/trace.js';
 
 const trace = tracer('sdk');
+/** The dial's trace line reads SMC_DIAG: only when someone reads the trace. */
+const TRACING = isTracerEnabled('sdk');
 
 /** GatewayOptions.smc: how the tcp plane's data connections are opened. */
 export type SmcDial = 'off' | 'prefer';
@@ -69,7 +71,7 @@ export function markTcpDial(sock: object, why: string): void {
 }
 
 /**
- * Dial host:port as SMC (flowing, noDelay, half-open allowed). Resolves with
+ * Dial host:port as SMC (paused, noDelay, half-open allowed). Resolves with
  * a plain TCP connection made by `dialTcp` when SMC sockets cannot be made
  * here; rejects on a connect error (refused, timeout), as TCP would.
  */
@@ -86,11 +88,10 @@ export async function dialSmc(host: string, port: number, timeoutMs: number, hig
   if (family === 0) ({ address, family } = await lookup(host));
   const sock = await mod.smcConnect(family as 4 | 6, address, port, timeoutMs, highWaterMark);
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1;
-  // The inode is read now, while the descriptor is open: SMC_DIAG names sockets by inode.
-  if (fd >= 0) dialed.set(sock, { inode: mod.inodeOfFd(fd) });
+  // The inode is read now, while the descriptor is open: SMC_DIAG names sockets by inode (-1: reported 'unknown', still never spliced).
+  dialed.set(sock, { inode: fd >= 0 ? mod.inodeOfFd(fd) : -1 });
   sock.setNoDelay(true);
-  sock.resume();
-  trace(`smc: prefer: ${host}:${port} dialed as smc (${dataConnectionInfo(sock)?.detail ?? '?'})`);
+  if (TRACING) trace(`smc: prefer: ${host}:${port} dialed as smc (${dataConnectionInfo(sock)?.detail ?? '?'})`);
   return sock;
 }
 
