@@ -125,6 +125,7 @@ async function main(): Promise<void> {
       await dialers.stream('smc', MIB);
       await dialers.stream('tcp', MIB);
     }
+    await dialers.link(MIB);
     await dialers.stop();
     await new Promise<void>((resolve) => netConnect(DONE_PORT, peer, () => resolve()).on('error', () => resolve()));
   }

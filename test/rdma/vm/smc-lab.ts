@@ -43,8 +43,10 @@ interface DiagEntry {
 interface Report {
   role: string;
   port?: number;
-  /** a: 'smc' | 'tcp' (which dialing gateway); b: true. */
-  peerLeg?: 'smc' | 'tcp' | true;
+  /** a: 'smc' | 'tcp' (which dialing gateway) or 'link' (the SDK's Gateway#link, smc: prefer); b: true. */
+  peerLeg?: 'smc' | 'tcp' | 'link' | true;
+  native?: boolean;
+  relayReason?: string;
   dataConnection?: { proto: string; smcMode: string; smcFallbackReason: number; detail: string };
   diag?: DiagEntry[];
   hostSocket?: { proto: string; smcMode: string; smcFallbackReason: number; detail: string };
@@ -124,7 +126,13 @@ function checkPeerLeg(reports: Report[], problems: string[]): void {
   const aSmc = reports.filter((x) => x.role === 'a' && x.peerLeg === 'smc');
   const aTcp = reports.filter((x) => x.role === 'a' && x.peerLeg === 'tcp');
   const b = reports.filter((x) => x.role === 'b' && x.peerLeg === true && !x.error);
-  if (aSmc.length === 0 || aTcp.length === 0) problems.push(`peer leg: ${aSmc.length} smc and ${aTcp.length} tcp streams reported`);
+  const aLink = reports.filter((x) => x.role === 'a' && x.peerLeg === 'link');
+  if (aSmc.length === 0 || aTcp.length === 0 || aLink.length !== 1) problems.push(`peer leg: ${aSmc.length} smc, ${aTcp.length} tcp and ${aLink.length} link streams reported`);
+  // The SDK's own link over an SMC data connection: never spliced (server/data-channel.ts NativeDataChannel.splices), every byte intact.
+  for (const l of aLink) {
+    if (l.ok !== true) problems.push('peer leg link: SHA-256 mismatch');
+    if (l.native !== false || !/SMC data connection is not spliced/.test(l.relayReason ?? '')) problems.push(`peer leg link: expected the JS relay (SMC is not spliced), got native=${l.native} ${JSON.stringify(l.relayReason)}`);
+  }
   for (const s of [...aSmc, ...aTcp]) if (s.ok !== true) problems.push(`peer leg ${s.peerLeg}: SHA-256 mismatch`);
   for (const s of aSmc) {
     const h = s.hostSocket;
@@ -138,8 +146,8 @@ function checkPeerLeg(reports: Report[], problems: string[]): void {
   // b: one report per stream; SMC-R for each smc stream, the kernel's fallback for each plain one.
   const bSmc = b.filter((x) => x.dataConnection?.proto === 'smc' && x.dataConnection.smcMode === 'SMC-R');
   const bTcp = b.filter((x) => x.dataConnection?.proto === 'smc' && x.dataConnection.smcMode === 'fallback' && x.dataConnection.smcFallbackReason === PEER_NO_SMC);
-  if (b.length !== aSmc.length + aTcp.length || bSmc.length !== aSmc.length || bTcp.length !== aTcp.length) {
-    problems.push(`peer leg, b: expected ${aSmc.length} SMC-R and ${aTcp.length} fallback 0x03010000 data connections, got ${JSON.stringify(b.map((x) => x.dataConnection ?? null))}`);
+  if (b.length !== aSmc.length + aLink.length + aTcp.length || bSmc.length !== aSmc.length + aLink.length || bTcp.length !== aTcp.length) {
+    problems.push(`peer leg, b: expected ${aSmc.length + aLink.length} SMC-R and ${aTcp.length} fallback 0x03010000 data connections, got ${JSON.stringify(b.map((x) => x.dataConnection ?? null))}`);
   }
   for (const x of b) {
     const dc = x.dataConnection;

@@ -14,10 +14,14 @@
  *   (plain TCP to the same listener, on the same link). Its SDK streams MIB MiB
  *   through each; it reports GetInfo's host_socket (for a socket through a
  *   peer: its data connection), smc_diag's active sockets toward b's data
- *   port, the SHA-256 check and the throughput.
+ *   port, the SHA-256 check and the throughput. Once, its SDK (smc: prefer)
+ *   also links a local socket straight to b's gateway (Gateway#link): the
+ *   link must take the JS relay, because an SMC data connection is never
+ *   spliced, and carry every byte.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type Socket } from 'node:net';
+import { connect as netConnect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { once } from 'node:events';
 import { loadConfig, mergeConfig } from '../../../server/config.js';
 import { Gateway } from '../../../server/gateway.js';
 import { Gateway as SdkGateway } from '../../../clients/sdk/index.js';
@@ -103,7 +107,7 @@ function dialerConfig(listen: { control: string; data: string }, peer: string, p
 }
 
 /** a: the two dialing gateways; `stream(kind)` sends one hashed stream through one of them to b. */
-export async function startDialers(peer: string, say: Say): Promise<{ stream(kind: 'smc' | 'tcp', mib: number): Promise<void>; stop(): Promise<void> }> {
+export async function startDialers(peer: string, say: Say): Promise<{ stream(kind: 'smc' | 'tcp', mib: number): Promise<void>; link(mib: number): Promise<void>; stop(): Promise<void> }> {
   // The composition root's connector (server/cli): the SDK's public entry point, with smc.peer_dial as its `smc` option.
   const peerGateways = (via: string, credentials: { token?: string }, o: { deadlineMs: number; smc?: 'prefer' }) =>
     SdkGateway.connect(via, { ...credentials, ...(o.smc ? { smc: o.smc } : {}) }, { deadlineMs: o.deadlineMs });
@@ -140,6 +144,29 @@ export async function startDialers(peer: string, say: Say): Promise<{ stream(kin
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       say({ peerLeg: kind, hostSocket: info.hostSocket, peer: info.peer?.via, diag, bytes: payload.length, ok: answer === want, seconds, MBps: payload.length / seconds / 1e6 });
       if (answer !== want) throw new Error(`peer leg ${kind}: SHA-256 mismatch`);
+    },
+    async link(mib) {
+      const direct = await SdkGateway.connect(`${peer}:${PEER_CONTROL_PORT}`, { smc: 'prefer', transports: ['tcp'] });
+      const local = createServer({ allowHalfOpen: true });
+      try {
+        local.listen(0, '127.0.0.1');
+        await once(local, 'listening');
+        const caller = netConnect({ port: (local.address() as AddressInfo).port, host: '127.0.0.1', allowHalfOpen: true });
+        const [served] = (await once(local, 'connection')) as [Socket];
+        const link = await direct.link(served, uri, { transports: ['tcp'] });
+        const payload = randomBytes(mib << 20);
+        let answer = '';
+        caller.on('data', (d: Buffer) => (answer += d.toString()));
+        const ended = once(caller, 'end');
+        caller.end(payload);
+        await ended;
+        const ok = answer === createHash('sha256').update(payload).digest('hex');
+        say({ peerLeg: 'link', native: link.native, relayReason: link.relayReason, ok });
+        caller.destroy();
+      } finally {
+        local.close();
+        direct.close();
+      }
     },
     async stop() {
       sdks.smc.close();
