@@ -1,7 +1,7 @@
 /**
  * Config schema of kernel SMC (`smc:` and a rule's `smc:`): host sockets
  * opened as SMC toward destinations a rule marks `smc: prefer`, the data port
- * accepted as SMC, and the UEIDs / PNET ids applied over generic netlink at
+ * accepted as SMC, the data connections to peer gateways dialed as SMC, and the UEIDs / PNET ids applied over generic netlink at
  * start (CAP_NET_ADMIN). Split from config.ts, which holds the rest.
  */
 import { z } from 'zod';
@@ -24,6 +24,13 @@ export const smcSchema = z
   .strictObject({
     /** Accept the gateway's own tcp data-port connections on an SMC socket (two gateways on SMC hosts then talk SMC-R). */
     data_port: z.boolean().default(false),
+    /**
+     * `prefer`: the data connections this gateway opens to peer gateways (`peers`
+     * routes on the tcp plane) are dialed as SMC through the SDK (its `smc` option);
+     * the peer's data port must accept SMC (its smc.data_port). Falls back to TCP
+     * inside the kernel, or as plain TCP where this host has no SMC (logged, not an error).
+     */
+    peer_dial: z.enum(['off', 'prefer']).default('off'),
     /** User EIDs to add at start (SMC-Rv2 is proposed only with a UEID on both sides). Needs CAP_NET_ADMIN. */
     ueids: z.array(ueid).max(MAX_UEIDS).default([]),
     /** PNET table entries to add at start: an Ethernet interface and its RDMA device under one id. Needs CAP_NET_ADMIN. */

@@ -88,7 +88,7 @@ rules:
     directions: [listen, bind]
     destinations: [127.0.0.0/8]
     ports: [1024-65535]
-# Kernel SMC is off: no rule says smc: prefer, smc.data_port is false (README "Kernel SMC").
+# Kernel SMC is off: no rule says smc: prefer, smc.data_port false, smc.peer_dial off (README "Kernel SMC").
 # VM guests: vsock_uds (Firecracker / Cloud Hypervisor VMM sockets) and vsock
 # (native AF_VSOCK, vhost-vsock) are off unless configured (README "VM guests").
 shutdown:

@@ -135,6 +135,8 @@ export abstract class GatewaySocket extends EventEmitter {
 
   /** The kernel's view of the host socket (tcp/smc and SMC mode or fallback reason); set by the service for stream sockets. */
   hostSocket: (() => HostSocket | undefined) | undefined;
+  /** The kernel's view of the tcp-plane data connection, set when it came in on an SMC data port (transport-tcp.ts). */
+  dataConnection: (() => HostSocket) | undefined;
 
   info(): SocketInfo {
     const hostSocket = this.hostSocket
@@ -162,6 +164,7 @@ export abstract class GatewaySocket extends EventEmitter {
       createdAtMs: this.createdAtMs,
       peer: this.peer,
       hostSocket,
+      dataConnection: this.dataConnection?.(),
     };
   }
 }

@@ -146,7 +146,7 @@ export class Gateway {
       ...(config.vsock_uds || config.vsock ? { vsockPort: (config.vsock_uds ?? config.vsock)!.data_port } : {}),
     });
     this.grpc = new GrpcTransport({ highWatermark: hwm, registry: this.registry, metrics });
-    this.peers = new PeerRouter(config.peers, this.logger, options.peerGateways);
+    this.peers = new PeerRouter(config.peers, this.logger, options.peerGateways, config.smc.peer_dial);
     this.transports = new Map<TransportKind, Transport>([
       [TransportKind.TRANSPORT_KIND_TCP, this.tcp],
       [TransportKind.TRANSPORT_KIND_GRPC, this.grpc],
@@ -310,6 +310,8 @@ export class Gateway {
     const bound = await listeners.listen(control, 'control');
     await this.smc.start();
     if (this.config.smc.data_port && !this.smc.available) throw new Error(`config smc.data_port: kernel SMC is unavailable: ${this.smc.reason}`);
+    // A preference, like a rule's `smc: prefer`: the peer data connections open as plain TCP.
+    if (this.config.smc.peer_dial === 'prefer' && !this.smc.available) this.logger.warn({ reason: this.smc.reason }, 'config smc.peer_dial: kernel SMC is unavailable: peer data connections are plain TCP');
     if (this.native && this.config.transports.enabled.includes('shm')) await this.startShm(this.native);
     else if (!this.native) this.shmUnavailable = `the native addon did not load (${this.nativeError})`;
     if (this.native && this.config.transports.enabled.includes('rdma')) await this.startRdma(this.native);

@@ -98,7 +98,7 @@ export class HostBackend {
     const peer = this.peers?.match(target);
     if (peer) {
       trace(`connect ${target.uri.host}:${target.uri.port} through peer gateway ${peer.via} (${peer.key})`);
-      return this.peers!.connect(peer, target, timeoutMs, options, signal).then((sock) => this.#judgePeerDial(target, sock));
+      return this.peers!.connect(peer, target, timeoutMs, options, signal).then((sock) => this.#markPeerSmc(this.#judgePeerDial(target, sock)));
     }
     if (target.smc && this.smc?.available) return this.#connectSmc(target, timeoutMs, signal);
     return new Promise((resolve, reject) => {
@@ -153,10 +153,26 @@ export class HostBackend {
     });
   }
 
-  /** The kernel's view of a host socket (tcp, or smc with its mode / fallback reason); undefined for a socket through a peer gateway. */
+  /**
+   * The kernel's view of a host socket (tcp, or smc with its mode / fallback
+   * reason). For a socket through a peer gateway: its data connection to the
+   * peer on the tcp plane (smc under config smc.peer_dial), undefined on others.
+   */
   describeHostSocket(sock: object): ReturnType<HostSmc['describe']> | undefined {
     if (this.smc?.isSmc(sock)) return this.smc.describe(sock);
-    return this.peers?.hopOf(sock as NetSocket) ? undefined : { proto: 'tcp', smcMode: '', smcFallbackReason: 0, smcPeerDiagnosis: 0, detail: '' };
+    const hop = this.peers?.hopOf(sock as NetSocket);
+    if (hop) return hop.dataConnection?.();
+    return { proto: 'tcp', smcMode: '', smcFallbackReason: 0, smcPeerDiagnosis: 0, detail: '' };
+  }
+
+  /**
+   * A data connection to a peer the SDK dialed as SMC (config smc.peer_dial) is
+   * marked like any SMC host socket: counted, described, and never spliced.
+   */
+  #markPeerSmc(sock: NetSocket): NetSocket {
+    const dc = this.peers?.hopOf(sock)?.dataConnection?.();
+    if (dc?.proto === 'smc') this.smc?.track(sock, (sock as unknown as { _handle?: { fd?: number } })._handle?.fd ?? -1, 'peer-dial');
+    return sock;
   }
 
   /**

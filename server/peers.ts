@@ -79,13 +79,25 @@ export interface PeerOpenedStream {
   localUri: string;
   remoteUri: string;
   failure: Promise<SockgateError | undefined>;
+  /** How the kernel carries the tcp-plane data connection (the SDK's OpenedStream#dataConnection). */
+  dataConnection?(): PeerDataConnection | undefined;
+}
+
+/** The SDK's DataConnectionInfo: the fields of HostSocket. */
+export interface PeerDataConnection {
+  proto: string;
+  smcMode: string;
+  smcFallbackReason: number;
+  smcPeerDiagnosis: number;
+  detail: string;
 }
 
 /** Opens an SDK gateway connection to a peer; injected by the composition root (the CLI passes the SDK's Gateway.connect). */
 export type PeerGatewayConnector = (
   via: string,
   credentials: { token?: string; tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer } },
-  opts: { deadlineMs: number },
+  /** `smc`: the SDK's GatewayOptions.smc (config smc.peer_dial). */
+  opts: { deadlineMs: number; smc?: 'prefer' },
 ) => Promise<PeerGatewayClient>;
 
 /** Time the peer's Connect may take beyond the host-side connect timeout (control round trips, attach). */
@@ -132,6 +144,8 @@ export interface PeerStream {
   readonly remoteUri: string;
   /** Settles when the hop's data plane says how the stream ended: undefined when cleanly (or unknown), else the error. */
   readonly failure: Promise<SockgateError | undefined>;
+  /** How the kernel carries the data connection to the peer, when the hop rides the tcp plane. */
+  readonly dataConnection: (() => PeerDataConnection | undefined) | undefined;
 }
 
 /**
@@ -220,6 +234,8 @@ export class PeerRouter {
     peers: readonly PeerConfig[],
     private readonly logger: Logger,
     private readonly connectPeer: PeerGatewayConnector | undefined,
+    /** Config smc.peer_dial: dial the data connections to peers as kernel SMC. */
+    private readonly smcDial: 'off' | 'prefer' = 'off',
   ) {
     if (peers.length && !connectPeer) {
       throw new InvalidArgumentError('config `peers` needs a connector for peer gateways (GatewayOptions.peerGateways; the sockgate CLI passes the SDK\'s)');
@@ -289,6 +305,7 @@ export class PeerRouter {
       localUri: opened.localUri,
       remoteUri: opened.remoteUri,
       failure: opened.failure,
+      dataConnection: opened.dataConnection ? () => opened.dataConnection!() : undefined,
     };
     this.#hops.set(opened.socket, stream);
     this.logger.info(
@@ -308,7 +325,8 @@ export class PeerRouter {
     let gw = this.#gateways.get(peer.gatewayKey);
     if (!gw) {
       gw = (async () => {
-        return this.connectPeer!(peer.via, { ...(peer.token ? { token: peer.token } : {}), ...(peer.tls ? { tls: peer.tls } : {}) }, { deadlineMs });
+        const opts = { deadlineMs, ...(this.smcDial === 'prefer' ? { smc: 'prefer' as const } : {}) };
+        return this.connectPeer!(peer.via, { ...(peer.token ? { token: peer.token } : {}), ...(peer.tls ? { tls: peer.tls } : {}) }, opts);
       })();
       this.#gateways.set(peer.gatewayKey, gw);
       gw.then(

@@ -22,6 +22,7 @@ import type { Logger } from '../native/log.js';
 import { LogLimiter } from './log-limiter.js';
 import type { DataChannel, NativeDataChannel, NativeLink, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import type { Pump } from '../native/index.js';
+import type { HostSocket } from '../proto/gen/sockgate/v1/sockgate.js';
 import { isSmcSocket } from './host-smc.js';
 import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from '../proto/wire.js';
 import { tracer } from '../native/trace.js';
@@ -76,7 +77,7 @@ export interface TcpTransportOptions {
    */
   vsockUds?: { path: string; port: number };
   /** The data port as an SMC listener (config smc.data_port): a listening descriptor, and marking of each accepted socket. */
-  smc?: { listenFd(host: string, port: number, backlog: number): number; track(sock: object, fd: number, side: string): void };
+  smc?: { listenFd(host: string, port: number, backlog: number): number; track(sock: object, fd: number, side: string): void; describe(sock: object): HostSocket };
   /** The vsock data port guests are told (TcpAttach.vsock_port) when their listeners are run elsewhere (vmm-listeners.ts, vsock-listeners.ts). */
   vsockPort?: number;
 }
@@ -299,6 +300,9 @@ export class TcpTransport implements Transport {
   /** Hand a redeemed data connection to its socket; the OK reply goes out first on every path. */
   private attach(target: GatewaySocket, sock: Socket): void {
     let channel: DataChannel;
+    const smc = this.options.smc;
+    // GetInfo's data_connection: what the kernel made of an SMC data connection (SMC-R, or its fallback reason).
+    if (smc && isSmcSocket(sock)) target.dataConnection = () => smc.describe(sock);
     if (target instanceof StreamSocket) {
       if (this.relay && this.attachNative(target, sock, this.relay)) return;
       sock.write(encodeReply(AttachStatus.OK));

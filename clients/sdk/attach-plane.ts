@@ -12,6 +12,7 @@ import type { DataRequest, DataResponse } from '../../proto/gen/sockgate/v1/sock
 import { AbortedError, AttachFailedError, SockgateError, fromServiceError } from '../../proto/errors.js';
 import { AttachStatus, DatagramFramer, encodePreamble, MessageChannel, parseReply, payloadCodec, REPLY_BYTES, type FrameCodec } from '../../proto/wire.js';
 import { dialVsock } from './vsock.js';
+import { dialSmc, markTcpDial, type SmcDial } from './smc-dial.js';
 // How long an attach (data connection + preamble reply) may take: the one default both ends know.
 import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 
@@ -30,19 +31,25 @@ export interface TcpAttach {
   abort(err: Error): void;
 }
 
-/** Dial the data port and send the preamble carrying `token` (an attach token, or a parallel-open nonce). */
-export function startTcpAttach(addr: DataAddress, token: Uint8Array, mode: 'stream' | 'datagram', signal?: AbortSignal): TcpAttach {
+/**
+ * Dial the data port and send the preamble carrying `token` (an attach token,
+ * or a parallel-open nonce). `smc` 'prefer' dials it as kernel SMC where this
+ * host can (smc-dial.ts; not over vsock).
+ */
+export function startTcpAttach(addr: DataAddress, token: Uint8Array, mode: 'stream' | 'datagram', signal?: AbortSignal, smc: SmcDial = 'off'): TcpAttach {
   const where = 'vsock' in addr ? `vsock:${addr.vsock.cid}:${addr.vsock.port}` : `${addr.host}:${addr.port}`;
-  const sock: Socket =
-    'vsock' in addr
-      ? dialVsock(addr.vsock, { timeoutMs: ATTACH_TIMEOUT_MS })
-      : netConnect({ host: addr.host, port: addr.port, allowHalfOpen: true, noDelay: true, highWaterMark: CHANNEL_HIGH_WATERMARK } as unknown as Parameters<typeof netConnect>[0]);
+  const dialTcp = (a: { host: string; port: number }): Socket =>
+    netConnect({ host: a.host, port: a.port, allowHalfOpen: true, noDelay: true, highWaterMark: CHANNEL_HIGH_WATERMARK } as unknown as Parameters<typeof netConnect>[0]);
+  let sock: Socket | undefined;
+  /** Set by fail(): a socket an SMC connect delivers afterwards is destroyed. */
+  let failed = false;
   let fail!: (err: Error) => void;
   const reply = new Promise<Duplex>((resolve, reject) => {
     let got: Buffer = Buffer.alloc(0);
     fail = (err: Error) => {
+      failed = true;
       cleanup();
-      sock.destroy();
+      sock?.destroy();
       reject(err instanceof SockgateError ? err : new AttachFailedError(`tcp attach to ${where} failed: ${err.message}`, { cause: err }));
     };
     const onAbort = () => fail(new AbortedError('attach aborted'));
@@ -50,9 +57,9 @@ export function startTcpAttach(addr: DataAddress, token: Uint8Array, mode: 'stre
     const cleanup = () => {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
-      sock.removeListener('data', onData);
-      sock.removeListener('error', fail);
-      sock.removeListener('end', onEnd);
+      sock?.removeListener('data', onData);
+      sock?.removeListener('error', fail);
+      sock?.removeListener('end', onEnd);
     };
     const onEnd = () => fail(new AttachFailedError(`tcp attach to ${where}: gateway closed the connection`));
     const onData = (chunk: Buffer) => {
@@ -62,23 +69,37 @@ export function startTcpAttach(addr: DataAddress, token: Uint8Array, mode: 'stre
       if (st === undefined) return fail(new AttachFailedError('tcp attach: malformed reply from the gateway'));
       if (st !== AttachStatus.OK) return fail(new AttachFailedError(`tcp attach rejected by the gateway: ${AttachStatus[st] ?? st}`));
       cleanup();
-      sock.pause();
-      if (got.length > REPLY_BYTES) sock.unshift(got.subarray(REPLY_BYTES));
-      resolve(mode === 'stream' ? sock : new DatagramFramer(sock));
+      sock!.pause();
+      if (got.length > REPLY_BYTES) sock!.unshift(got.subarray(REPLY_BYTES));
+      resolve(mode === 'stream' ? sock! : new DatagramFramer(sock!));
+    };
+    const begin = (s: Socket) => {
+      // Aborted or timed out while an SMC connect was under way.
+      if (failed) return void s.destroy();
+      sock = s;
+      s.on('data', onData);
+      s.on('error', fail);
+      s.on('end', onEnd);
+      // An SMC socket comes paused (native/smc.ts); nothing arrives before the preamble is answered.
+      s.resume();
+      s.write(encodePreamble(token));
     };
     if (signal?.aborted) return onAbort();
     signal?.addEventListener('abort', onAbort, { once: true });
-    sock.on('data', onData);
-    sock.on('error', fail);
-    sock.on('end', onEnd);
-    sock.write(encodePreamble(token));
+    if ('vsock' in addr) return begin(dialVsock(addr.vsock, { timeoutMs: ATTACH_TIMEOUT_MS }));
+    if (smc === 'off') {
+      const s = dialTcp(addr);
+      markTcpDial(s, '');
+      return begin(s);
+    }
+    dialSmc(addr.host, addr.port, ATTACH_TIMEOUT_MS, CHANNEL_HIGH_WATERMARK, () => dialTcp(addr)).then(begin, fail);
   });
   return { reply, abort: (err) => fail(err) };
 }
 
 /** The tcp attach in one step (the token came with the Connect's answer). */
-export function attachTcp(addr: DataAddress, token: Uint8Array, mode: 'stream' | 'datagram', signal?: AbortSignal): Promise<Duplex> {
-  return startTcpAttach(addr, token, mode, signal).reply;
+export function attachTcp(addr: DataAddress, token: Uint8Array, mode: 'stream' | 'datagram', signal?: AbortSignal, smc: SmcDial = 'off'): Promise<Duplex> {
+  return startTcpAttach(addr, token, mode, signal, smc).reply;
 }
 
 /** Open a Data stream (`open`), send the token, resolve with the channel on the gateway's `attached` frame. */

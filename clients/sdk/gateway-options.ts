@@ -7,6 +7,7 @@ import { shmSupport } from './attach-shm.js';
 import { rdmaSupport, type RdmaClientOptions } from './attach-rdma.js';
 import type { CallOpts } from './call-options.js';
 import type { TransportName } from './socket.js';
+import type { SmcDial } from './smc-dial.js';
 
 /**
  * Transports this SDK can attach with here, in default preference order: shm
@@ -70,6 +71,16 @@ export interface GatewayOptions {
   maxWaitingConnects?: number;
   /** tcp plane: open the data connection alongside the Connect once the data port is known (tcp-parallel.ts). Default true. */
   parallelOpen?: boolean;
+  /**
+   * tcp plane: `prefer` opens each data connection as kernel SMC (AF_SMC /
+   * IPPROTO_SMC through the native addon), so two SMC-capable hosts talk SMC-R
+   * (the gateway's data port must accept SMC: its `smc.data_port`). The kernel
+   * falls back to TCP inside the socket by itself; where the addon or the
+   * kernel has no SMC, the connection is plain TCP and the reason is traced
+   * (SOCKGATE_TRACE=sdk). GatewaySocket#dataConnection() tells which. Not used
+   * over vsock. Default `off`.
+   */
+  smc?: SmcDial;
 }
 
 export interface UdpOptions extends CallOpts {

@@ -26,6 +26,7 @@ import type { CallOpts, ConnectOptions } from './call-options.js';
 import { ConnectGate } from './connect-gate.js';
 import { EndConfirmer } from './end-confirm.js';
 import { ParallelOpen } from './tcp-parallel.js';
+import { dataConnectionInfo, smcDialOf } from './smc-dial.js';
 import { TransportAttacher } from './transport-attach.js';
 import { linkChannel, type GatewayLink, type LinkDeps, type LinkOptions } from './link.js';
 import { openVsockBridge, parseVsockTarget, type VsockBridge } from './vsock.js';
@@ -127,7 +128,7 @@ export class Gateway {
     this.offersDefault = options.transports ?? defaultTransports(target);
     this.connectGate = new ConnectGate(options.maxConcurrentConnects ?? DEFAULT_CONCURRENT_CONNECTS, options.maxWaitingConnects ?? DEFAULT_WAITING_CONNECTS);
     this.deadlineMs = options.deadlineMs ?? DEFAULT_DEADLINE_MS;
-    this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false);
+    this.parallel = new ParallelOpen(!vsock && options.parallelOpen !== false, smcDialOf(options));
     this.attacher = new TransportAttacher({ options, vsock, parallel: this.parallel, grpcData: () => this.client.data(this.metadata) });
     // No wait-for-ready: a gateway that is gone must not be waited for, nor its successor asked.
     const noWait = { deadlineMs: CONFIRM_DEADLINE_MS, waitForReady: false };
@@ -390,6 +391,7 @@ export class Gateway {
       localUri: meta.localUri,
       remoteUri: meta.remoteUri,
       failure,
+      dataConnection: () => dataConnectionInfo(socket),
       close: async () => {
         socket.destroy();
         await closeRemote();

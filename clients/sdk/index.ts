@@ -13,4 +13,5 @@ export { type LinkableSocket } from './gateway.js';
 export { type GatewayLink, type LinkEnded, type LinkOptions } from './link.js';
 export { GatewayHttpAgent, GatewayHttpsAgent } from './agent.js';
 export { GatewaySocket, GatewayDatagramSocket, type FallbackInfo, type TransportName } from './socket.js';
+export { type DataConnectionInfo, type SmcDial } from './smc-dial.js';
 export * from '../../proto/errors.js';

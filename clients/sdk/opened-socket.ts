@@ -3,6 +3,7 @@ import type { Socket } from 'node:net';
 import type { SockgateError } from '../../proto/errors.js';
 import type { GatewayLink, LinkOptions } from './link.js';
 import type { FallbackInfo, SocketMeta, TransportName } from './socket.js';
+import type { DataConnectionInfo } from './smc-dial.js';
 
 /** A gateway socket opened (openForLink) or accepted (listen with `channels: true`), not yet linked: link it to a local socket, or destroy it. */
 export interface LinkableSocket {
@@ -23,6 +24,8 @@ export interface OpenedStream {
   remoteUri: string;
   /** Settles when the data plane says how the stream ended: undefined when cleanly (or unknown: tcp), else the error. */
   failure: Promise<SockgateError | undefined>;
+  /** How the kernel carries the tcp-plane data connection (tcp, or smc with its mode); undefined on other planes. */
+  dataConnection(): DataConnectionInfo | undefined;
   /** Destroy the local channel and close the socket on the gateway. */
   close(): Promise<void>;
 }

@@ -12,6 +12,7 @@ import { ConnectionResetError, fromServiceError, DatagramTooLargeError, SocketCl
 import type { ChannelDatagram } from '../../proto/wire.js';
 import type { ShmReadLoan } from './shm-channel.js';
 import { transportLabel, type TransportName } from '../../proto/transports.js';
+import { dataConnectionInfo, type DataConnectionInfo } from './smc-dial.js';
 
 // Transport names live in proto/transports.ts; these are the SDK's names for them.
 export { TRANSPORT_KINDS, transportLabel as transportNameOf, type TransportName } from '../../proto/transports.js';
@@ -108,6 +109,14 @@ export class GatewaySocket extends Duplex {
   }
   /** The attached channel; undefined until connected. */
   private inner: Duplex | undefined;
+  /**
+   * How the kernel carries the tcp-plane data connection: tcp, or smc with the
+   * mode the kernel chose or its fallback reason (SMC_DIAG, read now; see
+   * GatewayOptions.smc). Undefined before attach and on other planes.
+   */
+  dataConnection(): DataConnectionInfo | undefined {
+    return this.inner ? dataConnectionInfo(this.inner) : undefined;
+  }
   /**
    * Whether the channel's end must be confirmed over the control plane: the raw
    * tcp plane, whose FIN looks the same whether the destination ended or the

@@ -14,6 +14,7 @@ import type { Duplex } from 'node:stream';
 import { TransportKind, type Accepted, type TransportOffer } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError } from '../../proto/errors.js';
 import { startTcpAttach, type TcpAttach } from './attach-plane.js';
+import type { SmcDial } from './smc-dial.js';
 
 /** Nonce length: the gateway's attach token length (server/attach.ts ATTACH_TOKEN_BYTES). */
 const NONCE_BYTES = 32;
@@ -29,7 +30,11 @@ export interface EarlyAttach {
 export class ParallelOpen {
   #addr: { host: string; port: number } | undefined;
 
-  constructor(private readonly enabled: boolean) {}
+  constructor(
+    private readonly enabled: boolean,
+    /** GatewayOptions.smc: the early data connection is dialed the same way as the ordinary one. */
+    private readonly smc: SmcDial = 'off',
+  ) {}
 
   /** The data port seen in an accepted tcp offer (the next Connects may dial it at once). */
   learn(host: string, port: number): void {
@@ -41,7 +46,7 @@ export class ParallelOpen {
     const addr = this.#addr;
     if (!addr || offers[0]?.kind !== TransportKind.TRANSPORT_KIND_TCP) return { offers };
     const nonce = randomBytes(NONCE_BYTES);
-    const attach = startTcpAttach(addr, nonce, 'stream', signal);
+    const attach = startTcpAttach(addr, nonce, 'stream', signal, this.smc);
     // Settled by take() or drop(); a failure before then must not be unhandled.
     attach.reply.catch(() => {});
     return { offers: [{ ...offers[0], params: { $case: 'tcp', tcp: { openNonce: nonce } } }, ...offers.slice(1)], early: { nonce, ...addr, attach } };

@@ -8,6 +8,7 @@ import { Socket } from 'node:net';
 import type { Pump, SpliceEnd } from '../../native/index.js';
 import { AttachFailedError, ConnectionResetError, GatewayUnavailableError, SockgateError } from '../../proto/errors.js';
 import { attachTcp } from './attach-plane.js';
+import { isSmcDataConnection, smcDialOf } from './smc-dial.js';
 import { registerClientTransport, type ClientTransport, type ClientTransportContext } from './client-transport.js';
 import { takeFd } from './fd-handover.js';
 import { nativeLinkHandle, systemError, takeCaller, type GatewayLink, type LinkDeps, type LinkEnded, type OpenedChannel } from './link.js';
@@ -36,7 +37,7 @@ export class TcpTransport implements ClientTransport {
     // A vsock client dials the advertised vsock data port on the gateway's CID (host:port is not reachable from a VM).
     const viaVsock = this.ctx.vsock && vsockPort ? { cid: this.ctx.vsock.vsock.cid, port: vsockPort } : undefined;
     if (!viaVsock && mode === 'stream') this.ctx.parallel.learn(host, port);
-    return attachTcp(viaVsock ? { vsock: viaVsock } : { host, port }, accepted.attachToken, mode, opts.signal);
+    return attachTcp(viaVsock ? { vsock: viaVsock } : { host, port }, accepted.attachToken, mode, opts.signal, smcDialOf(this.ctx.options));
   }
 
   close(): void {}
@@ -100,6 +101,12 @@ registerClientTransport({
   name: 'tcp',
   unsupported: () => '',
   create: (ctx) => new TcpTransport(ctx),
-  nativeBlocker: ({ inner }) => (inner instanceof Socket ? '' : 'the tcp data connection has no descriptor'),
+  nativeBlocker: ({ inner }) =>
+    !(inner instanceof Socket)
+      ? 'the tcp data connection has no descriptor'
+      : // splice(2) through an SMC-R socket corrupted data in the lab (server/data-channel.ts NativeDataChannel.splices).
+        isSmcDataConnection(inner)
+        ? 'an SMC data connection is not spliced'
+        : '',
   linkNative: linkTcp,
 });

@@ -103,7 +103,7 @@ async function serve(opts: { config?: string; set: string[] }): Promise<void> {
   try {
     const config = loadConfig({ ...(opts.config ? { file: opts.config } : {}), env: process.env, sets: opts.set });
     // The composition root: the gateway reaches peer gateways through the SDK's public entry point.
-    gateway = new Gateway(config, { peerGateways: (via, credentials, o) => SdkGateway.connect(via, credentials, o) });
+    gateway = new Gateway(config, { peerGateways: (via, credentials, o) => SdkGateway.connect(via, { ...credentials, ...(o.smc ? { smc: o.smc } : {}) }, { deadlineMs: o.deadlineMs }) });
     await gateway.start();
   } catch (err) {
     fail(err);

@@ -45,7 +45,8 @@ export interface TestGateway {
 
 /** Start an in-process gateway with `overrides` merged over TEST_OVERRIDES. */
 /** The SDK as the gateway's peer connector, the way the CLI (composition root) injects it. */
-export const connectPeerGateway: PeerGatewayConnector = (via, credentials, opts) => SdkGateway.connect(via, credentials, opts);
+export const connectPeerGateway: PeerGatewayConnector = (via, credentials, opts) =>
+  SdkGateway.connect(via, { ...credentials, ...(opts.smc ? { smc: opts.smc } : {}) }, { deadlineMs: opts.deadlineMs });
 
 export async function startGateway(overrides: unknown = {}, sdkOptions: GatewayOptions = {}): Promise<TestGateway> {
   // Every gateway gets its own shm attach socket: several run side by side in one test process.

@@ -23,15 +23,16 @@ const silent = pino({ level: 'silent' });
 
 test('defaults: smc off everywhere, one diag dump per second at most', (t) => {
   const c = loadConfig();
-  t.deepEqual(c.smc, { data_port: false, ueids: [], pnets: [], diag_cache_ms: 1000 });
+  t.deepEqual(c.smc, { data_port: false, peer_dial: 'off', ueids: [], pnets: [], diag_cache_ms: 1000 });
   t.true(c.rules.every((r) => r.smc === 'off'));
 });
 
 test('smc section: UEIDs, PNET ids and a rule that prefers smc load', (t) => {
   const c = loadConfig({
-    sets: ['smc.data_port=true', 'smc.ueids=[SOCKGATE-LAB, A.B-1]', 'smc.pnets=[{id: SGNET, eth: eth0, ib: rxe0}]', `rules=[${RULE}]`],
+    sets: ['smc.data_port=true', 'smc.peer_dial=prefer', 'smc.ueids=[SOCKGATE-LAB, A.B-1]', 'smc.pnets=[{id: SGNET, eth: eth0, ib: rxe0}]', `rules=[${RULE}]`],
   });
   t.true(c.smc.data_port);
+  t.is(c.smc.peer_dial, 'prefer');
   t.deepEqual(c.smc.ueids, ['SOCKGATE-LAB', 'A.B-1']);
   t.deepEqual(c.smc.pnets, [{ id: 'SGNET', eth: 'eth0', ib: 'rxe0', ib_port: 1 }]);
   t.is(c.rules[0]!.smc, 'prefer');
@@ -50,6 +51,8 @@ test('bad smc config is refused with the key named', (t) => {
   bad(['smc.pnets=[{id: NET, ib_port: 0}]'], /smc\.pnets/);
   bad([`rules=[{name: r, action: allow, destinations: [10.0.0.0/8], smc: always}]`], /rules.*smc/s);
   bad(['smc.diag_cache_ms=-1'], /smc\.diag_cache_ms/);
+  bad(['smc.peer_dial=always'], /smc\.peer_dial/);
+  bad(['smc.peer_dial=true'], /smc\.peer_dial/);
 });
 
 test('policy says which rule prefers smc', (t) => {

@@ -12,12 +12,17 @@
  *   and the throughput. Prints one `SMC_GW {json}` line per stream.
  * Gateway-to-gateway: a's host socket and b's accepted host socket are the two
  * ends of one kernel SMC connection.
+ *
+ * Beside that, each round also runs the peer leg (smc-peer-leg.ts): a stream
+ * through a `peers` route whose data connection between the gateways is the
+ * SDK's, dialed as SMC (smc.peer_dial: prefer) or as plain TCP.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { loadConfig, mergeConfig } from '../../../server/config.js';
 import { Gateway } from '../../../server/gateway.js';
 import { Gateway as SdkGateway } from '../../../clients/sdk/index.js';
+import { servePeerSide, startDialers } from './smc-peer-leg.js';
 
 export const SMC_PORT = 7480;
 export const TCP_PORT = 7481;
@@ -29,7 +34,7 @@ const MIB = Number(process.env['SOCKGATE_SMC_MIB'] ?? '4');
 const ATTEMPTS = 120;
 const RETRY_MS = 500;
 /** b gives up waiting for a's "done" after this long (a's rounds take well under it). */
-const B_LIFETIME_MS = 240_000;
+const B_LIFETIME_MS = 420_000;
 
 const role = process.argv[2];
 const self = process.env['SOCKGATE_VM_ADDR'] ?? '10.99.0.1';
@@ -101,6 +106,7 @@ async function main(): Promise<void> {
   if (role === 'b') {
     await serve(sdk, SMC_PORT);
     await serve(sdk, TCP_PORT);
+    const stopPeer = await servePeerSide(self, say);
     const done = new Promise<void>((resolve) => {
       const d = createServer((c) => {
         c.destroy();
@@ -110,11 +116,17 @@ async function main(): Promise<void> {
     });
     say({ listening: true });
     await Promise.race([done, new Promise((r) => setTimeout(r, B_LIFETIME_MS).unref())]);
+    await stopPeer();
   } else {
+    const dialers = await startDialers(peer, say);
     for (let i = 0; i < ROUNDS; i++) {
       await stream(sdk, SMC_PORT);
       await stream(sdk, TCP_PORT);
+      await dialers.stream('smc', MIB);
+      await dialers.stream('tcp', MIB);
     }
+    await dialers.link(MIB);
+    await dialers.stop();
     await new Promise<void>((resolve) => netConnect(DONE_PORT, peer, () => resolve()).on('error', () => resolve()));
   }
   sdk.close();

@@ -393,7 +393,14 @@ export interface SocketInfo {
    * How the kernel carries the gateway's host socket (like smcss): tcp, udp or
    * smc, and for smc the mode the kernel chose or its fallback reason.
    */
-  hostSocket: HostSocket | undefined;
+  hostSocket:
+    | HostSocket
+    | undefined;
+  /**
+   * For a socket attached on the tcp plane through an SMC data port (config
+   * smc.data_port): how the kernel carries that data connection. Unset otherwise.
+   */
+  dataConnection: HostSocket | undefined;
 }
 
 /** The gateway's host socket as the kernel sees it. */
@@ -2814,6 +2821,7 @@ function createBaseSocketInfo(): SocketInfo {
     peer: undefined,
     fallbacksOmitted: 0,
     hostSocket: undefined,
+    dataConnection: undefined,
   };
 }
 
@@ -2866,6 +2874,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     }
     if (message.hostSocket !== undefined) {
       HostSocket.encode(message.hostSocket, writer.uint32(130).fork()).join();
+    }
+    if (message.dataConnection !== undefined) {
+      HostSocket.encode(message.dataConnection, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -3011,6 +3022,14 @@ export const SocketInfo: MessageFns<SocketInfo> = {
             message.hostSocket = HostSocket.decode(reader, reader.uint32());
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.dataConnection = HostSocket.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3083,6 +3102,11 @@ export const SocketInfo: MessageFns<SocketInfo> = {
         : isSet(object.host_socket)
         ? HostSocket.fromJSON(object.host_socket)
         : undefined,
+      dataConnection: isSet(object.dataConnection)
+        ? HostSocket.fromJSON(object.dataConnection)
+        : isSet(object.data_connection)
+        ? HostSocket.fromJSON(object.data_connection)
+        : undefined,
     };
   },
 
@@ -3136,6 +3160,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     if (message.hostSocket !== undefined) {
       obj.hostSocket = HostSocket.toJSON(message.hostSocket);
     }
+    if (message.dataConnection !== undefined) {
+      obj.dataConnection = HostSocket.toJSON(message.dataConnection);
+    }
     return obj;
   },
 
@@ -3161,6 +3188,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     message.fallbacksOmitted = object.fallbacksOmitted ?? 0;
     message.hostSocket = (object.hostSocket !== undefined && object.hostSocket !== null)
       ? HostSocket.fromPartial(object.hostSocket)
+      : undefined;
+    message.dataConnection = (object.dataConnection !== undefined && object.dataConnection !== null)
+      ? HostSocket.fromPartial(object.dataConnection)
       : undefined;
     return message;
   },
