@@ -169,6 +169,11 @@ export class ShmTransport implements Transport {
     return this.#budget.bytes(identity);
   }
 
+  /** Slots pre-issued to session `id` and unused (tests, diagnostics). */
+  preissuedOf(id: string): number {
+    return this.#book.byId.get(id)?.preissued ?? 0;
+  }
+
   /** Attached sessions right now. */
   get sessionCount(): number {
     return this.#byRegion.size;
