@@ -158,23 +158,29 @@ test.serial('naming another tenant\'s slot, an unissued slot, or a slot twice is
 });
 
 test.serial('the pre-issue bound holds, and pre-issued slots count against the session\'s slots', async (t) => {
-  const { gw, echo, sdk } = await setup(t, { max_preissued_slots: 3, slots_per_session: 8 });
+  const { gw, echo, sdk } = await setup(t, { max_preissued_slots: 3, slots_per_session: 10 });
   const held: Awaited<ReturnType<SdkGateway['connect']>>[] = [];
-  for (let i = 0; i < 5; i++) held.push(await sdk.connect(echo.uri));
+  const bounded = (when: string) => {
+    const [sess] = sessionsOf(sdk);
+    t.true(sess!.preissued.size <= 3, `${when}: the SDK holds ${sess!.preissued.size}`);
+    t.true(shmOf(gw).preissuedOf(sess!.id) <= 3, `${when}: the gateway counts ${shmOf(gw).preissuedOf(sess!.id)}`);
+  };
+  for (let i = 0; i < 3; i++) {
+    held.push(await sdk.connect(echo.uri));
+    bounded(`after connect ${i}`);
+  }
   const [sess] = sessionsOf(sdk);
-  t.true(sess!.preissued.size <= 3, `SDK holds ${sess!.preissued.size}`);
-  t.true(shmOf(gw).preissuedOf(sess!.id) <= 3, `gateway counts ${shmOf(gw).preissuedOf(sess!.id)}`);
-  // A client asking for far more gets no more than the bound.
+  t.is(shmOf(gw).preissuedOf(sess!.id), 3, 'topped up to the bound');
+  // A client asking for far more gets none past the bound.
   const raw = new SocketGatewayServiceClient(gw.target, credentials.createInsecure());
   t.teardown(() => raw.close());
   const hostId = readBootId((p) => readFileSync(p, 'utf8'));
   const res = await rpc(raw, raw.connect, { uri: echo.uri, offers: [{ kind: TransportKind.TRANSPORT_KIND_SHM, version: 1, params: { $case: 'shm', shm: { ringBytes: 0, hostId, sessionId: sess!.id, preissue: 1000, slot: 0 } } }], timeoutMs: 0, options: [] }, bearer(GOOD));
   const p = res.negotiation?.accepted?.params;
-  t.true(p?.$case === 'shm');
-  if (p?.$case === 'shm') t.true(p.shm.preissuedSlots.length <= 3 - sess!.preissued.size, `issued ${p.shm.preissuedSlots.length}`);
-  t.true(shmOf(gw).preissuedOf(sess!.id) <= 3);
-  // 7 socket slots: 5 held + 1 raw reservation + pre-issued ones never exceed them; the next sockets overflow, still on shm.
-  for (let i = 0; i < 4; i++) held.push(await sdk.connect(echo.uri));
+  t.true(p?.$case === 'shm' && p.shm.preissuedSlots.length === 0, 'none past the bound');
+  bounded('after asking for 1000');
+  // 9 socket slots: 3 sockets + 1 raw reservation + 3 pre-issued leave 2; the sockets after those overflow, still on shm.
+  for (let i = 0; i < 6; i++) held.push(await sdk.connect(echo.uri));
   t.true(held.every((s) => s.transport === 'shm'));
   t.true(sessionsOf(sdk).length >= 2, 'a full session (pre-issued slots included) overflowed');
   for (const s of held) {
