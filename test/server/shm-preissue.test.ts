@@ -21,7 +21,7 @@ import type { ShmClient } from '../../clients/sdk/attach-shm.js';
 import { SocketGatewayServiceClient, SocketState } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
 import { CtlType, readBootId } from '../../proto/shm-wire.js';
-import { PolicyDeniedError, ConnectRefusedError } from '../../proto/errors.js';
+import { ConnectRefusedError, GatewayUnavailableError, PolicyDeniedError } from '../../proto/errors.js';
 import { echoServer, hashUntilEnd, readAll, sendRandom, startGateway, within, type TestGateway } from '../helpers/harness.js';
 import { bearer, eventually, rpc, rpcError } from '../helpers/rpc.js';
 
@@ -189,7 +189,7 @@ test.serial('the pre-issue bound holds, and pre-issued slots count against the s
   }
 });
 
-test.serial('a denied or refused Connect gives its named slot back; ring bytes return', async (t) => {
+test.serial('a denied or refused Connect gives its named slot back; ring bytes return; one of unknown outcome is aborted', async (t) => {
   const closed = await new Promise<number>((resolve) => {
     const srv = createServer().listen(0, '127.0.0.1', () => {
       const port = (srv.address() as { port: number }).port;
@@ -215,6 +215,13 @@ test.serial('a denied or refused Connect gives its named slot back; ring bytes r
   t.is(binds(sdk), 1, 'still no BIND after the first two');
   s.destroy();
   t.true(await eventually(() => shmOf(gw).ringBytes() === base, 10_000), `ring bytes back to ${base} (now ${shmOf(gw).ringBytes()})`);
+  // A Connect whose outcome is unknown (the call was cut): the slot goes back to the gateway (ABORT), not to the pool.
+  const before = shmOf(gw).preissuedOf(sess!.id);
+  const lease = (sdk.shmClient as ShmClient).name((sdk.shmClient as ShmClient).offer())!;
+  lease.settle(undefined, new GatewayUnavailableError('Connection dropped'));
+  t.false(sess!.preissued.has(lease.offer.slot));
+  t.is(sess!.sent.get(CtlType.ABORT) !== undefined, true);
+  t.true(await eventually(() => shmOf(gw).preissuedOf(sess!.id) === before - 1, 10_000), 'the gateway freed it');
 });
 
 test.serial('old flow: an SDK that does not pre-issue, and a gateway that issues none, BIND every later socket', async (t) => {
