@@ -5,8 +5,8 @@
  * control slot (BIND), so connecting one costs no new mapping, fd passing or
  * connection; or, once the gateway pre-issued slots to the session
  * (shm-preissued.ts), name one in their Connect and find it linked when the
- * Connect answers: no BIND at all. A process-wide native pump watches every session's doorbell
- * and delivers the hints that wake the channels.
+ * Connect answers: no BIND at all. A process-wide native pump watches every
+ * session's doorbell and delivers the hints that wake the channels.
  *
  * The native addon is optional for the SDK: without it `shmSupport.available`
  * is false and the SDK offers tcp and grpc only.
