@@ -4,8 +4,9 @@
  * no payload byte enters the gateway's JS heap (native/SHM.md has the layout).
  * This file negotiates slots, attaches sessions, binds later sockets over a
  * session's control slot (or links them at their Connect, to a slot
- * pre-issued to the session and named in the offer) and ends sessions; the session model is in
- * shm-session.ts, ring accounting and autotuning in shm-ring-budget.ts.
+ * pre-issued to the session and named in the offer) and ends sessions; the
+ * session model is in shm-session.ts, ring accounting and autotuning in
+ * shm-ring-budget.ts.
  *
  * A client that corrupts its shared memory ends its own session only
  * (ERR_SOCKGATE_RING_CORRUPT on its sockets, logged and counted).

@@ -329,10 +329,13 @@ export class ShmClient {
     for (const s of primary ? [primary, ...this.#sessions.values()] : this.#sessions.values()) {
       const no = s.preissued.take((n) => s.idle(n));
       if (no === undefined) continue;
+      let settled = false;
       return {
         offer: { ...offer, sessionId: s.id, slot: no },
+        // Once: a Connect retried after its call was cut settles with the error, then again with the retry's answer.
         settle: (answer, err) => {
-          if (s.closed) return;
+          if (settled || s.closed) return;
+          settled = true;
           if (err === undefined) {
             // Taken: the socket rides it (linked, or as its reservation to BIND); else it is still ours.
             if (answer?.sessionId !== s.id || answer.slot !== no) s.preissued.put(no);
