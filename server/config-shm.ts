@@ -36,7 +36,7 @@ export const shmSchema = z
     shrink_idle_ms: z.number().int().min(0).max(3_600_000).default(5000),
     /**
      * Slots pre-issued to a session and not used yet, at most (ShmOffer.preissue: a later Connect names one and
-     * needs no BIND). They count against slots_per_session and are charged ring memory like reservations. 0 = none.
+     * needs no BIND). They count against slots_per_session; ring memory is charged when a Connect takes one. 0 = none.
      */
     max_preissued_slots: z.number().int().min(0).max(1024).default(16),
   })
