@@ -62,6 +62,8 @@ export class ConnectionResetError extends define('ERR_SOCKGATE_CONNECTION_RESET'
 export class HostSocketError extends define('ERR_SOCKGATE_HOST_SOCKET', status.UNAVAILABLE, 'host socket error') {}
 export class NoTransportError extends define('ERR_SOCKGATE_NO_TRANSPORT', status.FAILED_PRECONDITION, 'no offered transport could be used') {}
 export class AttachFailedError extends define('ERR_SOCKGATE_ATTACH_FAILED', status.UNAUTHENTICATED, 'attach token rejected') {}
+/** A Connect named an shm slot not pre-issued to the caller's session, or one in use (ShmOffer.slot). */
+export class SlotRefusedError extends define('ERR_SOCKGATE_SLOT_REFUSED', status.FAILED_PRECONDITION, 'pre-issued slot refused') {}
 export class ProtocolError extends define('ERR_SOCKGATE_PROTOCOL', status.INVALID_ARGUMENT, 'data-plane protocol violation') {}
 export class RingCorruptError extends define('ERR_SOCKGATE_RING_CORRUPT', status.DATA_LOSS, 'shared ring corrupted by peer') {}
 export class GatewayUnavailableError extends define('ERR_SOCKGATE_GATEWAY_UNAVAILABLE', status.UNAVAILABLE, 'gateway unavailable') {}
@@ -140,7 +142,7 @@ export const ERROR_CLASSES: ReadonlyMap<string, ErrorClass> = new Map(
       InvalidArgumentError, InvalidUriError, DatagramTooLargeError, PolicyDeniedError, UnauthenticatedError,
       LimitExceededError, SocketNotFoundError, WrongSocketKindError, SocketClosedError, ConnectRefusedError,
       HostUnreachableError, ConnectTimeoutError, DnsError, AddressInUseError, ConnectionResetError, HostSocketError,
-      NoTransportError, AttachFailedError, ProtocolError, RingCorruptError, GatewayUnavailableError,
+      NoTransportError, AttachFailedError, SlotRefusedError, ProtocolError, RingCorruptError, GatewayUnavailableError,
       ShuttingDownError, AbortedError, RdmaUnavailableError, RdmaProtocolError, RdmaTimeoutError,
       RdmaDeviceRemovedError, RdmaPortDownError, RdmaQpFatalError, RdmaDisconnectedError, NativeError, KernelRulesError,
       SocksProtocolError,

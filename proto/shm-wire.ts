@@ -25,8 +25,12 @@
  *
  *    client -> gateway: BIND (payload: the socket's attach token; the token is
  *    presented over the session, no new connection, mapping or fd), RELEASE
- *    (the client is done with the slot: close it once its link has ended),
- *    ABORT (the client dropped the socket: close the link now).
+ *    (the client is done with the slot: close it once its link has ended; or
+ *    gives back a pre-issued slot it does not want), ABORT (the client dropped
+ *    the socket: close the link now; or a Connect naming a pre-issued slot
+ *    ended with no known outcome: free it, or reset the socket it carries).
+ *    A socket whose Connect named a pre-issued slot (ShmOffer.slot, gRPC)
+ *    sends no BIND: it is linked when the Connect answers (native/SHM.md).
  *    gateway -> client: BOUND (payload: u16 status, then UTF-8 detail), END
  *    (payload: UTF-8 error code; the link ended abnormally, e.g.
  *    ERR_SOCKGATE_RING_CORRUPT, ECONNRESET, aborted).

@@ -5,6 +5,7 @@
  */
 import { DeclineReason, TransportKind, type Accepted, type Fallback, type NegotiationResult, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import type { AttachRegistry } from './attach.js';
+import { SlotRefusedError } from '../proto/errors.js';
 import { transportNameOfKind, type TransportName } from '../proto/transports.js';
 import type { Policy } from './policy.js';
 import { reasonName, transportName, type GatewaySocket } from './socket-table.js';
@@ -83,6 +84,8 @@ export class Negotiator {
       try {
         outcome = await transport.accept(offer, ctx);
       } catch (err) {
+        // A Connect naming a pre-issued slot it may not use is refused, not passed over to the next offer.
+        if (err instanceof SlotRefusedError) throw err;
         decline(DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, `transport ${name} failed: ${(err as Error).message}`);
         continue;
       }
@@ -110,7 +113,8 @@ export class Negotiator {
     socket.setFallbacks(decision.fallbacks);
     if (!decision.accepted) return { accepted: undefined, fallbacks: socket.fallbacks };
     const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire, notAfterMs, decision.nonce);
-    this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted);
-    return { accepted: { ...decision.accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: socket.fallbacks };
+    // The transport may amend the answer (shm: a pre-issued slot it could not link after all).
+    const accepted = this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted) ?? decision.accepted;
+    return { accepted: { ...accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: socket.fallbacks };
   }
 }

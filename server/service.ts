@@ -272,7 +272,7 @@ export function createServices(deps: ServiceDeps): { socket: SocketGatewayServic
           [ATTR.NETWORK_PEER_PORT]: target.uri.port,
         });
         const socketKind = target.uri.protocol === 'tcp' ? 'stream' : 'datagram';
-        const decision = await negotiator.decide(req.offers, { identity, socketKind, peer: call.getPeer() });
+        const decision = await negotiator.decide(req.offers, { identity, socketKind, peer: call.getPeer(), connect: true });
         noteNegotiation(span, decision);
         if (!decision.accepted) throw new NoTransportError(`no offered transport can be used: ${describeFallbacks(decision.fallbacks)}`);
         // Until the token is issued, a failure leaves what the transport reserved for nobody: give it back.

@@ -5,7 +5,9 @@
  * the named one is full), tie the reservation to the socket its token is
  * issued to, claim it once when the token is redeemed (the session's first
  * socket at attach, later ones with BIND), free it on release or expiry, and
- * forget sessions. Each transport supplies only its mechanics (slot numbering,
+ * forget sessions; and pre-issue slots of a live session in batches, which a
+ * later Connect of the same identity names (take) so its socket is linked
+ * before the Connect answers. Each transport supplies only its mechanics (slot numbering,
  * limits, what a reservation charges) through SlotRules, and its own
  * subclasses of SlotSession / SessionSlot for its state (region, connection).
  * native/SHM.md and native/RDMA.md describe the protocol.
@@ -38,11 +40,14 @@ export function echo(s: string): string {
 }
 
 /**
- * reserved: negotiated, waiting for its attach or bind; linking: claimed,
- * waiting for the session's connection (rdma's first socket); open: carries
- * its socket; closing: being closed, its number not reusable yet.
+ * issued: pre-issued to the session's client, unused (no timer: bounded per
+ * session, freed when given back or with the session); reserved: negotiated,
+ * waiting for its attach or bind (or, taken from the pre-issued ones, for its
+ * Connect to link it); linking: claimed, waiting for the session's connection
+ * (rdma's first socket); open: carries its socket; closing: being closed, its
+ * number not reusable yet.
  */
-export type SlotState = 'reserved' | 'linking' | 'open' | 'closing';
+export type SlotState = 'issued' | 'reserved' | 'linking' | 'open' | 'closing';
 
 /** One socket slot of a session. */
 export class SessionSlot<S extends SlotSession<any> = SlotSession<any>> {
@@ -53,6 +58,8 @@ export class SessionSlot<S extends SlotSession<any> = SlotSession<any>> {
   socket: GatewaySocket | undefined;
   /** The socket riding (or about to ride) the slot. */
   target: StreamSocket | undefined;
+  /** Taken from the pre-issued ones by a Connect (take): a Connect that fails gives it back (giveBack). */
+  preissued = false;
   constructor(
     readonly session: S,
     readonly no: number,
@@ -73,6 +80,8 @@ export class SlotSession<Sl extends SessionSlot<any> = SessionSlot<any>> {
   readonly slots = new Map<number, Sl>();
   /** Where the next free-slot search starts. */
   nextSlot = -1;
+  /** Slots in state 'issued' (pre-issued, unused). */
+  preissued = 0;
   /** Where offers naming this session go once all its slots are busy: a further session of the same client. */
   overflow: SlotSession<Sl> | undefined;
   /** The reservation whose client was told new_session first (it opens the connection). */
@@ -216,19 +225,83 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
       this.#perIdentity.set(who, this.countOf(who) + 1);
       trace(`${who}: new pending ${r.label} session ${created.id}${created.id !== offered ? ` (for ${echo(offered)}: new, another identity's, or all its slots busy)` : ''}`);
     }
-    session.nextSlot = r.firstSlot + ((no - r.firstSlot + 1) % r.slots);
-    const slot = r.newSlot(session, no);
-    session.slots.set(no, slot);
+    const slot = this.#add(session, no);
     const newSession = session.state === 'pending' && session.connector === undefined;
     if (newSession) session.connector = slot;
-    const s = session;
+    this.arm(slot);
+    return { ok: true, session, slot, newSession };
+  }
+
+  /** A reservation not claimed within the rules' reservationMs is freed. */
+  arm(slot: Sl): void {
+    clearTimeout(slot.timer);
     slot.timer = setTimeout(() => {
       if (slot.state !== 'reserved') return;
-      trace(`${r.label} session ${s.id}: reservation of slot ${no} expired`);
+      trace(`${this.rules.label} session ${slot.session.id}: reservation of slot ${slot.no} expired`);
       this.free(slot);
-    }, r.reservationMs);
+    }, this.rules.reservationMs);
     slot.timer.unref();
-    return { ok: true, session, slot, newSession };
+  }
+
+  /**
+   * Pre-issue up to `want` slots of live session `s` to its client, so that
+   * unused ones never exceed `max`; each takes a free number (it counts
+   * against the session's slots). Fewer (or none) when they run out. Returns
+   * their numbers. An unused slot holds no memory: it is charged when taken.
+   */
+  preissue(s: S, want: number, max: number): number[] {
+    const out: number[] = [];
+    if (s.state !== 'live' || s.removed) return out;
+    for (let n = Math.min(want, max - s.preissued); n > 0; n--) {
+      const no = this.#freeSlot(s);
+      if (no < 0) break;
+      this.#add(s, no).state = 'issued';
+      s.preissued++;
+      out.push(no);
+    }
+    if (out.length) trace(`${this.rules.label} session ${s.id}: pre-issued slots ${out.join(',')}`);
+    return out;
+  }
+
+  /**
+   * A Connect of `identity` names slot `no` of session `sessionId`: take it
+   * (reserved for that Connect, tied to nobody yet, charged like a
+   * reservation) if it is pre-issued to a live session of that identity and
+   * unused; else why not ('resource': the charge does not fit, the slot stays
+   * pre-issued). Another identity's session reads as no session (nothing
+   * about it is told).
+   */
+  take(identity: Identity, sessionId: string, no: number): { ok: true; session: S; slot: Sl } | { ok: false; why: 'refused' | 'resource'; detail: string } {
+    const label = this.rules.label;
+    const s = SESSION_ID_RE.test(sessionId) ? this.byId.get(sessionId) : undefined;
+    if (!s || s.identity.name !== identity.name || s.state !== 'live') {
+      return { ok: false, why: 'refused', detail: `${label} slot ${no} was not pre-issued to identity "${identity.name}": it holds no live ${label} session ${echo(sessionId)}` };
+    }
+    const slot = s.slots.get(no);
+    if (!slot) return { ok: false, why: 'refused', detail: `${label} slot ${no} of session ${s.id} is not pre-issued (never, or given back)` };
+    if (slot.state !== 'issued') return { ok: false, why: 'refused', detail: `${label} slot ${no} of session ${s.id} is in use` };
+    const full = this.rules.charge?.(identity.name, s, false);
+    if (full) return { ok: false, why: 'resource', detail: full };
+    slot.state = 'reserved';
+    slot.preissued = true;
+    s.preissued--;
+    return { ok: true, session: s, slot };
+  }
+
+  /** The Connect that took a pre-issued slot ended before linking it (refused, failed): the slot is its client's again. */
+  giveBack(slot: Sl): void {
+    const s = slot.session;
+    if (s.slots.get(slot.no) !== slot || slot.state !== 'reserved' || !slot.preissued || slot.socket !== undefined) return;
+    this.rules.slotFreed?.(slot);
+    slot.state = 'issued';
+    slot.preissued = false;
+    s.preissued++;
+  }
+
+  /** Free pre-issued slot `no` of `s` if it is still unused (an answer carrying it never reached its client). */
+  unissue(s: S, no: number): void {
+    const slot = s.slots.get(no);
+    if (slot?.state === 'issued') this.free(slot);
   }
 
   /** Tie the reservation (session id, slot) to the socket its token was issued to. False if there is none. */
@@ -247,7 +320,8 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
   /** Release a reservation no socket was issued for (its host connect failed), so the session's connector is free at once. */
   abandon(sessionId: string, slotNo: number): void {
     const slot = this.byId.get(sessionId)?.slots.get(slotNo);
-    if (slot && slot.state === 'reserved' && slot.socket === undefined) this.free(slot);
+    if (slot?.preissued) this.giveBack(slot);
+    else if (slot && slot.state === 'reserved' && slot.socket === undefined) this.free(slot);
   }
 
   /** The reservation `socket` holds, if any. */
@@ -304,7 +378,9 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
     if (s.slots.get(slot.no) !== slot) return;
     s.slots.delete(slot.no);
     if (s.connector === slot) s.connector = undefined;
-    this.rules.slotFreed?.(slot);
+    // An unused pre-issued slot was never charged.
+    if (slot.state === 'issued') s.preissued--;
+    else this.rules.slotFreed?.(slot);
     if (s.state === 'pending' && s.slots.size === 0) this.remove(s);
   }
 
@@ -337,6 +413,7 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
     this.retire(s);
     for (const slot of s.slots.values()) this.untie(slot);
     s.slots.clear();
+    s.preissued = 0;
     s.connector = undefined;
     s.overflow = undefined;
     this.rules.sessionReleased?.(s);
@@ -378,6 +455,15 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
       return `identity "${who}" holds ${this.countOf(who)} of ${maxSessionsPerIdentity} ${label} sessions (transports.${label}.max_sessions_per_identity)`;
     }
     return '';
+  }
+
+  /** Put a new slot `no` in `s` (reserved); the next search starts after it. */
+  #add(s: S, no: number): Sl {
+    const r = this.rules;
+    s.nextSlot = r.firstSlot + ((no - r.firstSlot + 1) % r.slots);
+    const slot = r.newSlot(s, no);
+    s.slots.set(no, slot);
+    return slot;
   }
 
   /** A free slot number, or -1 when every slot is taken. */

@@ -3,8 +3,10 @@
  * rings that the native pump drains into (and fills from) the host sockets, so
  * no payload byte enters the gateway's JS heap (native/SHM.md has the layout).
  * This file negotiates slots, attaches sessions, binds later sockets over a
- * session's control slot and ends sessions; the session model is in
- * shm-session.ts, ring accounting and autotuning in shm-ring-budget.ts.
+ * session's control slot (or links them at their Connect, to a slot
+ * pre-issued to the session and named in the offer) and ends sessions; the
+ * session model is in shm-session.ts, ring accounting and autotuning in
+ * shm-ring-budget.ts.
  *
  * A client that corrupts its shared memory ends its own session only
  * (ERR_SOCKGATE_RING_CORRUPT on its sockets, logged and counted).
@@ -13,7 +15,8 @@ import { readFileSync } from 'node:fs';
 import { whenReleased } from '../native/when-released.js';
 import type { Counter } from '@opentelemetry/api';
 import type { AttachListener, Eventfd, ShmRegion } from '../native/index.js';
-import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import { DeclineReason, TransportKind, type Accepted, type ShmAttach, type ShmOffer, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import { SlotRefusedError } from '../proto/errors.js';
 import type { Config } from './config.js';
 import type { Identity, Policy } from './policy.js';
 import type { ListenerEvent, PumpHub, RegionEvent } from '../native/pump-hub.js';
@@ -58,7 +61,9 @@ export const SHM_METRICS = {
   ringBytes: { name: 'sockgate.shm.ring_bytes', description: 'Ring bytes granted (both directions, every session)', unit: 'By' },
 } as const;
 
-export type RefusalReason = 'token' | 'identity' | 'no_session' | 'resource' | 'not_waiting' | 'malformed' | 'protocol' | 'shutting_down';
+export type RefusalReason = 'token' | 'identity' | 'no_session' | 'resource' | 'not_waiting' | 'malformed' | 'protocol' | 'shutting_down' | 'slot';
+
+type Answer = Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>;
 
 export interface ShmTransportOptions extends SessionTransportOptions {
   config: ShmConfig;
@@ -68,7 +73,8 @@ export interface ShmTransportOptions extends SessionTransportOptions {
 
 export class ShmTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_SHM;
-  readonly version = 1;
+  /** v2: pre-issued slots (ShmOffer.preissue / slot, ShmAttach.linked / preissued_slots); v1 clients never ask. */
+  readonly version = 2;
   /** Sessions by id (pending, live and refused ones) and their slots: the one slot-session book. */
   readonly #book: SlotBook<Session, Slot>;
   /** Live sessions by region id and by attach connection. */
@@ -79,6 +85,8 @@ export class ShmTransport implements Transport {
   /** What the control slot and a slot's data channel need of this transport. */
   readonly #controlHost: ControlHost;
   readonly #channelHost: SlotChannelHost;
+  /** Pre-issued slots taken by a Connect, by its answer's parameters (accept -> issued or abandoned). */
+  readonly #named = new WeakMap<ShmAttach, Slot>();
   #listener: AttachListener | undefined;
   #path = '';
   /** Inode of the socket file we bound, so stop() never removes a successor's file. */
@@ -162,6 +170,11 @@ export class ShmTransport implements Transport {
     return this.#budget.bytes(identity);
   }
 
+  /** Slots pre-issued to session `id` and unused (tests, diagnostics). */
+  preissuedOf(id: string): number {
+    return this.#book.byId.get(id)?.preissued ?? 0;
+  }
+
   /** Attached sessions right now. */
   get sessionCount(): number {
     return this.#byRegion.size;
@@ -182,7 +195,6 @@ export class ShmTransport implements Transport {
 
   accept(offer: TransportOffer, ctx: OfferContext): OfferOutcome {
     const decline = (reason: DeclineReason, detail: string): OfferOutcome => ({ ok: false, reason, detail });
-    const cfg = this.o.config;
     if (this.#closing || !this.#listener) return decline(DeclineReason.DECLINE_REASON_UNSUPPORTED, 'shm is stopping on this gateway');
     if (ctx.socketKind !== 'stream') return decline(DeclineReason.DECLINE_REASON_KIND_UNSUPPORTED, 'shm carries stream sockets only');
     const shm = offer.params?.$case === 'shm' ? offer.params.shm : undefined;
@@ -193,27 +205,92 @@ export class ShmTransport implements Transport {
     if (this.#bootId === '' || shm.hostId !== this.#bootId) {
       return decline(DeclineReason.DECLINE_REASON_NOT_COLOCATED, `client host ${echo(shm.hostId)} is not this gateway's host (boot id ${this.#bootId || 'unknown'})`);
     }
+    if (shm.slot !== 0) {
+      if (!ctx.connect) return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, 'a pre-issued shm slot (ShmOffer.slot) may be named in a Connect only');
+      return this.#acceptNamed(shm, ctx.identity);
+    }
     const r = this.#book.reserve(ctx.identity, shm.sessionId);
     if (!r.ok) return decline(r.reason, r.detail);
-    return {
-      ok: true,
-      accepted: {
-        kind: this.kind,
-        version: this.version,
-        // Any socket of a pending session may attach it (the client attaches once and binds the rest), hence not r.newSession.
-        params: { $case: 'shm', shm: { path: this.#path, ringBytes: cfg.initial_ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.session.state === 'pending', spinUs: cfg.spin_us } },
-      },
-    };
+    // Any socket of a pending session may attach it (the client attaches once and binds the rest), hence not r.newSession.
+    return this.#answer({ sessionId: r.session.id, slot: r.slot.no, newSession: r.session.state === 'pending', linked: false, preissuedSlots: this.#preissue(r.session, shm) });
   }
 
-  issued(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
+  /** A Connect names a slot pre-issued to its session: taken for it (linked in issued()), or the Connect is refused. */
+  #acceptNamed(shm: ShmOffer, identity: Identity): OfferOutcome {
+    const t = this.#book.take(identity, shm.sessionId, shm.slot);
+    if (!t.ok && t.why === 'resource') return { ok: false, reason: DeclineReason.DECLINE_REASON_RESOURCE_LIMIT, detail: t.detail };
+    if (!t.ok) {
+      this.o.metrics.recordAttach('shm', 'error');
+      this.#refuse('slot', t.detail, { identity: identity.name, slot: shm.slot });
+      throw new SlotRefusedError(t.detail);
+    }
+    const out = this.#answer({ sessionId: t.session.id, slot: t.slot.no, newSession: false, linked: true, preissuedSlots: this.#preissue(t.session, shm) });
+    if (out.ok && out.accepted.params?.$case === 'shm') this.#named.set(out.accepted.params.shm, t.slot);
+    return out;
+  }
+
+  /** Slots to pre-issue with this answer, as the offer asks (live sessions only; transports.shm.max_preissued_slots unused per session). */
+  #preissue(s: Session, shm: ShmOffer): number[] {
+    return shm.preissue > 0 ? this.#book.preissue(s, shm.preissue, this.o.config.max_preissued_slots) : [];
+  }
+
+  #answer(p: Pick<ShmAttach, 'sessionId' | 'slot' | 'newSession' | 'linked' | 'preissuedSlots'>): OfferOutcome {
+    const cfg = this.o.config;
+    return { ok: true, accepted: { kind: this.kind, version: this.version, params: { $case: 'shm', shm: { path: this.#path, ringBytes: cfg.initial_ring_bytes, spinUs: cfg.spin_us, ...p } } } };
+  }
+
+  issued(socket: GatewaySocket, accepted: Answer): Answer | void {
     if (accepted.params?.$case !== 'shm') return;
-    const { sessionId, slot } = accepted.params.shm;
-    if (!this.#book.issued(socket, sessionId, slot)) trace(`socket ${socket.id}: no reservation of slot ${slot} in session ${sessionId} to tie it to`);
+    const p = accepted.params.shm;
+    const named = this.#named.get(p);
+    if (named) {
+      this.#named.delete(p);
+      return this.#linkNamed(socket, accepted, p, named);
+    }
+    if (!this.#book.issued(socket, p.sessionId, p.slot)) trace(`socket ${socket.id}: no reservation of slot ${p.slot} in session ${p.sessionId} to tie it to`);
   }
 
-  abandoned(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
-    if (accepted.params?.$case === 'shm') this.#book.abandon(accepted.params.shm.sessionId, accepted.params.shm.slot);
+  /**
+   * Link the Connect's new socket to the pre-issued slot it named, before the
+   * answer goes out (a server that speaks first fills the ring at once). If
+   * it cannot be linked, the answer says so (linked: false) and the slot stays
+   * the socket's reservation, which the client BINDs as usual.
+   */
+  #linkNamed(socket: GatewaySocket, accepted: Answer, p: ShmAttach, slot: Slot): Answer | void {
+    const s = slot.session;
+    const unlinked = (why: string): Answer => {
+      trace(`socket ${socket.id}: pre-issued slot ${slot.no} of session ${s.id} not linked: ${why}`);
+      if (slot.state === 'reserved' && s.slots.get(slot.no) === slot) {
+        slot.preissued = false;
+        this.#book.arm(slot);
+      }
+      return { ...accepted, params: { $case: 'shm', shm: { ...p, linked: false } } };
+    };
+    // Given back meanwhile (the client aborted its Connect) or the session is going: the socket waits for an attach that will not come (its token expires).
+    if (this.#closing || s.state !== 'live' || s.slots.get(slot.no) !== slot || slot.state !== 'reserved') return unlinked('the slot or its session is gone');
+    if (!this.#book.issued(socket, s.id, slot.no)) return unlinked('no reservation to tie');
+    const claim = this.#book.claim(socket, { session: s, no: slot.no });
+    if (!claim.ok) return unlinked(claim.detail);
+    try {
+      s.region!.openSlot(slot.no, slot.size[0]);
+    } catch (err) {
+      return unlinked(`cannot open the slot: ${(err as Error).message}`);
+    }
+    if (!this.#link(s, slot.no, slot, claim.target)) return unlinked('the socket would not take it');
+    // Linked: the token in the answer is spent.
+    this.o.registry.revoke(socket);
+  }
+
+  abandoned(accepted: Answer): void {
+    if (accepted.params?.$case !== 'shm') return;
+    const p = accepted.params.shm;
+    const named = this.#named.get(p);
+    this.#named.delete(p);
+    if (named) this.#book.giveBack(named);
+    else this.#book.abandon(p.sessionId, p.slot);
+    // Slots pre-issued with an answer that never went out are free again.
+    const s = this.#book.byId.get(p.sessionId);
+    if (s) for (const no of p.preissuedSlots) this.#book.unissue(s, no);
   }
 
   /** A socket left the table: a reservation it still holds (it never attached) is freed at once. */
@@ -394,7 +471,8 @@ export class ShmTransport implements Transport {
     const slot = s.slots.get(slotNo);
     if (!slot) return; // already closed (e.g. a RELEASE after an END): nothing to do
     slot.released = true;
-    if (slot.state === 'reserved') return this.#book.free(slot);
+    // Unused (pre-issued, or reserved and never bound; a Connect naming it meanwhile is answered unlinked): freed now.
+    if (slot.state === 'reserved' || slot.state === 'issued') return this.#book.free(slot);
     if (slot.linkEnded) return this.#closeSlot(s, slotNo, slot);
     // A graceful release waits for the link to flush what the client sent; an abort closes it now.
     // An abort is a reset for the host peer too (the client's side was reset or dropped).

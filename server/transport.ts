@@ -25,6 +25,8 @@ export interface OfferContext {
   readonly socketKind: 'stream' | 'datagram';
   /** The control call's peer, as grpc-js reports it (`ipv4:1.2.3.4:5`, `unix:...`). */
   readonly peer: string;
+  /** A Connect (its offer may name a pre-issued shm slot); not a Negotiate or an inbound Accept. */
+  readonly connect?: boolean;
 }
 
 /** A transport's answer to one offer. Attach token and expiry are the gateway's to add. */
@@ -48,9 +50,11 @@ export interface Transport {
    * Told which socket an offer this transport accepted was issued to, once the
    * negotiator issued its attach token. A transport whose attach names no
    * reservation (rdma: the connect request carries the token only) ties what
-   * accept() reserved to the socket here.
+   * accept() reserved to the socket here; one that links the socket at once
+   * (shm: a pre-issued slot the Connect named) does so here, and may return
+   * amended parameters for the answer (it could not link after all).
    */
-  issued?(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
+  issued?(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'> | void;
   /** An offer this transport accepted will never be issued (the socket's host connect failed): release its reservation now. */
   abandoned?(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
   /** A socket left the table: what it still holds here (a reservation it never attached with) is released at once. */

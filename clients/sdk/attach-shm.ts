@@ -3,8 +3,10 @@
  * once, attached with the first shm socket's token), and a ShmChannel per
  * socket over its slot. Later sockets present their token over the session's
  * control slot (BIND), so connecting one costs no new mapping, fd passing or
- * connection. A process-wide native pump watches every session's doorbell
- * and delivers the hints that wake the channels.
+ * connection; or, once the gateway pre-issued slots to the session
+ * (shm-preissued.ts), name one in their Connect and find it linked when the
+ * Connect answers: no BIND at all. A process-wide native pump watches every
+ * session's doorbell and delivers the hints that wake the channels.
  *
  * The native addon is optional for the SDK: without it `shmSupport.available`
  * is false and the SDK offers tcp and grpc only.
@@ -17,6 +19,7 @@ import type { ClientSession, Pump, PumpLink, PumpStats, ShmRegion } from '../../
 import { shmDirProblem } from '../../native/shm-dir.js';
 import { whenReleased as whenReleasedNative } from '../../native/when-released.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
+import { PREISSUE_SLOTS, PreissuedSlots, slotAfterFailure } from './shm-preissued.js';
 import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../proto/errors.js';
 import {
   CONTROL_SLOT,
@@ -92,6 +95,10 @@ export type { ShmSlotLink } from './shm-channel.js';
 /** One attached session: region, doorbells, control stream, channels by slot. */
 class ClientShmSession implements ShmChannelSession {
   readonly channels = new Map<number, ShmChannel>();
+  /** Slots the gateway pre-issued to this session, unused. */
+  readonly preissued: PreissuedSlots;
+  /** Control messages sent, by type (tests assert the protocol: a named slot sends no BIND). */
+  readonly sent = new Map<CtlType, number>();
   /** BINDs waiting for their BOUND, by slot. */
   readonly #binds = new SlotBinds();
   /** Slots pumped natively (link.ts), by slot: an END or the session's loss resets them. */
@@ -113,6 +120,7 @@ class ClientShmSession implements ShmChannelSession {
     spinUs = 0,
   ) {
     this.region = cs.region;
+    this.preissued = new PreissuedSlots(cs.slotCount);
     this.#pump = clientPump.acquire(() => makePump(n));
     this.#pump.regions.set(this.region.id, (slots) => this.#hints(slots));
     this.#pump.spins.set(this.region.id, spinUs);
@@ -184,7 +192,7 @@ class ClientShmSession implements ShmChannelSession {
     if (this.#binds.has(slot) || this.channels.has(slot)) return Promise.reject(new AttachFailedError(`shm slot ${slot} of session ${this.id} is already in use here`));
     if (token.length > 1024) return Promise.reject(new AttachFailedError('attach token too long'));
     const answer = this.#binds.expect(slot);
-    this.#control.write(encodeCtl(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength)));
+    this.#send(CtlType.BIND, slot, Buffer.from(token.buffer, token.byteOffset, token.byteLength));
     return within(answer, timeoutMs, signal, `shm bind of slot ${slot}: no answer within ${timeoutMs} ms`, () => this.#binds.forget(slot));
   }
 
@@ -216,7 +224,21 @@ class ClientShmSession implements ShmChannelSession {
 
   release(slot: number, abort: boolean): void {
     if (this.#closed) return;
-    this.#control.write(encodeCtl(abort ? CtlType.ABORT : CtlType.RELEASE, slot));
+    this.#send(abort ? CtlType.ABORT : CtlType.RELEASE, slot);
+  }
+
+  #send(type: CtlType, slot: number, payload?: Buffer): void {
+    this.sent.set(type, (this.sent.get(type) ?? 0) + 1);
+    this.#control.write(encodeCtl(type, slot, payload));
+  }
+
+  /** Whether slot `no` is free here for a new socket (no channel, link or BIND of an earlier one left on it). */
+  idle(no: number): boolean {
+    return !this.#closed && !this.channels.has(no) && !this.#links.has(no) && !this.#binds.has(no);
+  }
+
+  get closed(): boolean {
+    return this.#closed;
   }
 
   channelClosed(slot: number, ch: ShmChannel): void {
@@ -266,6 +288,15 @@ class ClientShmSession implements ShmChannelSession {
 export interface ShmClientOptions {
   /** Host id to offer instead of this host's boot id (tests; unusual setups). */
   hostId?: string;
+  /** Slots to keep pre-issued per session (default PREISSUE_SLOTS); 0: never ask (every socket BINDs after its Connect). */
+  preissue?: number;
+}
+
+/** A pre-issued slot named in a Connect's offer, until the Connect's outcome settles it. */
+export interface NamedSlot {
+  readonly offer: ShmOffer;
+  /** The Connect answered (`answer`: its shm parameters, if shm was accepted) or failed (`err`). */
+  settle(answer: ShmAttach | undefined, err?: unknown): void;
 }
 
 /** The shm side of one SDK Gateway object. */
@@ -278,15 +309,45 @@ export class ShmClient {
   /** Sessions being attached, by id: concurrent sockets wait for the one attach. */
   readonly #attaching = new Map<string, Promise<ClientShmSession>>();
   #closed = false;
+  readonly #preissue: number;
 
   constructor(options: ShmClientOptions = {}) {
     if (!native) throw new AttachFailedError(`shm is not available: ${shmSupport.reason}`);
     this.hostId = options.hostId ?? readBootId((p) => readFileSync(p, 'utf8'));
+    this.#preissue = Math.max(0, Math.min(options.preissue ?? PREISSUE_SLOTS, 1024));
   }
 
-  /** The ShmOffer for a socket. */
+  /** The ShmOffer for a socket: it asks for pre-issued slots while its attached session holds fewer than wanted. */
   offer(): ShmOffer {
-    return { ringBytes: 0, hostId: this.hostId, sessionId: this.sessionId };
+    const s = this.#sessions.get(this.sessionId);
+    return { ringBytes: 0, hostId: this.hostId, sessionId: this.sessionId, preissue: s ? Math.max(0, this.#preissue - s.preissued.size) : 0, slot: 0 };
+  }
+
+  /** `offer` naming a slot pre-issued to one of our sessions (the primary first), if one is held and idle. */
+  name(offer: ShmOffer): NamedSlot | undefined {
+    const primary = this.#sessions.get(this.sessionId);
+    for (const s of primary ? [primary, ...this.#sessions.values()] : this.#sessions.values()) {
+      const no = s.preissued.take((n) => s.idle(n));
+      if (no === undefined) continue;
+      let settled = false;
+      return {
+        offer: { ...offer, sessionId: s.id, slot: no },
+        // Once: a Connect retried after its call was cut settles with the error, then again with the retry's answer.
+        settle: (answer, err) => {
+          if (settled || s.closed) return;
+          settled = true;
+          if (err === undefined) {
+            // Taken: the socket rides it (linked, or as its reservation to BIND); else it is still ours.
+            if (answer?.sessionId !== s.id || answer.slot !== no) s.preissued.put(no);
+            return;
+          }
+          const after = slotAfterFailure(err);
+          if (after === 'keep') s.preissued.put(no);
+          else if (after === 'abort') s.release(no, true);
+        },
+      };
+    }
+    return undefined;
   }
 
   /** Attached sessions (tests and diagnostics). */
@@ -302,6 +363,13 @@ export class ShmClient {
     if (!p.path.startsWith('/')) throw new AttachFailedError(`shm attach: the gateway gave no usable socket path (${JSON.stringify(p.path.slice(0, 64))})`);
     if (!SESSION_ID_RE.test(p.sessionId) || p.slot === CONTROL_SLOT) throw new AttachFailedError('shm attach: malformed session or slot from the gateway');
     let s = this.#sessions.get(p.sessionId);
+    if (p.linked) {
+      // The slot we named carries the socket already: no BIND.
+      s ??= await this.#attaching.get(p.sessionId);
+      if (!s) throw new AttachFailedError(`shm attach: the gateway linked slot ${p.slot} of session ${p.sessionId}, which this client does not hold`);
+      s.preissued.add(p.preissuedSlots);
+      return s.open(p.slot, label);
+    }
     if (!s) {
       let attaching = this.#attaching.get(p.sessionId);
       if (!attaching) {
@@ -326,6 +394,7 @@ export class ShmClient {
       }
       s = await attaching;
     }
+    s.preissued.add(p.preissuedSlots);
     await s.bind(p.slot, token, opts.signal, timeoutMs);
     return s.open(p.slot, label);
   }

@@ -56,8 +56,11 @@ export interface GatewayOptions {
   transports?: readonly TransportName[];
   /** Default deadline of control calls in ms. */
   deadlineMs?: number;
-  /** shm: the host id to offer instead of this host's boot id (tests, unusual setups). */
-  shm?: { hostId?: string };
+  /**
+   * shm: the host id to offer instead of this host's boot id (tests, unusual setups); slots to keep pre-issued per
+   * session (default 16; 0: every socket BINDs its slot after its Connect, the v1 flow).
+   */
+  shm?: { hostId?: string; preissue?: number };
   /** rdma: receive ring bytes per socket, credits and keepalive of this client's connections. */
   rdma?: RdmaClientOptions;
   /**

@@ -326,7 +326,10 @@ export class Gateway {
     trace(`connect ${uri}: offering ${offers.map((o) => transportNameOf(o.kind)).join(',')}`);
     // tcp first and the data port known: its data connection opens alongside the Connect (tcp-parallel.ts).
     let par = this.parallel.begin(req.offers, callOpts.signal);
-    const res = await this.unary(this.client.connect, { ...req, offers: par.offers }, callOpts).catch((err: unknown) => {
+    // A pre-issued shm slot named in the offer: the Connect answers with the socket linked to it (attach-shm.ts).
+    const lease = this.attacher.lease(par.offers);
+    const res = await this.unary(this.client.connect, { ...req, offers: lease.offers }, callOpts).catch((err: unknown) => {
+      lease.settle(undefined, err);
       this.parallel.drop(par.early);
       par = { offers: req.offers };
       // A call started on a connection the gateway dropped a moment later (it died, or restarts) is
@@ -337,6 +340,7 @@ export class Gateway {
       }
       throw err;
     });
+    lease.settle(res.negotiation?.accepted);
     trace(`connect ${uri}: socket ${res.socketId}, gateway accepted ${res.negotiation?.accepted ? transportNameOf(res.negotiation.accepted.kind) : 'none'}`);
     return this.attachStream(res.socketId, res.localUri, res.remoteUri, res.negotiation, offers, local, callOpts, this.parallel.take(par.early, res.negotiation?.accepted));
   }

@@ -37,6 +37,21 @@ export class TransportAttacher extends ClientTransports {
     return { offer: { kind: TRANSPORT_KINDS[name], version: 1, params: this.get(name).offer() } };
   }
 
+  /**
+   * `offers` with a slot pre-issued to the shm session named in its shm offer,
+   * if the shm client holds one (attach-shm.ts); settle() with the Connect's
+   * answer or error, so an unused slot goes back to the client's pool.
+   */
+  lease(offers: TransportOffer[]): { offers: TransportOffer[]; settle(accepted: Accepted | undefined, err?: unknown): void } {
+    const i = offers.findIndex((o) => o.params?.$case === 'shm');
+    const o = offers[i];
+    const named = o?.params?.$case === 'shm' ? this.shmClient?.name(o.params.shm) : undefined;
+    if (!o || !named) return { offers, settle: () => {} };
+    const out = [...offers];
+    out[i] = { ...o, params: { $case: 'shm', shm: named.offer } };
+    return { offers: out, settle: (accepted, err) => named.settle(accepted?.params?.$case === 'shm' ? accepted.params.shm : undefined, err) };
+  }
+
   /** Attach with the accepted transport. */
   attach(accepted: Accepted, mode: 'stream' | 'datagram', opts: CallOpts, socketId = ''): Promise<Duplex> {
     const name = transportNameOf(accepted.kind) as TransportName;

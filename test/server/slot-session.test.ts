@@ -4,7 +4,8 @@
  * session, the ring charge and its release, the tie of a reservation to the
  * socket at issue and the one claim after a token is redeemed (only the
  * socket the reservation was issued to claims it), socketRemoved, refusal
- * memory. rdma's rules are covered in transport-rdma.test.ts.
+ * memory, and pre-issued slots (bound, take by the owner once, charged on
+ * take, given back). rdma's rules are covered in transport-rdma.test.ts.
  */
 import test from 'ava';
 import { Socket } from 'node:net';
@@ -127,4 +128,42 @@ test('socketRemoved frees a reservation at once; refuse() declines offers naming
   await new Promise((res) => setTimeout(res, 80));
   const fresh = b.reserve(alice, 'alice-session-1');
   t.true(fresh.ok && fresh.newSession && fresh.slot.no === 1, 'forgotten after its memory: the id starts over');
+});
+
+test('pre-issue: live sessions only, bounded, taking a slot number each; take by owner once, charged on take; giveBack and unissue', (t) => {
+  const alice = identity('alice');
+  const mallory = identity('mallory');
+  const events: string[] = [];
+  const b = book(35, events); // 10 bytes a charge: the reservation, the overflow's and one take fit
+  const r = b.reserve(alice, 'alice-session-1');
+  if (!r.ok) return t.fail('declined');
+  t.deepEqual(b.preissue(r.session, 5, 5), [], 'a pending session gets none');
+  r.session.state = 'live';
+  t.deepEqual(b.preissue(r.session, 5, 1), [2], 'at most the bound unused');
+  t.deepEqual(b.preissue(r.session, 5, 5), [3], 'at most the free slot numbers (3 socket slots)');
+  t.is(r.session.preissued, 2);
+  t.like(b.reserve(alice, 'alice-session-1'), { ok: true, newSession: true }, 'a full session (pre-issued slots count) overflows');
+  const detail = (x: ReturnType<typeof b.take>) => (x.ok ? 'ok' : `${x.why}: ${x.detail}`);
+  // Another identity (told nothing of the owner), a malformed id, a slot in use: refused.
+  t.regex(detail(b.take(mallory, 'alice-session-1', 2)), /^refused: .*not pre-issued to identity "mallory"/);
+  t.notRegex(detail(b.take(mallory, 'alice-session-1', 2)), /alice"/);
+  t.regex(detail(b.take(alice, 'no', 2)), /^refused/);
+  t.regex(detail(b.take(alice, 'alice-session-1', 1)), /^refused: .*in use/);
+  const took = b.take(alice, 'alice-session-1', 2);
+  if (!took.ok) return t.fail(detail(took));
+  t.true(took.slot.state === 'reserved' && took.slot.preissued);
+  t.regex(detail(b.take(alice, 'alice-session-1', 2)), /^refused: .*in use/, 'not twice');
+  t.regex(detail(b.take(alice, 'alice-session-1', 3)), /^resource: cap reached/, 'the take is charged: over the cap');
+  t.is(r.session.slots.get(3)?.state, 'issued', 'a take over the cap leaves the slot pre-issued');
+  t.is(r.session.preissued, 1);
+  b.giveBack(took.slot);
+  t.is(took.slot.state, 'issued');
+  t.is(r.session.preissued, 2);
+  t.true(events.includes('freed alice-session-1/2'), 'giving back returns the charge');
+  b.unissue(r.session, 3);
+  t.false(r.session.slots.has(3));
+  t.false(events.includes('freed alice-session-1/3'), 'an unused pre-issued slot was never charged');
+  t.is(r.session.preissued, 1);
+  b.remove(r.session);
+  t.is(r.session.preissued, 0);
 });

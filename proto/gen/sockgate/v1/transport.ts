@@ -200,6 +200,21 @@ export interface ShmOffer {
    * (one mapping, one fd passing). Unset: the client has no session to share.
    */
   sessionId: string;
+  /**
+   * Pre-issued slots (shm v2, native/SHM.md): how many more slots of its
+   * attached session the client would like pre-issued in the answer
+   * (ShmAttach.preissued_slots), so that a later Connect can name one. The
+   * gateway issues at most transports.shm.max_preissued_slots unused ones per
+   * session. 0: none (the reserve + BIND flow only).
+   */
+  preissue: number;
+  /**
+   * A slot of `session_id` pre-issued to this client and not used yet: the
+   * gateway links the new socket to it before it answers (ShmAttach.linked),
+   * so no BIND follows. A slot not pre-issued to this identity's session, or
+   * in use, fails the Connect (ERR_SOCKGATE_SLOT_REFUSED). 0: none.
+   */
+  slot: number;
 }
 
 export interface RdmaOffer {
@@ -257,6 +272,19 @@ export interface ShmAttach {
    * native/SHM.md), so one setting governs both ends. 0: never spin.
    */
   spinUs: number;
+  /**
+   * True: the socket already rides `slot`, the pre-issued slot the offer
+   * named; the client opens its channel on it and sends no BIND (the token is
+   * spent). False: attach or BIND as `new_session` says.
+   */
+  linked: boolean;
+  /**
+   * Slots of `session_id` pre-issued to this client in this answer (asked
+   * for with ShmOffer.preissue; only once the session is attached). Each is
+   * the client's until it names it in a Connect or gives it back (RELEASE),
+   * or the session ends.
+   */
+  preissuedSlots: number[];
 }
 
 export interface RdmaAttach {
@@ -537,7 +565,7 @@ export const TcpOffer: MessageFns<TcpOffer> = {
 };
 
 function createBaseShmOffer(): ShmOffer {
-  return { ringBytes: 0, hostId: "", sessionId: "" };
+  return { ringBytes: 0, hostId: "", sessionId: "", preissue: 0, slot: 0 };
 }
 
 export const ShmOffer: MessageFns<ShmOffer> = {
@@ -550,6 +578,12 @@ export const ShmOffer: MessageFns<ShmOffer> = {
     }
     if (message.sessionId !== "") {
       writer.uint32(26).string(message.sessionId);
+    }
+    if (message.preissue !== 0) {
+      writer.uint32(32).uint32(message.preissue);
+    }
+    if (message.slot !== 0) {
+      writer.uint32(40).uint32(message.slot);
     }
     return writer;
   },
@@ -591,6 +625,22 @@ export const ShmOffer: MessageFns<ShmOffer> = {
             message.sessionId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.preissue = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.slot = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -620,6 +670,8 @@ export const ShmOffer: MessageFns<ShmOffer> = {
         : isSet(object.session_id)
         ? globalThis.String(object.session_id)
         : "",
+      preissue: isSet(object.preissue) ? globalThis.Number(object.preissue) : 0,
+      slot: isSet(object.slot) ? globalThis.Number(object.slot) : 0,
     };
   },
 
@@ -634,6 +686,12 @@ export const ShmOffer: MessageFns<ShmOffer> = {
     if (message.sessionId !== "") {
       obj.sessionId = message.sessionId;
     }
+    if (message.preissue !== 0) {
+      obj.preissue = Math.round(message.preissue);
+    }
+    if (message.slot !== 0) {
+      obj.slot = Math.round(message.slot);
+    }
     return obj;
   },
 
@@ -645,6 +703,8 @@ export const ShmOffer: MessageFns<ShmOffer> = {
     message.ringBytes = object.ringBytes ?? 0;
     message.hostId = object.hostId ?? "";
     message.sessionId = object.sessionId ?? "";
+    message.preissue = object.preissue ?? 0;
+    message.slot = object.slot ?? 0;
     return message;
   },
 };
@@ -916,7 +976,16 @@ export const GrpcAttach: MessageFns<GrpcAttach> = {
 };
 
 function createBaseShmAttach(): ShmAttach {
-  return { path: "", ringBytes: 0, sessionId: "", slot: 0, newSession: false, spinUs: 0 };
+  return {
+    path: "",
+    ringBytes: 0,
+    sessionId: "",
+    slot: 0,
+    newSession: false,
+    spinUs: 0,
+    linked: false,
+    preissuedSlots: [],
+  };
 }
 
 export const ShmAttach: MessageFns<ShmAttach> = {
@@ -938,6 +1007,16 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     }
     if (message.spinUs !== 0) {
       writer.uint32(48).uint32(message.spinUs);
+    }
+    if (message.linked !== false) {
+      writer.uint32(56).bool(message.linked);
+    }
+    if (message.preissuedSlots.length !== 0) {
+      writer.uint32(66).fork();
+      for (const v of message.preissuedSlots) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -1003,6 +1082,32 @@ export const ShmAttach: MessageFns<ShmAttach> = {
             message.spinUs = reader.uint32();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.linked = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag === 64) {
+              message.preissuedSlots.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 66) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.preissuedSlots.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1039,6 +1144,12 @@ export const ShmAttach: MessageFns<ShmAttach> = {
         : isSet(object.spin_us)
         ? globalThis.Number(object.spin_us)
         : 0,
+      linked: isSet(object.linked) ? globalThis.Boolean(object.linked) : false,
+      preissuedSlots: globalThis.Array.isArray(object?.preissuedSlots)
+        ? object.preissuedSlots.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.preissued_slots)
+        ? object.preissued_slots.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -1062,6 +1173,12 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     if (message.spinUs !== 0) {
       obj.spinUs = Math.round(message.spinUs);
     }
+    if (message.linked !== false) {
+      obj.linked = message.linked;
+    }
+    if (message.preissuedSlots?.length) {
+      obj.preissuedSlots = message.preissuedSlots.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -1076,6 +1193,8 @@ export const ShmAttach: MessageFns<ShmAttach> = {
     message.slot = object.slot ?? 0;
     message.newSession = object.newSession ?? false;
     message.spinUs = object.spinUs ?? 0;
+    message.linked = object.linked ?? false;
+    message.preissuedSlots = object.preissuedSlots?.map((e) => e) || [];
     return message;
   },
 };
