@@ -393,7 +393,24 @@ export interface SocketInfo {
    * How the kernel carries the gateway's host socket (like smcss): tcp, udp or
    * smc, and for smc the mode the kernel chose or its fallback reason.
    */
-  hostSocket: HostSocket | undefined;
+  hostSocket:
+    | HostSocket
+    | undefined;
+  /**
+   * Moves of the socket's data channel to another transport while it was
+   * open (RDMA live failover), oldest first; `transport` is where it is now.
+   */
+  moves: TransportMove[];
+}
+
+/** One move of a live socket's data channel (native/RDMA.md "Live failover"). */
+export interface TransportMove {
+  from: TransportKind;
+  to: TransportKind;
+  /** Why: the failed connection's ERR_SOCKGATE_RDMA_* code. */
+  cause: string;
+  /** Unix epoch milliseconds when the socket moved. */
+  atMs: number;
 }
 
 /** The gateway's host socket as the kernel sees it. */
@@ -2814,6 +2831,7 @@ function createBaseSocketInfo(): SocketInfo {
     peer: undefined,
     fallbacksOmitted: 0,
     hostSocket: undefined,
+    moves: [],
   };
 }
 
@@ -2866,6 +2884,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     }
     if (message.hostSocket !== undefined) {
       HostSocket.encode(message.hostSocket, writer.uint32(130).fork()).join();
+    }
+    for (const v of message.moves) {
+      TransportMove.encode(v!, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -3011,6 +3032,14 @@ export const SocketInfo: MessageFns<SocketInfo> = {
             message.hostSocket = HostSocket.decode(reader, reader.uint32());
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.moves.push(TransportMove.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3083,6 +3112,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
         : isSet(object.host_socket)
         ? HostSocket.fromJSON(object.host_socket)
         : undefined,
+      moves: globalThis.Array.isArray(object?.moves)
+        ? object.moves.map((e: any) => TransportMove.fromJSON(e))
+        : [],
     };
   },
 
@@ -3136,6 +3168,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     if (message.hostSocket !== undefined) {
       obj.hostSocket = HostSocket.toJSON(message.hostSocket);
     }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => TransportMove.toJSON(e));
+    }
     return obj;
   },
 
@@ -3162,6 +3197,128 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     message.hostSocket = (object.hostSocket !== undefined && object.hostSocket !== null)
       ? HostSocket.fromPartial(object.hostSocket)
       : undefined;
+    message.moves = object.moves?.map((e) => TransportMove.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTransportMove(): TransportMove {
+  return { from: 0, to: 0, cause: "", atMs: 0 };
+}
+
+export const TransportMove: MessageFns<TransportMove> = {
+  encode(message: TransportMove, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.from !== 0) {
+      writer.uint32(8).int32(message.from);
+    }
+    if (message.to !== 0) {
+      writer.uint32(16).int32(message.to);
+    }
+    if (message.cause !== "") {
+      writer.uint32(26).string(message.cause);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(32).uint64(message.atMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransportMove {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransportMove();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.from = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.to = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cause = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TransportMove {
+    return {
+      from: isSet(object.from) ? transportKindFromJSON(object.from) : 0,
+      to: isSet(object.to) ? transportKindFromJSON(object.to) : 0,
+      cause: isSet(object.cause) ? globalThis.String(object.cause) : "",
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: TransportMove): unknown {
+    const obj: any = {};
+    if (message.from !== 0) {
+      obj.from = transportKindToJSON(message.from);
+    }
+    if (message.to !== 0) {
+      obj.to = transportKindToJSON(message.to);
+    }
+    if (message.cause !== "") {
+      obj.cause = message.cause;
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TransportMove>): TransportMove {
+    return TransportMove.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TransportMove>): TransportMove {
+    const message = createBaseTransportMove();
+    message.from = object.from ?? 0;
+    message.to = object.to ?? 0;
+    message.cause = object.cause ?? "";
+    message.atMs = object.atMs ?? 0;
     return message;
   },
 };
