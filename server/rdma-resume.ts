@@ -19,10 +19,12 @@ import { AttachStatus } from '../proto/wire.js';
 import { encodeResumeReply, RESUME_BAD_POSITION, type ResumeRequestParse } from '../proto/resume-wire.js';
 import type { RdmaEvent } from '../native/pump-hub.js';
 import { TransportKind } from '../proto/gen/sockgate/v1/transport.js';
-import type { HostOption, NativeLinkEnd, NativeLinkEvents } from './data-channel.js';
+import type { NativeLinkEnd, NativeLinkEvents } from './data-channel.js';
 import type { GatewaySocket } from './gateway-socket.js';
 import { applyHostOption } from './host-option.js';
-import type { RdmaSession, RdmaSlot, SlotLink } from './rdma-sessions.js';
+import type { MovedLink, RdmaSession, RdmaSlot, SlotLink } from './rdma-sessions.js';
+
+export type { MovedLink } from './rdma-sessions.js';
 
 const trace = tracer('rdma');
 
@@ -60,13 +62,6 @@ export interface Resumable {
   expired(end: NativeLinkEnd): void;
 }
 
-/** The data-port relay a resumed socket continues on. */
-export interface MovedLink {
-  readonly ended: Promise<NativeLinkEnd>;
-  close(): Promise<NativeLinkEnd>;
-  shutdownHost(read: boolean, write: boolean): void;
-  setHostOption(o: HostOption): void;
-}
 
 interface Entry {
   r: Resumable;

@@ -8,8 +8,15 @@
 import type { RawRdmaConn } from '../native/index.js';
 import type { Identity } from './policy.js';
 import { SessionSlot, SlotBook, SlotSession, echo } from './slot-session.js';
-import type { NativeLinkEnd, NativeLinkEvents } from './transport.js';
-import type { MovedLink } from './rdma-resume.js';
+import type { HostOption, NativeLinkEnd, NativeLinkEvents } from './transport.js';
+
+/** Live failover: the data-port relay a resumed socket continues on (server/rdma-resume.ts). */
+export interface MovedLink {
+  readonly ended: Promise<NativeLinkEnd>;
+  close(): Promise<NativeLinkEnd>;
+  shutdownHost(read: boolean, write: boolean): void;
+  setHostOption(o: HostOption): void;
+}
 
 export { echo };
 

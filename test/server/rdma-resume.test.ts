@@ -20,6 +20,9 @@ import { ResumeBook, type MovedLink, type Resumable } from '../../server/rdma-re
 import { resumeOnDataPort, type SuspendedSlot } from '../../clients/sdk/rdma-resume.js';
 import type { NativeLinkEnd } from '../../server/data-channel.js';
 import { startGateway } from '../helpers/harness.js';
+import { formatStatusTable } from '../../server/cli/index.js';
+import { SocketKind, SocketState, type SocketInfo } from '../../proto/gen/sockgate/v1/sockgate.js';
+import { TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const quiet = { info() {}, warn() {}, error() {}, debug() {} } as unknown as Logger;
@@ -333,4 +336,34 @@ test('gateways: without resume_ms the data port answers a resume VERSION_MISMATC
       await gw.stop();
     }
   }
+});
+
+test('sdk: a data port that never answers fails the resume within its bound; the descriptor stays the caller\'s', async (t) => {
+  const silent = createServer((s) => s.on('data', () => {}));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  const pump = new Pump();
+  const [appFd, appJsFd] = native.socketpair();
+  t.teardown(() => {
+    silent.close();
+    pump.close();
+  });
+  const { cl } = cut(Buffer.alloc(0), Buffer.alloc(0), { hAcked: 0, hDelivered: 0, hSent: 0, hRead: 0, aAcked: 0, aDelivered: 0, aSent: 0, aRead: 0 }, { hostFd: -1, appFd });
+  const started = Date.now();
+  await t.throwsAsync(resumeOnDataPort({ host: '127.0.0.1', port: (silent.address() as { port: number }).port, token: resumeToken(randomBytes(16)) }, cl, { pump, native, timeoutMs: 300 }), {
+    message: /no resume reply within 300 ms/,
+  });
+  t.true(Date.now() - started < 5_000);
+  // Still open and ours: closing it succeeds (EBADF would throw).
+  t.notThrows(() => native.closeFd(appFd));
+  native.closeFd(appJsFd);
+});
+
+test('status: the TRANSPORT column shows a moved socket as tcp<-rdma (causes in --json)', (t) => {
+  const base = { socketId: 's1', identity: 'anon', kind: SocketKind.SOCKET_KIND_STREAM, state: SocketState.SOCKET_STATE_OPEN, localUri: 'tcp://a:1', remoteUri: 'tcp://b:2', fallbackReason: 0, fallbacks: [], fallbacksOmitted: 0, bytesIn: 0, bytesOut: 0, bufferedBytes: 0, createdAtMs: 0, peer: undefined, hostSocket: undefined };
+  const moved = { ...base, transport: TransportKind.TRANSPORT_KIND_TCP, moves: [{ from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP, cause: 'ERR_SOCKGATE_RDMA_DEVICE_REMOVED', atMs: 1 }] };
+  const plain = { ...base, socketId: 's2', transport: TransportKind.TRANSPORT_KIND_RDMA, moves: [] };
+  const table = formatStatusTable([moved, plain] as unknown as SocketInfo[], 0);
+  t.regex(table.split('\n')[1]!, /\btcp<-rdma\b/);
+  t.regex(table.split('\n')[2]!, /\brdma\b/);
+  t.notRegex(table.split('\n')[2]!, /<-/);
 });
