@@ -51,7 +51,7 @@ if (!IN_VM) {
   test.after.always(() => linkAdd());
 
   for (const dir of ['up', 'down'] as const) {
-    test.serial(`rdma link delete during a 32 MiB transfer ${dir === 'up' ? 'SDK -> gateway' : 'gateway -> SDK'}: the socket moves to tcp without an error, SHA-256 matches, status shows tcp<-rdma`, async (t) => {
+    test.serial(`failover: rdma link delete during a 32 MiB transfer ${dir === 'up' ? 'SDK -> gateway' : 'gateway -> SDK'}: the socket moves to tcp without an error, SHA-256 matches, status shows tcp<-rdma`, async (t) => {
       t.timeout(10 * 60_000);
       linkAdd();
       const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW });
@@ -90,7 +90,7 @@ if (!IN_VM) {
     });
   }
 
-  test.serial('a peer that never comes back: the gateway ends its suspended socket within resume_ms (counted expired)', async (t) => {
+  test.serial('failover: a peer that never comes back: the gateway ends its suspended socket within resume_ms (counted expired)', async (t) => {
     t.timeout(5 * 60_000);
     linkAdd();
     const before = metric(await failoverMetrics(), 'sockgate_rdma_failovers_total', 'outcome="expired"');
