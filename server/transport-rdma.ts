@@ -523,6 +523,7 @@ export class RdmaTransport implements Transport {
     // slotEnd events normally came first; a socket still on the connection fails with the connection's code.
     for (const slot of s.slots.values()) {
       if (slot.link?.suspended) continue;
+      if (slot.resumeToken) this.resume.untrack(slot.resumeToken);
       slot.link?.settle(failed ? { reason: 'error', errno: e.errno, code: e.code } : { reason: 'aborted', errno: e.errno });
     }
     if (failed) this.#failures.add(1, { code: e.code });
