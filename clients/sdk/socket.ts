@@ -178,6 +178,8 @@ export class GatewaySocket extends Duplex {
     inner.on('moved', (m: GatewaySocket['moves'][number]) => {
       this.moves.push(m);
       this.transport = m.to;
+      // A FIN on the tcp data connection looks the same when the gateway dies: confirm ends from now on.
+      this.confirmEof = true;
     });
     this.socketId = meta.socketId;
     this.transport = meta.transport;
