@@ -62,7 +62,6 @@ export interface Resumable {
   expired(end: NativeLinkEnd): void;
 }
 
-
 interface Entry {
   r: Resumable;
   suspension?: Suspension;
@@ -102,7 +101,11 @@ export class ResumeBook {
     if (!e) return;
     this.#byToken.delete(key);
     clearTimeout(e.timer);
-    if (e.waiting) this.#refuse(e.waiting.sock, AttachStatus.WRONG_TOKEN, 'the socket ended');
+    if (e.waiting) {
+      clearTimeout(e.waiting.timer);
+      this.#waiting--;
+      this.#refuse(e.waiting.sock, AttachStatus.WRONG_TOKEN, 'the socket ended');
+    }
     if (e.suspension) this.o.native.closeFd(e.suspension.hostFd, true);
   }
 
