@@ -270,6 +270,12 @@ export interface RdmaRegionOptions {
   pollUs?: number;
   /** Print the flow state (credits, cursors) every keepalive tick: callers pass isTracerEnabled('rdma-flow'). */
   trace?: boolean;
+  /**
+   * Live failover (native/RDMA.md "Live failover"): ask for the RESUME flag; when
+   * both ends set it, a failing connection suspends its open slots (`suspended`
+   * events hand over each fd, positions and unacknowledged bytes) instead of closing them.
+   */
+  resume?: boolean;
 }
 
 export interface RdmaListenOptions extends RdmaRegionOptions {
@@ -321,8 +327,12 @@ export interface RawRdmaConn {
   shutdownSlot(slot: number, read: boolean, write: boolean): void;
   /** setsockopt(int) on a linked slot's fd; false when the slot has no fd. */
   setSlotSockopt(slot: number, level: number, name: number, value: number): boolean;
-  /** Disconnect; every open slot ends with ECONNABORTED, then `closed`. */
-  close(): void;
+  /**
+   * Disconnect; every open slot ends with ECONNABORTED, then `closed`. With
+   * `fail` the connection fails instead (ERR_SOCKGATE_RDMA_DISCONNECTED): the
+   * open slots of a resumable connection suspend (live failover).
+   */
+  close(fail?: boolean): void;
 }
 
 /**
@@ -357,7 +367,33 @@ export type RdmaEvent =
    * The slot is free again (both sides sent CLOSE, or the connection ended).
    * reason: ok (both directions finished) | reset (the peer aborted) | aborted (closeSlot) | error.
    */
-  | { type: 'rdma'; rdma: number; event: 'slotEnd'; slot: number; reason: 'ok' | 'reset' | 'aborted' | 'error'; errno: number; code: string; totalToFd: number; totalToPeer: number };
+  /**
+   * Live failover: the connection failed (`code`) under an open slot of a
+   * resumable connection. The slot's socket `fd` is now the caller's (open,
+   * out of the pump); `inPos` = bytes of the peer's stream written to it,
+   * `outAcked` = the peer's last CONSUMED, `outSent` = bytes posted to the
+   * peer, `outPos` = bytes read from fd; `tail` = those read bytes from
+   * outAcked on (outPos - outAcked of them). fdEof: fd gave EOF; peerEof: the
+   * peer's EOF arrived; wrShut: shutdown(fd, SHUT_WR) done. The slot's
+   * `slotEnd` (reason suspended) follows.
+   */
+  | {
+      type: 'rdma';
+      rdma: number;
+      event: 'suspended';
+      slot: number;
+      code: string;
+      fd: number;
+      inPos: bigint;
+      outAcked: bigint;
+      outSent: bigint;
+      outPos: bigint;
+      fdEof: boolean;
+      peerEof: boolean;
+      wrShut: boolean;
+      tail: Buffer;
+    }
+  | { type: 'rdma'; rdma: number; event: 'slotEnd'; slot: number; reason: 'ok' | 'reset' | 'aborted' | 'error' | 'suspended'; errno: number; code: string; totalToFd: number; totalToPeer: number };
 
 /** One verbs device as `rdma.devices()` lists it. */
 export interface RdmaDevice {
@@ -454,6 +490,7 @@ export interface RdmaBinding {
     MAX_RING_LOG2: number;
     MAX_SLOTS: number;
     FLAG_ACCEPT: number;
+    FLAG_RESUME: number;
     IMM_BLOCKED: number;
     IMM_WRAP: number;
   };
@@ -496,7 +533,8 @@ export interface NativeBinding {
   Listener: new (pump: RawPump, path: string, backlog?: number) => RawListener;
   attach(path: string, token: Uint8Array, timeoutMs?: number, version?: number): Promise<RawAttachResult>;
   dupFd(fd: number): number;
-  closeFd(fd: number): void;
+  /** close(2); with `reset`, SO_LINGER 0 first (a TCP peer sees RST, not a clean FIN). */
+  closeFd(fd: number, reset?: boolean): void;
   setsockoptInt(fd: number, level: number, name: number, value: number): void;
   getsockoptInt(fd: number, level: number, name: number): number;
   socketpair(): [number, number];

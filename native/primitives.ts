@@ -6,8 +6,8 @@ import { call } from './translate-error.js';
 export function dupFd(fd: number): number {
   return call(() => binding.dupFd(fd));
 }
-export function closeFd(fd: number): void {
-  call(() => binding.closeFd(fd));
+export function closeFd(fd: number, reset = false): void {
+  call(() => binding.closeFd(fd, reset));
 }
 /** Set an int socket option, e.g. `setsockopt(fd, 'SO_SNDBUF', 1 << 20)`. */
 export function setsockopt(fd: number, name: 'SO_SNDBUF' | 'SO_RCVBUF', value: number): void {

@@ -38,6 +38,7 @@ transports:
     slots: 16
     credits: 64
     keepalive_ms: 5000
+    resume_ms: 0
     poll_us: 0
     max_sessions: 256
     max_sessions_per_identity: 16
@@ -189,13 +190,9 @@ const rdmaSchema = z
     /** Receive work requests the gateway posts per connection (flow-control credits of the peer). */
     credits: z.number().int().min(4).max(1024).default(64),
     /** Idle keepalive interval; a connection silent for 3 intervals fails its sockets (ERR_SOCKGATE_RDMA_TIMEOUT). 0 = off. */
-    keepalive_ms: z
-      .number()
-      .int()
-      .min(0)
-      .max(3_600_000)
-      .refine((v) => v === 0 || v >= 100, { message: 'expected 0 (off) or at least 100' })
-      .default(5000),
+    keepalive_ms: z.number().int().min(0).max(3_600_000).refine((v) => v === 0 || v >= 100, { message: 'expected 0 (off) or at least 100' }).default(5000),
+    /** Live failover: a socket whose connection fails waits this long (ms) for the client's resume on the tcp data port, else ends with the connection's ERR_SOCKGATE_RDMA_* error. 0 = off (native/RDMA.md "Live failover"). */
+    resume_ms: z.number().int().min(0).max(600_000).default(0),
     /**
      * Busy-poll each connection's completion queue up to this long (µs) before
      * arming its completion channel and sleeping; adaptive (halves while idle,

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events';
 import { SockgateError } from '../proto/errors.js';
 import type { Identity } from './policy.js';
 import { DeclineReason, TransportKind, declineReasonToJSON, type Fallback } from '../proto/gen/sockgate/v1/transport.js';
+import type { TransportMove } from '../proto/gen/sockgate/v1/sockgate.js';
 import { SocketKind, SocketState, socketStateToJSON, type HostSocket, type PeerHop, type SocketInfo } from '../proto/gen/sockgate/v1/sockgate.js';
 import { tracer } from '../native/trace.js';
 import type { IdentityByteBudgets } from './datagram-queue.js';
@@ -60,6 +61,8 @@ export abstract class GatewaySocket extends EventEmitter {
   transport: TransportKind = TransportKind.TRANSPORT_KIND_UNSPECIFIED;
   /** Offers passed over during negotiation, in order: the first `maxFallbacks` of them (setFallbacks). */
   fallbacks: Fallback[] = [];
+  /** Moves of the open socket's data channel (RDMA live failover), oldest first. */
+  moves: TransportMove[] = [];
   /** Fallbacks beyond `maxFallbacks`, counted but not kept. */
   fallbacksOmitted = 0;
   /** Fallbacks kept per socket (limits.max_fallbacks_per_socket; the table sets it). */
@@ -155,6 +158,7 @@ export abstract class GatewaySocket extends EventEmitter {
       localUri: this.localUri,
       remoteUri: this.remoteUri,
       transport: this.transport,
+      moves: this.moves,
       fallbackReason: this.fallbackReason,
       fallbacks: this.fallbacks,
       fallbacksOmitted: this.fallbacksOmitted,

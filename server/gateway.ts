@@ -83,6 +83,8 @@ export class Gateway {
   private readonly health = new HealthImplementation(Object.fromEntries(HEALTH_SERVICE_NAMES.map((n) => [n, 'NOT_SERVING'])));
   private readonly registry: AttachRegistry<GatewaySocket>;
   private readonly tcp: TcpTransport;
+  /** The data-port host clients are told (TcpAttach.host, RdmaAttach.resume_host). */
+  private readonly tcpAdvertiseHost: string;
   private readonly grpc: GrpcTransport;
   private readonly transports: Map<TransportKind, Transport>;
   /** `peers` routes: host sockets opened through peer gateways (their SDK connections are closed at stop). */
@@ -127,10 +129,11 @@ export class Gateway {
     const data = splitListenAddress(config.listen.data);
     if ('path' in data) throw new Error('listen.data must be host:port');
     this.smc = new HostSmc(config.smc, this.logger, this.telemetry.meter);
+    this.tcpAdvertiseHost = config.transports.data_host ?? (data.host === '0.0.0.0' || data.host === '::' ? '127.0.0.1' : data.host);
     this.tcp = new TcpTransport({
       host: data.host,
       port: data.port,
-      advertiseHost: config.transports.data_host ?? (data.host === '0.0.0.0' || data.host === '::' ? '127.0.0.1' : data.host),
+      advertiseHost: this.tcpAdvertiseHost,
       highWatermark: hwm,
       maxDatagramBytes: config.socket.max_datagram_bytes,
       registry: this.registry,
@@ -420,12 +423,15 @@ export class Gateway {
       tokenTtlMs: this.config.transports.attach_token_ttl_ms,
       native,
       hub: () => this.hub(native),
+      dataPort: () => ({ host: this.tcpAdvertiseHost, port: this.tcp.port }),
+      highWatermark: this.config.socket.high_watermark_bytes,
       registry: this.registry,
       metrics: this.telemetry.metrics,
       meter: this.telemetry.meter,
       logger: this.logger,
     });
     await rdma.start();
+    if (rdma.resume.enabled) this.tcp.acceptResumes((sock, req) => rdma.resume.accept(sock, req));
     this.rdma = rdma;
     this.transports.set(TransportKind.TRANSPORT_KIND_RDMA, rdma);
   }

@@ -8,7 +8,15 @@
 import type { RawRdmaConn } from '../native/index.js';
 import type { Identity } from './policy.js';
 import { SessionSlot, SlotBook, SlotSession, echo } from './slot-session.js';
-import type { NativeLinkEnd, NativeLinkEvents } from './transport.js';
+import type { HostOption, NativeLinkEnd, NativeLinkEvents } from './transport.js';
+
+/** Live failover: the data-port relay a resumed socket continues on (server/rdma-resume.ts). */
+export interface MovedLink {
+  readonly ended: Promise<NativeLinkEnd>;
+  close(): Promise<NativeLinkEnd>;
+  shutdownHost(read: boolean, write: boolean): void;
+  setHostOption(o: HostOption): void;
+}
 
 export { echo };
 
@@ -19,12 +27,18 @@ export interface SlotLink {
   settled: boolean;
   /** closeSlot() was asked for. */
   closing: boolean;
+  /** Live failover: the connection failed under the socket, which waits for its resume (the slot is gone). */
+  suspended?: boolean;
+  /** Live failover: the socket continues on the tcp data port through this relay. */
+  moved?: MovedLink;
   settle(end: NativeLinkEnd): void;
 }
 
 /** One socket slot of an rdma session (linking: the first socket, waiting for `established`). */
 export class RdmaSlot extends SessionSlot<RdmaSession> {
   link: SlotLink | undefined;
+  /** Live failover: the token a resume names this slot's socket by (from the short attach token it was linked with). */
+  resumeToken: Buffer | undefined;
 }
 
 /** A client session: at most one RC connection, and its slots. */

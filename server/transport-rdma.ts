@@ -19,6 +19,8 @@ import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
 import type { GatewaySocket, StreamSocket } from './socket-table.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
+import { resumeToken } from '../proto/resume-wire.js';
+import { ResumeBook, failoverHooks } from './rdma-resume.js';
 
 const trace = tracer('rdma');
 /** SOCKGATE_TRACE=rdma-flow: the native connections print their flow state (credits, cursors) every keepalive tick. */
@@ -34,6 +36,7 @@ export const RDMA_METRICS = {
   refused: { name: 'sockgate.rdma.refusals', description: 'rdma connection requests and binds refused, by reason', unit: '{attach}' },
   failures: { name: 'sockgate.rdma.connection_failures', description: 'rdma connections that failed, by code', unit: '{connection}' },
   sessions: { name: 'sockgate.rdma.sessions', description: 'rdma client sessions with a connection (connecting or established)', unit: '{session}' },
+  failovers: { name: 'sockgate.rdma.failovers', description: 'sockets whose rdma connection failed: resumed on the tcp data port, expired or refused, by cause', unit: '{socket}' },
 } as const;
 
 export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down';
@@ -42,6 +45,9 @@ export interface RdmaTransportOptions extends SessionTransportOptions {
   config: RdmaConfig;
   /** The gateway's shared pump, created on first use (only when rdma listens). */
   hub: () => PumpHub;
+  /** The tcp data port clients resume on (live failover, with config resume_ms > 0). */
+  dataPort?: () => { host: string; port: number };
+  highWatermark?: number;
 }
 
 export class RdmaTransport implements Transport {
@@ -58,6 +64,9 @@ export class RdmaTransport implements Transport {
   readonly #byConn = new Map<number, RdmaSession>();
   readonly #refusals: SlotRefusals;
   readonly #failures: Counter;
+  /** Live failover: suspended sockets waiting for their resume on the data port. */
+  readonly resume: ResumeBook;
+  readonly #failover: ReturnType<typeof failoverHooks>;
 
   constructor(private readonly o: RdmaTransportOptions) {
     const cfg = o.config;
@@ -70,6 +79,16 @@ export class RdmaTransport implements Transport {
     const m = o.meter;
     this.#refusals = new SlotRefusals(m, RDMA_METRICS.refused, o.logger, 'rdma');
     this.#failures = m.createCounter(RDMA_METRICS.failures.name, { description: RDMA_METRICS.failures.description, unit: RDMA_METRICS.failures.unit });
+    const moves = m.createCounter(RDMA_METRICS.failovers.name, { description: RDMA_METRICS.failovers.description, unit: RDMA_METRICS.failovers.unit });
+    this.resume = new ResumeBook({
+      resumeMs: o.dataPort ? cfg.resume_ms : 0,
+      native: o.native,
+      pump: () => o.hub().pump,
+      logger: o.logger,
+      highWatermark: o.highWatermark ?? 1 << 20,
+      record: (outcome, cause) => moves.add(1, { outcome, cause }),
+    });
+    this.#failover = failoverHooks(this.resume, o.native, (s) => s.conn?.close(true));
     m.createObservableGauge(RDMA_METRICS.sessions.name, { description: RDMA_METRICS.sessions.description, unit: RDMA_METRICS.sessions.unit }).addCallback((r) =>
       r.observe(this.sessionCount),
     );
@@ -98,7 +117,7 @@ export class RdmaTransport implements Transport {
   /** The receive region this side registers per connection. */
   get #region(): RdmaRegionOptions {
     const c = this.o.config;
-    return { ringLog2: Math.log2(c.ring_bytes), slots: c.slots, credits: c.credits, keepaliveMs: c.keepalive_ms, pollUs: c.poll_us, trace: FLOW_TRACE };
+    return { ringLog2: Math.log2(c.ring_bytes), slots: c.slots, credits: c.credits, keepaliveMs: c.keepalive_ms, pollUs: c.poll_us, trace: FLOW_TRACE, resume: this.resume.enabled };
   }
 
   async start(): Promise<void> {
@@ -149,10 +168,16 @@ export class RdmaTransport implements Transport {
         version: this.version,
         params: {
           $case: 'rdma',
-          rdma: { address: cfg.address, port: listener.port, ringBytes: cfg.ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.newSession, slots: cfg.slots },
+          rdma: { address: cfg.address, port: listener.port, ringBytes: cfg.ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.newSession, slots: cfg.slots, ...this.#resumeParams() },
         },
       },
     };
+  }
+
+  /** Where and how long a socket of this gateway may resume (RdmaAttach.resume_*; port 0 = no failover). */
+  #resumeParams(): { resumeHost: string; resumePort: number; resumeMs: number } {
+    const d = this.resume.enabled ? this.o.dataPort?.() : undefined;
+    return d && d.port ? { resumeHost: d.host, resumePort: d.port, resumeMs: this.o.config.resume_ms } : { resumeHost: '', resumePort: 0, resumeMs: 0 };
   }
 
   issued(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
@@ -240,6 +265,7 @@ export class RdmaTransport implements Transport {
     slot.timer = undefined;
     slot.state = 'linking';
     slot.target = claim.target;
+    slot.resumeToken = resumeToken(e.token);
     s.state = 'connecting';
     s.conn = conn;
     s.peer = e.peer;
@@ -274,6 +300,8 @@ export class RdmaTransport implements Transport {
       case 'peerEof':
         this.#liveLink(s, e.slot)?.events.clientEnded?.();
         return;
+      case 'suspended':
+        return this.#failover.suspended(s, e);
       case 'slotEnd':
         return this.#slotEnd(s, e);
       case 'closed':
@@ -337,6 +365,7 @@ export class RdmaTransport implements Transport {
     if (!slot) return refuse('no_session', `slot ${no} is not reserved in session ${s.id} (socket ${target.id})`);
     const claim = this.sessions.claim(target, { session: s, no });
     if (!claim.ok) return refuse(claim.reason, claim.detail);
+    slot.resumeToken = resumeToken(token);
     if (!this.#link(s, slot, claim.target)) this.#closeUnlinked(s, slot);
   }
 
@@ -386,6 +415,7 @@ export class RdmaTransport implements Transport {
         slot.state = 'open';
         const link = this.#slotLink(events);
         slot.link = link;
+        this.#failover.track(s, slot, link);
         const call = <T>(fn: () => T): T => {
           try {
             return fn();
@@ -395,13 +425,14 @@ export class RdmaTransport implements Transport {
         };
         return {
           ended: link.ended,
-          close: () => this.#abortSlot(s, slot, link),
+          close: () => (link.suspended ? this.#failover.close(link) : this.#abortSlot(s, slot, link)),
           shutdownHost: (read: boolean, write: boolean) => {
+            if (link.moved) return link.moved.shutdownHost(read, write);
             if (link.settled) throw new SocketClosedError(`the rdma link of slot ${slot.no} has ended`);
             call(() => conn.shutdownSlot(slot.no, read, write));
           },
           setHostOption: (o: HostOption) =>
-            applyHostOption(
+            link.moved ? link.moved.setHostOption(o) : applyHostOption(
               {
                 setHostSockopt: (name: HostSockopt, value: number) => {
                   const level = name.startsWith('TCP_') ? native.constants.IPPROTO_TCP : native.constants.SOL_SOCKET;
@@ -473,7 +504,8 @@ export class RdmaTransport implements Transport {
   #slotEnd(s: RdmaSession, e: Extract<RdmaEvent, { event: 'slotEnd' }>): void {
     const slot = s.slots.get(e.slot);
     if (!slot || slot.state === 'reserved' || slot.state === 'linking') return;
-    if (slot.link) {
+    if (slot.resumeToken && e.reason !== 'suspended') this.resume.untrack(slot.resumeToken);
+    if (slot.link && !slot.link.suspended) {
       const reason: NativeLinkEnd['reason'] = e.reason === 'ok' ? 'ok' : e.reason === 'error' ? 'error' : 'aborted';
       slot.link.settle(e.code ? { reason, errno: e.errno, code: e.code } : { reason, errno: e.errno });
       if (e.reason === 'error') trace(`session ${s.id}: slot ${e.slot} ended: ${e.code || `errno ${e.errno}`}`);
@@ -490,6 +522,8 @@ export class RdmaTransport implements Transport {
     const failed = e.code !== 'ok' && !idleDisconnect;
     // slotEnd events normally came first; a socket still on the connection fails with the connection's code.
     for (const slot of s.slots.values()) {
+      if (slot.link?.suspended) continue;
+      if (slot.resumeToken) this.resume.untrack(slot.resumeToken);
       slot.link?.settle(failed ? { reason: 'error', errno: e.errno, code: e.code } : { reason: 'aborted', errno: e.errno });
     }
     if (failed) this.#failures.add(1, { code: e.code });
@@ -557,6 +591,7 @@ export class RdmaTransport implements Transport {
       );
     }
     await Promise.all(waits);
+    this.resume.close();
     this.#closeListener();
   }
 }

@@ -26,6 +26,7 @@ import type { HostSocket } from '../proto/gen/sockgate/v1/sockgate.js';
 import { isSmcSocket } from './host-smc.js';
 import { AttachStatus, DatagramFramer, encodeReply, parsePreamble } from '../proto/wire.js';
 import { tracer } from '../native/trace.js';
+import { isResumeRequest, parseResumeRequest, type ResumeRequestParse } from '../proto/resume-wire.js';
 
 const trace = tracer('tcp');
 
@@ -80,6 +81,8 @@ export interface TcpTransportOptions {
   smc?: { listenFd(host: string, port: number, backlog: number): number; track(sock: object, fd: number, side: string): void; describe(sock: object): HostSocket };
   /** The vsock data port guests are told (TcpAttach.vsock_port) when their listeners are run elsewhere (vmm-listeners.ts, vsock-listeners.ts). */
   vsockPort?: number;
+  /** RDMA live failover: takes a resumable attach (preamble version 2) off the data port; unset, such a preamble is VERSION_MISMATCH. */
+  resume?: (sock: Socket, req: Extract<ResumeRequestParse, { state: 'ok' }>) => void;
 }
 
 /** A data connection handed in by another listener (a VM's): who it is for the bounds, and whose sockets it may attach. */
@@ -121,6 +124,14 @@ export class TcpTransport implements Transport {
 
   get port(): number {
     return this.boundPort;
+  }
+
+  /** RDMA live failover: where resumable attaches go (set once the rdma plane started). */
+  private resumeHook: TcpTransportOptions['resume'];
+
+  /** Take resumable attaches (preamble version 2) from now on; undefined: refuse them (VERSION_MISMATCH). */
+  acceptResumes(hook: TcpTransportOptions['resume']): void {
+    this.resumeHook = hook;
   }
 
   /** Relay stream sockets natively from now on (undefined: back to the JS relay). */
@@ -250,6 +261,15 @@ export class TcpTransport implements Transport {
     let parked: (() => void) | undefined;
     let waited = false;
     const tryAttach = (): void => {
+      const resume = this.resumeHook ?? this.options.resume;
+      if (resume && isResumeRequest(received)) {
+        const r = parseResumeRequest(received);
+        if (r.state === 'need-more') return;
+        if (r.state === 'bad') return reject(r.status, r.detail);
+        cleanup();
+        sock.pause();
+        return resume(sock, r);
+      }
       const p = parsePreamble(received);
       if (p.state === 'need-more') return;
       if (p.state === 'bad') return reject(p.status, p.detail);

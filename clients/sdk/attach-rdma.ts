@@ -33,6 +33,7 @@ import { native } from './native-optional.js';
 import { within } from './client-slot-session.js';
 import { newSessionId, RdmaClientSession, RdmaSocket, type SessionState } from './rdma-client-session.js';
 import { RdmaAttachError, rdmaSupport } from './rdma-support.js';
+import { resumeToken } from '../../proto/resume-wire.js';
 
 export { RdmaSocket } from './rdma-client-session.js';
 export { declineReasonOfRdmaFailure, RdmaAttachError, rdmaEndError, rdmaSupport } from './rdma-support.js';
@@ -58,6 +59,8 @@ export interface RdmaClientOptions {
   keepaliveMs?: number;
   /** Busy-poll the connection's completion queue up to this many µs (adaptive) before sleeping (0..1000; default 0 = off; native/RDMA.md "Polling"). */
   pollUs?: number;
+  /** Live failover when the gateway offers it (default true): a socket whose connection fails resumes on the tcp data port (native/RDMA.md "Live failover"). */
+  failover?: boolean;
   /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
   hostile?: 3;
 }
@@ -110,6 +113,7 @@ export class RdmaClient {
     const shortToken = new Uint8Array(token.subarray(0, SHORT_TOKEN_BYTES));
     if (opts.signal?.aborted) throw new AbortedError('attach aborted');
     let s = this.#sessions.get(p.sessionId);
+    const resume = p.resumePort >= 1 && p.resumePort <= 65535 && p.resumeHost && p.resumeMs > 0 && this.#opts.failover !== false ? { host: p.resumeHost, port: p.resumePort, ms: p.resumeMs } : undefined;
     if (p.newSession) {
       // The gateway has no connection for this id: one we still hold is dead on its side.
       if (s && s.state !== 'waiting') {
@@ -129,10 +133,14 @@ export class RdmaClient {
         ...(this.#opts.pollUs !== undefined ? { pollUs: this.#opts.pollUs } : {}),
         ...(this.#opts.hostile !== undefined ? { hostile: this.#opts.hostile } : {}),
         trace: FLOW_TRACE,
+        // Live failover only with a gateway that offers it (an older one refuses the RESUME flag).
+        resume: resume !== undefined,
       });
+      s.resume = resume;
     } else {
       // The session's connection exists or an earlier socket is opening it (its answer may even come after ours).
       s ??= this.#session(p.sessionId, timeoutMs);
+      s.resume ??= resume;
     }
     const session = s;
     trace(`attach ${label}: session ${session.id} (${session.state}), slot ${p.slot}, new ${p.newSession}`);
@@ -145,7 +153,7 @@ export class RdmaClient {
       throw err;
     }
     trace(`attach ${label}: session ${session.id} up, linking slot ${p.slot}`);
-    const { sock, bound } = session.link(n, p.slot, p.newSession ? undefined : shortToken, label);
+    const { sock, bound } = session.link(n, p.slot, p.newSession ? undefined : shortToken, label, session.resume ? resumeToken(shortToken) : undefined);
     // The first socket's slot was linked when the gateway accepted the connection; a later one waits for BOUND.
     if (p.newSession) return sock;
     try {

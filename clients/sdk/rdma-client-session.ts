@@ -15,6 +15,8 @@ import { Holds, SharedPump, SlotBinds } from './client-slot-session.js';
 import { native, type NativeModule } from './native-optional.js';
 import { RdmaAttachError } from '../../proto/errors.js';
 import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
+import type { SpliceLink } from '../../native/index.js';
+import { resumeOnDataPort, type SuspendedSlot } from './rdma-resume.js';
 
 /** SOCKGATE_TRACE=rdma: the SDK's rdma sessions, slots and attach steps on stderr. */
 const trace = tracer('rdma');
@@ -55,6 +57,8 @@ export class RdmaSocket extends FdChannel {
   readonly ended: Promise<SockgateError | undefined>;
   #resolveEnded!: (err: SockgateError | undefined) => void;
   #done = false;
+  /** Live failover: the relay on the tcp data port this socket continues on. */
+  #moved: SpliceLink | undefined;
 
   constructor(
     fd: number,
@@ -62,6 +66,8 @@ export class RdmaSocket extends FdChannel {
     readonly sessionId: string,
     private readonly abortSlot: () => void,
     label: string,
+    /** Live failover: the token a resume names this socket by (undefined: not resumable). */
+    readonly resumeToken?: Buffer,
   ) {
     super({ fd, highWaterMark: CHANNEL_HIGH_WATERMARK, label });
     this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
@@ -80,11 +86,18 @@ export class RdmaSocket extends FdChannel {
     this.#resolveEnded(err);
   }
 
+  /** @internal Live failover: the socket continues on `link` (emits `moved`: { from, to, cause, atMs }). */
+  movedTo(link: SpliceLink, cause: string): void {
+    this.#moved = link;
+    this.emit('moved', { from: 'rdma', to: 'tcp', cause, atMs: Date.now() });
+  }
+
   /** Abort: the slot is closed both ways (the gateway resets the host socket). */
   override resetAndDestroy(): this {
     if (!this.destroyed && !this.#done) {
       try {
-        this.abortSlot();
+        if (this.#moved) void this.#moved.close({ reset: true }).catch(() => {});
+        else this.abortSlot();
       } catch {
         // the slot or connection is already gone
       }
@@ -112,6 +125,8 @@ export class RdmaClientSession {
   #waitTimer: NodeJS.Timeout | undefined;
   /** Slots linked with BIND whose BOUND (or refusal) has not come yet. */
   readonly #binds = new SlotBinds();
+  /** Live failover: the gateway's data port and how long it waits for a resume (RdmaAttach.resume_*); undefined = none. */
+  resume: { host: string; port: number; ms: number } | undefined;
 
   constructor(
     readonly id: string,
@@ -177,6 +192,8 @@ export class RdmaClientSession {
       case 'bound':
         this.#binds.settle(e.slot);
         return;
+      case 'suspended':
+        return this.#suspended(e);
       case 'slotEnd': {
         // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
         if (
@@ -214,6 +231,38 @@ export class RdmaClientSession {
     }
   }
 
+  /** Live failover: the connection failed under an open socket; resume it on the data port or end it with the connection's error. */
+  #suspended(e: SuspendedSlot): void {
+    const n = native!;
+    const sock = this.slots.get(e.slot);
+    const r = this.resume;
+    if (!sock || !r || !sock.resumeToken || sock.destroyed) {
+      n.closeFd(e.fd, true);
+      return;
+    }
+    // The slot's slotEnd and the connection's end no longer concern this socket.
+    this.slots.delete(e.slot);
+    const what = `${sock.label} (rdma slot ${e.slot})`;
+    trace(`session ${this.id}: ${what} suspended (${e.code}): resuming on ${r.host}:${r.port}`);
+    const h = clientHub.acquire(() => makeHub(n));
+    resumeOnDataPort({ host: r.host, port: r.port, token: sock.resumeToken }, e, { pump: h.hub.pump, native: n, timeoutMs: r.ms, pipeBytes: CHANNEL_HIGH_WATERMARK, onPeerEof: () => sock.peerEnded() }).then(
+      (link) => {
+        trace(`session ${this.id}: ${what} resumed on tcp`);
+        sock.movedTo(link, e.code);
+        void link.ended.then((end) => {
+          clientHub.release();
+          sock.slotEnded(end.reason === 'ok' ? undefined : end.code ? rdmaEndError(end.code, end.errno, what) : new ConnectionResetError(`${what} was reset after its failover (${end.reason})`));
+        });
+      },
+      (err: Error) => {
+        trace(`session ${this.id}: ${what} not resumed: ${err.message}`);
+        n.closeFd(e.fd, true);
+        clientHub.release();
+        sock.slotEnded(rdmaEndError(e.code, 0, `${what}, not resumed on the data port (${err.message})`));
+      },
+    );
+  }
+
   /** Wait until slot `slot` is free here (the gateway may reuse a slot whose end event we have not yet seen). */
   async slotFree(slot: number, timeoutMs: number): Promise<void> {
     const prior = this.slots.get(slot);
@@ -230,14 +279,14 @@ export class RdmaClientSession {
    * `bound` then settles with the gateway's answer, BOUND or its CLOSE, which
    * rejects with PEER_DECLINED). The connection owns our end from here on.
    */
-  link(n: NativeModule, slot: number, token: Uint8Array | undefined, label: string): { sock: RdmaSocket; bound: Promise<void> } {
+  link(n: NativeModule, slot: number, token: Uint8Array | undefined, label: string, resumeToken?: Buffer): { sock: RdmaSocket; bound: Promise<void> } {
     const conn = this.conn;
     if (this.state !== 'established' || !conn) throw new AttachFailedError(`rdma session ${this.id} is ${this.state}`);
     if (this.slots.has(slot)) throw new AttachFailedError(`rdma slot ${slot} of session ${this.id} is already in use here`);
     const [a, b] = n.socketpair();
     let sock: RdmaSocket;
     try {
-      sock = new RdmaSocket(b, slot, this.id, () => conn.closeSlot(slot, true), label);
+      sock = new RdmaSocket(b, slot, this.id, () => conn.closeSlot(slot, true), label, resumeToken);
     } catch (err) {
       n.closeFd(a);
       n.closeFd(b);

@@ -88,6 +88,8 @@ export class GatewaySocket extends Duplex {
   transport: TransportName | 'none' = 'none';
   /** Transports passed over before this one, with reasons. */
   fallbacks: FallbackInfo[] = [];
+  /** Moves of the open socket to another transport (RDMA live failover), oldest first; `transport` is the current one. */
+  moves: Array<{ from: TransportName; to: TransportName; cause: string; atMs: number }> = [];
   /** Host-side local address of the gateway's socket. */
   localUri = '';
   /** The destination as the gateway connected it. */
@@ -181,6 +183,13 @@ export class GatewaySocket extends Duplex {
   attachInner(inner: Duplex, meta: SocketMeta, confirmEof: boolean): void {
     this.inner = inner;
     this.confirmEof = confirmEof;
+    // RDMA live failover: the same socket continues on another transport (no error, no close).
+    inner.on('moved', (m: GatewaySocket['moves'][number]) => {
+      this.moves.push(m);
+      this.transport = m.to;
+      // A FIN on the tcp data connection looks the same when the gateway dies: confirm ends from now on.
+      this.confirmEof = true;
+    });
     this.socketId = meta.socketId;
     this.transport = meta.transport;
     this.fallbacks = meta.fallbacks;

@@ -28,6 +28,11 @@ Napi::Value DupFd(const Napi::CallbackInfo& info) {
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   int64_t fd;
   if (!GetInt(info, 0, "fd", 0, INT32_MAX, &fd)) return info.Env().Undefined();
+  // closeFd(fd, true): an abort, RST rather than FIN (SO_LINGER 0; harmless on a non-TCP fd).
+  if (info.Length() > 1 && info[1].ToBoolean().Value()) {
+    struct linger l = {1, 0};
+    setsockopt(int(fd), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
   if (close(int(fd)) < 0) return ThrowErrno(info.Env(), errno, "close");
   return info.Env().Undefined();
 }

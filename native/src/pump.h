@@ -55,6 +55,8 @@ struct PumpEvent {
   uint32_t id = 0;
   uint32_t conn = 0;
   uint64_t a = 0, b = 0;
+  uint64_t c = 0, d = 0;  // kRdma "suspended": producer cursor sent and bytes read
+  int32_t fd = -1;        // kRdma "suspended": the slot's descriptor, now JS's
   uint32_t stalls = 0;
   int32_t err = 0;
   std::string code;

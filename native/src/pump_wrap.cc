@@ -47,6 +47,19 @@ Napi::Object EventToJs(Napi::Env env, const PumpEvent& e) {
         o.Set("slot", Napi::Number::New(env, e.slot));
         o.Set("toFd", Napi::Number::New(env, double(e.a)));
         o.Set("toPeer", Napi::Number::New(env, double(e.b)));
+      } else if (e.name == "suspended") {
+        // Live failover: the fd is JS's now; positions as bigints (exact); tail = unacknowledged bytes.
+        o.Set("slot", Napi::Number::New(env, e.slot));
+        o.Set("code", Napi::String::New(env, e.code));
+        o.Set("fd", Napi::Number::New(env, e.fd));
+        o.Set("inPos", Napi::BigInt::New(env, e.a));
+        o.Set("outAcked", Napi::BigInt::New(env, e.b));
+        o.Set("outSent", Napi::BigInt::New(env, e.c));
+        o.Set("outPos", Napi::BigInt::New(env, e.d));
+        o.Set("fdEof", Napi::Boolean::New(env, (e.flags & 1) != 0));
+        o.Set("peerEof", Napi::Boolean::New(env, (e.flags & 2) != 0));
+        o.Set("wrShut", Napi::Boolean::New(env, (e.flags & 4) != 0));
+        o.Set("tail", Napi::Buffer<char>::Copy(env, e.token.data(), e.token.size()));
       } else if (e.name == "slotEnd") {
         o.Set("slot", Napi::Number::New(env, e.slot));
         o.Set("reason", Napi::String::New(env, e.detail));

@@ -341,7 +341,7 @@ int ConnParams::decode(const void* p, size_t len, ConnParams* o) {
   o->version = be16(b + 4);
   if (o->version != kVersion) return -EPROTONOSUPPORT;
   o->flags = be16(b + 6);
-  if (o->flags & ~kFlagAccept) return -EBADMSG;
+  if (o->flags & ~(kFlagAccept | kFlagResume)) return -EBADMSG;
   o->addr = load_be64(b + 8);
   o->rkey = be32(b + 16);
   o->ring_log2 = b[20];

@@ -266,6 +266,7 @@ struct ConnParams {
   uint32_t keepalive_ms = 0;   // the sender's keepalive interval, 0 = none (both use the smaller)
   uint8_t token[kTokenBytes] = {};
   static constexpr uint16_t kFlagAccept = 1;  // set in the accept reply
+  static constexpr uint16_t kFlagResume = 2;  // this end suspends its slots on failure (live failover)
   static constexpr uint32_t kMaxKeepaliveMs = 3600 * 1000;
   void encode(uint8_t out[kBytes]) const;
   // Validates everything: magic, version, reserved bytes, ring size range,

@@ -282,6 +282,7 @@ Napi::Object Exports(Napi::Env env) {
   c.Set("MAX_RING_LOG2", Napi::Number::New(env, kMaxRingLog2));
   c.Set("MAX_SLOTS", Napi::Number::New(env, kMaxSlots));
   c.Set("FLAG_ACCEPT", Napi::Number::New(env, ConnParams::kFlagAccept));
+  c.Set("FLAG_RESUME", Napi::Number::New(env, ConnParams::kFlagResume));
   c.Set("IMM_BLOCKED", Napi::Number::New(env, kImmBlocked));
   c.Set("IMM_WRAP", Napi::Number::New(env, kImmWrap));
   o.Set("constants", c);

@@ -66,7 +66,9 @@ int Conn::on_attach(Pump& p, uint32_t id) {
   }
   uint8_t b[ConnParams::kBytes];
   ConnParams mine = local_;
-  mine.flags = ConnParams::kFlagAccept;
+  // RESUME only when the client asked for it (an older client refuses unknown flags).
+  resumable_ = o_.resume && (peer.flags & ConnParams::kFlagResume);
+  mine.flags = ConnParams::kFlagAccept | (resumable_ ? ConnParams::kFlagResume : 0);
   mine.encode(b);
   rdma_conn_param cp = {};
   cp.private_data = b;
@@ -246,6 +248,11 @@ void Conn::die(const char* code, int err, const std::string& detail) {
         continue;
       }
       bool ok = std::string(code) == "ok";
+      // Live failover: the fd, positions and unconsumed bytes go to JS; the slot ends without closing it.
+      if (!ok && resumable_ && suspend_slot(i, code)) {
+        finish_slot(i, false, "suspended", err ? err : -EIO, code);
+        continue;
+      }
       finish_slot(i, true, ok ? "aborted" : "error", ok ? -ECONNABORTED : (err ? err : -EIO), ok ? "ECONNABORTED" : code);
     }
     PumpEvent e(PumpEvent::kRdma);
@@ -320,6 +327,7 @@ int Conn::setup() {
   local_.ring_log2 = o_.ring_log2;
   local_.credits = uint16_t(o_.credits);
   local_.keepalive_ms = o_.keepalive_ms;
+  if (client_ && o_.resume) local_.flags = ConnParams::kFlagResume;  // the request asks; the accept answers
   memcpy(local_.token, token_, kTokenBytes);
   size_t bytes = local_.region_bytes() + size_t(o_.credits) * Msg::kMaxBytes;
   bytes = (bytes + 4095) & ~size_t(4095);
@@ -433,6 +441,7 @@ void Conn::on_cm() {
           if (derr == -EPROTONOSUPPORT) return die(fail::kVersionMismatch, derr, "the gateway accepted with another rdma protocol version");
           if (derr) return die(fail::kProtocol, derr, "the gateway's accept private data");
           peer = pp;
+          resumable_ = o_.resume && (pp.flags & ConnParams::kFlagResume);
           if (setup_peer()) return die(fail::kResource, -EIO, "setup");
         }
         become_established();

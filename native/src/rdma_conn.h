@@ -35,6 +35,10 @@ struct RegionOpts {
   // SOCKGATE_TRACE=rdma-flow, decided in TS (native/trace.ts): the flow state
   // on stderr at every keepalive tick.
   bool trace = false;
+  // Live failover (native/RDMA.md "Live failover"): ask for the RESUME flag;
+  // when both ends set it, a failing connection hands each open slot's fd,
+  // positions and unconsumed bytes to JS (`suspended`) instead of closing it.
+  bool resume = false;
 };
 
 struct ConnectOpts {
@@ -89,6 +93,8 @@ void conn_link(PumpSource* conn, uint32_t slot, int fd, const uint8_t* token /* 
 void conn_close_slot(PumpSource* conn, uint32_t slot, bool reset);
 void conn_shutdown_slot(PumpSource* conn, uint32_t slot, bool rd, bool wr);
 void conn_close(PumpSource* conn);
+// Fail the connection with `code` (as an async event would): a resumable connection's open slots suspend.
+void conn_async_fail(PumpSource* conn, const char* code, const std::string& detail);
 
 // Any thread: setsockopt(int) on a linked slot's fd (guarded against the
 // I/O thread closing it). false when the slot has no fd.

@@ -162,6 +162,7 @@ class Conn final : public PumpSource {
   bool closing_ = false;
   bool connected_ = false;  // ESTABLISHED and the peer has not disconnected: teardown disconnects
   bool early_established_ = false;  // gateway: established by a receive before the cm event (ignored when it comes)
+  bool resumable_ = false;  // both ends set RESUME: a failure suspends the open slots (suspend_slot)
   uint8_t token_[kTokenBytes] = {};
 
   // Resources in creation order; teardown() releases them in reverse.
@@ -230,6 +231,7 @@ class Conn final : public PumpSource {
   void close_slot_fd(uint32_t slot, bool reset);
   void abort_slot(uint32_t slot, bool reset, const char* reason, int err, const std::string& code);
   void finish_slot(uint32_t slot, bool reset, const char* reason, int err, const std::string& code);
+  bool suspend_slot(uint32_t slot, const char* code);
   void flush_progress(uint32_t slot);
   void want_update(uint32_t slot);
   void run_slot(uint32_t slot);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "rdma_sys.h"
 
@@ -225,6 +226,45 @@ void Conn::finish_slot(uint32_t slot, bool reset, const char* reason, int err, c
   flush_progress(slot);
   s = Slot();
   end_event(slot, reason, err, code, fd, peer_bytes);
+}
+
+// Live failover (native/RDMA.md "Live failover"): the connection failed under
+// an open, bound slot. Its fd leaves the epoll set unclosed and goes to JS with
+// the positions both ends can agree on and our bytes the peer has not
+// acknowledged: the staging ring still holds [peer_cons, rd), since a read
+// never overwrites what the peer's last CONSUMED does not cover. Bytes in our
+// receive ring not yet written to the fd are dropped: the peer sends them
+// again from our position (rcons). False: not resumable; the caller closes.
+bool Conn::suspend_slot(uint32_t slot, const char* code) {
+  Slot& s = slots_[slot];
+  if (s.st != Slot::kOpen || s.fd < 0 || s.bind != Slot::kBound || !p_) return false;
+  const uint64_t psize = peer_ring_size(), pmask = psize - 1, n = s.rd - s.peer_cons;
+  if (n > psize) return false;  // cannot happen (reads are bounded by the peer's free space)
+  PumpEvent e(PumpEvent::kRdma);
+  e.id = id_;
+  e.name = "suspended";
+  e.slot = slot;
+  e.code = code;
+  e.fd = s.fd;
+  e.a = s.rcons;
+  e.b = s.peer_cons;
+  e.c = s.prod;
+  e.d = s.rd;
+  e.flags = uint16_t((s.fd_eof() ? 1 : 0) | (s.peer_eof() ? 2 : 0) | (s.wr_shut() ? 4 : 0));
+  e.token.resize(size_t(n));
+  uint64_t off = s.peer_cons & pmask, first = std::min(n, psize - off);
+  if (n) {
+    memcpy(&e.token[0], stage(slot) + off, size_t(first));
+    if (n > first) memcpy(&e.token[size_t(first)], stage(slot), size_t(n - first));
+  }
+  p_->source_unwatch(s.fd);
+  {
+    std::lock_guard<std::mutex> g(fd_mu_);
+    s.fd = -1;
+    slot_fds_[slot] = -1;
+  }
+  p_->source_emit(std::move(e));
+  return true;
 }
 
 void Conn::flush_progress(uint32_t slot) {

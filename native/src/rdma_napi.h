@@ -75,6 +75,8 @@ inline bool GetRegion(const Napi::CallbackInfo& info, Napi::Value v, RegionOpts*
     return false;
   Napi::Value trace = opts.Get("trace");
   if (!trace.IsUndefined()) o->trace = trace.ToBoolean().Value();
+  Napi::Value resume = opts.Get("resume");
+  if (!resume.IsUndefined()) o->resume = resume.ToBoolean().Value();
   std::string why;
   if (check_region(*o, &why)) {
     Napi::RangeError::New(info.Env(), why).ThrowAsJavaScriptException();

@@ -123,6 +123,14 @@ class ConnWrap : public Napi::ObjectWrap<ConnWrap> {
   }
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!CheckThis(info, kConnTag, "RdmaConn")) return info.Env().Undefined();
+    // close(true): fail the connection (ERR_SOCKGATE_RDMA_DISCONNECTED) rather than end it: a resumable
+    // connection's open slots suspend (live failover: the peer resumes them on another path).
+    if (info.Length() > 0 && info[0].ToBoolean().Value()) {
+      pump_->run_on_source(id_, [](PumpSource* s) {
+        if (s) conn_async_fail(s, "ERR_SOCKGATE_RDMA_DISCONNECTED", "the peer resumes its sockets on another path");
+      });
+      return info.Env().Undefined();
+    }
     pump_->run_on_source(id_, [](PumpSource* s) { conn_close(s); });
     return info.Env().Undefined();
   }

@@ -87,7 +87,8 @@ export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now
     socketStateToJSON(s.state).replace('SOCKET_STATE_', '').toLowerCase(),
     s.localUri || '-',
     s.remoteUri || '-',
-    transportName(s.transport),
+    // After a live failover: the transport now, then where it was ("tcp<-rdma"; causes in --json's moves).
+    [transportName(s.transport), ...[...(s.moves ?? [])].reverse().map((m) => transportName(m.from))].join('<-'),
     reasonName(s.fallbackReason) || '-',
     kernelColumn(s.hostSocket),
     humanBytes(s.bytesIn),

@@ -19,8 +19,10 @@ export class Child {
   #waiters: Array<() => void> = [];
   stderr = '';
 
-  constructor(mode: 'stream' | 'echo' | 'lines') {
-    this.proc = spawn(process.execPath, [CHILD, GW, mode], { stdio: [mode === 'lines' ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+  /** `script`: another child of this directory (failover-child.js) against `gateway`. */
+  constructor(mode: 'stream' | 'echo' | 'lines' | 'up' | 'down' | 'idle', opts: { script?: string; gateway?: string } = {}) {
+    const script = opts.script ? fileURLToPath(new URL(`./${opts.script}`, import.meta.url)) : CHILD;
+    this.proc = spawn(process.execPath, [script, opts.gateway ?? GW, mode], { stdio: [mode === 'lines' ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
     this.proc.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
     createInterface({ input: this.proc.stdout! }).on('line', (line) => {
       try {

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, mergeConfig } from '../../../server/config.js';
 import { Gateway } from '../../../server/gateway.js';
-import { A_ADDR, LAB_RULES, PORTS } from './lab.js';
+import { A_ADDR, LAB_RULES, PORTS, RESUME_MS, SOURCE_BYTES, sourceBlock, sourceChunk } from './lab.js';
 
 const LIFETIME_MS = 25 * 60_000;
 
@@ -28,14 +28,14 @@ async function listen(server: Server, port: number): Promise<void> {
   await once(server, 'listening');
 }
 
-function gatewayConfig(control: number, rdmaAddress: string) {
+function gatewayConfig(control: number, rdmaAddress: string, rdma: Record<string, unknown> = { port: rdmaAddress ? PORTS.rdma : 0 }) {
   const dir = mkdtempSync(join(tmpdir(), 'sockgate-a-'));
   return loadConfig({
     overrides: mergeConfig(
       {
         listen: { control: `${A_ADDR}:${control}`, data: `${A_ADDR}:${control + 1}`, metrics: `${A_ADDR}:${control + 2}` },
         telemetry: { log_level: 'warn' },
-        transports: { shm: { path: join(dir, 'shm.sock') }, rdma: { address: rdmaAddress, port: rdmaAddress ? PORTS.rdma : 0, keepalive_ms: 2000 } },
+        transports: { shm: { path: join(dir, 'shm.sock') }, rdma: { address: rdmaAddress, keepalive_ms: 2000, ...rdma } },
       },
       { rules: LAB_RULES },
     ),
@@ -65,14 +65,32 @@ async function main(): Promise<number> {
     });
     c.on('end', () => c.end(`${n} ${h.digest('hex')}\n`));
   });
+  // Source: SOURCE_BYTES of the lab's deterministic stream, then FIN (the receiver knows its hash).
+  const block = sourceBlock();
+  const source = createServer({ allowHalfOpen: true }, (c) => {
+    track(c);
+    let sent = 0;
+    const pump = () => {
+      while (sent < SOURCE_BYTES) {
+        const piece = sourceChunk(block, sent);
+        sent += piece.length;
+        if (!c.write(piece)) return void c.once('drain', pump);
+      }
+      c.end();
+    };
+    pump();
+  });
   await listen(echo, PORTS.echo);
   await listen(sink, PORTS.sink);
+  await listen(source, PORTS.source);
 
   const main = new Gateway(gatewayConfig(PORTS.gateway, A_ADDR));
   const plain = new Gateway(gatewayConfig(PORTS.plainGateway, ''));
+  const failover = new Gateway(gatewayConfig(PORTS.failoverGateway, A_ADDR, { port: PORTS.failoverRdma, resume_ms: RESUME_MS }));
   try {
     const a = await main.start();
     const b = await plain.start();
+    await failover.start();
     log(`gateway (rdma on ${A_ADDR}:${PORTS.rdma}) at ${a.control}; gateway without rdma at ${b.control}`);
   } catch (err) {
     log(`gateway start failed: ${(err as Error).stack ?? String(err)}`);
@@ -95,7 +113,7 @@ async function main(): Promise<number> {
   const outcome = await Promise.race([done, new Promise<string>((r) => setTimeout(() => r('timeout'), LIFETIME_MS).unref())]);
   log(`b says ${outcome}; stopping`);
   let code = outcome === 'done' ? 0 : 1;
-  for (const g of [main, plain]) {
+  for (const g of [main, plain, failover]) {
     try {
       await g.stop();
     } catch (err) {
@@ -106,6 +124,7 @@ async function main(): Promise<number> {
   for (const s of sockets) s.destroy();
   echo.close();
   sink.close();
+  source.close();
   return code;
 }
 

@@ -400,7 +400,24 @@ export interface SocketInfo {
    * For a socket attached on the tcp plane through an SMC data port (config
    * smc.data_port): how the kernel carries that data connection. Unset otherwise.
    */
-  dataConnection: HostSocket | undefined;
+  dataConnection:
+    | HostSocket
+    | undefined;
+  /**
+   * Moves of the socket's data channel to another transport while it was
+   * open (RDMA live failover), oldest first; `transport` is where it is now.
+   */
+  moves: TransportMove[];
+}
+
+/** One move of a live socket's data channel (native/RDMA.md "Live failover"). */
+export interface TransportMove {
+  from: TransportKind;
+  to: TransportKind;
+  /** Why: the failed connection's ERR_SOCKGATE_RDMA_* code. */
+  cause: string;
+  /** Unix epoch milliseconds when the socket moved. */
+  atMs: number;
 }
 
 /** The gateway's host socket as the kernel sees it. */
@@ -2822,6 +2839,7 @@ function createBaseSocketInfo(): SocketInfo {
     fallbacksOmitted: 0,
     hostSocket: undefined,
     dataConnection: undefined,
+    moves: [],
   };
 }
 
@@ -2877,6 +2895,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     }
     if (message.dataConnection !== undefined) {
       HostSocket.encode(message.dataConnection, writer.uint32(138).fork()).join();
+    }
+    for (const v of message.moves) {
+      TransportMove.encode(v!, writer.uint32(146).fork()).join();
     }
     return writer;
   },
@@ -3030,6 +3051,14 @@ export const SocketInfo: MessageFns<SocketInfo> = {
             message.dataConnection = HostSocket.decode(reader, reader.uint32());
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.moves.push(TransportMove.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3107,6 +3136,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
         : isSet(object.data_connection)
         ? HostSocket.fromJSON(object.data_connection)
         : undefined,
+      moves: globalThis.Array.isArray(object?.moves)
+        ? object.moves.map((e: any) => TransportMove.fromJSON(e))
+        : [],
     };
   },
 
@@ -3163,6 +3195,9 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     if (message.dataConnection !== undefined) {
       obj.dataConnection = HostSocket.toJSON(message.dataConnection);
     }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => TransportMove.toJSON(e));
+    }
     return obj;
   },
 
@@ -3192,6 +3227,128 @@ export const SocketInfo: MessageFns<SocketInfo> = {
     message.dataConnection = (object.dataConnection !== undefined && object.dataConnection !== null)
       ? HostSocket.fromPartial(object.dataConnection)
       : undefined;
+    message.moves = object.moves?.map((e) => TransportMove.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseTransportMove(): TransportMove {
+  return { from: 0, to: 0, cause: "", atMs: 0 };
+}
+
+export const TransportMove: MessageFns<TransportMove> = {
+  encode(message: TransportMove, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.from !== 0) {
+      writer.uint32(8).int32(message.from);
+    }
+    if (message.to !== 0) {
+      writer.uint32(16).int32(message.to);
+    }
+    if (message.cause !== "") {
+      writer.uint32(26).string(message.cause);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(32).uint64(message.atMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransportMove {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransportMove();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.from = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.to = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cause = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TransportMove {
+    return {
+      from: isSet(object.from) ? transportKindFromJSON(object.from) : 0,
+      to: isSet(object.to) ? transportKindFromJSON(object.to) : 0,
+      cause: isSet(object.cause) ? globalThis.String(object.cause) : "",
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: TransportMove): unknown {
+    const obj: any = {};
+    if (message.from !== 0) {
+      obj.from = transportKindToJSON(message.from);
+    }
+    if (message.to !== 0) {
+      obj.to = transportKindToJSON(message.to);
+    }
+    if (message.cause !== "") {
+      obj.cause = message.cause;
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TransportMove>): TransportMove {
+    return TransportMove.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TransportMove>): TransportMove {
+    const message = createBaseTransportMove();
+    message.from = object.from ?? 0;
+    message.to = object.to ?? 0;
+    message.cause = object.cause ?? "";
+    message.atMs = object.atMs ?? 0;
     return message;
   },
 };

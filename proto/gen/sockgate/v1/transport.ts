@@ -308,6 +308,16 @@ export interface RdmaAttach {
   newSession: boolean;
   /** Slots on the connection: the client registers as many receive rings. */
   slots: number;
+  /**
+   * Live failover (native/RDMA.md "Live failover"): when the RDMA connection
+   * fails, a socket resumes on this tcp data port with a resumable attach
+   * (preamble version 2). 0: this gateway does not resume; the socket ends
+   * with the connection's ERR_SOCKGATE_RDMA_* error.
+   */
+  resumePort: number;
+  resumeHost: string;
+  /** How long the gateway keeps a suspended socket waiting for its resume (ms). */
+  resumeMs: number;
 }
 
 export interface Accepted {
@@ -1200,7 +1210,18 @@ export const ShmAttach: MessageFns<ShmAttach> = {
 };
 
 function createBaseRdmaAttach(): RdmaAttach {
-  return { address: "", port: 0, ringBytes: 0, sessionId: "", slot: 0, newSession: false, slots: 0 };
+  return {
+    address: "",
+    port: 0,
+    ringBytes: 0,
+    sessionId: "",
+    slot: 0,
+    newSession: false,
+    slots: 0,
+    resumePort: 0,
+    resumeHost: "",
+    resumeMs: 0,
+  };
 }
 
 export const RdmaAttach: MessageFns<RdmaAttach> = {
@@ -1225,6 +1246,15 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     }
     if (message.slots !== 0) {
       writer.uint32(56).uint32(message.slots);
+    }
+    if (message.resumePort !== 0) {
+      writer.uint32(64).uint32(message.resumePort);
+    }
+    if (message.resumeHost !== "") {
+      writer.uint32(74).string(message.resumeHost);
+    }
+    if (message.resumeMs !== 0) {
+      writer.uint32(80).uint32(message.resumeMs);
     }
     return writer;
   },
@@ -1298,6 +1328,30 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
             message.slots = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.resumePort = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.resumeHost = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.resumeMs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1331,6 +1385,21 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
         ? globalThis.Boolean(object.new_session)
         : false,
       slots: isSet(object.slots) ? globalThis.Number(object.slots) : 0,
+      resumePort: isSet(object.resumePort)
+        ? globalThis.Number(object.resumePort)
+        : isSet(object.resume_port)
+        ? globalThis.Number(object.resume_port)
+        : 0,
+      resumeHost: isSet(object.resumeHost)
+        ? globalThis.String(object.resumeHost)
+        : isSet(object.resume_host)
+        ? globalThis.String(object.resume_host)
+        : "",
+      resumeMs: isSet(object.resumeMs)
+        ? globalThis.Number(object.resumeMs)
+        : isSet(object.resume_ms)
+        ? globalThis.Number(object.resume_ms)
+        : 0,
     };
   },
 
@@ -1357,6 +1426,15 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     if (message.slots !== 0) {
       obj.slots = Math.round(message.slots);
     }
+    if (message.resumePort !== 0) {
+      obj.resumePort = Math.round(message.resumePort);
+    }
+    if (message.resumeHost !== "") {
+      obj.resumeHost = message.resumeHost;
+    }
+    if (message.resumeMs !== 0) {
+      obj.resumeMs = Math.round(message.resumeMs);
+    }
     return obj;
   },
 
@@ -1372,6 +1450,9 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     message.slot = object.slot ?? 0;
     message.newSession = object.newSession ?? false;
     message.slots = object.slots ?? 0;
+    message.resumePort = object.resumePort ?? 0;
+    message.resumeHost = object.resumeHost ?? "";
+    message.resumeMs = object.resumeMs ?? 0;
     return message;
   },
 };

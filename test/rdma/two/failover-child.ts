@@ -1,0 +1,134 @@
+/**
+ * The SDK process of the two-VM failover tests (failover.test.ts): like
+ * sdk-child.ts, a process of its own, because `rdma link delete` finishes only
+ * once every process that used rdma_cm on the device has exited.
+ *
+ *   node failover-child.js <gateway> up|down|idle
+ *
+ * - `up`: one socket to the lab's sink, SOURCE_BYTES of the lab stream sent,
+ *   then the sink's "<bytes> <sha256>" compared with the stream's own.
+ * - `down`: one socket to the lab's source, its SOURCE_BYTES received and
+ *   hashed, compared with the stream's own hash.
+ * - `idle`: one socket to the sink, 4 MiB sent, then nothing (the parent
+ *   kills this process: a peer that never comes back).
+ *
+ * Reports (one JSON object a line): `connected` (transport), `progress`
+ * (bytes so far, the socket's transport and moves) every 2 MiB, `status`
+ * (the gateway's SocketInfo of this socket, once it moved), `finished`
+ * (hash compared, errors and early closes the socket emitted, transport,
+ * moves). Exits 0 after `finished`.
+ */
+import { createHash } from 'node:crypto';
+import { Gateway as SdkGateway, type GatewaySocket } from '../../../clients/sdk/index.js';
+import { A_ADDR, PORTS, SOURCE_BYTES, sourceBlock, sourceChunk } from './lab.js';
+
+const LIFETIME_MS = 240_000;
+
+function report(o: Record<string, unknown>): void {
+  process.stdout.write(JSON.stringify(o) + '\n');
+}
+
+/** Everything the socket emits that the application would see as trouble. */
+function watch(sock: GatewaySocket): { errors: string[]; closedBeforeEnd: boolean } {
+  const w = { errors: [] as string[], closedBeforeEnd: false };
+  let ended = false;
+  sock.on('error', (err: Error & { code?: string }) => w.errors.push(`${err.code ?? ''} ${err.message}`));
+  sock.on('end', () => (ended = true));
+  sock.on('close', () => (w.closedBeforeEnd = !ended));
+  return w;
+}
+
+async function statusOnce(gw: SdkGateway, sock: GatewaySocket, done: { v: boolean }): Promise<void> {
+  if (done.v || sock.moves.length === 0) return;
+  done.v = true;
+  try {
+    const mine = (await gw.listSockets()).find((s) => s.socketId === sock.socketId);
+    report({ event: 'status', transport: mine?.transport, moves: mine?.moves ?? [] });
+  } catch (err) {
+    report({ event: 'status', error: (err as Error).message });
+  }
+}
+
+async function main(): Promise<number> {
+  const [target, mode] = process.argv.slice(2);
+  if (!target || (mode !== 'up' && mode !== 'down' && mode !== 'idle')) {
+    process.stderr.write('usage: failover-child.js <gateway> up|down|idle\n');
+    return 2;
+  }
+  setTimeout(() => {
+    report({ event: 'timeout', ms: LIFETIME_MS });
+    process.exit(3);
+  }, LIFETIME_MS).unref();
+  const block = sourceBlock();
+  const want = createHash('sha256');
+  for (let n = 0; n < SOURCE_BYTES; n += sourceChunk(block, n).length) want.update(sourceChunk(block, n));
+  const wantSha = want.digest('hex');
+  const gw = await SdkGateway.connect(target, { transports: ['rdma', 'tcp'] });
+  const asked = { v: false };
+  try {
+    const sock = await gw.connect(`tcp://${A_ADDR}:${mode === 'down' ? PORTS.source : PORTS.sink}`);
+    const w = watch(sock);
+    report({ event: 'connected', transport: sock.transport });
+    const got = createHash('sha256');
+    let received = 0;
+    const answer: Buffer[] = [];
+    let nextReport = 2 << 20;
+    const ended = new Promise<void>((resolve) => {
+      sock.on('data', (d: Buffer) => {
+        if (mode !== 'down') return void answer.push(d);
+        got.update(d);
+        received += d.length;
+        if (received >= nextReport) {
+          report({ event: 'progress', received, transport: sock.transport, moves: sock.moves });
+          nextReport += 2 << 20;
+          void statusOnce(gw, sock, asked);
+        }
+      });
+      sock.once('end', () => resolve());
+      sock.once('close', () => resolve());
+    });
+    if (mode !== 'down') {
+      const max = mode === 'idle' ? 4 << 20 : SOURCE_BYTES;
+      for (let sent = 0; sent < max && !sock.destroyed; ) {
+        const piece = sourceChunk(block, sent);
+        sent += piece.length;
+        const ok = sock.write(piece);
+        if (sent >= nextReport) {
+          report({ event: 'progress', sent, transport: sock.transport, moves: sock.moves });
+          nextReport += 2 << 20;
+          void statusOnce(gw, sock, asked);
+        }
+        if (!ok) await Promise.race([new Promise((r) => sock.once('drain', r)), ended]);
+      }
+      if (mode === 'idle') {
+        report({ event: 'idle' });
+        await new Promise(() => {}); // the parent kills us
+      }
+      sock.end();
+    }
+    await ended;
+    await statusOnce(gw, sock, asked);
+    let shaMatch: boolean;
+    let bytes: number;
+    if (mode === 'down') {
+      shaMatch = got.digest('hex') === wantSha;
+      bytes = received;
+    } else {
+      const [n, sha] = Buffer.concat(answer).toString().trim().split(' ');
+      shaMatch = sha === wantSha;
+      bytes = Number(n);
+    }
+    report({ event: 'finished', bytes, bytesMatch: bytes === SOURCE_BYTES, shaMatch, errors: w.errors, closedBeforeEnd: w.closedBeforeEnd, transport: sock.transport, moves: sock.moves });
+  } finally {
+    gw.close();
+  }
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    report({ event: 'crashed', message: String((err as Error)?.message ?? err), code: (err as { code?: string })?.code ?? '' });
+    process.exit(1);
+  },
+);
