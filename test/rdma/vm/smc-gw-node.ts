@@ -17,12 +17,12 @@
  * through a `peers` route whose data connection between the gateways is the
  * SDK's, dialed as SMC (smc.peer_dial: prefer) or as plain TCP.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { loadConfig, mergeConfig } from '../../../server/config.js';
 import { Gateway } from '../../../server/gateway.js';
 import { Gateway as SdkGateway } from '../../../clients/sdk/index.js';
-import { servePeerSide, startDialers } from './smc-peer-leg.js';
+import { connectRetrying, sendHashed, servePeerSide, startDialers } from './smc-peer-leg.js';
 
 export const SMC_PORT = 7480;
 export const TCP_PORT = 7481;
@@ -30,9 +30,6 @@ export const TCP_PORT = 7481;
 const DONE_PORT = 7482;
 const ROUNDS = Number(process.env['SOCKGATE_SMC_ROUNDS'] ?? '3');
 const MIB = Number(process.env['SOCKGATE_SMC_MIB'] ?? '4');
-/** Connect attempts while b's gateway comes up, RETRY_MS apart. */
-const ATTEMPTS = 120;
-const RETRY_MS = 500;
 /** b gives up waiting for a's "done" after this long (a's rounds take well under it). */
 const B_LIFETIME_MS = 420_000;
 
@@ -73,30 +70,11 @@ async function serve(sdk: SdkGateway, port: number): Promise<void> {
 }
 
 async function stream(sdk: SdkGateway, port: number): Promise<void> {
-  let sock: (Socket & { socketId: string }) | undefined;
-  for (let i = 0; i < ATTEMPTS && !sock; i++) {
-    try {
-      sock = (await sdk.connect(`tcp://${peer}:${port}`, { transports: ['tcp'] })) as unknown as Socket & { socketId: string };
-    } catch {
-      await new Promise((r) => setTimeout(r, RETRY_MS));
-    }
-  }
-  if (!sock) throw new Error(`tcp://${peer}:${port} never answered`);
+  const sock = await connectRetrying(sdk, `tcp://${peer}:${port}`, `port ${port}`);
   const info = await sdk.getInfo(sock.socketId);
-  const payload = randomBytes(MIB << 20);
-  const want = createHash('sha256').update(payload).digest('hex');
-  let answer = '';
-  sock.on('data', (d: Buffer) => (answer += d.toString()));
-  const ended = new Promise<void>((resolve, reject) => {
-    sock!.on('end', () => resolve());
-    sock!.on('error', reject);
-  });
-  const t0 = process.hrtime.bigint();
-  sock.end(payload);
-  await ended;
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  say({ port, hostSocket: info.hostSocket, bytes: payload.length, answer: answer.slice(0, 80), ok: answer === want, seconds, MBps: payload.length / seconds / 1e6 });
-  if (answer !== want) throw new Error(`port ${port}: SHA-256 mismatch`);
+  const r = await sendHashed(sock, MIB);
+  say({ port, hostSocket: info.hostSocket, bytes: r.bytes, answer: r.answer.slice(0, 80), ok: r.ok, seconds: r.seconds, MBps: r.MBps });
+  if (!r.ok) throw new Error(`port ${port}: SHA-256 mismatch`);
 }
 
 async function main(): Promise<void> {

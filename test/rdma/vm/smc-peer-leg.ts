@@ -36,12 +36,46 @@ const A_SMC = { control: '127.0.0.1:7477', data: '127.0.0.1:7478' };
 const A_TCP = { control: '127.0.0.1:7475', data: '127.0.0.1:7476' };
 /** SMC_ACTIVE in net/smc/smc.h: an established connection (closing ones linger in other states). */
 const SMC_ACTIVE = 1;
+/** Connect attempts while the far gateway comes up, RETRY_MS apart. */
 const ATTEMPTS = 120;
 const RETRY_MS = 500;
 
 type Say = (o: Record<string, unknown>) => void;
 const SMC_KERNEL = { ueids: ['SOCKGATE-LAB'], pnets: [{ id: 'SGNET', eth: 'eth0', ib: 'rxe0', ib_port: 1 }] };
 const transports = () => ({ enabled: ['tcp', 'grpc'], tcp_native: process.env['SOCKGATE_SMC_TCP_NATIVE'] !== '0' });
+
+type SdkSocket = Socket & { socketId: string };
+
+/** Connect through `sdk` to `uri` on the tcp plane, retrying (ATTEMPTS, RETRY_MS apart) while the far side comes up. */
+export async function connectRetrying(sdk: SdkGateway, uri: string, what: string): Promise<SdkSocket> {
+  let lastErr = '';
+  for (let i = 0; i < ATTEMPTS; i++) {
+    try {
+      return (await sdk.connect(uri, { transports: ['tcp'] })) as unknown as SdkSocket;
+    } catch (err) {
+      lastErr = (err as Error).message;
+      await new Promise((r) => setTimeout(r, RETRY_MS));
+    }
+  }
+  throw new Error(`${what}: ${uri} never answered (${lastErr})`);
+}
+
+/** Send `mib` MiB of random bytes and end; the far end answers with the SHA-256 (hex) of what it got. */
+export async function sendHashed(sock: Socket, mib: number): Promise<{ ok: boolean; answer: string; bytes: number; seconds: number; MBps: number }> {
+  const payload = randomBytes(mib << 20);
+  const want = createHash('sha256').update(payload).digest('hex');
+  let answer = '';
+  sock.on('data', (d: Buffer) => (answer += d.toString()));
+  const ended = new Promise<void>((resolve, reject) => {
+    sock.on('end', () => resolve());
+    sock.on('error', reject);
+  });
+  const t0 = process.hrtime.bigint();
+  sock.end(payload);
+  await ended;
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { ok: answer === want, answer, bytes: payload.length, seconds, MBps: payload.length / seconds / 1e6 };
+}
 
 /** smc_diag's active sockets on `port` (local or remote side): their mode and reason, as the kernel reports them. */
 function diagOnPort(side: 'localPort' | 'remotePort', port: number): { mode: string; fallbackReason: number }[] {
@@ -117,33 +151,12 @@ export async function startDialers(peer: string, say: Say): Promise<{ stream(kin
   return {
     async stream(kind, mib) {
       const sdk = sdks[kind];
-      let sock: (Socket & { socketId: string }) | undefined;
-      let lastErr = '';
-      for (let i = 0; i < ATTEMPTS && !sock; i++) {
-        try {
-          sock = (await sdk.connect(uri, { transports: ['tcp'] })) as unknown as Socket & { socketId: string };
-        } catch (err) {
-          lastErr = (err as Error).message;
-          await new Promise((r) => setTimeout(r, RETRY_MS));
-        }
-      }
-      if (!sock) throw new Error(`peer leg ${kind}: ${uri} never answered (${lastErr})`);
+      const sock = await connectRetrying(sdk, uri, `peer leg ${kind}`);
       const info = await sdk.getInfo(sock.socketId);
       const diag = diagOnPort('remotePort', PEER_DATA_PORT);
-      const payload = randomBytes(mib << 20);
-      const want = createHash('sha256').update(payload).digest('hex');
-      let answer = '';
-      sock.on('data', (d: Buffer) => (answer += d.toString()));
-      const ended = new Promise<void>((resolve, reject) => {
-        sock!.on('end', () => resolve());
-        sock!.on('error', reject);
-      });
-      const t0 = process.hrtime.bigint();
-      sock.end(payload);
-      await ended;
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      say({ peerLeg: kind, hostSocket: info.hostSocket, peer: info.peer?.via, diag, bytes: payload.length, ok: answer === want, seconds, MBps: payload.length / seconds / 1e6 });
-      if (answer !== want) throw new Error(`peer leg ${kind}: SHA-256 mismatch`);
+      const r = await sendHashed(sock, mib);
+      say({ peerLeg: kind, hostSocket: info.hostSocket, peer: info.peer?.via, diag, bytes: r.bytes, ok: r.ok, seconds: r.seconds, MBps: r.MBps });
+      if (!r.ok) throw new Error(`peer leg ${kind}: SHA-256 mismatch`);
     },
     async link(mib) {
       const direct = await SdkGateway.connect(`${peer}:${PEER_CONTROL_PORT}`, { smc: 'prefer', transports: ['tcp'] });
