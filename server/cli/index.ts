@@ -78,7 +78,8 @@ function kernelColumn(h: SocketInfo['hostSocket']): string {
 
 /** The `sockgate status` table, one socket a row, like smcss. */
 export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now()): string {
-  const header = ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'IN', 'OUT', 'AGE'];
+  // DATA: the tcp-plane data connection as the kernel carries it, where the gateway knows (an SMC data port, or a peer hop).
+  const header = ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'DATA', 'IN', 'OUT', 'AGE'];
   const kinds: Record<number, string> = { [SocketKind.SOCKET_KIND_STREAM]: 'stream', [SocketKind.SOCKET_KIND_DATAGRAM]: 'dgram', [SocketKind.SOCKET_KIND_LISTENER]: 'listen' };
   const rows = sockets.map((s) => [
     s.socketId,
@@ -91,6 +92,7 @@ export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now
     [transportName(s.transport), ...[...(s.moves ?? [])].reverse().map((m) => transportName(m.from))].join('<-'),
     reasonName(s.fallbackReason) || '-',
     kernelColumn(s.hostSocket),
+    kernelColumn(s.dataConnection),
     humanBytes(s.bytesIn),
     humanBytes(s.bytesOut),
     humanAge(now - s.createdAtMs),
