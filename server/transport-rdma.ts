@@ -168,7 +168,7 @@ export class RdmaTransport implements Transport {
         version: this.version,
         params: {
           $case: 'rdma',
-          rdma: { address: cfg.address, port: listener.port, ringBytes: cfg.ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.newSession, slots: cfg.slots, ...this.#resumeParams() },
+          rdma: { address: cfg.address, port: listener.port, ringBytes: cfg.ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.newSession, slots: cfg.slots, linked: false, preissuedSlots: [], ...this.#resumeParams() },
         },
       },
     };

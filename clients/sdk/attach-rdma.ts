@@ -93,7 +93,7 @@ export class RdmaClient {
 
   /** The RdmaOffer for a socket (the gateway never dials us: no address). */
   offer(): RdmaOffer {
-    return { address: '', ringBytes: 2 ** this.#ringLog2, sessionId: this.#sessionId };
+    return { address: '', ringBytes: 2 ** this.#ringLog2, sessionId: this.#sessionId, preissue: 0 };
   }
 
   /** Sessions and their sockets by slot (tests, diagnostics). */
