@@ -7,7 +7,8 @@
  * the protocol messages it sends, does not move), bytes intact both ways
  * (SHA-256), including a server that speaks first; a Connect naming a slot
  * that is in use is refused (ERR_SOCKGATE_SLOT_REFUSED) and the session stays
- * usable; an SDK that asks for none, and a gateway that issues none, BIND
+ * usable; a slot given back with CLOSE (a Connect of unknown outcome) is
+ * freed on the gateway and the connection carries on; an SDK that asks for none, and a gateway that issues none, BIND
  * every later socket as before.
  */
 import test, { type ExecutionContext } from 'ava';
@@ -15,6 +16,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { RdmaClientSession } from '../../clients/sdk/rdma-client-session.js';
+import { native } from '../../clients/sdk/native-optional.js';
+import type { RdmaTransport } from '../../server/transport-rdma.js';
+import { eventually } from '../helpers/rpc.js';
 import type { RdmaClient } from '../../clients/sdk/attach-rdma.js';
 import type { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../helpers/harness.js';
@@ -129,6 +133,27 @@ if (!IN_VM) {
     await echoed(t, a, 1 << 20, 'the socket on the slot named');
     await echoed(t, b, 1 << 20, 'second socket');
     await echoed(t, c, 1 << 20, 'socket after the refusal');
+  });
+
+  test.serial('a pre-issued slot given back with CLOSE is freed on the gateway; the connection carries on', async (t) => {
+    const { gw, echo, sdk } = await setup(t, { max_preissued_slots: 4 });
+    const a = await within(sdk.connect(echo.uri), T_MS, 'first connect');
+    const b = await within(sdk.connect(echo.uri), T_MS, 'second connect');
+    const s = primary(sdk);
+    const book = (gw.gateway as unknown as { rdma: RdmaTransport }).rdma.sessions;
+    const gs = book.byId.get(s.id)!;
+    t.is(gs.preissued, s.preissued!.size, 'both ends count the same pre-issued slots');
+    const n = s.preissued!.take(() => true)!;
+    t.is(gs.slots.get(n)?.state, 'issued');
+    s.giveBack(native!, n);
+    t.true(await eventually(() => !gs.slots.has(n) && !s.slots.has(n), T_MS), 'the given-back slot freed on both ends');
+    t.is(gs.preissued, s.preissued!.size);
+    t.is(s.state, 'established', 'the CLOSE of a free slot did not break the connection');
+    const c = await within(sdk.connect(echo.uri), T_MS, 'connect after the give-back');
+    t.is(c.transport, 'rdma');
+    await echoed(t, a, 1 << 20, 'first socket');
+    await echoed(t, b, 1 << 20, 'second socket');
+    await echoed(t, c, 1 << 20, 'socket after the give-back');
   });
 
   test.serial('old flow: an SDK that asks for none and a gateway that issues none BIND every later socket', async (t) => {
