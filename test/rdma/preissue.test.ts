@@ -8,7 +8,8 @@
  * (SHA-256), including a server that speaks first; a Connect naming a slot
  * that is in use is refused (ERR_SOCKGATE_SLOT_REFUSED) and the session stays
  * usable; a slot given back with CLOSE (a Connect of unknown outcome) is
- * freed on the gateway and the connection carries on; an SDK that asks for none, and a gateway that issues none, BIND
+ * freed on the gateway, and one the gateway had linked resets its host
+ * socket, and the connection carries on; an SDK that asks for none, and a gateway that issues none, BIND
  * every later socket as before.
  */
 import test, { type ExecutionContext } from 'ava';
@@ -18,7 +19,10 @@ import type { Duplex } from 'node:stream';
 import { RdmaClientSession } from '../../clients/sdk/rdma-client-session.js';
 import { native } from '../../clients/sdk/native-optional.js';
 import type { RdmaTransport } from '../../server/transport-rdma.js';
-import { eventually } from '../helpers/rpc.js';
+import { eventually, rpc } from '../helpers/rpc.js';
+import { credentials } from '@grpc/grpc-js';
+import { SocketGatewayServiceClient } from '../../proto/gen/sockgate/v1/sockgate.js';
+import { TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
 import type { RdmaClient } from '../../clients/sdk/attach-rdma.js';
 import type { Gateway as SdkGateway } from '../../clients/sdk/gateway.js';
 import { echoServer, hashUntilEnd, sendRandom, startGateway, within } from '../helpers/harness.js';
@@ -154,6 +158,45 @@ if (!IN_VM) {
     await echoed(t, a, 1 << 20, 'first socket');
     await echoed(t, b, 1 << 20, 'second socket');
     await echoed(t, c, 1 << 20, 'socket after the give-back');
+  });
+
+  test.serial('a slot the gateway linked for a Connect whose answer the client never used: CLOSE resets the host socket', async (t) => {
+    const { gw, echo, sdk } = await setup(t, { max_preissued_slots: 4 });
+    const a = await within(sdk.connect(echo.uri), T_MS, 'first connect');
+    const b = await within(sdk.connect(echo.uri), T_MS, 'second connect');
+    const s = primary(sdk);
+    const gs = (gw.gateway as unknown as { rdma: RdmaTransport }).rdma.sessions.byId.get(s.id)!;
+    // A host server that tells when its socket ends, and how.
+    let ended!: (how: string) => void;
+    const hostEnd = new Promise<string>((r) => (ended = r));
+    const host = createServer((sock: Socket) => {
+      sock.on('error', (err: NodeJS.ErrnoException) => ended(err.code ?? err.message));
+      sock.on('end', () => ended('end'));
+      sock.on('close', () => ended('close'));
+      sock.resume();
+    });
+    await new Promise<void>((r) => host.listen(0, '127.0.0.1', r));
+    t.teardown(() => host.close());
+    // The Connect of "unknown outcome": made here on the raw API, so the SDK never sees its answer.
+    const n = s.preissued!.take(() => true)!;
+    const raw = new SocketGatewayServiceClient(gw.target, credentials.createInsecure());
+    t.teardown(() => raw.close());
+    const res = await rpc(raw, raw.connect, {
+      uri: `tcp://127.0.0.1:${(host.address() as { port: number }).port}`,
+      offers: [{ kind: TransportKind.TRANSPORT_KIND_RDMA, version: 2, params: { $case: 'rdma', rdma: { address: '', ringBytes: 1 << 20, sessionId: s.id, preissue: 0, slot: n } } }],
+      timeoutMs: 0,
+      options: [],
+    });
+    const p = res.negotiation?.accepted?.params;
+    t.true(p?.$case === 'rdma' && p.rdma.linked && p.rdma.slot === n, 'the gateway linked the named slot');
+    t.is(gs.slots.get(n)?.state, 'open');
+    s.giveBack(native!, n);
+    const how = await within(hostEnd, T_MS, 'the host socket ends');
+    t.not(how, 'end', `the host socket was reset, not ended cleanly (${how})`);
+    t.true(await eventually(() => !gs.slots.has(n) && !s.slots.has(n), T_MS), 'the slot is free on both ends');
+    t.is(s.state, 'established');
+    await echoed(t, a, 1 << 20, 'first socket');
+    await echoed(t, b, 1 << 20, 'second socket');
   });
 
   test.serial('old flow: an SDK that asks for none and a gateway that issues none BIND every later socket', async (t) => {
