@@ -42,6 +42,7 @@ transports:
     poll_us: 0
     max_sessions: 256
     max_sessions_per_identity: 16
+    max_preissued_slots: 4
 socket:
   connect_timeout_ms: 10000
   high_watermark_bytes: 1048576
@@ -205,6 +206,12 @@ const rdmaSchema = z
     max_sessions: z.number().int().min(0).default(256),
     /** Client sessions one identity may hold. */
     max_sessions_per_identity: positiveInt.default(16),
+    /**
+     * Slots pre-issued to a connected session and not used yet, at most (RdmaOffer.preissue: a later Connect names
+     * one and needs no BIND; native/RDMA.md "Pre-issued slots"). They count against `slots`; 4 of the default 16
+     * leaves most for the reserve + BIND flow. 0 = none.
+     */
+    max_preissued_slots: z.number().int().min(0).max(4096).default(4),
   })
   .prefault({});
 

@@ -114,7 +114,7 @@ export class Negotiator {
     if (!decision.accepted) return { accepted: undefined, fallbacks: socket.fallbacks };
     const { token, expiresAtMs } = this.registry.issue(socket, decision.accepted.kind, onExpire, notAfterMs, decision.nonce);
     // The transport may amend the answer (shm: a pre-issued slot it could not link after all).
-    const accepted = this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted) ?? decision.accepted;
+    const accepted = this.transports.get(decision.accepted.kind)?.issued?.(socket, decision.accepted, token) ?? decision.accepted;
     return { accepted: { ...accepted, attachToken: token, tokenExpiresAtMs: expiresAtMs }, fallbacks: socket.fallbacks };
   }
 }

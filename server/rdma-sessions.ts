@@ -34,6 +34,23 @@ export interface SlotLink {
   settle(end: NativeLinkEnd): void;
 }
 
+/** A slot link not settled yet. */
+export function newSlotLink(events: NativeLinkEvents): SlotLink {
+  let resolve!: (e: NativeLinkEnd) => void;
+  const link: SlotLink = {
+    events,
+    ended: new Promise<NativeLinkEnd>((r) => (resolve = r)),
+    settled: false,
+    closing: false,
+    settle(end: NativeLinkEnd) {
+      if (link.settled) return;
+      link.settled = true;
+      resolve(end);
+    },
+  };
+  return link;
+}
+
 /** One socket slot of an rdma session (linking: the first socket, waiting for `established`). */
 export class RdmaSlot extends SessionSlot<RdmaSession> {
   link: SlotLink | undefined;

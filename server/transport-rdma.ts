@@ -8,19 +8,20 @@
  */
 import type { Counter } from '@opentelemetry/api';
 import type { HostSockopt, RawRdmaConn, RawRdmaListener, RdmaRegionOptions } from '../native/index.js';
-import { DeclineReason, TransportKind, type Accepted, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
+import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES } from './attach.js';
 import type { Config } from './config.js';
 import { NativeError, SocketClosedError } from '../proto/errors.js';
 import { applyHostOption } from './host-option.js';
 import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotRefusals, tokenOutcome, type SessionTransportOptions } from './slot-session.js';
-import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
+import { newSlotLink, RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
 import type { GatewaySocket, StreamSocket } from './socket-table.js';
 import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
 import { resumeToken } from '../proto/resume-wire.js';
 import { ResumeBook, failoverHooks } from './rdma-resume.js';
+import { RdmaPreissue, type Answer, type SlotAnswer } from './rdma-preissue.js';
 
 const trace = tracer('rdma');
 /** SOCKGATE_TRACE=rdma-flow: the native connections print their flow state (credits, cursors) every keepalive tick. */
@@ -39,7 +40,7 @@ export const RDMA_METRICS = {
   failovers: { name: 'sockgate.rdma.failovers', description: 'sockets whose rdma connection failed: resumed on the tcp data port, expired or refused, by cause', unit: '{socket}' },
 } as const;
 
-export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down';
+export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down' | 'slot';
 
 export interface RdmaTransportOptions extends SessionTransportOptions {
   config: RdmaConfig;
@@ -52,7 +53,8 @@ export interface RdmaTransportOptions extends SessionTransportOptions {
 
 export class RdmaTransport implements Transport {
   readonly kind = TransportKind.TRANSPORT_KIND_RDMA;
-  readonly version = 1;
+  /** v2: pre-issued slots (RdmaOffer.preissue / slot, RdmaAttach.linked / preissued_slots); v1 clients never ask. */
+  readonly version = 2;
   readonly sessions: RdmaSessions;
   #listener: RawRdmaListener | undefined;
   #hub: PumpHub | undefined;
@@ -67,6 +69,7 @@ export class RdmaTransport implements Transport {
   /** Live failover: suspended sockets waiting for their resume on the data port. */
   readonly resume: ResumeBook;
   readonly #failover: ReturnType<typeof failoverHooks>;
+  readonly #pre: RdmaPreissue;
 
   constructor(private readonly o: RdmaTransportOptions) {
     const cfg = o.config;
@@ -87,6 +90,14 @@ export class RdmaTransport implements Transport {
       logger: o.logger,
       highWatermark: o.highWatermark ?? 1 << 20,
       record: (outcome, cause) => moves.add(1, { outcome, cause }),
+    });
+    this.#pre = new RdmaPreissue({
+      sessions: this.sessions,
+      max: cfg.max_preissued_slots,
+      closing: () => this.#closing,
+      refused: (detail, extra) => (this.o.metrics.recordAttach('rdma', 'error'), this.#refuse('slot', detail, extra)),
+      link: (s, slot, target) => this.#link(s, slot, target),
+      revoke: (socket) => o.registry.revoke(socket),
     });
     this.#failover = failoverHooks(this.resume, o.native, (s) => s.conn?.close(true));
     m.createObservableGauge(RDMA_METRICS.sessions.name, { description: RDMA_METRICS.sessions.description, unit: RDMA_METRICS.sessions.unit }).addCallback((r) =>
@@ -158,20 +169,18 @@ export class RdmaTransport implements Transport {
     const listener = this.#listener;
     if (!listener) return decline(DeclineReason.DECLINE_REASON_NO_RDMA_DEVICE, this.#why);
     const params = offer.params?.$case === 'rdma' ? offer.params.rdma : undefined;
+    const answer = (p: SlotAnswer): OfferOutcome => {
+      const cfg = this.o.config;
+      const rdma = { address: cfg.address, port: listener.port, ringBytes: cfg.ring_bytes, slots: cfg.slots, ...p, ...this.#resumeParams() };
+      return { ok: true, accepted: { kind: this.kind, version: this.version, params: { $case: 'rdma', rdma } } };
+    };
+    if (params?.slot !== undefined) {
+      if (!ctx.connect) return decline(DeclineReason.DECLINE_REASON_PEER_DECLINED, 'a pre-issued rdma slot (RdmaOffer.slot) may be named in a Connect only');
+      return this.#pre.acceptNamed(params, ctx.identity, answer);
+    }
     const r = this.sessions.reserve(ctx.identity, params?.sessionId ?? '');
     if (!r.ok) return decline(r.reason, r.detail);
-    const cfg = this.o.config;
-    return {
-      ok: true,
-      accepted: {
-        kind: this.kind,
-        version: this.version,
-        params: {
-          $case: 'rdma',
-          rdma: { address: cfg.address, port: listener.port, ringBytes: cfg.ring_bytes, sessionId: r.session.id, slot: r.slot.no, newSession: r.newSession, slots: cfg.slots, ...this.#resumeParams() },
-        },
-      },
-    };
+    return answer({ sessionId: r.session.id, slot: r.slot.no, newSession: r.newSession, linked: false, preissuedSlots: this.#pre.preissue(r.session, params) });
   }
 
   /** Where and how long a socket of this gateway may resume (RdmaAttach.resume_*; port 0 = no failover). */
@@ -180,8 +189,10 @@ export class RdmaTransport implements Transport {
     return d && d.port ? { resumeHost: d.host, resumePort: d.port, resumeMs: this.o.config.resume_ms } : { resumeHost: '', resumePort: 0, resumeMs: 0 };
   }
 
-  issued(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
+  issued(socket: GatewaySocket, accepted: Answer, token?: Uint8Array): Answer | void {
     if (accepted.params?.$case !== 'rdma') return;
+    const named = this.#pre.issued(socket, accepted, token);
+    if (named) return named;
     const { sessionId, slot } = accepted.params.rdma;
     if (!this.sessions.issued(socket, sessionId, slot)) trace(`socket ${socket.id}: no reservation of slot ${slot} in session ${sessionId} to tie it to`);
   }
@@ -191,8 +202,8 @@ export class RdmaTransport implements Transport {
     this.sessions.socketRemoved(socket);
   }
 
-  abandoned(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void {
-    if (accepted.params?.$case !== 'rdma') return;
+  abandoned(accepted: Answer): void {
+    if (accepted.params?.$case !== 'rdma' || this.#pre.abandoned(accepted)) return;
     const { sessionId, slot } = accepted.params.rdma;
     this.sessions.abandon(sessionId, slot);
   }
@@ -413,7 +424,7 @@ export class RdmaTransport implements Transport {
           throw native.translateError(err);
         }
         slot.state = 'open';
-        const link = this.#slotLink(events);
+        const link = newSlotLink(events);
         slot.link = link;
         this.#failover.track(s, slot, link);
         const call = <T>(fn: () => T): T => {
@@ -447,22 +458,6 @@ export class RdmaTransport implements Transport {
         };
       },
     };
-  }
-
-  #slotLink(events: NativeLinkEvents): SlotLink {
-    let resolve!: (e: NativeLinkEnd) => void;
-    const link: SlotLink = {
-      events,
-      ended: new Promise<NativeLinkEnd>((r) => (resolve = r)),
-      settled: false,
-      closing: false,
-      settle(end: NativeLinkEnd) {
-        if (link.settled) return;
-        link.settled = true;
-        resolve(end);
-      },
-    };
-    return link;
   }
 
   /** NativeLink.close(): abort the slot (RST to the host, CLOSE to the client); resolves on its slotEnd. */
@@ -503,6 +498,8 @@ export class RdmaTransport implements Transport {
 
   #slotEnd(s: RdmaSession, e: Extract<RdmaEvent, { event: 'slotEnd' }>): void {
     const slot = s.slots.get(e.slot);
+    // The client gave back a pre-issued slot (its CLOSE; a Connect naming it meanwhile is answered unlinked).
+    if (slot?.state === 'issued' || (slot?.state === 'reserved' && slot.preissued && !slot.socket)) return this.sessions.free(slot);
     if (!slot || slot.state === 'reserved' || slot.state === 'linking') return;
     if (slot.resumeToken && e.reason !== 'suspended') this.resume.untrack(slot.resumeToken);
     if (slot.link && !slot.link.suspended) {

@@ -25,7 +25,7 @@ export interface OfferContext {
   readonly socketKind: 'stream' | 'datagram';
   /** The control call's peer, as grpc-js reports it (`ipv4:1.2.3.4:5`, `unix:...`). */
   readonly peer: string;
-  /** A Connect (its offer may name a pre-issued shm slot); not a Negotiate or an inbound Accept. */
+  /** A Connect (its offer may name a pre-issued shm or rdma slot); not a Negotiate or an inbound Accept. */
   readonly connect?: boolean;
 }
 
@@ -51,10 +51,10 @@ export interface Transport {
    * negotiator issued its attach token. A transport whose attach names no
    * reservation (rdma: the connect request carries the token only) ties what
    * accept() reserved to the socket here; one that links the socket at once
-   * (shm: a pre-issued slot the Connect named) does so here, and may return
+   * (shm, rdma: a pre-issued slot the Connect named) does so here, and may return
    * amended parameters for the answer (it could not link after all).
    */
-  issued?(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'> | void;
+  issued?(socket: GatewaySocket, accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>, token?: Uint8Array): Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'> | void;
   /** An offer this transport accepted will never be issued (the socket's host connect failed): release its reservation now. */
   abandoned?(accepted: Omit<Accepted, 'attachToken' | 'tokenExpiresAtMs'>): void;
   /** A socket left the table: what it still holds here (a reservation it never attached with) is released at once. */

@@ -30,7 +30,7 @@ import { AbortedError, AttachFailedError, GatewayUnavailableError, SocketClosedE
 import { ATTACH_TIMEOUT_MS, SHORT_TOKEN_BYTES } from '../../proto/attach-limits.js';
 import { SESSION_ID_RE } from '../../proto/shm-wire.js';
 import { native } from './native-optional.js';
-import { within } from './client-slot-session.js';
+import { PREISSUE_SLOTS, PreissuedSlots, slotAfterFailure, within } from './client-slot-session.js';
 import { newSessionId, RdmaClientSession, RdmaSocket, type SessionState } from './rdma-client-session.js';
 import { RdmaAttachError, rdmaSupport } from './rdma-support.js';
 import { resumeToken } from '../../proto/resume-wire.js';
@@ -61,8 +61,17 @@ export interface RdmaClientOptions {
   pollUs?: number;
   /** Live failover when the gateway offers it (default true): a socket whose connection fails resumes on the tcp data port (native/RDMA.md "Live failover"). */
   failover?: boolean;
+  /** Slots to keep pre-issued per connected session (default 16, the gateway bounds them: transports.rdma.max_preissued_slots); 0: never ask (every socket BINDs after its Connect). */
+  preissue?: number;
   /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
   hostile?: 3;
+}
+
+/** A pre-issued slot named in a Connect's offer, until the Connect's outcome settles it. */
+export interface NamedSlot {
+  readonly offer: RdmaOffer;
+  /** The Connect answered (`answer`: its rdma parameters, if rdma was accepted) or failed (`err`). */
+  settle(answer: RdmaAttach | undefined, err?: unknown): void;
 }
 
 /** The rdma side of one SDK Gateway object. */
@@ -91,9 +100,41 @@ export class RdmaClient {
     return this.#sessionId;
   }
 
-  /** The RdmaOffer for a socket (the gateway never dials us: no address). */
+  /** The RdmaOffer for a socket (the gateway never dials us: no address); it asks for pre-issued slots while its connected session holds fewer than wanted. */
   offer(): RdmaOffer {
-    return { address: '', ringBytes: 2 ** this.#ringLog2, sessionId: this.#sessionId };
+    const s = this.#sessions.get(this.#sessionId);
+    const want = Math.max(0, Math.min(this.#opts.preissue ?? PREISSUE_SLOTS, MAX_SLOTS));
+    const preissue = s?.state === 'established' ? Math.max(0, want - (s.preissued?.size ?? 0)) : 0;
+    return { address: '', ringBytes: 2 ** this.#ringLog2, sessionId: this.#sessionId, preissue };
+  }
+
+  /** `offer` naming a slot pre-issued to one of our connected sessions (the primary first), if one is held and free here. */
+  name(offer: RdmaOffer): NamedSlot | undefined {
+    const primary = this.#sessions.get(this.#sessionId);
+    for (const s of primary ? [primary, ...this.#sessions.values()] : this.#sessions.values()) {
+      if (s.state !== 'established') continue;
+      const no = s.preissued?.take((n) => !s.slots.has(n));
+      if (no === undefined) continue;
+      let settled = false;
+      return {
+        offer: { ...offer, sessionId: s.id, slot: no },
+        // Once: a Connect retried after its call was cut settles with the error, then again with the retry's answer.
+        settle: (answer, err) => {
+          if (settled || s.state !== 'established') return;
+          settled = true;
+          if (err === undefined) {
+            // Taken: the socket rides it (linked, or as its reservation to BIND); else it is still ours.
+            if (answer?.sessionId !== s.id || answer.slot !== no) s.preissued!.put(no);
+            return;
+          }
+          const after = slotAfterFailure(err);
+          if (after === 'keep') s.preissued!.put(no);
+          // Unknown: CLOSE stands in for shm's ABORT.
+          else if (after === 'abort') s.giveBack(native!, no);
+        },
+      };
+    }
+    return undefined;
   }
 
   /** Sessions and their sockets by slot (tests, diagnostics). */
@@ -113,6 +154,7 @@ export class RdmaClient {
     const shortToken = new Uint8Array(token.subarray(0, SHORT_TOKEN_BYTES));
     if (opts.signal?.aborted) throw new AbortedError('attach aborted');
     let s = this.#sessions.get(p.sessionId);
+    if (p.linked) return this.#linked(s, p, shortToken, label);
     const resume = p.resumePort >= 1 && p.resumePort <= 65535 && p.resumeHost && p.resumeMs > 0 && this.#opts.failover !== false ? { host: p.resumeHost, port: p.resumePort, ms: p.resumeMs } : undefined;
     if (p.newSession) {
       // The gateway has no connection for this id: one we still hold is dead on its side.
@@ -143,6 +185,7 @@ export class RdmaClient {
       s.resume ??= resume;
     }
     const session = s;
+    (session.preissued ??= new PreissuedSlots(p.slots)).add(p.preissuedSlots);
     trace(`attach ${label}: session ${session.id} (${session.state}), slot ${p.slot}, new ${p.newSession}`);
     try {
       await within(session.ready, timeoutMs, opts.signal, `rdma attach: the session's connection to ${p.address}:${p.port} was not up within ${timeoutMs} ms`);
@@ -165,6 +208,18 @@ export class RdmaClient {
     }
     trace(`attach ${label}: slot ${p.slot} bound`);
     return sock;
+  }
+
+  /**
+   * The gateway linked the pre-issued slot we named before it answered: link
+   * our end, no BIND (bytes a server that speaks first sent meanwhile wait in
+   * the slot's ring: the connection opens a slot on its first data).
+   */
+  #linked(s: RdmaClientSession | undefined, p: RdmaAttach, shortToken: Uint8Array, label: string): RdmaSocket {
+    if (!s || s.state !== 'established') throw new AttachFailedError(`rdma attach: the gateway linked slot ${p.slot} of session ${p.sessionId}, which this client does not hold connected`);
+    (s.preissued ??= new PreissuedSlots(p.slots)).add(p.preissuedSlots);
+    trace(`attach ${label}: session ${s.id}, pre-issued slot ${p.slot} linked by the gateway`);
+    return s.link(native!, p.slot, undefined, label, s.resume ? resumeToken(shortToken) : undefined).sock;
   }
 
   #session(id: string, waitMs: number): RdmaClientSession {

@@ -4,7 +4,7 @@
  * socket over its slot. Later sockets present their token over the session's
  * control slot (BIND), so connecting one costs no new mapping, fd passing or
  * connection; or, once the gateway pre-issued slots to the session
- * (shm-preissued.ts), name one in their Connect and find it linked when the
+ * (client-slot-session.ts), name one in their Connect and find it linked when the
  * Connect answers: no BIND at all. A process-wide native pump watches every
  * session's doorbell and delivers the hints that wake the channels.
  *
@@ -19,7 +19,6 @@ import type { ClientSession, Pump, PumpLink, PumpStats, ShmRegion } from '../../
 import { shmDirProblem } from '../../native/shm-dir.js';
 import { whenReleased as whenReleasedNative } from '../../native/when-released.js';
 import type { ShmAttach, ShmOffer } from '../../proto/gen/sockgate/v1/transport.js';
-import { PREISSUE_SLOTS, PreissuedSlots, slotAfterFailure } from './shm-preissued.js';
 import { AbortedError, AttachFailedError, GatewayUnavailableError, ProtocolError, SocketClosedError } from '../../proto/errors.js';
 import {
   CONTROL_SLOT,
@@ -35,7 +34,7 @@ import {
 } from '../../proto/shm-wire.js';
 import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
-import { Holds, SharedPump, SlotBinds, within } from './client-slot-session.js';
+import { Holds, PREISSUE_SLOTS, PreissuedSlots, SharedPump, SlotBinds, slotAfterFailure, within } from './client-slot-session.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** The largest spin a gateway may ask of this process's pump (µs; the native pump's own limit). */
@@ -120,7 +119,7 @@ class ClientShmSession implements ShmChannelSession {
     spinUs = 0,
   ) {
     this.region = cs.region;
-    this.preissued = new PreissuedSlots(cs.slotCount);
+    this.preissued = new PreissuedSlots(cs.slotCount, CONTROL_SLOT + 1);
     this.#pump = clientPump.acquire(() => makePump(n));
     this.#pump.regions.set(this.region.id, (slots) => this.#hints(slots));
     this.#pump.spins.set(this.region.id, spinUs);

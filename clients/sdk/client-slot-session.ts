@@ -5,11 +5,15 @@
  * gateway's BOUND (or refusal), answered by slot, with a deadline and an
  * AbortSignal; the process-wide pump every session of the transport shares,
  * made on first use, holding the process only while something needs it, and
- * closed after its last session. The transports supply the messages (control
- * slot, verbs) and their pump.
+ * closed after its last session; and the slots the gateway pre-issued to a
+ * session, which a later Connect names (PreissuedSlots). The transports
+ * supply the messages (control slot, verbs) and their pump.
  */
 import { whenReleased } from '../../native/when-released.js';
-import { AbortedError, AttachFailedError } from '../../proto/errors.js';
+import { AbortedError, AttachFailedError, GatewayUnavailableError, SlotRefusedError, SockgateError } from '../../proto/errors.js';
+
+/** Slots a session keeps pre-issued by default (the gateway bounds them too: transports.{shm,rdma}.max_preissued_slots). */
+export const PREISSUE_SLOTS = 16;
 
 interface Waiter {
   resolve(): void;
@@ -123,4 +127,65 @@ export class Holds {
   drop(): void {
     if (--this.#n === 0 && !this.closed()) this.pump.unref();
   }
+}
+
+/**
+ * Slots a gateway pre-issued to one of this client's sessions (shm:
+ * ShmAttach.preissued_slots, native/SHM.md; rdma: RdmaAttach.preissued_slots,
+ * native/RDMA.md): held until a Connect names one in its offer, which the
+ * gateway answers with the socket already linked to it, so no BIND round trip
+ * follows. A Connect that fails definitely (the gateway answered with an
+ * error) gives its slot back to the pool; one whose outcome is unknown (the
+ * call was cut or cancelled) gives it back to the gateway (shm: ABORT, rdma:
+ * CLOSE: freed, or its socket reset if it was linked); one the gateway refused
+ * (ERR_SOCKGATE_SLOT_REFUSED) drops it.
+ */
+export class PreissuedSlots {
+  readonly #held = new Set<number>();
+  /** Slot numbers `firstSlot` .. `slotCount - 1` (shm: slot 0 is the control slot; rdma: all). */
+  constructor(
+    private readonly slotCount: number,
+    private readonly firstSlot = 0,
+  ) {}
+
+  get size(): number {
+    return this.#held.size;
+  }
+
+  has(no: number): boolean {
+    return this.#held.has(no);
+  }
+
+  /** Slots the gateway pre-issued; numbers outside the session's range are ignored. */
+  add(slots: readonly number[]): void {
+    for (const no of slots) if (Number.isInteger(no) && no >= this.firstSlot && no < this.slotCount) this.#held.add(no);
+  }
+
+  /** Take a slot that `usable` says may carry a new socket now (a slot whose last channel here is still closing may not), if any. */
+  take(usable: (no: number) => boolean): number | undefined {
+    for (const no of this.#held) {
+      if (!usable(no)) continue;
+      this.#held.delete(no);
+      return no;
+    }
+    return undefined;
+  }
+
+  /** A slot taken for a Connect that did not use it. */
+  put(no: number): void {
+    this.#held.add(no);
+  }
+
+  /** The session ended: its slots went with it. */
+  clear(): void {
+    this.#held.clear();
+  }
+}
+
+/** What a Connect's failure says about a slot it named: still ours ('keep'), refused ('drop'), or unknown ('abort'). */
+export function slotAfterFailure(err: unknown): 'keep' | 'drop' | 'abort' {
+  if (err instanceof SlotRefusedError) return 'drop';
+  // No answer from the gateway's handler (cut, cancelled, timed out): it may have linked the slot.
+  if (!(err instanceof SockgateError) || err.constructor === SockgateError || err instanceof GatewayUnavailableError || err instanceof AbortedError) return 'abort';
+  return 'keep';
 }

@@ -11,7 +11,7 @@ import { isTracerEnabled, tracer } from '../../native/trace.js';
 import { DeclineReason } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError, ConnectionResetError, SocketClosedError, SockgateError } from '../../proto/errors.js';
 import { FdChannel } from './fd-channel.js';
-import { Holds, SharedPump, SlotBinds } from './client-slot-session.js';
+import { Holds, PreissuedSlots, SharedPump, SlotBinds } from './client-slot-session.js';
 import { native, type NativeModule } from './native-optional.js';
 import { RdmaAttachError } from '../../proto/errors.js';
 import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
@@ -115,6 +115,8 @@ export class RdmaClientSession {
   conn: RawRdmaConn | undefined;
   /** Sockets by slot, until their slot ended. */
   readonly slots = new Map<number, RdmaSocket>();
+  /** Slots the gateway pre-issued to this session (made with the first answer naming its slot count). */
+  preissued: PreissuedSlots | undefined;
   /** Resolves once the connection is established; rejects if it failed, or never started in time. */
   readonly ready: Promise<RawRdmaConn>;
   #resolveReady!: (c: RawRdmaConn) => void;
@@ -304,6 +306,23 @@ export class RdmaClientSession {
     if (!token) return { sock, bound: Promise.resolve() };
     // A refusal after the attach gave up waiting is nobody's to report (expect() catches it).
     return { sock, bound: this.#binds.expect(slot) };
+  }
+
+  /**
+   * Give back a pre-issued slot whose Connect's outcome is unknown: a CLOSE on
+   * it (our end linked for that only, then aborted), which frees it on the
+   * gateway, or resets the host socket it linked there. A free slot closed
+   * here sends nothing, hence the link.
+   */
+  giveBack(n: NativeModule, slot: number): void {
+    if (this.state !== 'established' || this.slots.has(slot)) return;
+    try {
+      const { sock } = this.link(n, slot, undefined, `given-back slot ${slot}`);
+      sock.on('error', () => {});
+      sock.resetAndDestroy();
+    } catch {
+      // the connection is going: its slots go with it
+    }
   }
 
   /** Release a slot the gateway linked for a socket that will not use it (an aborted first attach). */

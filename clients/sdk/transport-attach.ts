@@ -14,7 +14,8 @@ import type { ShmClient } from './attach-shm.js';
 import { ShmTransport } from './transport-shm.js';
 import './transport-tcp.js';
 import './transport-grpc.js';
-import './transport-rdma.js';
+import { RdmaTransport } from './transport-rdma.js';
+import type { RdmaClient } from './attach-rdma.js';
 
 export type { ClientTransportContext as TransportAttacherOptions } from './client-transport.js';
 
@@ -37,19 +38,36 @@ export class TransportAttacher extends ClientTransports {
     return { offer: { kind: TRANSPORT_KINDS[name], version: 1, params: this.get(name).offer() } };
   }
 
+  /** The rdma client, if created yet (tests read its sessions). */
+  get rdmaClient(): RdmaClient | undefined {
+    const t = this.peek('rdma');
+    return t instanceof RdmaTransport ? t.client : undefined;
+  }
+
   /**
-   * `offers` with a slot pre-issued to the shm session named in its shm offer,
-   * if the shm client holds one (attach-shm.ts); settle() with the Connect's
-   * answer or error, so an unused slot goes back to the client's pool.
+   * `offers` with a slot pre-issued to the session named in its first shm or
+   * rdma offer, if that client holds one (attach-shm.ts, attach-rdma.ts);
+   * settle() with the Connect's answer or error, so an unused slot goes back
+   * to the client's pool.
    */
   lease(offers: TransportOffer[]): { offers: TransportOffer[]; settle(accepted: Accepted | undefined, err?: unknown): void } {
-    const i = offers.findIndex((o) => o.params?.$case === 'shm');
+    const none = { offers, settle: () => {} };
+    const i = offers.findIndex((o) => o.params?.$case === 'shm' || o.params?.$case === 'rdma');
     const o = offers[i];
-    const named = o?.params?.$case === 'shm' ? this.shmClient?.name(o.params.shm) : undefined;
-    if (!o || !named) return { offers, settle: () => {} };
     const out = [...offers];
-    out[i] = { ...o, params: { $case: 'shm', shm: named.offer } };
-    return { offers: out, settle: (accepted, err) => named.settle(accepted?.params?.$case === 'shm' ? accepted.params.shm : undefined, err) };
+    if (o?.params?.$case === 'shm') {
+      const named = this.shmClient?.name(o.params.shm);
+      if (!named) return none;
+      out[i] = { ...o, params: { $case: 'shm', shm: named.offer } };
+      return { offers: out, settle: (accepted, err) => named.settle(accepted?.params?.$case === 'shm' ? accepted.params.shm : undefined, err) };
+    }
+    if (o?.params?.$case === 'rdma') {
+      const named = this.rdmaClient?.name(o.params.rdma);
+      if (!named) return none;
+      out[i] = { ...o, params: { $case: 'rdma', rdma: named.offer } };
+      return { offers: out, settle: (accepted, err) => named.settle(accepted?.params?.$case === 'rdma' ? accepted.params.rdma : undefined, err) };
+    }
+    return none;
   }
 
   /** Attach with the accepted transport. */

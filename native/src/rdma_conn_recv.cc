@@ -190,6 +190,15 @@ int Conn::on_msg(const uint8_t* buf, uint32_t len) {
         c.slot = m.slot;
         ctrl_.push_back(c);
         finish_slot(m.slot, !graceful, graceful ? "ok" : "reset", graceful ? 0 : -ECONNRESET, graceful ? "" : "ECONNRESET");
+      } else if (!client_) {
+        // The client gives back a slot pre-issued to it that nothing was linked
+        // to (native/RDMA.md "Pre-issued slots"): answer CLOSE (its slot is
+        // closing), tell the gateway's JS so its book frees the number.
+        Msg c;
+        c.type = Msg::kClose;
+        c.slot = m.slot;
+        ctrl_.push_back(c);
+        end_event(m.slot, "aborted", 0, "", 0, 0);
       } else {
         return protocol("CLOSE for a free slot");
       }

@@ -36,7 +36,7 @@ const deviceHere = native.rdma.available && typeof native.rdma.listen === 'funct
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 function rdmaOffer(sessionId = randomBytes(16).toString('base64url')): TransportOffer {
-  return { kind: TransportKind.TRANSPORT_KIND_RDMA, version: 1, params: { $case: 'rdma', rdma: { address: '', ringBytes: 1 << 18, sessionId } } };
+  return { kind: TransportKind.TRANSPORT_KIND_RDMA, version: 1, params: { $case: 'rdma', rdma: { address: '', ringBytes: 1 << 18, sessionId, preissue: 0 } } };
 }
 const TCP_OFFER: TransportOffer = { kind: TransportKind.TRANSPORT_KIND_TCP, version: 1, params: undefined };
 
@@ -190,7 +190,9 @@ test('config: transports.rdma defaults (address "" = not served) and every bad v
     poll_us: 0,
     max_sessions: 256,
     max_sessions_per_identity: 16,
+    max_preissued_slots: 4,
   });
+  t.is(loadConfig({ sets: ['transports.rdma.max_preissued_slots=0'] }).transports.rdma.max_preissued_slots, 0);
   const ok = loadConfig({ overrides: { transports: { rdma: { address: 'fd00::5', port: 7471, ring_bytes: 4096, slots: 4096, credits: 4, keepalive_ms: 0, poll_us: 1000, max_sessions: 0 } } } });
   t.is(ok.transports.rdma.poll_us, 1000);
   t.is(ok.transports.rdma.address, 'fd00::5');
@@ -217,6 +219,8 @@ test('config: transports.rdma defaults (address "" = not served) and every bad v
     [{ poll_us: -1 }, 'transports.rdma.poll_us'],
     [{ max_sessions: -1 }, 'transports.rdma.max_sessions'],
     [{ max_sessions_per_identity: 0 }, 'transports.rdma.max_sessions_per_identity'],
+    [{ max_preissued_slots: -1 }, 'transports.rdma.max_preissued_slots'],
+    [{ max_preissued_slots: 4097 }, 'transports.rdma.max_preissued_slots'],
     [{ ring_byte: 4096 }, 'transports.rdma.ring_byte: unknown key'],
   ];
   for (const [rdma, key] of bad) {

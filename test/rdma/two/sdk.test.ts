@@ -214,7 +214,7 @@ if (!IN_VM) {
     const client = new SocketGatewayServiceClient(GW, credentials.createInsecure());
     const res = await rpc(client, client.connect, {
       uri: ECHO,
-      offers: [{ kind: TransportKind.TRANSPORT_KIND_RDMA, version: 1, params: { $case: 'rdma', rdma: { address: '', ringBytes: 65536, sessionId: `hostile${randomBytes(8).toString('hex')}` } } }],
+      offers: [{ kind: TransportKind.TRANSPORT_KIND_RDMA, version: 1, params: { $case: 'rdma', rdma: { address: '', ringBytes: 65536, sessionId: `hostile${randomBytes(8).toString('hex')}`, preissue: 0 } } }],
       timeoutMs: 0,
       options: [],
     } as never);

@@ -231,6 +231,22 @@ export interface RdmaOffer {
    * connection (native/RDMA.md). Unset: the client has no session to share.
    */
   sessionId: string;
+  /**
+   * Pre-issued slots (rdma v2, native/RDMA.md "Pre-issued slots"): how many
+   * more slots of its connected session the client would like pre-issued in
+   * the answer (RdmaAttach.preissued_slots), so that a later Connect can name
+   * one. The gateway issues at most transports.rdma.max_preissued_slots
+   * unused ones per session. 0: none (the reserve + BIND flow only).
+   */
+  preissue: number;
+  /**
+   * A slot of `session_id` pre-issued to this client and not used yet (rdma
+   * slots start at 0, hence optional: unset names none): the gateway links
+   * the new socket to it before it answers (RdmaAttach.linked), so no BIND
+   * follows. A slot not pre-issued to this identity's session, or in use,
+   * fails the Connect (ERR_SOCKGATE_SLOT_REFUSED).
+   */
+  slot?: number | undefined;
 }
 
 export interface TcpAttach {
@@ -318,6 +334,19 @@ export interface RdmaAttach {
   resumeHost: string;
   /** How long the gateway keeps a suspended socket waiting for its resume (ms). */
   resumeMs: number;
+  /**
+   * True: the socket already rides `slot`, the pre-issued slot the offer
+   * named; the client sends no BIND (the token is spent). False: connect or
+   * BIND as `new_session` says.
+   */
+  linked: boolean;
+  /**
+   * Slots of `session_id` pre-issued to this client in this answer (asked for
+   * with RdmaOffer.preissue; only once the session is connected). Each is the
+   * client's until it names it in a Connect or gives it back (CLOSE), or the
+   * session ends.
+   */
+  preissuedSlots: number[];
 }
 
 export interface Accepted {
@@ -720,7 +749,7 @@ export const ShmOffer: MessageFns<ShmOffer> = {
 };
 
 function createBaseRdmaOffer(): RdmaOffer {
-  return { address: "", ringBytes: 0, sessionId: "" };
+  return { address: "", ringBytes: 0, sessionId: "", preissue: 0, slot: undefined };
 }
 
 export const RdmaOffer: MessageFns<RdmaOffer> = {
@@ -733,6 +762,12 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
     }
     if (message.sessionId !== "") {
       writer.uint32(26).string(message.sessionId);
+    }
+    if (message.preissue !== 0) {
+      writer.uint32(32).uint32(message.preissue);
+    }
+    if (message.slot !== undefined) {
+      writer.uint32(40).uint32(message.slot);
     }
     return writer;
   },
@@ -774,6 +809,22 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
             message.sessionId = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.preissue = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.slot = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -799,6 +850,8 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
         : isSet(object.session_id)
         ? globalThis.String(object.session_id)
         : "",
+      preissue: isSet(object.preissue) ? globalThis.Number(object.preissue) : 0,
+      slot: isSet(object.slot) ? globalThis.Number(object.slot) : undefined,
     };
   },
 
@@ -813,6 +866,12 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
     if (message.sessionId !== "") {
       obj.sessionId = message.sessionId;
     }
+    if (message.preissue !== 0) {
+      obj.preissue = Math.round(message.preissue);
+    }
+    if (message.slot !== undefined) {
+      obj.slot = Math.round(message.slot);
+    }
     return obj;
   },
 
@@ -824,6 +883,8 @@ export const RdmaOffer: MessageFns<RdmaOffer> = {
     message.address = object.address ?? "";
     message.ringBytes = object.ringBytes ?? 0;
     message.sessionId = object.sessionId ?? "";
+    message.preissue = object.preissue ?? 0;
+    message.slot = object.slot ?? undefined;
     return message;
   },
 };
@@ -1221,6 +1282,8 @@ function createBaseRdmaAttach(): RdmaAttach {
     resumePort: 0,
     resumeHost: "",
     resumeMs: 0,
+    linked: false,
+    preissuedSlots: [],
   };
 }
 
@@ -1255,6 +1318,16 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     }
     if (message.resumeMs !== 0) {
       writer.uint32(80).uint32(message.resumeMs);
+    }
+    if (message.linked !== false) {
+      writer.uint32(88).bool(message.linked);
+    }
+    if (message.preissuedSlots.length !== 0) {
+      writer.uint32(98).fork();
+      for (const v of message.preissuedSlots) {
+        writer.uint32(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -1352,6 +1425,32 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
             message.resumeMs = reader.uint32();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.linked = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag === 96) {
+              message.preissuedSlots.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 98) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.preissuedSlots.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1400,6 +1499,12 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
         : isSet(object.resume_ms)
         ? globalThis.Number(object.resume_ms)
         : 0,
+      linked: isSet(object.linked) ? globalThis.Boolean(object.linked) : false,
+      preissuedSlots: globalThis.Array.isArray(object?.preissuedSlots)
+        ? object.preissuedSlots.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.preissued_slots)
+        ? object.preissued_slots.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -1435,6 +1540,12 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     if (message.resumeMs !== 0) {
       obj.resumeMs = Math.round(message.resumeMs);
     }
+    if (message.linked !== false) {
+      obj.linked = message.linked;
+    }
+    if (message.preissuedSlots?.length) {
+      obj.preissuedSlots = message.preissuedSlots.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -1453,6 +1564,8 @@ export const RdmaAttach: MessageFns<RdmaAttach> = {
     message.resumePort = object.resumePort ?? 0;
     message.resumeHost = object.resumeHost ?? "";
     message.resumeMs = object.resumeMs ?? 0;
+    message.linked = object.linked ?? false;
+    message.preissuedSlots = object.preissuedSlots?.map((e) => e) || [];
     return message;
   },
 };
