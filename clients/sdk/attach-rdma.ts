@@ -30,7 +30,7 @@ import { AbortedError, AttachFailedError, GatewayUnavailableError, SocketClosedE
 import { ATTACH_TIMEOUT_MS, SHORT_TOKEN_BYTES } from '../../proto/attach-limits.js';
 import { SESSION_ID_RE } from '../../proto/shm-wire.js';
 import { native } from './native-optional.js';
-import { PREISSUE_SLOTS, PreissuedSlots, slotAfterFailure, within } from './client-slot-session.js';
+import { PREISSUE_SLOTS, PreissuedSlots, nameSlot, type NamedSlot, within } from './client-slot-session.js';
 import { newSessionId, RdmaClientSession, RdmaSocket, type SessionState } from './rdma-client-session.js';
 import { RdmaAttachError, rdmaSupport } from './rdma-support.js';
 import { resumeToken } from '../../proto/resume-wire.js';
@@ -65,13 +65,6 @@ export interface RdmaClientOptions {
   preissue?: number;
   /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
   hostile?: 3;
-}
-
-/** A pre-issued slot named in a Connect's offer, until the Connect's outcome settles it. */
-export interface NamedSlot {
-  readonly offer: RdmaOffer;
-  /** The Connect answered (`answer`: its rdma parameters, if rdma was accepted) or failed (`err`). */
-  settle(answer: RdmaAttach | undefined, err?: unknown): void;
 }
 
 /** The rdma side of one SDK Gateway object. */
@@ -109,30 +102,14 @@ export class RdmaClient {
   }
 
   /** `offer` naming a slot pre-issued to one of our connected sessions (the primary first), if one is held and free here. */
-  name(offer: RdmaOffer): NamedSlot | undefined {
+  name(offer: RdmaOffer): NamedSlot<RdmaOffer> | undefined {
     const primary = this.#sessions.get(this.#sessionId);
     for (const s of primary ? [primary, ...this.#sessions.values()] : this.#sessions.values()) {
       if (s.state !== 'established') continue;
       const no = s.preissued?.take((n) => !s.slots.has(n));
       if (no === undefined) continue;
-      let settled = false;
-      return {
-        offer: { ...offer, sessionId: s.id, slot: no },
-        // Once: a Connect retried after its call was cut settles with the error, then again with the retry's answer.
-        settle: (answer, err) => {
-          if (settled || s.state !== 'established') return;
-          settled = true;
-          if (err === undefined) {
-            // Taken: the socket rides it (linked, or as its reservation to BIND); else it is still ours.
-            if (answer?.sessionId !== s.id || answer.slot !== no) s.preissued!.put(no);
-            return;
-          }
-          const after = slotAfterFailure(err);
-          if (after === 'keep') s.preissued!.put(no);
-          // Unknown: CLOSE stands in for shm's ABORT.
-          else if (after === 'abort') s.giveBack(native!, no);
-        },
-      };
+      // Unknown outcome: CLOSE stands in for shm's ABORT.
+      return nameSlot(offer, s.id, no, s.preissued!, () => s.state === 'established', (n) => s.giveBack(native!, n));
     }
     return undefined;
   }

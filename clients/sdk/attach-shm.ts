@@ -34,7 +34,7 @@ import {
 } from '../../proto/shm-wire.js';
 import { ATTACH_TIMEOUT_MS } from '../../proto/attach-limits.js';
 import { ShmChannel, endError, type ShmChannelSession, type ShmSlotLink } from './shm-channel.js';
-import { Holds, PREISSUE_SLOTS, PreissuedSlots, SharedPump, SlotBinds, slotAfterFailure, within } from './client-slot-session.js';
+import { Holds, PREISSUE_SLOTS, PreissuedSlots, SharedPump, SlotBinds, nameSlot, type NamedSlot, within } from './client-slot-session.js';
 import { native, nativeError, type NativeModule } from './native-optional.js';
 
 /** The largest spin a gateway may ask of this process's pump (µs; the native pump's own limit). */
@@ -291,13 +291,6 @@ export interface ShmClientOptions {
   preissue?: number;
 }
 
-/** A pre-issued slot named in a Connect's offer, until the Connect's outcome settles it. */
-export interface NamedSlot {
-  readonly offer: ShmOffer;
-  /** The Connect answered (`answer`: its shm parameters, if shm was accepted) or failed (`err`). */
-  settle(answer: ShmAttach | undefined, err?: unknown): void;
-}
-
 /** The shm side of one SDK Gateway object. */
 export class ShmClient {
   /** The session id this client offers with every shm socket. */
@@ -323,28 +316,12 @@ export class ShmClient {
   }
 
   /** `offer` naming a slot pre-issued to one of our sessions (the primary first), if one is held and idle. */
-  name(offer: ShmOffer): NamedSlot | undefined {
+  name(offer: ShmOffer): NamedSlot<ShmOffer> | undefined {
     const primary = this.#sessions.get(this.sessionId);
     for (const s of primary ? [primary, ...this.#sessions.values()] : this.#sessions.values()) {
       const no = s.preissued.take((n) => s.idle(n));
       if (no === undefined) continue;
-      let settled = false;
-      return {
-        offer: { ...offer, sessionId: s.id, slot: no },
-        // Once: a Connect retried after its call was cut settles with the error, then again with the retry's answer.
-        settle: (answer, err) => {
-          if (settled || s.closed) return;
-          settled = true;
-          if (err === undefined) {
-            // Taken: the socket rides it (linked, or as its reservation to BIND); else it is still ours.
-            if (answer?.sessionId !== s.id || answer.slot !== no) s.preissued.put(no);
-            return;
-          }
-          const after = slotAfterFailure(err);
-          if (after === 'keep') s.preissued.put(no);
-          else if (after === 'abort') s.release(no, true);
-        },
-      };
+      return nameSlot(offer, s.id, no, s.preissued, () => !s.closed, (n) => s.release(n, true));
     }
     return undefined;
   }

@@ -189,3 +189,36 @@ export function slotAfterFailure(err: unknown): 'keep' | 'drop' | 'abort' {
   if (!(err instanceof SockgateError) || err.constructor === SockgateError || err instanceof GatewayUnavailableError || err instanceof AbortedError) return 'abort';
   return 'keep';
 }
+
+/** A pre-issued slot named in one Connect's offer, and how that Connect's outcome settles it. */
+export interface NamedSlot<O> {
+  readonly offer: O;
+  /** The Connect answered (`answer`: its transport parameters, if that transport was accepted) or failed (`err`). */
+  settle(answer: { sessionId: string; slot?: number | undefined } | undefined, err?: unknown): void;
+}
+
+/**
+ * Name slot `no` of session `sessionId` (taken from `pool`) in `offer`. Settles
+ * once (a Connect retried after its call was cut settles with the error, then
+ * again with the retry's answer), and only while `alive()`: taken by the
+ * answer, back to the pool when the answer or a definite failure left it
+ * unused, or given back to the gateway by `abort` when the outcome is unknown.
+ */
+export function nameSlot<O extends object>(offer: O, sessionId: string, no: number, pool: PreissuedSlots, alive: () => boolean, abort: (no: number) => void): NamedSlot<O> {
+  let settled = false;
+  return {
+    offer: { ...offer, sessionId, slot: no },
+    settle: (answer, err) => {
+      if (settled || !alive()) return;
+      settled = true;
+      if (err === undefined) {
+        // Taken: the socket rides it (linked, or as its reservation to BIND); else it is still ours.
+        if (answer?.sessionId !== sessionId || answer.slot !== no) pool.put(no);
+        return;
+      }
+      const after = slotAfterFailure(err);
+      if (after === 'keep') pool.put(no);
+      else if (after === 'abort') abort(no);
+    },
+  };
+}
