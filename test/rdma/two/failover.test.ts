@@ -124,7 +124,10 @@ if (!IN_VM) {
         const moves = end['moves'] as Move[];
         t.is(moves.length, 1);
         t.like(moves[0], { from: 'rdma', to: 'tcp', cause: 'ERR_SOCKGATE_RDMA_QP_FATAL' });
+        // During the transfer: 8 MiB went up on rdma first (mode 5), or the faulting byte left after 8 MiB came down (mode 4).
+        if (dir === 'up') t.true(child.reports.some((r) => r.event === 'progress' && Number(r['sent']) >= 8 << 20 && (r['moves'] as unknown[]).length === 0), '8 MiB sent before the move');
         const fault = child.reports.find((r) => r.event === 'fault');
+        if (dir === 'down') t.true(Number(fault?.['received']) >= 8 << 20, 'the faulting write came after 8 MiB received');
         if (fault) t.log(`injected QP fatal -> socket moved to tcp: ${moves[0]!.atMs - Number(fault['atMs'])} ms`);
         const status = await child.next((r) => r.event === 'status', 10_000, "the gateway's view");
         t.is(status['transport'], TransportKind.TRANSPORT_KIND_TCP, `gateway status: ${JSON.stringify(status)}`);
