@@ -333,6 +333,7 @@ async function server(): Promise<void> {
   if (FAILOVER) {
     log('live failover: gateway with resume_ms and a source');
     const fo = await startFailoverServers(OWN_ADDR);
+    barrier.open('failover');
     try {
       await barrier.until('failover-done', FAILOVER_PHASE_MS);
     } finally {
