@@ -36,6 +36,8 @@ import { A_ADDR, PORTS, SOURCE_BYTES, sourceBlock, sourceChunk } from './lab.js'
 const LIFETIME_MS = 240_000;
 /** `--hostile 4` with `down`: received bytes before the one byte whose RDMA write faults the connection. */
 const TRIGGER_AT = 8 << 20;
+/** --peer: how often A's and B's views are asked for while the transfer runs (until both show the move). */
+const PEER_POLL_MS = 500;
 
 function report(o: Record<string, unknown>): void {
   process.stdout.write(JSON.stringify(o) + '\n');
@@ -127,6 +129,8 @@ async function main(): Promise<number> {
     const w = watch(sock);
     await peer?.poll(sock.socketId);
     report({ event: 'connected', transport: sock.transport, ...(peer ? { hop: peer.hopBefore } : {}) });
+    // --peer: B may record the move after the last progress report (an upload's bytes are all written by then).
+    const polling = peer ? setInterval(() => void peer.poll(sock.socketId), PEER_POLL_MS) : undefined;
     let triggered = false;
     const got = createHash('sha256');
     let received = 0;
@@ -171,6 +175,7 @@ async function main(): Promise<number> {
       sock.end();
     }
     await ended;
+    clearInterval(polling);
     if (peer) {
       await peer.poll(sock.socketId);
       report({ event: 'status', hopBefore: peer.hopBefore, hop: peer.hopNow, far: peer.b ?? null });

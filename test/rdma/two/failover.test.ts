@@ -20,7 +20,8 @@
  * mid-transfer. The same with the peer gateway as the far end: gateway A in
  * the child (failover-peer-gw.ts), the application's socket to A over tcp,
  * A's peers rule to the failover gateway over rdma with the fault on that
- * connection; A's status shows the hop now on tcp, B's the move.
+ * connection, or `rdma link delete` under it; A's status shows the hop now on
+ * tcp, B's the move.
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -107,6 +108,20 @@ if (!IN_VM) {
     t.true(end['bytesMatch'] as boolean, '32 MiB arrived');
     t.true(end['shaMatch'] as boolean, 'SHA-256 matches');
   };
+  /** Peer gateway as the far end: the application's socket (to A, tcp) saw nothing; A's hop and B's socket moved. */
+  const hopMoved = (t: ExecutionContext, end: Report, child: Child): void => {
+    intact(t, end);
+    t.is(end['transport'], 'tcp', "the application's own socket (to A) never moved");
+    t.deepEqual(end['moves'], []);
+    const status = child.reports.find((r) => r.event === 'status');
+    t.log(`status: ${JSON.stringify(status)}`);
+    t.is(status?.['hopBefore'], TransportKind.TRANSPORT_KIND_RDMA, "A's hop before the fault");
+    t.is(status?.['hop'], TransportKind.TRANSPORT_KIND_TCP, "A's hop now (SocketInfo.peer.transport)");
+    const far = status?.['far'] as { transport?: TransportKind; moves?: Array<Record<string, unknown>> } | null | undefined;
+    t.is(far?.transport, TransportKind.TRANSPORT_KIND_TCP, "B's socket now");
+    t.like(far?.moves?.[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });
+    t.regex(String(far?.moves?.[0]?.['cause']), /^ERR_SOCKGATE_RDMA_/, "B's move names the connection's error");
+  };
   // The test build of the addon carries the hostile modes (the product build refuses them).
   const TEST_BUILD = { SOCKGATE_NATIVE_BUILD: 'test' };
 
@@ -148,20 +163,34 @@ if (!IN_VM) {
         t.like(await child.next((r) => r.event === 'connected' || r.event === 'crashed', WAIT_MS, 'the connect'), { event: 'connected', transport: 'tcp', hop: TransportKind.TRANSPORT_KIND_RDMA });
         const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
         t.log(`finished: ${JSON.stringify(end)}`);
-        intact(t, end);
-        t.is(end['transport'], 'tcp', "the application's own socket (to A) never moved");
-        t.deepEqual(end['moves'], []);
-        const status = child.reports.find((r) => r.event === 'status')!;
-        t.log(`status: ${JSON.stringify(status)}`);
-        t.is(status['hopBefore'], TransportKind.TRANSPORT_KIND_RDMA, "A's hop before the fault");
-        t.is(status['hop'], TransportKind.TRANSPORT_KIND_TCP, "A's hop now");
-        const far = status['far'] as { transport?: TransportKind; moves?: Array<Record<string, unknown>> } | null;
-        t.is(far?.transport, TransportKind.TRANSPORT_KIND_TCP, "B's socket now");
-        t.like(far?.moves?.[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });
-        t.regex(String(far?.moves?.[0]?.['cause']), /^ERR_SOCKGATE_RDMA_/, "B's move names the connection's error");
+        hopMoved(t, end, child);
         t.is(await child.exited, 0);
       } finally {
         child.kill();
+      }
+    });
+  }
+
+  for (const dir of ['up', 'down'] as const) {
+    test.serial(`failover, peer gateway as the far end: rdma link delete during 32 MiB ${dir === 'up' ? 'application -> A -> B' : 'B -> A -> application'}: the application's socket stays open, SHA-256 matches, A's hop and B's socket show tcp<-rdma`, async (t) => {
+      t.timeout(10 * 60_000);
+      linkAdd();
+      const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW, args: ['--peer'] });
+      let del: ChildProcess | undefined;
+      try {
+        t.like(await child.next((r) => r.event === 'connected' || r.event === 'crashed', WAIT_MS, 'the connect'), { event: 'connected', transport: 'tcp', hop: TransportKind.TRANSPORT_KIND_RDMA });
+        const key = dir === 'up' ? 'sent' : 'received';
+        await child.next((r) => r.event === 'progress' && Number(r[key]) >= 8 << 20, WAIT_MS, '8 MiB moved');
+        // Gateway A's hop is the only rdma user in this VM (the child): the delete finishes once the child exits.
+        del = spawn('rdma', ['link', 'delete', DEV], { stdio: 'ignore' });
+        const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
+        t.log(`finished: ${JSON.stringify(end)}`);
+        hopMoved(t, end, child);
+        t.is(await child.exited, 0);
+      } finally {
+        child.kill();
+        if (del && del.exitCode === null) await new Promise((r) => setTimeout(r, 5_000));
+        linkAdd();
       }
     });
   }
