@@ -308,6 +308,12 @@ export class PeerRouter {
       dataConnection: opened.dataConnection ? () => opened.dataConnection!() : undefined,
     };
     this.#hops.set(opened.socket, stream);
+    // Live failover of the hop (an rdma slot resumed on the peer's tcp plane, clients/sdk RdmaSocket 'moved'):
+    // the socket's status shows the hop's transport now; the peer's own SocketInfo has the move and its cause.
+    opened.socket.once('moved', (m: { to?: string; cause?: string }) => {
+      stream.hop.transport = transportKindOfName(m.to ?? '') ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED;
+      this.logger.info({ via: peer.via, route: peer.key, uri, peerSocket: opened.socketId, to: m.to, cause: m.cause }, 'peer hop moved (live failover)');
+    });
     this.logger.info(
       { via: peer.via, route: peer.key, uri, peerSocket: opened.socketId, transport: opened.transport, fallbacks: opened.fallbacks.map((f) => `${f.transport}: ${f.reason}`) },
       'host socket opened through peer gateway',

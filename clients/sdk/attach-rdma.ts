@@ -63,8 +63,12 @@ export interface RdmaClientOptions {
   failover?: boolean;
   /** Slots to keep pre-issued per connected session (default 16, the gateway bounds them: transports.rdma.max_preissued_slots); 0: never ask (every socket BINDs after its Connect). */
   preissue?: number;
-  /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
-  hostile?: 3;
+  /**
+   * @internal Tests only, the test build of the addon (native RdmaConnectOptions.hostile): 3 = every BIND carries a
+   * token the gateway cannot redeem; 4 = every RDMA write uses a wrong key (an injected QP fatal at the first write);
+   * 5 = the same once a slot has posted 8 MiB.
+   */
+  hostile?: 3 | 4 | 5;
 }
 
 /** The rdma side of one SDK Gateway object. */

@@ -375,6 +375,8 @@ export class Gateway {
       socket = inner;
       // rdma says how each slot ended; the tcp plane's FIN says nothing more than the descriptor does.
       failure = inner instanceof RdmaSocket ? inner.ended : new Promise(() => {});
+      // Live failover still applies once the caller moved the descriptor into a native link and let go of this object.
+      if (inner instanceof RdmaSocket) inner.handedOver = true;
     } else {
       try {
         ({ socket, failure } = await bridgeToFd(inner, `socket ${meta.socketId} (${meta.transport})`));

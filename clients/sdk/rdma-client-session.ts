@@ -59,6 +59,8 @@ export class RdmaSocket extends FdChannel {
   #done = false;
   /** Live failover: the relay on the tcp data port this socket continues on. */
   #moved: SpliceLink | undefined;
+  /** @internal openStream handed the descriptor on (a peer-routing gateway's native link holds a dup): destroyed here is not closed. */
+  handedOver = false;
 
   constructor(
     fd: number,
@@ -238,7 +240,7 @@ export class RdmaClientSession {
     const n = native!;
     const sock = this.slots.get(e.slot);
     const r = this.resume;
-    if (!sock || !r || !sock.resumeToken || sock.destroyed) {
+    if (!sock || !r || !sock.resumeToken || (sock.destroyed && !sock.handedOver)) {
       n.closeFd(e.fd, true);
       return;
     }

@@ -19,10 +19,13 @@ export class Child {
   #waiters: Array<() => void> = [];
   stderr = '';
 
-  /** `script`: another child of this directory (failover-child.js) against `gateway`. */
-  constructor(mode: 'stream' | 'echo' | 'lines' | 'up' | 'down' | 'idle', opts: { script?: string; gateway?: string } = {}) {
+  /** `script`: another child of this directory (failover-child.js) against `gateway`, with `args` after the mode and `env` added. */
+  constructor(mode: 'stream' | 'echo' | 'lines' | 'up' | 'down' | 'idle', opts: { script?: string; gateway?: string; args?: string[]; env?: Record<string, string> } = {}) {
     const script = opts.script ? fileURLToPath(new URL(`./${opts.script}`, import.meta.url)) : CHILD;
-    this.proc = spawn(process.execPath, [script, opts.gateway ?? GW, mode], { stdio: [mode === 'lines' ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    this.proc = spawn(process.execPath, [script, opts.gateway ?? GW, mode, ...(opts.args ?? [])], {
+      stdio: [mode === 'lines' ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...(opts.env ?? {}) },
+    });
     this.proc.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
     createInterface({ input: this.proc.stdout! }).on('line', (line) => {
       try {

@@ -12,11 +12,21 @@
  * Logs the time from the delete to the socket's move (the first byte on the
  * new path follows at once: the re-sent tail opens the relay). Runs before
  * sdk.test.ts (files run in name order) and puts rxe0 back whatever happens.
+ *
+ * The injected QP fatal (the addon's test build, `rdma.hostile`, as in the
+ * one-VM test/rdma/failover.test.ts): the SDK's RDMA writes use a key the
+ * gateway never issued, once 8 MiB went up (mode 5), or from the one byte the
+ * download writes after 8 MiB came down (mode 4): both ends' QPs fail
+ * mid-transfer. The same with the peer gateway as the far end: gateway A in
+ * the child (failover-peer-gw.ts), the application's socket to A over tcp,
+ * A's peers rule to the failover gateway over rdma with the fault on that
+ * connection, or `rdma link delete` under it; A's status shows the hop now on
+ * tcp, B's the move.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { TransportKind } from '../../../proto/gen/sockgate/v1/transport.js';
-import { Child, WAIT_MS } from './child.js';
+import { Child, WAIT_MS, type Report } from './child.js';
 import { A_ADDR, metric, PORTS, RESUME_MS } from './lab.js';
 
 const IN_VM = process.env['SOCKGATE_IN_VM'] === '1' && process.env['SOCKGATE_VM_NAME'] === 'b';
@@ -82,6 +92,101 @@ if (!IN_VM) {
         t.is(await child.exited, 0);
         const code = await Promise.race([deleted, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 60_000).unref())]);
         t.is(code, 0, 'rdma link delete finished once the SDK process exited');
+      } finally {
+        child.kill();
+        if (del && del.exitCode === null) await new Promise((r) => setTimeout(r, 5_000));
+        linkAdd();
+      }
+    });
+  }
+
+  /** The checks every fault shares: the same socket finished with nothing the application would see as trouble. */
+  const intact = (t: ExecutionContext, end: Report): void => {
+    t.is(end.event, 'finished', JSON.stringify(end));
+    t.deepEqual(end['errors'], [], 'the socket emitted no error');
+    t.false(end['closedBeforeEnd'] as boolean, 'the socket did not close before its end');
+    t.true(end['bytesMatch'] as boolean, '32 MiB arrived');
+    t.true(end['shaMatch'] as boolean, 'SHA-256 matches');
+  };
+  /** Peer gateway as the far end: the application's socket (to A, tcp) saw nothing; A's hop and B's socket moved. */
+  const hopMoved = (t: ExecutionContext, end: Report, child: Child): void => {
+    intact(t, end);
+    t.is(end['transport'], 'tcp', "the application's own socket (to A) never moved");
+    t.deepEqual(end['moves'], []);
+    const status = child.reports.find((r) => r.event === 'status');
+    t.log(`status: ${JSON.stringify(status)}`);
+    t.is(status?.['hopBefore'], TransportKind.TRANSPORT_KIND_RDMA, "A's hop before the fault");
+    t.is(status?.['hop'], TransportKind.TRANSPORT_KIND_TCP, "A's hop now (SocketInfo.peer.transport)");
+    const far = status?.['far'] as { transport?: TransportKind; moves?: Array<Record<string, unknown>> } | null | undefined;
+    t.is(far?.transport, TransportKind.TRANSPORT_KIND_TCP, "B's socket now");
+    t.like(far?.moves?.[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });
+    t.regex(String(far?.moves?.[0]?.['cause']), /^ERR_SOCKGATE_RDMA_/, "B's move names the connection's error");
+  };
+  // The test build of the addon carries the hostile modes (the product build refuses them).
+  const TEST_BUILD = { SOCKGATE_NATIVE_BUILD: 'test' };
+
+  for (const dir of ['up', 'down'] as const) {
+    test.serial(`failover: an injected QP fatal during a 32 MiB transfer ${dir === 'up' ? 'SDK -> gateway' : 'gateway -> SDK'}: the socket moves to tcp without an error, SHA-256 matches, status shows tcp<-rdma`, async (t) => {
+      t.timeout(10 * 60_000);
+      linkAdd();
+      const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW, args: ['--hostile', dir === 'up' ? '5' : '4'], env: TEST_BUILD });
+      try {
+        t.like(await child.next((r) => r.event === 'connected' || r.event === 'crashed', WAIT_MS, 'the connect'), { event: 'connected', transport: 'rdma' });
+        const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
+        t.log(`finished: ${JSON.stringify(end)}`);
+        intact(t, end);
+        t.is(end['transport'], 'tcp');
+        const moves = end['moves'] as Move[];
+        t.is(moves.length, 1);
+        t.like(moves[0], { from: 'rdma', to: 'tcp', cause: 'ERR_SOCKGATE_RDMA_QP_FATAL' });
+        // During the transfer: 8 MiB went up on rdma first (mode 5), or the faulting byte left after 8 MiB came down (mode 4).
+        if (dir === 'up') t.true(child.reports.some((r) => r.event === 'progress' && Number(r['sent']) >= 8 << 20 && (r['moves'] as unknown[]).length === 0), '8 MiB sent before the move');
+        const fault = child.reports.find((r) => r.event === 'fault');
+        if (dir === 'down') t.true(Number(fault?.['received']) >= 8 << 20, 'the faulting write came after 8 MiB received');
+        if (fault) t.log(`injected QP fatal -> socket moved to tcp: ${moves[0]!.atMs - Number(fault['atMs'])} ms`);
+        const status = await child.next((r) => r.event === 'status', 10_000, "the gateway's view");
+        t.is(status['transport'], TransportKind.TRANSPORT_KIND_TCP, `gateway status: ${JSON.stringify(status)}`);
+        t.like((status['moves'] as unknown[])[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });
+        t.is(await child.exited, 0);
+      } finally {
+        child.kill();
+      }
+    });
+  }
+
+  for (const dir of ['up', 'down'] as const) {
+    test.serial(`failover, peer gateway as the far end: an injected QP fatal on gateway A's rdma hop during 32 MiB ${dir === 'up' ? 'application -> A -> B' : 'B -> A -> application'}: the application's socket stays open, SHA-256 matches, A's hop and B's socket show tcp<-rdma`, async (t) => {
+      t.timeout(10 * 60_000);
+      linkAdd();
+      const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW, args: ['--peer', '--hostile', dir === 'up' ? '5' : '4'], env: TEST_BUILD });
+      try {
+        t.like(await child.next((r) => r.event === 'connected' || r.event === 'crashed', WAIT_MS, 'the connect'), { event: 'connected', transport: 'tcp', hop: TransportKind.TRANSPORT_KIND_RDMA });
+        const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
+        t.log(`finished: ${JSON.stringify(end)}`);
+        hopMoved(t, end, child);
+        t.is(await child.exited, 0);
+      } finally {
+        child.kill();
+      }
+    });
+  }
+
+  for (const dir of ['up', 'down'] as const) {
+    test.serial(`failover, peer gateway as the far end: rdma link delete during 32 MiB ${dir === 'up' ? 'application -> A -> B' : 'B -> A -> application'}: the application's socket stays open, SHA-256 matches, A's hop and B's socket show tcp<-rdma`, async (t) => {
+      t.timeout(10 * 60_000);
+      linkAdd();
+      const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW, args: ['--peer'] });
+      let del: ChildProcess | undefined;
+      try {
+        t.like(await child.next((r) => r.event === 'connected' || r.event === 'crashed', WAIT_MS, 'the connect'), { event: 'connected', transport: 'tcp', hop: TransportKind.TRANSPORT_KIND_RDMA });
+        const key = dir === 'up' ? 'sent' : 'received';
+        await child.next((r) => r.event === 'progress' && Number(r[key]) >= 8 << 20, WAIT_MS, '8 MiB moved');
+        // Gateway A's hop is the only rdma user in this VM (the child): the delete finishes once the child exits.
+        del = spawn('rdma', ['link', 'delete', DEV], { stdio: 'ignore' });
+        const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
+        t.log(`finished: ${JSON.stringify(end)}`);
+        hopMoved(t, end, child);
+        t.is(await child.exited, 0);
       } finally {
         child.kill();
         if (del && del.exitCode === null) await new Promise((r) => setTimeout(r, 5_000));

@@ -20,6 +20,12 @@
  * the issue's goals were met; the same over a bare native connection, and the
  * stream again with 4 MiB rings.
  *
+ * Then live failover (bench-failover.ts, issue 14): a 256 MiB download through
+ * a gateway with transports.rdma.resume_ms, an injected QP fatal a quarter in,
+ * the time from the fault to the first byte on the new path (3 runs; the
+ * client in a process of its own with the addon's test build).
+ * SOCKGATE_BENCH_FAILOVER=0 (both VMs) leaves it out.
+ *
  * SOCKGATE_BENCH_ONLY=gateway (debugging, e.g. both roles in one VM) skips the
  * baselines and takes them from the committed test/bench/results-rdma.json.
  *
@@ -35,6 +41,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { percentile, roundTo, writeLoop, type BenchRow as Row } from '../../bench/lib.js';
 import { pingPong } from './bench-gateway.js';
+import { failoverRow, FAILOVER_BYTES, RUNS as FAILOVER_RUNS, startFailoverServers, type FailoverRun } from './bench-failover.js';
 import { cpuMark, cpuSpan, perUnit } from './bench-measure.js';
 
 /** Seconds of ib_write_bw (-D) and of the TCP stream: long enough to settle under TCG. */
@@ -76,6 +83,10 @@ const GATEWAY_ONLY = process.env['SOCKGATE_BENCH_ONLY'] === 'gateway';
 const PHASES = GATEWAY_ONLY && process.env['SOCKGATE_BENCH_PHASES'] ? (process.env['SOCKGATE_BENCH_PHASES'].split(',') as import('./bench-gateway.js').Phase[]) : undefined;
 /** The client's whole gateway phase (SDK load under TCG included) and the server's wait for it. */
 const GATEWAY_PHASE_MS = 600_000;
+/** The failover row (bench-failover.ts); SOCKGATE_BENCH_FAILOVER=0 in both VMs skips it. */
+const FAILOVER = process.env['SOCKGATE_BENCH_FAILOVER'] !== '0';
+/** Its client process: the expected hash, then the downloads (each bounded there too). */
+const FAILOVER_PHASE_MS = 900_000;
 
 interface Ran {
   code: number | null;
@@ -319,6 +330,16 @@ async function server(): Promise<void> {
   } finally {
     await servers.close();
   }
+  if (FAILOVER) {
+    log('live failover: gateway with resume_ms and a source');
+    const fo = await startFailoverServers(OWN_ADDR);
+    barrier.open('failover');
+    try {
+      await barrier.until('failover-done', FAILOVER_PHASE_MS);
+    } finally {
+      await fo.close();
+    }
+  }
   barrier.close();
   log('done');
 }
@@ -452,12 +473,35 @@ async function gatewayPhase(baselineRows: Row[]): Promise<Row[]> {
   return gw.figuresToRows(figures, baselinesOf(baselineRows)) as Row[];
 }
 
+/** The failover row: bench-failover.js client in a process with the addon's test build (its hostile mode is the fault). */
+async function failoverPhase(rows: Row[]): Promise<Row[]> {
+  if (!FAILOVER) return [];
+  await waitForServer('failover');
+  log(`live failover: ${FAILOVER_RUNS} downloads of ${FAILOVER_BYTES >> 20} MiB with an injected QP fatal`);
+  const script = new URL('./bench-failover.js', import.meta.url).pathname;
+  const child = spawn(process.execPath, [script, 'client', SERVER_ADDR], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, SOCKGATE_NATIVE_BUILD: 'test' } });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    process.stdout.write(d);
+  });
+  const timer = setTimeout(() => child.kill('SIGKILL'), FAILOVER_PHASE_MS);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  await waitForServer('failover-done');
+  const m = /^SOCKGATE_FAILOVER_RUNS=(\[.*\])$/m.exec(out);
+  if (code !== 0 || !m) throw new Error(`bench-failover client failed (exit ${code})`);
+  const noFault = rows.find((r) => r.name === 'sockgate rdma channel stream');
+  return [failoverRow(JSON.parse(m[1]!) as FailoverRun[], noFault?.throughput_MBps ?? undefined)];
+}
+
 async function client(): Promise<void> {
   const rows: Row[] = [];
   if (GATEWAY_ONLY) {
     // Debugging: the committed baselines stand in; only the gateway's rows are printed.
     const committed = JSON.parse(readFileSync(new URL('../../../../test/bench/results-rdma.json', import.meta.url), 'utf8')) as Row[];
     const own = await gatewayPhase(committed);
+    own.push(...(await failoverPhase([...committed, ...own])));
     process.stdout.write(`SOCKGATE_BENCH_ROWS=${JSON.stringify(own)}\n`);
     return;
   }
@@ -502,6 +546,7 @@ async function client(): Promise<void> {
   );
   log('sockgate gateway rdma channel');
   rows.push(...(await gatewayPhase(rows)));
+  rows.push(...(await failoverPhase(rows)));
   const meta = {
     topology: `two TCG VMs, ${process.env['SOCKGATE_VM_SMP'] ?? '?'} vCPU each; virtio-net joined by qemu (${process.env['SOCKGATE_VM_LINK'] ?? '?'} link), MTU ${process.env['SOCKGATE_VM_MTU'] ?? '?'}; rxe0 on each eth0`,
     kernel: process.env['SOCKGATE_VM_KERNEL'] ?? '',
