@@ -301,7 +301,7 @@ export class PeerRouter {
       detail: f.detail,
     }));
     const stream: PeerStream = {
-      hop: { via: peer.via, socketId: opened.socketId, transport: transportKindOfName(opened.transport) ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED, fallbacks },
+      hop: { via: peer.via, socketId: opened.socketId, transport: transportKindOfName(opened.transport) ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED, fallbacks, moves: [] },
       localUri: opened.localUri,
       remoteUri: opened.remoteUri,
       failure: opened.failure,
@@ -310,8 +310,10 @@ export class PeerRouter {
     this.#hops.set(opened.socket, stream);
     // Live failover of the hop (an rdma slot resumed on the peer's tcp plane, clients/sdk RdmaSocket 'moved'):
     // the socket's status shows the hop's transport now; the peer's own SocketInfo has the move and its cause.
-    opened.socket.once('moved', (m: { to?: string; cause?: string }) => {
-      stream.hop.transport = transportKindOfName(m.to ?? '') ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED;
+    opened.socket.once('moved', (m: { to?: string; cause?: string; atMs?: number }) => {
+      const to = transportKindOfName(m.to ?? '') ?? TransportKind.TRANSPORT_KIND_UNSPECIFIED;
+      stream.hop.moves.push({ from: stream.hop.transport, to, cause: m.cause ?? '', atMs: m.atMs ?? Date.now() });
+      stream.hop.transport = to;
       this.logger.info({ via: peer.via, route: peer.key, uri, peerSocket: opened.socketId, to: m.to, cause: m.cause }, 'peer hop moved (live failover)');
     });
     this.logger.info(

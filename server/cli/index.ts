@@ -16,7 +16,8 @@ import { registerSidecarCommand } from '../../clients/sidecar/index.js';
 import { SockgateError } from '../../proto/errors.js';
 import { SocketKind, socketStateToJSON } from '../../proto/gen/sockgate/v1/sockgate.js';
 import { reasonName, transportName } from '../socket-table.js';
-import type { SocketInfo } from '../../proto/gen/sockgate/v1/sockgate.js';
+import type { SocketInfo, TransportMove } from '../../proto/gen/sockgate/v1/sockgate.js';
+import type { TransportKind } from '../../proto/gen/sockgate/v1/transport.js';
 
 const DEFAULT_TARGET = process.env['SOCKGATE_TARGET'] ?? '127.0.0.1:7070';
 
@@ -76,10 +77,16 @@ function kernelColumn(h: SocketInfo['hostSocket']): string {
   return `smc:${h.smcMode || 'unknown'}`;
 }
 
+/** A data channel after live failover: the transport now, then where it was ("tcp<-rdma"; causes in --json's moves). */
+function moveChain(now: TransportKind, moves: readonly TransportMove[] | undefined): string {
+  return [transportName(now), ...[...(moves ?? [])].reverse().map((m) => transportName(m.from))].join('<-');
+}
+
 /** The `sockgate status` table, one socket a row, like smcss. */
 export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now()): string {
   // DATA: the tcp-plane data connection as the kernel carries it, where the gateway knows (an SMC data port, or a peer hop).
-  const header = ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'DATA', 'IN', 'OUT', 'AGE'];
+  // HOP: a socket routed through a peer gateway, the data plane between the two gateways (now<-before).
+  const header = ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'DATA', 'HOP', 'IN', 'OUT', 'AGE'];
   const kinds: Record<number, string> = { [SocketKind.SOCKET_KIND_STREAM]: 'stream', [SocketKind.SOCKET_KIND_DATAGRAM]: 'dgram', [SocketKind.SOCKET_KIND_LISTENER]: 'listen' };
   const rows = sockets.map((s) => [
     s.socketId,
@@ -88,11 +95,11 @@ export function formatStatusTable(sockets: readonly SocketInfo[], now = Date.now
     socketStateToJSON(s.state).replace('SOCKET_STATE_', '').toLowerCase(),
     s.localUri || '-',
     s.remoteUri || '-',
-    // After a live failover: the transport now, then where it was ("tcp<-rdma"; causes in --json's moves).
-    [transportName(s.transport), ...[...(s.moves ?? [])].reverse().map((m) => transportName(m.from))].join('<-'),
+    moveChain(s.transport, s.moves),
     reasonName(s.fallbackReason) || '-',
     kernelColumn(s.hostSocket),
     kernelColumn(s.dataConnection),
+    s.peer ? moveChain(s.peer.transport, s.peer.moves) : '-',
     humanBytes(s.bytesIn),
     humanBytes(s.bytesOut),
     humanAge(now - s.createdAtMs),

@@ -41,3 +41,19 @@ test('DATA shows the data connection as the kernel carries it; - where the gatew
   t.is(col('noData', 'KERNEL'), 'smc:SMC-R');
   t.is(col('noData', 'DATA'), '-');
 });
+
+test('HOP shows a peer-routed socket\'s hop between the gateways, now<-before after a live failover', (t) => {
+  const hop = { via: 'b:7443', socketId: 'p1', fallbacks: [] };
+  const rows = [
+    { ...base, socketId: 'moved', peer: { ...hop, transport: TransportKind.TRANSPORT_KIND_TCP, moves: [{ from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP, cause: 'ERR_SOCKGATE_RDMA_QP_FATAL', atMs: 1 }] } },
+    { ...base, socketId: 'steady', peer: { ...hop, transport: TransportKind.TRANSPORT_KIND_RDMA, moves: [] } },
+    { ...base, socketId: 'direct', peer: undefined },
+  ];
+  const lines = formatStatusTable(rows as unknown as SocketInfo[], 0).trimEnd().split('\n');
+  const header = lines[0]!.trim().split(/\s+/);
+  const col = (id: string, name: string) => lines.find((l) => l.startsWith(`${id} `))!.trim().split(/\s+/)[header.indexOf(name)];
+  t.is(col('moved', 'HOP'), 'tcp<-rdma');
+  t.is(col('steady', 'HOP'), 'rdma');
+  t.is(col('direct', 'HOP'), '-');
+  t.is(col('moved', 'TRANSPORT'), 'tcp');
+});

@@ -32,6 +32,7 @@ import { Gateway as SdkGateway, type GatewaySocket } from '../../../clients/sdk/
 import { TransportKind } from '../../../proto/gen/sockgate/v1/transport.js';
 import { startMiddleGateway, type MiddleGateway } from './failover-peer-gw.js';
 import { A_ADDR, PORTS, SOURCE_BYTES, sourceBlock, sourceChunk } from './lab.js';
+import { formatStatusTable } from '../../../server/cli/index.js';
 
 const LIFETIME_MS = 240_000;
 /** `--hostile 4` with `down`: received bytes before the one byte whose RDMA write faults the connection. */
@@ -68,6 +69,8 @@ async function statusOnce(gw: SdkGateway, sock: GatewaySocket, done: { v: boolea
 class PeerStatus {
   hopBefore: TransportKind | undefined;
   hopNow: TransportKind | undefined;
+  /** A's `sockgate status` row of the application's socket (its HOP column shows the hop's move). */
+  table: string | undefined;
   b: { transport?: TransportKind; moves?: unknown[] } | undefined;
   #busy = false;
   constructor(
@@ -81,7 +84,9 @@ class PeerStatus {
     if (this.#busy || this.done) return;
     this.#busy = true;
     try {
-      const hop = (await this.a.getInfo(socketId)).peer;
+      const info = await this.a.getInfo(socketId);
+      const hop = info.peer;
+      this.table = formatStatusTable([info]);
       this.hopBefore ??= hop?.transport;
       this.hopNow = hop?.transport;
       const mine = hop ? (await this.far.listSockets()).find((s) => s.socketId === hop.socketId) : undefined;
@@ -178,7 +183,7 @@ async function main(): Promise<number> {
     clearInterval(polling);
     if (peer) {
       await peer.poll(sock.socketId);
-      report({ event: 'status', hopBefore: peer.hopBefore, hop: peer.hopNow, far: peer.b ?? null });
+      report({ event: 'status', hopBefore: peer.hopBefore, hop: peer.hopNow, table: peer.table, far: peer.b ?? null });
     } else await statusOnce(gw, sock, asked);
     let shaMatch: boolean;
     let bytes: number;

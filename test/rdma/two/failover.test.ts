@@ -117,6 +117,10 @@ if (!IN_VM) {
     t.log(`status: ${JSON.stringify(status)}`);
     t.is(status?.['hopBefore'], TransportKind.TRANSPORT_KIND_RDMA, "A's hop before the fault");
     t.is(status?.['hop'], TransportKind.TRANSPORT_KIND_TCP, "A's hop now (SocketInfo.peer.transport)");
+    // A's `sockgate status` row: the HOP column shows the hop now and before.
+    const table = String(status?.['table'] ?? '').trimEnd().split('\n');
+    const header = table[0]?.trim().split(/\s+/) ?? [];
+    t.is(table[1]?.trim().split(/\s+/)[header.indexOf('HOP')], 'tcp<-rdma', `A's status table:\n${table.join('\n')}`);
     const far = status?.['far'] as { transport?: TransportKind; moves?: Array<Record<string, unknown>> } | null | undefined;
     t.is(far?.transport, TransportKind.TRANSPORT_KIND_TCP, "B's socket now");
     t.like(far?.moves?.[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });

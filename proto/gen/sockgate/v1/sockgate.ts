@@ -448,6 +448,11 @@ export interface PeerHop {
   /** The data plane between the two gateways, and the offers passed over for it. */
   transport: TransportKind;
   fallbacks: Fallback[];
+  /**
+   * Moves of the hop's data channel (RDMA live failover between the gateways),
+   * oldest first; `transport` is where it is now.
+   */
+  moves: TransportMove[];
 }
 
 export interface ListSocketsRequest {
@@ -3499,7 +3504,7 @@ export const HostSocket: MessageFns<HostSocket> = {
 };
 
 function createBasePeerHop(): PeerHop {
-  return { via: "", socketId: "", transport: 0, fallbacks: [] };
+  return { via: "", socketId: "", transport: 0, fallbacks: [], moves: [] };
 }
 
 export const PeerHop: MessageFns<PeerHop> = {
@@ -3515,6 +3520,9 @@ export const PeerHop: MessageFns<PeerHop> = {
     }
     for (const v of message.fallbacks) {
       Fallback.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.moves) {
+      TransportMove.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -3564,6 +3572,14 @@ export const PeerHop: MessageFns<PeerHop> = {
             message.fallbacks.push(Fallback.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.moves.push(TransportMove.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3588,6 +3604,7 @@ export const PeerHop: MessageFns<PeerHop> = {
       fallbacks: globalThis.Array.isArray(object?.fallbacks)
         ? object.fallbacks.map((e: any) => Fallback.fromJSON(e))
         : [],
+      moves: globalThis.Array.isArray(object?.moves) ? object.moves.map((e: any) => TransportMove.fromJSON(e)) : [],
     };
   },
 
@@ -3605,6 +3622,9 @@ export const PeerHop: MessageFns<PeerHop> = {
     if (message.fallbacks?.length) {
       obj.fallbacks = message.fallbacks.map((e) => Fallback.toJSON(e));
     }
+    if (message.moves?.length) {
+      obj.moves = message.moves.map((e) => TransportMove.toJSON(e));
+    }
     return obj;
   },
 
@@ -3617,6 +3637,7 @@ export const PeerHop: MessageFns<PeerHop> = {
     message.socketId = object.socketId ?? "";
     message.transport = object.transport ?? 0;
     message.fallbacks = object.fallbacks?.map((e) => Fallback.fromPartial(e)) || [];
+    message.moves = object.moves?.map((e) => TransportMove.fromPartial(e)) || [];
     return message;
   },
 };
