@@ -313,9 +313,10 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   timeoutMs?: number;
   /**
    * Test build only (the product addon refuses it; native/src/rdma_conn.h has the modes): 1 = bursts
-   * claim a wrap, 2 = protocol version 1, 3 = BIND tokens corrupted, 4 = RDMA writes with a wrong rkey.
+   * claim a wrap, 2 = protocol version 1, 3 = BIND tokens corrupted, 4 = RDMA writes with a wrong rkey,
+   * 5 = the same once a slot posted 1 MiB (a QP fatal mid-stream).
    */
-  hostile?: 0 | 1 | 2 | 3 | 4;
+  hostile?: 0 | 1 | 2 | 3 | 4 | 5;
 }
 
 export interface RawRdmaListener {

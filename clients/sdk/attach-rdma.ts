@@ -63,8 +63,10 @@ export interface RdmaClientOptions {
   failover?: boolean;
   /** Slots to keep pre-issued per connected session (default 16, the gateway bounds them: transports.rdma.max_preissued_slots); 0: never ask (every socket BINDs after its Connect). */
   preissue?: number;
-  /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem. */
-  hostile?: 3;
+  /** @internal Tests only (native RdmaConnectOptions.hostile): 3 = every BIND carries a token the gateway cannot redeem; 5 = a QP fatal once a slot sent 1 MiB. */
+  hostile?: 3 | 5;
+  /** @internal Tests only: the hostile mode of a failover's new rdma connection (2 = an old protocol version, 3 = RESUME BINDs the gateway cannot match). */
+  moveHostile?: 2 | 3;
 }
 
 /** A pre-issued slot named in a Connect's offer, until the Connect's outcome settles it. */
@@ -231,7 +233,13 @@ export class RdmaClient {
         if (gone.id === this.#sessionId) this.#sessionId = newSessionId();
       },
       waitMs,
+      // Live failover onto a new rdma connection: a session never offered (its id stays ours), closed with the others.
+      () => {
+        if (this.#closed) throw new SocketClosedError('the gateway connection is closed');
+        return this.#session(newSessionId(), waitMs);
+      },
     );
+    s.moveHostile = this.#opts.moveHostile;
     this.#sessions.set(id, s);
     return s;
   }

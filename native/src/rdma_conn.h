@@ -69,7 +69,8 @@ struct ConnectOpts {
   // (a hostile peer for the gateway's validation); 2 = announce protocol
   // version 1 (the listener refuses it; we report VERSION_MISMATCH); 3 = every
   // BIND carries a token with its first byte flipped (the gateway refuses it);
-  // 4 = every RDMA write uses a wrong rkey (remote access error: QP errors).
+  // 4 = every RDMA write uses a wrong rkey (remote access error: QP errors);
+  // 5 = likewise, once a slot has posted 1 MiB (a QP fatal mid-stream).
   uint32_t hostile = 0;
 #endif
 };

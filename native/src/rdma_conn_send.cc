@@ -69,6 +69,7 @@ int Conn::post_burst(uint32_t slot) {
   if (client_ && copts.hostile == 1) b.flags |= kImmWrap;
   // Tests: writes with a key the peer never issued (its responder refuses them: a QP error on both ends).
   if (client_ && copts.hostile == 4) b.rkey = ~b.rkey;
+  if (client_ && copts.hostile == 5 && s.total_peer >= (1u << 20)) b.rkey = ~b.rkey;
 #endif
   b.max_inline = qp_.max_inline();
   b.wr_id_plain = kWrBurst;

@@ -221,7 +221,7 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
   ConnectOpts o;
   uint32_t port = 0;
   if (!GetString(info, opts.Get("addr"), "addr", &o.addr) || !GetUint(info, opts, "port", 1, 65535, &port) ||
-      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !SG_GET_HOSTILE(info, opts, 4, &o.hostile) ||
+      !GetUint(info, opts, "timeoutMs", 1, 600000, &o.timeout_ms) || !SG_GET_HOSTILE(info, opts, 5, &o.hostile) ||
       !GetToken(info, opts.Get("token"), o.token) || !GetRegion(info, opts, &o.region))
     return env.Undefined();
   if (opts.Get("port").IsUndefined()) return ThrowTypeError(env, "port is required");
