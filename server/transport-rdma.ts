@@ -537,18 +537,18 @@ export class RdmaTransport implements Transport {
       }
       this.#closeConn(s, conn);
       waits.push(
-        Promise.race([
-          s.ended,
-          new Promise<void>((r) =>
-            setTimeout(() => {
-              if (s.state !== 'closed') {
-                this.o.logger.warn({ session: s.id }, `rdma: connection not closed ${END_WAIT_MS} ms after close()`);
-                this.#connEnded(s, conn, { type: 'rdma', rdma: conn.id, event: 'closed', code: 'ok', errno: 0, message: 'gave up waiting for the close' });
-              }
-              r();
-            }, END_WAIT_MS).unref(),
-          ),
-        ]),
+        new Promise<void>((r) => {
+          // Ref'd (and cleared once the session ended): the pump does not hold the process for rdma
+          // connections, so an unref'd wait could let the loop run empty before their `closed` events.
+          const timer = setTimeout(() => {
+            if (s.state !== 'closed') {
+              this.o.logger.warn({ session: s.id }, `rdma: connection not closed ${END_WAIT_MS} ms after close()`);
+              this.#connEnded(s, conn, { type: 'rdma', rdma: conn.id, event: 'closed', code: 'ok', errno: 0, message: 'gave up waiting for the close' });
+            }
+            r();
+          }, END_WAIT_MS);
+          void s.ended.then(() => (clearTimeout(timer), r()));
+        }),
       );
     }
     await Promise.all(waits);

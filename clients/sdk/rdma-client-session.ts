@@ -193,7 +193,8 @@ export class RdmaClientSession {
   }
 
   #onEvent(e: RdmaEvent, addr: string, port: number): void {
-    if (tracing && e.event !== 'progress') trace(`session ${this.id}: ${e.event} ${JSON.stringify(e)}`);
+    // Positions are bigints (suspended, bound), a tail is payload: neither goes into JSON.
+    if (tracing && e.event !== 'progress') trace(`session ${this.id}: ${e.event} ${JSON.stringify({ ...e, ...('tail' in e ? { tail: e.tail.length } : {}) }, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
     switch (e.event) {
       case 'established':
         if (this.state !== 'connecting') return;
@@ -280,14 +281,16 @@ export class RdmaClientSession {
   #move(): void {
     const batch = this.#toMove.splice(0);
     const r = this.resume!;
-    // The pump stays up for the move (the failed connection released its hold).
-    clientHub.acquire(() => makeHub(native!));
+    // The pump stays up, and holds the process, for the move (nothing else may until the new path runs).
+    const h = clientHub.acquire(() => makeHub(native!));
+    h.opening.add();
     const opts = this.connectOpts;
     const tryRdma = this.spawn && opts ? moveOnRdma(batch, { n: native!, spawn: this.spawn, opts, resumeMs: r.ms, ...(this.moveHostile ? { hostile: this.moveHostile } : {}) }) : Promise.resolve(batch);
     void tryRdma
       .catch(() => batch)
       .then((left) => {
         for (const m of left) this.#resumeTcp(m.sock, m.e);
+        h.opening.drop();
         clientHub.release();
       });
   }
