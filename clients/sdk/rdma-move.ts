@@ -12,10 +12,9 @@
 import type { RdmaConnectOptions } from '../../native/index.js';
 import { tracer } from '../../native/trace.js';
 import type { NativeModule } from './native-optional.js';
-import type { RdmaClientSession, RdmaSocket } from './rdma-client-session.js';
 import type { SuspendedSlot } from './rdma-resume.js';
 import { within } from './client-slot-session.js';
-import { SocketClosedError } from '../../proto/errors.js';
+import { SocketClosedError, type SockgateError } from '../../proto/errors.js';
 
 const trace = tracer('rdma');
 
@@ -26,15 +25,30 @@ const MOVE_ATTEMPTS = 2;
 /** Pause between attempts: long enough for a flapping port, short against resume_ms. */
 const MOVE_RETRY_MS = 100;
 
-export interface Suspended {
-  sock: RdmaSocket;
+/** What a move needs of a socket (RdmaSocket; structural, so rdma-client-session.ts can import this file). */
+export interface MovableSocket {
+  readonly destroyed: boolean;
+  readonly resumeToken?: Buffer | undefined;
+}
+
+/** What a move needs of a session (RdmaClientSession). */
+export interface MoveSession<S extends MovableSocket> {
+  readonly id: string;
+  readonly ready: Promise<unknown>;
+  start(n: NativeModule, opts: RdmaConnectOptions): void;
+  close(err: SockgateError): void;
+  adoptMoved(n: NativeModule, slot: number, sock: S, e: SuspendedSlot, timeoutMs: number): Promise<boolean>;
+}
+
+export interface Suspended<S extends MovableSocket> {
+  sock: S;
   e: SuspendedSlot;
 }
 
-export interface MoveOptions {
+export interface MoveOptions<S extends MovableSocket> {
   n: NativeModule;
   /** A fresh session of the same client (registered with it, never offered). */
-  spawn(): RdmaClientSession;
+  spawn(): MoveSession<S>;
   /** The failed connection's options (address, rings, slots). */
   opts: RdmaConnectOptions;
   resumeMs: number;
@@ -43,7 +57,7 @@ export interface MoveOptions {
 }
 
 /** Move what it can onto a new rdma connection; resolves with the sockets it did not move (their descriptors untouched). */
-export async function moveOnRdma(batch: Suspended[], o: MoveOptions): Promise<Suspended[]> {
+export async function moveOnRdma<S extends MovableSocket>(batch: Array<Suspended<S>>, o: MoveOptions<S>): Promise<Array<Suspended<S>>> {
   const live = batch.filter((m) => !m.sock.destroyed && m.sock.resumeToken);
   if (live.length === 0) return batch;
   const deadline = Date.now() + Math.max(1, Math.floor(o.resumeMs * MOVE_SHARE));
@@ -59,7 +73,7 @@ export async function moveOnRdma(batch: Suspended[], o: MoveOptions): Promise<Su
 }
 
 /** A new connection with MOVE to the same gateway within the deadline, or undefined. */
-async function connect(token: Buffer, o: MoveOptions, deadline: number): Promise<RdmaClientSession | undefined> {
+async function connect<S extends MovableSocket>(token: Buffer, o: MoveOptions<S>, deadline: number): Promise<MoveSession<S> | undefined> {
   for (let attempt = 1; attempt <= MOVE_ATTEMPTS; attempt++) {
     const left = deadline - Date.now();
     if (left <= 0) return undefined;
