@@ -139,6 +139,8 @@ export class RdmaClientSession {
   readonly #binds = new SlotBinds();
   /** Live failover: the gateway's data port and how long it waits for a resume (RdmaAttach.resume_*); undefined = none. */
   resume: { host: string; port: number; ms: number } | undefined;
+  /** A connection opened for moved sockets only (MOVE): closed once the last of them ended. */
+  moveOnly = false;
   /** @internal Tests only: the native test hook of a move connection. */
   moveHostile: 2 | 3 | undefined;
   /** The options the connection was opened with (a move connection to the same gateway reuses them). */
@@ -187,6 +189,7 @@ export class RdmaClientSession {
     this.#hub = h;
     this.conn = conn;
     this.connectOpts = opts;
+    this.moveOnly = opts.move === true;
     h.opening.add();
     this.state = 'connecting';
     h.hub.onRdma(conn.id, (e) => this.#onEvent(e, opts.addr, opts.port));
@@ -226,6 +229,8 @@ export class RdmaClientSession {
       case 'suspended':
         return this.#suspended(e);
       case 'slotEnd': {
+        // A move connection pins its rings for its moved sockets only.
+        if (this.moveOnly) queueMicrotask(() => this.slots.size === 0 && this.#moving.size === 0 && this.close(new SocketClosedError(`rdma move session ${this.id}: its moved sockets ended`)));
         // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
         if (
           this.#binds.settle(
