@@ -114,7 +114,7 @@ export class RdmaMoves {
           this.d.closeUnlinked(s, slot);
           return r.expired({ reason: 'error', errno: 0, code: susp.cause });
         }
-        this.d.book.record('resumed', susp.cause);
+        this.d.book.record('resumed', susp.cause, 'rdma');
         this.d.logger.info(
           { socket: r.socketId, cause: susp.cause, session: s.id, slot: no, in: String(susp.inPos), out: String(position), resent: resend.length },
           'rdma failover: socket resumed on a new rdma connection',

@@ -87,7 +87,7 @@ export interface ResumeBookOptions {
   logger: Logger;
   highWatermark: number;
   /** Counts each move or failed resume by outcome and cause. */
-  record(outcome: 'resumed' | 'expired' | 'refused', cause: string): void;
+  record(outcome: 'resumed' | 'expired' | 'refused', cause: string, to?: 'tcp' | 'rdma'): void;
 }
 
 export class ResumeBook {
@@ -157,8 +157,8 @@ export class ResumeBook {
   }
 
   /** Counts a move or a failed one (the rdma target records its own outcomes). */
-  record(outcome: 'resumed' | 'expired' | 'refused', cause: string): void {
-    this.o.record(outcome, cause);
+  record(outcome: 'resumed' | 'expired' | 'refused', cause: string, to?: 'tcp' | 'rdma'): void {
+    this.o.record(outcome, cause, to);
   }
 
   /** A resume request on the data port (the tcp transport hands the connection over, paused). */
@@ -250,7 +250,7 @@ export class ResumeBook {
       e.r.expired({ reason: 'error', errno: 0, code: s.cause });
       return;
     }
-    this.o.record('resumed', s.cause);
+    this.o.record('resumed', s.cause, 'tcp');
     this.o.logger.info({ socket: e.r.socketId, cause: s.cause, in: String(s.inPos), out: String(req.position), resent: resend.length }, 'rdma failover: socket resumed on the tcp data port');
     const l = link;
     const ended: Promise<NativeLinkEnd> = l.ended.then((end) => ({ reason: end.reason, errno: end.errno, ...(end.code ? { code: end.code } : {}) }));

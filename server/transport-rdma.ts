@@ -38,7 +38,7 @@ export const RDMA_METRICS = {
   refused: { name: 'sockgate.rdma.refusals', description: 'rdma connection requests and binds refused, by reason', unit: '{attach}' },
   failures: { name: 'sockgate.rdma.connection_failures', description: 'rdma connections that failed, by code', unit: '{connection}' },
   sessions: { name: 'sockgate.rdma.sessions', description: 'rdma client sessions with a connection (connecting or established)', unit: '{session}' },
-  failovers: { name: 'sockgate.rdma.failovers', description: 'sockets whose rdma connection failed: resumed on the tcp data port, expired or refused, by cause', unit: '{socket}' },
+  failovers: { name: 'sockgate.rdma.failovers', description: 'sockets whose rdma connection failed: resumed (to a new rdma connection or the tcp data port), expired or refused, by cause', unit: '{socket}' },
 } as const;
 
 export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down' | 'slot';
@@ -91,7 +91,7 @@ export class RdmaTransport implements Transport {
       pump: () => o.hub().pump,
       logger: o.logger,
       highWatermark: o.highWatermark ?? 1 << 20,
-      record: (outcome, cause) => moves.add(1, { outcome, cause }),
+      record: (outcome, cause, to) => moves.add(1, { outcome, cause, ...(to ? { to } : {}) }),
     });
     this.#pre = new RdmaPreissue({
       sessions: this.sessions,

@@ -42,7 +42,7 @@ function setup() {
     },
     logger: quiet,
     highWatermark: 1 << 16,
-    record: (o, c) => records.push(`${o}:${c}`),
+    record: (o, c, to) => records.push(`${o}:${c}${to ? `:${to}` : ''}`),
   });
   const sessions = new RdmaSessions({ slots: 4, maxSessions: 8, maxSessionsPerIdentity: 2, reservationMs: 10_000 });
   const conn = { id: 7 } as unknown as RawRdmaConn;
@@ -141,7 +141,7 @@ test('a RESUME BIND outside [outAcked, outSent] is refused (slot closed, suspens
   t.deepEqual(l.resume.bytes, H.subarray(9 << 10, 16 << 10), 'exactly the bytes from the client position on go first');
   t.is(seen.moved.length, 1);
   t.like(seen.moved[0], { cause: 'ERR_SOCKGATE_RDMA_QP_FATAL', to: TransportKind.TRANSPORT_KIND_RDMA });
-  t.deepEqual(h.records.slice(2), ['resumed:ERR_SOCKGATE_RDMA_QP_FATAL']);
+  t.deepEqual(h.records.slice(2), ['resumed:ERR_SOCKGATE_RDMA_QP_FATAL:rdma']);
   t.is(s.slots.get(2)!.resumeToken, token, 'the new slot is resumable under the same token');
   // Taken: the token no longer names a suspended socket.
   h.moves.bind(s, 3, token, 9n << 10n);
