@@ -276,6 +276,25 @@ export interface RdmaRegionOptions {
    * events hand over each fd, positions and unacknowledged bytes) instead of closing them.
    */
   resume?: boolean;
+  /**
+   * Client, with `resume`: this connection carries sockets moved off a failed
+   * one (flag MOVE; `token` is one of their resume tokens). A gateway without
+   * MOVE fails it with VERSION_MISMATCH (native/RDMA.md "Moving to a new RDMA connection").
+   */
+  move?: boolean;
+}
+
+/** link()'s resume options: the slot resumes a moved socket on a MOVE connection (native/RDMA.md "Moving to a new RDMA connection"). */
+export interface RdmaLinkResume {
+  /** Client: bytes of the gateway's stream already on the fd (BIND's value). Gateway: bytes of the client's stream on the host (BOUND's value). */
+  position: bigint;
+  /** Client: the gateway's position must lie in [acked, sent]. */
+  acked?: bigint;
+  sent?: bigint;
+  /** Gateway: the client's position (where `bytes` start in our stream). */
+  outBase?: bigint;
+  /** Client: our unacked bytes from `acked` on. Gateway: the bytes to send first. At most the peer's ring. */
+  bytes?: Buffer;
 }
 
 export interface RdmaListenOptions extends RdmaRegionOptions {
@@ -295,7 +314,7 @@ export interface RdmaConnectOptions extends RdmaRegionOptions {
   /**
    * Test build only (the product addon refuses it; native/src/rdma_conn.h has the modes): 1 = bursts
    * claim a wrap, 2 = protocol version 1, 3 = BIND tokens corrupted, 4 = RDMA writes with a wrong rkey,
-   * 5 = the same once a slot has posted 8 MiB.
+   * 5 = the same once a slot posted 1 MiB (a QP fatal mid-stream).
    */
   hostile?: 0 | 1 | 2 | 3 | 4 | 5;
 }
@@ -321,7 +340,7 @@ export interface RawRdmaConn {
    * with link() (BOUND: the client's `bound` event) or closeSlot() (CLOSE: its
    * `slotEnd`, reason reset).
    */
-  link(slot: number, fd: number, token?: Uint8Array): void;
+  link(slot: number, fd: number, token?: Uint8Array, resume?: RdmaLinkResume): void;
   /** Abort a slot: its fd is closed (RST when `reset`), CLOSE goes to the peer; `slotEnd` follows. */
   closeSlot(slot: number, reset?: boolean): void;
   /** shutdown(2) of the slot's fd, for Shutdown RPCs (read and/or write side). */
@@ -345,15 +364,15 @@ export interface RawRdmaConn {
  * 'ok' (closed by close()).
  */
 export type RdmaEvent =
-  | { type: 'rdma'; rdma: number; event: 'request'; conn: number; token: Buffer; peer: string }
+  | { type: 'rdma'; rdma: number; event: 'request'; conn: number; token: Buffer; peer: string; /** MOVE: `token` is a resume token */ move?: boolean }
   | { type: 'rdma'; rdma: number; event: 'established' }
   /** Before established. code: ADDR_ERROR | ROUTE_ERROR | UNREACHABLE | REJECTED | CONNECT_ERROR | TIMEOUT | PROTOCOL | NO_DEVICE | RESOURCE */
   | { type: 'rdma'; rdma: number; event: 'failed'; code: string; errno: number; message: string }
   | { type: 'rdma'; rdma: number; event: 'closed'; code: string; errno: number; message: string }
   /** Gateway side: the client asks to bind `slot` with an attach token. */
-  | { type: 'rdma'; rdma: number; event: 'bind'; slot: number; token: Buffer }
+  | { type: 'rdma'; rdma: number; event: 'bind'; slot: number; token: Buffer; /** A RESUME BIND (moved socket, `token` = its resume token): the client's position. */ position?: bigint }
   /** Client side: the gateway linked the slot this client bound (its BOUND; a refusal is the slot's `slotEnd`). */
-  | { type: 'rdma'; rdma: number; event: 'bound'; slot: number }
+  | { type: 'rdma'; rdma: number; event: 'bound'; slot: number; /** Where the gateway resumes our stream (0 for a new socket). */ position?: bigint }
   /**
    * Bytes the slot moved since its last `progress`: at most one batch per
    * connection every 250 ms (never per burst: that would wake JS per message),

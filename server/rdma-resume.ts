@@ -53,11 +53,15 @@ export interface Suspension {
 /** What a socket gives the book when its slot is linked. */
 export interface Resumable {
   socketId: string;
+  /** Whose socket it is: a move connection (server/rdma-move.ts) becomes a session of this identity. */
+  identity?: RdmaSession['identity'];
+  /** The socket (known once suspended): a slot it moves to carries it (a later move records there). */
+  readonly target?: GatewaySocket;
   events: NativeLinkEvents;
   /** Fail the socket's RDMA connection (the client resumes: it saw a fault we have not). */
   failConnection(): void;
-  /** The socket continues on the data port through `link` (it now owns the host descriptor). */
-  moved(link: MovedLink, cause: string): void;
+  /** The socket continues through `link` (the tcp data port, or a slot of a new rdma connection), which now owns the host descriptor. */
+  moved(link: MovedLink, cause: string, to: TransportKind): void;
   /** Not resumed in time: end the socket with its connection's error. */
   expired(end: NativeLinkEnd): void;
 }
@@ -66,7 +70,14 @@ interface Entry {
   r: Resumable;
   suspension?: Suspension;
   timer?: NodeJS.Timeout;
-  waiting?: { sock: Socket; req: Extract<ResumeRequestParse, { state: 'ok' }>; timer: NodeJS.Timeout };
+  waiting?: { w: Waiter; timer: NodeJS.Timeout };
+}
+
+/** A resume (tcp data port or RESUME BIND) waiting for its socket: `take` once the position checks, else `refuse`. */
+interface Waiter {
+  position: bigint;
+  take(e: Entry, s: Suspension, resend: Buffer): void;
+  refuse(status: AttachStatus, detail: string): void;
 }
 
 export interface ResumeBookOptions {
@@ -76,7 +87,7 @@ export interface ResumeBookOptions {
   logger: Logger;
   highWatermark: number;
   /** Counts each move or failed resume by outcome and cause. */
-  record(outcome: 'resumed' | 'expired' | 'refused', cause: string): void;
+  record(outcome: 'resumed' | 'expired' | 'refused', cause: string, to?: 'tcp' | 'rdma'): void;
 }
 
 export class ResumeBook {
@@ -104,7 +115,7 @@ export class ResumeBook {
     if (e.waiting) {
       clearTimeout(e.waiting.timer);
       this.#waiting--;
-      this.#refuse(e.waiting.sock, AttachStatus.WRONG_TOKEN, 'the socket ended');
+      e.waiting.w.refuse(AttachStatus.WRONG_TOKEN, 'the socket ended');
     }
     if (e.suspension) this.o.native.closeFd(e.suspension.hostFd, true);
   }
@@ -128,54 +139,89 @@ export class ResumeBook {
       e.waiting = undefined;
       clearTimeout(w.timer);
       this.#waiting--;
-      this.#resume(token, e, w.sock, w.req);
+      this.#take(token, e, w.w);
     }
     return true;
   }
 
+  /** Whether a socket of that resume token is tracked; one whose connection still looks up is failed (its client saw the fault first). */
+  movable(token: Buffer): Resumable | undefined {
+    const e = this.enabled ? this.#byToken.get(token.toString('hex')) : undefined;
+    if (e && !e.suspension && !e.waiting) e.r.failConnection();
+    return e?.r;
+  }
+
+  /** A moved socket's RESUME BIND on a new rdma connection (server/rdma-move.ts): `take` gets the socket, its suspension and the bytes to send first. */
+  acceptSlot(token: Buffer, position: bigint, w: { take(r: Resumable, s: Suspension, resend: Buffer): void; refuse(detail: string): void }): void {
+    this.#admit(token, { position, take: (e, s, resend) => w.take(e.r, s, resend), refuse: (_status, detail) => w.refuse(detail) });
+  }
+
+  /** Counts a move or a failed one (the rdma target records its own outcomes). */
+  record(outcome: 'resumed' | 'expired' | 'refused', cause: string, to?: 'tcp' | 'rdma'): void {
+    this.o.record(outcome, cause, to);
+  }
+
   /** A resume request on the data port (the tcp transport hands the connection over, paused). */
   accept(sock: Socket, req: Extract<ResumeRequestParse, { state: 'ok' }>): void {
-    const e = this.enabled ? this.#byToken.get(req.token.toString('hex')) : undefined;
-    if (!e) return this.#refuse(sock, AttachStatus.WRONG_TOKEN, 'no socket to resume with that token');
-    if (e.suspension) return this.#resume(req.token, e, sock, req);
-    if (e.waiting || this.#waiting >= MAX_WAITING) return this.#refuse(sock, AttachStatus.WRONG_TOKEN, 'a resume of that socket is already waiting');
+    this.#admit(req.token, { position: req.position, take: (e, s, resend) => this.#resume(e, s, resend, sock, req), refuse: (status, detail) => this.#refuse(sock, status, detail) });
+  }
+
+  #admit(token: Buffer, w: Waiter): void {
+    const refuse = (status: AttachStatus, detail: string) => {
+      this.o.record('refused', AttachStatus[status] ?? String(status));
+      trace(`resume refused: ${detail}`);
+      w.refuse(status, detail);
+    };
+    const e = this.enabled ? this.#byToken.get(token.toString('hex')) : undefined;
+    if (!e) return refuse(AttachStatus.WRONG_TOKEN, 'no socket to resume with that token');
+    const waiter: Waiter = { ...w, refuse };
+    if (e.suspension) return this.#take(token, e, waiter);
+    if (e.waiting || this.#waiting >= MAX_WAITING) return refuse(AttachStatus.WRONG_TOKEN, 'a resume of that socket is already waiting');
     // The client gave the connection up (it saw the fault first): fail it here too; its sockets suspend.
     const timer = setTimeout(() => {
-      if (e.waiting?.sock !== sock) return;
+      if (e.waiting?.w !== waiter) return;
       e.waiting = undefined;
       this.#waiting--;
-      this.#refuse(sock, AttachStatus.INTERNAL, 'the socket did not suspend in time');
+      refuse(AttachStatus.INTERNAL, 'the socket did not suspend in time');
     }, SUSPEND_WAIT_MS);
     timer.unref();
-    e.waiting = { sock, req, timer };
+    e.waiting = { w: waiter, timer };
     this.#waiting++;
     e.r.failConnection();
   }
 
-  #refuse(sock: Socket, status: AttachStatus, detail: string): void {
-    this.o.record('refused', AttachStatus[status]);
-    trace(`resume refused: ${detail}`);
+  /** The socket is suspended: check the position, then hand it to the waiter (the book forgets it). */
+  #take(token: Buffer, e: Entry, w: Waiter): void {
+    const s = e.suspension!;
+    // The client consumed at least what it acknowledged and at most what we sent: anything else loses or doubles bytes.
+    if (w.position < s.outAcked || w.position > s.outSent) {
+      return w.refuse(RESUME_BAD_POSITION, `position ${w.position} outside [${s.outAcked}, ${s.outSent}]`);
+    }
+    this.#byToken.delete(token.toString('hex'));
+    clearTimeout(e.timer);
+    w.take(e, s, s.tail.subarray(Number(w.position - s.outAcked)));
+  }
+
+  #refuse(sock: Socket, status: AttachStatus, _detail: string): void {
     sock.on('error', () => {});
     sock.end(encodeResumeReply(status, 0n));
     setTimeout(() => sock.destroy(), 1000).unref();
   }
 
-  #resume(token: Buffer, e: Entry, sock: Socket, req: Extract<ResumeRequestParse, { state: 'ok' }>): void {
-    const s = e.suspension!;
-    // The client consumed at least what it acknowledged and at most what we sent: anything else loses or doubles bytes.
-    if (req.position < s.outAcked || req.position > s.outSent) {
-      return this.#refuse(sock, RESUME_BAD_POSITION, `position ${req.position} outside [${s.outAcked}, ${s.outSent}]`);
-    }
+  #resume(e: Entry, s: Suspension, resend: Buffer, sock: Socket, req: Extract<ResumeRequestParse, { state: 'ok' }>): void {
     const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) return this.#refuse(sock, AttachStatus.INTERNAL, 'the data connection has no descriptor');
-    this.#byToken.delete(token.toString('hex'));
-    clearTimeout(e.timer);
+    if (typeof fd !== 'number' || fd < 0) {
+      this.o.record('refused', 'descriptor');
+      this.o.native.closeFd(s.hostFd, true);
+      this.#refuse(sock, AttachStatus.INTERNAL, 'the data connection has no descriptor');
+      e.r.expired({ reason: 'error', errno: 0, code: s.cause });
+      return;
+    }
     // Bytes the client sent after its request (its resent tail): for the host first.
     const toHost: Buffer[] = req.rest.length ? [Buffer.from(req.rest)] : [];
     sock.pause();
     for (let b = sock.read() as Buffer | null; b !== null; b = sock.read() as Buffer | null) toHost.push(b);
     const reply = encodeResumeReply(AttachStatus.OK, s.inPos);
-    const resend = s.tail.subarray(Number(req.position - s.outAcked));
     // The reply and the bytes counted when RDMA posted them are not new host payload.
     let notFromHost = reply.length + Number(s.outSent - req.position);
     const c = this.o.native.dupFd(fd);
@@ -204,7 +250,7 @@ export class ResumeBook {
       e.r.expired({ reason: 'error', errno: 0, code: s.cause });
       return;
     }
-    this.o.record('resumed', s.cause);
+    this.o.record('resumed', s.cause, 'tcp');
     this.o.logger.info({ socket: e.r.socketId, cause: s.cause, in: String(s.inPos), out: String(req.position), resent: resend.length }, 'rdma failover: socket resumed on the tcp data port');
     const l = link;
     const ended: Promise<NativeLinkEnd> = l.ended.then((end) => ({ reason: end.reason, errno: end.errno, ...(end.code ? { code: end.code } : {}) }));
@@ -223,6 +269,7 @@ export class ResumeBook {
         setHostOption: (o) => applyHostOption(l, o, (err) => l.raw.closed || /ended/.test(String(err.message))),
       },
       s.cause,
+      TransportKind.TRANSPORT_KIND_TCP,
     );
   }
 
@@ -252,14 +299,18 @@ export function failoverHooks(book: ResumeBook, native: { closeFd(fd: number, re
         get socketId() {
           return info.target?.id ?? `slot ${slot.no} of session ${s.id}`;
         },
+        identity: s.identity,
+        get target() {
+          return info.target;
+        },
         events: link.events,
         failConnection: () => failConnection(s),
-        moved: (m, cause) => {
+        moved: (m, cause, to) => {
           link.moved = m;
           const t = info.target;
           if (t) {
-            t.moves.push({ from: t.transport, to: TransportKind.TRANSPORT_KIND_TCP, cause, atMs: Date.now() });
-            t.transport = TransportKind.TRANSPORT_KIND_TCP;
+            t.moves.push({ from: t.transport, to, cause, atMs: Date.now() });
+            t.transport = to;
           }
           void m.ended.then((end) => link.settle(end));
         },
@@ -272,7 +323,7 @@ export function failoverHooks(book: ResumeBook, native: { closeFd(fd: number, re
       const link = slot?.link;
       const info = link && tracked.get(link);
       if (slot && link && info && !link.settled) {
-        info.target = slot.target;
+        info.target ??= slot.target;
         link.suspended = true;
         const held = book.suspend(info.token, { hostFd: e.fd, inPos: e.inPos, outAcked: e.outAcked, outSent: e.outSent, outPos: e.outPos, tail: e.tail, cause: e.code });
         if (held) return;

@@ -64,7 +64,7 @@ export class RdmaSession extends SlotSession<RdmaSlot> {
   /** The connecting peer, as rdma_cm reports it. */
   peer = '';
   /** BINDs that arrived before `established` (a receive completion can beat the cm event), handled after it. */
-  early: Array<{ slot: number; token: Buffer }> = [];
+  early: Array<{ slot: number; token: Buffer; position?: bigint }> = [];
   /** A socket's slot was ended by the peer's disconnect (rather than having ended before it). */
   cutOff = false;
 }

@@ -232,6 +232,16 @@ export class SlotBook<S extends SlotSession<Sl>, Sl extends SessionSlot<S>> {
     return { ok: true, session, slot, newSession };
   }
 
+  /** A session the gateway opens itself (an rdma move connection, server/rdma-move.ts): counted against the limits, never offered. The refusal if it does not fit. */
+  adopt(identity: Identity): S | string {
+    const full = this.#noRoom(identity.name);
+    if (full) return full;
+    const s = this.rules.newSession(this.#freshId(), identity);
+    this.byId.set(s.id, s);
+    this.#perIdentity.set(identity.name, this.countOf(identity.name) + 1);
+    return s;
+  }
+
   /** A reservation not claimed within the rules' reservationMs is freed. */
   arm(slot: Sl): void {
     clearTimeout(slot.timer);

@@ -7,21 +7,22 @@
  * and reservation book: server/rdma-sessions.ts.
  */
 import type { Counter } from '@opentelemetry/api';
-import type { HostSockopt, RawRdmaConn, RawRdmaListener, RdmaRegionOptions } from '../native/index.js';
+import type { RawRdmaConn, RawRdmaListener, RdmaLinkResume, RdmaRegionOptions } from '../native/index.js';
 import { DeclineReason, TransportKind, type TransportOffer } from '../proto/gen/sockgate/v1/transport.js';
 import { AttachTokenError, ATTACH_TOKEN_BYTES, SHORT_TOKEN_BYTES } from './attach.js';
 import type { Config } from './config.js';
-import { NativeError, SocketClosedError } from '../proto/errors.js';
-import { applyHostOption } from './host-option.js';
+import { NativeError } from '../proto/errors.js';
 import { END_WAIT_MS, RESERVATION_GRACE_MS, SlotRefusals, tokenOutcome, type SessionTransportOptions } from './slot-session.js';
-import { newSlotLink, RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
+import { RdmaSessions, type RdmaSession, type RdmaSlot, type SlotLink } from './rdma-sessions.js';
 import type { PumpHub, RdmaEvent } from '../native/pump-hub.js';
 import type { GatewaySocket, StreamSocket } from './socket-table.js';
-import type { HostOption, NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
+import type { NativeDataChannel, NativeLink, NativeLinkEnd, NativeLinkEvents, OfferContext, OfferOutcome, Transport } from './transport.js';
 import { isTracerEnabled, tracer } from '../native/trace.js';
 import { resumeToken } from '../proto/resume-wire.js';
 import { ResumeBook, failoverHooks } from './rdma-resume.js';
 import { RdmaPreissue, type Answer, type SlotAnswer } from './rdma-preissue.js';
+import { RdmaMoves } from './rdma-move.js';
+import { startSlotLink } from './rdma-slot-link.js';
 
 const trace = tracer('rdma');
 /** SOCKGATE_TRACE=rdma-flow: the native connections print their flow state (credits, cursors) every keepalive tick. */
@@ -37,7 +38,7 @@ export const RDMA_METRICS = {
   refused: { name: 'sockgate.rdma.refusals', description: 'rdma connection requests and binds refused, by reason', unit: '{attach}' },
   failures: { name: 'sockgate.rdma.connection_failures', description: 'rdma connections that failed, by code', unit: '{connection}' },
   sessions: { name: 'sockgate.rdma.sessions', description: 'rdma client sessions with a connection (connecting or established)', unit: '{session}' },
-  failovers: { name: 'sockgate.rdma.failovers', description: 'sockets whose rdma connection failed: resumed on the tcp data port, expired or refused, by cause', unit: '{socket}' },
+  failovers: { name: 'sockgate.rdma.failovers', description: 'sockets whose rdma connection failed: resumed (to a new rdma connection or the tcp data port), expired or refused, by cause', unit: '{socket}' },
 } as const;
 
 export type RefusalReason = 'token' | 'no_session' | 'not_waiting' | 'busy' | 'resource' | 'shutting_down' | 'slot';
@@ -70,6 +71,7 @@ export class RdmaTransport implements Transport {
   readonly resume: ResumeBook;
   readonly #failover: ReturnType<typeof failoverHooks>;
   readonly #pre: RdmaPreissue;
+  readonly #moves: RdmaMoves;
 
   constructor(private readonly o: RdmaTransportOptions) {
     const cfg = o.config;
@@ -89,7 +91,7 @@ export class RdmaTransport implements Transport {
       pump: () => o.hub().pump,
       logger: o.logger,
       highWatermark: o.highWatermark ?? 1 << 20,
-      record: (outcome, cause) => moves.add(1, { outcome, cause }),
+      record: (outcome, cause, to) => moves.add(1, { outcome, cause, ...(to ? { to } : {}) }),
     });
     this.#pre = new RdmaPreissue({
       sessions: this.sessions,
@@ -100,6 +102,18 @@ export class RdmaTransport implements Transport {
       revoke: (socket) => o.registry.revoke(socket),
     });
     this.#failover = failoverHooks(this.resume, o.native, (s) => s.conn?.close(true));
+    this.#moves = new RdmaMoves({
+      book: this.resume,
+      sessions: this.sessions,
+      logger: o.logger,
+      native: o.native,
+      closing: () => this.#closing,
+      region: () => this.#region,
+      refuse: (reason, detail, extra) => this.#refuse(reason, detail, extra),
+      connected: (s, conn, peer) => this.#connected(s, conn, peer),
+      startLink: (s, slot, fd, events, resume) => this.#startLink(s, slot, fd, events, resume),
+      closeUnlinked: (s, slot) => this.#closeUnlinked(s, slot),
+    });
     m.createObservableGauge(RDMA_METRICS.sessions.name, { description: RDMA_METRICS.sessions.description, unit: RDMA_METRICS.sessions.unit }).addCallback((r) =>
       r.observe(this.sessionCount),
     );
@@ -246,6 +260,7 @@ export class RdmaTransport implements Transport {
       }
     };
     if (this.#closing) return reject('shutting_down', 'the gateway is stopping');
+    if (e.move) return this.#moves.request(listener, e);
     let target: GatewaySocket;
     try {
       target = this.#redeem(e.token);
@@ -277,9 +292,15 @@ export class RdmaTransport implements Transport {
     slot.state = 'linking';
     slot.target = claim.target;
     slot.resumeToken = resumeToken(e.token);
+    this.#connected(s, conn, e.peer);
+    trace(`session ${s.id}: connection ${conn.id} from ${e.peer} accepted for socket ${target.id} (slot ${slot.no})`);
+  }
+
+  /** An accepted connection becomes the session's (events routed, establishment bounded in time). */
+  #connected(s: RdmaSession, conn: RawRdmaConn, peer: string): void {
     s.state = 'connecting';
     s.conn = conn;
-    s.peer = e.peer;
+    s.peer = peer;
     this.#byConn.set(conn.id, s);
     this.#hub!.onRdma(conn.id, (ev) => this.#onConnEvent(s, conn, ev));
     // rdma_cm times a stalled handshake out by itself; this bounds it whatever the native side does.
@@ -289,7 +310,6 @@ export class RdmaTransport implements Transport {
       this.#closeConn(s, conn);
     }, this.o.tokenTtlMs + RESERVATION_GRACE_MS);
     s.timer.unref();
-    trace(`session ${s.id}: connection ${conn.id} from ${e.peer} accepted for socket ${target.id} (slot ${slot.no})`);
   }
 
   // ---- connection events ----------------------------------------------------------
@@ -299,7 +319,7 @@ export class RdmaTransport implements Transport {
       case 'established':
         return this.#established(s);
       case 'bind':
-        return this.#bind(s, e.slot, e.token);
+        return this.#bind(s, e.slot, e.token, e.position);
       case 'progress': {
         const link = this.#liveLink(s, e.slot);
         if (link && (e.toFd || e.toPeer)) link.events.progress(e.toFd, e.toPeer);
@@ -341,16 +361,17 @@ export class RdmaTransport implements Transport {
     }
     const early = s.early;
     s.early = [];
-    for (const b of early) this.#bind(s, b.slot, b.token);
+    for (const b of early) this.#bind(s, b.slot, b.token, b.position);
   }
 
-  /** A later socket presents its token over the connection, for `no`. */
-  #bind(s: RdmaSession, no: number, token: Buffer): void {
+  /** A later socket presents its token over the connection, for `no` (with `position`: a moved socket, server/rdma-move.ts). */
+  #bind(s: RdmaSession, no: number, token: Buffer, position?: bigint): void {
     if (s.state === 'connecting' && s.early.length < this.o.config.slots) {
-      s.early.push({ slot: no, token });
+      s.early.push({ slot: no, token, ...(position !== undefined ? { position } : {}) });
       return;
     }
     if (s.state !== 'live') return;
+    if (position !== undefined) return this.#moves.bind(s, no, token, position);
     const slot = s.slots.get(no);
     const extra = { session: s.id, slot: no };
     if (slot && slot.state !== 'reserved') {
@@ -414,71 +435,14 @@ export class RdmaTransport implements Transport {
         const pending = prefix.reduce((n, b) => n + b.length, 0);
         // RawRdmaConn.link() takes no prefix: refuse before taking anything, the socket stays as it was.
         if (pending > 0) throw new NativeError(`an rdma link cannot carry the ${pending} bytes already read from the host`);
-        const conn = s.conn;
-        if (s.state !== 'live' || !conn) throw new SocketClosedError(`rdma session ${s.id} is not connected`);
-        const fd = native.dupFd(hostFd);
-        try {
-          conn.link(slot.no, fd);
-        } catch (err) {
-          native.closeFd(fd);
-          throw native.translateError(err);
-        }
-        slot.state = 'open';
-        const link = newSlotLink(events);
-        slot.link = link;
-        this.#failover.track(s, slot, link);
-        const call = <T>(fn: () => T): T => {
-          try {
-            return fn();
-          } catch (err) {
-            throw native.translateError(err);
-          }
-        };
-        return {
-          ended: link.ended,
-          close: () => (link.suspended ? this.#failover.close(link) : this.#abortSlot(s, slot, link)),
-          shutdownHost: (read: boolean, write: boolean) => {
-            if (link.moved) return link.moved.shutdownHost(read, write);
-            if (link.settled) throw new SocketClosedError(`the rdma link of slot ${slot.no} has ended`);
-            call(() => conn.shutdownSlot(slot.no, read, write));
-          },
-          setHostOption: (o: HostOption) =>
-            link.moved ? link.moved.setHostOption(o) : applyHostOption(
-              {
-                setHostSockopt: (name: HostSockopt, value: number) => {
-                  const level = name.startsWith('TCP_') ? native.constants.IPPROTO_TCP : native.constants.SOL_SOCKET;
-                  if (link.settled || !call(() => conn.setSlotSockopt(slot.no, level, native.constants[name], value))) {
-                    throw new SocketClosedError(`the rdma link of slot ${slot.no} has no descriptor`);
-                  }
-                },
-              },
-              o,
-              (err) => err instanceof SocketClosedError,
-            ),
-        };
+        return this.#startLink(s, slot, native.dupFd(hostFd), events);
       },
     };
   }
 
-  /** NativeLink.close(): abort the slot (RST to the host, CLOSE to the client); resolves on its slotEnd. */
-  #abortSlot(s: RdmaSession, slot: RdmaSlot, link: SlotLink): Promise<NativeLinkEnd> {
-    if (link.settled || link.closing) return link.ended;
-    link.closing = true;
-    try {
-      if (!s.conn || s.state !== 'live') throw new Error('not connected');
-      s.conn.closeSlot(slot.no, true);
-    } catch {
-      link.settle({ reason: 'aborted', errno: 0 });
-      return link.ended;
-    }
-    const timer = setTimeout(() => {
-      if (link.settled) return;
-      this.o.logger.warn({ session: s.id, slot: slot.no }, `rdma: no slotEnd ${END_WAIT_MS} ms after closing the slot`);
-      link.settle({ reason: 'aborted', errno: 0 });
-    }, END_WAIT_MS);
-    timer.unref();
-    void link.ended.then(() => clearTimeout(timer));
-    return link.ended;
+  /** Link the slot to `fd` (ours from here; with `resume`, a moved socket's) and run it; the socket's NativeLink. */
+  #startLink(s: RdmaSession, slot: RdmaSlot, fd: number, events: NativeLinkEvents, resume?: RdmaLinkResume): NativeLink {
+    return startSlotLink({ native: this.o.native, logger: this.o.logger, failover: this.#failover }, s, slot, fd, events, resume);
   }
 
   /** Close a slot no socket took (CLOSE to the client); its number is reused after its slotEnd. */
@@ -573,18 +537,18 @@ export class RdmaTransport implements Transport {
       }
       this.#closeConn(s, conn);
       waits.push(
-        Promise.race([
-          s.ended,
-          new Promise<void>((r) =>
-            setTimeout(() => {
-              if (s.state !== 'closed') {
-                this.o.logger.warn({ session: s.id }, `rdma: connection not closed ${END_WAIT_MS} ms after close()`);
-                this.#connEnded(s, conn, { type: 'rdma', rdma: conn.id, event: 'closed', code: 'ok', errno: 0, message: 'gave up waiting for the close' });
-              }
-              r();
-            }, END_WAIT_MS).unref(),
-          ),
-        ]),
+        new Promise<void>((r) => {
+          // Ref'd (and cleared once the session ended): the pump does not hold the process for rdma
+          // connections, so an unref'd wait could let the loop run empty before their `closed` events.
+          const timer = setTimeout(() => {
+            if (s.state !== 'closed') {
+              this.o.logger.warn({ session: s.id }, `rdma: connection not closed ${END_WAIT_MS} ms after close()`);
+              this.#connEnded(s, conn, { type: 'rdma', rdma: conn.id, event: 'closed', code: 'ok', errno: 0, message: 'gave up waiting for the close' });
+            }
+            r();
+          }, END_WAIT_MS);
+          void s.ended.then(() => (clearTimeout(timer), r()));
+        }),
       );
     }
     await Promise.all(waits);

@@ -66,9 +66,11 @@ export interface RdmaClientOptions {
   /**
    * @internal Tests only, the test build of the addon (native RdmaConnectOptions.hostile): 3 = every BIND carries a
    * token the gateway cannot redeem; 4 = every RDMA write uses a wrong key (an injected QP fatal at the first write);
-   * 5 = the same once a slot has posted 8 MiB.
+   * 5 = the same once a slot has posted 1 MiB.
    */
   hostile?: 3 | 4 | 5;
+  /** @internal Tests only: the hostile mode of a failover's new rdma connection (2 = an old protocol version, 3 = RESUME BINDs the gateway cannot match). */
+  moveHostile?: 2 | 3;
 }
 
 /** The rdma side of one SDK Gateway object. */
@@ -212,7 +214,13 @@ export class RdmaClient {
         if (gone.id === this.#sessionId) this.#sessionId = newSessionId();
       },
       waitMs,
+      // Live failover onto a new rdma connection: a session never offered (its id stays ours), closed with the others.
+      () => {
+        if (this.#closed) throw new SocketClosedError('the gateway connection is closed');
+        return this.#session(newSessionId(), waitMs);
+      },
     );
+    s.moveHostile = this.#opts.moveHostile;
     this.#sessions.set(id, s);
     return s;
   }

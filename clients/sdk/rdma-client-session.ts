@@ -11,12 +11,13 @@ import { isTracerEnabled, tracer } from '../../native/trace.js';
 import { DeclineReason } from '../../proto/gen/sockgate/v1/transport.js';
 import { AttachFailedError, ConnectionResetError, SocketClosedError, SockgateError } from '../../proto/errors.js';
 import { FdChannel } from './fd-channel.js';
-import { Holds, PreissuedSlots, SharedPump, SlotBinds } from './client-slot-session.js';
+import { Holds, PreissuedSlots, SharedPump, SlotBinds, within } from './client-slot-session.js';
 import { native, type NativeModule } from './native-optional.js';
 import { RdmaAttachError } from '../../proto/errors.js';
 import { declineReasonOfRdmaFailure, rdmaEndError } from '../../proto/rdma-failures.js';
 import type { SpliceLink } from '../../native/index.js';
 import { resumeOnDataPort, type SuspendedSlot } from './rdma-resume.js';
+import { moveOnRdma } from './rdma-move.js';
 
 /** SOCKGATE_TRACE=rdma: the SDK's rdma sessions, slots and attach steps on stderr. */
 const trace = tracer('rdma');
@@ -64,9 +65,9 @@ export class RdmaSocket extends FdChannel {
 
   constructor(
     fd: number,
-    readonly slot: number,
-    readonly sessionId: string,
-    private readonly abortSlot: () => void,
+    public slot: number,
+    public sessionId: string,
+    private abortSlot: () => void,
     label: string,
     /** Live failover: the token a resume names this socket by (undefined: not resumable). */
     readonly resumeToken?: Buffer,
@@ -92,6 +93,15 @@ export class RdmaSocket extends FdChannel {
   movedTo(link: SpliceLink, cause: string): void {
     this.#moved = link;
     this.emit('moved', { from: 'rdma', to: 'tcp', cause, atMs: Date.now() });
+  }
+
+  /** @internal Live failover: the socket continues on slot `slot` of a new rdma connection (session `sessionId`). */
+  movedToRdma(sessionId: string, slot: number, abortSlot: () => void, cause: string): void {
+    this.sessionId = sessionId;
+    this.slot = slot;
+    this.abortSlot = abortSlot;
+    this.#moved = undefined;
+    this.emit('moved', { from: 'rdma', to: 'rdma', cause, atMs: Date.now() });
   }
 
   /** Abort: the slot is closed both ways (the gateway resets the host socket). */
@@ -131,11 +141,23 @@ export class RdmaClientSession {
   readonly #binds = new SlotBinds();
   /** Live failover: the gateway's data port and how long it waits for a resume (RdmaAttach.resume_*); undefined = none. */
   resume: { host: string; port: number; ms: number } | undefined;
+  /** A connection opened for moved sockets only (MOVE): closed once the last of them ended. */
+  moveOnly = false;
+  /** @internal Tests only: the native test hook of a move connection. */
+  moveHostile: 2 | 3 | undefined;
+  /** The options the connection was opened with (a move connection to the same gateway reuses them). */
+  connectOpts: RdmaConnectOptions | undefined;
+  /** Live failover: sockets suspended in this batch of events, moved together (one new connection for all). */
+  #toMove: Array<{ sock: RdmaSocket; e: SuspendedSlot }> = [];
+  /** Moved sockets whose RESUME BIND awaits its BOUND (they join `slots` with it). */
+  readonly #moving = new Map<number, RdmaSocket>();
 
   constructor(
     readonly id: string,
     private readonly onGone: (s: RdmaClientSession) => void,
     waitMs: number,
+    /** Live failover onto a new rdma connection: a fresh session of the same client (undefined: tcp only). */
+    readonly spawn?: () => RdmaClientSession,
   ) {
     this.ready = new Promise((resolve, reject) => {
       this.#resolveReady = resolve;
@@ -168,13 +190,16 @@ export class RdmaClientSession {
     }
     this.#hub = h;
     this.conn = conn;
+    this.connectOpts = opts;
+    this.moveOnly = opts.move === true;
     h.opening.add();
     this.state = 'connecting';
     h.hub.onRdma(conn.id, (e) => this.#onEvent(e, opts.addr, opts.port));
   }
 
   #onEvent(e: RdmaEvent, addr: string, port: number): void {
-    if (tracing && e.event !== 'progress') trace(`session ${this.id}: ${e.event} ${JSON.stringify(e)}`);
+    // Positions are bigints (suspended, bound), a tail is payload: neither goes into JSON.
+    if (tracing && e.event !== 'progress') trace(`session ${this.id}: ${e.event} ${JSON.stringify({ ...e, ...('tail' in e ? { tail: e.tail.length } : {}) }, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`);
     switch (e.event) {
       case 'established':
         if (this.state !== 'connecting') return;
@@ -193,12 +218,21 @@ export class RdmaClientSession {
       case 'peerEof':
         this.slots.get(e.slot)?.peerEnded();
         return;
-      case 'bound':
+      case 'bound': {
+        // A moved socket is this session's from its BOUND on (its later events come in the same batch).
+        const m = this.#moving.get(e.slot);
+        if (m) {
+          this.#moving.delete(e.slot);
+          this.slots.set(e.slot, m);
+        }
         this.#binds.settle(e.slot);
         return;
+      }
       case 'suspended':
         return this.#suspended(e);
       case 'slotEnd': {
+        // A move connection pins its rings for its moved sockets only.
+        if (this.moveOnly) queueMicrotask(() => this.slots.size === 0 && this.#moving.size === 0 && this.close(new SocketClosedError(`rdma move session ${this.id}: its moved sockets ended`)));
         // reset: the gateway answered our BIND with CLOSE. Otherwise our own abort, or the connection went down.
         if (
           this.#binds.settle(
@@ -235,21 +269,48 @@ export class RdmaClientSession {
     }
   }
 
-  /** Live failover: the connection failed under an open socket; resume it on the data port or end it with the connection's error. */
+  /** Live failover: the connection failed under an open socket; move it (with the others of this batch), or end it with the connection's error. */
   #suspended(e: SuspendedSlot): void {
     const n = native!;
     const sock = this.slots.get(e.slot);
-    const r = this.resume;
-    if (!sock || !r || !sock.resumeToken || (sock.destroyed && !sock.handedOver)) {
+    if (!sock || !this.resume || !sock.resumeToken || (sock.destroyed && !sock.handedOver)) {
       n.closeFd(e.fd, true);
       return;
     }
     // The slot's slotEnd and the connection's end no longer concern this socket.
     this.slots.delete(e.slot);
+    this.#toMove.push({ sock, e });
+    // Every slot suspends in the same round of the I/O thread: one move for all of them.
+    if (this.#toMove.length === 1) setImmediate(() => this.#move());
+  }
+
+  /** A new rdma connection to the same gateway first (bounded), then the tcp data port for what it did not take. */
+  #move(): void {
+    const batch = this.#toMove.splice(0);
+    const r = this.resume!;
+    // The pump stays up, and holds the process, for the move (nothing else may until the new path runs).
+    const h = clientHub.acquire(() => makeHub(native!));
+    h.opening.add();
+    const opts = this.connectOpts;
+    const tryRdma = this.spawn && opts ? moveOnRdma(batch, { n: native!, spawn: this.spawn, opts, resumeMs: r.ms, ...(this.moveHostile ? { hostile: this.moveHostile } : {}) }) : Promise.resolve(batch);
+    void tryRdma
+      .catch(() => batch)
+      .then((left) => {
+        for (const m of left) this.#resumeTcp(m.sock, m.e);
+        h.opening.drop();
+        clientHub.release();
+      });
+  }
+
+  /** Resume one suspended socket on the gateway's tcp data port, or end it with the connection's error. */
+  #resumeTcp(sock: RdmaSocket, e: SuspendedSlot): void {
+    const n = native!;
+    const r = this.resume!;
     const what = `${sock.label} (rdma slot ${e.slot})`;
+    if (sock.destroyed) return n.closeFd(e.fd, true);
     trace(`session ${this.id}: ${what} suspended (${e.code}): resuming on ${r.host}:${r.port}`);
     const h = clientHub.acquire(() => makeHub(n));
-    resumeOnDataPort({ host: r.host, port: r.port, token: sock.resumeToken }, e, { pump: h.hub.pump, native: n, timeoutMs: r.ms, pipeBytes: CHANNEL_HIGH_WATERMARK, onPeerEof: () => sock.peerEnded() }).then(
+    resumeOnDataPort({ host: r.host, port: r.port, token: sock.resumeToken! }, e, { pump: h.hub.pump, native: n, timeoutMs: r.ms, pipeBytes: CHANNEL_HIGH_WATERMARK, onPeerEof: () => sock.peerEnded() }).then(
       (link) => {
         trace(`session ${this.id}: ${what} resumed on tcp`);
         sock.movedTo(link, e.code);
@@ -265,6 +326,43 @@ export class RdmaClientSession {
         sock.slotEnded(rdmaEndError(e.code, 0, `${what}, not resumed on the data port (${err.message})`));
       },
     );
+  }
+
+  /**
+   * Live failover onto this (move) connection: slot `slot` resumes `sock`,
+   * suspended as `e`. True once the gateway's BOUND came (its position checked
+   * natively, our tail sent from there; `e.fd` is closed, the connection has
+   * its duplicate); false, `e.fd` still the caller's and nothing read from or
+   * written to it, when refused or not answered within `timeoutMs`.
+   */
+  async adoptMoved(n: NativeModule, slot: number, sock: RdmaSocket, e: SuspendedSlot, timeoutMs: number): Promise<boolean> {
+    const conn = this.conn;
+    if (this.state !== 'established' || !conn || this.slots.has(slot) || this.#moving.has(slot)) return false;
+    const fd = n.dupFd(e.fd);
+    try {
+      conn.link(slot, fd, sock.resumeToken, { position: e.inPos, acked: e.outAcked, sent: e.outSent, bytes: e.tail });
+    } catch {
+      n.closeFd(fd);
+      return false;
+    }
+    this.#moving.set(slot, sock);
+    try {
+      await within(this.#binds.expect(slot), timeoutMs, undefined, `rdma failover: no answer to the resume of slot ${slot} within ${timeoutMs} ms`);
+    } catch (err) {
+      this.#moving.delete(slot);
+      if (this.slots.get(slot) === sock) this.slots.delete(slot);
+      // Unanswered: give the slot up (its duplicate closes; a late BOUND is ignored).
+      try {
+        conn.closeSlot(slot, true);
+      } catch {
+        // the connection is gone
+      }
+      trace(`session ${this.id}: slot ${slot} not taken for ${sock.label}: ${(err as Error).message}`);
+      return false;
+    }
+    n.closeFd(e.fd);
+    sock.movedToRdma(this.id, slot, () => conn.closeSlot(slot, true), e.code);
+    return true;
   }
 
   /** Wait until slot `slot` is free here (the gateway may reuse a slot whose end event we have not yet seen). */

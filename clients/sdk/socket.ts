@@ -188,7 +188,8 @@ export class GatewaySocket extends Duplex {
       this.moves.push(m);
       this.transport = m.to;
       // A FIN on the tcp data connection looks the same when the gateway dies: confirm ends from now on.
-      this.confirmEof = true;
+      // (A new rdma connection's EOF is a cursor-checked message: genuine, as before the move.)
+      if (m.to !== 'rdma') this.confirmEof = true;
     });
     this.socketId = meta.socketId;
     this.transport = meta.transport;

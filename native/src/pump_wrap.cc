@@ -36,6 +36,7 @@ Napi::Object EventToJs(Napi::Env env, const PumpEvent& e) {
         o.Set("conn", Napi::Number::New(env, e.conn));
         o.Set("token", Napi::Buffer<char>::Copy(env, e.token.data(), e.token.size()));
         o.Set("peer", Napi::String::New(env, e.detail));
+        o.Set("move", Napi::Boolean::New(env, (e.flags & 4) != 0));
       } else if (e.name == "failed" || e.name == "closed") {
         o.Set("code", Napi::String::New(env, e.code));
         o.Set("errno", Napi::Number::New(env, e.err));
@@ -43,6 +44,11 @@ Napi::Object EventToJs(Napi::Env env, const PumpEvent& e) {
       } else if (e.name == "bind") {
         o.Set("slot", Napi::Number::New(env, e.slot));
         o.Set("token", Napi::Buffer<char>::Copy(env, e.token.data(), e.token.size()));
+        // A moved socket's RESUME BIND: the client's stream position.
+        if (e.flags & 1) o.Set("position", Napi::BigInt::New(env, e.a));
+      } else if (e.name == "bound") {
+        o.Set("slot", Napi::Number::New(env, e.slot));
+        o.Set("position", Napi::BigInt::New(env, e.a));
       } else if (e.name == "progress") {
         o.Set("slot", Napi::Number::New(env, e.slot));
         o.Set("toFd", Napi::Number::New(env, double(e.a)));

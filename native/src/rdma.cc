@@ -341,7 +341,7 @@ int ConnParams::decode(const void* p, size_t len, ConnParams* o) {
   o->version = be16(b + 4);
   if (o->version != kVersion) return -EPROTONOSUPPORT;
   o->flags = be16(b + 6);
-  if (o->flags & ~(kFlagAccept | kFlagResume)) return -EBADMSG;
+  if (o->flags & ~(kFlagAccept | kFlagResume | kFlagMove)) return -EBADMSG;
   o->addr = load_be64(b + 8);
   o->rkey = be32(b + 16);
   o->ring_log2 = b[20];
@@ -440,7 +440,8 @@ int Msg::decode(const void* p, size_t len, Msg* o) {
   if (o->type < kConsumed || o->type > kBound) return -EBADMSG;
   if (len != (o->type == kBind ? kBindBytes : kBytes)) return -EBADMSG;
   o->flags = b[1];
-  if (o->flags != 0) return -EBADMSG;
+  // RESUME only on BIND and BOUND (whether the connection allows it is the receiver's check).
+  if (o->flags != 0 && !(o->flags == kFlagResume && (o->type == kBind || o->type == kBound))) return -EBADMSG;
   o->slot = be16(b + 2);
   o->credits = be32(b + 4);
   o->value = load_be64(b + 8);

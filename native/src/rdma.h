@@ -267,6 +267,7 @@ struct ConnParams {
   uint8_t token[kTokenBytes] = {};
   static constexpr uint16_t kFlagAccept = 1;  // set in the accept reply
   static constexpr uint16_t kFlagResume = 2;  // this end suspends its slots on failure (live failover)
+  static constexpr uint16_t kFlagMove = 4;    // moved sockets resume here (RESUME-form BIND/BOUND; token = a resume token)
   static constexpr uint32_t kMaxKeepaliveMs = 3600 * 1000;
   void encode(uint8_t out[kBytes]) const;
   // Validates everything: magic, version, reserved bytes, ring size range,
@@ -296,6 +297,9 @@ struct Msg {
   uint32_t credits = 0;  // receive WRs re-posted since the last message
   uint64_t value = 0;    // kConsumed: consumer cursor; kEof: final producer cursor
   uint8_t token[kTokenBytes] = {};  // kBind only
+  // Flag of BIND and BOUND on a MOVE connection: the slot resumes a moved
+  // socket; BIND's value is the client's position, BOUND's the gateway's.
+  static constexpr uint8_t kFlagResume = 1;
   size_t size() const { return type == kBind ? kBindBytes : kBytes; }
   void encode(uint8_t out[kMaxBytes]) const;  // writes size() bytes
   static int decode(const void* p, size_t len, Msg* out);

@@ -68,7 +68,9 @@ int Conn::on_attach(Pump& p, uint32_t id) {
   ConnParams mine = local_;
   // RESUME only when the client asked for it (an older client refuses unknown flags).
   resumable_ = o_.resume && (peer.flags & ConnParams::kFlagResume);
-  mine.flags = ConnParams::kFlagAccept | (resumable_ ? ConnParams::kFlagResume : 0);
+  // MOVE likewise, and only with RESUME (JS matched the request's resume token).
+  move_ = resumable_ && (peer.flags & ConnParams::kFlagMove);
+  mine.flags = ConnParams::kFlagAccept | (resumable_ ? ConnParams::kFlagResume : 0) | (move_ ? ConnParams::kFlagMove : 0);
   mine.encode(b);
   rdma_conn_param cp = {};
   cp.private_data = b;
@@ -103,7 +105,7 @@ void Conn::on_detach() {
   p_ = nullptr;
 }
 
-void Conn::link(uint32_t slot, int fd, const uint8_t* token) {
+void Conn::link(uint32_t slot, int fd, const uint8_t* token, const LinkResume* r) {
   if (state_ == kDead || slot >= slots_.size()) {
     close_fd(fd, true);
     end_event(slot, "error", -ENOTCONN, "ENOTCONN", 0, 0);
@@ -115,7 +117,12 @@ void Conn::link(uint32_t slot, int fd, const uint8_t* token) {
     end_event(slot, "error", -EBUSY, "EBUSY", 0, 0);
     return;
   }
-  if (token && !client_) {  // only clients bind
+  // Only clients bind; a resume link needs a MOVE connection, the gateway's
+  // only for a RESUME BIND (and a plain link never answers one), and the bytes
+  // to send first must fit the peer's ring (they are staged there).
+  const bool bad_resume = r ? (!move_ || state_ != kEstablished || r->bytes.size() > peer_ring_size() || (client_ ? !token : !s.resume_bind))
+                            : (!client_ && s.resume_bind);
+  if ((token && !client_) || bad_resume) {
     close_fd(fd, true);
     end_event(slot, "error", -EINVAL, "EINVAL", 0, 0);
     return;
@@ -137,10 +144,26 @@ void Conn::link(uint32_t slot, int fd, const uint8_t* token) {
   s.st = Slot::kOpen;
   s.bind = Slot::kBound;
   s.readable = s.writable = true;
+  if (r) {
+    s.in_base = r->position;
+    if (client_) {
+      s.hold = true;  // nothing from the fd before BOUND says where the gateway resumes (on_bound)
+      s.resume = *r;
+    } else {
+      // The client's stream resumes at its position: our unacked bytes from there go first.
+      s.out_base = r->out_base;
+      if (!r->bytes.empty()) memcpy(stage(slot), r->bytes.data(), r->bytes.size());
+      s.rd = r->bytes.size();
+    }
+  }
   if (token || answer_bind) {
     Msg m;
     m.type = token ? Msg::kBind : Msg::kBound;
     m.slot = uint16_t(slot);
+    if (r) {
+      m.flags = Msg::kFlagResume;
+      m.value = r->position;
+    }
     if (token) {
       memcpy(m.token, token, kTokenBytes);
 #ifdef SOCKGATE_TEST_HOOKS
@@ -327,7 +350,7 @@ int Conn::setup() {
   local_.ring_log2 = o_.ring_log2;
   local_.credits = uint16_t(o_.credits);
   local_.keepalive_ms = o_.keepalive_ms;
-  if (client_ && o_.resume) local_.flags = ConnParams::kFlagResume;  // the request asks; the accept answers
+  if (client_ && o_.resume) local_.flags = ConnParams::kFlagResume | (o_.move ? ConnParams::kFlagMove : 0);  // the request asks; the accept answers
   memcpy(local_.token, token_, kTokenBytes);
   size_t bytes = local_.region_bytes() + size_t(o_.credits) * Msg::kMaxBytes;
   bytes = (bytes + 4095) & ~size_t(4095);
@@ -442,6 +465,9 @@ void Conn::on_cm() {
           if (derr) return die(fail::kProtocol, derr, "the gateway's accept private data");
           peer = pp;
           resumable_ = o_.resume && (pp.flags & ConnParams::kFlagResume);
+          move_ = o_.resume && o_.move && (pp.flags & ConnParams::kFlagMove);
+          // A gateway that does not take moved sockets accepted without MOVE: fail, the client resumes on tcp.
+          if (o_.move && !move_) return die(fail::kVersionMismatch, -EPROTONOSUPPORT, "the gateway does not take moved sockets (no MOVE in its accept)");
           if (setup_peer()) return die(fail::kResource, -EIO, "setup");
         }
         become_established();
@@ -502,12 +528,12 @@ std::shared_ptr<PumpSource> make_client(const ConnectOpts& o) {
 
 std::shared_ptr<PumpSource> make_server_conn(const RegionOpts& o) { return std::make_shared<Conn>(false, o); }
 
-void conn_link(PumpSource* conn, uint32_t slot, int fd, const uint8_t* token) {
+void conn_link(PumpSource* conn, uint32_t slot, int fd, const uint8_t* token, const LinkResume* r) {
   if (!conn) {
     close_fd(fd, true);
     return;
   }
-  static_cast<Conn*>(conn)->link(slot, fd, token);
+  static_cast<Conn*>(conn)->link(slot, fd, token, r);
 }
 
 void conn_close_slot(PumpSource* conn, uint32_t slot, bool reset) {

@@ -39,6 +39,23 @@ struct RegionOpts {
   // when both ends set it, a failing connection hands each open slot's fd,
   // positions and unconsumed bytes to JS (`suspended`) instead of closing it.
   bool resume = false;
+  // Client: this connection carries sockets moved off a failed one (flag
+  // MOVE, with `resume`); the connect's token is one of their resume tokens.
+  // A gateway takes MOVE whenever it takes RESUME.
+  bool move = false;
+};
+
+// A link that resumes a moved socket on a MOVE connection (native/RDMA.md
+// "Moving to a new RDMA connection"). Client: BIND carries `position` (bytes
+// of the gateway's stream already on the fd); the gateway's BOUND position
+// must lie in [acked, sent], and `bytes` (ours from `acked` on) are sent from
+// there before anything read from the fd. Gateway: BOUND carries `position`;
+// `bytes` go first (the client's position is `out_base`).
+struct LinkResume {
+  uint64_t position = 0;
+  uint64_t acked = 0, sent = 0;  // client
+  uint64_t out_base = 0;         // gateway
+  std::string bytes;
 };
 
 struct ConnectOpts {
@@ -53,7 +70,7 @@ struct ConnectOpts {
   // version 1 (the listener refuses it; we report VERSION_MISMATCH); 3 = every
   // BIND carries a token with its first byte flipped (the gateway refuses it);
   // 4 = every RDMA write uses a wrong rkey (remote access error: QP errors);
-  // 5 = as 4 once a slot has posted 8 MiB (a fault in the middle of a transfer).
+  // 5 = likewise, once a slot has posted 1 MiB (a QP fatal mid-stream).
   uint32_t hostile = 0;
 #endif
 };
@@ -90,7 +107,7 @@ void listener_reject(PumpSource* listener, uint32_t conn);
 
 // I/O thread (inside Pump::run_on_source on a connection). `fd` is owned by
 // the connection from here on (closed if the connection is gone: src null).
-void conn_link(PumpSource* conn, uint32_t slot, int fd, const uint8_t* token /* null: no BIND */);
+void conn_link(PumpSource* conn, uint32_t slot, int fd, const uint8_t* token /* null: no BIND */, const LinkResume* r = nullptr);
 void conn_close_slot(PumpSource* conn, uint32_t slot, bool reset);
 void conn_shutdown_slot(PumpSource* conn, uint32_t slot, bool rd, bool wr);
 void conn_close(PumpSource* conn);

@@ -104,6 +104,14 @@ struct Slot {
   bool update_due = false;    // a CONSUMED is owed
   bool peer_blocked = false;  // the peer's last immediate said BLOCKED
   bool touched = false;       // bytes moved since the last progress batch
+  // Moved socket (MOVE connection): client, nothing is read from the fd until
+  // BOUND says where the gateway resumes (`resume` holds our unacked bytes);
+  // gateway, the client's BIND was a RESUME one (link must answer in kind).
+  bool hold = false, resume_bind = false;
+  LinkResume resume;
+  // Where this slot's cursors start in the socket's stream (non-zero after a
+  // move): suspend_slot reports stream positions, so a socket can move again.
+  uint64_t in_base = 0, out_base = 0;
   // Inbound (our ring, the peer writes).
   uint64_t rprod = 0, rcons = 0, last_update = 0;
   // Outbound (our staging ring mirrors the peer's ring).
@@ -142,7 +150,7 @@ class Conn final : public PumpSource {
   void woke(uint64_t waited_us, bool timed_out) override { poll_.woke(waited_us, timed_out); }
 
   // Commands from JS, on the I/O thread (rdma_conn.cc).
-  void link(uint32_t slot, int fd, const uint8_t* token);
+  void link(uint32_t slot, int fd, const uint8_t* token, const LinkResume* r = nullptr);
   void close_slot(uint32_t slot, bool reset);
   void shutdown_slot(uint32_t slot, bool rd, bool wr);
   void close_conn();
@@ -163,6 +171,7 @@ class Conn final : public PumpSource {
   bool connected_ = false;  // ESTABLISHED and the peer has not disconnected: teardown disconnects
   bool early_established_ = false;  // gateway: established by a receive before the cm event (ignored when it comes)
   bool resumable_ = false;  // both ends set RESUME: a failure suspends the open slots (suspend_slot)
+  bool move_ = false;       // both ends set MOVE: RESUME-form BIND/BOUND allowed (moved sockets)
   uint8_t token_[kTokenBytes] = {};
 
   // Resources in creation order; teardown() releases them in reverse.
@@ -246,6 +255,7 @@ class Conn final : public PumpSource {
   int protocol(const std::string& what);
   int on_imm(uint32_t imm, uint32_t byte_len);
   int on_msg(const uint8_t* buf, uint32_t len);
+  int on_bound(uint32_t slot, const Msg& m);
 };
 
 // The gateway's rdma_cm listener (rdma_listener.cc).

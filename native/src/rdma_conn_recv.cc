@@ -205,16 +205,21 @@ int Conn::on_msg(const uint8_t* buf, uint32_t len) {
       return 0;
     case Msg::kBind:
       if (client_) return protocol("BIND sent to the client");
+      if (m.flags && !move_) return protocol("a RESUME BIND on a connection without MOVE");
       if (s.st == Slot::kClosing) return 0;  // we refused it already
       if (s.bind != Slot::kUnbound || s.fd >= 0) return protocol("BIND for a busy slot " + std::to_string(m.slot));
       s.st = Slot::kOpen;
       s.bind = Slot::kAnnounced;
+      s.resume_bind = m.flags != 0;
       {
         PumpEvent e(PumpEvent::kRdma);
         e.id = id_;
         e.name = "bind";
         e.slot = m.slot;
         e.token.assign(reinterpret_cast<const char*>(m.token), kTokenBytes);
+        // A moved socket: its resume token and the client's position.
+        e.flags = s.resume_bind ? 1 : 0;
+        e.a = m.value;
         p_->source_emit(std::move(e));
       }
       return 0;
@@ -222,18 +227,43 @@ int Conn::on_msg(const uint8_t* buf, uint32_t len) {
       if (!client_) return protocol("BOUND sent to the gateway");
       if (s.st == Slot::kClosing) return 0;  // we gave the slot up meanwhile
       if (s.bind != Slot::kAwaitBound) return protocol("BOUND for slot " + std::to_string(m.slot) + ", which awaits none");
-      s.bind = Slot::kBound;
-      {
-        PumpEvent e(PumpEvent::kRdma);
-        e.id = id_;
-        e.name = "bound";
-        e.slot = m.slot;
-        p_->source_emit(std::move(e));
-      }
-      return 0;
+      return on_bound(m.slot, m);
     default:
       return protocol("unexpected message type");
   }
+}
+
+// The gateway's answer to our BIND. For a moved socket (hold) its position
+// says which of our unacked bytes it lacks: anything outside [acked, sent]
+// would lose or double bytes, and ends the slot (the socket then resumes on
+// tcp, or ends) with nothing read from its fd.
+int Conn::on_bound(uint32_t slot, const Msg& m) {
+  Slot& s = slots_[slot];
+  if ((m.flags != 0) != s.hold) return protocol("BOUND of the wrong form for slot " + std::to_string(slot));
+  if (s.hold) {
+    const LinkResume& r = s.resume;
+    const uint64_t p = m.value;
+    if (p < r.acked || p > r.sent || p - r.acked > r.bytes.size() || r.bytes.size() - (p - r.acked) > peer_ring_size()) {
+      abort_slot(slot, false, "error", -ERANGE, "ERANGE");
+      flush();
+      return 0;
+    }
+    const size_t skip = size_t(p - r.acked), n = r.bytes.size() - skip;
+    if (n) memcpy(stage(slot), r.bytes.data() + skip, n);
+    s.out_base = p;
+    s.rd = n;
+    s.hold = false;
+    s.resume = LinkResume();
+  }
+  s.bind = Slot::kBound;
+  PumpEvent e(PumpEvent::kRdma);
+  e.id = id_;
+  e.name = "bound";
+  e.slot = slot;
+  e.a = s.out_base;
+  p_->source_emit(std::move(e));
+  run_slot(slot);
+  return 0;
 }
 
 }  // namespace rdma

@@ -69,8 +69,8 @@ int Conn::post_burst(uint32_t slot) {
   if (client_ && copts.hostile == 1) b.flags |= kImmWrap;
   // Tests: writes with a key the peer never issued (its responder refuses them: a QP error on both ends).
   if (client_ && copts.hostile == 4) b.rkey = ~b.rkey;
-  // Tests: the same once this slot has posted 8 MiB (a QP fatal in the middle of an upload).
-  if (client_ && copts.hostile == 5 && s.total_peer >= (uint64_t(8) << 20)) b.rkey = ~b.rkey;
+  // Tests: the same once this slot has posted 1 MiB (a QP fatal in the middle of a transfer).
+  if (client_ && copts.hostile == 5 && s.total_peer >= (1u << 20)) b.rkey = ~b.rkey;
 #endif
   b.max_inline = qp_.max_inline();
   b.wr_id_plain = kWrBurst;
@@ -239,7 +239,7 @@ void Conn::finish_slot(uint32_t slot, bool reset, const char* reason, int err, c
 // again from our position (rcons). False: not resumable; the caller closes.
 bool Conn::suspend_slot(uint32_t slot, const char* code) {
   Slot& s = slots_[slot];
-  if (s.st != Slot::kOpen || s.fd < 0 || s.bind != Slot::kBound || !p_) return false;
+  if (s.st != Slot::kOpen || s.fd < 0 || s.bind != Slot::kBound || s.hold || !p_) return false;
   const uint64_t psize = peer_ring_size(), pmask = psize - 1, n = s.rd - s.peer_cons;
   if (n > psize) return false;  // cannot happen (reads are bounded by the peer's free space)
   PumpEvent e(PumpEvent::kRdma);
@@ -248,10 +248,11 @@ bool Conn::suspend_slot(uint32_t slot, const char* code) {
   e.slot = slot;
   e.code = code;
   e.fd = s.fd;
-  e.a = s.rcons;
-  e.b = s.peer_cons;
-  e.c = s.prod;
-  e.d = s.rd;
+  // Stream positions: a slot that resumes a moved socket starts at its bases.
+  e.a = s.in_base + s.rcons;
+  e.b = s.out_base + s.peer_cons;
+  e.c = s.out_base + s.prod;
+  e.d = s.out_base + s.rd;
   e.flags = uint16_t((s.fd_eof() ? 1 : 0) | (s.peer_eof() ? 2 : 0) | (s.wr_shut() ? 4 : 0));
   e.token.resize(size_t(n));
   uint64_t off = s.peer_cons & pmask, first = std::min(n, psize - off);
@@ -332,7 +333,7 @@ void Conn::run_slot(uint32_t slot) {
   // fd -> staging (mirrors the peer's ring: the same offsets).
   const uint64_t psize = peer_ring_size(), pmask = psize - 1;
   moved = 0;
-  while (s.readable && !s.fd_eof() && moved < kSlotBudget) {
+  while (s.readable && !s.fd_eof() && !s.hold && moved < kSlotBudget) {
     uint64_t space = psize - (s.rd - s.peer_cons);
     if (space == 0) break;
     uint64_t off = s.rd & pmask;

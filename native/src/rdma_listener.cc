@@ -80,6 +80,7 @@ void Listener::on_ready(Pump& p, uint32_t, uint32_t key, uint32_t) {
     e.name = "request";
     e.conn = conn;
     e.token.assign(reinterpret_cast<const char*>(pp.token), kTokenBytes);
+    e.flags = pp.flags;  // MOVE: the token is a resume token (JS matches it to a suspended socket)
     e.detail = peer;
     p.source_emit(std::move(e));
   }

@@ -77,11 +77,38 @@ inline bool GetRegion(const Napi::CallbackInfo& info, Napi::Value v, RegionOpts*
   if (!trace.IsUndefined()) o->trace = trace.ToBoolean().Value();
   Napi::Value resume = opts.Get("resume");
   if (!resume.IsUndefined()) o->resume = resume.ToBoolean().Value();
+  Napi::Value move = opts.Get("move");
+  if (!move.IsUndefined()) o->move = move.ToBoolean().Value();
   std::string why;
   if (check_region(*o, &why)) {
     Napi::RangeError::New(info.Env(), why).ThrowAsJavaScriptException();
     return false;
   }
+  return true;
+}
+
+// link()'s resume options (a moved socket, rdma_conn.h LinkResume).
+inline bool GetLinkResume(const Napi::CallbackInfo& info, Napi::Value v, LinkResume* r) {
+  Napi::Env env = info.Env();
+  if (!v.IsObject()) return Napi::TypeError::New(env, "resume must be an object").ThrowAsJavaScriptException(), false;
+  Napi::Object o = v.As<Napi::Object>();
+  const char* keys[] = {"position", "acked", "sent", "outBase"};
+  uint64_t* dst[] = {&r->position, &r->acked, &r->sent, &r->out_base};
+  for (int i = 0; i < 4; i++) {
+    Napi::Value x = o.Get(keys[i]);
+    if (x.IsUndefined() && i > 0) continue;
+    bool lossless = false;
+    if (!x.IsBigInt() || (*dst[i] = x.As<Napi::BigInt>().Uint64Value(&lossless), !lossless))
+      return Napi::TypeError::New(env, std::string("resume.") + keys[i] + " must be a non-negative bigint").ThrowAsJavaScriptException(), false;
+  }
+  Napi::Value b = o.Get("bytes");
+  if (!b.IsUndefined()) {
+    if (!b.IsBuffer()) return Napi::TypeError::New(env, "resume.bytes must be a Buffer").ThrowAsJavaScriptException(), false;
+    Napi::Buffer<char> buf = b.As<Napi::Buffer<char>>();
+    if (buf.Length() > (size_t(1) << 30)) return Napi::RangeError::New(env, "resume.bytes is larger than any ring").ThrowAsJavaScriptException(), false;
+    r->bytes.assign(buf.Data(), buf.Length());
+  }
+  if (r->acked > r->sent) return Napi::RangeError::New(env, "resume.acked must not exceed resume.sent").ThrowAsJavaScriptException(), false;
   return true;
 }
 

@@ -84,7 +84,7 @@ class ConnWrap : public Napi::ObjectWrap<ConnWrap> {
     if (!CheckThis(info, kConnTag, "RdmaConn")) return info.Env().Undefined();
     return Napi::Number::New(info.Env(), id_);
   }
-  // link(slot, fd, token?)
+  // link(slot, fd, token?, resume?): resume = { position, acked?, sent?, outBase? (bigints), bytes?: Buffer }
   Napi::Value Link(const Napi::CallbackInfo& info) {
     Napi::Env e = info.Env();
     uint32_t slot;
@@ -95,7 +95,12 @@ class ConnWrap : public Napi::ObjectWrap<ConnWrap> {
     bool with_token = info.Length() > 2 && !info[2].IsUndefined();
     std::array<uint8_t, kTokenBytes> tok{};
     if (with_token && !GetToken(info, info[2], tok.data())) return e.Undefined();
-    pump_->run_on_source(id_, [slot, fd, with_token, tok](PumpSource* s) { conn_link(s, slot, fd, with_token ? tok.data() : nullptr); });
+    auto r = std::make_shared<LinkResume>();
+    bool with_resume = info.Length() > 3 && !info[3].IsUndefined();
+    if (with_resume && !GetLinkResume(info, info[3], r.get())) return e.Undefined();
+    pump_->run_on_source(id_, [slot, fd, with_token, tok, with_resume, r](PumpSource* s) {
+      conn_link(s, slot, fd, with_token ? tok.data() : nullptr, with_resume ? r.get() : nullptr);
+    });
     return e.Undefined();
   }
   // closeSlot(slot, reset?)

@@ -13,7 +13,7 @@
  *   kills this process: a peer that never comes back).
  * - `--hostile 4|5` (the test build of the addon, SOCKGATE_NATIVE_BUILD=test):
  *   the injected QP fatal. 5: the rdma connection's writes use a wrong key
- *   once the slot posted 8 MiB (an upload's fault); 4: from its first write,
+ *   once the slot posted 1 MiB (an upload's fault); 4: from its first write,
  *   which `down` makes after 8 MiB received (one byte, reported as `fault`).
  * - `--peer`: the far end of the rdma connection is a peer gateway: this
  *   process runs gateway A (failover-peer-gw.ts) whose peers rule reaches the
@@ -69,6 +69,8 @@ async function statusOnce(gw: SdkGateway, sock: GatewaySocket, done: { v: boolea
 class PeerStatus {
   hopBefore: TransportKind | undefined;
   hopNow: TransportKind | undefined;
+  /** Moves A recorded for the hop (SocketInfo.peer.moves). */
+  hopMoves = 0;
   /** A's `sockgate status` row of the application's socket (its HOP column shows the hop's move). */
   table: string | undefined;
   b: { transport?: TransportKind; moves?: unknown[] } | undefined;
@@ -78,7 +80,7 @@ class PeerStatus {
     private readonly far: SdkGateway,
   ) {}
   get done(): boolean {
-    return this.hopNow === TransportKind.TRANSPORT_KIND_TCP && (this.b?.moves?.length ?? 0) > 0;
+    return this.hopMoves > 0 && (this.b?.moves?.length ?? 0) > 0;
   }
   async poll(socketId: string): Promise<void> {
     if (this.#busy || this.done) return;
@@ -89,6 +91,7 @@ class PeerStatus {
       this.table = formatStatusTable([info]);
       this.hopBefore ??= hop?.transport;
       this.hopNow = hop?.transport;
+      this.hopMoves = hop?.moves.length ?? 0;
       const mine = hop ? (await this.far.listSockets()).find((s) => s.socketId === hop.socketId) : undefined;
       if (mine) this.b = { transport: mine.transport, moves: mine.moves };
     } catch {

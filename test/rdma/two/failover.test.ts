@@ -15,13 +15,16 @@
  *
  * The injected QP fatal (the addon's test build, `rdma.hostile`, as in the
  * one-VM test/rdma/failover.test.ts): the SDK's RDMA writes use a key the
- * gateway never issued, once 8 MiB went up (mode 5), or from the one byte the
+ * gateway never issued, once 1 MiB went up (mode 5), or from the one byte the
  * download writes after 8 MiB came down (mode 4): both ends' QPs fail
- * mid-transfer. The same with the peer gateway as the far end: gateway A in
- * the child (failover-peer-gw.ts), the application's socket to A over tcp,
- * A's peers rule to the failover gateway over rdma with the fault on that
- * connection, or `rdma link delete` under it; A's status shows the hop now on
- * tcp, B's the move.
+ * mid-transfer, RDMA itself still works, so the socket moves to a new rdma
+ * connection (capability MOVE; its transport stays rdma, one rdma -> rdma
+ * move). The same with the peer gateway as the far end: gateway A in the
+ * child (failover-peer-gw.ts), the application's socket to A over tcp, A's
+ * peers rule to the failover gateway over rdma with the fault on that
+ * connection (the hop moves to a new rdma connection), or `rdma link delete`
+ * under it (the hop moves to tcp); A's status (HOP column) and B's show the
+ * move.
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -108,29 +111,33 @@ if (!IN_VM) {
     t.true(end['bytesMatch'] as boolean, '32 MiB arrived');
     t.true(end['shaMatch'] as boolean, 'SHA-256 matches');
   };
-  /** Peer gateway as the far end: the application's socket (to A, tcp) saw nothing; A's hop and B's socket moved. */
-  const hopMoved = (t: ExecutionContext, end: Report, child: Child): void => {
+  /**
+   * Peer gateway as the far end: the application's socket (to A, tcp) saw nothing; A's hop and B's socket moved to
+   * `to` (rdma: a new connection, after a QP fatal; tcp: the data port, after `rdma link delete`).
+   */
+  const hopMoved = (t: ExecutionContext, end: Report, child: Child, to: TransportKind): void => {
+    const chain = `${to === TransportKind.TRANSPORT_KIND_RDMA ? 'rdma' : 'tcp'}<-rdma`;
     intact(t, end);
     t.is(end['transport'], 'tcp', "the application's own socket (to A) never moved");
     t.deepEqual(end['moves'], []);
     const status = child.reports.find((r) => r.event === 'status');
     t.log(`status: ${JSON.stringify(status)}`);
     t.is(status?.['hopBefore'], TransportKind.TRANSPORT_KIND_RDMA, "A's hop before the fault");
-    t.is(status?.['hop'], TransportKind.TRANSPORT_KIND_TCP, "A's hop now (SocketInfo.peer.transport)");
+    t.is(status?.['hop'], to, "A's hop now (SocketInfo.peer.transport)");
     // A's `sockgate status` row: the HOP column shows the hop now and before.
     const table = String(status?.['table'] ?? '').trimEnd().split('\n');
     const header = table[0]?.trim().split(/\s+/) ?? [];
-    t.is(table[1]?.trim().split(/\s+/)[header.indexOf('HOP')], 'tcp<-rdma', `A's status table:\n${table.join('\n')}`);
+    t.is(table[1]?.trim().split(/\s+/)[header.indexOf('HOP')], chain, `A's status table:\n${table.join('\n')}`);
     const far = status?.['far'] as { transport?: TransportKind; moves?: Array<Record<string, unknown>> } | null | undefined;
-    t.is(far?.transport, TransportKind.TRANSPORT_KIND_TCP, "B's socket now");
-    t.like(far?.moves?.[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });
+    t.is(far?.transport, to, "B's socket now");
+    t.like(far?.moves?.[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to });
     t.regex(String(far?.moves?.[0]?.['cause']), /^ERR_SOCKGATE_RDMA_/, "B's move names the connection's error");
   };
   // The test build of the addon carries the hostile modes (the product build refuses them).
   const TEST_BUILD = { SOCKGATE_NATIVE_BUILD: 'test' };
 
   for (const dir of ['up', 'down'] as const) {
-    test.serial(`failover: an injected QP fatal during a 32 MiB transfer ${dir === 'up' ? 'SDK -> gateway' : 'gateway -> SDK'}: the socket moves to tcp without an error, SHA-256 matches, status shows tcp<-rdma`, async (t) => {
+    test.serial(`failover: an injected QP fatal during a 32 MiB transfer ${dir === 'up' ? 'SDK -> gateway' : 'gateway -> SDK'}: the socket moves to a new rdma connection without an error, SHA-256 matches, status shows rdma<-rdma`, async (t) => {
       t.timeout(10 * 60_000);
       linkAdd();
       const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW, args: ['--hostile', dir === 'up' ? '5' : '4'], env: TEST_BUILD });
@@ -139,18 +146,19 @@ if (!IN_VM) {
         const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
         t.log(`finished: ${JSON.stringify(end)}`);
         intact(t, end);
-        t.is(end['transport'], 'tcp');
+        // RDMA still works after a QP fatal: the socket moves to a new rdma connection (capability MOVE).
+        t.is(end['transport'], 'rdma');
         const moves = end['moves'] as Move[];
         t.is(moves.length, 1);
-        t.like(moves[0], { from: 'rdma', to: 'tcp', cause: 'ERR_SOCKGATE_RDMA_QP_FATAL' });
-        // During the transfer: 8 MiB went up on rdma first (mode 5), or the faulting byte left after 8 MiB came down (mode 4).
-        if (dir === 'up') t.true(child.reports.some((r) => r.event === 'progress' && Number(r['sent']) >= 8 << 20 && (r['moves'] as unknown[]).length === 0), '8 MiB sent before the move');
+        t.like(moves[0], { from: 'rdma', to: 'rdma', cause: 'ERR_SOCKGATE_RDMA_QP_FATAL' });
+        // During the transfer: 1 MiB went up on rdma first (mode 5), or the faulting byte left after 8 MiB came down (mode 4).
+        if (dir === 'up') t.true(child.reports.some((r) => r.event === 'progress' && Number(r['sent']) >= 1 << 20 && (r['moves'] as unknown[]).length === 0), '1 MiB sent before the move');
         const fault = child.reports.find((r) => r.event === 'fault');
         if (dir === 'down') t.true(Number(fault?.['received']) >= 8 << 20, 'the faulting write came after 8 MiB received');
-        if (fault) t.log(`injected QP fatal -> socket moved to tcp: ${moves[0]!.atMs - Number(fault['atMs'])} ms`);
+        if (fault) t.log(`injected QP fatal -> socket moved to a new rdma connection: ${moves[0]!.atMs - Number(fault['atMs'])} ms`);
         const status = await child.next((r) => r.event === 'status', 10_000, "the gateway's view");
-        t.is(status['transport'], TransportKind.TRANSPORT_KIND_TCP, `gateway status: ${JSON.stringify(status)}`);
-        t.like((status['moves'] as unknown[])[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_TCP });
+        t.is(status['transport'], TransportKind.TRANSPORT_KIND_RDMA, `gateway status: ${JSON.stringify(status)}`);
+        t.like((status['moves'] as unknown[])[0], { from: TransportKind.TRANSPORT_KIND_RDMA, to: TransportKind.TRANSPORT_KIND_RDMA });
         t.is(await child.exited, 0);
       } finally {
         child.kill();
@@ -159,7 +167,7 @@ if (!IN_VM) {
   }
 
   for (const dir of ['up', 'down'] as const) {
-    test.serial(`failover, peer gateway as the far end: an injected QP fatal on gateway A's rdma hop during 32 MiB ${dir === 'up' ? 'application -> A -> B' : 'B -> A -> application'}: the application's socket stays open, SHA-256 matches, A's hop and B's socket show tcp<-rdma`, async (t) => {
+    test.serial(`failover, peer gateway as the far end: an injected QP fatal on gateway A's rdma hop during 32 MiB ${dir === 'up' ? 'application -> A -> B' : 'B -> A -> application'}: the application's socket stays open, SHA-256 matches, A's hop and B's socket show rdma<-rdma`, async (t) => {
       t.timeout(10 * 60_000);
       linkAdd();
       const child = new Child(dir, { script: 'failover-child.js', gateway: FAILOVER_GW, args: ['--peer', '--hostile', dir === 'up' ? '5' : '4'], env: TEST_BUILD });
@@ -167,7 +175,7 @@ if (!IN_VM) {
         t.like(await child.next((r) => r.event === 'connected' || r.event === 'crashed', WAIT_MS, 'the connect'), { event: 'connected', transport: 'tcp', hop: TransportKind.TRANSPORT_KIND_RDMA });
         const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
         t.log(`finished: ${JSON.stringify(end)}`);
-        hopMoved(t, end, child);
+        hopMoved(t, end, child, TransportKind.TRANSPORT_KIND_RDMA);
         t.is(await child.exited, 0);
       } finally {
         child.kill();
@@ -189,7 +197,7 @@ if (!IN_VM) {
         del = spawn('rdma', ['link', 'delete', DEV], { stdio: 'ignore' });
         const end = await child.next((r) => r.event === 'finished' || r.event === 'crashed', WAIT_MS, 'the transfer to finish');
         t.log(`finished: ${JSON.stringify(end)}`);
-        hopMoved(t, end, child);
+        hopMoved(t, end, child, TransportKind.TRANSPORT_KIND_TCP);
         t.is(await child.exited, 0);
       } finally {
         child.kill();
