@@ -81,6 +81,12 @@ export class RdmaMoves {
       this.d.refuse('shutting_down', 'the gateway is stopping', extra);
       return this.d.closeUnlinked(s, slot);
     }
+    // A token is a secret, but a move session carries only its own identity's sockets (the suspension stays for its owner).
+    const owner = this.d.book.ownerOf(token);
+    if (owner && owner.name !== s.identity.name) {
+      this.d.refuse('token', `moved socket on slot ${no}: not a socket of ${s.identity.name}`, extra);
+      return this.d.closeUnlinked(s, slot);
+    }
     this.d.book.acceptSlot(token, position, {
       refuse: (detail) => {
         this.d.refuse('token', `moved socket on slot ${no}: ${detail}`, extra);

@@ -151,6 +151,11 @@ export class ResumeBook {
     return e?.r;
   }
 
+  /** Whose socket a resume token names, without touching it. */
+  ownerOf(token: Buffer): Resumable['identity'] | undefined {
+    return this.enabled ? this.#byToken.get(token.toString('hex'))?.r.identity : undefined;
+  }
+
   /** A moved socket's RESUME BIND on a new rdma connection (server/rdma-move.ts): `take` gets the socket, its suspension and the bytes to send first. */
   acceptSlot(token: Buffer, position: bigint, w: { take(r: Resumable, s: Suspension, resend: Buffer): void; refuse(detail: string): void }): void {
     this.#admit(token, { position, take: (e, s, resend) => w.take(e.r, s, resend), refuse: (_status, detail) => w.refuse(detail) });

@@ -62,6 +62,10 @@ export class RdmaSocket extends FdChannel {
   #moved: SpliceLink | undefined;
   /** @internal openStream handed the descriptor on (a peer-routing gateway's native link holds a dup): destroyed here is not closed. */
   handedOver = false;
+  /** Destroyed and not handed over: its bytes have no reader or writer left, so a failover does not move it. */
+  get abandoned(): boolean {
+    return this.destroyed && !this.handedOver;
+  }
 
   constructor(
     fd: number,
@@ -273,7 +277,7 @@ export class RdmaClientSession {
   #suspended(e: SuspendedSlot): void {
     const n = native!;
     const sock = this.slots.get(e.slot);
-    if (!sock || !this.resume || !sock.resumeToken || (sock.destroyed && !sock.handedOver)) {
+    if (!sock || !this.resume || !sock.resumeToken || sock.abandoned) {
       n.closeFd(e.fd, true);
       return;
     }
@@ -307,7 +311,7 @@ export class RdmaClientSession {
     const n = native!;
     const r = this.resume!;
     const what = `${sock.label} (rdma slot ${e.slot})`;
-    if (sock.destroyed) return n.closeFd(e.fd, true);
+    if (sock.abandoned) return n.closeFd(e.fd, true);
     trace(`session ${this.id}: ${what} suspended (${e.code}): resuming on ${r.host}:${r.port}`);
     const h = clientHub.acquire(() => makeHub(n));
     resumeOnDataPort({ host: r.host, port: r.port, token: sock.resumeToken! }, e, { pump: h.hub.pump, native: n, timeoutMs: r.ms, pipeBytes: CHANNEL_HIGH_WATERMARK, onPeerEof: () => sock.peerEnded() }).then(

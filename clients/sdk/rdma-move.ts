@@ -27,7 +27,8 @@ const MOVE_RETRY_MS = 100;
 
 /** What a move needs of a socket (RdmaSocket; structural, so rdma-client-session.ts can import this file). */
 export interface MovableSocket {
-  readonly destroyed: boolean;
+  /** Nobody holds the socket any more (destroyed, and its descriptor not handed on): nothing to move. */
+  readonly abandoned: boolean;
   readonly resumeToken?: Buffer | undefined;
 }
 
@@ -58,7 +59,7 @@ export interface MoveOptions<S extends MovableSocket> {
 
 /** Move what it can onto a new rdma connection; resolves with the sockets it did not move (their descriptors untouched). */
 export async function moveOnRdma<S extends MovableSocket>(batch: Array<Suspended<S>>, o: MoveOptions<S>): Promise<Array<Suspended<S>>> {
-  const live = batch.filter((m) => !m.sock.destroyed && m.sock.resumeToken);
+  const live = batch.filter((m) => !m.sock.abandoned && m.sock.resumeToken);
   if (live.length === 0) return batch;
   const deadline = Date.now() + Math.max(1, Math.floor(o.resumeMs * MOVE_SHARE));
   const session = await connect(live[0]!.sock.resumeToken!, o, deadline);

@@ -168,3 +168,28 @@ test('a RESUME BIND for a busy slot is refused without closing it; one before th
   t.is(seen.moved.length, 1);
   h.book.close();
 });
+
+test("a RESUME BIND naming another identity's socket is refused; the suspension stays for its owner", (t) => {
+  const h = setup();
+  const H = randomBytes(16 << 10);
+  const mine = resumeToken(randomBytes(16));
+  const { r: myR } = observed();
+  h.book.track(mine, myR);
+  t.true(h.book.suspend(mine, suspension(H)));
+  h.moves.request(h.listener, request(mine));
+  const s = [...h.sessions.byId.values()][0]!;
+  // Another tenant's suspended socket, its token somehow known.
+  const theirs = resumeToken(randomBytes(16));
+  const { r: theirR, seen: theirSeen } = observed();
+  h.book.track(theirs, { ...theirR, identity: { name: 'tenant-b' } as unknown as NonNullable<Resumable['identity']> });
+  t.true(h.book.suspend(theirs, suspension(H)));
+  h.moves.bind(s, 0, theirs, 9n << 10n);
+  t.is(h.links.length, 0);
+  t.deepEqual(h.unlinked, [0]);
+  t.regex(h.refusals.at(-1)!, /not a socket of tenant-a/);
+  t.deepEqual(h.closed, [], "the other tenant's host descriptor is untouched");
+  t.is(theirSeen.failed + theirSeen.moved.length + theirSeen.expired.length, 0);
+  // Its owner can still take it: the suspension was kept.
+  h.moves.bind(s, 1, mine, 9n << 10n);
+  t.is(h.links.length, 1);
+});

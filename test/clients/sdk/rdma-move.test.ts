@@ -20,7 +20,7 @@ const OPTS: RdmaConnectOptions = { addr: '10.0.0.1', port: 4791, token: randomBy
 
 function suspended(slot: number): { sock: MovableSocket; e: SuspendedSlot } {
   const e = { type: 'rdma', rdma: 1, event: 'suspended', slot, code: 'ERR_SOCKGATE_RDMA_QP_FATAL', fd: 100 + slot, inPos: 0n, outAcked: 0n, outSent: 0n, outPos: 0n, fdEof: false, peerEof: false, wrShut: false, tail: Buffer.alloc(0) } as SuspendedSlot;
-  return { sock: { destroyed: false, resumeToken: randomBytes(16) }, e };
+  return { sock: { abandoned: false, resumeToken: randomBytes(16) }, e };
 }
 
 function session(o: { up: boolean; takes: (slot: number) => boolean }) {
