@@ -46,7 +46,12 @@ const RUN_TIMEOUT_MS = 240_000;
 
 const log = (msg: string): void => void process.stdout.write(`bench-failover: ${msg}\n`);
 
+/** Where a faulted socket goes: a new rdma connection (MOVE), or the tcp data port when none can be made. */
+export type FailoverTarget = 'rdma' | 'tcp';
+export const TARGETS: readonly FailoverTarget[] = ['rdma', 'tcp'];
+
 export interface FailoverRun {
+  target: FailoverTarget;
   bytes: number;
   sha_ok: boolean;
   seconds: number;
@@ -104,7 +109,11 @@ export async function startFailoverServers(addr: string): Promise<{ close(): Pro
   };
 }
 
-/** VM b, in its own process: RUNS downloads, each with the injected QP fatal at TRIGGER_AT. */
+/**
+ * VM b, in its own process: RUNS downloads per target, interleaved, each with the injected QP fatal at TRIGGER_AT.
+ * Target tcp: the move connection announces an old protocol version (the test build's hostile 2), so the gateway
+ * refuses it and the socket resumes on the tcp data port, as when no rdma connection can be made.
+ */
 async function client(addr: string): Promise<FailoverRun[]> {
   const block = sourceBlock();
   const want = createHash('sha256');
@@ -112,9 +121,10 @@ async function client(addr: string): Promise<FailoverRun[]> {
   const wantSha = want.digest('hex');
   const { Gateway } = await import('../../../clients/sdk/index.js');
   const runs: FailoverRun[] = [];
-  for (let i = 0; i < RUNS; i++) {
-    // A fresh SDK Gateway each run: hostile 4 faults every rdma connection it opens, and a run must start on rdma.
-    const gw = await Gateway.connect(`${addr}:${PORT_FO_GW}`, { transports: ['rdma'], rdma: { hostile: 4 } });
+  for (let i = 0; i < RUNS * TARGETS.length; i++) {
+    const target = TARGETS[i % TARGETS.length]!;
+    // A fresh SDK Gateway each run: hostile 4 faults its first rdma connection, and a run must start on rdma.
+    const gw = await Gateway.connect(`${addr}:${PORT_FO_GW}`, { transports: ['rdma'], rdma: { hostile: 4, ...(target === 'tcp' ? { moveHostile: 2 as const } : {}) } });
     try {
       const sock = await gw.connect(`tcp://${addr}:${PORT_FO_SOURCE}`);
       if (sock.transport !== 'rdma') throw new Error(`the download rides ${sock.transport}, not rdma`);
@@ -143,6 +153,7 @@ async function client(addr: string): Promise<FailoverRun[]> {
       const seconds = (Date.now() - t0) / 1000;
       const move = sock.moves[0];
       const run: FailoverRun = {
+        target,
         bytes: received,
         sha_ok: received === FAILOVER_BYTES && h.digest('hex') === wantSha,
         seconds: roundTo(seconds, 2),
@@ -163,15 +174,19 @@ async function client(addr: string): Promise<FailoverRun[]> {
   return runs;
 }
 
-/** The row: medians over the runs, the no-fault stream row as the baseline (ratio of throughput). */
-export function failoverRow(runs: FailoverRun[], noFaultMBps: number | undefined): Row {
-  const ok = runs.length > 0 && runs.every((r) => r.sha_ok && r.errors.length === 0 && r.transport_after === 'tcp' && r.fault_to_moved_ms >= 0);
+/** The rows, one per target: medians over its runs, the no-fault stream row as the baseline (ratio of throughput). */
+export function failoverRows(all: FailoverRun[], noFaultMBps: number | undefined): Row[] {
+  return TARGETS.map((t) => failoverRow(all.filter((r) => r.target === t), t, noFaultMBps));
+}
+
+function failoverRow(runs: FailoverRun[], target: FailoverTarget, noFaultMBps: number | undefined): Row {
+  const ok = runs.length > 0 && runs.every((r) => r.sha_ok && r.errors.length === 0 && r.transport_after === target && r.fault_to_moved_ms >= 0);
   const moved = runs.map((r) => r.fault_to_moved_ms);
   const first = runs.map((r) => r.fault_to_first_data_ms).filter((v): v is number => v !== null);
   const mbps = median(runs.map((r) => r.MBps));
   return {
-    name: 'sockgate rdma live failover (injected QP fatal)',
-    transport: 'rdma->tcp',
+    name: target === 'rdma' ? 'sockgate rdma live failover (injected QP fatal) to a new rdma connection' : 'sockgate rdma live failover (injected QP fatal) to the tcp data port',
+    transport: `rdma->${target}`,
     size_bytes: 65536,
     throughput_MBps: roundTo(mbps),
     p50_us: null,
@@ -185,7 +200,7 @@ export function failoverRow(runs: FailoverRun[], noFaultMBps: number | undefined
     runs: runs.length,
     all_sha256_ok: runs.every((r) => r.sha_ok),
     ok,
-    note: `SDK (transports: [rdma], rdma.hostile 4: the test build's wrong-key RDMA writes) on b downloads ${FAILOVER_BYTES >> 20} MiB from a TCP source on a through a gateway with transports.rdma.resume_ms ${RESUME_MS}; after ${TRIGGER_AT >> 20} MiB the application writes one byte, whose RDMA write faults the QP on both ends; the socket resumes on the tcp data port. fault_to_first_byte_ms: that write to the SDK's move (resume handshake done, relay started with the re-sent tail); fault_to_first_data_read_ms: to the first bytes the application read after the move (upper bound). Median of ${runs.length}; throughput over the whole transfer, fault included, vs the no-fault 'sockgate rdma channel stream' row`,
+    note: `SDK (transports: [rdma], rdma.hostile 4: the test build's wrong-key RDMA writes) on b downloads ${FAILOVER_BYTES >> 20} MiB from a TCP source on a through a gateway with transports.rdma.resume_ms ${RESUME_MS}; after ${TRIGGER_AT >> 20} MiB the application writes one byte, whose RDMA write faults the QP on both ends; the socket resumes ${target === 'rdma' ? 'on a new rdma connection (MOVE, RESUME BIND/BOUND)' : 'on the tcp data port (the new rdma connection refused: test build hostile 2)'}. fault_to_first_byte_ms: that write to the SDK's move (resume handshake done, the new path started with the re-sent tail); fault_to_first_data_read_ms: to the first bytes the application read after the move (upper bound). Median of ${runs.length}; throughput over the whole transfer, fault included, vs the no-fault 'sockgate rdma channel stream' row`,
     per_run: runs,
   };
 }

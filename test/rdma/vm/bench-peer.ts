@@ -41,7 +41,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { percentile, roundTo, writeLoop, type BenchRow as Row } from '../../bench/lib.js';
 import { pingPong } from './bench-gateway.js';
-import { failoverRow, FAILOVER_BYTES, RUNS as FAILOVER_RUNS, startFailoverServers, type FailoverRun } from './bench-failover.js';
+import { failoverRows, FAILOVER_BYTES, RUNS as FAILOVER_RUNS, startFailoverServers, type FailoverRun } from './bench-failover.js';
 import { cpuMark, cpuSpan, perUnit } from './bench-measure.js';
 
 /** Seconds of ib_write_bw (-D) and of the TCP stream: long enough to settle under TCG. */
@@ -477,7 +477,7 @@ async function gatewayPhase(baselineRows: Row[]): Promise<Row[]> {
 async function failoverPhase(rows: Row[]): Promise<Row[]> {
   if (!FAILOVER) return [];
   await waitForServer('failover');
-  log(`live failover: ${FAILOVER_RUNS} downloads of ${FAILOVER_BYTES >> 20} MiB with an injected QP fatal`);
+  log(`live failover: ${FAILOVER_RUNS} downloads of ${FAILOVER_BYTES >> 20} MiB per target (new rdma connection, tcp) with an injected QP fatal`);
   const script = new URL('./bench-failover.js', import.meta.url).pathname;
   const child = spawn(process.execPath, [script, 'client', SERVER_ADDR], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, SOCKGATE_NATIVE_BUILD: 'test' } });
   let out = '';
@@ -492,7 +492,7 @@ async function failoverPhase(rows: Row[]): Promise<Row[]> {
   const m = /^SOCKGATE_FAILOVER_RUNS=(\[.*\])$/m.exec(out);
   if (code !== 0 || !m) throw new Error(`bench-failover client failed (exit ${code})`);
   const noFault = rows.find((r) => r.name === 'sockgate rdma channel stream');
-  return [failoverRow(JSON.parse(m[1]!) as FailoverRun[], noFault?.throughput_MBps ?? undefined)];
+  return failoverRows(JSON.parse(m[1]!) as FailoverRun[], noFault?.throughput_MBps ?? undefined);
 }
 
 async function client(): Promise<void> {
