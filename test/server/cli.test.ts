@@ -146,7 +146,7 @@ test.serial('status: prints the table header and a row for an open socket with i
   t.is(r.code, 0, r.stderr);
   const lines = r.stdout.toString().trimEnd().split('\n');
   const header = lines[0]!.trim().split(/\s+/);
-  t.deepEqual(header, ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'DATA', 'IN', 'OUT', 'AGE']);
+  t.deepEqual(header, ['ID', 'IDENTITY', 'KIND', 'STATE', 'LOCAL', 'REMOTE', 'TRANSPORT', 'FALLBACK', 'KERNEL', 'DATA', 'HOP', 'IN', 'OUT', 'AGE']);
   const row = lines.find((l) => l.startsWith(`${sock.socketId} `));
   t.truthy(row, `a row for ${sock.socketId} in:\n${r.stdout.toString()}`);
   const cols = row!.trim().split(/\s+/);
@@ -161,6 +161,8 @@ test.serial('status: prints the table header and a row for an open socket with i
   t.is(col('KERNEL'), 'tcp');
   // A grpc socket has no tcp-plane data connection.
   t.is(col('DATA'), '-');
+  // Not routed through a peer gateway.
+  t.is(col('HOP'), '-');
   // 100,000 bytes each way, shown in KiB.
   t.is(col('IN'), '98K');
   t.is(col('OUT'), '98K');
