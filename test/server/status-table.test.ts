@@ -24,6 +24,12 @@ const base = {
   createdAtMs: 0,
   moves: [],
 };
+/** The table of `rows`, read by socket id and column name. */
+function cells(rows: readonly object[]): (id: string, name: string) => string | undefined {
+  const lines = formatStatusTable(rows as unknown as SocketInfo[], 0).trimEnd().split('\n');
+  const header = lines[0]!.trim().split(/\s+/);
+  return (id, name) => lines.find((l) => l.startsWith(`${id} `))!.trim().split(/\s+/)[header.indexOf(name)];
+}
 const smc = (smcMode: string, smcFallbackReason = 0) => ({ proto: 'smc', smcMode, smcFallbackReason, smcPeerDiagnosis: 0, detail: '' });
 
 test('DATA shows the data connection as the kernel carries it; - where the gateway does not know it', (t) => {
@@ -32,9 +38,7 @@ test('DATA shows the data connection as the kernel carries it; - where the gatew
     { ...base, socketId: 'viaFallback', hostSocket: { ...smc(''), proto: 'tcp' }, dataConnection: smc('fallback', 0x03010000) },
     { ...base, socketId: 'noData', hostSocket: smc('SMC-R'), dataConnection: undefined },
   ];
-  const lines = formatStatusTable(rows as unknown as SocketInfo[], 0).trimEnd().split('\n');
-  const header = lines[0]!.trim().split(/\s+/);
-  const col = (id: string, name: string) => lines.find((l) => l.startsWith(`${id} `))!.trim().split(/\s+/)[header.indexOf(name)];
+  const col = cells(rows);
   t.is(col('viaSmcR', 'KERNEL'), 'tcp');
   t.is(col('viaSmcR', 'DATA'), 'smc:SMC-R');
   t.is(col('viaFallback', 'DATA'), 'smc:fallback:0x03010000');
@@ -49,9 +53,7 @@ test('HOP shows a peer-routed socket\'s hop between the gateways, now<-before af
     { ...base, socketId: 'steady', peer: { ...hop, transport: TransportKind.TRANSPORT_KIND_RDMA, moves: [] } },
     { ...base, socketId: 'direct', peer: undefined },
   ];
-  const lines = formatStatusTable(rows as unknown as SocketInfo[], 0).trimEnd().split('\n');
-  const header = lines[0]!.trim().split(/\s+/);
-  const col = (id: string, name: string) => lines.find((l) => l.startsWith(`${id} `))!.trim().split(/\s+/)[header.indexOf(name)];
+  const col = cells(rows);
   t.is(col('moved', 'HOP'), 'tcp<-rdma');
   t.is(col('steady', 'HOP'), 'rdma');
   t.is(col('direct', 'HOP'), '-');
